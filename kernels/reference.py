@@ -1,0 +1,148 @@
+r"""The plain PyTorch recurrence: the executable specification of every backend.
+
+One time loop, one gate blend, three candidates. For a population of H neurons with
+state h (B, H) and projected input :math:`p_t = W_{ih} x_t + b_{ih}` (B, G):
+
+RNN   :math:`f = \tanh(p_t + U h + b_{hh})`                                 (G = H)
+GRU   :math:`r, z = \sigma(p^{r,z}_t + U^{r,z} h + b^{r,z}_{hh})`,
+      :math:`n = \tanh(p^n_t + r \odot (U^n h + b^n_{hh}))`,
+      :math:`f = (1 - z) \odot n + z \odot h`     (torch.nn.GRU, gate order r, z, n; G = 3H)
+LIF   membrane v = h, spikes s:  :math:`\rho = [v > \vartheta]` (reset of the last spike,
+      no gradient), :math:`I = p_t + V s_{t-1} + b_{hh}` (recurrent) or :math:`p_t`,
+      subtract: :math:`f = \beta v + I - \rho\vartheta`;  zero: :math:`f = \beta(1-\rho) v + I`.
+
+Gate blend: :math:`d = f - h`, :math:`h' = h + g \odot d` (dense: :math:`h' = f`), where
+g is the rhythmic gate's row for this step (batch uniform), :math:`H(|d| - \theta)` for
+the event gate, or 1. LIF spikes: :math:`s = g \odot H(v' - \vartheta)`; a closed neuron
+neither leaks nor spikes.
+
+Every backend (``kernels.numba``, ``kernels.triton``) implements :func:`recurrence`
+with exactly this signature and must match it, forward and every gradient.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["LIFParams", "StepRecord", "recurrence", "candidate", "CELLS", "GATE_ROWS"]
+
+CELLS = ("rnn", "gru", "lif")
+GATE_ROWS = {"rnn": 1, "gru": 3, "lif": 1}  # G = GATE_ROWS[cell] * H
+
+
+class LIFParams(NamedTuple):
+    """LIF constants. beta: (H,) decay, clamped to [0, 1]; threshold: float;
+    reset: "subtract" | "zero"; spike: the spike's Surrogate."""
+
+    beta: torch.Tensor
+    threshold: float
+    reset: str
+    spike: object
+
+
+class StepRecord(NamedTuple):
+    """What a sub-layer did at each step, batch first.
+
+    gate:  (B, T, H) 1.0 where the neuron updated (carries the surrogate gradient).
+    delta: (B, T, H) h_t - h_{t-1} (zero where the gate was closed).
+    spike: (B, T, H) LIF spikes, else None.
+    """
+
+    gate: torch.Tensor
+    delta: torch.Tensor
+    spike: torch.Tensor | None = None
+
+
+def candidate(cell, p, h, s, w_hh, b_hh, lif: LIFParams | None):
+    """The candidate f(h, x) of one step. p: (B, G); h, s: (B, H)."""
+    if cell == "rnn":
+        pre = p + h @ w_hh.t()
+        if b_hh is not None:
+            pre = pre + b_hh
+        return torch.tanh(pre)
+    if cell == "gru":
+        gh = h @ w_hh.t()
+        if b_hh is not None:
+            gh = gh + b_hh
+        pr, pz, pn = p.chunk(3, dim=-1)
+        hr, hz, hn = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(pr + hr)
+        z = torch.sigmoid(pz + hz)
+        n = torch.tanh(pn + r * hn)
+        return (1 - z) * n + z * h
+    # LIF
+    current = p
+    if w_hh is not None:
+        current = current + s @ w_hh.t()
+        if b_hh is not None:
+            current = current + b_hh
+    beta = lif.beta.clamp(0, 1)
+    reset = (h > lif.threshold).to(h.dtype)
+    if lif.reset == "subtract":
+        return beta * h + current - reset * lif.threshold
+    return beta * (1 - reset) * h + current
+
+
+def recurrence(
+    cell: str,
+    xp: torch.Tensor,
+    h0: torch.Tensor,
+    s0: torch.Tensor | None,
+    w_hh: torch.Tensor | None,
+    b_hh: torch.Tensor | None,
+    gate,
+    lif: LIFParams | None = None,
+    record: bool = False,
+):
+    """Run one population over a sequence.
+
+    Args:
+        cell: "rnn", "gru" or "lif".
+        xp: (B, T, G) projected input :math:`W_{ih} x_t + b_{ih}`.
+        h0: (B, H) initial state (LIF: membrane).
+        s0: (B, H) initial spikes (LIF), else None.
+        w_hh: (G, H) recurrent weights (LIF: on spikes, None when not recurrent).
+        b_hh: (G,) recurrent bias or None.
+        gate: a :class:`su_neuro.gates.GateInput`.
+        lif: :class:`LIFParams` for LIF, else None.
+        record: also return a :class:`StepRecord`.
+
+    Returns:
+        (out, h_T, s_T, rec): out (B, T, H) is the state sequence (RNN/GRU) or the
+        spikes (LIF); h_T (B, H); s_T (B, H) or None; rec a StepRecord or None.
+    """
+    kind = gate.kind
+    rows = gate.values.unbind(0) if kind == "rhythmic" else None
+    h, s = h0, s0
+    outs, gates, deltas, spikes = [], [], [], []
+    for t, p in enumerate(xp.unbind(1)):
+        f = candidate(cell, p, h, s, w_hh, b_hh, lif)
+        if kind == "dense":
+            g = None
+            h_new = f
+        else:
+            d = f - h
+            g = rows[t] if kind == "rhythmic" else gate.surrogate(d.abs() - gate.values)
+            h_new = h + g * d
+        if cell == "lif":
+            s = lif.spike(h_new - lif.threshold)
+            if g is not None:
+                s = g * s
+        if record:
+            gates.append(torch.ones_like(h) if g is None else g.expand_as(h))
+            deltas.append(h_new - h)
+            if cell == "lif":
+                spikes.append(s)
+        h = h_new
+        outs.append(s if cell == "lif" else h)
+    out = torch.stack(outs, dim=1)
+    rec = None
+    if record:
+        rec = StepRecord(
+            torch.stack(gates, 1),
+            torch.stack(deltas, 1),
+            torch.stack(spikes, 1) if cell == "lif" else None,
+        )
+    return out, h, s, rec

@@ -1,0 +1,47 @@
+"""su_neuro: selective-update recurrent networks as event-driven neuron populations.
+
+Importing su_neuro is cheap: torch and the core modules only. Numba, Triton, h5py and
+matplotlib load when a backend, the trace writer or a plot first needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .backends import BackendUnavailableError
+from .gates import DenseGate, EventGate, RhythmicGate, rate_penalty
+from .kernels.reference import StepRecord
+from .layers import SUGRU, SULIF, SURNN, SUState, update_rate
+from .models import Seq2Seq, SequenceClassifier
+from .surrogate import get_surrogate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RhythmicGate",
+    "EventGate",
+    "DenseGate",
+    "SURNN",
+    "SUGRU",
+    "SULIF",
+    "SUState",
+    "StepRecord",
+    "SequenceClassifier",
+    "Seq2Seq",
+    "BackendUnavailableError",
+    "get_surrogate",
+    "rate_penalty",
+    "update_rate",
+    "traces",
+    "analysis",
+    "datasets",
+    "__version__",
+]
+
+_LAZY = {"traces", "analysis", "datasets", "train", "kernels"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'su_neuro' has no attribute {name!r}")

@@ -1,0 +1,122 @@
+"""One registry of the backends that run a population's time loop.
+
+``"torch"``  the plain PyTorch loop (``su_neuro.kernels.reference``), any device.
+``"numba"``  fused CPU kernels (``su_neuro.kernels.numba``), CPU tensors.
+``"triton"`` fused GPU kernels (``su_neuro.kernels.triton``), CUDA tensors (or any
+             tensor under ``TRITON_INTERPRET=1``, Triton's CPU interpreter).
+``"auto"``   the fastest available backend for the device and sizes (see :func:`resolve`).
+
+Asking for a backend whose package is missing, or that cannot run on the tensors'
+device, raises :class:`BackendUnavailableError`. There is no silent fallback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+__all__ = ["BACKENDS", "BackendUnavailableError", "check_backend", "resolve", "get_impl", "available"]
+
+# name -> (module implementing ``recurrence``, package it needs or None)
+_REGISTRY = {
+    "torch": ("su_neuro.kernels.reference", None),
+    "numba": ("su_neuro.kernels.numba.ops", "numba"),
+    "triton": ("su_neuro.kernels.triton.ops", "triton"),
+}
+BACKENDS = ("auto", *_REGISTRY)
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here (missing package or wrong device)."""
+
+
+def _package_missing(name: str) -> str | None:
+    pkg = _REGISTRY[name][1]
+    if pkg is not None and importlib.util.find_spec(pkg) is None:
+        return f"backend {name!r} needs the package {pkg!r}, which is not installed (pip install {pkg})"
+    return None
+
+
+def check_backend(name: str) -> str:
+    """Validate a backend name at construction time; returns it.
+
+    Raises ``ValueError`` for an unknown name (listing the valid ones) and
+    :class:`BackendUnavailableError` when the named backend's package is missing.
+    """
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
+    if name != "auto":
+        missing = _package_missing(name)
+        if missing:
+            raise BackendUnavailableError(missing)
+    return name
+
+
+def _device_problem(name: str, device) -> str | None:
+    if name == "numba" and device.type != "cpu":
+        return f"backend 'numba' runs on CPU tensors, got a tensor on {device}"
+    if name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return (
+            f"backend 'triton' needs CUDA tensors, got a tensor on {device} "
+            "(set TRITON_INTERPRET=1 before importing triton to run its interpreter on a CPU)"
+        )
+    return None
+
+
+def available(name: str, device) -> bool:
+    """Whether ``name`` can run on ``device`` here (package present, device right)."""
+    return _package_missing(name) is None and _device_problem(name, device) is None
+
+
+def _supports(name: str, cell: str, gate_kind: str, dtype) -> str | None:
+    impl = get_impl(name)
+    check = getattr(impl, "unsupported", None)
+    return check(cell, gate_kind, dtype) if check is not None else None
+
+
+def resolve(name: str, device, cell: str, gate_kind: str, dtype, *, batch: int, hidden: int) -> str:
+    """The backend that runs a call: ``name`` itself, or the choice of ``"auto"``.
+
+    Rule for ``"auto"`` (from the measurements in docs/benchmarks.md):
+    CUDA tensors use "triton" when it is installed and supports the cell, gate and
+    dtype; CPU tensors use "numba" under the same conditions; anything else uses "torch".
+    An explicit backend that cannot run raises :class:`BackendUnavailableError`.
+    """
+    if name == "auto":
+        preferred = {"cuda": "triton", "cpu": "numba"}.get(device.type)
+        if preferred is not None and available(preferred, device):
+            try:
+                if _supports(preferred, cell, gate_kind, dtype) is None and _auto_pays(
+                    preferred, cell, batch, hidden
+                ):
+                    return preferred
+            except (ImportError, BackendUnavailableError):
+                pass
+        return "torch"
+    problem = _package_missing(name) or _device_problem(name, device) or _supports(
+        name, cell, gate_kind, dtype
+    )
+    if problem:
+        raise BackendUnavailableError(problem)
+    return name
+
+
+def _auto_pays(name: str, cell: str, batch: int, hidden: int) -> bool:
+    """Sizes where the fused backend beats the reference (docs/benchmarks.md)."""
+    impl = get_impl(name)
+    rule = getattr(impl, "auto_pays", None)
+    return True if rule is None else bool(rule(cell, batch, hidden))
+
+
+def get_impl(name: str):
+    """The module implementing ``recurrence`` for backend ``name`` (imported on first use)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
+    module = _REGISTRY[name][0]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and module.startswith(err.name):
+            raise BackendUnavailableError(f"backend {name!r} is not built in this installation") from err
+        raise

@@ -1,0 +1,64 @@
+"""The ``su-neuro`` command line.
+
+Subcommands live in ``su_neuro.commands.<name>`` and are imported only when run, so
+``su-neuro --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main", "COMMANDS"]
+
+# name -> one-line help (kept here so --help does not import every command)
+COMMANDS = {
+    "demo": "train a suGRU and a dense GRU on a long-delay copy task and compare them",
+    "train": "train a model on a sequence or neuromorphic task",
+    "simulate": "run a population over a long input and record what it did",
+    "analyze": "sparsity, operation and energy report of a trace file",
+    "bench": "time the backends against each other",
+    "info": "versions and the backends available here",
+}
+
+
+def _parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object]:
+    parser = argparse.ArgumentParser(prog="su-neuro", description="Selective-update recurrent networks.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(f"su_neuro.commands.{name}")
+            module.add_arguments(p)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, module = _parser(argv)
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(f"su-neuro {__version__}")
+        return 0
+    if module is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        # Bad input and unavailable backends end with one clear line, not a traceback.
+        print(f"su-neuro {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

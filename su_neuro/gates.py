@@ -1,0 +1,304 @@
+r"""Update gates: which neurons of a population update at each step.
+
+A selective-update population keeps its state where the gate is closed and takes its
+normal update where it is open:
+
+.. math::
+
+    \Delta h_t = f(h_{t-1}, x_t) - h_{t-1}, \qquad
+    h_t = h_{t-1} + g_t \odot \Delta h_t, \qquad g_t \in \{0, 1\}^H
+
+Three gates share one interface:
+
+* :class:`RhythmicGate` (the paper's gate): a learned per-neuron rhythm that does not
+  look at the data, :math:`a_{t,i} = b_i + \sum_k \alpha_{i,k}\sin(\omega_k t + \phi_{i,k})`,
+  :math:`g_{t,i} = H(a_{t,i})`. The open set is the same for every sample of a batch and
+  is known before the data arrives.
+* :class:`EventGate`: data dependent, :math:`g_{t,i} = H(|\Delta h_{t,i}| - \theta_i)`
+  with a learnable per-neuron threshold (delta-network style).
+* :class:`DenseGate`: always open, i.e. the ordinary RNN / GRU / LIF.
+
+The Heaviside step's gradient is a surrogate chosen by name (:mod:`su_neuro.surrogate`).
+A gate hands the time loop a :class:`GateInput`; the loop (and every fast kernel)
+only reads that.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .surrogate import Surrogate, get_surrogate
+
+__all__ = [
+    "Gate",
+    "RhythmicGate",
+    "EventGate",
+    "DenseGate",
+    "GateInput",
+    "make_gate",
+    "rate_penalty",
+    "GATES",
+]
+
+
+class GateInput(NamedTuple):
+    """What a time loop needs from a gate for one sequence.
+
+    kind:      "rhythmic", "event" or "dense".
+    values:    rhythmic: the gate sequence g, (T, H) floats in {0, 1} carrying the
+               surrogate gradient to the gate's parameters; event: the threshold
+               theta, (H,); dense: None.
+    surrogate: the surrogate of the event gate's step (None otherwise).
+    """
+
+    kind: str
+    values: torch.Tensor | None = None
+    surrogate: Surrogate | None = None
+
+
+class Gate(nn.Module):
+    """Base class of the update gates. ``kind`` names the gate."""
+
+    kind: str = ""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        if not isinstance(hidden_size, int) or hidden_size < 1:
+            raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
+        self.hidden_size = hidden_size
+
+    def plan(self, t0: int, steps: int, *, device=None, dtype=None) -> GateInput:
+        """The gate's input to a time loop over steps ``t0 .. t0 + steps - 1``."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """A JSON-able description (stored in checkpoints and traces)."""
+        return {"kind": self.kind}
+
+
+class DenseGate(Gate):
+    """Always open: every neuron updates at every step (the baseline)."""
+
+    kind = "dense"
+
+    def plan(self, t0: int, steps: int, *, device=None, dtype=None) -> GateInput:
+        return GateInput("dense")
+
+
+class RhythmicGate(Gate):
+    r"""The paper's learned per-neuron rhythm.
+
+    .. math::
+
+        a_{t,i} = b_i + \sum_{k=1}^{K} \alpha_{i,k} \sin(\omega_k t + \phi_{i,k}),
+        \qquad g_{t,i} = H(a_{t,i})
+
+    ``t`` is the absolute step index of the state (0 at the first step of a fresh state).
+
+    Initialisation (``init_rate`` = r, ``period`` = P, default ``P = 1 / r``):
+    :math:`\omega_k = 2\pi k / P`, :math:`\alpha_{i,1} = 1`, :math:`\alpha_{i,k>1} = 0`,
+    :math:`\phi_{i,1} \sim U[0, 2\pi)`, :math:`b_i = \sin(\pi (r - \tfrac12))`.
+    With one active harmonic :math:`a > 0` exactly on the fraction
+    :math:`\tfrac12 + \arcsin(b)/\pi = r` of each period, so every neuron starts open
+    for a fraction r of the steps, once per period, with phases spread uniformly so
+    that about r·H neurons are open at any step. When P·r is an integer, each neuron
+    opens exactly P·r steps per period. The higher harmonics start silent so the
+    initial rate holds; training can use them to shape the rhythm.
+    r = 1 gives :math:`b = 2` (always open), r = 0 gives :math:`b = -2` (always closed).
+
+    Args:
+        hidden_size: H, neurons in the population.
+        harmonics: K, sinusoids per neuron (default 1).
+        init_rate: initial fraction of steps each neuron is open, in [0, 1].
+        period: base period P in steps (default ``1 / init_rate``).
+        surrogate: name of the Heaviside's surrogate (see :mod:`su_neuro.surrogate`).
+        surrogate_params: shape parameter(s) of the surrogate, e.g. ``{"width": 0.5}``.
+
+    Parameters: ``bias`` (H), ``alpha`` (H, K), ``phi`` (H, K), ``omega`` (K), all trainable.
+
+    Example:
+        >>> gate = RhythmicGate(64, init_rate=0.1)
+        >>> g = gate.plan(0, 100).values          # (100, 64) in {0, 1}
+        >>> round(g.mean().item(), 2)
+        0.1
+    """
+
+    kind = "rhythmic"
+
+    def __init__(
+        self,
+        hidden_size: int,
+        harmonics: int = 1,
+        init_rate: float = 0.5,
+        period: float | None = None,
+        surrogate: str = "triangle",
+        surrogate_params: dict | None = None,
+    ):
+        super().__init__(hidden_size)
+        if not isinstance(harmonics, int) or harmonics < 1:
+            raise ValueError(f"harmonics must be a positive integer, got {harmonics!r}")
+        init_rate = float(init_rate)
+        if not 0.0 <= init_rate <= 1.0:
+            raise ValueError(f"init_rate must lie in [0, 1], got {init_rate}")
+        if period is None:
+            period = 1.0 / init_rate if 0.0 < init_rate < 1.0 else 1.0
+        period = float(period)
+        if not math.isfinite(period) or period <= 0:
+            raise ValueError(f"period must be a positive number of steps, got {period}")
+        self.harmonics = harmonics
+        self.init_rate = init_rate
+        self.period = period
+        self.surrogate = get_surrogate(surrogate, **(surrogate_params or {}))
+
+        H, K = hidden_size, harmonics
+        alpha = torch.zeros(H, K)
+        alpha[:, 0] = 1.0
+        if init_rate >= 1.0:
+            b = 2.0
+        elif init_rate <= 0.0:
+            b = -2.0
+        else:
+            b = math.sin(math.pi * (init_rate - 0.5))
+        self.bias = nn.Parameter(torch.full((H,), b))
+        self.alpha = nn.Parameter(alpha)
+        self.phi = nn.Parameter(torch.rand(H, K) * (2 * math.pi))
+        self.omega = nn.Parameter(2 * math.pi * torch.arange(1, K + 1, dtype=torch.float32) / period)
+
+    def preactivation(self, t0: int, steps: int) -> torch.Tensor:
+        """:math:`a_{t,i}` for t = t0 .. t0+steps-1, shape (steps, H).
+
+        The phase :math:`\\omega_k t + \\phi` is formed in float64 so that the gate of
+        step 100,000 is as exact as the gate of step 0 (float32 would lose ~1e-2 rad).
+        """
+        t = torch.arange(t0, t0 + steps, device=self.bias.device, dtype=torch.float64)
+        angle = t[:, None, None] * self.omega.double()[None, None, :] + self.phi.double()[None]
+        a = self.bias.double()[None] + (self.alpha.double()[None] * torch.sin(angle)).sum(-1)
+        return a.to(self.bias.dtype)
+
+    def plan(self, t0: int, steps: int, *, device=None, dtype=None) -> GateInput:
+        g = self.surrogate(self.preactivation(t0, steps))
+        if dtype is not None and g.dtype != dtype:
+            g = g.to(dtype)
+        return GateInput("rhythmic", g)
+
+    def expected_rate(self, steps: int, t0: int = 0) -> torch.Tensor:
+        """Mean open fraction over ``steps`` steps (differentiable through the surrogate)."""
+        return self.plan(t0, steps).values.mean()
+
+    def config(self) -> dict:
+        return {
+            "kind": self.kind,
+            "harmonics": self.harmonics,
+            "init_rate": self.init_rate,
+            "period": self.period,
+            "surrogate": self.surrogate.name,
+            "surrogate_params": dict(self.surrogate.params),
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.hidden_size}, harmonics={self.harmonics}, init_rate={self.init_rate}, "
+            f"period={self.period:g}, surrogate={self.surrogate.name!r}"
+        )
+
+
+class EventGate(Gate):
+    r"""Data-dependent gate: a neuron updates where its candidate change is large.
+
+    .. math:: g_{t,i} = H(|\Delta h_{t,i}| - \theta_i)
+
+    ``threshold`` (:math:`\theta`, shape (H,)) is learnable, initialised to
+    ``init_threshold``. Unlike the rhythmic gate the open set differs between samples.
+
+    Example:
+        >>> gate = EventGate(32, init_threshold=0.05)
+        >>> gate.plan(0, 10).kind
+        'event'
+    """
+
+    kind = "event"
+
+    def __init__(
+        self,
+        hidden_size: int,
+        init_threshold: float = 0.1,
+        surrogate: str = "triangle",
+        surrogate_params: dict | None = None,
+    ):
+        super().__init__(hidden_size)
+        init_threshold = float(init_threshold)
+        if not math.isfinite(init_threshold) or init_threshold < 0:
+            raise ValueError(f"init_threshold must be a non-negative number, got {init_threshold}")
+        self.init_threshold = init_threshold
+        params = {"width": 0.1} if surrogate in ("triangle", "rectangle") else {}
+        params.update(surrogate_params or {})
+        self.surrogate = get_surrogate(surrogate, **params)
+        self.threshold = nn.Parameter(torch.full((hidden_size,), init_threshold))
+
+    def plan(self, t0: int, steps: int, *, device=None, dtype=None) -> GateInput:
+        theta = self.threshold if dtype is None else self.threshold.to(dtype)
+        return GateInput("event", theta, self.surrogate)
+
+    def config(self) -> dict:
+        return {
+            "kind": self.kind,
+            "init_threshold": self.init_threshold,
+            "surrogate": self.surrogate.name,
+            "surrogate_params": dict(self.surrogate.params),
+        }
+
+    def extra_repr(self) -> str:
+        return f"{self.hidden_size}, init_threshold={self.init_threshold}, surrogate={self.surrogate.name!r}"
+
+
+GATES = {"rhythmic": RhythmicGate, "event": EventGate, "dense": DenseGate}
+
+
+def make_gate(spec: str | dict | Gate, hidden_size: int) -> Gate:
+    """Build a gate from a name, a config dict ``{"kind": name, **kwargs}`` or a Gate.
+
+    Raises ``ValueError`` listing the valid names for an unknown kind, and for a Gate
+    instance whose size differs from ``hidden_size``.
+    """
+    if isinstance(spec, Gate):
+        if spec.hidden_size != hidden_size:
+            raise ValueError(
+                f"gate has hidden_size {spec.hidden_size} but the layer has {hidden_size}"
+            )
+        return spec
+    kwargs: dict = {}
+    if isinstance(spec, dict):
+        kwargs = dict(spec)
+        spec = kwargs.pop("kind", None)
+    if not isinstance(spec, str) or spec not in GATES:
+        raise ValueError(f"unknown gate {spec!r}; valid gates: {', '.join(GATES)}")
+    try:
+        return GATES[spec](hidden_size, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"gate {spec!r}: {err}") from None
+
+
+def rate_penalty(gates: torch.Tensor | list, target: float) -> torch.Tensor:
+    r"""Update-rate regulariser :math:`(\bar g - r^*)^2` to add to a training loss.
+
+    ``gates`` is a gate tensor (any shape, values in [0, 1], carrying the surrogate
+    gradient) or a list of them (one per layer; the penalty is summed). Take them from a
+    forward pass with ``record=True`` (``record.gate``) or, for a rhythmic gate,
+    ``gate.plan(0, T).values``.
+
+    Example:
+        >>> gate = RhythmicGate(8, init_rate=0.5)
+        >>> loss = rate_penalty(gate.plan(0, 50).values, target=0.1)
+        >>> loss.backward()   # pushes the gate's bias down
+    """
+    if not 0.0 <= float(target) <= 1.0:
+        raise ValueError(f"target rate must lie in [0, 1], got {target}")
+    if isinstance(gates, torch.Tensor):
+        gates = [gates]
+    if len(gates) == 0:
+        raise ValueError("rate_penalty needs at least one gate tensor")
+    return sum((g.float().mean() - float(target)) ** 2 for g in gates)

@@ -1,0 +1,407 @@
+r"""Multi-step selective-update layers: :class:`SURNN`, :class:`SUGRU`, :class:`SULIF`.
+
+Each layer owns its parameters, its gates (one per stacked sub-layer) and nothing else:
+the time loop is the backend's :func:`recurrence` (see ``su_neuro.kernels.reference``
+for the equations). Input is batch first, (B, T, F); ``forward(x, state=None)`` returns
+``(output, state)`` and, with ``record=True``, ``(output, state, records)``.
+
+The state carries the absolute step index ``t``: the rhythmic gate of step t depends on
+t, so running a sequence in chunks and passing the state on gives exactly the result
+of running it whole.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import backends
+from .gates import Gate, make_gate
+from .kernels.reference import GATE_ROWS, LIFParams, StepRecord
+from .surrogate import get_surrogate
+
+__all__ = ["SUState", "SURNN", "SUGRU", "SULIF", "SULayer"]
+
+
+class SUState(NamedTuple):
+    """State of a stacked layer between calls.
+
+    h: (num_layers, B, H) hidden state (RNN/GRU) or membrane potential (LIF).
+    t: absolute index of the next step (0 for a fresh state).
+    s: (num_layers, B, H) last spikes (LIF), else None.
+    """
+
+    h: torch.Tensor
+    t: int = 0
+    s: torch.Tensor | None = None
+
+
+def _check_input(x, input_size: int, dtype: torch.dtype, check_finite: bool) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(
+            f"input x must have shape (batch, time, features) = (B, T, {input_size}); got {tuple(x.shape)}"
+        )
+    B, T, Fin = x.shape
+    if T == 0:
+        raise ValueError("input x has T = 0 steps: an empty sequence cannot be run")
+    if B == 0:
+        raise ValueError("input x has batch size B = 0")
+    if Fin != input_size:
+        raise ValueError(f"input x has {Fin} features but the layer expects input_size = {input_size}")
+    if not x.is_floating_point():
+        raise TypeError(f"input x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype != dtype:
+        raise TypeError(
+            f"input x has dtype {x.dtype} but the layer's parameters are {dtype}; "
+            f"convert one of them (x.to({dtype}) or layer.to({x.dtype}))"
+        )
+    if check_finite and not bool(torch.isfinite(x).all()):
+        raise ValueError("input x contains NaN or inf")
+
+
+class SULayer(nn.Module):
+    """Shared machinery of the selective-update layers (not used directly)."""
+
+    cell: str = ""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        gate: str | dict | Gate | Sequence[Gate] = "rhythmic",
+        dropout: float = 0.0,
+        backend: str = "auto",
+        check_finite: bool = True,
+        recurrent: bool = True,
+    ):
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bool(bias)
+        self.dropout = float(dropout)
+        self.check_finite = bool(check_finite)
+        self.recurrent = bool(recurrent)
+        self.backend = backends.check_backend(backend)
+
+        if isinstance(gate, (list, tuple, nn.ModuleList)):
+            if len(gate) != num_layers:
+                raise ValueError(f"got {len(gate)} gates for num_layers = {num_layers}")
+            gates = [make_gate(g, hidden_size) for g in gate]
+        elif isinstance(gate, Gate):
+            if num_layers != 1:
+                raise ValueError("a single Gate instance serves one layer; pass a list of gates or a gate name")
+            gates = [make_gate(gate, hidden_size)]
+        else:
+            gates = [make_gate(gate, hidden_size) for _ in range(num_layers)]
+        self.gates = nn.ModuleList(gates)
+
+        G = GATE_ROWS[self.cell] * hidden_size
+        for k in range(num_layers):
+            fan_in = input_size if k == 0 else hidden_size
+            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(G, fan_in)))
+            if self.recurrent:
+                self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(G, hidden_size)))
+            if self.bias:
+                self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(G)))
+                if self.recurrent:
+                    self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(G)))
+        self.reset_parameters()
+
+    # torch.nn.RNN / GRU initialisation: U(-1/sqrt(H), 1/sqrt(H)) for every weight.
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for name, p in self.named_parameters(recurse=False):
+            nn.init.uniform_(p, -bound, bound)
+
+    def _layer_weights(self, k: int):
+        get = lambda n: getattr(self, f"{n}_l{k}", None)  # noqa: E731
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+
+    def _lif(self, k: int) -> LIFParams | None:
+        return None
+
+    # ------------------------------------------------------------------ state
+    def initial_state(self, batch_size: int, *, device=None, dtype=None) -> SUState:
+        """A fresh state: zeros, t = 0."""
+        p = self.weight_ih_l0
+        shape = (self.num_layers, batch_size, self.hidden_size)
+        h = torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype)
+        return SUState(h, 0, h.clone() if self.cell == "lif" else None)
+
+    def _check_state(self, state, B: int, x: torch.Tensor) -> SUState:
+        if state is None:
+            return self.initial_state(B, device=x.device, dtype=x.dtype)
+        if isinstance(state, torch.Tensor):
+            state = SUState(state, 0, torch.zeros_like(state) if self.cell == "lif" else None)
+        if not isinstance(state, SUState):
+            raise TypeError(f"state must be an SUState, a tensor (num_layers, B, H) or None; got {type(state).__name__}")
+        want = (self.num_layers, B, self.hidden_size)
+        if not isinstance(state.h, torch.Tensor) or tuple(state.h.shape) != want:
+            got = tuple(state.h.shape) if isinstance(state.h, torch.Tensor) else type(state.h).__name__
+            raise ValueError(
+                f"state.h has shape {got} but this layer needs (num_layers, B, hidden_size) = {want}; "
+                "was the state made by another layer or batch?"
+            )
+        if state.h.dtype != x.dtype or state.h.device != x.device:
+            raise TypeError(
+                f"state.h is {state.h.dtype} on {state.h.device} but the input is {x.dtype} on {x.device}"
+            )
+        if isinstance(state.t, bool) or not isinstance(state.t, int) or state.t < 0:
+            raise ValueError(f"state.t must be a non-negative integer step index, got {state.t!r}")
+        if self.cell == "lif":
+            if state.s is None or tuple(state.s.shape) != want:
+                raise ValueError(f"state.s (spikes) must have shape {want} for a LIF layer")
+        if self.check_finite and not bool(torch.isfinite(state.h).all()):
+            raise ValueError("state.h contains NaN or inf")
+        return state
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, state: SUState | torch.Tensor | None = None, record: bool = False):
+        """Run the stack over a sequence.
+
+        Args:
+            x: (B, T, input_size) input, same dtype as the parameters.
+            state: an :class:`SUState` from a previous call, an initial hidden tensor
+                (num_layers, B, H) (then t = 0), or None (zeros, t = 0).
+            record: also return a list of :class:`StepRecord` (one per sub-layer).
+
+        Returns:
+            ``(output, state)`` or ``(output, state, records)``; output is (B, T, H):
+            the last sub-layer's states (RNN/GRU) or spikes (LIF).
+        """
+        _check_input(x, self.input_size, self.weight_ih_l0.dtype, self.check_finite)
+        B, T, _ = x.shape
+        state = self._check_state(state, B, x)
+        name = backends.resolve(
+            self.backend, x.device, self.cell, self.gates[0].kind, x.dtype, batch=B, hidden=self.hidden_size
+        )
+        impl = backends.get_impl(name)
+        inp = x
+        hs, ss, records = [], [], []
+        for k in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self._layer_weights(k)
+            xp = F.linear(inp, w_ih, b_ih)
+            gate = self.gates[k].plan(state.t, T, device=x.device, dtype=x.dtype)
+            s0 = state.s[k] if state.s is not None else None
+            out, hT, sT, rec = impl.recurrence(
+                self.cell, xp, state.h[k], s0, w_hh, b_hh, gate, self._lif(k), record
+            )
+            hs.append(hT)
+            if sT is not None:
+                ss.append(sT)
+            records.append(rec)
+            inp = out
+            if self.dropout and self.training and k < self.num_layers - 1:
+                inp = F.dropout(inp, self.dropout, training=True)
+        new_state = SUState(torch.stack(hs), state.t + T, torch.stack(ss) if ss else None)
+        if record:
+            return out, new_state, records
+        return out, new_state
+
+    # --------------------------------------------------------------- metadata
+    def layer_meta(self, k: int = 0) -> dict:
+        """Description of sub-layer k for traces and operation counts."""
+        return {
+            "cell": self.cell,
+            "gate": self.gates[k].kind,
+            "gate_config": self.gates[k].config(),
+            "input_size": self.input_size if k == 0 else self.hidden_size,
+            "hidden_size": self.hidden_size,
+            "recurrent": self.recurrent,
+            "input_kind": "spike" if (self.cell == "lif" and k > 0) else "dense",
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+            f"bias={self.bias}, backend={self.backend!r}"
+        )
+
+
+class _TorchCompatible(SULayer):
+    """SURNN / SUGRU: parameters laid out as in torch.nn.RNN / torch.nn.GRU."""
+
+    _torch_type: type = nn.Module
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, gate: str | dict | Gate | Sequence[Gate] = "dense", **kwargs):
+        """Build a layer with the same weights as a ``torch.nn.RNN`` / ``torch.nn.GRU``.
+
+        The torch module must be batch_first, unidirectional, without projections (and,
+        for RNN, with tanh). With ``gate="dense"`` the result computes what ``module`` does.
+
+        Example:
+            >>> gru = torch.nn.GRU(4, 16, batch_first=True)
+            >>> su = SUGRU.from_torch(gru)                     # dense: same outputs
+            >>> sparse = SUGRU.from_torch(gru, gate={"kind": "rhythmic", "init_rate": 0.1})
+        """
+        if not isinstance(module, cls._torch_type):
+            raise TypeError(f"{cls.__name__}.from_torch takes a {cls._torch_type.__name__}, got {type(module).__name__}")
+        if not module.batch_first:
+            raise ValueError("from_torch needs a batch_first=True module (su_neuro layers are batch first)")
+        if module.bidirectional:
+            raise ValueError("from_torch: bidirectional modules are not supported")
+        if getattr(module, "proj_size", 0):
+            raise ValueError("from_torch: modules with proj_size are not supported")
+        if getattr(module, "nonlinearity", "tanh") != "tanh":
+            raise ValueError("from_torch: SURNN uses tanh; this torch.nn.RNN uses relu")
+        layer = cls(
+            module.input_size,
+            module.hidden_size,
+            num_layers=module.num_layers,
+            bias=module.bias,
+            gate=gate,
+            dropout=module.dropout,
+            **kwargs,
+        )
+        with torch.no_grad():
+            for name, p in layer.named_parameters(recurse=False):
+                p.copy_(getattr(module, name))
+        ref = next(module.parameters())
+        return layer.to(device=ref.device, dtype=ref.dtype)
+
+
+class SURNN(_TorchCompatible):
+    r"""Selective-update Elman RNN: :math:`f = \tanh(W_{ih} x_t + b_{ih} + W_{hh} h + b_{hh})`.
+
+    Parameters follow ``torch.nn.RNN``: ``weight_ih_l{k}`` (H, F), ``weight_hh_l{k}`` (H, H),
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (H).
+
+    Example:
+        >>> rnn = SURNN(3, 32, gate={"kind": "rhythmic", "init_rate": 0.2})
+        >>> y, state = rnn(torch.randn(4, 50, 3))     # y: (4, 50, 32)
+    """
+
+    cell = "rnn"
+    _torch_type = nn.RNN
+
+
+class SUGRU(_TorchCompatible):
+    r"""Selective-update GRU; the candidate is ``torch.nn.GRU``'s update (gates r, z, n).
+
+    Parameters follow ``torch.nn.GRU``: ``weight_ih_l{k}`` (3H, F), ``weight_hh_l{k}`` (3H, H),
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (3H).
+
+    Example:
+        >>> gru = SUGRU(1, 64, num_layers=2, gate="rhythmic")
+        >>> y, state = gru(torch.randn(8, 784, 1))
+        >>> y2, _ = gru(torch.randn(8, 100, 1), state)   # continues at t = 784
+    """
+
+    cell = "gru"
+    _torch_type = nn.GRU
+
+
+class SULIF(SULayer):
+    r"""Selective-update leaky integrate-and-fire population.
+
+    Membrane v and spikes s; the input current is :math:`W_{ih} x_t + b_{ih}`, plus
+    :math:`W_{hh} s_{t-1} + b_{hh}` when ``recurrent``. With the gate open, one step is
+    snnTorch's ``Leaky`` / ``RLeaky`` (reset by the previous step's spike, detached):
+
+    * subtract: :math:`v' = \beta v + I - [v > \vartheta]\,\vartheta`
+    * zero:     :math:`v' = \beta (1 - [v > \vartheta])\, v + I`
+
+    and :math:`s = H(v' - \vartheta)` with a surrogate gradient. A closed neuron keeps v
+    (no leak) and does not spike. Note: snnTorch's ``RLeaky`` with ``reset_mechanism="zero"``
+    also drops the step's input current after a spike; SULIF resets the membrane the
+    same way with or without recurrence (as ``Leaky`` does).
+
+    Args:
+        beta: membrane decay in [0, 1], a float or a (H,) tensor.
+        threshold: firing threshold :math:`\vartheta` (> 0).
+        reset: "subtract" or "zero".
+        spike_grad: surrogate name of the spike (default "atan", as in snnTorch).
+        recurrent: add recurrent weights on spikes (default False).
+        learn_beta: make beta a trainable parameter.
+
+    Example:
+        >>> lif = SULIF(700, 128, beta=0.9, recurrent=True, gate={"kind": "rhythmic", "init_rate": 0.1})
+        >>> spikes, state = lif(torch.rand(2, 100, 700))
+    """
+
+    cell = "lif"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        gate="rhythmic",
+        beta: float | torch.Tensor = 0.9,
+        threshold: float = 1.0,
+        reset: str = "subtract",
+        spike_grad: str = "atan",
+        spike_grad_params: dict | None = None,
+        recurrent: bool = False,
+        learn_beta: bool = False,
+        dropout: float = 0.0,
+        backend: str = "auto",
+        check_finite: bool = True,
+    ):
+        if reset not in ("subtract", "zero"):
+            raise ValueError(f"unknown reset {reset!r}; valid resets: subtract, zero")
+        threshold = float(threshold)
+        if not math.isfinite(threshold) or threshold <= 0:
+            raise ValueError(f"threshold must be a positive number, got {threshold}")
+        self.threshold = threshold
+        self.reset = reset
+        self.spike_grad = get_surrogate(spike_grad, **(spike_grad_params or {}))
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, gate, dropout, backend, check_finite, recurrent
+        )
+        beta_t = torch.as_tensor(beta, dtype=torch.float32).flatten()
+        if beta_t.numel() == 1:
+            beta_t = beta_t.expand(hidden_size).clone()
+        if beta_t.numel() != hidden_size:
+            raise ValueError(f"beta must be a float or have hidden_size = {hidden_size} values, got {beta_t.numel()}")
+        if not bool(((beta_t >= 0) & (beta_t <= 1)).all()):
+            raise ValueError("beta must lie in [0, 1]")
+        if learn_beta:
+            self.beta = nn.Parameter(beta_t)
+        else:
+            self.register_buffer("beta", beta_t)
+
+    # nn.Linear-style initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters(recurse=False):
+            if name == "beta":
+                continue
+            k = int(name.rsplit("_l", 1)[1])
+            fan_in = (self.input_size if k == 0 else self.hidden_size) if "_ih_" in name else self.hidden_size
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(p, -bound, bound)
+
+    def _lif(self, k: int) -> LIFParams:
+        return LIFParams(self.beta, self.threshold, self.reset, self.spike_grad)
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", threshold={self.threshold}, reset={self.reset!r}, recurrent={self.recurrent}, "
+            f"spike_grad={self.spike_grad.name!r}"
+        )
+
+
+def update_rate(records: Sequence[StepRecord] | dict) -> float:
+    """Fraction of neuron-steps that updated, over all records given."""
+    recs = list(records.values()) if isinstance(records, dict) else list(records)
+    total = sum(r.gate.numel() for r in recs)
+    if total == 0:
+        raise ValueError("no records given")
+    return float(sum(r.gate.detach().sum() for r in recs) / total)

@@ -1,0 +1,175 @@
+r"""Surrogate gradients of the Heaviside step, chosen by name.
+
+Every binary decision in su_neuro (a rhythmic or event gate opening, a LIF neuron
+spiking) is a Heaviside step :math:`H(x) = [x > 0]` in the forward pass. Its backward
+pass uses a surrogate derivative :math:`\sigma'(x)`. The functions come from
+snnTorch's ``snntorch.surrogate`` module; the two compact-support shapes that snnTorch
+does not ship ("triangle", "rectangle") are built with snnTorch's own
+``custom_surrogate`` wrapper. Each entry also carries its derivative as a closed
+formula, which the tests check against the autograd backward and which the fused
+kernels evaluate inline.
+
+=====================  ===============================================  ==============
+name                   surrogate derivative :math:`\sigma'(x)`          support
+=====================  ===============================================  ==============
+``atan``               :math:`\frac{\alpha/2}{1 + (\frac{\pi}{2}\alpha x)^2}`   everywhere
+``fast_sigmoid``       :math:`1 / (s|x| + 1)^2`                          everywhere
+``sigmoid``            :math:`s e^{-sx} / (1 + e^{-sx})^2`               everywhere
+``straight_through``   :math:`1`                                         everywhere
+``triangle``           :math:`\max(0, 1 - |x|/w) / w`                    :math:`|x| < w`
+``rectangle``          :math:`[|x| < w/2] / w`                           :math:`|x| < w/2`
+=====================  ===============================================  ==============
+
+A compact-support surrogate makes training work sparse: a closed gate needs its
+candidate only where :math:`\sigma'(a) \neq 0`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+__all__ = ["Surrogate", "get_surrogate", "SURROGATES"]
+
+# Integer codes shared with the Numba and Triton kernels (kernels/_surrogate_codes.py
+# mirrors this table); internal, never part of the public API.
+_CODES = {
+    "atan": 0,
+    "fast_sigmoid": 1,
+    "sigmoid": 2,
+    "straight_through": 3,
+    "triangle": 4,
+    "rectangle": 5,
+}
+
+_DEFAULTS: dict[str, dict[str, float]] = {
+    "atan": {"alpha": 2.0},
+    "fast_sigmoid": {"slope": 25.0},
+    "sigmoid": {"slope": 25.0},
+    "straight_through": {},
+    "triangle": {"width": 1.0},
+    "rectangle": {"width": 1.0},
+}
+
+SURROGATES = tuple(_DEFAULTS)
+
+
+def _snntorch_fn(name: str, p: dict[str, float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    from snntorch import surrogate as sn
+
+    if name == "atan":
+        return sn.atan(alpha=p["alpha"])
+    if name == "fast_sigmoid":
+        return sn.fast_sigmoid(slope=p["slope"])
+    if name == "sigmoid":
+        return sn.sigmoid(slope=p["slope"])
+    if name == "straight_through":
+        return sn.straight_through_estimator()
+    width = p["width"]
+    if name == "triangle":
+
+        def triangle_grad(x, grad, _spikes):
+            return grad * torch.clamp(1.0 - x.abs() / width, min=0.0) / width
+
+        return sn.custom_surrogate(triangle_grad)
+
+    def rectangle_grad(x, grad, _spikes):
+        return grad * (x.abs() < 0.5 * width).to(grad.dtype) / width
+
+    return sn.custom_surrogate(rectangle_grad)
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """A Heaviside step with a named surrogate derivative.
+
+    Call it on a tensor to get ``(x > 0)`` as a float tensor whose backward is the
+    surrogate. ``derivative(x)`` gives :math:`\\sigma'(x)` as a tensor.
+
+    Example:
+        >>> s = get_surrogate("triangle", width=0.5)
+        >>> x = torch.tensor([-1.0, 0.1], requires_grad=True)
+        >>> s(x).sum().backward(); x.grad
+        tensor([0.0000, 1.6000])
+    """
+
+    name: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def code(self) -> int:
+        return _CODES[self.name]
+
+    @property
+    def scale(self) -> float:
+        """The single shape parameter (alpha, slope or width); 0.0 if none."""
+        return float(next(iter(self.params.values()), 0.0))
+
+    @property
+    def compact(self) -> bool:
+        """True if the derivative is zero outside a bounded interval."""
+        return self.name in ("triangle", "rectangle")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        fn = _FN_CACHE.get((self.name, tuple(self.params.items())))
+        if fn is None:
+            fn = _snntorch_fn(self.name, self.params)
+            _FN_CACHE[(self.name, tuple(self.params.items()))] = fn
+        out = fn(x)
+        # snnTorch's Functions return float32 via ``.float()``; keep the input's dtype.
+        return out if out.dtype == x.dtype else out.to(x.dtype)
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        return surrogate_derivative(self.name, self.scale, x)
+
+
+def surrogate_derivative(name: str, scale: float, x: torch.Tensor) -> torch.Tensor:
+    """Closed formula of each surrogate derivative (the specification kernels follow)."""
+    if name == "atan":
+        return (scale / 2) / (1 + (math.pi / 2 * scale * x) ** 2)
+    if name == "fast_sigmoid":
+        return 1.0 / (scale * x.abs() + 1.0) ** 2
+    if name == "sigmoid":
+        e = torch.exp(-scale * x)
+        return scale * e / (1 + e) ** 2
+    if name == "straight_through":
+        return torch.ones_like(x)
+    if name == "triangle":
+        return torch.clamp(1.0 - x.abs() / scale, min=0.0) / scale
+    if name == "rectangle":
+        return (x.abs() < 0.5 * scale).to(x.dtype) / scale
+    raise ValueError(_unknown(name))
+
+
+_FN_CACHE: dict = {}
+
+
+def _unknown(name: object) -> str:
+    return f"unknown surrogate {name!r}; valid names: {', '.join(SURROGATES)}"
+
+
+def get_surrogate(name: str | Surrogate = "fast_sigmoid", **params: float) -> Surrogate:
+    """Look a surrogate up by name; keyword arguments override its shape parameter.
+
+    Raises ``ValueError`` listing the valid names for an unknown name, and
+    ``TypeError`` for a parameter the surrogate does not take.
+    """
+    if isinstance(name, Surrogate):
+        if params:
+            raise TypeError("parameters cannot be given with a Surrogate instance")
+        return name
+    if not isinstance(name, str) or name not in _DEFAULTS:
+        raise ValueError(_unknown(name))
+    merged = dict(_DEFAULTS[name])
+    for key, value in params.items():
+        if key not in merged:
+            valid = ", ".join(merged) or "none"
+            raise TypeError(f"surrogate {name!r} takes no parameter {key!r} (takes: {valid})")
+        value = float(value)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"surrogate {name!r}: {key} must be a positive number, got {value}")
+        merged[key] = value
+    return Surrogate(name, merged)
