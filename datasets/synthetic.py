@@ -100,6 +100,7 @@ def copy_task(
     check_int("n_memorize", n_memorize, 1)
     check_int("n_train", n_train, 0)
     check_int("n_test", n_test, 0)
+    check_int("seed", seed, 0)
     rng_train, rng_test = _rngs(seed)
     args = (delay, n_symbols, n_memorize, bool(blank_targets))
     return Task(
@@ -148,6 +149,7 @@ def selective_copy_task(
     check_int("n_symbols", n_symbols, 1)
     check_int("n_train", n_train, 0)
     check_int("n_test", n_test, 0)
+    check_int("seed", seed, 0)
     rng_train, rng_test = _rngs(seed)
     args = (length, n_symbols, n_memorize)
     return Task(
@@ -186,6 +188,7 @@ def adding_task(
     check_int("length", length, 2)
     check_int("n_train", n_train, 0)
     check_int("n_test", n_test, 0)
+    check_int("seed", seed, 0)
     rng_train, rng_test = _rngs(seed)
     return Task(
         name="adding",

@@ -1,0 +1,696 @@
+"""HDF5 traces of gate events, spikes and state changes.
+
+A trace holds what a recording forward pass returns (one ``StepRecord`` per recurrent
+sub-layer: ``gate``, ``delta``, ``spike``, each ``(B, T, H)``) for many batches, plus
+the layer metadata, the model configuration and run metadata. The file layout is
+documented in ``docs/trace-format.md`` so that it can be read with plain h5py.
+
+Writing streams batch by batch into chunked, compressed, resizable datasets, so memory
+stays bounded by one batch; reading is lazy (only the requested samples are read).
+
+Crash safety: the file is written in HDF5's single-writer/multiple-reader (SWMR) mode,
+which orders metadata writes so that the file is readable at any instant; after every
+batch the data is flushed and only then the ``/committed`` sample counter is advanced
+and flushed. A reader trusts ``committed`` samples only, so a writer killed at any point
+leaves a file holding every batch completed before the kill.
+
+Example::
+
+    from su_neuro import traces
+    with traces.TraceWriter("run.h5", layers={"layers.0": meta}, config=cfg) as w:
+        for x, y in loader:
+            _, records = model(x, record=True)
+            w.append(records, labels=y)
+    r = traces.read("run.h5")
+    g = r.gates("layers.0", samples=slice(0, 8))      # bool (8, T, H)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import h5py
+import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA_VERSION",
+    "CorruptTraceError",
+    "NotATraceError",
+    "NotHDF5Error",
+    "SchemaVersionError",
+    "TraceChunk",
+    "TraceError",
+    "TraceNotFoundError",
+    "TraceReader",
+    "TraceWriter",
+    "choose_encoding",
+    "read",
+    "write",
+]
+
+FORMAT = "su_neuro.trace"
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA = 1
+
+#: bytes one event costs in the event-list encoding: (sample, t, neuron) as uint32
+EVENT_BYTES = 12
+#: below this density (fraction of ones) an event list is smaller than packed bits:
+#: 12 bytes * density < 1/8 byte  <=>  density < 1/96
+EVENT_DENSITY_THRESHOLD = 1.0 / (8 * EVENT_BYTES)
+
+_LAYER_KEYS = ("cell", "gate", "input_size", "hidden_size", "recurrent", "input_kind")
+_CHUNK_BYTES = 256 * 1024
+_EVENT_CHUNK = 16384
+
+
+# ----------------------------------------------------------------------------- errors
+class TraceError(Exception):
+    """Base class of every error raised for an unreadable or invalid trace."""
+
+
+class TraceNotFoundError(TraceError, FileNotFoundError):
+    """The trace path does not exist."""
+
+
+class NotHDF5Error(TraceError):
+    """The file exists but is not an HDF5 file."""
+
+
+class CorruptTraceError(TraceError):
+    """An HDF5 file that cannot be opened or read (truncated or damaged)."""
+
+
+class NotATraceError(TraceError):
+    """A valid HDF5 file that is not a su_neuro trace."""
+
+
+class SchemaVersionError(TraceError):
+    """The trace was written with a newer schema than this su_neuro can read."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _np(x: Any) -> np.ndarray | None:
+    """Tensor (any device) or array-like -> numpy array; None stays None."""
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach()
+        if hasattr(x, "cpu"):
+            x = x.cpu()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _binary(x: Any, what: str) -> np.ndarray:
+    """A 0/1 array -> bool, refusing anything else (storage is bit-exact)."""
+    a = _np(x)
+    if a.ndim != 3:
+        raise ValueError(f"{what} must be (B, T, H), got shape {a.shape}")
+    if a.dtype == np.bool_:
+        return a
+    b = a != 0
+    if np.any(b & (a != 1)):
+        raise ValueError(f"{what} must hold only 0 and 1")
+    return b
+
+
+def choose_encoding(bits: np.ndarray) -> str:
+    """``"events"`` if an event list is smaller than packed bits for ``bits``, else
+    ``"packbits"``. Packed bits cost 1/8 byte per entry, an event 12 bytes, so events
+    win when the density of ones is below 1/96 (about 1.04 %)."""
+    density = float(np.count_nonzero(bits)) / max(bits.size, 1)
+    return "events" if density < EVENT_DENSITY_THRESHOLD else "packbits"
+
+
+def _chunks(shape_tail: tuple[int, ...], itemsize: int, batch: int) -> tuple[int, ...]:
+    """Chunk shape ``(samples, *tail)`` of about ``_CHUNK_BYTES``: split the leading tail
+    axis (time) when one sample is too large, group samples when it is small."""
+    tail = list(shape_tail)
+    per_sample = itemsize * math.prod(tail)
+    if per_sample > _CHUNK_BYTES:
+        while tail[0] > 1 and itemsize * math.prod(tail) > _CHUNK_BYTES:
+            tail[0] = (tail[0] + 1) // 2
+        return (1, *tail)
+    cs = max(1, min(batch, _CHUNK_BYTES // max(per_sample, 1)))
+    return (cs, *tail)
+
+
+def _version() -> str:
+    try:
+        import su_neuro
+
+        return str(getattr(su_neuro, "__version__", "unknown"))
+    except ImportError:  # pragma: no cover - su_neuro half-imported
+        return "unknown"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _dumps(d: Mapping[str, Any]) -> str:
+    return json.dumps(dict(d), default=_json_default, sort_keys=True)
+
+
+def _check_layer_meta(name: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    if "/" in name or not name:
+        raise ValueError(f"layer name {name!r} must be non-empty and contain no '/'")
+    missing = [k for k in _LAYER_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"layer {name!r}: metadata lacks {missing}")
+    if meta["cell"] not in ("rnn", "gru", "lif"):
+        raise ValueError(f"layer {name!r}: cell must be rnn, gru or lif, got {meta['cell']!r}")
+    if meta["input_kind"] not in ("dense", "spike"):
+        raise ValueError(f"layer {name!r}: input_kind must be dense or spike")
+    return dict(meta)
+
+
+# ----------------------------------------------------------------------------- writer
+class _Stream:
+    """One bit stream (gate or spike) of one layer, packed or as an event list."""
+
+    def __init__(self, grp: h5py.Group, key: str, first: np.ndarray, encoding: str,
+                 comp: dict[str, Any]) -> None:
+        self.key = key
+        if encoding == "auto":
+            encoding = choose_encoding(first)
+        if encoding not in ("packbits", "events"):
+            raise ValueError(f"encoding must be auto, packbits or events, got {encoding!r}")
+        self.encoding = encoding
+        grp.attrs[f"{key}_encoding"] = encoding
+        b, t, h = first.shape
+        if encoding == "packbits":
+            hb = (h + 7) // 8
+            self.ds = grp.create_dataset(
+                key, shape=(0, t, hb), maxshape=(None, t, hb), dtype=np.uint8,
+                chunks=_chunks((t, hb), 1, b), **comp)
+        else:
+            self.ev = grp.create_dataset(
+                f"{key}_events", shape=(0, 3), maxshape=(None, 3), dtype=np.uint32,
+                chunks=(_EVENT_CHUNK, 3), **comp)
+            self.off = grp.create_dataset(
+                f"{key}_offsets", shape=(1,), maxshape=(None,), dtype=np.int64,
+                chunks=(4096,), data=np.zeros(1, np.int64), **comp)
+
+    def append(self, bits: np.ndarray, start: int) -> None:
+        b = bits.shape[0]
+        if self.encoding == "packbits":
+            packed = np.packbits(bits, axis=-1, bitorder="little")
+            self.ds.resize(start + b, axis=0)
+            self.ds[start:start + b] = packed
+            return
+        s, t, n = np.nonzero(bits)  # C order: sorted by sample, then t, then neuron
+        ev = np.stack([s + start, t, n], axis=1).astype(np.uint32)
+        e0 = int(self.off[start])
+        counts = np.bincount(s, minlength=b)
+        self.ev.resize(e0 + len(ev), axis=0)
+        if len(ev):
+            self.ev[e0:e0 + len(ev)] = ev
+        self.off.resize(start + b + 1, axis=0)
+        self.off[start + 1:start + b + 1] = e0 + np.cumsum(counts)
+
+
+class TraceWriter:
+    """Stream recorded batches into an HDF5 trace.
+
+    Args:
+        path: file to create (overwritten if it exists).
+        layers: ``{name: metadata}`` for every recorded sub-layer, in model order; metadata
+            holds ``cell, gate, input_size, hidden_size, recurrent, input_kind``.
+        config: model configuration (stored as a JSON string attribute).
+        store_delta / store_state: ``None`` (not stored), ``"float16"`` or ``"float32"``.
+            The state is taken from a record's optional ``state`` attribute.
+        run_meta: extra run metadata (``backend``, ``seed``, ...); version and UTC time
+            are added.
+        gate_encoding / spike_encoding: ``"auto"`` (decided on the first batch, see
+            :func:`choose_encoding`), ``"packbits"`` or ``"events"``.
+        compression: ``"gzip"`` (default, level 4) or ``"lzf"`` or ``None``.
+        swmr: write in SWMR mode (crash safe, default). Without it a killed writer may
+            leave an unreadable file.
+
+    ``append(records, labels=None, inputs=None)`` adds one batch: ``records`` maps layer
+    name to an object with ``gate``, ``delta``, ``spike`` (``(B, T, H)``), ``labels`` is
+    ``(B, ...)``, ``inputs`` the model input ``(B, T, F)`` of which only the number of
+    nonzero entries per step is stored (for operation counts). Every batch must have the
+    same T and supply the same optional fields as the first one.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, layers: Mapping[str, Mapping[str, Any]],
+                 config: Mapping[str, Any] | None = None, store_delta: str | None = None,
+                 store_state: str | None = None, run_meta: Mapping[str, Any] | None = None,
+                 gate_encoding: str = "auto", spike_encoding: str = "auto",
+                 compression: str | None = "gzip", swmr: bool = True) -> None:
+        for nm, v in (("store_delta", store_delta), ("store_state", store_state)):
+            if v not in (None, "float16", "float32"):
+                raise ValueError(f"{nm} must be None, 'float16' or 'float32', got {v!r}")
+        if not layers:
+            raise ValueError("layers must name at least one layer")
+        self.path = Path(path)
+        self.layers = {k: _check_layer_meta(k, v) for k, v in layers.items()}
+        self.config = dict(config or {})
+        self.store_delta = store_delta
+        self.store_state = store_state
+        self._encodings = {"gate": gate_encoding, "spike": spike_encoding}
+        if compression == "gzip":
+            self._comp: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
+        elif compression == "lzf":
+            self._comp = {"compression": "lzf"}
+        elif compression is None:
+            self._comp = {}
+        else:
+            raise ValueError(f"compression must be gzip, lzf or None, got {compression!r}")
+        self._swmr = swmr
+        meta = dict(run_meta or {})
+        meta.setdefault("backend", "unknown")
+        meta.setdefault("seed", None)
+        meta["su_neuro_version"] = _version()
+        meta["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        meta["h5py_version"] = h5py.version.version
+        meta["hdf5_version"] = h5py.version.hdf5_version
+        meta["python_version"] = platform.python_version()
+        self.run_meta = meta
+        self._f: h5py.File | None = None
+        self._n = 0
+        self._t: int | None = None
+        self._streams: dict[tuple[str, str], _Stream] = {}
+
+    # -- context manager
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(self.path, "w", libver="latest")
+        f.attrs["format"] = FORMAT
+        f.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
+        f.attrs["config"] = _dumps(self.config)
+        f.attrs["run_meta"] = _dumps(self.run_meta)
+        f.attrs["su_neuro_version"] = self.run_meta["su_neuro_version"]
+        f.attrs["created_utc"] = self.run_meta["created_utc"]
+        f.attrs["layer_order"] = json.dumps(list(self.layers))
+        f.create_dataset("committed", data=np.zeros(1, np.int64), maxshape=(1,))
+        f.create_dataset("closed", data=np.zeros(1, np.uint8), maxshape=(1,))
+        lg = f.create_group("layers")
+        for name, meta in self.layers.items():
+            g = lg.create_group(name)
+            for k in _LAYER_KEYS:
+                v = meta[k]
+                g.attrs[k] = np.bool_(v) if isinstance(v, bool) else v
+            g.attrs["meta"] = _dumps(meta)
+        self._f = f
+
+    @property
+    def num_samples(self) -> int:
+        """Samples committed so far."""
+        return self._n
+
+    def _create(self, recs: dict[str, dict[str, np.ndarray | None]], labels: np.ndarray | None,
+                nnz: np.ndarray | None, batch: int) -> None:
+        f = self._f
+        t = self._t
+        f.attrs["num_steps"] = np.int64(t)
+        for name, r in recs.items():
+            g = f["layers"][name]
+            h = r["gate"].shape[2]
+            g.attrs["stored"] = json.dumps(
+                [k for k in ("gate", "spike", "delta", "state") if r.get(k) is not None])
+            self._streams[(name, "gate")] = _Stream(g, "gate", r["gate"],
+                                                    self._encodings["gate"], self._comp)
+            if r["spike"] is not None:
+                self._streams[(name, "spike")] = _Stream(g, "spike", r["spike"],
+                                                         self._encodings["spike"], self._comp)
+            for key, dt in (("delta", self.store_delta), ("state", self.store_state)):
+                if r.get(key) is not None:
+                    g.create_dataset(key, shape=(0, t, h), maxshape=(None, t, h), dtype=dt,
+                                     chunks=_chunks((t, h), np.dtype(dt).itemsize, batch),
+                                     shuffle=bool(self._comp), **self._comp)
+        if labels is not None:
+            f.create_dataset("labels", shape=(0, *labels.shape[1:]),
+                             maxshape=(None, *labels.shape[1:]), dtype=labels.dtype,
+                             chunks=_chunks(labels.shape[1:], labels.dtype.itemsize,
+                                            max(batch, 1024)), **self._comp)
+        if nnz is not None:
+            f.create_dataset("input_nnz", shape=(0, t), maxshape=(None, t), dtype=np.int32,
+                             chunks=_chunks((t,), 4, max(batch, 64)), **self._comp)
+        if self._swmr:
+            f.swmr_mode = True
+
+    def append(self, records: Mapping[str, Any], labels: Any = None, inputs: Any = None) -> None:
+        """Append one batch (see the class docstring)."""
+        if self._f is None:
+            raise RuntimeError("TraceWriter is not open (use it as a context manager)")
+        unknown = set(records) - set(self.layers)
+        if unknown:
+            raise ValueError(f"records for undeclared layers: {sorted(unknown)}")
+        recs: dict[str, dict[str, np.ndarray | None]] = {}
+        batch = None
+        for name, meta in self.layers.items():
+            if name not in records:
+                raise ValueError(f"records lack layer {name!r}")
+            rec = records[name]
+            gate = _binary(rec.gate, f"{name}.gate")
+            b, t, h = gate.shape
+            if h != int(meta["hidden_size"]):
+                raise ValueError(f"{name}: gate has {h} neurons, metadata says "
+                                 f"hidden_size={meta['hidden_size']}")
+            if batch is None:
+                batch = b
+            if b != batch:
+                raise ValueError("all layers of a batch must have the same batch size")
+            if self._t is None:
+                self._t = t
+            if t != self._t:
+                raise ValueError(f"every batch must have T={self._t} steps, got {t}")
+            spike = getattr(rec, "spike", None)
+            r = {"gate": gate, "spike": None if spike is None else _binary(spike, f"{name}.spike")}
+            if (r["spike"] is None) != (meta["cell"] != "lif"):
+                raise ValueError(f"{name}: spikes are required for LIF layers and only there")
+            for key, dt in (("delta", self.store_delta), ("state", self.store_state)):
+                v = getattr(rec, key, None) if dt is not None else None
+                if dt is not None and v is None and key == "delta":
+                    raise ValueError(f"{name}: store_delta is set but the record has no delta")
+                r[key] = None if v is None else _np(v).astype(dt, copy=False)
+                if r[key] is not None and r[key].shape != gate.shape:
+                    raise ValueError(f"{name}.{key} shape {r[key].shape} != gate {gate.shape}")
+            recs[name] = r
+        lab = _np(labels)
+        if lab is not None and (lab.ndim == 0 or lab.shape[0] != batch):
+            raise ValueError(f"labels must be (B, ...) with B={batch}")
+        nnz = None
+        if inputs is not None:
+            x = _np(inputs)
+            if x.ndim != 3 or x.shape[:2] != (batch, self._t):
+                raise ValueError(f"inputs must be (B, T, F) = ({batch}, {self._t}, F)")
+            nnz = np.count_nonzero(x, axis=2).astype(np.int32)
+        f = self._f
+        if not self._streams:
+            self._create(recs, lab, nnz, batch)
+        else:
+            if ("labels" in f) != (lab is not None) or ("input_nnz" in f) != (nnz is not None):
+                raise ValueError("every batch must supply labels / inputs like the first batch")
+            for name, r in recs.items():
+                g = f["layers"][name]
+                for key in ("delta", "state"):
+                    if (key in g) != (r[key] is not None):
+                        raise ValueError(f"{name}: {key} given in some batches only")
+        start = self._n
+        end = start + batch
+        for name, r in recs.items():
+            self._streams[(name, "gate")].append(r["gate"], start)
+            if r["spike"] is not None:
+                self._streams[(name, "spike")].append(r["spike"], start)
+            g = f["layers"][name]
+            for key in ("delta", "state"):
+                if r[key] is not None:
+                    g[key].resize(end, axis=0)
+                    g[key][start:end] = r[key]
+        if lab is not None:
+            f["labels"].resize(end, axis=0)
+            f["labels"][start:end] = lab
+        if nnz is not None:
+            f["input_nnz"].resize(end, axis=0)
+            f["input_nnz"][start:end] = nnz
+        # commit: data first, then the counter readers trust
+        f.flush()
+        f["committed"][0] = end
+        f.flush()
+        self._n = end
+
+    def close(self) -> None:
+        if self._f is None:
+            return
+        try:
+            self._f["closed"][0] = 1
+            self._f.flush()
+        finally:
+            self._f.close()
+            self._f = None
+
+
+def write(path: str | os.PathLike, records: Mapping[str, Any], *,
+          layers: Mapping[str, Mapping[str, Any]], labels: Any = None, inputs: Any = None,
+          **kwargs: Any) -> Path:
+    """One-shot: write one batch of ``records`` to a new trace at ``path``.
+    Keyword arguments are those of :class:`TraceWriter`."""
+    with TraceWriter(path, layers=layers, **kwargs) as w:
+        w.append(records, labels=labels, inputs=inputs)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- reader
+class TraceChunk(NamedTuple):
+    """Samples ``start:stop`` of a trace, all layers (arrays are numpy)."""
+
+    start: int
+    stop: int
+    gates: dict[str, np.ndarray]            # bool (n, T, H)
+    spikes: dict[str, np.ndarray | None]    # bool (n, T, H) for LIF, else None
+    input_nnz: np.ndarray | None            # int (n, T) or None
+
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.exists():
+        raise TraceNotFoundError(f"{path}: no such trace file")
+    if path.is_dir():
+        raise TraceError(f"{path}: is a directory, not a trace file")
+    if path.stat().st_size == 0 or not h5py.is_hdf5(str(path)):
+        raise NotHDF5Error(f"{path}: not an HDF5 file (no HDF5 signature)")
+    try:
+        return h5py.File(path, "r")
+    except OSError:
+        pass
+    try:  # a writer killed in SWMR mode leaves the "open for writing" flag set
+        return h5py.File(path, "r", libver="latest", swmr=True)
+    except OSError as e:
+        raise CorruptTraceError(
+            f"{path}: HDF5 file cannot be opened, it is truncated or damaged ({e})") from None
+
+
+class TraceReader:
+    """Lazy reader of a trace written by :class:`TraceWriter`.
+
+    Only the ``committed`` samples (batches whose write completed) are visible.
+    ``samples`` arguments accept ``None`` (all), an int, a slice, or a sequence of indices.
+
+    Attributes: ``num_samples``, ``num_steps``, ``layers`` (name -> metadata dict, in
+    model order), ``config``, ``run_meta``, ``schema_version``, ``complete`` (False when
+    the writer did not close the file, e.g. it was killed), ``encodings``.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        f = _open_h5(self.path)
+        try:
+            self._init(f)
+        except TraceError:
+            f.close()
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            f.close()
+            raise CorruptTraceError(f"{self.path}: damaged trace ({e})") from None
+        self._f = f
+
+    def _init(self, f: h5py.File) -> None:
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != FORMAT or "schema_version" not in f.attrs:
+            raise NotATraceError(f"{self.path}: HDF5 file but not a su_neuro trace "
+                                 f"(root attribute format={fmt!r}, expected {FORMAT!r})")
+        self.schema_version = int(f.attrs["schema_version"])
+        if self.schema_version > SUPPORTED_SCHEMA:
+            raise SchemaVersionError(
+                f"{self.path}: written by a newer su_neuro: schema {self.schema_version} > "
+                f"supported {SUPPORTED_SCHEMA}; upgrade su_neuro to read it")
+        self.config = json.loads(f.attrs.get("config", "{}"))
+        self.run_meta = json.loads(f.attrs.get("run_meta", "{}"))
+        order = json.loads(f.attrs["layer_order"])
+        self.layers: dict[str, dict[str, Any]] = {
+            n: json.loads(f["layers"][n].attrs["meta"]) for n in order}
+        self.num_samples = int(f["committed"][0])
+        self.complete = bool(f["closed"][0])
+        self.encodings: dict[str, dict[str, str]] = {}
+        for n in order:
+            g = f["layers"][n]
+            self.encodings[n] = {k: str(g.attrs[f"{k}_encoding"]) for k in ("gate", "spike")
+                                 if f"{k}_encoding" in g.attrs}
+        self.num_steps = int(f.attrs.get("num_steps", 0))
+
+    # -- context manager / lifetime
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "_f", None) is not None:
+            self._f.close()
+            self._f = None
+
+    def __repr__(self) -> str:
+        return (f"TraceReader({str(self.path)!r}, samples={self.num_samples}, "
+                f"steps={self.num_steps}, layers={list(self.layers)})")
+
+    # -- sample selection
+    def _index(self, samples: Any) -> tuple[np.ndarray | slice, bool]:
+        """-> (sorted unique index array or slice, squeeze)."""
+        n = self.num_samples
+        if samples is None:
+            return slice(0, n), False
+        if isinstance(samples, slice):
+            start, stop, step = samples.indices(n)
+            if step == 1:
+                return slice(start, max(start, stop)), False
+            return np.arange(start, stop, step), False
+        if np.isscalar(samples):
+            i = int(samples)
+            if i < 0:
+                i += n
+            if not 0 <= i < n:
+                raise IndexError(f"sample {samples} out of range (0..{n - 1})")
+            return np.array([i]), True
+        idx = np.asarray(samples, dtype=np.int64).ravel()
+        idx = np.where(idx < 0, idx + n, idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"sample indices out of range (0..{n - 1})")
+        return idx, False
+
+    def _read_rows(self, ds: h5py.Dataset, sel: np.ndarray | slice) -> np.ndarray:
+        if isinstance(sel, slice):
+            return ds[sel]
+        if sel.size == 0:
+            return np.zeros((0, *ds.shape[1:]), ds.dtype)
+        uniq, inv = np.unique(sel, return_inverse=True)
+        return ds[uniq][inv]
+
+    def _bits(self, layer: str, key: str, samples: Any) -> np.ndarray:
+        g = self._group(layer)
+        enc = self.encodings[layer].get(key)
+        if enc is None:
+            raise TraceError(f"layer {layer!r} has no {key} stream in {self.path}")
+        sel, squeeze = self._index(samples)
+        h = int(self.layers[layer]["hidden_size"])
+        t = self.num_steps
+        try:
+            if enc == "packbits":
+                packed = self._read_rows(g[key], sel)
+                out = np.unpackbits(packed, axis=-1, count=h, bitorder="little").astype(bool)
+            else:
+                idx = np.arange(sel.start, sel.stop) if isinstance(sel, slice) else sel
+                out = np.zeros((len(idx), t, h), dtype=bool)
+                off = g[f"{key}_offsets"]
+                ev = g[f"{key}_events"]
+                if isinstance(sel, slice) and len(idx):
+                    lo, hi = int(off[sel.start]), int(off[sel.stop])
+                    e = ev[lo:hi].astype(np.int64)
+                    out[e[:, 0] - sel.start, e[:, 1], e[:, 2]] = True
+                else:
+                    for j, i in enumerate(idx):
+                        lo, hi = off[i:i + 2]
+                        e = ev[int(lo):int(hi)].astype(np.int64)
+                        out[j, e[:, 1], e[:, 2]] = True
+        except OSError as e:
+            raise CorruptTraceError(f"{self.path}: cannot read {layer}/{key} ({e})") from None
+        return out[0] if squeeze else out
+
+    def _group(self, layer: str) -> h5py.Group:
+        if self._f is None:
+            raise TraceError("trace is closed")
+        if layer not in self.layers:
+            raise KeyError(f"no layer {layer!r}; layers: {list(self.layers)}")
+        return self._f["layers"][layer]
+
+    # -- public accessors
+    def gates(self, layer: str, samples: Any = None) -> np.ndarray:
+        """Gate events, bool ``(n, T, H)`` (``(T, H)`` for an int ``samples``)."""
+        return self._bits(layer, "gate", samples)
+
+    def spikes(self, layer: str, samples: Any = None) -> np.ndarray:
+        """Spikes of a LIF layer, bool ``(n, T, H)``; TraceError for other cells."""
+        return self._bits(layer, "spike", samples)
+
+    def has(self, layer: str, key: str) -> bool:
+        """Whether ``layer`` stores ``key`` (gate, spike, delta or state)."""
+        g = self._group(layer)
+        return key in self.encodings[layer] or key in g
+
+    def _floats(self, layer: str, key: str, samples: Any) -> np.ndarray:
+        g = self._group(layer)
+        if key not in g:
+            raise TraceError(f"layer {layer!r} stores no {key} (store_{key} was None)")
+        sel, squeeze = self._index(samples)
+        try:
+            out = self._read_rows(g[key], sel)
+        except OSError as e:
+            raise CorruptTraceError(f"{self.path}: cannot read {layer}/{key} ({e})") from None
+        return out[0] if squeeze else out
+
+    def deltas(self, layer: str, samples: Any = None) -> np.ndarray:
+        """Stored Δh (float16 or float32) ``(n, T, H)``."""
+        return self._floats(layer, "delta", samples)
+
+    def states(self, layer: str, samples: Any = None) -> np.ndarray:
+        """Stored state h ``(n, T, H)``."""
+        return self._floats(layer, "state", samples)
+
+    def _root(self, key: str, samples: Any) -> np.ndarray | None:
+        if self._f is None:
+            raise TraceError("trace is closed")
+        if key not in self._f:
+            return None
+        sel, squeeze = self._index(samples)
+        out = self._read_rows(self._f[key], sel)
+        return out[0] if squeeze else out
+
+    def labels(self, samples: Any = None) -> np.ndarray | None:
+        """Labels ``(n, ...)`` or None when none were written."""
+        return self._root("labels", samples)
+
+    def input_nnz(self, samples: Any = None) -> np.ndarray | None:
+        """Nonzero model inputs per step ``(n, T)`` or None when not written."""
+        return self._root("input_nnz", samples)
+
+    def chunk(self, start: int, stop: int) -> TraceChunk:
+        """All layers' gates and spikes for samples ``start:stop``."""
+        sl = slice(start, stop)
+        gates = {n: self.gates(n, sl) for n in self.layers}
+        spikes = {n: (self.spikes(n, sl) if "spike" in self.encodings[n] else None)
+                  for n in self.layers}
+        return TraceChunk(start, min(stop, self.num_samples), gates, spikes, self.input_nnz(sl))
+
+    def iter_chunks(self, batch_size: int | None = None,
+                    max_elements: int = 1 << 24) -> Iterator[TraceChunk]:
+        """Iterate the committed samples in chunks; ``batch_size`` defaults to as many
+        samples as keep ``samples * T * sum(H)`` below ``max_elements``."""
+        if batch_size is None:
+            per = max(1, self.num_steps * sum(int(m["hidden_size"]) for m in self.layers.values()))
+            batch_size = max(1, max_elements // per)
+        for s in range(0, self.num_samples, batch_size):
+            yield self.chunk(s, min(s + batch_size, self.num_samples))
+
+
+def read(path: str | os.PathLike) -> TraceReader:
+    """Open a trace for lazy reading (same as ``TraceReader(path)``)."""
+    return TraceReader(path)

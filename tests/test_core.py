@@ -1,0 +1,489 @@
+"""Core: gates, cells, layers and the torch reference backend."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.func import functional_call
+
+import su_neuro
+from su_neuro import SUGRU, SULIF, SURNN, DenseGate, EventGate, RhythmicGate, SUState
+from su_neuro.gates import GateInput, make_gate, rate_penalty
+from su_neuro.kernels.reference import LIFParams, recurrence
+from su_neuro.models import Seq2Seq, SequenceClassifier, build_layer
+from su_neuro.surrogate import SURROGATES, get_surrogate
+
+CELLS = ("rnn", "gru", "lif")
+GATES = ("rhythmic", "event", "dense")
+
+
+def assert_close(name, ref, out, atol=1e-6, rtol=1e-5):
+    assert ref.shape == out.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    err = (ref - out).abs().max().item() if ref.numel() else 0.0
+    tol = atol + rtol * (ref.abs().max().item() if ref.numel() else 0.0)
+    assert err <= tol, f"{name}: max abs error {err:.3e} > {tol:.3e}"
+
+
+def _gate_spec(gate, exact_surrogate=False):
+    """Gate config; exact_surrogate picks a vanishing-width surrogate so that the data
+    dependent gate is locally constant, as finite differences see it."""
+    if gate == "rhythmic":
+        return {"kind": "rhythmic", "init_rate": 0.4}
+    if gate == "event":
+        spec = {"kind": "event", "init_threshold": 0.05}
+        if exact_surrogate:
+            spec.update(surrogate="rectangle", surrogate_params={"width": 1e-12})
+        return spec
+    return "dense"
+
+
+def _layer(cell, gate, F=2, H=3, exact_surrogate=False, **kw):
+    extra = {}
+    if cell == "lif":
+        extra = dict(beta=0.8, threshold=0.5, recurrent=True)
+        if exact_surrogate:
+            extra.update(spike_grad="rectangle", spike_grad_params={"width": 1e-12})
+    extra.update(kw)
+    return build_layer(cell, F, H, gate=_gate_spec(gate, exact_surrogate), **extra)
+
+
+# --------------------------------------------------------------------------- gradcheck
+@pytest.mark.parametrize("cell,gate", list(itertools.product(CELLS, GATES)))
+def test_gradcheck_inputs_weights_initial_state(cell, gate):
+    torch.manual_seed(0)
+    layer = _layer(cell, gate, exact_surrogate=True, num_layers=2).double()
+    if cell == "lif":  # larger weights so that spikes and resets happen
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                if name.startswith("weight"):
+                    p.mul_(3.0)
+    weights = {n: p.detach().clone().requires_grad_() for n, p in layer.named_parameters() if not n.startswith("gates")}
+    names = list(weights)
+    x = torch.randn(2, 6, 2, dtype=torch.float64, requires_grad=True)
+    h0 = (0.3 * torch.randn(2, 2, 3, dtype=torch.float64)).requires_grad_()
+
+    def f(x, h0, *ws):
+        params = dict(zip(names, ws))
+        state = SUState(h0, 0, torch.zeros_like(h0) if cell == "lif" else None)
+        out, st = functional_call(layer, params, (x, state))
+        return out, st.h
+
+    assert torch.autograd.gradcheck(f, (x, h0, *weights.values()), eps=1e-6, atol=1e-5)
+
+
+def test_gradcheck_lif_initial_spikes():
+    torch.manual_seed(1)
+    layer = _layer("lif", "rhythmic", exact_surrogate=True).double()
+    x = torch.randn(2, 5, 2, dtype=torch.float64)
+    s0 = torch.bernoulli(torch.full((1, 2, 3), 0.5, dtype=torch.float64)).requires_grad_()
+    h0 = torch.zeros(1, 2, 3, dtype=torch.float64)
+    # spikes enter through W_hh s0 into the membrane (a smooth function of s0)
+    assert torch.autograd.gradcheck(lambda s: layer(x, SUState(h0, 0, s))[1].h, (s0,), eps=1e-6, atol=1e-5)
+
+
+# ------------------------------------------------------------- surrogate (gate parameters)
+def test_rhythmic_gate_parameter_gradients_follow_surrogate_formula():
+    torch.manual_seed(2)
+    H, K, T, t0 = 5, 2, 40, 7
+    gate = RhythmicGate(H, harmonics=K, init_rate=0.3, surrogate="triangle").double()
+    with torch.no_grad():
+        gate.alpha[:, 1] = 0.4  # exercise the second harmonic too
+    layer = SUGRU(3, H, gate=gate).double()
+    x = torch.randn(2, T, 3, dtype=torch.float64)
+    state = SUState(torch.zeros(1, 2, H, dtype=torch.float64), t0)
+    out, st = layer(x, state)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+
+    # dL/dg from the same loop with the gate sequence as a leaf
+    g_leaf = gate.plan(t0, T).values.detach().requires_grad_()
+    xp = torch.nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0)
+    out2, *_ = recurrence("gru", xp, state.h[0], None, layer.weight_hh_l0, layer.bias_hh_l0, GateInput("rhythmic", g_leaf))
+    (dg,) = torch.autograd.grad((out2 * w).sum(), g_leaf)
+
+    with torch.no_grad():
+        t = torch.arange(t0, t0 + T, dtype=torch.float64)
+        ang = t[:, None, None] * gate.omega[None, None] + gate.phi[None]
+        a = gate.bias[None] + (gate.alpha[None] * torch.sin(ang)).sum(-1)
+        sd = torch.clamp(1 - a.abs(), min=0)  # triangle, width 1
+        da = dg * sd
+        exp_bias = da.sum(0)
+        exp_alpha = (da[..., None] * torch.sin(ang)).sum(0)
+        exp_phi = (da[..., None] * gate.alpha[None] * torch.cos(ang)).sum(0)
+        exp_omega = (da[..., None] * gate.alpha[None] * torch.cos(ang) * t[:, None, None]).sum((0, 1))
+    assert exp_bias.abs().sum() > 0, "the test should exercise the surrogate's support"
+    assert_close("bias", exp_bias, gate.bias.grad, 1e-10)
+    assert_close("alpha", exp_alpha, gate.alpha.grad, 1e-10)
+    assert_close("phi", exp_phi, gate.phi.grad, 1e-10)
+    assert_close("omega", exp_omega, gate.omega.grad, 1e-9)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_event_gate_gradients_follow_surrogate_formula(cell):
+    """One step: h1 = h0 + g d, g = H(|d| - theta); d depends on x."""
+    torch.manual_seed(3)
+    H = 6
+    kw = dict(beta=0.9, threshold=1.0, recurrent=True) if cell == "lif" else {}
+    layer = build_layer(cell, 4, H, gate={"kind": "event", "init_threshold": 0.3, "surrogate": "triangle", "surrogate_params": {"width": 0.5}}, **kw).double()
+    x = torch.randn(3, 1, 4, dtype=torch.float64, requires_grad=True)
+    h0 = 0.5 * torch.randn(1, 3, H, dtype=torch.float64)
+    state = SUState(h0, 0, torch.zeros_like(h0) if cell == "lif" else None)
+    _, st = layer(x, state)
+    w = torch.randn(3, H, dtype=torch.float64)
+    (st.h[0] * w).sum().backward()
+    theta = layer.gates[0].threshold
+
+    # the same step by hand: f has no gate inside, so autograd of f alone is exact
+    xd = x.detach().requires_grad_()
+    xp = torch.nn.functional.linear(xd, layer.weight_ih_l0, layer.bias_ih_l0)[:, 0]
+    lif = LIFParams(layer.beta, 1.0, "subtract", get_surrogate("atan")) if cell == "lif" else None
+    from su_neuro.kernels.reference import candidate
+
+    f = candidate(cell, xp, h0[0], torch.zeros_like(h0[0]), layer.weight_hh_l0, layer.bias_hh_l0, lif)
+    d = f - h0[0]
+    u = d.abs() - theta.detach()
+    g = (u > 0).double()
+    sd = torch.clamp(1 - u.abs() / 0.5, min=0) / 0.5
+    exp_theta = -(w * d * sd).sum(0)
+    # dh1/dd = g + d * sd * sign(d)
+    (dx,) = torch.autograd.grad(d, xd, grad_outputs=(w * (g + d.detach() * sd * d.detach().sign())).detach())
+    assert sd.sum() > 0, "the test should exercise the surrogate's support"
+    assert_close("theta", exp_theta.detach(), theta.grad, 1e-10)
+    assert_close("x", dx, x.grad, 1e-10)
+
+
+@pytest.mark.parametrize("name", SURROGATES)
+def test_each_surrogate_backward_matches_its_formula(name):
+    s = get_surrogate(name)
+    x = torch.linspace(-2, 2, 101, dtype=torch.float64, requires_grad=True)
+    y = s(x)
+    assert torch.equal(y.detach(), (x.detach() > 0).double())
+    y.backward(torch.ones_like(y))
+    assert_close(name, s.derivative(x.detach()), x.grad, 1e-12)
+
+
+def test_surrogate_errors_and_compact_support():
+    with pytest.raises(ValueError, match="valid names: atan"):
+        get_surrogate("nope")
+    with pytest.raises(TypeError, match="takes no parameter 'slope'"):
+        get_surrogate("triangle", slope=3)
+    with pytest.raises(ValueError, match="positive"):
+        get_surrogate("triangle", width=0)
+    tri = get_surrogate("triangle", width=0.5)
+    assert tri.compact and not get_surrogate("atan").compact
+    assert tri.derivative(torch.tensor([0.6, -0.5, 0.0])).tolist() == [0.0, 0.0, 2.0]
+    with pytest.raises(ValueError, match="unknown surrogate"):
+        RhythmicGate(4, surrogate="bogus")
+
+
+# ------------------------------------------------------------------ closed neurons
+@pytest.mark.parametrize("cell", CELLS)
+def test_closed_neuron_jacobian_row_is_identity(cell):
+    torch.manual_seed(4)
+    H = 5
+    layer = _layer(cell, "rhythmic", F=3, H=H).double()
+    lif = layer._lif(0)
+    x = torch.randn(2, 1, 3, dtype=torch.float64)
+    xp = torch.nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0)
+    g = torch.tensor([[0.0, 1.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
+    s0 = torch.zeros(2, H, dtype=torch.float64) if cell == "lif" else None
+
+    def step(h0):
+        return recurrence(cell, xp, h0, s0, layer.weight_hh_l0, layer.bias_hh_l0, GateInput("rhythmic", g), lif)[1]
+
+    h0 = torch.randn(2, H, dtype=torch.float64)
+    J = torch.autograd.functional.jacobian(step, h0)  # (2, H, 2, H)
+    for b in range(2):
+        for i in (0, 2):
+            row = J[b, i]
+            expected = torch.zeros_like(row)
+            expected[b, i] = 1.0
+            assert torch.equal(row, expected)
+    assert J[0, 1].abs().sum() > 0  # an open neuron does depend on the others
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradient_reaches_t0_undiminished_through_closed_steps(cell):
+    torch.manual_seed(5)
+    H, T = 4, 500
+    layer = _layer(cell, "rhythmic", F=2, H=H).double()
+    g = torch.zeros(T, H, dtype=torch.float64)
+    g[:, 1:] = 1.0  # neuron 0 never opens
+    x = torch.randn(1, T, 2, dtype=torch.float64)
+    xp = torch.nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0)
+    h0 = torch.randn(1, H, dtype=torch.float64, requires_grad=True)
+    s0 = torch.zeros(1, H, dtype=torch.float64) if cell == "lif" else None
+    _, hT, _, _ = recurrence(cell, xp, h0, s0, layer.weight_hh_l0, layer.bias_hh_l0, GateInput("rhythmic", g), layer._lif(0))
+    hT[0, 0].backward()
+    assert hT[0, 0].item() == h0[0, 0].item()
+    assert h0.grad[0, 0].item() == 1.0
+    assert torch.equal(h0.grad[0, 1:], torch.zeros(H - 1, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- dense equivalence
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+def test_dense_gate_reproduces_torch_rnn_gru(kind, num_layers):
+    torch.manual_seed(6)
+    tm = (torch.nn.RNN if kind == "rnn" else torch.nn.GRU)(5, 11, num_layers=num_layers, batch_first=True)
+    su = (SURNN if kind == "rnn" else SUGRU).from_torch(tm)
+    assert [n for n, _ in su.named_parameters() if not n.startswith("gates")] == [n for n, _ in tm.named_parameters()]
+    x = torch.randn(3, 37, 5, requires_grad=True)
+    h0 = torch.randn(num_layers, 3, 11)
+    y_ref, h_ref = tm(x, h0)
+    y, st = su(x, h0)
+    assert_close("output", y_ref, y, 1e-5)
+    assert_close("h_T", h_ref, st.h, 1e-5)
+    gy = torch.randn_like(y)
+    grads_ref = torch.autograd.grad((y_ref * gy).sum(), [x, *tm.parameters()])
+    grads = torch.autograd.grad((y * gy).sum(), [x, *[p for n, p in su.named_parameters() if not n.startswith("gates")]])
+    for a, b in zip(grads_ref, grads):
+        assert_close("grad", a, b, 1e-5)
+
+
+def test_from_torch_keeps_weights_with_a_sparse_gate():
+    gru = torch.nn.GRU(2, 8, batch_first=True)
+    su = SUGRU.from_torch(gru, gate={"kind": "rhythmic", "init_rate": 0.25})
+    assert isinstance(su.gates[0], RhythmicGate)
+    assert torch.equal(su.weight_hh_l0, gru.weight_hh_l0)
+    with pytest.raises(ValueError, match="batch_first"):
+        SUGRU.from_torch(torch.nn.GRU(2, 8))
+    with pytest.raises(TypeError, match="takes a GRU"):
+        SUGRU.from_torch(torch.nn.RNN(2, 8, batch_first=True))
+    with pytest.raises(ValueError, match="relu"):
+        SURNN.from_torch(torch.nn.RNN(2, 8, batch_first=True, nonlinearity="relu"))
+
+
+def _snn_reference(recurrent, reset, x, layer):
+    import snntorch as snn
+
+    H = layer.hidden_size
+    fc = torch.nn.Linear(layer.input_size, H)
+    fc.load_state_dict({"weight": layer.weight_ih_l0, "bias": layer.bias_ih_l0})
+    if recurrent:
+        lif = snn.RLeaky(beta=0.85, threshold=0.7, linear_features=H, reset_mechanism=reset)
+        lif.recurrent.load_state_dict({"weight": layer.weight_hh_l0, "bias": layer.bias_hh_l0})
+        spk, mem = lif.init_rleaky()
+    else:
+        lif = snn.Leaky(beta=0.85, threshold=0.7, reset_mechanism=reset)
+        mem = lif.init_leaky()
+    spikes, mems = [], []
+    for t in range(x.shape[1]):
+        cur = fc(x[:, t])
+        if recurrent:
+            spk, mem = lif(cur, spk, mem)
+        else:
+            spk, mem = lif(cur, mem)
+        spikes.append(spk)
+        mems.append(mem)
+    return torch.stack(spikes, 1), mems[-1]
+
+
+@pytest.mark.parametrize("recurrent,reset", [(False, "subtract"), (False, "zero"), (True, "subtract")])
+def test_dense_lif_reproduces_snntorch(recurrent, reset):
+    torch.manual_seed(7)
+    layer = SULIF(6, 13, beta=0.85, threshold=0.7, reset=reset, recurrent=recurrent, gate="dense")
+    x = 2 * torch.rand(4, 60, 6)
+    spk_ref, mem_ref = _snn_reference(recurrent, reset, x, layer)
+    spk, st = layer(x)
+    assert spk_ref.sum() > 20 and (spk_ref == 0).sum() > 20, "the test should see spikes and silence"
+    assert torch.equal(spk_ref, spk), "spikes differ"
+    assert_close("membrane", mem_ref, st.h[0], 1e-5)
+
+
+def test_closed_lif_neuron_holds_and_does_not_spike():
+    layer = SULIF(2, 3, beta=0.5, threshold=0.1, gate={"kind": "rhythmic", "init_rate": 0.0})
+    h0 = torch.full((1, 1, 3), 5.0)
+    spk, st = layer(torch.ones(1, 20, 2), SUState(h0, 0, torch.zeros_like(h0)))
+    assert spk.sum() == 0 and torch.equal(st.h, h0)
+
+
+# ------------------------------------------------------------------------- chunks
+@pytest.mark.parametrize("cell,gate", list(itertools.product(CELLS, GATES)))
+def test_chunked_equals_whole(cell, gate):
+    torch.manual_seed(8)
+    layer = _layer(cell, gate, F=3, H=7, num_layers=2)
+    x = torch.randn(2, 41, 3)
+    y, st, rec = layer(x, record=True)
+    pieces, recs, state = [], [], None
+    for a, b in [(0, 1), (1, 14), (14, 40), (40, 41)]:
+        yk, state, rk = layer(x[:, a:b], state, record=True)
+        pieces.append(yk)
+        recs.append(rk)
+    assert state.t == 41
+    # gate decisions (and LIF spikes) are exact; float states agree to the round-off of
+    # the input projection, whose GEMM blocking depends on the chunk length
+    for k in range(2):
+        assert torch.equal(torch.cat([r[k].gate for r in recs], 1), rec[k].gate)
+    if cell == "lif":
+        assert torch.equal(torch.cat(pieces, 1), y)
+    assert_close("output", y, torch.cat(pieces, 1), 1e-6)
+    assert_close("h_T", st.h, state.h, 1e-6)
+
+
+# ------------------------------------------------------------------------- gates
+def test_rhythmic_gate_init_rate_and_parameters():
+    torch.manual_seed(9)
+    for rate in (0.05, 0.1, 0.25, 0.5, 1.0, 0.0):
+        gate = RhythmicGate(200, init_rate=rate)
+        assert abs(gate.plan(0, 400).values.mean().item() - rate) < 0.01
+    gate = RhythmicGate(10, harmonics=3)
+    assert dict((n, tuple(p.shape)) for n, p in gate.named_parameters()) == {
+        "bias": (10,), "alpha": (10, 3), "phi": (10, 3), "omega": (3,)
+    }
+    with pytest.raises(ValueError, match="init_rate"):
+        RhythmicGate(4, init_rate=1.5)
+    with pytest.raises(ValueError, match="harmonics"):
+        RhythmicGate(4, harmonics=0)
+
+
+def test_rhythmic_gate_is_batch_uniform_and_exact_far_from_zero():
+    gate = RhythmicGate(16, init_rate=0.1, period=10.0)
+    g = gate.plan(100_000, 50).values
+    # with P * r = 1, each neuron opens exactly once in every 10 steps
+    assert torch.equal(g.view(5, 10, 16).sum(1), torch.ones(5, 16))
+    layer = SURNN(2, 16, gate=gate)
+    _, _, rec = layer(torch.randn(3, 10, 2), record=True)
+    assert torch.equal(rec[0].gate[0], rec[0].gate[2])
+
+
+def test_rate_penalty_pushes_towards_target():
+    gate = RhythmicGate(20, init_rate=0.5)
+    loss = rate_penalty(gate.plan(0, 100).values, target=0.1)
+    loss.backward()
+    assert loss.item() > 0.1 and gate.bias.grad.sum() > 0  # gradient descent lowers the bias
+    layer = SUGRU(2, 8, gate="event")
+    _, _, recs = layer(torch.randn(2, 10, 2), record=True)
+    rate_penalty([r.gate for r in recs], 0.2).backward()
+    assert layer.gates[0].threshold.grad is not None
+    with pytest.raises(ValueError, match="target"):
+        rate_penalty(gate.plan(0, 5).values, 2.0)
+
+
+def test_make_gate():
+    assert isinstance(make_gate("event", 4), EventGate)
+    assert isinstance(make_gate({"kind": "dense"}, 4), DenseGate)
+    with pytest.raises(ValueError, match="valid gates: rhythmic, event, dense"):
+        make_gate("sometimes", 4)
+    with pytest.raises(ValueError, match="hidden_size 4"):
+        make_gate(RhythmicGate(4), 5)
+    with pytest.raises(TypeError, match="gate 'event'"):
+        make_gate({"kind": "event", "init_rate": 0.1}, 4)
+
+
+# --------------------------------------------------------------------- bad input
+def test_bad_inputs_are_named():
+    layer = SUGRU(3, 5, num_layers=2)
+    with pytest.raises(ValueError, match=r"\(batch, time, features\)"):
+        layer(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="3 features"):
+        SUGRU(4, 5)(torch.randn(2, 6, 3))
+    with pytest.raises(ValueError, match="T = 0"):
+        layer(torch.randn(2, 0, 3))
+    with pytest.raises(TypeError, match="floating-point"):
+        layer(torch.ones(2, 4, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="float64"):
+        layer(torch.randn(2, 4, 3, dtype=torch.float64))
+    x = torch.randn(2, 4, 3)
+    x[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        layer(x)
+    x[1, 2, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        layer(x)
+    with pytest.raises(ValueError, match="another layer"):
+        layer(torch.randn(2, 4, 3), SUGRU(3, 6, num_layers=2)(torch.randn(2, 4, 3))[1])
+    with pytest.raises(ValueError, match="another layer or batch"):
+        layer(torch.randn(2, 4, 3), torch.zeros(1, 2, 5))
+    with pytest.raises(TypeError, match="SUState"):
+        layer(torch.randn(2, 4, 3), [1, 2])
+    with pytest.raises(ValueError, match="state.t"):
+        layer(torch.randn(2, 4, 3), SUState(torch.zeros(2, 2, 5), -1))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        layer([[1.0]])
+    with pytest.raises(ValueError, match="hidden_size"):
+        SURNN(3, 0)
+    with pytest.raises(ValueError, match="unknown backend 'cuda'.*auto, torch, numba, triton"):
+        SURNN(3, 4, backend="cuda")
+    with pytest.raises(ValueError, match="unknown cell"):
+        build_layer("lstm", 3, 4)
+    with pytest.raises(ValueError, match="unknown reset"):
+        SULIF(3, 4, reset="sometimes")
+    with pytest.raises(ValueError, match="beta"):
+        SULIF(3, 4, beta=1.5)
+    with pytest.raises(ValueError, match="readout"):
+        SequenceClassifier("gru", 3, 4, 2, readout="spike_count")
+
+
+def test_unavailable_backend_is_an_error_not_a_fallback(monkeypatch):
+    import importlib.util
+
+    from su_neuro import backends
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "numba" else real(n, *a))
+    with pytest.raises(su_neuro.BackendUnavailableError, match="needs the package 'numba'"):
+        SUGRU(2, 4, backend="numba")
+    layer = SUGRU(2, 4, backend="auto")
+    layer(torch.randn(1, 3, 2))  # auto still runs, on torch
+    assert backends.resolve("auto", torch.device("cpu"), "gru", "rhythmic", torch.float32, batch=1, hidden=4) == "torch"
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if importlib.util.find_spec("triton") is not None:
+        with pytest.raises(su_neuro.BackendUnavailableError, match="needs CUDA tensors"):
+            backends.resolve("triton", torch.device("cpu"), "gru", "dense", torch.float32, batch=1, hidden=4)
+
+
+def test_import_is_cheap():
+    code = (
+        "import sys, su_neuro; heavy = [m for m in ('numba', 'triton', 'matplotlib', 'h5py', 'tonic') "
+        "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------------- models
+@pytest.mark.parametrize("readout", ["last", "mean", "spike_count"])
+def test_classifier_trains_a_step(readout):
+    torch.manual_seed(10)
+    cell = "lif" if readout == "spike_count" else "gru"
+    model = SequenceClassifier(cell, 3, 12, 4, readout=readout, num_layers=2, gate={"kind": "rhythmic", "init_rate": 0.3})
+    x, y = torch.randn(5, 20, 3), torch.randint(0, 4, (5,))
+    logits, recs = model(x, record=True)
+    assert logits.shape == (5, 4) and list(recs) == ["layers.0", "layers.1"]
+    assert 0.0 < su_neuro.update_rate(recs) < 1.0
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None for g in grads.values()), [n for n, g in grads.items() if g is None]
+    assert grads["rnn.gates.0.bias"].abs().sum() > 0
+    meta = model.layer_meta()
+    assert meta["layers.1"]["input_size"] == 12 and meta["layers.0"]["gate"] == "rhythmic"
+
+
+def test_seq2seq_shapes():
+    model = Seq2Seq("rnn", 10, 16, 9, gate="event")
+    assert model(torch.randn(2, 30, 10)).shape == (2, 30, 9)
+
+
+def test_readme_example_trains_a_sugru():
+    """The README's example, shortened: loss goes down on a toy task."""
+    torch.manual_seed(11)
+    model = SequenceClassifier("gru", 1, 32, 2, gate={"kind": "rhythmic", "init_rate": 0.25})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(64, 30, 1)
+    y = (x[:, :5, 0].sum(1) > 0).long()  # remember the first 5 steps
+    first = None
+    for _ in range(40):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.6 * first
+    assert math.isfinite(loss.item())
