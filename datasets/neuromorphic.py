@@ -205,9 +205,9 @@ def check_files(name: str, root: str | Path | None = None, splits=None) -> Path:
     splits = spec.splits if splits is None else splits
     missing = [p for s in splits for p in _missing(spec, base, spec.splits[s][1])]
     if missing:
-        what = "file" if spec.kind == "files" else f"folder with {spec.suffix} files"
+        what = "file(s)" if spec.kind == "files" else f"folder(s) holding {spec.suffix} files"
         raise DatasetNotFoundError(
-            f"{name}: missing {what}(s): {', '.join(str(p) for p in missing)}. "
+            f"{name}: missing {what}: {', '.join(str(p) for p in missing)}. "
             f"su_neuro never downloads; place {spec.layout} in {base} "
             f"(download from {spec.source}). root is the `root=` argument, else $SU_NEURO_DATA, "
             f"else ~/.cache/su_neuro/data."
@@ -231,14 +231,25 @@ def _offline_class(class_name: str):
             f"{class_name}: files not found under {self.location_on_system}; su_neuro never downloads"
         )
 
-    return type(class_name, (base,), {"_check_exists": _check_exists, "download": download})
+    def __reduce__(self):  # picklable for DataLoader workers started by spawn / forkserver
+        return _restore, (class_name, self.__dict__)
+
+    namespace = {"_check_exists": _check_exists, "download": download, "__reduce__": __reduce__}
+    return type(class_name, (base,), namespace)
+
+
+def _restore(class_name: str, state: dict):
+    cls = _offline_class(class_name)
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj
 
 
 def _downsampled_size(sensor_size, spatial_factor: float):
     """Sensor size after ``tonic.transforms.Downsample(spatial_factor)`` (coordinates are floored)."""
     w, h, p = sensor_size
-    w = int(math.floor((w - 1) * spatial_factor)) + 1
-    h = int(math.floor((h - 1) * spatial_factor)) + 1 if h > 1 else h
+    w = math.floor((w - 1) * spatial_factor) + 1
+    h = math.floor((h - 1) * spatial_factor) + 1 if h > 1 else h
     return (w, h, p)
 
 
@@ -272,6 +283,9 @@ def neuromorphic_task(
         neurons = kwargs.get("num_neurons", 99)
         # tonic's SMNIST emits unit indices 0..num_neurons inclusive: one channel more.
         sensor_size = (neurons + 1, 1, 1)
+        if duration is None:  # one fixed axis: pixel k is at k * dt (2k * dt when duplicated)
+            steps = 784 * (2 if kwargs.get("duplicate", True) else 1)
+            duration = math.ceil(steps * kwargs.get("dt", 1000.0))
     else:
         sensor_size = getattr(tonic.datasets, spec.tonic_class).sensor_size
     transforms = []

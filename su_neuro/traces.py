@@ -478,13 +478,19 @@ def _open_h5(path: Path) -> h5py.File:
         raise NotHDF5Error(f"{path}: not an HDF5 file (no HDF5 signature)")
     try:
         return h5py.File(path, "r")
-    except OSError:
-        pass
+    except OSError as e:
+        first = e
     try:  # a writer killed in SWMR mode leaves the "open for writing" flag set
         return h5py.File(path, "r", libver="latest", swmr=True)
-    except OSError as e:
-        raise CorruptTraceError(
-            f"{path}: HDF5 file cannot be opened, it is truncated or damaged ({e})") from None
+    except OSError:
+        pass
+    hint = ""
+    if "already open for write" in str(first):
+        hint = (" The writer did not close it and did not write in SWMR mode (swmr=False);"
+                " `h5clear -s FILE` clears the flag but the content may be inconsistent.")
+    raise CorruptTraceError(
+        f"{path}: HDF5 file cannot be opened, it is truncated or damaged ({first}).{hint}"
+    ) from None
 
 
 class TraceReader:

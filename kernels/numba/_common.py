@@ -1,0 +1,68 @@
+"""Helpers shared by the Numba kernels: surrogate derivatives, gate codes, thread chunks."""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+# Gate kinds as the kernels see them (internal).
+RHYTHMIC, EVENT, DENSE = 0, 1, 2
+GATE_CODES = {"rhythmic": RHYTHMIC, "event": EVENT, "dense": DENSE}
+
+_HALF_PI = 0.5 * math.pi
+
+
+@nb.njit(cache=True, inline="always")
+def surrogate_grad(code, scale, x):
+    """sigma'(x) of su_neuro.surrogate (codes of su_neuro.surrogate._CODES)."""
+    if code == 0:  # atan
+        y = _HALF_PI * scale * x
+        return (0.5 * scale) / (1.0 + y * y)
+    if code == 1:  # fast_sigmoid
+        y = scale * abs(x) + 1.0
+        return 1.0 / (y * y)
+    if code == 2:  # sigmoid
+        e = math.exp(-scale * x)
+        return scale * e / ((1.0 + e) * (1.0 + e))
+    if code == 3:  # straight_through
+        return 1.0
+    if code == 4:  # triangle
+        y = 1.0 - abs(x) / scale
+        return y / scale if y > 0.0 else 0.0
+    # rectangle
+    return 1.0 / scale if abs(x) < 0.5 * scale else 0.0
+
+
+@nb.njit(cache=True, inline="always")
+def sign(x):
+    if x > 0.0:
+        return 1.0
+    if x < 0.0:
+        return -1.0
+    return 0.0
+
+
+@nb.njit(cache=True, inline="always")
+def chunk(c, nchunks, n):
+    """[lo, hi) of chunk c when n items are split into nchunks."""
+    return (c * n) // nchunks, ((c + 1) * n) // nchunks
+
+
+def compact(mask: np.ndarray):
+    """Per-step index lists of a (T, H) boolean mask: (offsets (T+1,), idx (nnz,) int32).
+
+    Step t's entries are idx[offsets[t]:offsets[t+1]], in increasing neuron order.
+    """
+    T, H = mask.shape
+    counts = mask.sum(axis=1)
+    offsets = np.zeros(T + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    flat = np.flatnonzero(mask.ravel())
+    idx = (flat % H).astype(np.int32)
+    return offsets, idx
+
+
+def nchunks(batch: int) -> int:
+    return max(1, min(batch, nb.get_num_threads()))

@@ -1,0 +1,42 @@
+"""Backend entry point of ``backend="triton"`` (see ``su_neuro.backends``).
+
+Exposes :func:`recurrence` (same signature and results as
+``su_neuro.kernels.reference.recurrence``), :func:`unsupported` and :func:`auto_pays`.
+The kernels and their design are in ``recurrence.py``; docs/triton.md has the limits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .recurrence import recurrence_triton
+
+__all__ = ["recurrence", "unsupported", "auto_pays"]
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
+    """See :func:`su_neuro.kernels.reference.recurrence`; runs the fused Triton kernels."""
+    return recurrence_triton(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record)
+
+
+def unsupported(cell: str, gate_kind: str, dtype) -> str | None:
+    """Why the Triton backend cannot run this combination, or None if it can."""
+    if cell not in ("rnn", "gru", "lif"):
+        return f"backend 'triton' has no kernel for cell {cell!r}"
+    if gate_kind not in ("dense", "rhythmic", "event"):
+        return f"backend 'triton' has no kernel for gate {gate_kind!r}"
+    if dtype not in _DTYPES:
+        return f"backend 'triton' supports float32, float16 and bfloat16, not {dtype}"
+    return None
+
+
+def auto_pays(cell: str, batch: int, hidden: int) -> bool:
+    """Whether ``backend="auto"`` should pick Triton for these sizes.
+
+    No GPU measurement exists yet (tools/bench_triton.py has not been run on a GPU;
+    docs/triton.md), so ``auto`` keeps the torch reference until the rule is measured.
+    ``backend="triton"`` selects the kernels explicitly.
+    """
+    return False

@@ -1,0 +1,393 @@
+"""Analysis driver: trace (or in-memory records) -> :class:`Report` -> report.md / .json / PNGs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .energy import DEFAULT_TABLE, EnergyEstimate, EnergyTable, estimate_energy
+from .ops import OpCounts, count_layer_ops
+from .stats import ActivityAccumulator, LayerActivity, ever_updated
+
+__all__ = ["LayerReport", "Report", "analyze", "analyze_records", "summarize"]
+
+
+@dataclass
+class LayerReport:
+    """Everything measured for one layer."""
+
+    name: str
+    meta: dict[str, Any]
+    activity: LayerActivity
+    ops: OpCounts
+    energy: EnergyEstimate
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """Result of :func:`analyze` / :func:`summarize`."""
+
+    source: str
+    num_samples: int
+    num_steps: int
+    layers: dict[str, LayerReport]
+    ops: OpCounts
+    energy: EnergyEstimate
+    table: EnergyTable
+    update_rate: float
+    activation_sparsity: float
+    meta: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # -- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        def arr(a: np.ndarray | None) -> list | None:
+            if a is None:
+                return None
+            return [None if not math.isfinite(v) else round(float(v), 6)
+                    for v in np.asarray(a, float).ravel()]
+
+        layers = {}
+        for n, lr in self.layers.items():
+            a = lr.activity
+            hist = a.interval_hist
+            nz = np.nonzero(hist)[0]
+            layers[n] = {
+                "meta": lr.meta,
+                "update_rate": a.update_rate,
+                "gate_sparsity": 1.0 - a.update_rate,
+                "activation_sparsity": a.activation_sparsity,
+                "firing_rate": a.firing_rate,
+                "mean_timescale": _num(a.mean_timescale),
+                "neuron_update_rate": arr(a.neuron_update_rate),
+                "neuron_firing_rate": arr(a.neuron_firing_rate),
+                "neuron_mean_interval": arr(a.mean_interval),
+                "step_update_rate": arr(a.step_update_rate),
+                "interval_hist": hist[: nz[-1] + 1 if nz.size else 0].tolist(),
+                "ops": lr.ops.to_dict(),
+                "ops_per_sample": lr.ops.per_sample(),
+                "energy": {k: _num(v) for k, v in lr.energy.to_dict().items()},
+                "notes": lr.notes,
+            }
+        return {
+            "source": self.source,
+            "num_samples": self.num_samples,
+            "num_steps": self.num_steps,
+            "update_rate": self.update_rate,
+            "activation_sparsity": self.activation_sparsity,
+            "ops": self.ops.to_dict(),
+            "ops_per_sample": self.ops.per_sample(),
+            "energy": {k: _num(v) for k, v in self.energy.to_dict().items()},
+            "energy_table": self.table.to_dict(),
+            "layers": layers,
+            "meta": self.meta,
+            "files": self.files,
+            "notes": self.notes,
+        }
+
+    def summary_table(self) -> str:
+        """Plain-text table, one row per layer plus the model total."""
+        head = (f"{'layer':<14}{'cell':<5}{'gate':<9}{'H':>6}{'update':>8}{'firing':>8}"
+                f"{'interval':>9}{'dense ops':>13}{'eff MACs':>12}{'eff ACs':>12}"
+                f"{'E ratio':>9}")
+        rows = [head, "-" * len(head)]
+
+        def row(name: str, cell: str, gate: str, h: str, upd: float, fire: float | None,
+                ivl: float, ops: OpCounts, en: EnergyEstimate) -> str:
+            ps = ops.per_sample()
+            fr = "-" if fire is None else f"{fire:.4f}"
+            iv = "-" if not math.isfinite(ivl) else f"{ivl:.1f}"
+            return (f"{name:<14}{cell:<5}{gate:<9}{h:>6}{upd:>8.4f}{fr:>8}{iv:>9}"
+                    f"{ps['dense']:>13.4g}{ps['effective_macs']:>12.4g}"
+                    f"{ps['effective_acs']:>12.4g}{en.ratio:>9.4f}")
+
+        for n, lr in self.layers.items():
+            a = lr.activity
+            rows.append(row(n[:13], lr.meta["cell"], lr.meta["gate"], str(a.hidden_size),
+                            a.update_rate, a.firing_rate, a.mean_timescale, lr.ops, lr.energy))
+        h = sum(lr.activity.hidden_size for lr in self.layers.values())
+        rows.append(row("total", "", "", str(h), self.update_rate, None, float("nan"),
+                        self.ops, self.energy))
+        rows.append("")
+        rows.append(f"samples {self.num_samples}, steps {self.num_steps}; ops per sample; "
+                    f"energy ratio = effective / dense compute energy "
+                    f"({self.table.name}: MAC {self.table.mac_pj} pJ, AC {self.table.ac_pj} pJ)")
+        rows.append(f"compute energy per sample: dense {_pj(self.energy.dense_pj / _n(self))}, "
+                    f"effective {_pj(self.energy.effective_pj / _n(self))}; with memory "
+                    f"traffic the ratio is {self.energy.ratio_with_memory:.4f}")
+        return "\n".join(rows)
+
+    def to_markdown(self) -> str:
+        lines = [f"# su_neuro analysis: `{self.source}`", ""]
+        lines += ["## Summary", "", "```", self.summary_table(), "```", ""]
+        lines += ["## Per layer", "",
+                  ("| layer | cell | gate | F | H | update rate | activation sparsity | "
+                  "firing rate | mean interval | dense ops/sample | eff. MACs/sample | "
+                  "eff. ACs/sample | energy ratio | ratio incl. memory |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for n, lr in self.layers.items():
+            a, ps, m = lr.activity, lr.ops.per_sample(), lr.meta
+            fr = "-" if a.firing_rate is None else f"{a.firing_rate:.4f}"
+            lines.append(
+                f"| {n} | {m['cell']} | {m['gate']} | {m['input_size']} | {m['hidden_size']} | "
+                f"{a.update_rate:.4f} | {a.activation_sparsity:.4f} | {fr} | "
+                f"{a.mean_timescale:.2f} | {ps['dense']:.4g} | {ps['effective_macs']:.4g} | "
+                f"{ps['effective_acs']:.4g} | {lr.energy.ratio:.4f} | "
+                f"{lr.energy.ratio_with_memory:.4f} |")
+        e, n = self.energy, _n(self)
+        lines += ["", "## Model totals (per sample)", "",
+                  "| quantity | dense | effective | ratio |", "|---|---|---|---|",
+                  (f"| synaptic ops | {self.ops.dense / n:.4g} | {self.ops.effective / n:.4g} | "
+                  f"{self.ops.effective / max(self.ops.dense, 1):.4f} |"),
+                  (f"| compute energy | {_pj(e.dense_pj / n)} | {_pj(e.effective_pj / n)} | "
+                  f"{e.ratio:.4f} |"),
+                  (f"| memory traffic | {e.dense_memory_bytes / n:.4g} B | "
+                  f"{e.effective_memory_bytes / n:.4g} B | "
+                  f"{e.effective_memory_bytes / max(e.dense_memory_bytes, 1):.4f} |"),
+                  (f"| energy incl. memory | {_pj((e.dense_pj + e.dense_memory_pj) / n)} | "
+                  f"{_pj((e.effective_pj + e.effective_memory_pj) / n)} | "
+                  f"{e.ratio_with_memory:.4f} |"), "",
+                  (f"Update rate {self.update_rate:.4f}, activation sparsity (NeuroBench) "
+                  f"{self.activation_sparsity:.4f}."), "",
+                  (f"Energy table `{self.table.name}`: MAC {self.table.mac_pj} pJ, "
+                  f"AC {self.table.ac_pj} pJ, memory {self.table.mem_pj_per_byte} pJ/byte "
+                  f"(source: {self.table.source}). Formulas: docs/analysis.md."), ""]
+        notes = self.notes + [f"{n}: {x}" for n, lr in self.layers.items() for x in lr.notes]
+        if notes:
+            lines += ["## Notes", ""] + [f"- {x}" for x in notes] + [""]
+        if self.files:
+            lines += ["## Figures", ""]
+            lines += [f"![{k}]({Path(v).name})" for k, v in self.files.items()
+                      if v.endswith(".png")]
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _n(r: Report) -> int:
+    return max(r.num_samples, 1)
+
+
+def _num(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _pj(v: float) -> str:
+    for unit, s in (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
+        if v >= s:
+            return f"{v / s:.4g} {unit}"
+    return f"{v:.4g} pJ"
+
+
+# ----------------------------------------------------------------------------- driver
+def _input_source(name: str, idx: int, layers: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Name of the layer feeding ``name`` (None: the model input)."""
+    src = layers[name].get("input_from")
+    if src is not None:
+        return None if src == "input" else str(src)
+    return None if idx == 0 else list(layers)[idx - 1]
+
+
+def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], num_steps: int,
+              *, table: EnergyTable = DEFAULT_TABLE, source: str = "<records>",
+              meta: Mapping[str, Any] | None = None, time_bins: int = 256) -> Report:
+    """Build a :class:`Report` from chunks with ``gates``, ``spikes`` (dicts of bool
+    ``(n, T, H)``) and ``input_nnz`` (``(n, T)`` or None), e.g. ``reader.iter_chunks()``."""
+    layers = {k: dict(v) for k, v in layers.items()}
+    accs = {n: ActivityAccumulator(num_steps, int(m["hidden_size"]), lif=m["cell"] == "lif",
+                                   time_bins=time_bins) for n, m in layers.items()}
+    ops = {n: OpCounts() for n in layers}
+    notes: dict[str, set[str]] = {n: set() for n in layers}
+    total = 0
+    for ch in chunks:
+        total += next(iter(ch.gates.values())).shape[0]
+        for i, (name, m) in enumerate(layers.items()):
+            g = ch.gates[name]
+            s = ch.spikes.get(name)
+            accs[name].update(g, s)
+            src = _input_source(name, i, layers)
+            nnz = None
+            if src is None:
+                nnz = ch.input_nnz
+                if nnz is None:
+                    notes[name].add(
+                        "nonzero model inputs unknown (trace written without inputs=): all "
+                        f"F={m['input_size']} inputs counted every step"
+                        + (" (upper bound for spike input)" if m["input_kind"] == "spike" else ""))
+            elif src not in layers:
+                notes[name].add(f"input_from {src!r} is not a recorded layer: all F inputs counted")
+            elif int(layers[src]["hidden_size"]) != int(m["input_size"]):
+                notes[name].add(f"input size {m['input_size']} != hidden size of {src}: "
+                                "all F inputs counted")
+            elif layers[src]["cell"] == "lif":
+                nnz = ch.spikes[src].sum(axis=2, dtype=np.int64)
+            else:
+                nnz = ever_updated(ch.gates[src], before=False)
+            ops[name] = ops[name] + count_layer_ops(m, g, input_nnz=nnz, spikes=s)
+    layer_reports = {}
+    for name, m in layers.items():
+        ops[name].samples = total
+        if m["gate"] == "event":
+            notes[name].add("event gate: every candidate is computed (the gate needs it); the "
+                            "recurrent product is counted as delta accumulation over the "
+                            "neurons that changed at t-1")
+        layer_reports[name] = LayerReport(name, m, accs[name].result(), ops[name],
+                                          estimate_energy(ops[name], table), sorted(notes[name]))
+    tot = OpCounts(samples=total)
+    for o in ops.values():
+        tot = tot + o
+    cells = sum(total * num_steps * int(m["hidden_size"]) for m in layers.values())
+    upd = sum(lr.ops.neuron_updates for lr in layer_reports.values())
+    zeros = sum(lr.activity.activation_sparsity * total * num_steps * lr.activity.hidden_size
+                 for lr in layer_reports.values())
+    return Report(
+        source=source, num_samples=total, num_steps=num_steps, layers=layer_reports, ops=tot,
+        energy=estimate_energy(tot, table), table=table,
+        update_rate=upd / cells if cells else 0.0,
+        activation_sparsity=zeros / cells if cells else 0.0,
+        meta=dict(meta or {}),
+    )
+
+
+class _Chunk:
+    def __init__(self, gates: dict, spikes: dict, input_nnz: np.ndarray | None):
+        self.gates, self.spikes, self.input_nnz = gates, spikes, input_nnz
+
+
+def _as_bool(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x) != 0
+
+
+def analyze_records(records: Mapping[str, Any], layers: Mapping[str, Mapping[str, Any]], *,
+                    inputs: Any = None, table: EnergyTable = DEFAULT_TABLE) -> Report:
+    """Analyse in-memory records (``{name: StepRecord}`` of one batch) without a trace.
+
+    ``inputs`` (``(B, T, F)``, optional) gives the nonzero-input counts of the first layer.
+    """
+    gates = {n: _as_bool(records[n].gate) for n in layers}
+    spikes = {n: (None if getattr(records[n], "spike", None) is None
+                  else _as_bool(records[n].spike)) for n in layers}
+    nnz = None
+    if inputs is not None:
+        nnz = np.count_nonzero(_as_bool(inputs), axis=2)
+    t = next(iter(gates.values())).shape[1]
+    return summarize([_Chunk(gates, spikes, nnz)], layers, t, table=table)
+
+
+def _parse_reshape(reshape: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    if reshape is None or isinstance(reshape, tuple):
+        return reshape
+    try:
+        a, b = (int(v) for v in reshape.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"reshape must look like 28x28, got {reshape!r}") from None
+    return a, b
+
+
+def _limited(it: Iterator[Any], max_samples: int | None) -> Iterator[Any]:
+    seen = 0
+    for ch in it:
+        if max_samples is not None and seen >= max_samples:
+            return
+        yield ch
+        seen += next(iter(ch.gates.values())).shape[0]
+
+
+def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+            reshape: str | tuple[int, int] | None = None,
+            energy_table: EnergyTable | str | os.PathLike | None = None,
+            plots: bool = True, batch_size: int | None = None,
+            max_samples: int | None = None, raster_sample: int = 0) -> Report:
+    """Analyse a trace; with ``out_dir`` write ``report.md``, ``report.json`` and PNGs.
+
+    Args:
+        trace_path: a file written by :class:`su_neuro.traces.TraceWriter`.
+        out_dir: folder for the report (created); None writes nothing.
+        reshape: ``"28x28"`` / ``(28, 28)``: per-step update-rate heatmap as an image.
+        energy_table: an :class:`EnergyTable` or the path of a JSON table.
+        plots: write the figures.
+        batch_size: samples per read chunk (default: bounded memory, see
+            :meth:`TraceReader.iter_chunks`).
+        max_samples: analyse only the first samples (rounded up to a chunk).
+        raster_sample: sample drawn in the raster.
+    Returns:
+        :class:`Report`.
+
+    Example::
+
+        rep = analyze("run.h5", "report/", reshape="28x28")
+        print(rep.summary_table())
+    """
+    from ..traces import TraceReader
+    from .energy import load_table
+
+    shape = _parse_reshape(reshape)
+    if energy_table is None:
+        table = DEFAULT_TABLE
+    elif isinstance(energy_table, EnergyTable):
+        table = energy_table
+    else:
+        table = load_table(energy_table)
+    with TraceReader(trace_path) as r:
+        if shape is not None and shape[0] * shape[1] != r.num_steps:
+            raise ValueError(f"--reshape {shape[0]}x{shape[1]} needs {shape[0] * shape[1]} "
+                             f"steps, the trace has {r.num_steps}")
+        meta = {"config": r.config, "run_meta": r.run_meta, "schema_version": r.schema_version,
+                "complete": r.complete}
+        rep = summarize(_limited(r.iter_chunks(batch_size), max_samples), r.layers,
+                        r.num_steps, table=table, source=str(trace_path), meta=meta)
+        if not r.complete:
+            rep.notes.append("the writer did not close the trace (killed?): only the "
+                             f"{r.num_samples} committed samples were analysed")
+        if out_dir is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            if plots and r.num_samples:
+                rep.files.update(_plots(rep, r, out, shape, raster_sample))
+            (out / "report.json").write_text(json.dumps(rep.to_dict(), indent=1))
+            (out / "report.md").write_text(rep.to_markdown())
+            rep.files["report.md"] = str(out / "report.md")
+            rep.files["report.json"] = str(out / "report.json")
+    return rep
+
+
+def _plots(rep: Report, reader: Any, out: Path, shape: tuple[int, int] | None,
+           sample: int) -> dict[str, str]:
+    from . import plots
+
+    names = list(rep.layers)
+    i = min(max(sample, 0), reader.num_samples - 1)
+    files = {}
+    files["raster"] = plots.plot_raster(
+        {n: reader.gates(n, i) for n in names}, out / "raster.png",
+        spikes={n: reader.spikes(n, i) if "spike" in reader.encodings[n] else None
+                for n in names},
+        title=f"gate events (black) and spikes (red), sample {i}")
+    if shape is not None:
+        rates = {n: rep.layers[n].activity.step_update_rate for n in names}
+    else:
+        rates = {n: rep.layers[n].activity.time_neuron_rate for n in names}
+    files["update_heatmap"] = plots.plot_update_heatmap(
+        rates, out / "update_heatmap.png", reshape=shape,
+        title="update rate per step" if shape else "update rate per neuron and time bin")
+    files["timescales"] = plots.plot_timescales(
+        {n: rep.layers[n].activity.mean_interval for n in names}, out / "timescales.png")
+    lab = names + ["total"]
+    ops = [rep.layers[n].ops for n in names] + [rep.ops]
+    en = [rep.layers[n].energy for n in names] + [rep.energy]
+    k = _n(rep)
+    files["ops"] = plots.plot_ops(
+        lab, [o.dense / k for o in ops], [o.effective / k for o in ops], out / "ops.png",
+        dense_energy=[e.dense_pj / k for e in en], effective_energy=[e.effective_pj / k for e in en],
+        title="per sample: dense vs effective")
+    return {k: str(v) for k, v in files.items()}

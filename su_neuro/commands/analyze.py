@@ -1,0 +1,46 @@
+"""``su-neuro analyze``: sparsity, operations and energy of a trace; writes a report folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "sparsity, operation counts and energy estimate of a trace (report + figures)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("trace", help="HDF5 trace written by su_neuro.traces")
+    parser.add_argument("--out", default=None,
+                        help="report folder (default: su_neuro_out/analyze/<trace name>)")
+    parser.add_argument("--reshape", default=None, metavar="RxC",
+                        help="draw the per-step update rate as an R x C image, e.g. 28x28")
+    parser.add_argument("--energy-table", default=None, metavar="FILE.json",
+                        help="per-operation energy costs (default: 45 nm fp32, Horowitz 2014)")
+    parser.add_argument("--no-plots", action="store_true", help="write no figures")
+    parser.add_argument("--max-samples", type=int, default=None,
+                        help="analyse only the first samples")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples read per chunk (default: bounded memory)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis import analyze
+    from ..traces import TraceError
+
+    out = Path(args.out) if args.out else Path("su_neuro_out") / "analyze" / Path(args.trace).stem
+    try:
+        rep = analyze(args.trace, out, reshape=args.reshape,
+                      energy_table=getattr(args, "energy_table", None),
+                      plots=not getattr(args, "no_plots", False),
+                      batch_size=getattr(args, "batch_size", None),
+                      max_samples=getattr(args, "max_samples", None))
+    except (TraceError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"su-neuro analyze: error: {e}", file=sys.stderr)
+        return 2
+    print(rep.summary_table())
+    for x in rep.notes:
+        print(f"note: {x}")
+    print(f"\nreport written to {out}/ (report.md, report.json"
+          + (", figures" if len(rep.files) > 2 else "") + ")")
+    return 0

@@ -1,0 +1,155 @@
+"""Streaming simulation: run a population over a long or endless input, chunk by chunk.
+
+The state (membrane or hidden state, last spikes, absolute step index) is carried from
+one chunk to the next, so the result is the result of one call over the whole input,
+while memory stays bounded by the chunk. A callback sees every chunk's output and
+per-step records (gates, Δh, spikes): the hook that trace recorders attach to.
+
+Example:
+    >>> layer = SULIF(16, 256, gate={"kind": "rhythmic", "init_rate": 0.1}, recurrent=True)
+    >>> source = poisson_chunks(batch=1, steps=100_000, features=16, rate=0.05, chunk=1000)
+    >>> result = simulate(layer, source, callback=lambda step: None)
+    >>> result.steps, round(result.update_rate, 2)
+    (100000, 0.1)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from .kernels.reference import StepRecord
+from .layers import SULayer, SUState
+
+__all__ = ["Chunk", "SimulationResult", "stream", "simulate", "poisson_chunks", "split_chunks"]
+
+
+@dataclass
+class Chunk:
+    """One chunk of a stream, as the callback sees it.
+
+    t0: absolute index of the chunk's first step; output: (B, t, H); records: one
+    :class:`StepRecord` per sub-layer (None unless recording); state: after the chunk.
+    """
+
+    t0: int
+    output: torch.Tensor
+    records: list[StepRecord] | None
+    state: SUState
+
+
+@dataclass
+class SimulationResult:
+    state: SUState
+    steps: int
+    batch: int
+    neurons: int
+    seconds: float
+    updates: float  # neuron-steps that updated, summed over the batch (NaN if not recorded)
+
+    @property
+    def neuron_steps_per_second(self) -> float:
+        return self.batch * self.steps * self.neurons / max(self.seconds, 1e-12)
+
+    @property
+    def update_rate(self) -> float:
+        return self.updates / max(self.batch * self.steps * self.neurons, 1)
+
+
+def split_chunks(x: torch.Tensor, chunk: int) -> Iterator[torch.Tensor]:
+    """Views of ``x`` (B, T, F) along time, ``chunk`` steps each (the last may be shorter)."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of steps, got {chunk}")
+    for a in range(0, x.shape[1], chunk):
+        yield x[:, a : a + chunk]
+
+
+def poisson_chunks(
+    batch: int,
+    steps: int,
+    features: int,
+    rate: float,
+    chunk: int = 1000,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> Iterator[torch.Tensor]:
+    """A Poisson spike stream (B, steps, F) generated chunk by chunk (bounded memory).
+
+    Each input fires at each step with probability ``rate``.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must lie in [0, 1], got {rate}")
+    for name, v in (("batch", batch), ("steps", steps), ("features", features), ("chunk", chunk)):
+        if v < 1:
+            raise ValueError(f"{name} must be positive, got {v}")
+    gen = torch.Generator().manual_seed(seed)
+    for a in range(0, steps, chunk):
+        n = min(chunk, steps - a)
+        yield (torch.rand(batch, n, features, generator=gen) < rate).to(dtype=dtype, device=device)
+
+
+def stream(
+    layer: SULayer,
+    source: Iterable[torch.Tensor] | torch.Tensor,
+    state: SUState | None = None,
+    *,
+    chunk: int = 1000,
+    record: bool = False,
+    callback: Callable[[Chunk], None] | None = None,
+) -> Iterator[Chunk]:
+    """Yield one :class:`Chunk` per input chunk, carrying the state along (no gradients).
+
+    ``source`` is a (B, T, F) tensor (split into ``chunk`` steps) or any iterable of
+    (B, t, F) tensors (a generator for endless input).
+    """
+    if isinstance(source, torch.Tensor):
+        source = split_chunks(source, chunk)
+    record = record or callback is not None
+    with torch.no_grad():
+        for x in source:
+            t0 = 0 if state is None else state.t
+            if record:
+                out, state, recs = layer(x, state, record=True)
+            else:
+                (out, state), recs = layer(x, state), None
+            item = Chunk(t0, out, recs, state)
+            if callback is not None:
+                callback(item)
+            yield item
+
+
+def simulate(
+    layer: SULayer,
+    source: Iterable[torch.Tensor] | torch.Tensor,
+    state: SUState | None = None,
+    *,
+    chunk: int = 1000,
+    callback: Callable[[Chunk], None] | None = None,
+    count_updates: bool = True,
+    progress=None,
+) -> SimulationResult:
+    """Run ``layer`` over the whole source; returns the final state and throughput.
+
+    ``progress`` (e.g. a tqdm bar) is advanced by the steps of each chunk.
+    """
+    steps, batch, updates = 0, 0, 0.0
+    start = time.perf_counter()
+    for item in stream(layer, source, state, chunk=chunk, record=count_updates, callback=callback):
+        n = item.output.shape[1]
+        steps += n
+        batch = item.output.shape[0]
+        state = item.state
+        if item.records is not None:
+            updates += float(sum(r.gate.sum() for r in item.records))
+        if progress is not None:
+            progress.update(n)
+    if state is None:
+        raise ValueError("the source yielded no chunk: nothing to simulate")
+    seconds = time.perf_counter() - start
+    neurons = layer.hidden_size * layer.num_layers
+    return SimulationResult(state, steps, batch, neurons, seconds, updates if count_updates else float("nan"))

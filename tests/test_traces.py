@@ -1,0 +1,266 @@
+"""HDF5 traces: exact round trip, encodings, metadata, crash safety, bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from su_neuro import traces
+from su_neuro.traces import (
+    CorruptTraceError,
+    NotATraceError,
+    NotHDF5Error,
+    SchemaVersionError,
+    TraceError,
+    TraceNotFoundError,
+    TraceReader,
+    TraceWriter,
+)
+
+LIF = {"cell": "lif", "gate": "rhythmic", "input_size": 5, "hidden_size": 11,
+       "recurrent": True, "input_kind": "spike"}
+GRU = {"cell": "gru", "gate": "event", "input_size": 11, "hidden_size": 9,
+       "recurrent": True, "input_kind": "spike"}
+LAYERS = {"layers.0": LIF, "layers.1": GRU}
+
+
+def make_batch(seed: int, b: int = 3, t: int = 17, p_gate: float = 0.3, p_spike: float = 0.05):
+    rng = np.random.default_rng(seed)
+    g0 = torch.from_numpy((rng.random((b, t, 11)) < p_gate).astype(np.float32))
+    s0 = torch.from_numpy((rng.random((b, t, 11)) < p_spike).astype(np.float32)) * g0
+    d0 = torch.randn(b, t, 11, generator=torch.Generator().manual_seed(seed)) * g0
+    g1 = torch.from_numpy((rng.random((b, t, 9)) < p_gate).astype(np.float32))
+    d1 = torch.randn(b, t, 9, generator=torch.Generator().manual_seed(seed + 1)) * g1
+    rec = {"layers.0": SimpleNamespace(gate=g0, delta=d0, spike=s0),
+           "layers.1": SimpleNamespace(gate=g1, delta=d1, spike=None)}
+    x = torch.from_numpy((rng.random((b, t, 5)) < 0.2).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, b))
+    return rec, y, x
+
+
+@pytest.mark.parametrize("encoding", ["packbits", "events", "auto"])
+@pytest.mark.parametrize("store_delta", [None, "float16", "float32"])
+def test_round_trip_exact(tmp_path, encoding, store_delta):
+    path = tmp_path / "t.h5"
+    batches = [make_batch(i) for i in range(3)]
+    with TraceWriter(path, layers=LAYERS, config={"hidden": [11, 9]}, store_delta=store_delta,
+                     gate_encoding=encoding, spike_encoding=encoding,
+                     run_meta={"backend": "torch", "seed": 7}) as w:
+        for rec, y, x in batches:
+            w.append(rec, labels=y, inputs=x)
+        assert w.num_samples == 9
+    with traces.read(path) as r:
+        assert r.num_samples == 9 and r.num_steps == 17 and r.complete
+        assert list(r.layers) == ["layers.0", "layers.1"] and r.layers["layers.1"] == GRU
+        assert r.config == {"hidden": [11, 9]}
+        assert r.run_meta["backend"] == "torch" and r.run_meta["seed"] == 7
+        assert r.run_meta["su_neuro_version"] != "" and "created_utc" in r.run_meta
+        if encoding != "auto":
+            assert r.encodings["layers.0"] == {"gate": encoding, "spike": encoding}
+        for name in LAYERS:
+            want = np.concatenate([b[0][name].gate.numpy() for b in batches]).astype(bool)
+            got = r.gates(name)
+            assert got.dtype == bool and got.shape == (9, 17, LAYERS[name]["hidden_size"])
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(r.gates(name, slice(2, 7)), want[2:7])
+            np.testing.assert_array_equal(r.gates(name, 4), want[4])
+            np.testing.assert_array_equal(r.gates(name, -1), want[-1])
+            np.testing.assert_array_equal(r.gates(name, [5, 1, 5, 8]), want[[5, 1, 5, 8]])
+            np.testing.assert_array_equal(r.gates(name, slice(0, 9, 4)), want[0:9:4])
+            if store_delta:
+                d = np.concatenate([b[0][name].delta.numpy() for b in batches])
+                assert r.deltas(name).dtype == np.dtype(store_delta)
+                np.testing.assert_array_equal(r.deltas(name), d.astype(store_delta))
+            else:
+                assert not r.has(name, "delta")
+                with pytest.raises(TraceError, match="stores no delta"):
+                    r.deltas(name)
+        s = np.concatenate([b[0]["layers.0"].spike.numpy() for b in batches]).astype(bool)
+        np.testing.assert_array_equal(r.spikes("layers.0"), s)
+        np.testing.assert_array_equal(r.spikes("layers.0", [7, 0]), s[[7, 0]])
+        with pytest.raises(TraceError, match="no spike"):
+            r.spikes("layers.1")
+        np.testing.assert_array_equal(r.labels(), np.concatenate([b[1].numpy() for b in batches]))
+        nnz = np.concatenate([(b[2].numpy() != 0).sum(2) for b in batches])
+        np.testing.assert_array_equal(r.input_nnz(), nnz)
+        chunks = list(r.iter_chunks(batch_size=4))
+        assert [(c.start, c.stop) for c in chunks] == [(0, 4), (4, 8), (8, 9)]
+        with pytest.raises(IndexError):
+            r.gates("layers.0", 9)
+        with pytest.raises(KeyError):
+            r.gates("nope")
+
+
+def test_encoding_rule_and_auto_choice(tmp_path):
+    n = 96 * 1000
+    below = np.zeros(n, bool)
+    below[:999] = True   # density < 1/96
+    at = np.zeros(n, bool)
+    at[:1000] = True     # density == 1/96
+    assert traces.choose_encoding(below) == "events"
+    assert traces.choose_encoding(at) == "packbits"
+    assert traces.choose_encoding(np.zeros(8, bool)) == "events"
+    # sparse gates -> events, dense gates -> packbits, decided per stream on the first batch
+    rec, y, x = make_batch(0, p_gate=0.5, p_spike=0.001)
+    rec["layers.1"].gate = rec["layers.1"].gate * 0
+    rec["layers.1"].gate[0, 3, 2] = 1
+    traces.write(tmp_path / "a.h5", rec, layers=LAYERS)
+    with TraceReader(tmp_path / "a.h5") as r:
+        assert r.encodings["layers.0"] == {"gate": "packbits", "spike": "events"}
+        assert r.encodings["layers.1"] == {"gate": "events"}
+        g = r.gates("layers.1")
+        assert g.sum() == 1 and g[0, 3, 2]
+        # event list is readable as (sample, t, neuron) rows with plain h5py
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        np.testing.assert_array_equal(f["layers/layers.1/gate_events"][:], [[0, 3, 2]])
+        np.testing.assert_array_equal(f["layers/layers.1/gate_offsets"][:], [0, 1, 1, 1])
+
+
+def test_plain_h5py_layout(tmp_path):
+    rec, y, x = make_batch(3)
+    path = traces.write(tmp_path / "p.h5", rec, layers=LAYERS, labels=y,
+                        gate_encoding="packbits", config={"a": 1})
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "su_neuro.trace" and f.attrs["schema_version"] == 1
+        n = int(f["committed"][0])
+        assert n == 3 and f["closed"][0] == 1
+        assert json.loads(f.attrs["config"]) == {"a": 1}
+        g = f["layers/layers.0"]
+        assert g.attrs["gate_encoding"] == "packbits" and g.attrs["hidden_size"] == 11
+        bits = np.unpackbits(g["gate"][:n], axis=-1, count=11, bitorder="little").astype(bool)
+        np.testing.assert_array_equal(bits, rec["layers.0"].gate.numpy() != 0)
+        assert g["gate"].compression == "gzip" and g["gate"].chunks is not None
+
+
+def test_writer_validates(tmp_path):
+    rec, y, x = make_batch(0)
+    with TraceWriter(tmp_path / "v.h5", layers=LAYERS) as w:
+        w.append(rec)
+        rec2, _, _ = make_batch(1, t=18)
+        with pytest.raises(ValueError, match="T=17"):
+            w.append(rec2)
+        bad = dict(rec)
+        bad["layers.0"] = SimpleNamespace(gate=rec["layers.0"].gate * 0.5,
+                                          spike=rec["layers.0"].spike, delta=None)
+        with pytest.raises(ValueError, match="only 0 and 1"):
+            w.append(bad)
+        with pytest.raises(ValueError, match="labels"):
+            w.append(rec, labels=y)  # first batch had none
+    with pytest.raises(ValueError, match="lacks"):
+        TraceWriter(tmp_path / "x.h5", layers={"a": {"cell": "rnn"}})
+    with pytest.raises(ValueError, match="store_delta"):
+        TraceWriter(tmp_path / "x.h5", layers=LAYERS, store_delta="int8")
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from types import SimpleNamespace
+    from su_neuro.traces import TraceWriter
+    meta = {"cell": "lif", "gate": "rhythmic", "input_size": 4, "hidden_size": 37,
+            "recurrent": True, "input_kind": "spike"}
+    w = TraceWriter(sys.argv[1], layers={"l0": meta}, store_delta="float16",
+                    gate_encoding=sys.argv[2], spike_encoding="events")
+    w.open()
+    i = 0
+    while True:
+        rng = np.random.default_rng(i)
+        g = rng.random((4, 300, 37)) < 0.3
+        s = rng.random((4, 300, 37)) < 0.01
+        w.append({"l0": SimpleNamespace(gate=g, spike=s, delta=g * 1.5)}, labels=np.full(4, i))
+        print(i, flush=True)
+        i += 1
+""")
+
+
+@pytest.mark.parametrize("encoding", ["packbits", "events"])
+def test_sigkill_mid_run_keeps_committed_batches(tmp_path, encoding):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    path = tmp_path / "killed.h5"
+    p = subprocess.Popen([sys.executable, str(script), str(path), encoding],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        n_done = 6
+        for _ in range(n_done):
+            assert p.stdout.readline().strip() != ""
+    finally:
+        os.kill(p.pid, signal.SIGKILL)  # the writer is likely mid-batch now
+        p.wait()
+        p.stdout.close()
+    with TraceReader(path) as r:
+        assert not r.complete
+        n = r.num_samples // 4
+        assert n >= n_done and r.num_samples % 4 == 0
+        gates = r.gates("l0")
+        spikes = r.spikes("l0")
+        deltas = r.deltas("l0")
+        labels = r.labels()
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        g = rng.random((4, 300, 37)) < 0.3
+        s = rng.random((4, 300, 37)) < 0.01
+        np.testing.assert_array_equal(gates[4 * i:4 * i + 4], g)
+        np.testing.assert_array_equal(spikes[4 * i:4 * i + 4], s)
+        np.testing.assert_array_equal(deltas[4 * i:4 * i + 4], (g * 1.5).astype(np.float16))
+        assert (labels[4 * i:4 * i + 4] == i).all()
+
+
+# ----------------------------------------------------------------------------- bad files
+def test_missing_file(tmp_path):
+    with pytest.raises(TraceNotFoundError, match="no such trace"):
+        traces.read(tmp_path / "nope.h5")
+
+
+def test_not_hdf5(tmp_path):
+    p = tmp_path / "text.h5"
+    p.write_text("hello, not HDF5\n" * 100)
+    with pytest.raises(NotHDF5Error, match="not an HDF5 file"):
+        traces.read(p)
+    e = tmp_path / "empty.h5"
+    e.write_bytes(b"")
+    with pytest.raises(NotHDF5Error):
+        traces.read(e)
+
+
+def test_truncated(tmp_path):
+    rec, y, x = make_batch(0, b=8, t=200)
+    p = traces.write(tmp_path / "t.h5", rec, layers=LAYERS, store_delta="float32")
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptTraceError, match="truncated or damaged"):
+        traces.read(p)
+
+
+def test_hdf5_but_not_a_trace(tmp_path):
+    p = tmp_path / "other.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(NotATraceError, match="not a su_neuro trace"):
+        traces.read(p)
+
+
+def test_newer_schema(tmp_path):
+    rec, y, x = make_batch(0)
+    p = traces.write(tmp_path / "new.h5", rec, layers=LAYERS)
+    with h5py.File(p, "r+") as f:
+        f.attrs["schema_version"] = np.int64(traces.SUPPORTED_SCHEMA + 1)
+    with pytest.raises(SchemaVersionError, match=r"newer su_neuro: schema 2 > supported 1"):
+        traces.read(p)
+
+
+def test_errors_are_trace_errors():
+    for cls in (TraceNotFoundError, NotHDF5Error, CorruptTraceError, NotATraceError,
+                SchemaVersionError):
+        assert issubclass(cls, TraceError)
+    assert issubclass(TraceNotFoundError, FileNotFoundError)

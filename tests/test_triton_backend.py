@@ -1,0 +1,238 @@
+"""Triton backend vs the torch reference: forward, final state, records, every gradient.
+
+On a machine without CUDA the kernels run under Triton's interpreter. Triton decides at
+``@triton.jit`` time whether a kernel is interpreted, so TRITON_INTERPRET must be set
+before ``su_neuro.kernels.triton`` is imported; this module sets it first thing and
+skips (with the reason) if the kernels were already compiled for a GPU-less native run.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib.util  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytestmark = [
+    pytest.mark.triton,
+    pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed"),
+]
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tri():
+    from su_neuro.kernels.triton import ops, recurrence
+
+    if DEVICE == "cpu" and type(recurrence._fwd_kernel).__name__ != "InterpretedFunction":
+        pytest.skip("su_neuro.kernels.triton was imported before TRITON_INTERPRET=1 was set")
+    return ops
+
+
+def assert_close(name, ref, out, tol):
+    if ref is None:
+        assert out is None or float(out.abs().max()) == 0.0, f"{name}: reference has no gradient"
+        return
+    assert out is not None, f"{name}: missing"
+    ref, out = ref.detach().double().cpu(), out.detach().double().cpu()
+    assert ref.shape == out.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    err = (ref - out).abs().max().item() if ref.numel() else 0.0
+    scale = max(1.0, ref.abs().max().item())
+    assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol:g} * {scale:.3g}"
+
+
+def _make(cell, kind, B, H, *, recurrent=True, bias=True, reset="subtract", seed=0,
+          event_surrogate="triangle", spike="atan", threshold=0.2, dtype=torch.float32):
+    from su_neuro.gates import DenseGate, EventGate, RhythmicGate
+    from su_neuro.kernels.reference import LIFParams
+    from su_neuro.surrogate import get_surrogate
+
+    g = torch.Generator().manual_seed(seed)
+    G = 3 * H if cell == "gru" else H
+    rnd = lambda *s, sc=1.0: (torch.randn(*s, generator=g) * sc).to(DEVICE, dtype)  # noqa: E731
+    p = {
+        "h0": rnd(B, H, sc=0.5),
+        "w": rnd(G, H, sc=0.6) if (recurrent or cell != "lif") else None,
+        "b": rnd(G, sc=0.3) if bias and (recurrent or cell != "lif") else None,
+        "s0": (torch.rand(B, H, generator=g) > 0.5).to(DEVICE, dtype) if cell == "lif" else None,
+    }
+    lif = None
+    if cell == "lif":
+        beta = torch.rand(H, generator=g) * 0.9 + 0.05
+        beta[0] = 1.0  # clamp edge: the gradient still passes at beta = 1
+        lif = LIFParams(beta.to(DEVICE, dtype), 1.0, reset, get_surrogate(spike))
+    if kind == "rhythmic":
+        gate = RhythmicGate(H, init_rate=0.4, period=5.0)
+    elif kind == "event":
+        gate = EventGate(H, init_threshold=threshold, surrogate=event_surrogate,
+                         surrogate_params={"width": 0.5} if event_surrogate in ("triangle", "rectangle") else {})
+    else:
+        gate = DenseGate(H)
+    gate = gate.to(DEVICE, dtype)
+    return p, lif, gate, G
+
+
+def _run(fn, cell, T, p, lif, gate, xp, weights, gate_grad=True):
+    leaves = {k: v.clone().requires_grad_() for k, v in p.items() if v is not None}
+    xpl = xp.clone().requires_grad_()
+    beta = lif.beta.clone().requires_grad_() if lif is not None else None
+    lifp = lif._replace(beta=beta) if lif is not None else None
+    for q in gate.parameters():
+        q.grad = None
+        q.requires_grad_(gate_grad)
+    gi = gate.plan(0, T, device=xp.device, dtype=xp.dtype)
+    out, hT, sT, rec = fn(cell, xpl, leaves["h0"], leaves.get("s0"), leaves.get("w"), leaves.get("b"),
+                          gi, lifp, True)
+    loss = (out * weights[0]).sum() + (hT * weights[1]).sum()
+    if sT is not None:
+        loss = loss + (sT * weights[2]).sum()
+    named = {"xp": xpl, **leaves}
+    if beta is not None:
+        named["beta"] = beta
+    if gate_grad:
+        named.update({f"gate.{n}": q for n, q in gate.named_parameters()})
+    grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+    return out, hT, sT, rec, dict(zip(named, grads))
+
+
+def check(tri, cell, kind, B, H, T, tol=2e-4, seed=0, gate_grad=True, **kw):
+    from su_neuro.kernels.reference import recurrence as ref
+
+    p, lif, gate, G = _make(cell, kind, B, H, seed=seed, **kw)
+    g = torch.Generator().manual_seed(seed + 1)
+    xp = (torch.randn(B, T, G, generator=g) * 1.2).to(DEVICE)
+    if cell == "lif":
+        xp = xp.abs() * 0.8
+    weights = [torch.randn(B, T, H, generator=g).to(DEVICE), torch.randn(B, H, generator=g).to(DEVICE),
+               torch.randn(B, H, generator=g).to(DEVICE)]
+    r = _run(ref, cell, T, p, lif, gate, xp, weights, gate_grad)
+    o = _run(tri.recurrence, cell, T, p, lif, gate, xp, weights, gate_grad)
+    assert_close("out", r[0], o[0], tol)
+    assert_close("h_T", r[1], o[1], tol)
+    if cell == "lif":
+        assert_close("s_T", r[2], o[2], tol)
+        assert_close("rec.spike", r[3].spike, o[3].spike, tol)
+    else:
+        assert o[2] is None and o[3].spike is None
+    assert_close("rec.gate", r[3].gate, o[3].gate, tol)
+    assert_close("rec.delta", r[3].delta, o[3].delta, tol)
+    assert set(r[4]) == set(o[4])
+    for name in r[4]:
+        assert_close(f"d{name}", r[4][name], o[4][name], tol)
+    return r, o
+
+
+CELLS = ["rnn", "gru", "lif"]
+GATES = ["dense", "rhythmic", "event"]
+SIZES = [(1, 5, 1), (3, 12, 7), (3, 5, 15)]
+
+
+@pytest.mark.parametrize("B,H,T", SIZES, ids=[f"B{b}H{h}T{t}" for b, h, t in SIZES])
+@pytest.mark.parametrize("kind", GATES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference(tri, cell, kind, B, H, T):
+    check(tri, cell, kind, B, H, T)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_frozen_rhythmic_gate_compacts(tri, cell):
+    # gate without gradient: the forward computes only the open rows
+    check(tri, cell, "rhythmic", 2, 12, 9, gate_grad=False)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_lif_variants(tri, reset, recurrent):
+    check(tri, "lif", "event", 2, 6, 9, reset=reset, recurrent=recurrent, spike="fast_sigmoid")
+    check(tri, "lif", "dense", 2, 6, 9, reset=reset, recurrent=recurrent, spike="triangle")
+
+
+@pytest.mark.parametrize("surrogate", ["atan", "fast_sigmoid", "sigmoid", "straight_through", "rectangle"])
+def test_event_surrogates(tri, surrogate):
+    check(tri, "rnn", "event", 2, 5, 7, event_surrogate=surrogate, threshold=0.3)
+
+
+def test_no_bias(tri):
+    check(tri, "gru", "rhythmic", 2, 5, 7, bias=False)
+    check(tri, "rnn", "event", 2, 5, 7, bias=False)
+
+
+def test_event_delta_accumulation_refresh(tri, monkeypatch):
+    from su_neuro.kernels.triton import recurrence
+
+    monkeypatch.setattr(recurrence, "REFRESH", 3)  # exact U h at t = 0, 3, 6, ...
+    for threshold in (0.0, 0.3, 10.0):  # everything / some / nothing changes
+        check(tri, "gru", "event", 2, 12, 8, threshold=threshold)
+        check(tri, "rnn", "event", 2, 12, 8, threshold=threshold)
+
+
+def test_low_precision_forward(tri):
+    from su_neuro.kernels.reference import recurrence as ref
+
+    for dtype in (torch.bfloat16, torch.float16):
+        p, lif, gate, G = _make("gru", "rhythmic", 2, 6, dtype=dtype)
+        xp = torch.randn(2, 5, G).to(DEVICE, dtype)
+        gi = gate.plan(0, 5, dtype=dtype)
+        with torch.no_grad():
+            r = ref("gru", xp, p["h0"], None, p["w"], p["b"], gi, None)
+            o = tri.recurrence("gru", xp, p["h0"], None, p["w"], p["b"], gi, None)
+        assert o[0].dtype == dtype
+        assert_close(f"out {dtype}", r[0].float(), o[0].float(), 5e-2)
+
+
+def test_layers_through_backend(tri):
+    import su_neuro
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 3, device=DEVICE)
+    for cls, kw in ((su_neuro.SUGRU, {}), (su_neuro.SULIF, {"recurrent": True, "beta": 0.8})):
+        a = cls(3, 7, num_layers=2, gate={"kind": "rhythmic", "init_rate": 0.3}, backend="torch", **kw).to(DEVICE)
+        b = cls(3, 7, num_layers=2, gate={"kind": "rhythmic", "init_rate": 0.3}, backend="triton", **kw).to(DEVICE)
+        b.load_state_dict(a.state_dict())
+        ya, sa = a(x[:, :4])
+        ya2, sa2 = a(x[:, 4:], sa)
+        yb, sb = b(x[:, :4])
+        yb2, sb2 = b(x[:, 4:], sb)
+        assert_close("chunk 1", ya, yb, 2e-4)
+        assert_close("chunk 2", ya2, yb2, 2e-4)
+        assert_close("state", sa2.h, sb2.h, 2e-4)
+        (ya2.sum() + ya.sum()).backward()
+        (yb2.sum() + yb.sum()).backward()
+        for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+            assert_close(f"{cls.__name__}.{n}.grad", pa.grad, pb.grad, 2e-4)
+
+
+def test_unsupported_and_checks(tri):
+    from su_neuro.gates import GateInput
+
+    assert tri.unsupported("gru", "rhythmic", torch.float32) is None
+    assert "float64" in tri.unsupported("gru", "dense", torch.float64)
+    assert "lstm" in tri.unsupported("lstm", "dense", torch.float32)
+    with pytest.raises(ValueError, match="expected 3 \\* H"):
+        tri.recurrence("gru", torch.zeros(1, 2, 5), torch.zeros(1, 5), None, torch.zeros(15, 5), None,
+                       GateInput("dense"))
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the tiny interpreter run is for GPU-less machines")
+def test_benchmark_tiny_runs_end_to_end():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_triton.py"), "--quick", "--tiny"],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "backend" in res.stdout and "triton" in res.stdout
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="checks the message of a GPU-less machine")
+def test_benchmark_needs_cuda_message():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_triton.py"), "--quick"],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert res.returncode == 2
+    assert "CUDA" in res.stderr
