@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["LIFParams", "StepRecord", "recurrence", "candidate", "CELLS", "GATE_ROWS"]
+__all__ = ["CELLS", "GATE_ROWS", "LIFParams", "StepRecord", "candidate", "recurrence"]
 
 CELLS = ("rnn", "gru", "lif")
 GATE_ROWS = {"rnn": 1, "gru": 3, "lif": 1}  # G = GATE_ROWS[cell] * H

@@ -18,24 +18,24 @@ from .surrogate import get_surrogate
 __version__ = "0.1.0"
 
 __all__ = [
-    "RhythmicGate",
-    "EventGate",
-    "DenseGate",
-    "SURNN",
     "SUGRU",
     "SULIF",
-    "SUState",
-    "StepRecord",
-    "SequenceClassifier",
-    "Seq2Seq",
+    "SURNN",
     "BackendUnavailableError",
-    "get_surrogate",
-    "rate_penalty",
-    "update_rate",
-    "traces",
+    "DenseGate",
+    "EventGate",
+    "RhythmicGate",
+    "SUState",
+    "Seq2Seq",
+    "SequenceClassifier",
+    "StepRecord",
+    "__version__",
     "analysis",
     "datasets",
-    "__version__",
+    "get_surrogate",
+    "rate_penalty",
+    "traces",
+    "update_rate",
 ]
 
 _LAZY = {"traces", "analysis", "datasets", "train", "kernels"}

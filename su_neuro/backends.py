@@ -16,7 +16,7 @@ import importlib
 import importlib.util
 import os
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "check_backend", "resolve", "get_impl", "available"]
+__all__ = ["BACKENDS", "BackendUnavailableError", "available", "check_backend", "get_impl", "resolve"]
 
 # name -> (module implementing ``recurrence``, package it needs or None)
 _REGISTRY = {

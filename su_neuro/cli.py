@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["COMMANDS", "main"]
 
 # name -> one-line help (kept here so --help does not import every command)
 COMMANDS = {

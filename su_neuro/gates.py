@@ -34,14 +34,14 @@ from torch import nn
 from .surrogate import Surrogate, get_surrogate
 
 __all__ = [
-    "Gate",
-    "RhythmicGate",
-    "EventGate",
+    "GATES",
     "DenseGate",
+    "EventGate",
+    "Gate",
     "GateInput",
+    "RhythmicGate",
     "make_gate",
     "rate_penalty",
-    "GATES",
 ]
 
 

@@ -13,7 +13,8 @@ of running it whole.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from .gates import Gate, make_gate
 from .kernels.reference import GATE_ROWS, LIFParams, StepRecord
 from .surrogate import get_surrogate
 
-__all__ = ["SUState", "SURNN", "SUGRU", "SULIF", "SULayer"]
+__all__ = ["SUGRU", "SULIF", "SURNN", "SULayer", "SUState"]
 
 
 class SUState(NamedTuple):
@@ -128,7 +129,7 @@ class SULayer(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def _layer_weights(self, k: int):
-        get = lambda n: getattr(self, f"{n}_l{k}", None)  # noqa: E731
+        get = lambda n: getattr(self, f"{n}_l{k}", None)
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
 
     def _lif(self, k: int) -> LIFParams | None:
@@ -200,6 +201,10 @@ class SULayer(nn.Module):
             out, hT, sT, rec = impl.recurrence(
                 self.cell, xp, state.h[k], s0, w_hh, b_hh, gate, self._lif(k), record
             )
+            if rec is not None and gate.kind == "rhythmic" and not rec.gate.requires_grad:
+                # fused backends record detached gates; the rhythmic gate's sequence is
+                # batch uniform, so the differentiable one is at hand
+                rec = rec._replace(gate=gate.values.unsqueeze(0).expand(B, -1, -1))
             hs.append(hT)
             if sT is not None:
                 ss.append(sT)

@@ -16,7 +16,7 @@ from torch import nn
 
 from .layers import SUGRU, SULIF, SURNN, SULayer
 
-__all__ = ["SequenceClassifier", "Seq2Seq", "build_layer", "CELL_TYPES", "READOUTS"]
+__all__ = ["CELL_TYPES", "READOUTS", "Seq2Seq", "SequenceClassifier", "build_layer"]
 
 CELL_TYPES = {"rnn": SURNN, "gru": SUGRU, "lif": SULIF}
 READOUTS = ("last", "mean", "spike_count")

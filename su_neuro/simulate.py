@@ -16,15 +16,15 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import torch
 
 from .kernels.reference import StepRecord
 from .layers import SULayer, SUState
 
-__all__ = ["Chunk", "SimulationResult", "stream", "simulate", "poisson_chunks", "split_chunks"]
+__all__ = ["Chunk", "SimulationResult", "poisson_chunks", "simulate", "split_chunks", "stream"]
 
 
 @dataclass

@@ -27,12 +27,12 @@ candidate only where :math:`\sigma'(a) \neq 0`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-__all__ = ["Surrogate", "get_surrogate", "SURROGATES"]
+__all__ = ["SURROGATES", "Surrogate", "get_surrogate"]
 
 # Integer codes shared with the Numba and Triton kernels (kernels/_surrogate_codes.py
 # mirrors this table); internal, never part of the public API.

@@ -50,9 +50,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,18 +61,18 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
-    "TrainConfig",
-    "ConfigError",
-    "CheckpointError",
-    "RunFolderError",
-    "config_from_dict",
-    "load_config_file",
-    "build_model",
-    "train",
-    "save_checkpoint",
-    "load_checkpoint",
-    "distributed_env",
     "RUN_FILES",
+    "CheckpointError",
+    "ConfigError",
+    "RunFolderError",
+    "TrainConfig",
+    "build_model",
+    "config_from_dict",
+    "distributed_env",
+    "load_checkpoint",
+    "load_config_file",
+    "save_checkpoint",
+    "train",
 ]
 
 CHECKPOINT_FORMAT = "su_neuro.checkpoint"

@@ -22,6 +22,15 @@ CELLS = ("rnn", "gru", "lif")
 GATES = ("rhythmic", "event", "dense")
 
 
+@pytest.fixture(autouse=True)
+def _reference_backend(monkeypatch):
+    """These tests specify the model, so "auto" runs the torch reference here; the fast
+    backends are checked against it in their own test files."""
+    from su_neuro import backends
+
+    monkeypatch.setattr(backends, "_auto_pays", lambda *a: False)
+
+
 def assert_close(name, ref, out, atol=1e-6, rtol=1e-5):
     assert ref.shape == out.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     err = (ref - out).abs().max().item() if ref.numel() else 0.0

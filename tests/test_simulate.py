@@ -42,4 +42,4 @@ def test_poisson_chunks_are_deterministic_and_bounded():
     with pytest.raises(ValueError, match="chunk"):
         next(split_chunks(torch.zeros(1, 4, 1), 0))
     with pytest.raises(ValueError, match="no chunk"):
-        simulate(SUGRU(2, 3), iter([]))
+        simulate(SUGRU(2, 3, backend="torch"), iter([]))

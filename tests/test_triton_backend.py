@@ -99,7 +99,7 @@ def _run(fn, cell, T, p, lif, gate, xp, weights, gate_grad=True):
     if gate_grad:
         named.update({f"gate.{n}": q for n, q in gate.named_parameters()})
     grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
-    return out, hT, sT, rec, dict(zip(named, grads))
+    return out, hT, sT, rec, dict(zip(named, grads, strict=True))
 
 
 def check(tri, cell, kind, B, H, T, tol=2e-4, seed=0, gate_grad=True, **kw):
@@ -205,7 +205,7 @@ def test_layers_through_backend(tri):
         assert_close("state", sa2.h, sb2.h, 2e-4)
         (ya2.sum() + ya.sum()).backward()
         (yb2.sum() + yb.sum()).backward()
-        for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
             assert_close(f"{cls.__name__}.{n}.grad", pa.grad, pb.grad, 2e-4)
 
 

@@ -16,188 +16,203 @@ import numpy as np
 from ._common import DENSE, EVENT, RHYTHMIC, chunk, sign, surrogate_grad
 
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
-def forward(
-    gkind, recurrent, reset_zero, xp, h0, s0, V, VT, bias, beta, thr, gvals, off, idx, theta,
+@nb.njit(cache=True, fastmath=True)
+def _forward_chunk(c, gkind, recurrent, reset_zero, xp, h0, s0, V, VT, bias, beta, thr, gvals, off, idx, theta,
     save, nchunks, out, hT, hseq, dsave, gsave,
 ):
     B, T, H = xp.shape
     thr32 = np.float32(thr)
-    for c in nb.prange(nchunks):
-        lo, hi = chunk(c, nchunks, B)
-        h = np.empty(H, np.float32)
-        u = np.zeros(H, np.float32)
-        sl = np.empty(H, np.int32)   # previous step's spiking neurons
-        sv = np.empty(H, np.float32)  # and their spike values
-        nl = np.empty(H, np.int32)    # this step's
-        nv = np.empty(H, np.float32)
-        for b in range(lo, hi):
-            ns = 0
-            for j in range(H):
-                h[j] = h0[b, j]
-                if s0[b, j] != 0:
-                    sl[ns] = j
-                    sv[ns] = s0[b, j]
-                    ns += 1
-            for t in range(T):
-                if gkind == RHYTHMIC:
-                    n_t = off[t + 1] - off[t]
-                    base = off[t]
-                else:
-                    n_t = H
-                    base = 0
-                rowwise = recurrent and n_t * 4 < H
-                if recurrent and not rowwise:
+    lo, hi = chunk(c, nchunks, B)
+    h = np.empty(H, np.float32)
+    u = np.zeros(H, np.float32)
+    sl = np.empty(H, np.int32)   # previous step's spiking neurons
+    sv = np.empty(H, np.float32)  # and their spike values
+    nl = np.empty(H, np.int32)    # this step's
+    nv = np.empty(H, np.float32)
+    for b in range(lo, hi):
+        ns = 0
+        for j in range(H):
+            h[j] = h0[b, j]
+            if s0[b, j] != 0:
+                sl[ns] = j
+                sv[ns] = s0[b, j]
+                ns += 1
+        for t in range(T):
+            if gkind == RHYTHMIC:
+                n_t = off[t + 1] - off[t]
+                base = off[t]
+            else:
+                n_t = H
+                base = 0
+            rowwise = recurrent and n_t * 4 < H
+            if recurrent and not rowwise:
+                for r in range(H):
+                    u[r] = 0
+                for q in range(ns):
+                    j = sl[q]
+                    v = sv[q]
                     for r in range(H):
-                        u[r] = 0
-                    for q in range(ns):
-                        j = sl[q]
-                        v = sv[q]
-                        for r in range(H):
-                            u[r] += VT[j, r] * v
-                nn = 0
-                for k in range(n_t):
-                    i = idx[base + k] if gkind == RHYTHMIC else k
-                    cur = xp[b, t, i]
-                    if recurrent:
-                        if rowwise:
-                            acc = np.float32(0.0)
-                            for q in range(ns):
-                                acc += V[i, sl[q]] * sv[q]
-                            cur = (cur + acc) + bias[i]
-                        else:
-                            cur = (cur + u[i]) + bias[i]
-                    hi_ = h[i]
-                    rho = hi_ > thr32
-                    if reset_zero:
-                        f = np.float32(beta[i] * (np.float32(0.0) if rho else np.float32(1.0)) * hi_ + cur)
+                        u[r] += VT[j, r] * v
+            nn = 0
+            for k in range(n_t):
+                i = idx[base + k] if gkind == RHYTHMIC else k
+                cur = xp[b, t, i]
+                if recurrent:
+                    if rowwise:
+                        acc = np.float32(0.0)
+                        for q in range(ns):
+                            acc += V[i, sl[q]] * sv[q]
+                        cur = (cur + acc) + bias[i]
                     else:
-                        f = np.float32(beta[i] * hi_ + cur)
-                        if rho:
-                            f = np.float32(f - thr32)
-                    if gkind == DENSE:
-                        g = np.float32(1.0)
-                        hnew = f
+                        cur = (cur + u[i]) + bias[i]
+                hi_ = h[i]
+                rho = hi_ > thr32
+                if reset_zero:
+                    f = np.float32(beta[i] * (np.float32(0.0) if rho else np.float32(1.0)) * hi_ + cur)
+                else:
+                    f = np.float32(beta[i] * hi_ + cur)
+                    if rho:
+                        f = np.float32(f - thr32)
+                if gkind == DENSE:
+                    g = np.float32(1.0)
+                    hnew = f
+                else:
+                    d = np.float32(f - hi_)
+                    if gkind == EVENT:
+                        g = np.float32(1.0) if abs(d) - theta[i] > 0 else np.float32(0.0)
                     else:
-                        d = np.float32(f - hi_)
-                        if gkind == EVENT:
-                            g = np.float32(1.0) if abs(d) - theta[i] > 0 else np.float32(0.0)
-                        else:
-                            g = gvals[t, i]
-                        if save:
-                            dsave[b, t, i] = d
-                            gsave[b, t, i] = g
-                        hnew = np.float32(hi_ + g * d) if g != 0 else hi_
-                    h[i] = hnew
-                    if g != 0 and hnew - thr32 > 0:
-                        out[b, t, i] = g
-                        nl[nn] = i
-                        nv[nn] = g
-                        nn += 1
-                for q in range(nn):
-                    sl[q] = nl[q]
-                    sv[q] = nv[q]
-                ns = nn
-                if save:
-                    for j in range(H):
-                        hseq[b, t, j] = h[j]
-            for j in range(H):
-                hT[b, j] = h[j]
+                        g = gvals[t, i]
+                    if save:
+                        dsave[b, t, i] = d
+                        gsave[b, t, i] = g
+                    hnew = np.float32(hi_ + g * d) if g != 0 else hi_
+                h[i] = hnew
+                if g != 0 and hnew - thr32 > 0:
+                    out[b, t, i] = g
+                    nl[nn] = i
+                    nv[nn] = g
+                    nn += 1
+            for q in range(nn):
+                sl[q] = nl[q]
+                sv[q] = nv[q]
+            ns = nn
+            if save:
+                for j in range(H):
+                    hseq[b, t, j] = h[j]
+        for j in range(H):
+            hT[b, j] = h[j]
 
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
-def backward(
-    gkind, recurrent, reset_zero, h0, s0, V, beta, thr, gvals, off, idx, theta, gcode, gscale,
+@nb.njit(cache=True, fastmath=True)
+def _backward_chunk(c, gkind, recurrent, reset_zero, h0, s0, V, beta, thr, gvals, off, idx, theta, gcode, gscale,
     scode, sscale, nchunks, out, hseq, dsave, gsave, dout, dhT, dsT,
     dxp, dh0, ds0, dVT, db, dbeta, dg, dth,
 ):
     B, T, H = dxp.shape
     thr32 = np.float32(thr)
-    for c in nb.prange(nchunks):
-        lo, hi = chunk(c, nchunks, B)
-        lh = np.empty(H, np.float32)
-        ls = np.empty(H, np.float32)
-        lhp = np.empty(H, np.float32)
-        lsp = np.zeros(H, np.float32)
-        dil = np.empty(H, np.float32)
-        sl = np.empty(H, np.int32)
-        dVc = dVT[c]
-        dbc = db[c]
-        dbetac = dbeta[c]
-        dgc = dg[c]
-        dthc = dth[c]
-        for b in range(lo, hi):
+    lo, hi = chunk(c, nchunks, B)
+    lh = np.empty(H, np.float32)
+    ls = np.empty(H, np.float32)
+    lhp = np.empty(H, np.float32)
+    lsp = np.zeros(H, np.float32)
+    dil = np.empty(H, np.float32)
+    sl = np.empty(H, np.int32)
+    dVc = dVT[c]
+    dbc = db[c]
+    dbetac = dbeta[c]
+    dgc = dg[c]
+    dthc = dth[c]
+    for b in range(lo, hi):
+        for j in range(H):
+            lh[j] = dhT[b, j]
+            ls[j] = dsT[b, j]
+        for t in range(T - 1, -1, -1):
             for j in range(H):
-                lh[j] = dhT[b, j]
-                ls[j] = dsT[b, j]
-            for t in range(T - 1, -1, -1):
-                for j in range(H):
-                    ls[j] += dout[b, t, j]
-                    lhp[j] = lh[j]
-                hp = hseq[b, t - 1] if t > 0 else h0[b]
-                sp = out[b, t - 1] if t > 0 else s0[b]
-                if gkind == RHYTHMIC:
-                    n_t = off[t + 1] - off[t]
-                    base = off[t]
+                ls[j] += dout[b, t, j]
+                lhp[j] = lh[j]
+            hp = hseq[b, t - 1] if t > 0 else h0[b]
+            sp = out[b, t - 1] if t > 0 else s0[b]
+            if gkind == RHYTHMIC:
+                n_t = off[t + 1] - off[t]
+                base = off[t]
+            else:
+                n_t = H
+                base = 0
+            for k in range(n_t):
+                i = idx[base + k] if gkind == RHYTHMIC else k
+                x = hseq[b, t, i] - thr32
+                sg = np.float32(surrogate_grad(scode, sscale, x))
+                if gkind == DENSE:
+                    dhn = lh[i] + ls[i] * sg
+                    dd = dhn
                 else:
-                    n_t = H
-                    base = 0
-                for k in range(n_t):
-                    i = idx[base + k] if gkind == RHYTHMIC else k
-                    x = hseq[b, t, i] - thr32
-                    sg = np.float32(surrogate_grad(scode, sscale, x))
-                    if gkind == DENSE:
-                        dhn = lh[i] + ls[i] * sg
-                        dd = dhn
+                    g = gsave[b, t, i]
+                    d = dsave[b, t, i]
+                    dgi = ls[i] * (np.float32(1.0) if x > 0 else np.float32(0.0))
+                    dhn = lh[i] + ls[i] * g * sg
+                    dgi += dhn * d
+                    if gkind == EVENT:
+                        se = np.float32(surrogate_grad(gcode, gscale, abs(d) - theta[i]))
+                        dd = g * dhn + dgi * se * sign(d)
+                        dthc[i] -= dgi * se
                     else:
-                        g = gsave[b, t, i]
-                        d = dsave[b, t, i]
-                        dgi = ls[i] * (np.float32(1.0) if x > 0 else np.float32(0.0))
-                        dhn = lh[i] + ls[i] * g * sg
-                        dgi += dhn * d
-                        if gkind == EVENT:
-                            se = np.float32(surrogate_grad(gcode, gscale, abs(d) - theta[i]))
-                            dd = g * dhn + dgi * se * sign(d)
-                            dthc[i] -= dgi * se
-                        else:
-                            dgc[t, i] += dgi
-                            dd = g * dhn
-                    lhp[i] = dhn - dd
-                    dil[k] = dd
-                    if dd != 0:
-                        hpi = hp[i]
-                        if reset_zero and hpi > thr32:
-                            pass  # beta * 0 * h: no path through h or beta
-                        else:
-                            lhp[i] += dd * beta[i]
-                            dbetac[i] += dd * hpi
-                        dxp[b, t, i] = dd
-                        dbc[i] += dd
-                if recurrent:
-                    for j in range(H):
-                        lsp[j] = 0
-                    ns = 0
-                    for j in range(H):
-                        if sp[j] != 0:
-                            sl[ns] = j
-                            ns += 1
-                    for k in range(n_t):
-                        v = dil[k]
-                        if v == 0:
-                            continue
-                        i = idx[base + k] if gkind == RHYTHMIC else k
-                        for j in range(H):
-                            lsp[j] += V[i, j] * v
-                        for q in range(ns):
-                            j = sl[q]
-                            dVc[j, i] += v * sp[j]
-                    for j in range(H):
-                        ls[j] = lsp[j]
-                else:
-                    for j in range(H):
-                        ls[j] = 0
+                        dgc[t, i] += dgi
+                        dd = g * dhn
+                lhp[i] = dhn - dd
+                dil[k] = dd
+                if dd != 0:
+                    hpi = hp[i]
+                    if reset_zero and hpi > thr32:
+                        pass  # beta * 0 * h: no path through h or beta
+                    else:
+                        lhp[i] += dd * beta[i]
+                        dbetac[i] += dd * hpi
+                    dxp[b, t, i] = dd
+                    dbc[i] += dd
+            if recurrent:
                 for j in range(H):
-                    lh[j] = lhp[j]
+                    lsp[j] = 0
+                ns = 0
+                for j in range(H):
+                    if sp[j] != 0:
+                        sl[ns] = j
+                        ns += 1
+                for k in range(n_t):
+                    v = dil[k]
+                    if v == 0:
+                        continue
+                    i = idx[base + k] if gkind == RHYTHMIC else k
+                    for j in range(H):
+                        lsp[j] += V[i, j] * v
+                    for q in range(ns):
+                        j = sl[q]
+                        dVc[j, i] += v * sp[j]
+                for j in range(H):
+                    ls[j] = lsp[j]
+            else:
+                for j in range(H):
+                    ls[j] = 0
             for j in range(H):
-                dh0[b, j] = lh[j]
-                ds0[b, j] = ls[j]
+                lh[j] = lhp[j]
+        for j in range(H):
+            dh0[b, j] = lh[j]
+            ds0[b, j] = ls[j]
+
+
+@nb.njit(cache=True, parallel=True)
+def forward(gkind, recurrent, reset_zero, xp, h0, s0, V, VT, bias, beta, thr, gvals, off, idx, theta,
+    save, nchunks, out, hT, hseq, dsave, gsave,
+):
+    """Parallel over batch chunks; each chunk runs its own whole time loop."""
+    for c in nb.prange(nchunks):
+        _forward_chunk(c, gkind, recurrent, reset_zero, xp, h0, s0, V, VT, bias, beta, thr, gvals, off, idx, theta, save, nchunks, out, hT, hseq, dsave, gsave)
+
+
+@nb.njit(cache=True, parallel=True)
+def backward(gkind, recurrent, reset_zero, h0, s0, V, beta, thr, gvals, off, idx, theta, gcode, gscale,
+    scode, sscale, nchunks, out, hseq, dsave, gsave, dout, dhT, dsT,
+    dxp, dh0, ds0, dVT, db, dbeta, dg, dth,
+):
+    """Parallel over batch chunks; each chunk runs its own whole time loop."""
+    for c in nb.prange(nchunks):
+        _backward_chunk(c, gkind, recurrent, reset_zero, h0, s0, V, beta, thr, gvals, off, idx, theta, gcode, gscale, scode, sscale, nchunks, out, hseq, dsave, gsave, dout, dhT, dsT, dxp, dh0, ds0, dVT, db, dbeta, dg, dth)

@@ -48,14 +48,13 @@ Supported dtype: float32 (float64 / float16: use backend="torch").
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 import torch
 
 from ..reference import StepRecord
 from . import cell as _cell
 from . import lif as _lif
-from ._common import DENSE, EVENT, GATE_CODES, RHYTHMIC, compact, nchunks
+from ._common import EVENT, GATE_CODES, RHYTHMIC, compact, nchunks
 
 __all__ = ["recurrence", "unsupported", "auto_pays", "REFRESH"]
 
@@ -99,7 +98,7 @@ class _Recurrence(torch.autograd.Function):
     def forward(ctx, cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta):
         cell, kind = cfg["cell"], cfg["kind"]
         need = ctx.needs_input_grad
-        save = any(need[1:]) or cfg["record"]
+        save = (cfg["grad"] and any(need[1:])) or cfg["record"]
         B, T, G = xp.shape
         H = h0.shape[1]
         C = nchunks(B)
@@ -149,7 +148,7 @@ class _Recurrence(torch.autograd.Function):
             out = np.empty((B, T, H), _F32)
             hT = np.empty((B, H), _F32)
             full = lambda on: np.empty((B, T, H), _F32) if (save and on) else _dummy(3)  # noqa: E731
-            dsave = full(kind != "dense" or True)
+            dsave = full(True)  # d (dense: read but unused)
             fsave = full(not is_gru)
             rsave, zsave, nsave, hnsave = (full(is_gru) for _ in range(4))
             gsave = full(gk == EVENT)
@@ -264,6 +263,7 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
         "lif": lif,
         "gate_surrogate": gate.surrogate if kind == "event" else None,
         "support": support,
+        "grad": torch.is_grad_enabled(),
     }
     if cell != "lif":
         s0 = None
@@ -282,6 +282,3 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
         rec = StepRecord(g_rec, states - prev, out.detach() if cell == "lif" else None)
     return out, hT, (sT if cell == "lif" else None), rec
 
-
-def _threads() -> int:
-    return nb.get_num_threads()

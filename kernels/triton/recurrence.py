@@ -72,8 +72,7 @@ def _fwd_kernel(
         prev = (b * (T + 1) + t) * H
         new = prev + H
         xrow = (b * T + t) * G
-        # event gate: vector for the U h update is h_{t-1} (refresh) or h_{t-1} - h_{t-2}
-        refresh = (t % REFRESH) == 0
+        # event gate: the U h update uses h_{t-1} (exact refresh) or h_{t-1} - h_{t-2}
         use_v2 = (t % REFRESH) != 0
         if GATE == 1:
             for j0 in range(0, H, BJ):  # closed rows keep their state, do not spike
