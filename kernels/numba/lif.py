@@ -17,17 +17,39 @@ from ._common import DENSE, EVENT, RHYTHMIC, chunk, sign, surrogate_grad
 
 
 @nb.njit(cache=True, fastmath=True)
-def _forward_chunk(c, gkind, recurrent, reset_zero, xp, h0, s0, V, VT, bias, beta, thr, gvals, off, idx, theta,
-    save, nchunks, out, hT, hseq, dsave, gsave,
+def _forward_chunk(
+    c,
+    gkind,
+    recurrent,
+    reset_zero,
+    xp,
+    h0,
+    s0,
+    V,
+    VT,
+    bias,
+    beta,
+    thr,
+    gvals,
+    off,
+    idx,
+    theta,
+    save,
+    nchunks,
+    out,
+    hT,
+    hseq,
+    dsave,
+    gsave,
 ):
     B, T, H = xp.shape
     thr32 = np.float32(thr)
     lo, hi = chunk(c, nchunks, B)
     h = np.empty(H, np.float32)
     u = np.zeros(H, np.float32)
-    sl = np.empty(H, np.int32)   # previous step's spiking neurons
+    sl = np.empty(H, np.int32)  # previous step's spiking neurons
     sv = np.empty(H, np.float32)  # and their spike values
-    nl = np.empty(H, np.int32)    # this step's
+    nl = np.empty(H, np.int32)  # this step's
     nv = np.empty(H, np.float32)
     for b in range(lo, hi):
         ns = 0
@@ -104,9 +126,40 @@ def _forward_chunk(c, gkind, recurrent, reset_zero, xp, h0, s0, V, VT, bias, bet
 
 
 @nb.njit(cache=True, fastmath=True)
-def _backward_chunk(c, gkind, recurrent, reset_zero, h0, s0, V, beta, thr, gvals, off, idx, theta, gcode, gscale,
-    scode, sscale, nchunks, out, hseq, dsave, gsave, dout, dhT, dsT,
-    dxp, dh0, ds0, dVT, db, dbeta, dg, dth,
+def _backward_chunk(
+    c,
+    gkind,
+    recurrent,
+    reset_zero,
+    h0,
+    s0,
+    V,
+    beta,
+    thr,
+    gvals,
+    off,
+    idx,
+    theta,
+    gcode,
+    gscale,
+    scode,
+    sscale,
+    nchunks,
+    out,
+    hseq,
+    dsave,
+    gsave,
+    dout,
+    dhT,
+    dsT,
+    dxp,
+    dh0,
+    ds0,
+    dVT,
+    db,
+    dbeta,
+    dg,
+    dth,
 ):
     B, T, H = dxp.shape
     thr32 = np.float32(thr)
@@ -200,19 +253,128 @@ def _backward_chunk(c, gkind, recurrent, reset_zero, h0, s0, V, beta, thr, gvals
 
 
 @nb.njit(cache=True, parallel=True)
-def forward(gkind, recurrent, reset_zero, xp, h0, s0, V, VT, bias, beta, thr, gvals, off, idx, theta,
-    save, nchunks, out, hT, hseq, dsave, gsave,
+def forward(
+    gkind,
+    recurrent,
+    reset_zero,
+    xp,
+    h0,
+    s0,
+    V,
+    VT,
+    bias,
+    beta,
+    thr,
+    gvals,
+    off,
+    idx,
+    theta,
+    save,
+    nchunks,
+    out,
+    hT,
+    hseq,
+    dsave,
+    gsave,
 ):
     """Parallel over batch chunks; each chunk runs its own whole time loop."""
     for c in nb.prange(nchunks):
-        _forward_chunk(c, gkind, recurrent, reset_zero, xp, h0, s0, V, VT, bias, beta, thr, gvals, off, idx, theta, save, nchunks, out, hT, hseq, dsave, gsave)
+        _forward_chunk(
+            c,
+            gkind,
+            recurrent,
+            reset_zero,
+            xp,
+            h0,
+            s0,
+            V,
+            VT,
+            bias,
+            beta,
+            thr,
+            gvals,
+            off,
+            idx,
+            theta,
+            save,
+            nchunks,
+            out,
+            hT,
+            hseq,
+            dsave,
+            gsave,
+        )
 
 
 @nb.njit(cache=True, parallel=True)
-def backward(gkind, recurrent, reset_zero, h0, s0, V, beta, thr, gvals, off, idx, theta, gcode, gscale,
-    scode, sscale, nchunks, out, hseq, dsave, gsave, dout, dhT, dsT,
-    dxp, dh0, ds0, dVT, db, dbeta, dg, dth,
+def backward(
+    gkind,
+    recurrent,
+    reset_zero,
+    h0,
+    s0,
+    V,
+    beta,
+    thr,
+    gvals,
+    off,
+    idx,
+    theta,
+    gcode,
+    gscale,
+    scode,
+    sscale,
+    nchunks,
+    out,
+    hseq,
+    dsave,
+    gsave,
+    dout,
+    dhT,
+    dsT,
+    dxp,
+    dh0,
+    ds0,
+    dVT,
+    db,
+    dbeta,
+    dg,
+    dth,
 ):
     """Parallel over batch chunks; each chunk runs its own whole time loop."""
     for c in nb.prange(nchunks):
-        _backward_chunk(c, gkind, recurrent, reset_zero, h0, s0, V, beta, thr, gvals, off, idx, theta, gcode, gscale, scode, sscale, nchunks, out, hseq, dsave, gsave, dout, dhT, dsT, dxp, dh0, ds0, dVT, db, dbeta, dg, dth)
+        _backward_chunk(
+            c,
+            gkind,
+            recurrent,
+            reset_zero,
+            h0,
+            s0,
+            V,
+            beta,
+            thr,
+            gvals,
+            off,
+            idx,
+            theta,
+            gcode,
+            gscale,
+            scode,
+            sscale,
+            nchunks,
+            out,
+            hseq,
+            dsave,
+            gsave,
+            dout,
+            dhT,
+            dsT,
+            dxp,
+            dh0,
+            ds0,
+            dVT,
+            db,
+            dbeta,
+            dg,
+            dth,
+        )

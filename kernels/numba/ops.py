@@ -131,15 +131,37 @@ class _Recurrence(torch.autograd.Function):
             dsave = np.empty((B, T, H), _F32) if gated else _dummy(3)
             gsave = np.empty((B, T, H), _F32) if gated else _dummy(3)
             _lif.forward(
-                gk, recurrent, lif.reset == "zero", xp_n, h0_n, s0_n, V, VT, bias, beta_n,
-                float(lif.threshold), gv, off, idx, th, bool(save), C, out, hT, hseq, dsave, gsave,
+                gk,
+                recurrent,
+                lif.reset == "zero",
+                xp_n,
+                h0_n,
+                s0_n,
+                V,
+                VT,
+                bias,
+                beta_n,
+                float(lif.threshold),
+                gv,
+                off,
+                idx,
+                th,
+                bool(save),
+                C,
+                out,
+                hT,
+                hseq,
+                dsave,
+                gsave,
             )
             saved = (V, bias, beta_n, s0_n, gv, th, hseq, dsave, gsave)
             ctx.recurrent = recurrent
             out_t = torch.from_numpy(out)
             sT = out_t[:, -1].clone()
-            extra = (torch.from_numpy(hseq) if save else torch.empty(0),
-                     torch.from_numpy(gsave) if gated else torch.empty(0))
+            extra = (
+                torch.from_numpy(hseq) if save else torch.empty(0),
+                torch.from_numpy(gsave) if gated else torch.empty(0),
+            )
         else:
             is_gru = cell == "gru"
             W = _np(w_hh)
@@ -153,8 +175,31 @@ class _Recurrence(torch.autograd.Function):
             rsave, zsave, nsave, hnsave = (full(is_gru) for _ in range(4))
             gsave = full(gk == EVENT)
             _cell.forward(
-                is_gru, gk, xp_n, h0_n, W, WT, bias, gv, off, idx, th, 0, 0.0, REFRESH,
-                bool(save), C, out, hT, dsave, fsave, rsave, zsave, nsave, hnsave, gsave,
+                is_gru,
+                gk,
+                xp_n,
+                h0_n,
+                W,
+                WT,
+                bias,
+                gv,
+                off,
+                idx,
+                th,
+                0,
+                0.0,
+                REFRESH,
+                bool(save),
+                C,
+                out,
+                hT,
+                dsave,
+                fsave,
+                rsave,
+                zsave,
+                nsave,
+                hnsave,
+                gsave,
             )
             saved = (W, gv, th, dsave, fsave, rsave, zsave, nsave, hnsave, gsave)
             out_t = torch.from_numpy(out)
@@ -192,9 +237,38 @@ class _Recurrence(torch.autograd.Function):
             db = np.zeros((C, H), _F32)
             dbeta = np.zeros((C, H), _F32)
             _lif.backward(
-                gk, ctx.recurrent, lif.reset == "zero", h0_n, s0_n, V, beta_n, float(lif.threshold),
-                gv, off, idx, th, gcode, gscale, lif.spike.code, lif.spike.scale, C,
-                out, hseq, dsave, gsave, dout_n, dhT_n, dsT_n, dxp, dh0, ds0, dVT, db, dbeta, dg, dth,
+                gk,
+                ctx.recurrent,
+                lif.reset == "zero",
+                h0_n,
+                s0_n,
+                V,
+                beta_n,
+                float(lif.threshold),
+                gv,
+                off,
+                idx,
+                th,
+                gcode,
+                gscale,
+                lif.spike.code,
+                lif.spike.scale,
+                C,
+                out,
+                hseq,
+                dsave,
+                gsave,
+                dout_n,
+                dhT_n,
+                dsT_n,
+                dxp,
+                dh0,
+                ds0,
+                dVT,
+                db,
+                dbeta,
+                dg,
+                dth,
             )
             if need[3] and ctx.recurrent:
                 g_s0 = torch.from_numpy(ds0)
@@ -212,9 +286,33 @@ class _Recurrence(torch.autograd.Function):
             dW = np.zeros((C, G, H), _F32)
             db = np.zeros((C, G), _F32)
             _cell.backward(
-                cell == "gru", gk, h0_n, W, gv, off, idx, th, gcode, gscale, C,
-                out, dsave, fsave, rsave, zsave, nsave, hnsave, gsave, dout_n, dhT_n,
-                dxp, dh0, dW, db, dg, dth,
+                cell == "gru",
+                gk,
+                h0_n,
+                W,
+                gv,
+                off,
+                idx,
+                th,
+                gcode,
+                gscale,
+                C,
+                out,
+                dsave,
+                fsave,
+                rsave,
+                zsave,
+                nsave,
+                hnsave,
+                gsave,
+                dout_n,
+                dhT_n,
+                dxp,
+                dh0,
+                dW,
+                db,
+                dg,
+                dth,
             )
             if need[4]:
                 g_w = torch.from_numpy(dW.sum(0))
@@ -281,4 +379,3 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
         prev = torch.cat([h0.detach().unsqueeze(1), states[:, :-1]], 1)
         rec = StepRecord(g_rec, states - prev, out.detach() if cell == "lif" else None)
     return out, hT, (sT if cell == "lif" else None), rec
-

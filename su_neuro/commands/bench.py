@@ -1,0 +1,97 @@
+"""``su-neuro bench``: time the available backends side by side on this machine.
+
+One layer, one set of sizes, every backend that can run here; forward and (optionally)
+forward + backward, median of repeats, and the ratio to the torch reference. The full
+benchmark suites with the issue targets are the scripts under tools/ (their tables are
+in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+HELP = "time the backends against each other"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--cell", default="gru", help="rnn, gru or lif (default gru)")
+    parser.add_argument("--gate", default="rhythmic", help="rhythmic, event or dense (default rhythmic)")
+    parser.add_argument("--rate", type=float, default=0.1, help="rhythmic gate's update rate (default 0.1)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--input-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--backends", default=None, help="comma-separated (default: all available here)")
+    parser.add_argument("--backward", action="store_true", help="also time forward + backward")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
+    parser.add_argument("--device", default="cpu")
+
+
+def _time(fn, repeat: int) -> float:
+    fn()  # warm-up (compilation)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..backends import BACKENDS, available, check_backend
+    from ..models import build_layer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    names = args.backends.split(",") if args.backends else [b for b in BACKENDS[1:] if available(b, device)]
+    for name in names:
+        check_backend(name)
+    if args.repeat < 1:
+        raise ValueError("--repeat must be at least 1")
+    gate = {"kind": args.gate}
+    if args.gate == "rhythmic":
+        gate["init_rate"] = args.rate
+    torch.manual_seed(0)
+    layer = build_layer(args.cell, args.input_size, args.hidden, gate=gate, backend="torch").to(device)
+    x = torch.randn(args.batch, args.steps, args.input_size, device=device)
+    if args.cell == "lif":
+        x = (x > 1.0).float()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    rows = []
+    for name in names:
+        layer.backend = name
+
+        def fwd():
+            with torch.no_grad():
+                layer(x)
+            sync()
+
+        def fwd_bwd():
+            out, _ = layer(x)
+            out.float().square().mean().backward()
+            sync()
+
+        f = _time(fwd, args.repeat)
+        fb = _time(fwd_bwd, args.repeat) if args.backward else float("nan")
+        rows.append((name, f, fb))
+
+    ref = {r[0]: r for r in rows}.get("torch")
+    print(
+        f"{args.cell} / {args.gate} gate, B={args.batch} H={args.hidden} T={args.steps} F={args.input_size}, "
+        f"device {device}, torch threads {torch.get_num_threads()}"
+    )
+    print(f"{'backend':<8} {'fwd ms':>10} {'x torch':>8} {'fwd+bwd ms':>11} {'x torch':>8}")
+    for name, f, fb in rows:
+        rf = f"{ref[1] / f:8.1f}" if ref else f"{'-':>8}"
+        rb = f"{ref[2] / fb:8.1f}" if ref and args.backward else f"{'-':>8}"
+        print(f"{name:<8} {f * 1e3:10.2f} {rf} {fb * 1e3:11.2f} {rb}")
+    return 0
