@@ -174,6 +174,14 @@ class TrainConfig:
             _check_type(f.name, getattr(self, f.name))
         if self.task is None:
             raise ConfigError("no task given; set 'task' (e.g. --task copy)")
+        from .backends import BACKENDS
+        from .gates import GATES
+        from .models import CELL_TYPES, READOUTS
+
+        _check_choice("cell", self.cell, tuple(CELL_TYPES))
+        _check_choice("gate", self.gate, tuple(GATES))
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("readout", self.readout, READOUTS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("device", self.device, DEVICES)
@@ -841,7 +849,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
             "data": {"step": step, "epoch": epoch, "position": position, "sampler_seed": sampler_seed},
             "metrics": history,
             "world_size": dist.world_size,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
 
     bar = None
@@ -938,7 +946,7 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist) -> dict
             penalty = sum(
                 (float(m) - cfg.rate_target) ** 2
                 + 2.0 * (float(m) - cfg.rate_target) * (g.float().mean() - g.detach().float().mean())
-                for m, g in zip(means, gates)
+                for m, g in zip(means, gates, strict=True)
             )
             loss = loss + cfg.rate_weight * penalty
         else:

@@ -159,6 +159,14 @@ def test_event_surrogates(tri, surrogate):
     check(tri, "rnn", "event", 2, 5, 7, event_surrogate=surrogate, threshold=0.3)
 
 
+def test_feedforward_lif_split_grid(tri, monkeypatch):
+    from su_neuro.kernels.triton import recurrence
+
+    monkeypatch.setattr(recurrence, "SPLIT", 4)  # 3 programs per batch row at H = 10
+    for kind in GATES:
+        check(tri, "lif", kind, 2, 10, 6, recurrent=False)
+
+
 def test_no_bias(tri):
     check(tri, "gru", "rhythmic", 2, 5, 7, bias=False)
     check(tri, "rnn", "event", 2, 5, 7, bias=False)

@@ -23,8 +23,8 @@ def surrogate_grad(code, scale, x):
     if code == 1:  # fast_sigmoid
         y = scale * abs(x) + 1.0
         return 1.0 / (y * y)
-    if code == 2:  # sigmoid
-        e = math.exp(-scale * x)
+    if code == 2:  # sigmoid; even in x, so exp(-s|x|) never overflows
+        e = math.exp(-scale * abs(x))
         return scale * e / ((1.0 + e) * (1.0 + e))
     if code == 3:  # straight_through
         return 1.0

@@ -49,6 +49,7 @@ from ._common import (
 __all__ = ["recurrence_triton"]
 
 REFRESH = 64  # event gate: exact U h every REFRESH steps
+SPLIT = 128  # feed-forward LIF: neurons per program (no coupling between neurons)
 
 
 # --------------------------------------------------------------------------- forward
@@ -60,14 +61,21 @@ def _fwd_kernel(
     CELL: tl.constexpr, GATE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     SAVE_GH: tl.constexpr, RECORD: tl.constexpr, ZERO_RESET: tl.constexpr,
     G_CODE: tl.constexpr, S_CODE: tl.constexpr, REFRESH: tl.constexpr,
-    BI: tl.constexpr, BJ: tl.constexpr,
+    SPLIT: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
 ):
+    # grid (B, ceil(H / SPLIT)) when SPLIT > 0 (no recurrent weights, not rhythmic): a
+    # program owns rows [lo, hi) of one batch row; else (B, 1) and the whole row.
     # xp (B, T, G); hs, ss (B, T+1, H) state / LIF spike sequences (row 0 = initial);
     # gh (B, T, G) fp32; acc (B, G) fp32 event accumulator; grec (B, T, H) gate record.
     b = tl.program_id(0).to(tl.int64)
     NSEC: tl.constexpr = 3 if CELL == 1 else 1
     G = NSEC * H
     SKIP: tl.constexpr = (CELL == 2) or (GATE == 2)
+    lo = 0
+    hi = H
+    if SPLIT > 0:
+        lo = tl.program_id(1) * SPLIT
+        hi = tl.minimum(lo + SPLIT, H)
     for t in range(0, T):
         prev = (b * (T + 1) + t) * H
         new = prev + H
@@ -85,8 +93,8 @@ def _fwd_kernel(
             start = tl.load(off_ptr + t)
             end = tl.load(off_ptr + t + 1)
         else:
-            start = 0
-            end = H
+            start = lo
+            end = hi
         for c0 in range(start, end, BI):
             k = c0 + tl.arange(0, BI)
             km = k < end
@@ -185,14 +193,20 @@ def _bwd_kernel(
     CELL: tl.constexpr, GATE: tl.constexpr, HAS_W: tl.constexpr,
     NEED_DG: tl.constexpr, ZERO_RESET: tl.constexpr,
     G_CODE: tl.constexpr, S_CODE: tl.constexpr,
-    BI: tl.constexpr, BJ: tl.constexpr,
+    SPLIT: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
 ):
+    # grid as in _fwd_kernel (SPLIT > 0 only without recurrent weights).
     # ch, cs (B, H) fp32: incoming dL/dh_t, dL/ds_t (hold dL/dh0, dL/ds0 at the end);
     # dir (B, H) scratch: the part of dL/dh_{t-1} that bypasses U; dxp, dgh (B, T, G) fp32
     # (dgh is dxp except the GRU n section); dg (B, T, H); dth, dbeta (B, H).
     b = tl.program_id(0).to(tl.int64)
     NSEC: tl.constexpr = 3 if CELL == 1 else 1
     G = NSEC * H
+    lo = 0
+    hi = H
+    if SPLIT > 0:
+        lo = tl.program_id(1) * SPLIT
+        hi = tl.minimum(lo + SPLIT, H)
     for tt in range(0, T):
         t = T - 1 - tt
         prev = (b * (T + 1) + t) * H
@@ -200,9 +214,9 @@ def _bwd_kernel(
         xrow = (b * T + t) * G
         orow = (b * T + t) * H
         # ---- phase 1, elementwise over all neurons
-        for r0 in range(0, H, BJ):
+        for r0 in range(lo, hi, BJ):
             rows = r0 + tl.arange(0, BJ)
-            rm = rows < H
+            rm = rows < hi
             hp = tl.load(hs_ptr + prev + rows, mask=rm, other=0.0).to(tl.float32)
             hn = tl.load(hs_ptr + new + rows, mask=rm, other=0.0).to(tl.float32)
             a = tl.load(ch_ptr + b * H + rows, mask=rm, other=0.0)
@@ -296,9 +310,9 @@ def _bwd_kernel(
         else:
             start = 0
             end = H
-        for j0 in range(0, H, BJ):
+        for j0 in range(lo, hi, BJ):
             j = j0 + tl.arange(0, BJ)
-            jm = j < H
+            jm = j < hi
             acc = tl.zeros([BJ], tl.float32)
             if HAS_W:
                 for c0 in range(start, end, BI):
@@ -366,8 +380,9 @@ def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, s
     grec = torch.empty(B, T, H, device=dev, dtype=dt) if (record and gate == "event") else _dummy(dev)
     idx, off = _open_lists(compute_mask) if gate == "rhythmic" else (_dummy(dev), _dummy(dev))
     BI, BJ = tiles(H)
+    split = SPLIT if (not has_w and gate != "rhythmic") else 0
     d = _dummy(dev)
-    _fwd_kernel[(B,)](
+    _fwd_kernel[(B, triton.cdiv(H, split) if split else 1)](
         xp, w_hh if has_w else d, b_hh if b_hh is not None else d,
         gvals if gate == "rhythmic" else d, idx, off,
         theta if gate == "event" else d, beta if cell == "lif" else d,
@@ -377,7 +392,7 @@ def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, s
         HAS_B=(b_hh is not None) and has_w, SAVE_GH=save_gh,
         RECORD=record and gate == "event", ZERO_RESET=cfg["zero_reset"],
         G_CODE=cfg["g_code"], S_CODE=cfg["s_code"], REFRESH=REFRESH,
-        BI=BI, BJ=BJ, num_warps=4,
+        SPLIT=split, BI=BI, BJ=BJ, num_warps=4,
     )
     if not save_gh:
         gh = None
@@ -400,8 +415,9 @@ def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, n
     dbeta = torch.zeros(B, H, **f32) if cell == "lif" else _dummy(dev)
     idx, off = _open_lists(gvals) if gate == "rhythmic" else (_dummy(dev), _dummy(dev))
     BI, BJ = tiles(H)
+    split = SPLIT if w_hh is None else 0
     d = _dummy(dev)
-    _bwd_kernel[(B,)](
+    _bwd_kernel[(B, triton.cdiv(H, split) if split else 1)](
         xp, w_hh if w_hh is not None else d, gvals if gate == "rhythmic" else d, idx, off,
         theta if gate == "event" else d, beta if cell == "lif" else d,
         hs, ss if ss is not None else d, gh if gh is not None else d, dout,
@@ -409,7 +425,7 @@ def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, n
         T, H, cfg["threshold"], cfg["g_scale"], cfg["s_scale"],
         CELL=CELL_CODES[cell], GATE=GATE_CODES[gate], HAS_W=w_hh is not None,
         NEED_DG=need_dg, ZERO_RESET=cfg["zero_reset"],
-        G_CODE=cfg["g_code"], S_CODE=cfg["s_code"], BI=BI, BJ=BJ, num_warps=4,
+        G_CODE=cfg["g_code"], S_CODE=cfg["s_code"], SPLIT=split, BI=BI, BJ=BJ, num_warps=4,
     )
     if cell == "gru":  # the r and z sections of dgh equal dxp
         dgh[:, :, : 2 * H] = dxp[:, :, : 2 * H]

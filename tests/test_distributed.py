@@ -1,0 +1,90 @@
+"""Two CPU processes (gloo) train to the same parameters as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from su_neuro.train import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+ARGS = [
+    "train", "--task", "copy", "--task-option", "delay=5", "--task-option", "n_memorize=2",
+    "--task-option", "n_train=96", "--task-option", "n_test=16",
+    "--hidden-size", "10", "--batch-size", "12", "--max-steps", "10", "--backend", "torch",
+    "--lr", "0.02", "--init-rate", "0.4", "--grad-clip", "0.5", "--rate-target", "0.2",
+    "--rate-weight", "0.5", "--schedule", "cosine", "--checkpoint-every", "4", "--no-progress",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def test_two_processes_match_one(tmp_path):
+    single = tmp_path / "single"
+    one = subprocess.run([sys.executable, "-m", "su_neuro.cli", *ARGS, "--out", str(single)],
+                         capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert one.returncode == 0, one.stderr
+
+    multi = tmp_path / "ddp"
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "su_neuro.cli", *ARGS, "--out", str(multi)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+        )
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_so, se) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, se
+    # only rank 0 printed and wrote
+    assert "finished at step 10" in outs[0][0] and outs[1][0] == ""
+
+    a = load_checkpoint(single / "checkpoint.pt")
+    b = load_checkpoint(multi / "checkpoint.pt")
+    assert b["world_size"] == 2 and b["data"]["step"] == 10
+    for name, ref in a["model"].items():
+        torch.testing.assert_close(b["model"][name], ref, atol=2e-5, rtol=1e-4, msg=name)
+    ra = json.loads((single / "result.json").read_text())
+    rb = json.loads((multi / "result.json").read_text())
+    assert abs(ra["test_loss"] - rb["test_loss"]) < 1e-4
+    assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-4
+    # one log: a start line, 10 train lines, eval and end
+    events = [json.loads(x)["event"] for x in (multi / "metrics.jsonl").read_text().splitlines()]
+    assert events == ["start"] + ["train"] * 10 + ["eval", "end"]
+
+
+def test_global_batch_must_divide(tmp_path):
+    port = str(_free_port())
+    args = [a if a != "12" else "7" for a in ARGS]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "su_neuro.cli", *args, "--out", str(tmp_path / "ddp")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+        )
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 2 for p in procs)
+    assert "does not divide by the 2 processes" in outs[0][1]

@@ -1,0 +1,267 @@
+"""Training: configuration, errors, determinism, checkpoints, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from su_neuro.cli import main
+from su_neuro.train import (
+    CheckpointError,
+    ConfigError,
+    RunFolderError,
+    TrainConfig,
+    config_from_dict,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny copy task: 20 batches of 8 per epoch, sequences of 2*3 + 6 + 1 = 13 steps.
+TINY = [
+    "--task", "copy", "--task-option", "delay=6", "--task-option", "n_memorize=3",
+    "--task-option", "n_train=160", "--task-option", "n_test=32",
+    "--hidden-size", "12", "--batch-size", "8", "--backend", "torch", "--lr", "0.01",
+    "--init-rate", "0.5", "--no-progress",
+]
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    values = dict(
+        task="copy",
+        task_options={"delay": 6, "n_memorize": 3, "n_train": 160, "n_test": 32},
+        hidden_size=12, batch_size=8, backend="torch", lr=0.01, init_rate=0.5, max_steps=12,
+        checkpoint_every=4,
+    )
+    values.update(overrides)
+    return config_from_dict(values)
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "su_neuro.cli", "train", *argv],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )
+
+
+def comparable(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("time_s", "trace")}
+
+
+# ------------------------------------------------------------------- configuration
+def test_unknown_config_key_json(tmp_path, capsys):
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"task": "copy", "hiden_size": 8}))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'hiden_size'" in err and "did you mean 'hidden_size'" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_toml_config_and_flag_override(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        'task = "copy"\nhidden_size = 10\nbatch_size = 8\nmax_steps = 3\nbackend = "torch"\n'
+        "[task_options]\ndelay = 4\nn_memorize = 2\nn_train = 32\nn_test = 8\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--hidden-size", "6", "--task-option", "delay=5",
+                 "--out", str(out), "--no-progress", "--gate", "dense"]) == 0
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["hidden_size"] == 6 and stored["batch_size"] == 8 and stored["gate"] == "dense"
+    assert stored["task_options"] == {"delay": 5, "n_memorize": 2, "n_train": 32, "n_test": 8}
+    result = json.loads((out / "result.json").read_text())
+    assert result["step"] == 3 and result["test_rate"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "nope"], "unknown task 'nope'"),
+        (["--task", "copy", "--cell", "lstm"], "unknown cell 'lstm'"),
+        (["--task", "copy", "--gate", "sometimes"], "unknown gate 'sometimes'"),
+        (["--task", "copy", "--optimizer", "adagrad"], "unknown optimizer 'adagrad'"),
+        (["--task", "copy", "--schedule", "linear"], "unknown schedule 'linear'"),
+        (["--task", "copy", "--hidden-size", "0"], "hidden_size must be a positive integer"),
+        (["--task", "copy", "--batch-size", "-3"], "batch_size must be a positive integer"),
+        (["--task", "copy", "--init-rate", "1.5"], "init_rate must lie in [0, 1]"),
+        (["--task", "copy", "--gate", "dense", "--init-rate", "0.1"], "applies to the rhythmic gate"),
+        (["--task", "copy", "--rate-weight", "1"], "needs a rate_target"),
+        (["--task", "copy", "--task-option", "dealy=3"], "unknown option(s) 'dealy'"),
+        (["--task", "copy", "--task-option", "n_train=4", "--batch-size", "8"], "larger than the 4 training"),
+        (["--hidden-size", "4"], "no task given"),
+        (["--task", "copy", "--config", "missing.toml"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert main(["train", *argv, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("su-neuro train: error:") and message in err, err
+    assert len(err.splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_config_types_are_checked():
+    with pytest.raises(ConfigError, match="'hidden_size' must be a int"):
+        config_from_dict({"task": "copy", "hidden_size": "64"})
+    with pytest.raises(ConfigError, match="'deterministic' must be a bool"):
+        config_from_dict({"task": "copy", "deterministic": 1})
+    assert config_from_dict({"task": "copy", "lr": 1}).lr == 1.0
+
+
+# --------------------------------------------------------------------- determinism
+def test_deterministic_with_seed(tmp_path):
+    a = train(tiny_config(), tmp_path / "a", progress=False)
+    b = train(tiny_config(), tmp_path / "b", progress=False)
+    c = train(tiny_config(seed=1), tmp_path / "c", progress=False)
+    assert comparable(a) == comparable(b)
+    assert a["params_sha256"] != c["params_sha256"]
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["event"] for x in lines] == ["start"] + ["train"] * 12 + ["eval", "end"]
+    assert {"loss", "acc", "rate", "lr", "step"} <= set(lines[1])
+
+
+def test_schedules_and_optimizers_run(tmp_path):
+    for k, (opt, sched) in enumerate([("sgd", "cosine"), ("adamw", "constant")]):
+        cfg = tiny_config(optimizer=opt, schedule=sched, warmup_steps=2, max_steps=6, grad_clip=1.0,
+                          rate_target=0.2, rate_weight=0.5, eval_every=3)
+        res = train(cfg, tmp_path / str(k), progress=False)
+        assert res["step"] == 6 and 0.0 <= res["test_acc"] <= 1.0
+    ckpt = load_checkpoint(tmp_path / "0" / "checkpoint.pt")
+    assert ckpt["scheduler"]["last_epoch"] == 6
+    evals = [json.loads(x) for x in (tmp_path / "0" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in x]
+    assert [e["step"] for e in evals] == [3, 6]
+
+
+def test_classify_and_regress_tasks(tmp_path):
+    reg = train(config_from_dict(dict(
+        task="adding", task_options={"length": 10, "n_train": 32, "n_test": 8}, hidden_size=8,
+        batch_size=8, max_steps=2, backend="torch")), tmp_path / "reg", progress=False)
+    assert reg["test_acc"] is None and reg["test_loss"] > 0
+
+
+# ------------------------------------------------------------------ run folders
+def test_refuses_to_overwrite_a_run(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=4), out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(tiny_config(max_steps=4), out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    res = train(tiny_config(max_steps=4, seed=3), out, overwrite=True, progress=False)
+    assert json.loads((out / "result.json").read_text())["params_sha256"] == res["params_sha256"]
+
+
+def test_corrupt_and_truncated_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=8), out, progress=False)
+    ckpt = out / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    log = (out / "metrics.jsonl").read_bytes()
+
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    ckpt.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(ckpt)
+    assert main(["train", *TINY, "--max-steps", "8", "--out", str(out), "--resume"]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+    ckpt.write_bytes(good[: len(good) // 3])
+    assert main(["train", *TINY, "--max-steps", "8", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or truncated" in err and len(err.strip().splitlines()) == 1
+    # the failed resumes wrote nothing: checkpoint and log as they were
+    assert ckpt.read_bytes() == good[: len(good) // 3]
+    assert (out / "metrics.jsonl").read_bytes() == log
+
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(ckpt)
+    torch.save({"model": {}}, ckpt)
+    with pytest.raises(CheckpointError, match="not a su_neuro training checkpoint"):
+        load_checkpoint(ckpt)
+
+
+def test_checkpoint_of_another_model(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=4), out, progress=False)
+    # the stored config disagrees with the command line
+    with pytest.raises(CheckpointError, match="started with hidden_size=12 but this command asks for hidden_size=16"):
+        train(tiny_config(max_steps=8, hidden_size=16), out, resume=True, progress=False,
+              explicit_keys={"hidden_size", "max_steps"})
+    # a checkpoint whose weights do not fit its config (e.g. copied in from another run)
+    state = load_checkpoint(out / "checkpoint.pt")
+    state["config"]["hidden_size"] = 16
+    save_checkpoint(out / "checkpoint.pt", state)
+    with pytest.raises(CheckpointError, match="belongs to another model: .* has shape"):
+        train(tiny_config(max_steps=8), out, resume=True, progress=False, explicit_keys=set())
+
+
+def test_atomic_checkpoint_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"x": torch.arange(3)})
+    save_checkpoint(path, {"x": torch.arange(4)})
+    assert load_checkpoint(path)["x"].tolist() == [0, 1, 2, 3]
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+# ----------------------------------------------------------------- kill -9, resume
+def test_resume_after_sigkill_is_bit_exact(tmp_path):
+    steps = ["--max-steps", "60", "--checkpoint-every", "10", "--epochs", "9"]
+    ref = run_cli(*TINY, *steps, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    reference = json.loads((tmp_path / "ref" / "result.json").read_text())
+
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "su_neuro.cli", "train", *TINY, *steps, "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO,
+    )
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        if line.startswith("checkpoint: step 20"):
+            proc.send_signal(signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline, "no checkpoint line from the training process"
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "result.json").exists()
+    assert load_checkpoint(out / "checkpoint.pt")["data"]["step"] >= 20
+    log_before = (out / "metrics.jsonl").read_text()
+
+    res = run_cli(*TINY, *steps, "--out", str(out), "--resume")
+    assert res.returncode == 0, res.stderr
+    resumed = json.loads((out / "result.json").read_text())
+    assert comparable(resumed) == comparable(reference)
+    a = load_checkpoint(tmp_path / "ref" / "checkpoint.pt")
+    b = load_checkpoint(out / "checkpoint.pt")
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    # the log was appended to, never truncated
+    log_after = (out / "metrics.jsonl").read_text()
+    assert log_after.startswith(log_before)
+    assert '"event": "resume"' in log_after[len(log_before):]
+
+
+def test_resume_of_finished_run_is_idempotent(tmp_path):
+    out = tmp_path / "run"
+    first = train(tiny_config(max_steps=4), out, progress=False)
+    again = train(tiny_config(max_steps=4), out, resume=True, progress=False)
+    assert comparable(first) == comparable(again)

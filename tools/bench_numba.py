@@ -1,0 +1,188 @@
+"""Benchmark of the Numba CPU backend against the torch reference and dense baselines.
+
+Prints one table of ratios measured side by side in one run (issue 3's four targets):
+
+1. streaming inference, suGRU rhythmic ~10%, B=1, H=512, T=10,000, F=16: numba vs torch
+2. work follows activity: the same run at rates 100/50/20/10/5/1 %
+3. training step (forward + backward, all gradients), suGRU rhythmic ~20%, triangle
+   surrogate, B=32, H=128, T=784, F=1: numba vs torch.nn.GRU and vs torch reference; 100% too
+4. suLIF recurrent, B=1, H=1024, T=10,000, dense and rhythmic 10%, vs snnTorch RLeaky (dense)
+
+Usage: python tools/bench_numba.py [--quick] [--repeats N]
+Times are the minimum over repeats (after one warm-up call that also compiles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import time
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "2")  # before numba is imported
+
+import torch  # noqa: E402
+
+from su_neuro import SUGRU, SULIF  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def timeit(fn, repeats):
+    fn()  # warm-up / compile
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def machine() -> str:
+    model = platform.processor() or "?"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def gru_layer(F, H, rate, backend):
+    gate = {"kind": "rhythmic", "init_rate": rate, "surrogate": "triangle"} if rate < 1 else "dense"
+    torch.manual_seed(0)
+    return SUGRU(F, H, gate=gate, backend=backend)
+
+
+def streaming(F, H, T, rate, backend, repeats):
+    layer = gru_layer(F, H, rate, backend)
+    x = torch.randn(1, T, F)
+
+    def run():
+        with torch.no_grad():
+            layer(x)
+
+    return timeit(run, repeats)
+
+
+def training(F, H, T, B, rate, backend, repeats):
+    layer = gru_layer(F, H, rate, backend)
+    x = torch.randn(B, T, F)
+
+    def run():
+        layer.zero_grad()
+        out, state = layer(x)
+        (out.square().mean() + state.h.sum()).backward()
+
+    return timeit(run, repeats)
+
+
+def nn_gru_training(F, H, T, B, repeats):
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(F, H, batch_first=True)
+    x = torch.randn(B, T, F)
+
+    def run():
+        gru.zero_grad()
+        out, h = gru(x)
+        (out.square().mean() + h.sum()).backward()
+
+    return timeit(run, repeats)
+
+
+def lif_input(F, T):
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(1, T, F, generator=g) < 0.05).float()
+
+
+def lif_numba(F, H, T, gate, repeats):
+    torch.manual_seed(0)
+    layer = SULIF(F, H, beta=0.9, recurrent=True, gate=gate, backend="numba")
+    x = lif_input(F, T)
+
+    def run():
+        with torch.no_grad():
+            return layer(x, record=False)[0]
+
+    rate = float(run().mean())
+    return timeit(run, repeats), rate
+
+
+def lif_snntorch(F, H, T, repeats):
+    import snntorch as snn
+
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(F, H)
+    rlif = snn.RLeaky(beta=0.9, linear_features=H)
+    x = lif_input(F, T)
+
+    def run():
+        with torch.no_grad():
+            spk, mem = rlif.init_rleaky()
+            cur = fc(x[0])
+            for t in range(T):
+                spk, mem = rlif(cur[t : t + 1], spk, mem)
+
+    return timeit(run, repeats)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    q = args.quick
+    R = args.repeats
+    rows = []
+
+    def row(name, value, target, ok):
+        rows.append((name, value, target, "met" if ok else "MISSED"))
+
+    # 1. streaming inference
+    F, H, T = 16, (128 if q else 512), (1000 if q else 10_000)
+    t_ref = streaming(F, H, T, 0.1, "torch", 1)
+    t_nb = {}
+    for rate in (1.0, 0.5, 0.2, 0.1, 0.05, 0.01):
+        t_nb[rate] = streaming(F, H, T, rate, "numba", R)
+    row(f"1 stream suGRU 10% B=1 H={H} T={T}: torch ref {t_ref * 1e3:.0f} ms / numba "
+        f"{t_nb[0.1] * 1e3:.1f} ms", t_ref / t_nb[0.1], ">= 25x", t_ref / t_nb[0.1] >= 25)
+    # 2. work follows activity
+    for rate in (1.0, 0.5, 0.2, 0.1, 0.05, 0.01):
+        r = t_nb[rate] / t_nb[1.0]
+        target = {0.1: "<= 0.25", 0.01: "<= 0.10"}.get(rate, "")
+        ok = {0.1: r <= 0.25, 0.01: r <= 0.10}.get(rate, True)
+        row(f"2 numba time at {rate:.0%} / at 100% ({t_nb[rate] * 1e3:.1f} ms)", r, target, ok)
+    # 3. training step
+    F, H, T, B = 1, 128, (196 if q else 784), (8 if q else 32)
+    t_gru = nn_gru_training(F, H, T, B, R)
+    t_n20 = training(F, H, T, B, 0.2, "numba", R)
+    t_n100 = training(F, H, T, B, 1.0, "numba", R)
+    t_r20 = training(F, H, T, B, 0.2, "torch", 1)
+    row(f"3 train suGRU 20% B={B} H={H} T={T}: nn.GRU {t_gru * 1e3:.0f} ms / numba "
+        f"{t_n20 * 1e3:.0f} ms", t_gru / t_n20, ">= 4x", t_gru / t_n20 >= 4)
+    row(f"3 train 20%: torch ref {t_r20 * 1e3:.0f} ms / numba", t_r20 / t_n20, ">= 5x",
+        t_r20 / t_n20 >= 5)
+    row(f"3 train 100%: nn.GRU / numba dense {t_n100 * 1e3:.0f} ms", t_gru / t_n100, ">= 1x",
+        t_gru / t_n100 >= 1)
+    # 4. suLIF recurrent
+    F, H, T = 100, (256 if q else 1024), (2000 if q else 10_000)
+    t_snn = lif_snntorch(F, H, T, 1)
+    t_ld, rate_d = lif_numba(F, H, T, "dense", R)
+    t_lr, rate_r = lif_numba(F, H, T, {"kind": "rhythmic", "init_rate": 0.1}, R)
+    row(f"4 suLIF dense H={H} T={T} (spike rate {rate_d:.3f}): RLeaky {t_snn * 1e3:.0f} ms / "
+        f"numba {t_ld * 1e3:.1f} ms", t_snn / t_ld, ">= 30x", t_snn / t_ld >= 30)
+    row(f"4 suLIF rhythmic 10% (spike rate {rate_r:.3f}): RLeaky / numba {t_lr * 1e3:.1f} ms",
+        t_snn / t_lr, ">= 30x", t_snn / t_lr >= 30)
+
+    print(f"machine: {machine()}; torch threads {torch.get_num_threads()}, "
+          f"NUMBA_NUM_THREADS {os.environ['NUMBA_NUM_THREADS']}; min of {R} runs")
+    print(f"| {'measurement':<86} | ratio   | target  | status |")
+    print(f"|{'-' * 88}|---------|---------|--------|")
+    for name, value, target, status in rows:
+        print(f"| {name:<86} | {value:7.3f} | {target:<7} | {status:<6} |")
+
+
+if __name__ == "__main__":
+    main()
