@@ -53,11 +53,17 @@ class GateInput(NamedTuple):
                surrogate gradient to the gate's parameters; event: the threshold
                theta, (H,); dense: None.
     surrogate: the surrogate of the event gate's step (None otherwise).
+    support:   rhythmic, when the gate's parameters need a gradient: (T, H) bool, True
+               where the loop needs the candidate f for the gradient, i.e. where g = 1 or
+               the surrogate derivative is nonzero (dL/dg_{t,i} needs f - h there). With a
+               compact surrogate this is sparse, so training work stays sparse. None when
+               no gate gradient is needed (then the candidate is needed only where g = 1).
     """
 
     kind: str
     values: torch.Tensor | None = None
     surrogate: Surrogate | None = None
+    support: torch.Tensor | None = None
 
 
 class Gate(nn.Module):
@@ -180,10 +186,15 @@ class RhythmicGate(Gate):
         return a.to(self.bias.dtype)
 
     def plan(self, t0: int, steps: int, *, device=None, dtype=None) -> GateInput:
-        g = self.surrogate(self.preactivation(t0, steps))
+        a = self.preactivation(t0, steps)
+        g = self.surrogate(a)
         if dtype is not None and g.dtype != dtype:
             g = g.to(dtype)
-        return GateInput("rhythmic", g)
+        support = None
+        if g.requires_grad:
+            a = a.detach()
+            support = (a > 0) | (self.surrogate.derivative(a) != 0)
+        return GateInput("rhythmic", g, support=support)
 
     def expected_rate(self, steps: int, t0: int = 0) -> torch.Tensor:
         """Mean open fraction over ``steps`` steps (differentiable through the surrogate)."""

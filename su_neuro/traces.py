@@ -480,17 +480,20 @@ def _open_h5(path: Path) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as e:
         first = e
-    try:  # a writer killed in SWMR mode leaves the "open for writing" flag set
-        return h5py.File(path, "r", libver="latest", swmr=True)
-    except OSError:
-        pass
-    hint = ""
     if "already open for write" in str(first):
-        hint = (" The writer did not close it and did not write in SWMR mode (swmr=False);"
-                " `h5clear -s FILE` clears the flag but the content may be inconsistent.")
+        # A writer that did not close the file (killed, or still running) leaves the
+        # superblock's "open for writing" flag set. In SWMR mode the file is consistent
+        # at every instant, and a SWMR reader ignores the flag.
+        try:
+            return h5py.File(path, "r", libver="latest", swmr=True)
+        except OSError:
+            pass
+        raise CorruptTraceError(
+            f"{path}: HDF5 file left open by a writer that did not close it and did not "
+            "write in SWMR mode (swmr=False); it cannot be opened safely. `h5clear -s FILE` "
+            f"clears the flag but the content may be inconsistent ({first})") from None
     raise CorruptTraceError(
-        f"{path}: HDF5 file cannot be opened, it is truncated or damaged ({first}).{hint}"
-    ) from None
+        f"{path}: HDF5 file cannot be opened, it is truncated or damaged ({first})") from None
 
 
 class TraceReader:

@@ -496,3 +496,13 @@ def test_readme_example_trains_a_sugru():
         first = first if first is not None else loss.item()
     assert loss.item() < 0.6 * first
     assert math.isfinite(loss.item())
+
+
+def test_rhythmic_support_marks_open_steps_and_surrogate_support():
+    gate = RhythmicGate(30, init_rate=0.1, surrogate="triangle", surrogate_params={"width": 0.2})
+    plan = gate.plan(0, 200)
+    a = gate.preactivation(0, 200).detach()
+    assert torch.equal(plan.support, (a > 0) | (a.abs() < 0.2))
+    assert plan.support.float().mean() < 0.5  # compact surrogate: sparse training work
+    with torch.no_grad():
+        assert gate.plan(0, 200).support is None

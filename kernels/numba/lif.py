@@ -76,6 +76,26 @@ def _forward_chunk(
                     for r in range(H):
                         u[r] += VT[j, r] * v
             nn = 0
+            if gkind == DENSE:
+                # branch-free pass over all neurons (vectorises), then a spike scan
+                for i in range(H):
+                    cur = xp[b, t, i]
+                    if recurrent:
+                        cur = (cur + u[i]) + bias[i]
+                    hi_ = h[i]
+                    if reset_zero:
+                        keep = np.float32(0.0) if hi_ > thr32 else np.float32(1.0)
+                        h[i] = beta[i] * keep * hi_ + cur
+                    else:
+                        sub = thr32 if hi_ > thr32 else np.float32(0.0)
+                        h[i] = (beta[i] * hi_ + cur) - sub
+                for i in range(H):
+                    if h[i] - thr32 > 0:
+                        out[b, t, i] = 1.0
+                        nl[nn] = i
+                        nv[nn] = 1.0
+                        nn += 1
+                n_t = 0
             for k in range(n_t):
                 i = idx[base + k] if gkind == RHYTHMIC else k
                 cur = xp[b, t, i]
