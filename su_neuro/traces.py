@@ -703,3 +703,53 @@ class TraceReader:
 def read(path: str | os.PathLike) -> TraceReader:
     """Open a trace for lazy reading (same as ``TraceReader(path)``)."""
     return TraceReader(path)
+
+
+class StreamTraceWriter:
+    """Trace of a streamed simulation (``su_neuro.simulate``), written chunk by chunk.
+
+    A stream of B rows and T steps is run in chunks of C steps; each chunk is appended as B
+    trace samples of C steps ("segments" layout): trace sample ``i`` holds steps
+    ``(i // B) * C .. (i // B + 1) * C - 1`` of stream row ``i % B``. ``run_meta`` records
+    ``layout="segments"``, ``stream_batch=B`` and ``segment_steps=C``. Memory stays bounded
+    by one chunk; every chunk must have C steps (choose T a multiple of C).
+
+    Use ``append_chunk`` as the ``callback`` of :func:`su_neuro.simulate.simulate`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, layers: Mapping[str, Mapping[str, Any]], batch: int,
+                 config: Mapping[str, Any] | None = None, run_meta: Mapping[str, Any] | None = None,
+                 **writer_kwargs: Any) -> None:
+        self._meta = dict(run_meta or {}, layout="segments", stream_batch=int(batch))
+        self._names = list(layers)
+        self._args = (path, layers, config, writer_kwargs)
+        self._writer: TraceWriter | None = None
+        self._steps: int | None = None
+
+    def __enter__(self) -> StreamTraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def append_chunk(self, chunk: Any) -> None:
+        """Append one :class:`su_neuro.simulate.Chunk` (its ``records``, one per layer)."""
+        if chunk.records is None:
+            raise ValueError("the chunk carries no records: run the stream with record=True")
+        steps = int(chunk.output.shape[1])
+        if self._writer is None:
+            path, layers, config, kwargs = self._args
+            self._steps = steps
+            self._meta["segment_steps"] = steps
+            self._writer = TraceWriter(path, layers=layers, config=config, run_meta=self._meta, **kwargs)
+            self._writer.open()
+        elif steps != self._steps:
+            raise ValueError(
+                f"chunk of {steps} steps after chunks of {self._steps}: a streamed trace needs equal chunks "
+                "(make the stream length a multiple of the chunk)"
+            )
+        self._writer.append(dict(zip(self._names, chunk.records, strict=True)))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -862,8 +862,9 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     net.train()
     try:
         while step < total_steps:
+            order_epoch = epoch
             order = epoch_order(sampler_seed, epoch, n_train)
-            while position < steps_per_epoch and step < total_steps:
+            while epoch == order_epoch and step < total_steps:
                 idx = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
                 mine = idx[dist.rank * local_batch:(dist.rank + 1) * local_batch]
                 x, y = _collate([task.train[int(i)] for i in mine])

@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from su_neuro.train import load_checkpoint
+from su_neuro.train import ConfigError, config_from_dict, distributed_env, load_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,18 +74,18 @@ def test_two_processes_match_one(tmp_path):
     assert events == ["start"] + ["train"] * 10 + ["eval", "end"]
 
 
-def test_global_batch_must_divide(tmp_path):
-    port = str(_free_port())
-    args = [a if a != "12" else "7" for a in ARGS]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "su_neuro.cli", *args, "--out", str(tmp_path / "ddp")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
-                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-        )
-        for r in range(2)
-    ]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 2 for p in procs)
-    assert "does not divide by the 2 processes" in outs[0][1]
+def test_global_batch_must_divide(tmp_path, monkeypatch):
+    """Checked before any process group starts, so a bad batch cannot hang the ranks."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    cfg = config_from_dict({"task": "copy", "batch_size": 7, "task_options": {"n_train": 32, "n_test": 8}})
+    with pytest.raises(ConfigError, match="does not divide by the 2 processes"):
+        train(cfg, tmp_path / "ddp", progress=False)
+    assert not (tmp_path / "ddp").exists()
+
+
+def test_distributed_env_is_checked(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(RuntimeError, match="bad torch.distributed environment"):
+        distributed_env()

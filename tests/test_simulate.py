@@ -43,3 +43,35 @@ def test_poisson_chunks_are_deterministic_and_bounded():
         next(split_chunks(torch.zeros(1, 4, 1), 0))
     with pytest.raises(ValueError, match="no chunk"):
         simulate(SUGRU(2, 3, backend="torch"), iter([]))
+
+
+def test_simulate_command_writes_a_segmented_trace(tmp_path, capsys):
+    from su_neuro import traces
+    from su_neuro.cli import main
+
+    path = tmp_path / "sim.h5"
+    argv = ["simulate", "--cell", "lif", "--recurrent", "--hidden", "24", "--input-size", "5", "--steps", "300",
+            "--chunk", "100", "--batch", "2", "--rate", "0.2", "--backend", "torch", "--trace", str(path),
+            "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "update rate      0.2000" in out and "neuron-steps/s" in out
+    r = traces.read(path)
+    assert r.num_samples == 6 and r.num_steps == 100
+    assert r.run_meta["layout"] == "segments" and r.run_meta["stream_batch"] == 2
+    g = r.gates("layers.0")
+    assert g.shape == (6, 100, 24) and abs(g.mean() - 0.2) < 1e-6
+    # rows 0 and 1 are the two stream rows of the first chunk: the rhythmic gate is batch
+    # uniform; with period 1 / 0.2 = 5 steps, the next chunk repeats the rhythm exactly
+    assert (g[0] == g[1]).all() and (g[0] == g[2]).all()
+    assert (g.sum(1) == 20).all()  # each neuron opens once per 5 steps
+
+
+def test_simulate_command_rejects_bad_arguments(tmp_path, capsys):
+    from su_neuro.cli import main
+
+    assert main(["simulate", "--steps", "250", "--chunk", "100", "--trace", str(tmp_path / "x.h5"),
+                 "--backend", "torch", "--hidden", "8", "--no-progress"]) == 2
+    assert "multiple of --chunk" in capsys.readouterr().err
+    assert main(["simulate", "--gate", "bogus", "--hidden", "8", "--no-progress"]) == 2
+    assert "unknown gate 'bogus'" in capsys.readouterr().err

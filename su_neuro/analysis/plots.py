@@ -1,6 +1,7 @@
 """PNG figures of gate activity (matplotlib, Agg backend, imported on first use).
 
-Every function writes one PNG and returns its path.
+Every function writes one PNG and returns its path. Figures are drawn on their own Agg
+canvas, so pyplot's global state and the backend of an interactive session are untouched.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ __all__ = ["plot_ops", "plot_raster", "plot_timescales", "plot_update_heatmap"]
 _MAX_PIXELS = (2000, 1000)  # (time, neurons) drawn at most; larger rasters are max-pooled
 
 
-def _plt() -> Any:
-    import matplotlib
+def _figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Any, np.ndarray]:
+    """A figure on its own Agg canvas (pyplot's global state and backend stay untouched)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def _pool(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -41,7 +43,6 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    _plt().close(fig)
     return path
 
 
@@ -54,9 +55,8 @@ def plot_raster(gates: Mapping[str, np.ndarray], path: str | os.PathLike, *,
         gates: layer name -> bool ``(T, H)``.
         spikes: layer name -> bool ``(T, H)`` or None.
     """
-    plt = _plt()
     names = list(gates)
-    fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.6 * len(names)), squeeze=False)
+    fig, axes = _figure(len(names), 1, (9, 2.6 * len(names)))
     for ax, name in zip(axes[:, 0], names, strict=True):
         g = np.asarray(gates[name], bool)
         img = _pool(g.T.astype(np.uint8), _MAX_PIXELS[::-1])
@@ -84,14 +84,12 @@ def plot_update_heatmap(rates: Mapping[str, np.ndarray], path: str | os.PathLike
         reshape: ``(rows, cols)`` with ``rows * cols == T``: draw the per-step rate as an
             image, e.g. ``(28, 28)`` for sequential MNIST (one value per pixel).
     """
-    plt = _plt()
     names = list(rates)
     if reshape is not None:
-        fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2),
-                                 squeeze=False)
+        fig, axes = _figure(1, len(names), (3.4 * len(names), 3.2))
         axes = axes[0]
     else:
-        fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.6 * len(names)), squeeze=False)
+        fig, axes = _figure(len(names), 1, (9, 2.6 * len(names)))
         axes = axes[:, 0]
     for ax, name in zip(axes, names, strict=True):
         r = np.asarray(rates[name], float)
@@ -119,8 +117,8 @@ def plot_update_heatmap(rates: Mapping[str, np.ndarray], path: str | os.PathLike
 def plot_timescales(mean_intervals: Mapping[str, np.ndarray], path: str | os.PathLike, *,
                     bins: int = 40, title: str = "per-neuron timescale") -> Path:
     """Histogram of each neuron's mean inter-update interval (its effective timescale)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, axes = _figure(1, 1, (6.5, 3.8))
+    ax = axes[0, 0]
     vals = {k: np.asarray(v, float) for k, v in mean_intervals.items()}
     finite = [v[np.isfinite(v)] for v in vals.values()]
     allv = np.concatenate(finite) if finite else np.zeros(0)
@@ -148,9 +146,8 @@ def plot_ops(names: Sequence[str], dense: Sequence[float], effective: Sequence[f
              effective_energy: Sequence[float] | None = None,
              title: str = "dense vs effective") -> Path:
     """Bars of dense vs effective operations (and energy, if given) per layer / total."""
-    plt = _plt()
     panels = 2 if dense_energy is not None else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.8), squeeze=False)
+    fig, axes = _figure(1, panels, (5.2 * panels, 3.8))
     x = np.arange(len(names))
     series = [(dense, effective, "synaptic operations")]
     if dense_energy is not None:

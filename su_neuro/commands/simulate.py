@@ -77,7 +77,8 @@ def _source(args, layer):
         xs = torch.stack([data[i][0] for i in range(n)]).to(layer.weight_ih_l0.dtype)
         if xs.shape[-1] != layer.input_size:
             raise ValueError(f"task {args.task!r} has {xs.shape[-1]} inputs but the population takes {layer.input_size}")
-        return split_chunks(xs, args.chunk), xs.shape[0], xs.shape[1]
+        # a dataset sample is one chunk: the trace holds whole samples
+        return split_chunks(xs, xs.shape[1]), xs.shape[0], xs.shape[1]
     if args.checkpoint is None and args.input_size != layer.input_size:
         raise ValueError("--input-size does not match the population")
     src = poisson_chunks(args.batch, args.steps, layer.input_size, args.poisson_rate, args.chunk, seed=args.seed)
@@ -94,6 +95,8 @@ def run(args) -> int:
     layer = _population(args).eval()
     source, batch, steps = _source(args, layer)
     recorder = None
+    if args.trace and not args.task and args.steps % args.chunk:
+        raise ValueError(f"with --trace, --steps ({args.steps}) must be a multiple of --chunk ({args.chunk})")
     if args.trace:
         from ..traces import StreamTraceWriter
 

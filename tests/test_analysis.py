@@ -1,0 +1,308 @@
+"""Analysis: rates, intervals, operation counts (hand-computed and NeuroBench), energy,
+plots and the ``analyze`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from su_neuro import traces
+from su_neuro.analysis import (
+    DEFAULT_TABLE,
+    ActivityAccumulator,
+    EnergyTable,
+    OpCounts,
+    analyze,
+    analyze_records,
+    count_layer_ops,
+    estimate_energy,
+    load_table,
+    memory_bytes,
+    plots,
+)
+from su_neuro.commands import analyze as analyze_cmd
+
+
+def meta(cell="rnn", gate="rhythmic", f=3, h=2, recurrent=True, input_kind="dense"):
+    return {"cell": cell, "gate": gate, "input_size": f, "hidden_size": h,
+            "recurrent": recurrent, "input_kind": input_kind}
+
+
+# ----------------------------------------------------------------------------- stats
+def test_rates_and_intervals_by_hand():
+    # 1 sample, T=6, H=3; neuron 0 updates at 0, 2, 5 (gaps 2, 3); neuron 1 never;
+    # neuron 2 at 1 only (no gap)
+    g = np.zeros((1, 6, 3), bool)
+    g[0, [0, 2, 5], 0] = True
+    g[0, 1, 2] = True
+    acc = ActivityAccumulator(6, 3, lif=False, time_bins=3)
+    acc.update(g[:, :, :])
+    acc.update(g[:, :, :])  # a second identical sample, in a second chunk
+    a = acc.result()
+    assert a.num_samples == 2
+    assert a.update_rate == pytest.approx(4 / 18)
+    np.testing.assert_allclose(a.neuron_update_rate, [3 / 6, 0, 1 / 6])
+    np.testing.assert_allclose(a.step_update_rate, [1 / 3, 1 / 3, 1 / 3, 0, 0, 1 / 3])
+    np.testing.assert_allclose(a.mean_interval[[0]], [2.5])
+    assert np.isnan(a.mean_interval[1]) and np.isnan(a.mean_interval[2])
+    np.testing.assert_array_equal(a.interval_hist[:5], [0, 0, 2, 2, 0])
+    assert a.mean_timescale == pytest.approx(2.5)
+    # time bins of 2 steps: bin0 = steps 0,1 ; bin1 = 2,3 ; bin2 = 4,5
+    np.testing.assert_allclose(a.time_neuron_rate, [[0.5, 0, 0.5], [0.5, 0, 0], [0.5, 0, 0]])
+    assert a.activation_sparsity == pytest.approx(1 - 4 / 18)
+    assert a.firing_rate is None
+
+
+def test_firing_rate_lif():
+    g = np.ones((2, 4, 2), bool)
+    s = np.zeros((2, 4, 2), bool)
+    s[0, 1, 0] = s[1, 3, 1] = s[1, 2, 1] = True
+    acc = ActivityAccumulator(4, 2, lif=True)
+    acc.update(g, s)
+    a = acc.result()
+    assert a.firing_rate == pytest.approx(3 / 16)
+    np.testing.assert_allclose(a.neuron_firing_rate, [1 / 8, 2 / 8])
+    assert a.activation_sparsity == pytest.approx(1 - 3 / 16)  # NeuroBench, on spikes
+
+
+# ----------------------------------------------------------------------------- ops
+G = np.array([[[1, 0], [1, 1], [0, 1]]], bool)  # (1, T=3, H=2): k = 1, 2, 1
+
+
+def test_rnn_rhythmic_ops_by_hand():
+    ops = count_layer_ops(meta("rnn", f=3, h=2), G)
+    # input: k_t * F = (1 + 2 + 1) * 3 = 12 ; recurrent: k_t * (neurons updated before t)
+    # = 1*0 + 2*1 + 1*2 = 4
+    assert (ops.effective_macs, ops.effective_acs) == (16, 0)
+    assert (ops.dense_macs, ops.dense_acs) == (3 * 2 * (3 + 2), 0)
+    assert ops.neuron_updates == 4 and ops.dense_neuron_updates == 6
+    assert ops.elementwise == 0
+
+
+def test_gru_ops_by_hand():
+    ops = count_layer_ops(meta("gru", f=3, h=2), G)
+    assert ops.effective_macs == 3 * 16 and ops.dense_macs == 3 * 30
+    assert ops.elementwise == 3 * 4 and ops.dense_elementwise == 3 * 6
+
+
+def test_event_gate_ops_by_hand():
+    ops = count_layer_ops(meta("rnn", gate="event", f=3, h=2), G)
+    # every row: H * F per step = 2*3*3 = 18 ; recurrent columns = changed at t-1: 0, 1, 2
+    # -> H * (0 + 1 + 2) = 6
+    assert ops.effective_macs == 18 + 6
+
+
+def test_lif_spike_input_ops_by_hand():
+    s = np.array([[[0, 1], [1, 1], [0, 0]]], bool)  # own spikes per step: 1, 2, 0
+    nnz = np.array([[2, 0, 3]])                       # nonzero input spikes per step
+    ops = count_layer_ops(meta("lif", f=4, h=2, input_kind="spike"), G, input_nnz=nnz,
+                          spikes=s)
+    # input ACs: k_t * nnz_t = 1*2 + 2*0 + 1*3 = 5 ; recurrent ACs: k_t * spikes_{t-1}
+    # = 1*0 + 2*1 + 1*2 = 4
+    assert (ops.effective_macs, ops.effective_acs) == (0, 9)
+    assert (ops.dense_macs, ops.dense_acs) == (0, 3 * 2 * (4 + 2))
+    ff = count_layer_ops(meta("lif", f=4, h=2, recurrent=False, input_kind="dense"), G)
+    assert (ff.effective_macs, ff.effective_acs) == (4 * 4, 0)
+    assert (ff.dense_macs, ff.dense_acs) == (3 * 2 * 4, 0)
+
+
+def _neurobench_synops(w_ih, w_hh, xs, hs_prev, total):
+    """NeuroBench's procedure, by hand: binarize weights and activations (all ones for
+    Dense), multiply, sum; bias excluded."""
+    def b(a):
+        return np.ones_like(a) if total else (a != 0).astype(float)
+    return sum(float((b(w_ih) @ b(x)).sum() + (b(w_hh) @ b(h)).sum())
+               for x, h in zip(xs, hs_prev, strict=True))
+
+
+def test_dense_rnn_matches_neurobench_definitions():
+    rng = np.random.default_rng(0)
+    t, f, h = 7, 5, 4
+    w_ih, w_hh = rng.standard_normal((h, f)), rng.standard_normal((h, h))
+    xs = [rng.standard_normal(f) for _ in range(t)]
+    hs_prev, hcur = [], np.zeros(h)     # zero initial state, as NeuroBench / PyTorch
+    for x in xs:
+        hs_prev.append(hcur)
+        hcur = np.tanh(w_ih @ x + w_hh @ hcur)
+    dense_nb = _neurobench_synops(w_ih, w_hh, xs, hs_prev, total=True)
+    eff_nb = _neurobench_synops(w_ih, w_hh, xs, hs_prev, total=False)
+    gates = np.ones((1, t, h), bool)    # DenseGate: every neuron updates every step
+    ops = count_layer_ops(meta("rnn", gate="dense", f=f, h=h), gates,
+                          input_nnz=np.full((1, t), f))
+    assert ops.dense == dense_nb == t * h * (f + h)
+    assert ops.effective_macs == eff_nb == t * h * f + (t - 1) * h * h
+    assert ops.effective_acs == 0
+
+
+def test_dense_lif_matches_neurobench_acs():
+    rng = np.random.default_rng(1)
+    t, f, h = 6, 5, 3
+    x = rng.random((1, t, f)) < 0.3
+    s = rng.random((1, t, h)) < 0.4
+    ops = count_layer_ops(meta("lif", gate="dense", f=f, h=h, input_kind="spike"),
+                          np.ones((1, t, h), bool), input_nnz=x.sum(2), spikes=s)
+    s_prev = np.concatenate([np.zeros((1, 1, h), bool), s[:, :-1]], axis=1)
+    w_ih, w_hh = np.ones((h, f)), np.ones((h, h))
+    eff = _neurobench_synops(w_ih, w_hh, list(x[0]), list(s_prev[0]), total=False)
+    assert ops.effective_acs == eff and ops.effective_macs == 0
+    assert ops.dense == t * h * (f + h)
+
+
+def test_memory_and_energy_by_hand():
+    ops = OpCounts(dense_macs=100, dense_acs=20, effective_macs=10, effective_acs=6,
+                   neuron_updates=3, dense_neuron_updates=12, samples=1)
+    assert memory_bytes(ops) == (120 * 4 + 2 * 12 * 4, 16 * 4 + 2 * 3 * 4)
+    e = estimate_energy(ops)
+    assert e.dense_pj == pytest.approx(100 * 4.6 + 20 * 0.9)
+    assert e.effective_pj == pytest.approx(10 * 4.6 + 6 * 0.9)
+    assert e.ratio == pytest.approx((46 + 5.4) / (460 + 18))
+    assert e.dense_memory_pj == pytest.approx((480 + 96) * 2.5)
+    assert DEFAULT_TABLE.mac_pj == 4.6 and DEFAULT_TABLE.ac_pj == 0.9
+    assert "Horowitz" in DEFAULT_TABLE.source
+
+
+def test_energy_table_file(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"name": "int8", "mac_pj": 0.2, "ac_pj": 0.03}))
+    t = load_table(p)
+    assert t.mac_pj == 0.2 and t.ac_pj == 0.03 and t.bytes_per_weight == 4
+    p.write_text(json.dumps({"mac": 1}))
+    with pytest.raises(ValueError, match="unknown energy table fields"):
+        load_table(p)
+    p.write_text(json.dumps({"mac_pj": -1}))
+    with pytest.raises(ValueError, match=">= 0"):
+        load_table(p)
+    with pytest.raises(ValueError, match="unknown"):
+        EnergyTable.from_dict({"foo": 1})
+
+
+# ----------------------------------------------------------------------------- driver
+TWO = {"layers.0": meta("lif", f=4, h=3, input_kind="spike"),
+       "layers.1": meta("lif", f=3, h=2, recurrent=False, input_kind="spike")}
+
+
+def two_layer_records():
+    g0 = np.ones((1, 3, 3), bool)
+    s0 = np.array([[[1, 0, 0], [1, 1, 0], [0, 0, 0]]], bool)  # 1, 2, 0 spikes
+    g1 = G.copy()                                               # k = 1, 2, 1
+    s1 = np.zeros((1, 3, 2), bool)
+    return {"layers.0": SimpleNamespace(gate=g0, spike=s0, delta=None),
+            "layers.1": SimpleNamespace(gate=g1, spike=s1, delta=None)}
+
+
+def test_stacked_layers_take_spikes_from_below():
+    x = np.zeros((1, 3, 4))
+    x[0, 0, :2] = 1.0   # nnz per step: 2, 0, 4
+    x[0, 2, :] = 1.0
+    rep = analyze_records(two_layer_records(), TWO, inputs=x)
+    l0, l1 = rep.layers["layers.0"].ops, rep.layers["layers.1"].ops
+    # layer 0: rows 3 each step; input ACs 3*(2+0+4) = 18; recurrent ACs 3*(0+1+2) = 9
+    assert l0.effective_acs == 27
+    # layer 1: inputs = layer-0 spikes (1, 2, 0): 1*1 + 2*2 + 1*0 = 5, feed-forward
+    assert l1.effective_acs == 5 and l1.effective_macs == 0
+    assert rep.ops.effective == 32 and rep.ops.dense == 3 * 3 * 7 + 3 * 2 * 3
+    assert rep.update_rate == pytest.approx((9 + 4) / (9 + 6))
+    assert rep.activation_sparsity == pytest.approx(1 - 3 / 15)
+
+
+def test_unknown_inputs_are_flagged():
+    rep = analyze_records(two_layer_records(), TWO)
+    assert any("upper bound" in n for n in rep.layers["layers.0"].notes)
+    assert rep.layers["layers.0"].ops.effective_acs == 3 * 3 * 4 + 9
+
+
+def _trace(tmp_path, t=16):
+    rng = np.random.default_rng(0)
+    layers = {"layers.0": meta("lif", f=4, h=6, input_kind="spike"),
+              "layers.1": meta("gru", gate="event", f=6, h=5, input_kind="spike")}
+    path = tmp_path / "run.h5"
+    with traces.TraceWriter(path, layers=layers, config={"demo": True}) as w:
+        for _ in range(3):
+            g0 = rng.random((4, t, 6)) < 0.4
+            s0 = (rng.random((4, t, 6)) < 0.2) & g0
+            g1 = rng.random((4, t, 5)) < 0.1
+            w.append({"layers.0": SimpleNamespace(gate=g0, spike=s0, delta=None),
+                      "layers.1": SimpleNamespace(gate=g1, spike=None, delta=None)},
+                     labels=rng.integers(0, 3, 4), inputs=rng.random((4, t, 4)) < 0.3)
+    return path, layers
+
+
+def test_trace_analysis_equals_in_memory_and_chunking(tmp_path):
+    path, layers = _trace(tmp_path)
+    a = analyze(path, batch_size=5)
+    b = analyze(path, batch_size=1000)
+    assert a.num_samples == 12 and a.ops == b.ops
+    r = traces.read(path)
+    rec = {n: SimpleNamespace(gate=r.gates(n), spike=r.spikes(n) if n == "layers.0" else None)
+           for n in layers}
+    nnz = r.input_nnz()
+    r.close()
+    x = np.zeros((12, 16, 4))
+    for i in range(12):
+        for t in range(16):
+            x[i, t, : nnz[i, t]] = 1
+    c = analyze_records(rec, layers, inputs=x)
+    assert c.ops == a.ops
+    np.testing.assert_allclose(c.layers["layers.0"].activity.mean_interval,
+                               a.layers["layers.0"].activity.mean_interval)
+
+
+def test_plots_write_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    g = rng.random((784, 7)) < 0.2
+    paths = [
+        plots.plot_raster({"a": g, "b": g[:, :3]}, tmp_path / "r.png",
+                          spikes={"a": g & (rng.random(g.shape) < 0.1), "b": None}),
+        plots.plot_update_heatmap({"a": g.mean(1)}, tmp_path / "h.png", reshape=(28, 28)),
+        plots.plot_update_heatmap({"a": rng.random((64, 7))}, tmp_path / "h2.png"),
+        plots.plot_timescales({"a": rng.random(7) * 30, "b": np.full(3, np.nan)},
+                              tmp_path / "ts.png"),
+        plots.plot_ops(["a", "total"], [100, 200], [10, 30], tmp_path / "o.png",
+                       dense_energy=[460, 920], effective_energy=[46, 92]),
+    ]
+    for p in paths:
+        data = p.read_bytes()
+        assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="reshape"):
+        plots.plot_update_heatmap({"a": g.mean(1)}, tmp_path / "x.png", reshape=(28, 27))
+
+
+def test_cli_writes_report(tmp_path, capsys):
+    path, layers = _trace(tmp_path, t=16)
+    table = tmp_path / "e.json"
+    table.write_text(json.dumps({"name": "test-table", "mac_pj": 1.0, "ac_pj": 0.5}))
+    parser = argparse.ArgumentParser()
+    analyze_cmd.add_arguments(parser)
+    out = tmp_path / "rep"
+    args = parser.parse_args([str(path), "--out", str(out), "--reshape", "4x4",
+                              "--energy-table", str(table)])
+    assert analyze_cmd.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "layers.0" in printed and "total" in printed and "test-table" in printed
+    for name in ("report.md", "report.json", "raster.png", "update_heatmap.png",
+                 "timescales.png", "ops.png"):
+        assert (out / name).stat().st_size > 0, name
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["num_samples"] == 12 and rep["energy_table"]["mac_pj"] == 1.0
+    assert set(rep["layers"]) == set(layers)
+    assert rep["ops"]["dense"] == sum(v["ops"]["dense"] for v in rep["layers"].values())
+    assert "## Per layer" in (out / "report.md").read_text()
+    # bad inputs: a clear message and exit status 2, no traceback
+    bad = parser.parse_args([str(tmp_path / "missing.h5"), "--out", str(out)])
+    assert analyze_cmd.run(bad) == 2
+    assert "no such trace file" in capsys.readouterr().err
+    bad = parser.parse_args([str(path), "--out", str(out), "--reshape", "5x5"])
+    assert analyze_cmd.run(bad) == 2
+
+
+def test_analysis_import_is_cheap():
+    code = ("import sys, su_neuro.analysis, su_neuro.commands.analyze; "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib'; "
+            "assert 'h5py' not in sys.modules, 'h5py'")
+    subprocess.run([sys.executable, "-c", code], check=True)
