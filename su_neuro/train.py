@@ -67,6 +67,7 @@ __all__ = [
     "RunFolderError",
     "TrainConfig",
     "build_model",
+    "load_task",
     "config_from_dict",
     "distributed_env",
     "load_checkpoint",
@@ -122,7 +123,7 @@ class TrainConfig:
     ``layer_options`` (other layer keywords, e.g. ``{"beta": 0.9}`` for LIF).
     Optimisation: ``optimizer`` (adam / adamw / sgd), ``lr``, ``weight_decay``,
     ``momentum`` (sgd), ``schedule`` (constant / cosine), ``warmup_steps``, ``epochs``,
-    ``max_steps`` (caps the steps; None: ``epochs`` full passes), ``batch_size`` (the
+    ``max_steps`` (number of steps, overriding ``epochs``; None: ``epochs`` full passes), ``batch_size`` (the
     global batch), ``grad_clip`` (max gradient norm, None: off), ``rate_target`` and
     ``rate_weight`` (update-rate regulariser).
     Run: ``seed``, ``device`` (auto / cpu / cuda), ``deterministic``, ``checkpoint_every``
@@ -656,6 +657,9 @@ def evaluate(model: nn.Module, dataset, kind: str, batch_size: int, device) -> d
 
 
 # ----------------------------------------------------------------------------- runs
+_MISSING = object()
+
+
 def _stored_config(out: Path) -> dict | None:
     ckpt = out / CHECKPOINT_FILE
     if ckpt.exists():
@@ -678,14 +682,23 @@ def _check_resume_config(stored: dict, cfg: TrainConfig, explicit: set[str] | No
     keys = explicit if explicit is not None else set(CONFIG_KEYS)
     new = cfg.to_dict()
     old = stored_cfg.to_dict()
+
+    def differs(name, was, now):
+        return CheckpointError(
+            f"cannot resume: the run was started with {name}={was!r} but this command asks "
+            f"for {name}={now!r}; use the same configuration or start a new run in another folder"
+        )
+
     for key in sorted(keys):
         if key in RESUME_MUTABLE:
             old[key] = new[key]
+        elif isinstance(new[key], dict):
+            # an options table: only the entries given must agree with the stored ones
+            for sub, value in sorted(new[key].items()):
+                if old[key].get(sub, _MISSING) != value:
+                    raise differs(f"{key}.{sub}", old[key].get(sub, "<unset>"), value)
         elif new[key] != old[key]:
-            raise CheckpointError(
-                f"cannot resume: the run was started with {key}={old[key]!r} but this command asks "
-                f"for {key}={new[key]!r}; use the same configuration or start a new run in another folder"
-            )
+            raise differs(key, old[key], new[key])
     return TrainConfig(**old)
 
 
@@ -805,6 +818,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     step, epoch, position = 0, 0, 0
     sampler_seed = cfg.seed
     history: list[dict] = []
+    last_train: dict = {}
+    window = {"loss": 0.0, "count": 0.0, "correct": 0.0, "gates": 0.0, "gate_n": 0.0}
 
     if checkpoint is not None:
         sig = model_signature(model)
@@ -817,6 +832,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         data = checkpoint["data"]
         step, epoch, position, sampler_seed = data["step"], data["epoch"], data["position"], data["sampler_seed"]
         history = list(checkpoint.get("metrics", []))
+        last_train = dict(checkpoint.get("last_train", {}))
+        window = dict(checkpoint.get("window", window))
 
     main = dist.is_main
     if main:
@@ -827,7 +844,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         if not (out / CONFIG_FILE).exists() or not resume:
             _atomic_write_json(out / CONFIG_FILE, cfg.to_dict())
     log = _Log(out / LOG_FILE if main else None)
-    if resume and main:
+    if resume and main and (checkpoint is not None or (out / LOG_FILE).stat().st_size > 0):
         log.write({"event": "resume", "step": step, "epoch": epoch})
     elif main:
         log.write({"event": "start", "step": 0, "world_size": dist.world_size, "config": cfg.to_dict()})
@@ -848,6 +865,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
             "rng": _rng_state(),
             "data": {"step": step, "epoch": epoch, "position": position, "sampler_seed": sampler_seed},
             "metrics": history,
+            "last_train": last_train,
+            "window": window,
             "world_size": dist.world_size,
             "torch_version": str(torch.__version__),
         }
@@ -857,8 +876,6 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, desc=desc or cfg.task, unit="step", dynamic_ncols=True)
-    window = {"loss": 0.0, "count": 0.0, "correct": 0.0, "gates": 0.0, "gate_n": 0.0}
-    last_train: dict = {}
     net.train()
     try:
         while step < total_steps:

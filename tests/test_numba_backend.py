@@ -122,6 +122,14 @@ def test_matches_reference_t300(cell, gate):
     _compare(layer, x)
 
 
+@pytest.mark.parametrize("cell,gate", list(itertools.product(("rnn", "gru"), ("rhythmic", "dense"))))
+def test_sample_blocks(cell, gate):
+    """B = 11: chunks of 5 and 6 samples take the 4-sample blocks and the remainder path."""
+    layer = _layer(cell, gate, F=3, H=13)
+    x = torch.randn(11, 15, 3, generator=torch.Generator().manual_seed(11))
+    _compare(layer, x)
+
+
 @pytest.mark.parametrize("name", SURROGATES)
 def test_surrogates_event_gate_and_spike(name):
     """Every surrogate code as the event gate's and the LIF spike's derivative."""

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A tiny copy task: 20 batches of 8 per epoch, sequences of 2*3 + 6 + 1 = 13 steps.
 TINY = [
+    "--log-every", "7",
     "--task", "copy", "--task-option", "delay=6", "--task-option", "n_memorize=3",
     "--task-option", "n_train=160", "--task-option", "n_test=32",
     "--hidden-size", "12", "--batch-size", "8", "--backend", "torch", "--lr", "0.01",
@@ -265,3 +266,20 @@ def test_resume_of_finished_run_is_idempotent(tmp_path):
     first = train(tiny_config(max_steps=4), out, progress=False)
     again = train(tiny_config(max_steps=4), out, resume=True, progress=False)
     assert comparable(first) == comparable(again)
+
+
+def test_resume_checks_only_the_options_given(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=4), out, progress=False)
+    same = config_from_dict({"task": "copy", "task_options": {"delay": 6}, "max_steps": 4})
+    train(same, out, resume=True, progress=False, explicit_keys={"task", "task_options", "max_steps"})
+    other = config_from_dict({"task": "copy", "task_options": {"delay": 7}})
+    with pytest.raises(CheckpointError, match="task_options.delay=6 but this command asks for task_options.delay=7"):
+        train(other, out, resume=True, progress=False, explicit_keys={"task_options"})
+
+
+def test_resume_into_an_empty_folder_starts_the_run(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=3), out, resume=True, progress=False)
+    events = [json.loads(x)["event"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events[0] == "start" and events[-1] == "end"

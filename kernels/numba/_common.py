@@ -50,18 +50,32 @@ def chunk(c, nchunks, n):
     return (c * n) // nchunks, ((c + 1) * n) // nchunks
 
 
-def compact(mask: np.ndarray):
-    """Per-step index lists of a (T, H) boolean mask: (offsets (T+1,), idx (nnz,) int32).
+@nb.njit(cache=True)
+def _compact(g, support, use_support, offsets, idx):
+    T, H = g.shape
+    n = 0
+    for t in range(T):
+        offsets[t] = n
+        for i in range(H):
+            if g[t, i] != 0 or (use_support and support[t, i]):
+                idx[n] = i
+                n += 1
+    offsets[T] = n
+    return n
 
-    Step t's entries are idx[offsets[t]:offsets[t+1]], in increasing neuron order.
+
+def compact(g: np.ndarray, support: np.ndarray | None = None):
+    """Per-step index lists of the neurons to compute: open (g != 0) or in ``support``.
+
+    g: (T, H) gate rows; support: (T, H) bool or None. Returns (offsets (T+1,) int64,
+    idx (nnz,) int32): step t's neurons are idx[offsets[t]:offsets[t+1]], increasing.
     """
-    T, H = mask.shape
-    counts = mask.sum(axis=1)
-    offsets = np.zeros(T + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    flat = np.flatnonzero(mask.ravel())
-    idx = (flat % H).astype(np.int32)
-    return offsets, idx
+    T, H = g.shape
+    offsets = np.empty(T + 1, np.int64)
+    idx = np.empty(T * H, np.int32)
+    use = support is not None
+    n = _compact(g, support if use else np.zeros((1, 1), np.bool_), use, offsets, idx)
+    return offsets, idx[:n]
 
 
 def nchunks(batch: int) -> int:

@@ -274,6 +274,299 @@ def _backward_chunk(
             dh0[b, j] = lam[j]
 
 
+# ------------------------------------------------------ rhythmic / dense: batch blocks
+# The samples of a chunk share one time loop; each compacted row's dot products are
+# taken for 4 samples at once (12 independent GRU accumulators: the j loop vectorises
+# without a reduction chain bottleneck, and each weight row is loaded once per 4 samples).
+
+
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _dots4(is_gru, W, i, H, hs, q, acc):
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a3 = np.float32(0.0)
+    if is_gru:
+        z0 = np.float32(0.0)
+        z1 = np.float32(0.0)
+        z2 = np.float32(0.0)
+        z3 = np.float32(0.0)
+        n0 = np.float32(0.0)
+        n1 = np.float32(0.0)
+        n2 = np.float32(0.0)
+        n3 = np.float32(0.0)
+        for j in range(H):
+            wr = W[i, j]
+            wz = W[H + i, j]
+            wn = W[2 * H + i, j]
+            h0 = hs[q, j]
+            h1 = hs[q + 1, j]
+            h2 = hs[q + 2, j]
+            h3 = hs[q + 3, j]
+            a0 += wr * h0
+            a1 += wr * h1
+            a2 += wr * h2
+            a3 += wr * h3
+            z0 += wz * h0
+            z1 += wz * h1
+            z2 += wz * h2
+            z3 += wz * h3
+            n0 += wn * h0
+            n1 += wn * h1
+            n2 += wn * h2
+            n3 += wn * h3
+        acc[1, 0] = z0
+        acc[1, 1] = z1
+        acc[1, 2] = z2
+        acc[1, 3] = z3
+        acc[2, 0] = n0
+        acc[2, 1] = n1
+        acc[2, 2] = n2
+        acc[2, 3] = n3
+    else:
+        for j in range(H):
+            wr = W[i, j]
+            a0 += wr * hs[q, j]
+            a1 += wr * hs[q + 1, j]
+            a2 += wr * hs[q + 2, j]
+            a3 += wr * hs[q + 3, j]
+    acc[0, 0] = a0
+    acc[0, 1] = a1
+    acc[0, 2] = a2
+    acc[0, 3] = a3
+
+
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _dots1(is_gru, W, i, H, hs, q, acc):
+    a = np.float32(0.0)
+    if is_gru:
+        z = np.float32(0.0)
+        n = np.float32(0.0)
+        for j in range(H):
+            hj = hs[q, j]
+            a += W[i, j] * hj
+            z += W[H + i, j] * hj
+            n += W[2 * H + i, j] * hj
+        acc[1, 0] = z
+        acc[2, 0] = n
+    else:
+        for j in range(H):
+            a += W[i, j] * hs[q, j]
+    acc[0, 0] = a
+
+
+@nb.njit(cache=True, fastmath=True)
+def _forward_chunk_rd(
+    c,
+    is_gru,
+    gkind,
+    xp,
+    h0,
+    W,
+    bias,
+    gvals,
+    off,
+    idx,
+    save,
+    nchunks,
+    out,
+    hT,
+    dsave,
+    fsave,
+    rsave,
+    zsave,
+    nsave,
+    hnsave,
+):
+    B, T, G = xp.shape
+    H = h0.shape[1]
+    lo, hi = chunk(c, nchunks, B)
+    m = hi - lo
+    hs = np.empty((m, H), np.float32)
+    fb = np.empty((H, m), np.float32)
+    acc = np.empty((3, 4), np.float32)
+    for q in range(m):
+        for j in range(H):
+            hs[q, j] = h0[lo + q, j]
+    for t in range(T):
+        n_t = H if gkind == DENSE else off[t + 1] - off[t]
+        base = 0 if gkind == DENSE else off[t]
+        for k in range(n_t):
+            i = k if gkind == DENSE else idx[base + k]
+            q = 0
+            while q < m:
+                if q + 4 <= m:
+                    _dots4(is_gru, W, i, H, hs, q, acc)
+                    nq = 4
+                else:
+                    _dots1(is_gru, W, i, H, hs, q, acc)
+                    nq = 1
+                for s in range(nq):
+                    b = lo + q + s
+                    hi_ = hs[q + s, i]
+                    if is_gru:
+                        hn = acc[2, s] + bias[2 * H + i]
+                        r = np.float32(_sigmoid(xp[b, t, i] + (acc[0, s] + bias[i])))
+                        z = np.float32(_sigmoid(xp[b, t, H + i] + (acc[1, s] + bias[H + i])))
+                        n = np.float32(math.tanh(xp[b, t, 2 * H + i] + r * hn))
+                        f = np.float32((1.0 - z) * n + z * hi_)
+                        if save:
+                            rsave[b, t, i] = r
+                            zsave[b, t, i] = z
+                            nsave[b, t, i] = n
+                            hnsave[b, t, i] = hn
+                    else:
+                        f = np.float32(math.tanh(xp[b, t, i] + (acc[0, s] + bias[i])))
+                        if save:
+                            fsave[b, t, i] = f
+                    fb[k, q + s] = f
+                    if save:
+                        dsave[b, t, i] = f - hi_
+                q += nq
+        for k in range(n_t):
+            if gkind == DENSE:
+                for q in range(m):
+                    hs[q, k] = fb[k, q]
+            else:
+                i = idx[base + k]
+                g = gvals[t, i]
+                if g != 0:
+                    for q in range(m):
+                        hs[q, i] = hs[q, i] + g * (fb[k, q] - hs[q, i])
+        for q in range(m):
+            for j in range(H):
+                out[lo + q, t, j] = hs[q, j]
+    for q in range(m):
+        for j in range(H):
+            hT[lo + q, j] = hs[q, j]
+
+
+@nb.njit(cache=True, fastmath=True)
+def _backward_chunk_rd(
+    c,
+    is_gru,
+    gkind,
+    h0,
+    W,
+    gvals,
+    off,
+    idx,
+    nchunks,
+    out,
+    dsave,
+    fsave,
+    rsave,
+    zsave,
+    nsave,
+    hnsave,
+    dout,
+    dhT,
+    dxp,
+    dh0,
+    dW,
+    db,
+    dg,
+):
+    B, T, G = dxp.shape
+    H = h0.shape[1]
+    lo, hi = chunk(c, nchunks, B)
+    m = hi - lo
+    lam = np.empty((m, H), np.float32)
+    lamp = np.empty((m, H), np.float32)
+    vals = np.empty((3, m), np.float32)
+    dWc = dW[c]
+    dbc = db[c]
+    dgc = dg[c]
+    nr = 3 if is_gru else 1
+    for q in range(m):
+        for j in range(H):
+            lam[q, j] = dhT[lo + q, j]
+    for t in range(T - 1, -1, -1):
+        for q in range(m):
+            for j in range(H):
+                lam[q, j] += dout[lo + q, t, j]
+                lamp[q, j] = lam[q, j]
+        n_t = H if gkind == DENSE else off[t + 1] - off[t]
+        base = 0 if gkind == DENSE else off[t]
+        for k in range(n_t):
+            i = k if gkind == DENSE else idx[base + k]
+            active = False
+            for q in range(m):
+                b = lo + q
+                li = lam[q, i]
+                if gkind == DENSE:
+                    dd = li
+                else:
+                    dgc[t, i] += li * dsave[b, t, i]
+                    dd = gvals[t, i] * li
+                for r3 in range(nr):
+                    vals[r3, q] = 0
+                if dd == 0:
+                    continue
+                active = True
+                lamp[q, i] -= dd
+                if is_gru:
+                    r = rsave[b, t, i]
+                    z = zsave[b, t, i]
+                    n = nsave[b, t, i]
+                    hpi = out[b, t - 1, i] if t > 0 else h0[b, i]
+                    dn = dd * (1 - z)
+                    dz = dd * (hpi - n)
+                    lamp[q, i] += dd * z
+                    dan = dn * (1 - n * n)
+                    dr = dan * hnsave[b, t, i]
+                    daz = dz * z * (1 - z)
+                    dar = dr * r * (1 - r)
+                    dxp[b, t, i] = dar
+                    dxp[b, t, H + i] = daz
+                    dxp[b, t, 2 * H + i] = dan
+                    vals[0, q] = dar
+                    vals[1, q] = daz
+                    vals[2, q] = dan * r
+                else:
+                    f = fsave[b, t, i]
+                    da = dd * (1 - f * f)
+                    dxp[b, t, i] = da
+                    vals[0, q] = da
+            if not active:
+                continue
+            for r3 in range(nr):
+                row = i + r3 * H
+                for q in range(m):
+                    v = vals[r3, q]
+                    if v != 0:
+                        dbc[row] += v
+                        for j in range(H):
+                            lamp[q, j] += W[row, j] * v
+                q = 0
+                while q < m:
+                    if q + 4 <= m:
+                        v0 = vals[r3, q]
+                        v1 = vals[r3, q + 1]
+                        v2 = vals[r3, q + 2]
+                        v3 = vals[r3, q + 3]
+                        p0 = out[lo + q, t - 1] if t > 0 else h0[lo + q]
+                        p1 = out[lo + q + 1, t - 1] if t > 0 else h0[lo + q + 1]
+                        p2 = out[lo + q + 2, t - 1] if t > 0 else h0[lo + q + 2]
+                        p3 = out[lo + q + 3, t - 1] if t > 0 else h0[lo + q + 3]
+                        for j in range(H):
+                            dWc[row, j] += v0 * p0[j] + v1 * p1[j] + v2 * p2[j] + v3 * p3[j]
+                        q += 4
+                    else:
+                        v = vals[r3, q]
+                        if v != 0:
+                            p0 = out[lo + q, t - 1] if t > 0 else h0[lo + q]
+                            for j in range(H):
+                                dWc[row, j] += v * p0[j]
+                        q += 1
+        for q in range(m):
+            for j in range(H):
+                lam[q, j] = lamp[q, j]
+    for q in range(m):
+        for j in range(H):
+            dh0[lo + q, j] = lam[q, j]
+
+
 @nb.njit(cache=True, parallel=True)
 def forward(
     is_gru,
@@ -304,6 +597,30 @@ def forward(
 ):
     """Parallel over batch chunks; each chunk runs its own whole time loop."""
     for c in nb.prange(nchunks):
+        if gkind != EVENT:
+            _forward_chunk_rd(
+                c,
+                is_gru,
+                gkind,
+                xp,
+                h0,
+                W,
+                bias,
+                gvals,
+                off,
+                idx,
+                save,
+                nchunks,
+                out,
+                hT,
+                dsave,
+                fsave,
+                rsave,
+                zsave,
+                nsave,
+                hnsave,
+            )
+            continue
         _forward_chunk(
             c,
             is_gru,
@@ -366,6 +683,33 @@ def backward(
 ):
     """Parallel over batch chunks; each chunk runs its own whole time loop."""
     for c in nb.prange(nchunks):
+        if gkind != EVENT:
+            _backward_chunk_rd(
+                c,
+                is_gru,
+                gkind,
+                h0,
+                W,
+                gvals,
+                off,
+                idx,
+                nchunks,
+                out,
+                dsave,
+                fsave,
+                rsave,
+                zsave,
+                nsave,
+                hnsave,
+                dout,
+                dhT,
+                dxp,
+                dh0,
+                dW,
+                db,
+                dg,
+            )
+            continue
         _backward_chunk(
             c,
             is_gru,

@@ -75,10 +75,16 @@ def unsupported(cell: str, gate_kind: str, dtype) -> str | None:
 
 
 def auto_pays(cell: str, batch: int, hidden: int) -> bool:
-    """Rule of backend="auto" on CPU (docs/benchmarks.md, "Numba CPU backend"):
-    numba beat the torch reference at every measured size (B 1-32, H 32-1024) for all
-    cells; the only loss is a first call that compiles (cached on disk afterwards)."""
-    return True
+    """Rule of backend="auto" on CPU, from tools/bench_numba.py (docs/benchmarks.md,
+    "Numba CPU backend"; forward + backward, 2 threads).
+
+    LIF: numba won at every measured size (B 1-32, H 8-1024). RNN/GRU: numba won up to
+    B·H = 4096 (B=32, H=128 training: 2x the reference) and lost at B·H = 8192 (B=32,
+    H=256: 0.35-0.47x), where the reference's batched GEMMs beat per-sample dot products.
+    """
+    if cell == "lif":
+        return True
+    return batch * hidden <= 4096
 
 
 def _np(t: torch.Tensor | None, shape=None) -> np.ndarray:
@@ -108,11 +114,12 @@ class _Recurrence(torch.autograd.Function):
         th = _np(theta) if kind == "event" else _dummy(1)
         off, idx = np.zeros(1, np.int64), np.zeros(1, np.int32)
         if kind == "rhythmic":
-            mask = gv != 0
-            if need[6]:
+            support = None
+            if cfg["grad"] and need[6]:
                 support = cfg["support"]
-                mask = mask | (np.ones_like(mask) if support is None else support)
-            off, idx = compact(mask)
+                if support is None:  # the gate's support is unknown: every closed entry
+                    support = np.ones(gv.shape, np.bool_)
+            off, idx = compact(gv, support)
         ctx.cfg = cfg
         ctx.C = C
         ctx.comp = (off, idx)

@@ -14,9 +14,13 @@ tiles and reduced in fp32 registers; there is no hidden-size limit from register
 
 Sparsity:
 * rhythmic gate: the rows to compute at step t are a compacted index list
-  ``idx[off[t]:off[t+1]]`` (prefix sum over the (T, H) gate, built once per call on the
-  host side); closed rows are copied. Backward compacts on g itself (a closed neuron's
-  candidate gets no gradient).
+  ``idx[off[t]:off[t+1]]`` (prefix sum over a (T, H) mask, built once per call on the
+  host side); the other rows are copied. The mask is g in inference or with a frozen
+  gate, and ``g | gate.support`` when the gate trains (a closed row with
+  sigma'(a) != 0 needs f - h for dL/dg but keeps its state); only a trainable gate
+  without a support (a hand-built ``GateInput``) computes every row. Backward compacts
+  ``U^T dgh`` on g itself (a closed neuron's candidate gets no gradient) and writes
+  dL/dg only on the mask (sigma' is exactly zero elsewhere).
 * event gate (RNN/GRU): U h_{t-1} is carried in a (B, G) fp32 accumulator and updated
   with U (h_{t-1} - h_{t-2}), skipping column tiles where no neuron changed; it is
   recomputed exactly every ``REFRESH`` steps to bound rounding drift.
@@ -163,7 +167,8 @@ def _fwd_kernel(
                 hn = f
             elif GATE == 1:
                 g = tl.load(gate_ptr + t * H + rows, mask=km, other=0.0).to(tl.float32)
-                hn = hp + g * (f - hp)
+                # a closed row is computed only for dL/dg (f - h): it keeps its state
+                hn = tl.where(g != 0, hp + g * (f - hp), hp)
             else:
                 theta = tl.load(theta_ptr + rows, mask=km, other=0.0).to(tl.float32)
                 d = f - hp
@@ -186,16 +191,18 @@ def _fwd_kernel(
 # -------------------------------------------------------------------------- backward
 @triton.jit
 def _bwd_kernel(
-    xp_ptr, w_ptr, gate_ptr, idx_ptr, off_ptr, theta_ptr, beta_ptr,
+    xp_ptr, w_ptr, gate_ptr, idx_ptr, off_ptr, theta_ptr, beta_ptr, sup_ptr,
     hs_ptr, ss_ptr, gh_ptr, dout_ptr,
     ch_ptr, cs_ptr, dir_ptr, dxp_ptr, dgh_ptr, dg_ptr, dth_ptr, dbeta_ptr,
     T, H, threshold, g_scale, s_scale,
     CELL: tl.constexpr, GATE: tl.constexpr, HAS_W: tl.constexpr,
-    NEED_DG: tl.constexpr, ZERO_RESET: tl.constexpr,
+    NEED_DG: tl.constexpr, DG_MASK: tl.constexpr, ZERO_RESET: tl.constexpr,
     G_CODE: tl.constexpr, S_CODE: tl.constexpr,
     SPLIT: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
 ):
     # grid as in _fwd_kernel (SPLIT > 0 only without recurrent weights).
+    # sup (T, H) int8 (DG_MASK): rows whose candidate the forward computed (g | support);
+    # dL/dg is written there and is 0 elsewhere (gh was not computed, sigma' = 0).
     # ch, cs (B, H) fp32: incoming dL/dh_t, dL/ds_t (hold dL/dh0, dL/ds0 at the end);
     # dir (B, H) scratch: the part of dL/dh_{t-1} that bypasses U; dxp, dgh (B, T, G) fp32
     # (dgh is dxp except the GRU n section); dg (B, T, H); dth, dbeta (B, H).
@@ -269,6 +276,9 @@ def _bwd_kernel(
                 df = tl.where(g != 0, g * a, 0.0)
                 dh = (1.0 - g) * a
                 if NEED_DG:
+                    if DG_MASK:
+                        sup = tl.load(sup_ptr + t * H + rows, mask=rm, other=0)
+                        dgt = tl.where(sup != 0, dgt, 0.0)
                     tl.store(dg_ptr + orow + rows, dgt, mask=rm)
             else:
                 sg = _surrogate_grad(tl.abs(d) - theta, G_CODE, g_scale)
@@ -399,7 +409,7 @@ def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, s
     return hs, ss, gh, (grec if record and gate == "event" else None)
 
 
-def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, need_dg):
+def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, need_dg, dg_mask):
     B, T, G = xp.shape
     H = hs.shape[2]
     dev = xp.device
@@ -420,11 +430,12 @@ def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, n
     _bwd_kernel[(B, triton.cdiv(H, split) if split else 1)](
         xp, w_hh if w_hh is not None else d, gvals if gate == "rhythmic" else d, idx, off,
         theta if gate == "event" else d, beta if cell == "lif" else d,
+        dg_mask if dg_mask is not None else d,
         hs, ss if ss is not None else d, gh if gh is not None else d, dout,
         ch, cs, dirb, dxp, dgh, dg, dth, dbeta,
         T, H, cfg["threshold"], cfg["g_scale"], cfg["s_scale"],
         CELL=CELL_CODES[cell], GATE=GATE_CODES[gate], HAS_W=w_hh is not None,
-        NEED_DG=need_dg, ZERO_RESET=cfg["zero_reset"],
+        NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None, ZERO_RESET=cfg["zero_reset"],
         G_CODE=cfg["g_code"], S_CODE=cfg["s_code"], SPLIT=split, BI=BI, BJ=BJ, num_warps=4,
     )
     if cell == "gru":  # the r and z sections of dgh equal dxp
@@ -435,14 +446,22 @@ def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, n
 # ------------------------------------------------------------------ autograd Function
 class _Recurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta):
+    def forward(ctx, cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, support):
         gate = cfg["gate"]
         needs = ctx.needs_input_grad
         gate_grad = gate == "rhythmic" and needs[6]
-        mask = None
+        mask = dg_mask = None
         if gate == "rhythmic":
-            # A trainable rhythmic gate needs d = f - h of closed neurons too (dL/dg).
-            mask = torch.ones_like(gvals) if gate_grad else gvals
+            # Rows whose candidate is computed: the open ones, and for a trainable gate
+            # also the closed ones where sigma'(a) != 0 (dL/dg needs d = f - h there).
+            # Without a support every closed row may need it: dense.
+            if not gate_grad:
+                mask = gvals
+            elif support is None:
+                mask = torch.ones_like(gvals)
+            else:
+                mask = (gvals != 0) | support
+                dg_mask = mask.to(torch.int8)
         rec = cfg["record"]
         hs, ss, gh, grec = _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, mask,
                                        any(needs), rec)
@@ -452,7 +471,7 @@ class _Recurrence(torch.autograd.Function):
         sT = ss[:, T].clone() if ss is not None else None
         ctx.cfg = cfg
         ctx.gate_grad = gate_grad
-        ctx.save_for_backward(xp, w_hh, gvals, theta, beta, hs, ss, gh)
+        ctx.save_for_backward(xp, w_hh, gvals, theta, beta, hs, ss, gh, dg_mask)
         aux = [hs] if rec and cfg["cell"] == "lif" else []
         if grec is not None:
             aux.append(grec)
@@ -463,7 +482,7 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dhT, dsT, *_aux):
         cfg = ctx.cfg
-        xp, w_hh, gvals, theta, beta, hs, ss, gh = ctx.saved_tensors
+        xp, w_hh, gvals, theta, beta, hs, ss, gh, dg_mask = ctx.saved_tensors
         B, T, G = xp.shape
         H = hs.shape[2]
         if dout is None:
@@ -473,7 +492,7 @@ class _Recurrence(torch.autograd.Function):
         if cfg["cell"] == "lif":
             dsT = torch.zeros(B, H, device=xp.device) if dsT is None else dsT
         dh0, ds0, dxp, dgh, dg, dth, dbeta = _launch_bwd(
-            cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, ctx.gate_grad
+            cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, ctx.gate_grad, dg_mask
         )
         needs = ctx.needs_input_grad
         dw = db = None
@@ -488,7 +507,7 @@ class _Recurrence(torch.autograd.Function):
         dtheta = dth.sum(0).to(theta.dtype) if cfg["gate"] == "event" and needs[7] else None
         dbt = dbeta.sum(0).to(beta.dtype) if cfg["cell"] == "lif" and needs[8] else None
         ds0 = ds0.to(xp.dtype) if ds0 is not None and needs[3] else None
-        return (None, dxp.to(xp.dtype), dh0.to(xp.dtype), ds0, dw, db, dgv, dtheta, dbt)
+        return (None, dxp.to(xp.dtype), dh0.to(xp.dtype), ds0, dw, db, dgv, dtheta, dbt, None)
 
 
 # ------------------------------------------------------------------------ public API
@@ -498,7 +517,9 @@ def recurrence_triton(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False
     Shapes: xp (B, T, G), h0 (B, H), s0 (B, H) or None, w_hh (G, H) or None,
     b_hh (G,) or None; G = H (RNN, LIF) or 3H (GRU). Returns (out, h_T, s_T, rec) as the
     reference does; ``rec.delta`` of a LIF population and ``rec.gate`` of an event gate
-    are detached.
+    are detached. A rhythmic gate whose values need a gradient computes candidates only
+    where ``g = 1`` or ``gate.support`` is True; without a support (``None``) it computes
+    every row (dense but exact).
 
     Example (any CUDA tensors; on a CPU only under ``TRITON_INTERPRET=1``):
         >>> from su_neuro.gates import GateInput
@@ -526,7 +547,11 @@ def recurrence_triton(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False
     gvals = c(gate.values) if kind == "rhythmic" else None
     theta = c(gate.values) if kind == "event" else None
     beta = c(lif.beta) if lif is not None else None
-    res = _Recurrence.apply(cfg, c(xp), c(h0), c(s0), c(w_hh), c(b_hh), gvals, theta, beta)
+    support = getattr(gate, "support", None) if kind == "rhythmic" else None
+    if support is not None:
+        support = (support.detach() != 0).contiguous()
+    res = _Recurrence.apply(cfg, c(xp), c(h0), c(s0), c(w_hh), c(b_hh), gvals, theta, beta,
+                            support)
     out, hT, sT = res[0], res[1], res[2]
     if cell != "lif":
         sT = None
@@ -582,6 +607,12 @@ def _check(cell, xp, h0, s0, w_hh, b_hh, gate, lif) -> None:
             raise ValueError(f"lif.beta must be ({H},), got {tuple(lif.beta.shape)}")
     if gate.kind == "rhythmic" and tuple(gate.values.shape) != (T, H):
         raise ValueError(f"rhythmic gate values must be (T, H) = ({T}, {H}), got {tuple(gate.values.shape)}")
+    support = getattr(gate, "support", None)
+    if gate.kind == "rhythmic" and support is not None:
+        if tuple(support.shape) != (T, H):
+            raise ValueError(f"rhythmic gate support must be (T, H) = ({T}, {H}), got {tuple(support.shape)}")
+        if support.device != xp.device:
+            raise TypeError(f"gate support is on {support.device}; xp is on {xp.device}")
     if gate.kind == "event":
         if tuple(gate.values.shape) != (H,):
             raise ValueError(f"event gate threshold must be ({H},), got {tuple(gate.values.shape)}")
