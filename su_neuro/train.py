@@ -1055,3 +1055,22 @@ def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=No
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, TrainConfig]:
+    """The trained model of a checkpoint (or a run folder holding ``checkpoint.pt``) and its config.
+
+    Example:
+        >>> model, cfg = load_model("runs/copy/checkpoint.pt")
+        >>> logits = model(x)
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    checkpoint = load_checkpoint(path, map_location=map_location)
+    cfg = config_from_dict(checkpoint["config"], source=str(path))
+    model = build_model(cfg, load_task(cfg))
+    if checkpoint.get("signature") != model_signature(model):
+        raise CheckpointError(_signature_mismatch(checkpoint.get("signature") or {}, model_signature(model)))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), cfg

@@ -283,3 +283,22 @@ def test_resume_into_an_empty_folder_starts_the_run(tmp_path):
     train(tiny_config(max_steps=3), out, resume=True, progress=False)
     events = [json.loads(x)["event"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert events[0] == "start" and events[-1] == "end"
+
+
+def test_load_model_and_simulate_a_checkpoint(tmp_path, capsys):
+    from su_neuro.train import load_model
+
+    train(tiny_config(), tmp_path / "run", progress=False)
+    model, cfg = load_model(tmp_path / "run")
+    assert cfg.hidden_size == 12 and not model.training
+    x = torch.zeros(2, 13, model.rnn.input_size)
+    x[:, :, 0] = 1.0
+    assert model(x).shape == (2, 13, model.head.out_features)
+    trace = tmp_path / "sim.h5"
+    argv = ["simulate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--task", "copy",
+            "--samples", "4", "--backend", "torch", "--trace", str(trace), "--no-progress"]
+    assert main(argv) == 0
+    assert "update rate" in capsys.readouterr().out
+    from su_neuro import traces
+
+    assert traces.read(trace).num_samples == 4

@@ -47,9 +47,11 @@ def _population(args):
     if args.checkpoint:
         from ..train import load_model
 
-        model, _ = load_model(args.checkpoint)
+        model, cfg = load_model(args.checkpoint)
         layer = model.rnn
         layer.backend = args.backend
+        if args.task == cfg.task:  # the checkpoint's own task: use its options (delay, sizes, ...)
+            args.task_options = dict(cfg.task_options)
         return layer
     gate = {"kind": args.gate}
     if args.gate == "rhythmic":
@@ -69,7 +71,7 @@ def _source(args, layer):
     if args.task:
         from ..datasets import get_task
 
-        task = get_task(args.task)
+        task = get_task(args.task, **getattr(args, "task_options", {}))
         data = task.train if args.split == "train" else task.test
         n = min(args.samples, len(data))
         if n < 1:
