@@ -175,15 +175,20 @@ class RhythmicGate(Gate):
         self.omega = nn.Parameter(2 * math.pi * torch.arange(1, K + 1, dtype=torch.float32) / period)
 
     def preactivation(self, t0: int, steps: int) -> torch.Tensor:
-        """:math:`a_{t,i}` for t = t0 .. t0+steps-1, shape (steps, H).
+        r""":math:`a_{t,i}` for t = t0 .. t0+steps-1, shape (steps, H).
 
-        The phase :math:`\\omega_k t + \\phi` is formed in float64 so that the gate of
-        step 100,000 is as exact as the gate of step 0 (float32 would lose ~1e-2 rad).
+        The shared phase :math:`\omega_k t` is formed in float64 and reduced modulo
+        :math:`2\pi` (a (steps, K) tensor), so step 100,000 is gated as exactly as step 0
+        (float32 would lose ~1e-2 rad there); the per-neuron part
+        :math:`\sin(\cdot + \phi_{i,k})` is then computed in the parameters' dtype.
+        Each step's value depends on t alone, so chunked and whole runs agree exactly.
         """
         t = torch.arange(t0, t0 + steps, device=self.bias.device, dtype=torch.float64)
-        angle = t[:, None, None] * self.omega.double()[None, None, :] + self.phi.double()[None]
-        a = self.bias.double()[None] + (self.alpha.double()[None] * torch.sin(angle)).sum(-1)
-        return a.to(self.bias.dtype)
+        base = torch.remainder(t[:, None] * self.omega.double()[None], 2 * math.pi).to(self.phi.dtype)
+        wave = torch.sin(base[:, None, :] + self.phi[None])  # (steps, H, K)
+        if self.harmonics == 1:
+            return self.bias[None] + self.alpha[:, 0][None] * wave[..., 0]
+        return self.bias[None] + (self.alpha[None] * wave).sum(-1)
 
     def plan(self, t0: int, steps: int, *, device=None, dtype=None) -> GateInput:
         a = self.preactivation(t0, steps)

@@ -4,8 +4,8 @@ Every binary decision in su_neuro (a rhythmic or event gate opening, a LIF neuro
 spiking) is a Heaviside step :math:`H(x) = [x > 0]` in the forward pass. Its backward
 pass uses a surrogate derivative :math:`\sigma'(x)`. The functions come from
 snnTorch's ``snntorch.surrogate`` module; the two compact-support shapes that snnTorch
-does not ship ("triangle", "rectangle") are built with snnTorch's own
-``custom_surrogate`` wrapper. Each entry also carries its derivative as a closed
+does not ship ("triangle", "rectangle"), and "sigmoid" (snnTorch's backward overflows to
+NaN in float32 for x < -3.5), are built with snnTorch's own ``custom_surrogate`` wrapper. Each entry also carries its derivative as a closed
 formula, which the tests check against the autograd backward and which the fused
 kernels evaluate inline.
 
@@ -14,7 +14,7 @@ name                   surrogate derivative :math:`\sigma'(x)`          support
 =====================  ===============================================  ==============
 ``atan``               :math:`\frac{\alpha/2}{1 + (\frac{\pi}{2}\alpha x)^2}`   everywhere
 ``fast_sigmoid``       :math:`1 / (s|x| + 1)^2`                          everywhere
-``sigmoid``            :math:`s e^{-sx} / (1 + e^{-sx})^2`               everywhere
+``sigmoid``            :math:`s e^{-s|x|} / (1 + e^{-s|x|})^2`           everywhere
 ``straight_through``   :math:`1`                                         everywhere
 ``triangle``           :math:`\max(0, 1 - |x|/w) / w`                    :math:`|x| < w`
 ``rectangle``          :math:`[|x| < w/2] / w`                           :math:`|x| < w/2`
@@ -65,7 +65,16 @@ def _snntorch_fn(name: str, p: dict[str, float]) -> Callable[[torch.Tensor], tor
     if name == "fast_sigmoid":
         return sn.fast_sigmoid(slope=p["slope"])
     if name == "sigmoid":
-        return sn.sigmoid(slope=p["slope"])
+        # snnTorch's Sigmoid backward forms exp(-slope * x), which overflows in float32 for
+        # x < -3.5 at slope 25 and returns NaN; the derivative is even, so exp(-slope * |x|)
+        # gives the same values without overflow.
+        slope = p["slope"]
+
+        def sigmoid_grad(x, grad, _spikes):
+            e = torch.exp(-slope * x.abs())
+            return grad * slope * e / (1 + e) ** 2
+
+        return sn.custom_surrogate(sigmoid_grad)
     if name == "straight_through":
         return sn.straight_through_estimator()
     width = p["width"]
@@ -133,7 +142,7 @@ def surrogate_derivative(name: str, scale: float, x: torch.Tensor) -> torch.Tens
     if name == "fast_sigmoid":
         return 1.0 / (scale * x.abs() + 1.0) ** 2
     if name == "sigmoid":
-        e = torch.exp(-scale * x)
+        e = torch.exp(-scale * x.abs())
         return scale * e / (1 + e) ** 2
     if name == "straight_through":
         return torch.ones_like(x)

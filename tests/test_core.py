@@ -176,6 +176,13 @@ def test_each_surrogate_backward_matches_its_formula(name):
     assert_close(name, s.derivative(x.detach()), x.grad, 1e-12)
 
 
+@pytest.mark.parametrize("name", SURROGATES)
+def test_surrogates_stay_finite_in_float32(name):
+    x = torch.tensor([-50.0, -4.0, -1e-3, 0.0, 1e-3, 4.0, 50.0], requires_grad=True)
+    get_surrogate(name)(x).sum().backward()
+    assert torch.isfinite(x.grad).all(), x.grad
+
+
 def test_surrogate_errors_and_compact_support():
     with pytest.raises(ValueError, match="valid names: atan"):
         get_surrogate("nope")

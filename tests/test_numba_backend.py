@@ -227,3 +227,13 @@ def test_delta_accumulation_drift_t100k():
     # the event gate was sparse and data dependent over the whole run
     rate = (outs[1].diff(dim=1) != 0).float().mean().item()
     assert 0.01 < rate < 0.99
+
+
+def test_inplace_edit_of_an_output_is_caught_before_backward():
+    from su_neuro import SUGRU
+
+    layer = SUGRU(2, 5, gate={"kind": "rhythmic", "init_rate": 0.5}, backend="numba")
+    out, _ = layer(torch.randn(3, 6, 2))
+    out.mul_(2.0)  # the kernel's saved state shares this memory
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

@@ -73,8 +73,9 @@ def _make(cell, kind, B, H, *, recurrent=True, bias=True, reset="subtract", seed
         # superset of the open rows and a strict subset of all rows (asserted in check)
         gate = RhythmicGate(H, init_rate=0.4, period=5.0, surrogate="triangle",
                             surrogate_params={"width": RHYTHM_WIDTH})
-        with torch.no_grad():  # phases spread over the period, jittered (no global RNG)
-            gate.phi[:, 0] = 2 * torch.pi * (torch.arange(H) + 0.5 * torch.rand(H, generator=g)) / H
+        jitter = torch.rand(H, generator=torch.Generator().manual_seed(seed + 7))
+        with torch.no_grad():  # phases spread over the period (same for every cell)
+            gate.phi[:, 0] = 2 * torch.pi * (torch.arange(H) + 0.5 * jitter) / H
     elif kind == "event":
         gate = EventGate(H, init_threshold=threshold, surrogate=event_surrogate,
                          surrogate_params={"width": 0.5} if event_surrogate in ("triangle", "rectangle") else {})

@@ -172,8 +172,8 @@ def plot(result: dict, path: Path) -> None:
             if not rs:
                 continue
             c = torch.tensor([r["loss"] for r in rs])
-            m, s = c.mean(0), c.std(0, unbiased=False)
-            steps = torch.arange(1, c.shape[1] + 1)
+            m, s = c.mean(0).numpy(), c.std(0, unbiased=False).numpy()
+            steps = torch.arange(1, c.shape[1] + 1).numpy()
             label = f"su{cell.upper()} rhythmic" if gate == "rhythmic" else f"{cell.upper()} dense"
             ax.plot(steps, m, color=colors[gate], label=label)
             ax.fill_between(steps, m - s, m + s, color=colors[gate], alpha=0.25)

@@ -117,9 +117,9 @@ def plot_maps(result: dict, path: Path) -> None:
             panels.append((f"layer {k + 1} mean Δh", deltas[k], "RdBu_r", "sym"))
         for c, (title, values, cmap, lim) in enumerate(panels):
             ax = axes[r, c]
-            a = torch.tensor(values).reshape(side, side)
+            a = torch.tensor(values).reshape(side, side).numpy()
             if lim == "sym":
-                m = float(a.abs().max()) or 1.0
+                m = float(abs(a).max()) or 1.0
                 im = ax.imshow(a, cmap=cmap, vmin=-m, vmax=m)
             elif lim is None:
                 im = ax.imshow(a, cmap=cmap)

@@ -4,6 +4,12 @@ Layouts (float32, C order): xp (B, T, G), h0 (B, H), W (G, H) = w_hh, WT (H, G) 
 transpose, bias (G,), gate rows g (T, H); compacted compute set: step t's neurons are
 idx[off[t]:off[t+1]]. Saved for backward (B, T, H): d = f - h, RNN f, GRU r, z, n, hn.
 Per-chunk gradient buffers (C, ...) are summed by the launcher.
+
+``forward`` / ``backward`` run prange over batch chunks. Event gate: ``_forward_chunk`` /
+``_backward_chunk`` (one sample at a time, delta-accumulated U h; they also implement the
+other gates, as the simplest statement of the arithmetic). Rhythmic and dense gates:
+``_forward_chunk_rd`` / ``_backward_chunk_rd`` (the chunk's samples share the time loop and
+each compacted row is taken for 4 samples at once).
 """
 
 from __future__ import annotations

@@ -79,8 +79,8 @@ def auto_pays(cell: str, batch: int, hidden: int) -> bool:
     "Numba CPU backend"; forward + backward, 2 threads).
 
     LIF: numba won at every measured size (B 1-32, H 8-1024). RNN/GRU: numba won up to
-    B·H = 4096 (B=32, H=128 training: 2x the reference) and lost at B·H = 8192 (B=32,
-    H=256: 0.35-0.47x), where the reference's batched GEMMs beat per-sample dot products.
+    B·H = 4096 (B=32, H=128 training: 2.5x the reference) and lost at B·H = 8192 (B=32,
+    H=256: 0.46-0.62x), where the reference's batched GEMMs beat the jitted dot products.
     """
     if cell == "lif":
         return True
@@ -213,6 +213,9 @@ class _Recurrence(torch.autograd.Function):
             sT = torch.empty(0)
             extra = (torch.empty(0), torch.from_numpy(gsave) if (save and gk == EVENT) else torch.empty(0))
         ctx.np_saved = (h0_n, out) + saved
+        # The numpy arrays above share memory with these tensors: saving the tensors makes
+        # autograd's version counters catch an in-place edit before backward reads them.
+        ctx.save_for_backward(out_t, h0, *(t for t in (w_hh, b_hh) if t is not None))
         ctx.mark_non_differentiable(*extra)
         return out_t, torch.from_numpy(hT), sT, *extra
 
@@ -223,6 +226,7 @@ class _Recurrence(torch.autograd.Function):
         gk = GATE_CODES[kind]
         off, idx = ctx.comp
         C = ctx.C
+        ctx.saved_tensors  # noqa: B018  (raises if an output or input was modified in place)
         h0_n, out = ctx.np_saved[:2]
         B, T, H = out.shape
         dout_n = _np(dout) if dout is not None else np.zeros((B, T, H), _F32)

@@ -33,10 +33,7 @@ def unsupported(cell: str, gate_kind: str, dtype) -> str | None:
 
 
 def auto_pays(cell: str, batch: int, hidden: int) -> bool:
-    """Whether ``backend="auto"`` should pick Triton for these sizes.
-
-    No GPU measurement exists yet (tools/bench_triton.py has not been run on a GPU;
-    docs/triton.md), so ``auto`` keeps the torch reference until the rule is measured.
-    ``backend="triton"`` selects the kernels explicitly.
-    """
-    return False
+    """Whether ``backend="auto"`` picks Triton for these sizes (measured on an H200,
+    docs/triton.md): LIF always; RNN / GRU up to H = 512. At H = 1024 and high update
+    rates the torch reference's cuBLAS GEMMs beat the per-row kernel."""
+    return cell == "lif" or hidden <= 512
