@@ -87,16 +87,12 @@ def resolve(name: str, device, cell: str, gate_kind: str, dtype, *, batch: int, 
         preferred = {"cuda": "triton", "cpu": "numba"}.get(device.type)
         if preferred is not None and available(preferred, device):
             try:
-                if _supports(preferred, cell, gate_kind, dtype) is None and _auto_pays(
-                    preferred, cell, batch, hidden
-                ):
+                if _supports(preferred, cell, gate_kind, dtype) is None and _auto_pays(preferred, cell, batch, hidden):
                     return preferred
             except (ImportError, BackendUnavailableError):
                 pass
         return "torch"
-    problem = _package_missing(name) or _device_problem(name, device) or _supports(
-        name, cell, gate_kind, dtype
-    )
+    problem = _package_missing(name) or _device_problem(name, device) or _supports(name, cell, gate_kind, dtype)
     if problem:
         raise BackendUnavailableError(problem)
     return name

@@ -282,9 +282,7 @@ def make_gate(spec: str | dict | Gate, hidden_size: int) -> Gate:
     """
     if isinstance(spec, Gate):
         if spec.hidden_size != hidden_size:
-            raise ValueError(
-                f"gate has hidden_size {spec.hidden_size} but the layer has {hidden_size}"
-            )
+            raise ValueError(f"gate has hidden_size {spec.hidden_size} but the layer has {hidden_size}")
         return spec
     kwargs: dict = {}
     if isinstance(spec, dict):

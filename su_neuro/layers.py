@@ -125,12 +125,12 @@ class SULayer(nn.Module):
     # torch.nn.RNN / GRU initialisation: U(-1/sqrt(H), 1/sqrt(H)) for every weight.
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for name, p in self.named_parameters(recurse=False):
+        for p in self.parameters(recurse=False):
             nn.init.uniform_(p, -bound, bound)
 
     def _layer_weights(self, k: int):
-        get = lambda n: getattr(self, f"{n}_l{k}", None)
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        return tuple(getattr(self, f"{n}_l{k}", None) for n in names)
 
     def _lif(self, k: int) -> LIFParams | None:
         return None
@@ -149,7 +149,9 @@ class SULayer(nn.Module):
         if isinstance(state, torch.Tensor):
             state = SUState(state, 0, torch.zeros_like(state) if self.cell == "lif" else None)
         if not isinstance(state, SUState):
-            raise TypeError(f"state must be an SUState, a tensor (num_layers, B, H) or None; got {type(state).__name__}")
+            raise TypeError(
+                f"state must be an SUState, a tensor (num_layers, B, H) or None; got {type(state).__name__}"
+            )
         want = (self.num_layers, B, self.hidden_size)
         if not isinstance(state.h, torch.Tensor) or tuple(state.h.shape) != want:
             got = tuple(state.h.shape) if isinstance(state.h, torch.Tensor) else type(state.h).__name__
@@ -158,9 +160,7 @@ class SULayer(nn.Module):
                 "was the state made by another layer or batch?"
             )
         if state.h.dtype != x.dtype or state.h.device != x.device:
-            raise TypeError(
-                f"state.h is {state.h.dtype} on {state.h.device} but the input is {x.dtype} on {x.device}"
-            )
+            raise TypeError(f"state.h is {state.h.dtype} on {state.h.device} but the input is {x.dtype} on {x.device}")
         if isinstance(state.t, bool) or not isinstance(state.t, int) or state.t < 0:
             raise ValueError(f"state.t must be a non-negative integer step index, got {state.t!r}")
         if self.cell == "lif":
@@ -198,9 +198,7 @@ class SULayer(nn.Module):
             xp = F.linear(inp, w_ih, b_ih)
             gate = self.gates[k].plan(state.t, T, device=x.device, dtype=x.dtype)
             s0 = state.s[k] if state.s is not None else None
-            out, hT, sT, rec = impl.recurrence(
-                self.cell, xp, state.h[k], s0, w_hh, b_hh, gate, self._lif(k), record
-            )
+            out, hT, sT, rec = impl.recurrence(self.cell, xp, state.h[k], s0, w_hh, b_hh, gate, self._lif(k), record)
             if rec is not None and gate.kind == "rhythmic" and not rec.gate.requires_grad:
                 # fused backends record detached gates; the rhythmic gate's sequence is
                 # batch uniform, so the differentiable one is at hand
@@ -255,7 +253,9 @@ class _TorchCompatible(SULayer):
             >>> sparse = SUGRU.from_torch(gru, gate={"kind": "rhythmic", "init_rate": 0.1})
         """
         if not isinstance(module, cls._torch_type):
-            raise TypeError(f"{cls.__name__}.from_torch takes a {cls._torch_type.__name__}, got {type(module).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_torch takes a {cls._torch_type.__name__}, got {type(module).__name__}"
+            )
         if not module.batch_first:
             raise ValueError("from_torch needs a batch_first=True module (su_neuro layers are batch first)")
         if module.bidirectional:
@@ -367,9 +367,7 @@ class SULIF(SULayer):
         self.threshold = threshold
         self.reset = reset
         self.spike_grad = get_surrogate(spike_grad, **(spike_grad_params or {}))
-        super().__init__(
-            input_size, hidden_size, num_layers, bias, gate, dropout, backend, check_finite, recurrent
-        )
+        super().__init__(input_size, hidden_size, num_layers, bias, gate, dropout, backend, check_finite, recurrent)
         beta_t = torch.as_tensor(beta, dtype=torch.float32).flatten()
         if beta_t.numel() == 1:
             beta_t = beta_t.expand(hidden_size).clone()
@@ -397,8 +395,7 @@ class SULIF(SULayer):
 
     def extra_repr(self) -> str:
         return (
-            super().extra_repr()
-            + f", threshold={self.threshold}, reset={self.reset!r}, recurrent={self.recurrent}, "
+            super().extra_repr() + f", threshold={self.threshold}, reset={self.reset!r}, recurrent={self.recurrent}, "
             f"spike_grad={self.spike_grad.name!r}"
         )
 

@@ -66,7 +66,9 @@ class SequenceClassifier(_StackModel):
         >>> logits, records = model(torch.randn(4, 784, 1), record=True)
     """
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, num_classes: int, readout: str = "last", **layer_kwargs):
+    def __init__(
+        self, cell: str, input_size: int, hidden_size: int, num_classes: int, readout: str = "last", **layer_kwargs
+    ):
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; valid readouts: {', '.join(READOUTS)}")
         if readout == "spike_count" and cell != "lif":

@@ -5,14 +5,14 @@ spiking) is a Heaviside step :math:`H(x) = [x > 0]` in the forward pass. Its bac
 pass uses a surrogate derivative :math:`\sigma'(x)`. The functions come from
 snnTorch's ``snntorch.surrogate`` module; the two compact-support shapes that snnTorch
 does not ship ("triangle", "rectangle"), and "sigmoid" (snnTorch's backward overflows to
-NaN in float32 for x < -3.5), are built with snnTorch's own ``custom_surrogate`` wrapper. Each entry also carries its derivative as a closed
-formula, which the tests check against the autograd backward and which the fused
-kernels evaluate inline.
+NaN in float32 for x < -3.5), are built with snnTorch's own ``custom_surrogate``
+wrapper. Each entry also carries its derivative as a closed formula, which the tests
+check against the autograd backward and which the fused kernels evaluate inline.
 
 =====================  ===============================================  ==============
 name                   surrogate derivative :math:`\sigma'(x)`          support
 =====================  ===============================================  ==============
-``atan``               :math:`\frac{\alpha/2}{1 + (\frac{\pi}{2}\alpha x)^2}`   everywhere
+``atan``               :math:`(\alpha/2) / (1 + (\pi \alpha x / 2)^2)`     everywhere
 ``fast_sigmoid``       :math:`1 / (s|x| + 1)^2`                          everywhere
 ``sigmoid``            :math:`s e^{-s|x|} / (1 + e^{-s|x|})^2`           everywhere
 ``straight_through``   :math:`1`                                         everywhere

@@ -77,7 +77,7 @@ def test_gradcheck_inputs_weights_initial_state(cell, gate):
     h0 = (0.3 * torch.randn(2, 2, 3, dtype=torch.float64)).requires_grad_()
 
     def f(x, h0, *ws):
-        params = dict(zip(names, ws))
+        params = dict(zip(names, ws, strict=True))
         state = SUState(h0, 0, torch.zeros_like(h0) if cell == "lif" else None)
         out, st = functional_call(layer, params, (x, state))
         return out, st.h
@@ -112,7 +112,9 @@ def test_rhythmic_gate_parameter_gradients_follow_surrogate_formula():
     # dL/dg from the same loop with the gate sequence as a leaf
     g_leaf = gate.plan(t0, T).values.detach().requires_grad_()
     xp = torch.nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0)
-    out2, *_ = recurrence("gru", xp, state.h[0], None, layer.weight_hh_l0, layer.bias_hh_l0, GateInput("rhythmic", g_leaf))
+    out2, *_ = recurrence(
+        "gru", xp, state.h[0], None, layer.weight_hh_l0, layer.bias_hh_l0, GateInput("rhythmic", g_leaf)
+    )
     (dg,) = torch.autograd.grad((out2 * w).sum(), g_leaf)
 
     with torch.no_grad():
@@ -138,7 +140,13 @@ def test_event_gate_gradients_follow_surrogate_formula(cell):
     torch.manual_seed(3)
     H = 6
     kw = dict(beta=0.9, threshold=1.0, recurrent=True) if cell == "lif" else {}
-    layer = build_layer(cell, 4, H, gate={"kind": "event", "init_threshold": 0.3, "surrogate": "triangle", "surrogate_params": {"width": 0.5}}, **kw).double()
+    layer = build_layer(
+        cell,
+        4,
+        H,
+        gate={"kind": "event", "init_threshold": 0.3, "surrogate": "triangle", "surrogate_params": {"width": 0.5}},
+        **kw,
+    ).double()
     x = torch.randn(3, 1, 4, dtype=torch.float64, requires_grad=True)
     h0 = 0.5 * torch.randn(1, 3, H, dtype=torch.float64)
     state = SUState(h0, 0, torch.zeros_like(h0) if cell == "lif" else None)
@@ -234,7 +242,9 @@ def test_gradient_reaches_t0_undiminished_through_closed_steps(cell):
     xp = torch.nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0)
     h0 = torch.randn(1, H, dtype=torch.float64, requires_grad=True)
     s0 = torch.zeros(1, H, dtype=torch.float64) if cell == "lif" else None
-    _, hT, _, _ = recurrence(cell, xp, h0, s0, layer.weight_hh_l0, layer.bias_hh_l0, GateInput("rhythmic", g), layer._lif(0))
+    _, hT, _, _ = recurrence(
+        cell, xp, h0, s0, layer.weight_hh_l0, layer.bias_hh_l0, GateInput("rhythmic", g), layer._lif(0)
+    )
     hT[0, 0].backward()
     assert hT[0, 0].item() == h0[0, 0].item()
     assert h0.grad[0, 0].item() == 1.0
@@ -257,8 +267,10 @@ def test_dense_gate_reproduces_torch_rnn_gru(kind, num_layers):
     assert_close("h_T", h_ref, st.h, 1e-5)
     gy = torch.randn_like(y)
     grads_ref = torch.autograd.grad((y_ref * gy).sum(), [x, *tm.parameters()])
-    grads = torch.autograd.grad((y * gy).sum(), [x, *[p for n, p in su.named_parameters() if not n.startswith("gates")]])
-    for a, b in zip(grads_ref, grads):
+    grads = torch.autograd.grad(
+        (y * gy).sum(), [x, *[p for n, p in su.named_parameters() if not n.startswith("gates")]]
+    )
+    for a, b in zip(grads_ref, grads, strict=True):
         assert_close("grad", a, b, 1e-5)
 
 
@@ -350,7 +362,10 @@ def test_rhythmic_gate_init_rate_and_parameters():
         assert abs(gate.plan(0, 400).values.mean().item() - rate) < 0.01
     gate = RhythmicGate(10, harmonics=3)
     assert dict((n, tuple(p.shape)) for n, p in gate.named_parameters()) == {
-        "bias": (10,), "alpha": (10, 3), "phi": (10, 3), "omega": (3,)
+        "bias": (10,),
+        "alpha": (10, 3),
+        "phi": (10, 3),
+        "omega": (3,),
     }
     with pytest.raises(ValueError, match="init_rate"):
         RhythmicGate(4, init_rate=1.5)
@@ -468,7 +483,9 @@ def test_import_is_cheap():
 def test_classifier_trains_a_step(readout):
     torch.manual_seed(10)
     cell = "lif" if readout == "spike_count" else "gru"
-    model = SequenceClassifier(cell, 3, 12, 4, readout=readout, num_layers=2, gate={"kind": "rhythmic", "init_rate": 0.3})
+    model = SequenceClassifier(
+        cell, 3, 12, 4, readout=readout, num_layers=2, gate={"kind": "rhythmic", "init_rate": 0.3}
+    )
     x, y = torch.randn(5, 20, 3), torch.randint(0, 4, (5,))
     logits, recs = model(x, record=True)
     assert logits.shape == (5, 4) and list(recs) == ["layers.0", "layers.1"]

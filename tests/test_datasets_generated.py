@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from su_neuro.datasets import IGNORE_INDEX, get_task, pad_collate
 
 SMALL = {"n_train": 32, "n_test": 8}

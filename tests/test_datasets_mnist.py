@@ -5,6 +5,7 @@ import gzip
 import numpy as np
 import pytest
 import torch
+
 from su_neuro.datasets import DatasetNotFoundError, get_task
 from su_neuro.datasets.mnist import read_idx
 

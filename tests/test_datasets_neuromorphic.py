@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+
 from su_neuro.datasets import DatasetNotFoundError, get_task
 
 pytest.importorskip("tonic")

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+
 from su_neuro.datasets import Task, get_task, list_tasks, task_options
 
 EXPECTED = [

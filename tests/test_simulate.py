@@ -35,7 +35,7 @@ def test_poisson_chunks_are_deterministic_and_bounded():
     a = list(poisson_chunks(1, 250, 5, 0.3, chunk=100, seed=3))
     b = list(poisson_chunks(1, 250, 5, 0.3, chunk=100, seed=3))
     assert [c.shape[1] for c in a] == [100, 100, 50]
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
     assert 0.2 < torch.cat(a, 1).mean().item() < 0.4
     with pytest.raises(ValueError, match="rate"):
         next(poisson_chunks(1, 10, 2, 1.5))
@@ -50,9 +50,29 @@ def test_simulate_command_writes_a_segmented_trace(tmp_path, capsys):
     from su_neuro.cli import main
 
     path = tmp_path / "sim.h5"
-    argv = ["simulate", "--cell", "lif", "--recurrent", "--hidden", "24", "--input-size", "5", "--steps", "300",
-            "--chunk", "100", "--batch", "2", "--rate", "0.2", "--backend", "torch", "--trace", str(path),
-            "--no-progress"]
+    argv = [
+        "simulate",
+        "--cell",
+        "lif",
+        "--recurrent",
+        "--hidden",
+        "24",
+        "--input-size",
+        "5",
+        "--steps",
+        "300",
+        "--chunk",
+        "100",
+        "--batch",
+        "2",
+        "--rate",
+        "0.2",
+        "--backend",
+        "torch",
+        "--trace",
+        str(path),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "update rate      0.2000" in out and "neuron-steps/s" in out
@@ -70,8 +90,25 @@ def test_simulate_command_writes_a_segmented_trace(tmp_path, capsys):
 def test_simulate_command_rejects_bad_arguments(tmp_path, capsys):
     from su_neuro.cli import main
 
-    assert main(["simulate", "--steps", "250", "--chunk", "100", "--trace", str(tmp_path / "x.h5"),
-                 "--backend", "torch", "--hidden", "8", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "simulate",
+                "--steps",
+                "250",
+                "--chunk",
+                "100",
+                "--trace",
+                str(tmp_path / "x.h5"),
+                "--backend",
+                "torch",
+                "--hidden",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "multiple of --chunk" in capsys.readouterr().err
     assert main(["simulate", "--gate", "bogus", "--hidden", "8", "--no-progress"]) == 2
     assert "unknown gate 'bogus'" in capsys.readouterr().err

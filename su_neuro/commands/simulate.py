@@ -78,7 +78,9 @@ def _source(args, layer):
             raise ValueError(f"--samples must be at least 1, got {args.samples}")
         xs = torch.stack([data[i][0] for i in range(n)]).to(layer.weight_ih_l0.dtype)
         if xs.shape[-1] != layer.input_size:
-            raise ValueError(f"task {args.task!r} has {xs.shape[-1]} inputs but the population takes {layer.input_size}")
+            raise ValueError(
+                f"task {args.task!r} has {xs.shape[-1]} inputs but the population takes {layer.input_size}"
+            )
         # a dataset sample is one chunk: the trace holds whole samples
         return split_chunks(xs, xs.shape[1]), xs.shape[0], xs.shape[1]
     if args.checkpoint is None and args.input_size != layer.input_size:
