@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 
+#: default width of a compact surrogate on the rhythmic gate (amplitude alpha = 1)
+RHYTHMIC_WIDTH = 0.25
+
+
 class GateInput(NamedTuple):
     """What a time loop needs from a gate for one sequence.
 
@@ -123,6 +127,9 @@ class RhythmicGate(Gate):
         period: base period P in steps (default ``1 / init_rate``).
         surrogate: name of the Heaviside's surrogate (see :mod:`su_neuro.surrogate`).
         surrogate_params: shape parameter(s) of the surrogate, e.g. ``{"width": 0.5}``.
+            The compact surrogates default to width ``RHYTHMIC_WIDTH`` = 0.25 here (see
+            docs/core.md: the support, where training needs a candidate, is about 25 % of
+            the steps at a 10 % rate; width 1 would make it half of every period).
 
     Parameters: ``bias`` (H), ``alpha`` (H, K), ``phi`` (H, K), ``omega`` (K), all trainable.
 
@@ -158,7 +165,9 @@ class RhythmicGate(Gate):
         self.harmonics = harmonics
         self.init_rate = init_rate
         self.period = period
-        self.surrogate = get_surrogate(surrogate, **(surrogate_params or {}))
+        params = {"width": RHYTHMIC_WIDTH} if surrogate in ("triangle", "rectangle") else {}
+        params.update(surrogate_params or {})
+        self.surrogate = get_surrogate(surrogate, **params)
 
         H, K = hidden_size, harmonics
         alpha = torch.zeros(H, K)

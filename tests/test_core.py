@@ -99,7 +99,7 @@ def test_gradcheck_lif_initial_spikes():
 def test_rhythmic_gate_parameter_gradients_follow_surrogate_formula():
     torch.manual_seed(2)
     H, K, T, t0 = 5, 2, 40, 7
-    gate = RhythmicGate(H, harmonics=K, init_rate=0.3, surrogate="triangle").double()
+    gate = RhythmicGate(H, harmonics=K, init_rate=0.3, surrogate="triangle", surrogate_params={"width": 1.0}).double()
     with torch.no_grad():
         gate.alpha[:, 1] = 0.4  # exercise the second harmonic too
     layer = SUGRU(3, H, gate=gate).double()
@@ -520,6 +520,14 @@ def test_readme_example_trains_a_sugru():
         first = first if first is not None else loss.item()
     assert loss.item() < 0.6 * first
     assert math.isfinite(loss.item())
+
+
+def test_rhythmic_default_support_follows_the_rate():
+    """With the default surrogate, training needs candidates on ~25 % of steps at a 10 % rate."""
+    gate = RhythmicGate(400, init_rate=0.1)
+    assert gate.surrogate.name == "triangle" and gate.surrogate.params == {"width": 0.25}
+    frac = gate.plan(0, 100).support.float().mean().item()
+    assert 0.2 < frac < 0.3, frac
 
 
 def test_rhythmic_support_marks_open_steps_and_surrogate_support():
