@@ -105,8 +105,7 @@ def _compare(layer, x):
 # ------------------------------------------------------------------------ cross product
 @pytest.mark.parametrize(
     "cell,gate,T,B",
-    [(c, g, T, B) for (c, g), (T, B) in itertools.product(
-        itertools.product(CELLS, GATES), [(1, 3), (15, 1), (63, 3)])],
+    [(c, g, T, B) for (c, g), (T, B) in itertools.product(itertools.product(CELLS, GATES), [(1, 3), (15, 1), (63, 3)])],
 )
 def test_matches_reference(cell, gate, T, B):
     layer = _layer(cell, gate, F=5, H=13)
@@ -114,8 +113,7 @@ def test_matches_reference(cell, gate, T, B):
     _compare(layer, x)
 
 
-@pytest.mark.parametrize("cell,gate", [("gru", "rhythmic"), ("rnn", "event"), ("lif", "dense"),
-                                       ("lif", "rhythmic")])
+@pytest.mark.parametrize("cell,gate", [("gru", "rhythmic"), ("rnn", "event"), ("lif", "dense"), ("lif", "rhythmic")])
 def test_matches_reference_t300(cell, gate):
     layer = _layer(cell, gate, F=3, H=29)
     x = torch.randn(3, 300, 3, generator=torch.Generator().manual_seed(300))
@@ -128,6 +126,25 @@ def test_sample_blocks(cell, gate):
     layer = _layer(cell, gate, F=3, H=13)
     x = torch.randn(11, 15, 3, generator=torch.Generator().manual_seed(11))
     _compare(layer, x)
+
+
+@pytest.mark.parametrize(
+    "cell,gate,B,T",
+    [("rnn", "rhythmic", 3, 63), ("gru", "rhythmic", 11, 15), ("rnn", "dense", 11, 15), ("gru", "dense", 3, 63)],
+)
+def test_gemm_path(monkeypatch, cell, gate, B, T):
+    """The per-step BLAS GEMM kernels (chunks of >= GEMM_MIN_BATCH samples), forced here
+    for every chunk; a rhythmic gate at rate 1 takes the no-gather (every row) branch."""
+    from su_neuro.kernels.numba import ops
+
+    monkeypatch.setattr(ops, "GEMM_MIN_BATCH", 1)
+    layer = _layer(cell, gate, F=3, H=13)
+    x = torch.randn(B, T, 3, generator=torch.Generator().manual_seed(B))
+    _compare(layer, x)
+    if gate == "rhythmic":
+        torch.manual_seed(0)
+        full = build_layer(cell, 3, 13, gate={"kind": "rhythmic", "init_rate": 1.0})
+        _compare(full, x)
 
 
 @pytest.mark.parametrize("name", SURROGATES)
@@ -179,7 +196,7 @@ def test_rhythmic_support_limits_work_not_result():
     w, b = 0.3 * torch.randn(3 * H, H), torch.randn(3 * H)
 
     class WithSupport(GateInput):
-        support = (a.detach().abs() < 0.5)
+        support = a.detach().abs() < 0.5
 
     grads = []
     for gate in (GateInput("rhythmic", sur(a)), WithSupport("rhythmic", sur(a))):

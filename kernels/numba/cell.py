@@ -573,6 +573,260 @@ def _backward_chunk_rd(
             dh0[lo + q, j] = lam[q, j]
 
 
+# ------------------------------------------------------ rhythmic / dense: per-step GEMM
+# For chunks of at least ``gemm_min`` samples (ops.GEMM_MIN_BATCH) each step is two or
+# three small GEMMs through BLAS (``np.dot`` on contiguous float32 buffers): the step's
+# compute rows of W are gathered once (no gather when every row computes), the chunk's
+# states multiply them (m x H)·(H x N), and in the backward the open rows' Jacobian rows
+# V (N x m) give lambda += V^T W_rows and dW_rows += V h_prev. Same arithmetic as the
+# ``_rd`` kernels, BLAS summation order. Saved values are compact, (nnz, B): position
+# off[t] + k (rhythmic) or t*H + k (dense) of step t's k-th computed neuron, so only the
+# computed entries are allocated and written (d is not saved for the dense gate).
+
+
+@nb.njit(cache=True, fastmath=True)
+def _forward_chunk_gemm(
+    c,
+    is_gru,
+    gkind,
+    xp,
+    h0,
+    W,
+    bias,
+    gvals,
+    off,
+    idx,
+    save,
+    nchunks,
+    out,
+    hT,
+    dsave,
+    fsave,
+    rsave,
+    zsave,
+    nsave,
+    hnsave,
+):
+    B, T, G = xp.shape
+    H = h0.shape[1]
+    lo, hi = chunk(c, nchunks, B)
+    m = hi - lo
+    nr = 3 if is_gru else 1
+    hs = np.empty((m, H), np.float32)
+    fb = np.empty((m, H), np.float32)
+    wg = np.empty((G, H), np.float32)
+    accb = np.empty(m * G, np.float32)
+    for q in range(m):
+        for j in range(H):
+            hs[q, j] = h0[lo + q, j]
+    for t in range(T):
+        n_t = H if gkind == DENSE else off[t + 1] - off[t]
+        base = 0 if gkind == DENSE else off[t]
+        N = nr * n_t
+        if N > 0:
+            acc = accb[: m * N].reshape((m, N))
+            if n_t == H:  # every row computes: W as it is
+                np.dot(hs, W.T, acc)
+            else:
+                for r3 in range(nr):
+                    for k in range(n_t):
+                        src = r3 * H + idx[base + k]
+                        dst = r3 * n_t + k
+                        for j in range(H):
+                            wg[dst, j] = W[src, j]
+                np.dot(hs, wg[:N].T, acc)
+            pb = t * H if gkind == DENSE else base
+            for k in range(n_t):
+                i = k if gkind == DENSE else idx[base + k]
+                p = pb + k
+                for q in range(m):
+                    b = lo + q
+                    hi_ = hs[q, i]
+                    if is_gru:
+                        hn = acc[q, 2 * n_t + k] + bias[2 * H + i]
+                        r = np.float32(_sigmoid(xp[b, t, i] + (acc[q, k] + bias[i])))
+                        z = np.float32(_sigmoid(xp[b, t, H + i] + (acc[q, n_t + k] + bias[H + i])))
+                        n = np.float32(math.tanh(xp[b, t, 2 * H + i] + r * hn))
+                        f = np.float32((1.0 - z) * n + z * hi_)
+                        if save:
+                            rsave[p, b] = r
+                            zsave[p, b] = z
+                            nsave[p, b] = n
+                            hnsave[p, b] = hn
+                    else:
+                        f = np.float32(math.tanh(xp[b, t, i] + (acc[q, k] + bias[i])))
+                        if save:
+                            fsave[p, b] = f
+                    fb[q, k] = f
+                    if save and gkind != DENSE:
+                        dsave[p, b] = f - hi_
+            for q in range(m):
+                if gkind == DENSE:
+                    for k in range(n_t):
+                        hs[q, k] = fb[q, k]
+                else:
+                    for k in range(n_t):
+                        i = idx[base + k]
+                        g = gvals[t, i]
+                        if g != 0:
+                            hs[q, i] = hs[q, i] + g * (fb[q, k] - hs[q, i])
+        for q in range(m):
+            for j in range(H):
+                out[lo + q, t, j] = hs[q, j]
+    for q in range(m):
+        for j in range(H):
+            hT[lo + q, j] = hs[q, j]
+
+
+@nb.njit(cache=True, fastmath=True)
+def _backward_chunk_gemm(
+    c,
+    is_gru,
+    gkind,
+    h0,
+    W,
+    gvals,
+    off,
+    idx,
+    nchunks,
+    out,
+    dsave,
+    fsave,
+    rsave,
+    zsave,
+    nsave,
+    hnsave,
+    dout,
+    dhT,
+    dxp,
+    dh0,
+    dW,
+    db,
+    dg,
+):
+    B, T, G = dxp.shape
+    H = h0.shape[1]
+    lo, hi = chunk(c, nchunks, B)
+    m = hi - lo
+    nr = 3 if is_gru else 1
+    lam = np.empty((m, H), np.float32)
+    lamp = np.empty((m, H), np.float32)
+    tmp = np.empty((m, H), np.float32)
+    hp = np.empty((m, H), np.float32)
+    vt = np.empty((G, m), np.float32)
+    wg = np.empty((G, H), np.float32)
+    dwb = np.empty((G, H), np.float32)
+    act = np.empty(H, np.int64)
+    actk = np.empty(H, np.int64)
+    dWc = dW[c]
+    dbc = db[c]
+    dgc = dg[c]
+    for q in range(m):
+        for j in range(H):
+            lam[q, j] = dhT[lo + q, j]
+    for t in range(T - 1, -1, -1):
+        for q in range(m):
+            for j in range(H):
+                lam[q, j] += dout[lo + q, t, j]
+                lamp[q, j] = lam[q, j]
+        n_t = H if gkind == DENSE else off[t + 1] - off[t]
+        base = 0 if gkind == DENSE else off[t]
+        pb = t * H if gkind == DENSE else base
+        # pass 1: the gate's gradient, and the rows whose Jacobian is needed (dd != 0)
+        na = 0
+        for k in range(n_t):
+            i = k if gkind == DENSE else idx[base + k]
+            active = False
+            for q in range(m):
+                li = lam[q, i]
+                if gkind == DENSE:
+                    dd = li
+                else:
+                    dgc[t, i] += li * dsave[pb + k, lo + q]
+                    dd = gvals[t, i] * li
+                if dd != 0:
+                    active = True
+            if active:
+                act[na] = i
+                actk[na] = pb + k
+                na += 1
+        if na == 0:
+            for q in range(m):
+                for j in range(H):
+                    lam[q, j] = lamp[q, j]
+            continue
+        # pass 2: Jacobian rows V (row r3*na + a, column q)
+        for a in range(na):
+            i = act[a]
+            p = actk[a]
+            for q in range(m):
+                b = lo + q
+                li = lam[q, i]
+                dd = li if gkind == DENSE else gvals[t, i] * li
+                if dd == 0:
+                    for r3 in range(nr):
+                        vt[r3 * na + a, q] = 0
+                    continue
+                lamp[q, i] -= dd
+                if is_gru:
+                    r = rsave[p, b]
+                    z = zsave[p, b]
+                    n = nsave[p, b]
+                    hpi = out[b, t - 1, i] if t > 0 else h0[b, i]
+                    dn = dd * (1 - z)
+                    dz = dd * (hpi - n)
+                    lamp[q, i] += dd * z
+                    dan = dn * (1 - n * n)
+                    dr = dan * hnsave[p, b]
+                    daz = dz * z * (1 - z)
+                    dar = dr * r * (1 - r)
+                    dxp[b, t, i] = dar
+                    dxp[b, t, H + i] = daz
+                    dxp[b, t, 2 * H + i] = dan
+                    vt[a, q] = dar
+                    vt[na + a, q] = daz
+                    vt[2 * na + a, q] = dan * r
+                else:
+                    f = fsave[p, b]
+                    da = dd * (1 - f * f)
+                    dxp[b, t, i] = da
+                    vt[a, q] = da
+        N = nr * na
+        v = vt[:N]
+        full = na == H
+        if full:
+            np.dot(v.T, W, tmp)
+        else:
+            for r3 in range(nr):
+                for a in range(na):
+                    src = r3 * H + act[a]
+                    dst = r3 * na + a
+                    for j in range(H):
+                        wg[dst, j] = W[src, j]
+            np.dot(v.T, wg[:N], tmp)
+        for q in range(m):
+            for j in range(H):
+                lam[q, j] = lamp[q, j] + tmp[q, j]
+        for q in range(m):
+            for j in range(H):
+                hp[q, j] = out[lo + q, t - 1, j] if t > 0 else h0[lo + q, j]
+        dws = dwb[:N]
+        np.dot(v, hp, dws)
+        for r3 in range(nr):
+            for a in range(na):
+                src = r3 * na + a
+                row = r3 * H + act[a]
+                s = np.float32(0.0)
+                for q in range(m):
+                    s += vt[src, q]
+                dbc[row] += s
+                for j in range(H):
+                    dWc[row, j] += dws[src, j]
+    for q in range(m):
+        for j in range(H):
+            dh0[lo + q, j] = lam[q, j]
+
+
 @nb.njit(cache=True, parallel=True)
 def forward(
     is_gru,
@@ -746,3 +1000,29 @@ def backward(
             dg,
             dth,
         )
+
+
+@nb.njit(cache=True, parallel=True)
+def forward_gemm(
+    is_gru, gkind, xp, h0, W, bias, gvals, off, idx, save, nchunks,
+    out, hT, dsave, fsave, rsave, zsave, nsave, hnsave,
+):  # fmt: skip
+    """Rhythmic / dense gates, chunks of >= GEMM_MIN_BATCH samples; compact (nnz, B) saves."""
+    for c in nb.prange(nchunks):
+        _forward_chunk_gemm(
+            c, is_gru, gkind, xp, h0, W, bias, gvals, off, idx, save, nchunks,
+            out, hT, dsave, fsave, rsave, zsave, nsave, hnsave,
+        )  # fmt: skip
+
+
+@nb.njit(cache=True, parallel=True)
+def backward_gemm(
+    is_gru, gkind, h0, W, gvals, off, idx, nchunks, out, dsave, fsave,
+    rsave, zsave, nsave, hnsave, dout, dhT, dxp, dh0, dW, db, dg,
+):  # fmt: skip
+    """BPTT of ``forward_gemm``."""
+    for c in nb.prange(nchunks):
+        _backward_chunk_gemm(
+            c, is_gru, gkind, h0, W, gvals, off, idx, nchunks, out, dsave, fsave,
+            rsave, zsave, nsave, hnsave, dout, dhT, dxp, dh0, dW, db, dg,
+        )  # fmt: skip

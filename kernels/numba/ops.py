@@ -38,8 +38,15 @@ sparse Jacobian work). Cost per surrogate (event gate, and rhythmic with a suppo
 ``atan``, ``fast_sigmoid``, ``sigmoid``, ``straight_through`` — every entry has a non-zero
 derivative, so training work is dense in time (inference stays sparse).
 
+Batched training (rhythmic / dense RNN and GRU, every thread chunk >= GEMM_MIN_BATCH
+samples): each step runs as BLAS GEMMs over the step's gathered compute rows
+(``cell.forward_gemm`` / ``backward_gemm``, scipy's OpenBLAS through Numba's ``np.dot``,
+held to one thread per Numba thread with threadpoolctl; without scipy or threadpoolctl
+the block kernels run), and saves only the computed entries, compact (nnz, B).
+
 Saved for backward: the state sequence (it is the output), d, the gate (event), GRU
-r, z, n, hn; dense (B, T, H) arrays of which only the computed entries are written.
+r, z, n, hn; dense (B, T, H) arrays of which only the computed entries are written
+(compact (nnz, B) arrays on the GEMM path; no d for the dense gate there).
 
 Records: ``StepRecord.gate`` carries the rhythmic gate's gradient (it is the gate row
 expanded); the event gate's record, ``delta`` and ``spike`` are returned detached.
@@ -54,13 +61,39 @@ import torch
 from ..reference import StepRecord
 from . import cell as _cell
 from . import lif as _lif
-from ._common import EVENT, GATE_CODES, RHYTHMIC, compact, nchunks
+from ._common import DENSE, EVENT, GATE_CODES, RHYTHMIC, compact, nchunks
 
-__all__ = ["recurrence", "unsupported", "auto_pays", "REFRESH"]
+__all__ = ["recurrence", "unsupported", "auto_pays", "REFRESH", "GEMM_MIN_BATCH"]
 
 REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH steps
+#: RNN/GRU rhythmic and dense gates: a thread's chunk of at least this many samples runs
+#: each step as BLAS GEMMs (cell._forward_chunk_gemm / _backward_chunk_gemm); smaller
+#: chunks (streaming, B = 1) take the 4-sample-block dot products
+GEMM_MIN_BATCH = 8
 
 _F32 = np.float32
+
+_BLAS = None  # threadpoolctl controller of the loaded OpenBLAS libraries; False: no GEMM path
+
+
+def _gemm_min() -> int:
+    """GEMM_MIN_BATCH when the BLAS path can run, else a size no chunk reaches.
+
+    Numba's ``np.dot`` calls scipy's OpenBLAS; inside our prange threads it must run on
+    one thread (its own thread pool otherwise spins against Numba's: 10-50x slower and
+    "Detect OpenMP Loop" warnings), which needs threadpoolctl. Without scipy or
+    threadpoolctl the 4-sample-block kernels run instead.
+    """
+    global _BLAS
+    if _BLAS is None:
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba binds to)
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController().select(internal_api="openblas")
+        except ImportError:
+            _BLAS = False
+    return GEMM_MIN_BATCH if _BLAS is not False else 1 << 62
 
 
 def unsupported(cell: str, gate_kind: str, dtype) -> str | None:
@@ -78,13 +111,20 @@ def auto_pays(cell: str, batch: int, hidden: int) -> bool:
     """Rule of backend="auto" on CPU, from tools/bench_numba.py (docs/benchmarks.md,
     "Numba CPU backend"; forward + backward, 2 threads).
 
-    LIF: numba won at every measured size (B 1-32, H 8-1024). RNN/GRU: numba won up to
-    B·H = 4096 (B=32, H=128 training: 2.5x the reference) and lost at B·H = 8192 (B=32,
-    H=256: 0.46-0.62x), where the reference's batched GEMMs beat the jitted dot products.
+    LIF: numba won at every measured size (B 1-32, H 8-1024) except one-step calls at
+    tiny sizes (fixed call cost). RNN/GRU: numba won up to B·H = 4096 (B=32, H=128
+    training: 5.9x the reference with the per-step GEMM path) and lost at B·H = 8192
+    (B=32, H=256, T=20: 0.43-0.62x in two runs), where per-call costs and the reference's
+    batched GEMMs win.
     """
     if cell == "lif":
         return True
     return batch * hidden <= 4096
+
+
+def _use_gemm(gk: int, batch: int, nchunk: int) -> bool:
+    """Rhythmic/dense RNN/GRU whose smallest thread chunk has >= GEMM_MIN_BATCH samples."""
+    return gk != EVENT and batch // nchunk >= _gemm_min()
 
 
 def _np(t: torch.Tensor | None, shape=None) -> np.ndarray:
@@ -176,38 +216,28 @@ class _Recurrence(torch.autograd.Function):
             bias = _np(b_hh, (G,))
             out = np.empty((B, T, H), _F32)
             hT = np.empty((B, H), _F32)
-            full = lambda on: np.empty((B, T, H), _F32) if (save and on) else _dummy(3)  # noqa: E731
-            dsave = full(True)  # d (dense: read but unused)
+            gemm = _use_gemm(gk, B, C)
+            if gemm:  # compact saves: one row per computed (step, neuron), one column per sample
+                nnz = T * H if gk == DENSE else int(off[-1])
+                full = lambda on: np.empty((nnz, B), _F32) if (save and on) else _dummy(2)  # noqa: E731
+            else:
+                full = lambda on: np.empty((B, T, H), _F32) if (save and on) else _dummy(3)  # noqa: E731
+            dsave = full(gk != DENSE or not gemm)  # d (dense, block kernels: read but unused)
             fsave = full(not is_gru)
             rsave, zsave, nsave, hnsave = (full(is_gru) for _ in range(4))
             gsave = full(gk == EVENT)
-            _cell.forward(
-                is_gru,
-                gk,
-                xp_n,
-                h0_n,
-                W,
-                WT,
-                bias,
-                gv,
-                off,
-                idx,
-                th,
-                0,
-                0.0,
-                REFRESH,
-                bool(save),
-                C,
-                out,
-                hT,
-                dsave,
-                fsave,
-                rsave,
-                zsave,
-                nsave,
-                hnsave,
-                gsave,
-            )
+            if gemm:
+                with _BLAS.limit(limits=1):
+                    _cell.forward_gemm(
+                        is_gru, gk, xp_n, h0_n, W, bias, gv, off, idx, bool(save), C,
+                        out, hT, dsave, fsave, rsave, zsave, nsave, hnsave,
+                    )  # fmt: skip
+            else:
+                _cell.forward(
+                    is_gru, gk, xp_n, h0_n, W, WT, bias, gv, off, idx, th, 0, 0.0, REFRESH,
+                    bool(save), C, out, hT, dsave, fsave, rsave, zsave, nsave, hnsave, gsave,
+                )  # fmt: skip
+            ctx.gemm = gemm
             saved = (W, gv, th, dsave, fsave, rsave, zsave, nsave, hnsave, gsave)
             out_t = torch.from_numpy(out)
             sT = torch.empty(0)
@@ -296,35 +326,18 @@ class _Recurrence(torch.autograd.Function):
             dxp = np.zeros((B, T, G), _F32)
             dW = np.zeros((C, G, H), _F32)
             db = np.zeros((C, G), _F32)
-            _cell.backward(
-                cell == "gru",
-                gk,
-                h0_n,
-                W,
-                gv,
-                off,
-                idx,
-                th,
-                gcode,
-                gscale,
-                C,
-                out,
-                dsave,
-                fsave,
-                rsave,
-                zsave,
-                nsave,
-                hnsave,
-                gsave,
-                dout_n,
-                dhT_n,
-                dxp,
-                dh0,
-                dW,
-                db,
-                dg,
-                dth,
-            )
+            if ctx.gemm:
+                with _BLAS.limit(limits=1):
+                    _cell.backward_gemm(
+                        cell == "gru", gk, h0_n, W, gv, off, idx, C, out, dsave, fsave, rsave,
+                        zsave, nsave, hnsave, dout_n, dhT_n, dxp, dh0, dW, db, dg,
+                    )  # fmt: skip
+            else:
+                _cell.backward(
+                    cell == "gru", gk, h0_n, W, gv, off, idx, th, gcode, gscale, C, out, dsave,
+                    fsave, rsave, zsave, nsave, hnsave, gsave, dout_n, dhT_n, dxp, dh0, dW, db,
+                    dg, dth,
+                )  # fmt: skip
             if need[4]:
                 g_w = torch.from_numpy(dW.sum(0))
             if need[5]:
