@@ -19,12 +19,12 @@ HELP = "train a suGRU and a dense GRU on a long-delay copy task and compare them
 
 # Measured on the shared 2-core CPU this was written on (docs/training.md): the full demo
 # takes about 2 minutes (both models, traces, reports), --quick about 20 seconds. With a
-# delay of 400 steps the dense GRU is still at chance (1/8) after 300 steps, while the
+# delay of 400 steps the dense GRU is still at chance (1/8) after 400 steps, while the
 # rhythmic suGRU, whose neurons stay closed (state and gradient passed through unchanged)
 # through most of the delay, has learned a good part of the task.
 SETTINGS = {
     "full": dict(delay=400, n_memorize=3, n_train=4096, n_test=256, hidden_size=64, batch_size=32,
-                 lr=0.01, max_steps=300, init_rate=0.1, period=400.0, trace_samples=32),
+                 lr=0.01, max_steps=400, init_rate=0.1, period=400.0, trace_samples=32),
     "quick": dict(delay=30, n_memorize=2, n_train=512, n_test=64, hidden_size=24, batch_size=16,
                   lr=0.01, max_steps=40, init_rate=0.2, period=30.0, trace_samples=16),
 }
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a 20-second version (for tests)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both models (default 0)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
-                        help="training steps per model (default 300; --quick: 40)")
+                        help="training steps per model (default 400; --quick: 40)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
