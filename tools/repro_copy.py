@@ -40,6 +40,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _repro_common import apply_mode, save_figure  # noqa: E402
 from torch.nn import functional as F
 
 import su_neuro
@@ -182,9 +185,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(f"{cell.upper()}, delay {result['config']['delay']} (T = {result['seq_len']})")
         ax.legend(fontsize=8)
     axes[0].set_ylabel(f"recall-step cross-entropy (mean ± std, {len(result['config']['seeds'])} seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv):
@@ -206,11 +207,7 @@ def parse_args(argv):
     p.add_argument("--out", default="docs/figures", help="folder for <name>.json and <name>_loss.png")
     p.add_argument("--name", default="copy", help="file name stem (default: copy)")
     args = p.parse_args(argv)
-    base = QUICK if args.quick else FULL
-    for k, v in base.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    return args
+    return apply_mode(args, QUICK, FULL)
 
 
 def main(argv=None) -> dict:

@@ -27,6 +27,9 @@ import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _repro_common import apply_mode, save_figure  # noqa: E402
 from torch.nn import functional as F
 
 import su_neuro
@@ -98,9 +101,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_ylabel(r"$\|\partial L / \partial h_t\|$")
         ax.set_title(f"{cell.upper()} at initialisation (rate {result['config']['rate']})")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv):
@@ -115,10 +116,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/figures")
     args = p.parse_args(argv)
-    for k, v in (QUICK if args.quick else FULL).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    return args
+    return apply_mode(args, QUICK, FULL)
 
 
 def main(argv=None) -> dict:

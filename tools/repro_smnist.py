@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _repro_common import apply_mode, save_figure  # noqa: E402
 from torch.nn import functional as F
 
 import su_neuro
@@ -135,9 +138,7 @@ def plot_maps(result: dict, path: Path) -> None:
         else "sequential MNIST"
     fig.suptitle(f"2-layer suGRU on {side}x{side} {kind}: test acc {100 * result['test_accuracy']:.1f}%, "
                  f"update rate {result['update_rate']:.3f}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_curve(result: dict, path: Path) -> None:
@@ -156,9 +157,7 @@ def plot_curve(result: dict, path: Path) -> None:
     ax2.plot(ep, [100 * e["test_accuracy"] for e in h], "s-", color="tab:green", label="test accuracy (%)")
     ax2.set_ylabel("test accuracy (%)")
     fig.legend(loc="center right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv):
@@ -182,10 +181,7 @@ def parse_args(argv):
     p.add_argument("--trace", default=None, help="trace file (default: a temporary file, deleted)")
     p.add_argument("--out", default="docs/figures")
     args = p.parse_args(argv)
-    for k, v in (QUICK if args.quick else FULL).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    return args
+    return apply_mode(args, QUICK, FULL)
 
 
 def main(argv=None) -> dict:
