@@ -516,3 +516,22 @@ def test_readme_example_trains_a_sugru():
     assert 0.15 < su_neuro.update_rate(namespace["records"]) < 0.4
     out, out2 = namespace["out"], namespace["out2"]
     assert out.shape == (128, 50, 64) and out2.shape == (128, 50, 64) and namespace["state"].t == 100
+
+
+
+def test_rhythmic_default_support_follows_the_rate():
+    """With the default surrogate, training needs candidates on ~25 % of steps at a 10 % rate."""
+    gate = RhythmicGate(400, init_rate=0.1)
+    assert gate.surrogate.name == "triangle" and gate.surrogate.params == {"width": 0.25}
+    frac = gate.plan(0, 100).support.float().mean().item()
+    assert 0.2 < frac < 0.3, frac
+
+
+def test_rhythmic_support_marks_open_steps_and_surrogate_support():
+    gate = RhythmicGate(30, init_rate=0.1, surrogate="triangle", surrogate_params={"width": 0.2})
+    plan = gate.plan(0, 200)
+    a = gate.preactivation(0, 200).detach()
+    assert torch.equal(plan.support, (a > 0) | (a.abs() < 0.2))
+    assert plan.support.float().mean() < 0.5  # compact surrogate: sparse training work
+    with torch.no_grad():
+        assert gate.plan(0, 200).support is None
