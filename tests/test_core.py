@@ -382,6 +382,22 @@ def test_rhythmic_gate_is_batch_uniform_and_exact_far_from_zero():
     assert torch.equal(rec[0].gate[0], rec[0].gate[2])
 
 
+def test_rhythmic_inference_plan_equals_surrogate_of_preactivation():
+    # without autograd the plan takes an in-place path; it must give the very same 0/1 rows
+    torch.manual_seed(3)
+    for H, rate in ((37, 0.1), (300, 0.5), (64, 0.03)):
+        gate = RhythmicGate(H, init_rate=rate)
+        with torch.no_grad():
+            gate.alpha.normal_(1.0, 0.5)  # some negative amplitudes too
+            gate.bias.normal_(0.0, 0.5)
+            fast = gate.plan(77_777, 500).values
+            slow = gate.surrogate(gate.preactivation(77_777, 500))
+        assert not fast.requires_grad and fast.dtype == torch.float32
+        assert torch.equal(fast, slow) and 0 < fast.mean() < 1
+        assert gate.plan(0, 10).values.requires_grad  # with autograd: the differentiable path
+        assert gate.plan(0, 10, dtype=torch.float64).values.dtype == torch.float64
+
+
 def test_rate_penalty_pushes_towards_target():
     gate = RhythmicGate(20, init_rate=0.5)
     loss = rate_penalty(gate.plan(0, 100).values, target=0.1)
