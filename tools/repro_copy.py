@@ -4,27 +4,28 @@ Trains four models — SURNN and SUGRU, each with the rhythmic gate and with the
 (always open) gate — on the copying-memory task for several seeds, and plots the loss
 curves (mean ± std over seeds) beside the memoryless baseline.
 
-Task (``su_neuro.datasets.get_task("copy")``): 10 symbols from 8, ``delay`` blanks, a
-delimiter, 10 blanks; ``T = delay + 21`` steps. The loss is the cross-entropy of the 10
-recall steps (the task's default scoring; the other steps are ``IGNORE_INDEX``). A model
-without memory can at best guess the recalled symbols uniformly: the memoryless loss is
-``log 8 = 2.079`` per recall step. In the classic fully scored variant (blank targets
-everywhere else, averaged over all T steps) the same model sits at
-``L_0 = 10 log 8 / T``; ``classic_equivalent`` in the JSON rescales every loss that way
-(assuming perfect blanks), so the two conventions can be compared. Every training batch
+Task (``su_neuro.datasets.get_task("copy")``): ``n_memorize`` symbols from 8, ``delay``
+blanks, a delimiter, ``n_memorize`` blanks; ``T = delay + 2 n_memorize + 1`` steps. The loss
+is the cross-entropy of the recall steps (the task's default scoring; the other steps are
+``IGNORE_INDEX``). A model without memory can at best guess the recalled symbols uniformly:
+the memoryless loss is ``log 8 = 2.079`` per recall step. In the classic fully scored
+variant (blank targets everywhere else, averaged over all T steps) the same model sits at
+``L_0 = n_memorize log 8 / T``; ``classic_equivalent`` in the JSON rescales every loss that
+way (assuming perfect blanks), so the two conventions can be compared. Every training batch
 is fresh (never seen before), so the training loss is a held-out loss too; the final
 numbers are on the task's separate test split.
 
-Gate: ``RhythmicGate(init_rate=--rate, period=--period)``. The default period is the
-sequence length T: each neuron opens once per sequence, for rate·T consecutive steps,
-at its own phase, so the neurons that are open while the symbols arrive are closed
-(holding state and gradient) through most of the delay.
+Gate: ``RhythmicGate(init_rate=--rate, period=--period)`` and the rate regulariser towards
+``--rate``. The default period is the sequence length T: each neuron opens once per
+sequence, for rate·T consecutive steps, at its own phase, so the neurons that are open
+while the symbols arrive are closed (holding state and gradient) through most of the delay.
 
 Usage::
 
-    python tools/repro_copy.py --quick                  # about a minute
-    python tools/repro_copy.py                          # full mode: delay 200, 3 seeds, 150 steps
-    python tools/repro_copy.py --delay 1000 --cells gru --steps 120 --name copy_T1000
+    python tools/repro_copy.py --quick       # about a minute: delay 30, 10 symbols, 2 seeds, 50 steps
+    python tools/repro_copy.py               # full mode: delay 1000 (T = 1007), 3 symbols, rate 0.1,
+                                             # 4 models x 3 seeds, 1000 steps (~25 min on 2 cores)
+    python tools/repro_copy.py --delay 200 --n-memorize 10 --rate 0.05 --steps 150 --name copy_delay200_10sym
 
 Writes ``copy.json`` (every curve and final number) and ``copy_loss.png`` into ``--out``
 (``--name`` changes the stem).
@@ -50,10 +51,9 @@ from su_neuro import backends
 from su_neuro.datasets import get_task
 
 N_SYMBOLS = 8
-N_MEMORIZE = 10
 
-QUICK = {"delay": 30, "steps": 50, "seeds": [0, 1], "batch": 16, "hidden": 32}
-FULL = {"delay": 200, "steps": 150, "seeds": [0, 1, 2], "batch": 32, "hidden": 64}
+QUICK = {"delay": 30, "n_memorize": 10, "rate": 0.05, "steps": 50, "seeds": [0, 1], "batch": 16, "hidden": 32}
+FULL = {"delay": 1000, "n_memorize": 3, "rate": 0.1, "steps": 1000, "seeds": [0, 1, 2], "batch": 32, "hidden": 64}
 
 
 def baseline_loss() -> float:
@@ -61,9 +61,9 @@ def baseline_loss() -> float:
     return math.log(N_SYMBOLS)
 
 
-def classic_equivalent(recall_loss: float, delay: int) -> float:
-    """A recall-step loss in the fully scored convention (perfect blanks): loss·10/T."""
-    return recall_loss * N_MEMORIZE / (2 * N_MEMORIZE + delay + 1)
+def classic_equivalent(recall_loss: float, delay: int, n_memorize: int) -> float:
+    """A recall-step loss in the fully scored convention (perfect blanks): loss·n/T."""
+    return recall_loss * n_memorize / (2 * n_memorize + delay + 1)
 
 
 def gate_spec(kind: str, rate: float, period: float) -> str | dict:
@@ -85,9 +85,9 @@ def batch_of(split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, split.targets[idx]
 
 
-def losses(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(cross-entropy of the 10 recall steps, recall accuracy)."""
-    rl, ry = logits[:, -N_MEMORIZE:], y[:, -N_MEMORIZE:]
+def losses(logits: torch.Tensor, y: torch.Tensor, n_memorize: int) -> tuple[torch.Tensor, float]:
+    """(cross-entropy of the ``n_memorize`` recall steps, recall accuracy)."""
+    rl, ry = logits[:, -n_memorize:], y[:, -n_memorize:]
     loss = F.cross_entropy(rl.reshape(-1, rl.shape[-1]), ry.reshape(-1))
     acc = (rl.argmax(-1) == ry).float().mean().item()
     return loss, acc
@@ -108,7 +108,7 @@ def train_one(cell: str, gate: str, seed: int, task, args) -> dict:
         idx = order[(step * args.batch) % len(order):][: args.batch]
         x, y = batch_of(task.train, idx)
         logits = model(x)
-        loss, _ = losses(logits, y)
+        loss, _ = losses(logits, y, args.n_memorize)
         total = loss
         if gates and args.rate_weight > 0:
             total = total + args.rate_weight * su_neuro.rate_penalty([g.plan(0, T).values for g in gates], args.rate)
@@ -122,7 +122,7 @@ def train_one(cell: str, gate: str, seed: int, task, args) -> dict:
     with torch.no_grad():
         x, y = batch_of(task.test, torch.arange(min(len(task.test), 256)))
         logits, records = model(x, record=True)
-        test_loss, test_acc = losses(logits, y)
+        test_loss, test_acc = losses(logits, y, args.n_memorize)
     return {
         "cell": cell,
         "gate": gate,
@@ -135,7 +135,7 @@ def train_one(cell: str, gate: str, seed: int, task, args) -> dict:
     }
 
 
-def summarize(runs: list[dict], baseline: float, delay: int) -> dict:
+def summarize(runs: list[dict], baseline: float, delay: int, n_memorize: int) -> dict:
     """Per model: final loss (mean of the last 10% of steps) mean ± std over seeds."""
     out = {}
     for key in sorted({(r["cell"], r["gate"]) for r in runs}):
@@ -150,7 +150,7 @@ def summarize(runs: list[dict], baseline: float, delay: int) -> dict:
             "test_loss_mean": test.mean().item(),
             "test_loss_std": test.std(unbiased=False).item(),
             "test_loss_over_baseline": test.mean().item() / baseline,
-            "test_loss_classic_equivalent": classic_equivalent(test.mean().item(), delay),
+            "test_loss_classic_equivalent": classic_equivalent(test.mean().item(), delay, n_memorize),
             "test_recall_accuracy_mean": sum(r["test_recall_accuracy"] for r in rs) / len(rs),
             "update_rate_mean": sum(r["update_rate"] for r in rs) / len(rs),
             "train_seconds_mean": sum(r["train_seconds"] for r in rs) / len(rs),
@@ -181,6 +181,7 @@ def plot(result: dict, path: Path) -> None:
             ax.plot(steps, m, color=colors[gate], label=label)
             ax.fill_between(steps, m - s, m + s, color=colors[gate], alpha=0.25)
         ax.axhline(result["baseline_loss"], color="k", ls="--", lw=1, label="memoryless baseline log 8")
+        ax.set_ylim(0.0, 1.4 * result["baseline_loss"])  # early loss spikes of dense RNNs are clipped
         ax.set_xlabel("training step")
         ax.set_title(f"{cell.upper()}, delay {result['config']['delay']} (T = {result['seq_len']})")
         ax.legend(fontsize=8)
@@ -198,7 +199,8 @@ def parse_args(argv):
     p.add_argument("--hidden", type=int, help=f"hidden size (full: {FULL['hidden']})")
     p.add_argument("--cells", nargs="+", default=["rnn", "gru"], choices=["rnn", "gru"])
     p.add_argument("--gates", nargs="+", default=["rhythmic", "dense"], choices=["rhythmic", "dense"])
-    p.add_argument("--rate", type=float, default=0.05, help="rhythmic gate's initial (and target) update rate")
+    p.add_argument("--n-memorize", type=int, help=f"symbols to remember (full: {FULL['n_memorize']})")
+    p.add_argument("--rate", type=float, help=f"rhythmic gate's initial and target update rate (full: {FULL['rate']})")
     p.add_argument("--period", type=float, default=None, help="rhythmic gate's base period in steps (default: T)")
     p.add_argument("--rate-weight", type=float, default=1.0, help="weight of the rate regulariser")
     p.add_argument("--lr", type=float, default=1e-2)
@@ -223,7 +225,7 @@ def main(argv=None) -> dict:
     except (su_neuro.BackendUnavailableError, ValueError) as err:
         raise SystemExit(f"repro_copy: backend {args.backend!r} cannot run here: {err}") from None
     task = get_task(
-        "copy", delay=args.delay, n_symbols=N_SYMBOLS, n_memorize=N_MEMORIZE,
+        "copy", delay=args.delay, n_symbols=N_SYMBOLS, n_memorize=args.n_memorize,
         n_train=args.batch * args.steps, n_test=256, seed=1234,
     )
     runs = []
@@ -243,11 +245,11 @@ def main(argv=None) -> dict:
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "name")},
         "seq_len": task.seq_len,
         "baseline_loss": baseline_loss(),
-        "baseline_loss_classic": classic_equivalent(baseline_loss(), args.delay),
+        "baseline_loss_classic": classic_equivalent(baseline_loss(), args.delay, args.n_memorize),
         "backend_requested": args.backend,
         "backend_used": used,
         "torch_threads": torch.get_num_threads(),
-        "summary": summarize(runs, baseline_loss(), args.delay),
+        "summary": summarize(runs, baseline_loss(), args.delay, args.n_memorize),
         "runs": runs,
     }
     out = Path(args.out)
