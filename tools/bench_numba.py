@@ -9,7 +9,7 @@ Prints one table of ratios measured side by side in one run (issue 3's four targ
 4. suLIF recurrent, B=1, H=1024, T=10,000, dense and rhythmic 10%, vs snnTorch RLeaky (dense)
 
 Usage: python tools/bench_numba.py [--quick] [--repeats N]
-Times are the median over repeats (after one warm-up call that also compiles); the
+Every time is the median over repeats (after one warm-up call that also compiles); the
 machine's load average is printed before and after (the 2 cores may be shared).
 """
 
@@ -165,12 +165,16 @@ def main(argv=None):
 
     # 1. streaming inference
     F, H, T = 16, (128 if q else 512), (1000 if q else 10_000)
-    t_ref = streaming(F, H, T, 0.1, "torch", 1)
+    t_ref = streaming(F, H, T, 0.1, "torch", R)
     t_nb = {}
     for rate in (1.0, 0.5, 0.2, 0.1, 0.05, 0.01):
         t_nb[rate] = streaming(F, H, T, rate, "numba", R)
     layer = gru_layer(F, H, 0.1, "numba")
-    t_plan = timeit(lambda: layer.gates[0].plan(0, T), R)
+    def plan():
+        with torch.no_grad():  # as the streaming run sees it
+            layer.gates[0].plan(0, T)
+
+    t_plan = timeit(plan, R)
     row(
         f"1b of which RhythmicGate.plan (torch, core) {t_plan * 1e3:.1f} ms: share of numba time",
         t_plan / t_nb[0.1],
@@ -195,7 +199,7 @@ def main(argv=None):
     t_gru = nn_gru_training(F, H, T, B, R)
     t_n20 = training(F, H, T, B, 0.2, "numba", R)
     t_n100 = training(F, H, T, B, 1.0, "numba", R)
-    t_r20 = training(F, H, T, B, 0.2, "torch", 1)
+    t_r20 = training(F, H, T, B, 0.2, "torch", R)
     row(
         f"3 train suGRU 20% (triangle w=0.25) B={B} H={H} T={T}: nn.GRU {t_gru * 1e3:.0f} ms / numba "
         f"{t_n20 * 1e3:.0f} ms",
@@ -208,7 +212,7 @@ def main(argv=None):
     # 4. suLIF recurrent
     F, H, T = 100, (256 if q else 1024), (2000 if q else 10_000)
     try:
-        t_snn = lif_snntorch(F, H, T, 1)
+        t_snn = lif_snntorch(F, H, T, R)
     except ImportError:  # snntorch missing: no baseline
         t_snn = float("nan")
     t_ld, rate_d = lif_numba(F, H, T, "dense", R)

@@ -19,12 +19,22 @@ import math
 import numba as nb
 import numpy as np
 
-from ._common import DENSE, EVENT, chunk, sign, surrogate_grad
+from ._common import DENSE, EVENT, chunk, sigmoid32, sign, surrogate_grad, tanh32
 
 
 @nb.njit(cache=True, inline="always")
 def _sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
+
+
+@nb.njit(cache=True)
+def gru_candidate(xp, b, t, i, H, ur, uz, hn, h):
+    """GRU candidate of neuron i (rhythmic / dense kernels): ur, uz = recurrent parts with
+    their bias, hn = (U_n h)_i + b_hn, h = current state. Returns (r, z, n, f)."""
+    r = sigmoid32(xp[b, t, i] + ur)
+    z = sigmoid32(xp[b, t, H + i] + uz)
+    n = tanh32(xp[b, t, 2 * H + i] + r * hn)
+    return r, z, n, np.float32((1.0 - z) * n + z * h)
 
 
 @nb.njit(cache=True, fastmath=True)
@@ -412,17 +422,16 @@ def _forward_chunk_rd(
                     hi_ = hs[q + s, i]
                     if is_gru:
                         hn = acc[2, s] + bias[2 * H + i]
-                        r = np.float32(_sigmoid(xp[b, t, i] + (acc[0, s] + bias[i])))
-                        z = np.float32(_sigmoid(xp[b, t, H + i] + (acc[1, s] + bias[H + i])))
-                        n = np.float32(math.tanh(xp[b, t, 2 * H + i] + r * hn))
-                        f = np.float32((1.0 - z) * n + z * hi_)
+                        r, z, n, f = gru_candidate(
+                            xp, b, t, i, H, acc[0, s] + bias[i], acc[1, s] + bias[H + i], hn, hi_
+                        )
                         if save:
                             rsave[b, t, i] = r
                             zsave[b, t, i] = z
                             nsave[b, t, i] = n
                             hnsave[b, t, i] = hn
                     else:
-                        f = np.float32(math.tanh(xp[b, t, i] + (acc[0, s] + bias[i])))
+                        f = tanh32(xp[b, t, i] + (acc[0, s] + bias[i]))
                         if save:
                             fsave[b, t, i] = f
                     fb[k, q + s] = f
@@ -644,17 +653,16 @@ def _forward_chunk_gemm(
                     hi_ = hs[q, i]
                     if is_gru:
                         hn = acc[q, 2 * n_t + k] + bias[2 * H + i]
-                        r = np.float32(_sigmoid(xp[b, t, i] + (acc[q, k] + bias[i])))
-                        z = np.float32(_sigmoid(xp[b, t, H + i] + (acc[q, n_t + k] + bias[H + i])))
-                        n = np.float32(math.tanh(xp[b, t, 2 * H + i] + r * hn))
-                        f = np.float32((1.0 - z) * n + z * hi_)
+                        r, z, n, f = gru_candidate(
+                            xp, b, t, i, H, acc[q, k] + bias[i], acc[q, n_t + k] + bias[H + i], hn, hi_
+                        )
                         if save:
                             rsave[p, b] = r
                             zsave[p, b] = z
                             nsave[p, b] = n
                             hnsave[p, b] = hn
                     else:
-                        f = np.float32(math.tanh(xp[b, t, i] + (acc[q, k] + bias[i])))
+                        f = tanh32(xp[b, t, i] + (acc[q, k] + bias[i]))
                         if save:
                             fsave[p, b] = f
                     fb[q, k] = f
