@@ -254,3 +254,131 @@ def test_inplace_edit_of_an_output_is_caught_before_backward():
     out.mul_(2.0)  # the kernel's saved state shares this memory
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+# ------------------------------------------- B = 1 streaming forward split over neurons
+def _split_forced(monkeypatch):
+    """Forces kernels/numba/split.py at any H; returns a list that counts its calls."""
+    import numba
+
+    from su_neuro.kernels.numba import ops, split
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("the split path needs >= 2 Numba threads")
+    monkeypatch.setattr(ops, "SPLIT_MIN_HIDDEN", 1)
+    monkeypatch.setattr(ops, "SPLIT_MIN_BLOCK", 1)
+    calls = []
+    kernel = split.forward
+
+    def counted(*args):
+        calls.append(args[9])  # ntasks
+        return kernel(*args)
+
+    monkeypatch.setattr(split, "forward", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "cell,gate,H,T",
+    [
+        (c, g, H, T)
+        for c, g in itertools.product(("rnn", "gru"), ("rhythmic", "dense"))
+        for H, T in ((37, 1), (37, 15), (300, 300))
+    ],
+)
+def test_split_forward_matches(monkeypatch, cell, gate, H, T):
+    """B = 1, no gradient: the neuron-block split equals the batch-chunk kernel bit for bit
+    and the torch reference to float32 round-off (output sequence and final state)."""
+    from su_neuro.kernels.numba import ops
+
+    calls = _split_forced(monkeypatch)
+    layer = _layer(cell, gate, F=4, H=H)
+    x = torch.randn(1, T, 4, generator=torch.Generator().manual_seed(H + T))
+    h0 = SUState((0.3 * torch.randn(1, 1, H, generator=torch.Generator().manual_seed(5))), 0, None)
+    res = {}
+    with torch.no_grad():
+        for name, backend, min_h in (("split", "numba", 1), ("chunk", "numba", 10**9), ("ref", "torch", 1)):
+            monkeypatch.setattr(ops, "SPLIT_MIN_HIDDEN", min_h)
+            layer.backend = backend
+            res[name] = layer(x, h0)
+    assert calls == [2], calls  # the split ran once, in 2 blocks; the other numba call did not
+    out, st = res["split"]
+    assert torch.equal(out, res["chunk"][0]) and torch.equal(st.h, res["chunk"][1].h)
+    assert_close("split out", res["ref"][0], out, *FWD_TOL)
+    assert_close("split h_T", res["ref"][1].h, st.h, *FWD_TOL)
+
+
+@pytest.mark.parametrize("cell,gate", [("gru", "rhythmic"), ("rnn", "dense")])
+def test_split_stream_equals_one_call(monkeypatch, cell, gate):
+    from su_neuro.simulate import stream
+
+    calls = _split_forced(monkeypatch)
+    layer = _layer(cell, gate, F=3, H=45)
+    layer.backend = "numba"
+    x = torch.randn(1, 120, 3, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole, st = layer(x)
+    chunks = list(stream(layer, x, chunk=25))
+    assert len(calls) == 1 + len(chunks) == 6
+    assert torch.equal(whole, torch.cat([c.output for c in chunks], 1))
+    assert torch.equal(st.h, chunks[-1].state.h)
+    assert chunks[-1].state.t == 120
+
+
+@pytest.mark.parametrize("is_gru,dense", list(itertools.product((False, True), (False, True))))
+def test_split_kernel_serial_and_absent_workers(is_gru, dense):
+    """The claim protocol: 2 tasks done by 1 worker (the other absent), by 2 workers on one
+    Numba thread (prange runs them one after the other), 3 tasks by 2 or 3 workers on 2
+    threads: no deadlock, and the same result as the batch-chunk kernel."""
+    import numba
+    import numpy as np
+
+    from su_neuro.kernels.numba import cell, split
+    from su_neuro.kernels.numba._common import DENSE, RHYTHMIC, compact
+
+    rng = np.random.default_rng(3)
+    H, T = 70, 40
+    G = 3 * H if is_gru else H
+    f32 = np.float32
+    xp = rng.standard_normal((1, T, G)).astype(f32)
+    h0 = (0.3 * rng.standard_normal((1, H))).astype(f32)
+    W = (rng.standard_normal((G, H)) / np.sqrt(H)).astype(f32)
+    b = rng.standard_normal(G).astype(f32)
+    gv = ((rng.random((T, H)) < 0.3) * rng.random((T, H))).astype(f32)
+    gv[3] = 0  # a step with no open neuron
+    gk = DENSE if dense else RHYTHMIC
+    off, idx = compact(gv)
+    want, want_h = np.empty((1, T, H), f32), np.empty((1, H), f32)
+    d = np.zeros((1, 1, 1), f32)
+    cell.forward(is_gru, gk, xp, h0, W, d[0], b, gv, off, idx, np.zeros(1, f32), 0, 0.0, 1, False, 1,
+                 want, want_h, d, d, d, d, d, d, d)  # fmt: skip
+
+    def run(ntasks, nworkers):
+        out, hT = np.full((1, T, H), np.nan, f32), np.full((1, H), np.nan, f32)
+        split.forward(is_gru, gk, xp, h0, W, b, gv, off, idx, ntasks, nworkers, 10, out, hT)
+        return out, hT
+
+    results = {"1 worker": run(2, 1), "3 on 3": run(3, 3), "3 tasks, 2 workers": run(3, 2)}
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        results["2 workers, 1 thread"] = run(2, 2)
+    finally:
+        numba.set_num_threads(old)
+    for name, (out, hT) in results.items():
+        assert np.array_equal(out, want), name
+        assert np.array_equal(hT, want_h), name
+
+
+def test_split_rule():
+    import numba
+
+    from su_neuro.kernels.numba import ops
+    from su_neuro.kernels.numba._common import DENSE, EVENT, RHYTHMIC
+
+    n = numba.get_num_threads()
+    assert ops._split_tasks(RHYTHMIC, False, 1, 512) == (min(n, 512 // ops.SPLIT_MIN_BLOCK) if n >= 2 else 0)
+    assert ops._split_tasks(RHYTHMIC, True, 1, 512) == 0  # saves for backward / records
+    assert ops._split_tasks(EVENT, False, 1, 512) == 0
+    assert ops._split_tasks(DENSE, False, 2, 512) == 0
+    assert ops._split_tasks(DENSE, False, 1, ops.SPLIT_MIN_HIDDEN - 1) == 0

@@ -1,0 +1,240 @@
+"""Streaming forward of the RNN and GRU with rhythmic and dense gates, B = 1, split over
+neuron blocks (forward only: nothing saved, nothing recorded).
+
+The per-sample kernels (``cell._forward_chunk_rd``) parallelise over batch chunks; with one
+sample one thread does everything, and for H >= 256 (GRU: W_hh = 3H x H float32, 3 MiB at
+H = 512) the recurrent weights no longer fit one core's L2. Here the H neurons are split
+into ``ntasks`` contiguous blocks (boundaries rounded to 16 neurons, one cache line of
+float32); task k of step t computes the candidates of block k's open neurons from h_{t-1}
+and writes block k of h_t, so each thread keeps its own slice of W_hh in its own L2.
+
+State is double-buffered, hbuf (2, H): step t reads row (t & 1) ^ 1 and writes row t & 1
+(h0 goes into row 1), so no task of step t overwrites what another task of step t reads;
+a task copies its block's closed neurons forward, blends the open ones
+(h + g (f - h), g != 0, exactly as ``cell._forward_chunk_rd``) and writes out[0, t, block].
+
+Synchronisation (no plain barrier: a barrier deadlocks when the threading layer runs two
+prange iterations on one thread, and stalls while the OS has a thread descheduled). Each
+task has a claim word (the last step claimed) and a done word (the last step completed),
+int64, on their own cache lines. Worker p at step t:
+
+1. tries CAS(claim[p], t - 1 -> t); on success runs task p and stores done[p] = t (release);
+2. tries every other task the same way, so a worker that is absent or late has its task
+   done for it (with one thread, or one worker, everything runs serially and correctly);
+3. waits until done[k] >= t for every k (acquire loads; after ``SPIN`` polls each poll also
+   yields the CPU with sched_yield, so a descheduled owner of a claimed task can run on a
+   shared or oversubscribed machine), then goes on to step t + 1.
+
+A task of step t is claimed only by a worker that saw every task of step t - 1 done, so
+it reads a complete h_{t-1}, and every reader of the row it overwrites (step t - 1's
+tasks) has finished. Numba has no CPU atomics: the acquire load, release store and
+compare-and-swap are llvmlite intrinsics on an element of an int64 array.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+import llvmlite.binding as llvm
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._common import DENSE, tanh32
+from .cell import _dots1, gru_candidate
+
+__all__ = ["forward", "SPIN"]
+
+#: polls of a done word before each further poll also yields the CPU
+SPIN = 2000
+_STRIDE = 16  # int64 words between two sync words (128 bytes: own cache line, and its pair)
+
+# ------------------------------------------------------------------ atomics and yield
+
+
+def _yield_address() -> int:
+    """Address of a no-argument function that yields the CPU (sched_yield / SwitchToThread)."""
+    if sys.platform == "win32":
+        return ctypes.cast(ctypes.windll.kernel32.SwitchToThread, ctypes.c_void_p).value
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+    return ctypes.cast(libc.sched_yield, ctypes.c_void_p).value
+
+
+# Registered under our own name so that the cached machine code refers to a symbol, not to
+# an address of this process.
+_YIELD = "su_neuro_sched_yield"
+llvm.add_symbol(_YIELD, _yield_address())
+
+
+def _element(context, builder, sig, args):
+    aryty, idxty = sig.args[0], sig.args[1]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    i = context.cast(builder, args[1], idxty, types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [i], wraparound=False)
+
+
+def _int64_vector(a, i):
+    return isinstance(a, types.Array) and a.dtype == types.int64 and a.ndim == 1 and isinstance(i, types.Integer)
+
+
+@intrinsic
+def load_acquire(typingctx, a, i):
+    """a[i] (int64) with acquire ordering."""
+    if not _int64_vector(a, i):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_element(context, builder, sig, args), "acquire", 8)
+
+    return types.int64(a, i), codegen
+
+
+@intrinsic
+def store_release(typingctx, a, i, v):
+    """a[i] = v (int64) with release ordering."""
+    if not (_int64_vector(a, i) and isinstance(v, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(val, _element(context, builder, sig, args), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(a, i, v), codegen
+
+
+@intrinsic
+def cas(typingctx, a, i, expected, new):
+    """Atomically: if a[i] == expected, a[i] = new; returns whether it did (acq_rel)."""
+    if not (_int64_vector(a, i) and isinstance(expected, types.Integer) and isinstance(new, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        cmp = context.cast(builder, args[2], sig.args[2], types.int64)
+        val = context.cast(builder, args[3], sig.args[3], types.int64)
+        res = builder.cmpxchg(_element(context, builder, sig, args), cmp, val, "acq_rel", "acquire")
+        return builder.extract_value(res, 1)
+
+    return types.boolean(a, i, expected, new), codegen
+
+
+@intrinsic
+def cpu_yield(typingctx):
+    """sched_yield() (SwitchToThread() on Windows)."""
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), _YIELD)
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+# ------------------------------------------------------------------------- the kernel
+
+
+@nb.njit(cache=True, inline="always")
+def _bound(k, ntasks, H):
+    """Start of block k: k*H/ntasks rounded to a multiple of 16 neurons (0 and H exact)."""
+    if k <= 0:
+        return 0
+    if k >= ntasks:
+        return H
+    return min(H, ((k * H) // ntasks + 8) // 16 * 16)
+
+
+@nb.njit(cache=True, inline="always")
+def _lower(idx, lo, hi, v):
+    """First position in idx[lo:hi] (increasing) whose value is >= v."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if idx[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@nb.njit(cache=True, fastmath=True)
+def _task(k, t, ntasks, is_gru, gkind, xp, W, bias, gvals, off, idx, hbuf, out, acc):
+    """Block k of step t: hbuf[t & 1, block] from hbuf[(t & 1) ^ 1]; out[0, t, block]."""
+    H = hbuf.shape[1]
+    lo = _bound(k, ntasks, H)
+    hi = _bound(k + 1, ntasks, H)
+    cur = t & 1
+    prv = cur ^ 1
+    if gkind == DENSE:
+        s, e = lo, hi
+    else:
+        for j in range(lo, hi):
+            hbuf[cur, j] = hbuf[prv, j]
+        s = _lower(idx, off[t], off[t + 1], lo)
+        e = _lower(idx, s, off[t + 1], hi)
+    for p in range(s, e):
+        i = p if gkind == DENSE else idx[p]
+        _dots1(is_gru, W, i, H, hbuf, prv, acc)
+        hi_ = hbuf[prv, i]
+        if is_gru:
+            hn = acc[2, 0] + bias[2 * H + i]
+            f = gru_candidate(xp, 0, t, i, H, acc[0, 0] + bias[i], acc[1, 0] + bias[H + i], hn, hi_)[3]
+        else:
+            f = tanh32(xp[0, t, i] + (acc[0, 0] + bias[i]))
+        if gkind == DENSE:
+            hbuf[cur, i] = f
+        else:
+            g = gvals[t, i]
+            if g != 0:
+                hbuf[cur, i] = hi_ + g * (f - hi_)
+    for j in range(lo, hi):
+        out[0, t, j] = hbuf[cur, j]
+
+
+@nb.njit(cache=True, inline="always")
+def _claim(k, t, sync):
+    """Claim task k of step t (test, then compare-and-swap)."""
+    c = 2 * _STRIDE * k
+    return load_acquire(sync, c) == t - 1 and cas(sync, c, t - 1, t)
+
+
+@nb.njit(cache=True)
+def _worker(p, ntasks, is_gru, gkind, xp, W, bias, gvals, off, idx, hbuf, out, sync, spin):
+    T = xp.shape[1]
+    acc = np.empty((3, 4), np.float32)
+    for t in range(T):
+        for q in range(ntasks):  # own task first, then any task nobody has claimed yet
+            k = (p + q) % ntasks
+            if _claim(k, t, sync):
+                _task(k, t, ntasks, is_gru, gkind, xp, W, bias, gvals, off, idx, hbuf, out, acc)
+                store_release(sync, (2 * k + 1) * _STRIDE, t)
+        for k in range(ntasks):  # then wait until every task of step t is done
+            d = (2 * k + 1) * _STRIDE
+            polls = 0
+            while load_acquire(sync, d) < t:
+                polls += 1
+                if polls > spin:
+                    cpu_yield()
+
+
+@nb.njit(cache=True, parallel=True)
+def forward(is_gru, gkind, xp, h0, W, bias, gvals, off, idx, ntasks, nworkers, spin, out, hT):
+    """B = 1 forward (xp (1, T, G), h0 (1, H)) split into ntasks neuron blocks, run by
+    prange(nworkers) workers (worker p owns task p; nworkers <= ntasks, any of them may be
+    absent or run late). Writes out (1, T, H) and hT (1, H)."""
+    T = xp.shape[1]
+    H = h0.shape[1]
+    hbuf = np.empty((2, H), np.float32)
+    for j in range(H):
+        hbuf[1, j] = h0[0, j]
+    sync = np.empty(2 * _STRIDE * ntasks, np.int64)
+    for j in range(sync.shape[0]):
+        sync[j] = -1
+    for p in nb.prange(nworkers):
+        _worker(p, ntasks, is_gru, gkind, xp, W, bias, gvals, off, idx, hbuf, out, sync, spin)
+    last = (T - 1) & 1 if T > 0 else 1
+    for j in range(H):
+        hT[0, j] = hbuf[last, j]
