@@ -265,8 +265,8 @@ def _split_forced(monkeypatch):
 
     if numba.get_num_threads() < 2:
         pytest.skip("the split path needs >= 2 Numba threads")
-    monkeypatch.setattr(ops, "SPLIT_MIN_HIDDEN", 1)
     monkeypatch.setattr(ops, "SPLIT_MIN_BLOCK", 1)
+    monkeypatch.setattr(ops, "SPLIT_MIN_WORK", 0)
     calls = []
     kernel = split.forward
 
@@ -297,8 +297,8 @@ def test_split_forward_matches(monkeypatch, cell, gate, H, T):
     h0 = SUState((0.3 * torch.randn(1, 1, H, generator=torch.Generator().manual_seed(5))), 0, None)
     res = {}
     with torch.no_grad():
-        for name, backend, min_h in (("split", "numba", 1), ("chunk", "numba", 10**9), ("ref", "torch", 1)):
-            monkeypatch.setattr(ops, "SPLIT_MIN_HIDDEN", min_h)
+        for name, backend, min_block in (("split", "numba", 1), ("chunk", "numba", 10**9), ("ref", "torch", 1)):
+            monkeypatch.setattr(ops, "SPLIT_MIN_BLOCK", min_block)
             layer.backend = backend
             res[name] = layer(x, h0)
     assert calls == [2], calls  # the split ran once, in 2 blocks; the other numba call did not
@@ -371,14 +371,21 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense):
 
 
 def test_split_rule():
+    """Where the split pays (ops._split_tasks; measurements in its docstring)."""
     import numba
 
     from su_neuro.kernels.numba import ops
     from su_neuro.kernels.numba._common import DENSE, EVENT, RHYTHMIC
 
     n = numba.get_num_threads()
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512) == (min(n, 512 // ops.SPLIT_MIN_BLOCK) if n >= 2 else 0)
-    assert ops._split_tasks(RHYTHMIC, True, 1, 512) == 0  # saves for backward / records
-    assert ops._split_tasks(EVENT, False, 1, 512) == 0
-    assert ops._split_tasks(DENSE, False, 2, 512) == 0
-    assert ops._split_tasks(DENSE, False, 1, ops.SPLIT_MIN_HIDDEN - 1) == 0
+    two = 2 if n >= 2 else 0
+    T = 100
+    # GRU H=512, 10 % open: 51 * (3 * 512 + 64) units per step, <= 20 blocks by work, 16 by size
+    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 51, T) == (min(n, 16) if n >= 2 else 0)
+    assert ops._split_tasks(DENSE, False, 1, 64, 1, T * 64, T) == two  # RNN H=64, dense: 2 blocks of 32
+    assert ops._split_tasks(RHYTHMIC, True, 1, 512, 3, T * 51, T) == 0  # saves for backward / records
+    assert ops._split_tasks(EVENT, False, 1, 512, 3, T * 512, T) == 0
+    assert ops._split_tasks(DENSE, False, 2, 512, 3, T * 512, T) == 0
+    assert ops._split_tasks(DENSE, False, 1, 37, 3, T * 37, T) == 0  # blocks under SPLIT_MIN_BLOCK
+    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 1, T * 5, T) == 0  # too little work per step
+    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 1, 0, 0) == 0

@@ -23,8 +23,8 @@ How the work follows activity
   With a rhythmic gate and few open neurons only their rows are gathered (k_t·n_spikes).
 * Dense gate: the same kernels over all neurons.
 * **Streaming, B = 1, RNN/GRU, rhythmic or dense gate** (``split.forward``): with one
-  sample the batch-chunk kernels run on one thread, and from H ~ 300 on the GRU's W_hh
-  (3H x H float32) no longer fits one core's L2. When nothing is saved (no gradient
+  sample the batch-chunk kernels run on one thread, and the GRU's W_hh (3H x H float32,
+  3 MiB at H = 512) outgrows one core's L2 (2 MiB here). When nothing is saved (no gradient
   needed, no record), B == 1, Numba has >= 2 threads and each step has enough work
   (``_split_tasks``), the neurons are split into contiguous blocks, one per thread; in
   each step task k computes block k's open neurons from h_{t-1} (double-buffered state),
@@ -156,12 +156,14 @@ def _split_tasks(gk: int, save: bool, batch: int, hidden: int, rows: int, comput
     fitted). Blocks: one per Numba thread, at most H // SPLIT_MIN_BLOCK, and at most
     work // SPLIT_MIN_WORK; split only if that gives >= 2.
 
-    Measured (tools-style A/B of the kernels, 2 threads on 2 cores, T = 10,000; speed-up of
-    the split over the one-thread kernel, medians of 5): every run with >= 8192 units per
-    step gained, from x1.04 (H = 512 GRU, 1 % open, 8.2k) and x1.1-1.2 (8-16k units) to
-    x1.5-2.4 (H = 512 GRU 10 %: x1.95; dense H >= 128: x1.5-2.4); below ~6k it lost
-    (x0.45-0.89: the per-step synchronisation and the exchange of h cost ~0.5-1 µs), except
-    a few small wins left on the table (H = 128 RNN 20 %: x1.23 at 4.9k units).
+    Measured (A/B of the two kernels on the same inputs, float32 math of 8a1890c, 2 Numba
+    threads on 2 otherwise idle cores, T = 10,000, periodic open sets of 2-100 %; speed-up of
+    the split over the one-thread kernel, medians of 5): every configuration with >= 8192
+    units per step gained, x1.1-1.4 at 8-26k units (H = 256 GRU 5 % open: x1.10, H = 512
+    RNN 10 %: x1.37) and x1.5-2.6 above (GRU H = 512 10 %: x2.2-2.6, dense H = 64-1024:
+    x1.4-2.5); below ~6k units it lost (x0.38-0.96: the per-step handshake and the exchange
+    of h cost ~0.5-1 µs). With another process busy on one of the 2 cores the split ran at
+    x0.93-1.05 (the running thread does the other's tasks).
     """
     if save or gk == EVENT or batch != 1 or steps == 0:
         return 0
