@@ -191,14 +191,19 @@ class SULayer(nn.Module):
             self.backend, x.device, self.cell, self.gates[0].kind, x.dtype, batch=B, hidden=self.hidden_size
         )
         impl = backends.get_impl(name)
+        # a backend may project the input inside its kernel, for the neurons that update only
+        fused = getattr(impl, "recurrence_input", None)
         inp = x
         hs, ss, records = [], [], []
         for k in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self._layer_weights(k)
-            xp = F.linear(inp, w_ih, b_ih)
             gate = self.gates[k].plan(state.t, T, device=x.device, dtype=x.dtype)
             s0 = state.s[k] if state.s is not None else None
-            out, hT, sT, rec = impl.recurrence(self.cell, xp, state.h[k], s0, w_hh, b_hh, gate, self._lif(k), record)
+            args = (state.h[k], s0, w_hh, b_hh, gate, self._lif(k), record)
+            res = fused(self.cell, inp, w_ih, b_ih, *args) if fused is not None else None
+            if res is None:
+                res = impl.recurrence(self.cell, F.linear(inp, w_ih, b_ih), *args)
+            out, hT, sT, rec = res
             if rec is not None and gate.kind == "rhythmic" and not rec.gate.requires_grad:
                 # fused backends record detached gates; the rhythmic gate's sequence is
                 # batch uniform, so the differentiable one is at hand

@@ -325,11 +325,14 @@ def test_split_stream_equals_one_call(monkeypatch, cell, gate):
     assert chunks[-1].state.t == 120
 
 
-@pytest.mark.parametrize("is_gru,dense", list(itertools.product((False, True), (False, True))))
-def test_split_kernel_serial_and_absent_workers(is_gru, dense):
+@pytest.mark.parametrize(
+    "is_gru,dense,fused", list(itertools.product((False, True), (False, True), (False, True)))
+)
+def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
     """The claim protocol: 2 tasks done by 1 worker (the other absent), by 2 workers on one
     Numba thread (prange runs them one after the other), 3 tasks by 2 or 3 workers on 2
-    threads: no deadlock, and the same result as the batch-chunk kernel."""
+    threads: no deadlock, and the same result as the batch-chunk kernel; with the input
+    projected beforehand (xp) and inside the kernels (fused, F = 7: not a multiple of 4)."""
     import numba
     import numpy as np
 
@@ -350,12 +353,21 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense):
     off, idx = compact(gv)
     want, want_h = np.empty((1, T, H), f32), np.empty((1, H), f32)
     d = np.zeros((1, 1, 1), f32)
-    cell.forward(is_gru, gk, xp, h0, W, d[0], b, gv, off, idx, np.zeros(1, f32), 0, 0.0, 1, False, 1,
+    x = rng.standard_normal((1, T, 7)).astype(f32)
+    w_ih = rng.standard_normal((G, 7)).astype(f32)
+    src = (True, d, x, w_ih, b[::-1].copy()) if fused else (False, xp, d, d[0], d[0, 0])
+    cell.forward(is_gru, gk, src, h0, W, d[0], b, gv, off, idx, np.zeros(1, f32), 0, 0.0, 1, False, 1,
                  want, want_h, d, d, d, d, d, d, d)  # fmt: skip
+    if fused:  # the kernels' own projection is x W_ih^T + b_ih up to float32 round-off
+        ref = np.empty_like(want)
+        xp_src = (False, (x @ w_ih.T + b[::-1]).astype(f32), d, d[0], d[0, 0])
+        cell.forward(is_gru, gk, xp_src, h0, W, d[0], b, gv, off, idx, np.zeros(1, f32), 0, 0.0, 1, False, 1,
+                     ref, np.empty_like(want_h), d, d, d, d, d, d, d)  # fmt: skip
+        np.testing.assert_allclose(want, ref, rtol=1e-5, atol=1e-5)
 
     def run(ntasks, nworkers):
         out, hT = np.full((1, T, H), np.nan, f32), np.full((1, H), np.nan, f32)
-        split.forward(is_gru, gk, xp, h0, W, b, gv, off, idx, ntasks, nworkers, 10, out, hT)
+        split.forward(is_gru, gk, src, h0, W, b, gv, off, idx, ntasks, nworkers, 10, out, hT)
         return out, hT
 
     results = {"1 worker": run(2, 1), "3 on 3": run(3, 3), "3 tasks, 2 workers": run(3, 2)}
@@ -380,12 +392,78 @@ def test_split_rule():
     n = numba.get_num_threads()
     two = 2 if n >= 2 else 0
     T = 100
-    # GRU H=512, 10 % open: 51 * (3 * 512 + 64) units per step, <= 20 blocks by work, 16 by size
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 51, T) == (min(n, 16) if n >= 2 else 0)
-    assert ops._split_tasks(DENSE, False, 1, 64, 1, T * 64, T) == two  # RNN H=64, dense: 2 blocks of 32
+    # GRU H=512, 10 % open: 51 * (3 * 512 + 64) units per step, <= 9 blocks by work, 16 by size
+    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 51, T) == (min(n, 9) if n >= 2 else 0)
+    assert ops._split_tasks(DENSE, False, 1, 128, 1, T * 128, T) == two  # RNN H=128, dense: 2 blocks of 64
+    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 5, T) == 0  # GRU H=512, 1 %: 8k units
     assert ops._split_tasks(RHYTHMIC, True, 1, 512, 3, T * 51, T) == 0  # saves for backward / records
     assert ops._split_tasks(EVENT, False, 1, 512, 3, T * 512, T) == 0
     assert ops._split_tasks(DENSE, False, 2, 512, 3, T * 512, T) == 0
     assert ops._split_tasks(DENSE, False, 1, 37, 3, T * 37, T) == 0  # blocks under SPLIT_MIN_BLOCK
     assert ops._split_tasks(RHYTHMIC, False, 1, 512, 1, T * 5, T) == 0  # too little work per step
     assert ops._split_tasks(RHYTHMIC, False, 1, 512, 1, 0, 0) == 0
+
+
+# ------------------------------------- inference: the input projection inside the kernel
+@pytest.mark.parametrize(
+    "cell,gate,B,F,T,bias",
+    [
+        ("gru", "rhythmic", 1, 5, 63, True),
+        ("gru", "dense", 3, 4, 15, True),
+        ("rnn", "rhythmic", 3, 9, 15, False),
+        ("rnn", "dense", 1, 1, 1, True),
+        ("gru", "rhythmic", 2, 3, 300, False),
+    ],
+)
+def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
+    """Inference of RNN/GRU (rhythmic, dense) projects the input inside the kernel, for the
+    updating neurons only (ops.recurrence_input): outputs, final state and records equal the
+    torch reference; 2-layer stack (layer 2 reads layer 1's output); with autograd on, the
+    layer projects beforehand (the path every gradient test checks)."""
+    from su_neuro.kernels.numba import ops
+
+    calls = []
+    real = ops._run
+    monkeypatch.setattr(ops, "_run", lambda *a: calls.append(a[-1] is not None) or real(*a))
+    layer = _layer(cell, gate, F=F, H=37, num_layers=2, bias=bias)
+    x = torch.randn(B, T, F, generator=torch.Generator().manual_seed(T))
+    h0 = SUState(0.3 * torch.randn(2, B, 37, generator=torch.Generator().manual_seed(1)), 7, None)
+    res = {}
+    with torch.no_grad():
+        for backend in ("torch", "numba"):
+            layer.backend = backend
+            res[backend] = layer(x, h0, record=True)
+    assert calls == [True, True], calls  # both sub-layers took the fused path
+    ref, got = res["torch"], res["numba"]
+    assert_close("out", ref[0], got[0], *FWD_TOL)
+    assert_close("h_T", ref[1].h, got[1].h, *FWD_TOL)
+    assert got[1].t == 7 + T
+    for k in range(2):
+        assert torch.equal(ref[2][k].gate, got[2][k].gate)
+        assert_close(f"rec{k}.delta", ref[2][k].delta, got[2][k].delta, *FWD_TOL)
+    calls.clear()
+    layer.backend = "numba"
+    out, _ = layer(x, h0)
+    assert calls == [False, False] and out.requires_grad  # training: projected by the layer
+    assert_close("out with grad", ref[0], out.detach(), *FWD_TOL)
+
+
+def test_fused_input_projection_not_taken():
+    """Where the fused path does not apply, recurrence_input says so (None)."""
+    from su_neuro.gates import DenseGate
+    from su_neuro.kernels.numba import ops
+
+    H = 6
+    gate = DenseGate(H).plan(0, 4)
+    x, w_ih = torch.randn(1, 4, 3), torch.randn(3 * H, 3)
+    h0, w_hh = torch.zeros(1, H), torch.randn(3 * H, H)
+    with torch.no_grad():
+        assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, gate) is not None
+        assert ops.recurrence_input("lif", x[..., :H], w_ih[:H], None, h0, None, None, None, gate) is None
+        wide = torch.randn(1, 4, ops.FUSED_MAX_INPUT + 1)  # dense gate, wide input: one GEMM
+        w_wide = torch.randn(3 * H, wide.shape[2])
+        assert ops.recurrence_input("gru", wide, w_wide, None, h0, None, w_hh, None, gate) is None
+        batch = torch.randn(64, 4, 3)  # thread chunks of >= GEMM_MIN_BATCH samples
+        assert ops.recurrence_input("gru", batch, w_ih, None, torch.zeros(64, H), None, w_hh, None, gate) is None
+    w_ih.requires_grad_()
+    assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, gate) is None

@@ -8,7 +8,7 @@ Prints one table of ratios measured side by side in one run (issue 3's four targ
    surrogate, B=32, H=128, T=784, F=1: numba vs torch.nn.GRU and vs torch reference; 100% too
 4. suLIF recurrent, B=1, H=1024, T=10,000, dense and rhythmic 10%, vs snnTorch RLeaky (dense)
 
-Usage: python tools/bench_numba.py [--quick] [--repeats N]
+Usage: python tools/bench_numba.py [--quick] [--repeats N] [--only 1,2,...]
 Every time is the median over repeats (after one warm-up call that also compiles); the
 machine's load average is printed before and after (the 2 cores may be shared).
 """
@@ -29,6 +29,9 @@ import torch  # noqa: E402
 from su_neuro import SUGRU, SULIF  # noqa: E402
 
 torch.set_num_threads(2)
+
+
+RATES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.01)
 
 
 def timeit(fn, repeats):
@@ -153,7 +156,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default="1,2,3,4,5", help="comma-separated measurement groups to run (default: all)")
     args = ap.parse_args(argv)
+    only = {int(k) for k in args.only.split(",")}
     q = args.quick
     R = args.repeats
     rows = []
@@ -165,51 +170,56 @@ def main(argv=None):
 
     # 1. streaming inference
     F, H, T = 16, (128 if q else 512), (1000 if q else 10_000)
-    t_ref = streaming(F, H, T, 0.1, "torch", R)
-    t_nb = {}
-    for rate in (1.0, 0.5, 0.2, 0.1, 0.05, 0.01):
-        t_nb[rate] = streaming(F, H, T, rate, "numba", R)
+    if only & {1, 2}:
+        streaming_rows(row, F, H, T, R, only)
+    if 3 in only:
+        training_rows(row, q, R)
+    if 4 in only:
+        lif_rows(row, q, R)
+    if 5 in only:
+        auto_rows(row, R)
+    print_table(rows, load0, R)
+
+
+def streaming_rows(row, F, H, T, R, only):
+    """Targets 1 and 2: streaming suGRU, B = 1, over the update rates."""
+    t_ref = streaming(F, H, T, 0.1, "torch", R) if 1 in only else float("nan")
+    t_nb = {rate: streaming(F, H, T, rate, "numba", R) for rate in RATES}
     layer = gru_layer(F, H, 0.1, "numba")
+
     def plan():
         with torch.no_grad():  # as the streaming run sees it
-            layer.gates[0].plan(0, T)
+            layer.gates[0].plan(0, T, dtype=torch.float32)
 
     t_plan = timeit(plan, R)
-    row(
-        f"1b of which RhythmicGate.plan (torch, core) {t_plan * 1e3:.1f} ms: share of numba time",
-        t_plan / t_nb[0.1],
-        "info",
-        True,
-    )
-    row(
-        f"1 stream suGRU 10% B=1 H={H} T={T}: torch ref {t_ref * 1e3:.0f} ms / numba {t_nb[0.1] * 1e3:.1f} ms",
-        t_ref / t_nb[0.1],
-        ">= 25x",
-        t_ref / t_nb[0.1] >= 25,
-    )
-    # 2. work follows activity
-    for rate in (1.0, 0.5, 0.2, 0.1, 0.05, 0.01):
+    row(f"1b of which RhythmicGate.plan (torch, core) {t_plan * 1e3:.1f} ms: share of numba time",
+        t_plan / t_nb[0.1], "info", True)  # fmt: skip
+    if 1 in only:
+        row(f"1 stream suGRU 10% B=1 H={H} T={T}: torch ref {t_ref * 1e3:.0f} ms / numba {t_nb[0.1] * 1e3:.1f} ms",
+            t_ref / t_nb[0.1], ">= 25x", t_ref / t_nb[0.1] >= 25)  # fmt: skip
+    for rate in RATES:
         r = t_nb[rate] / t_nb[1.0]
         target = {0.1: "<= 0.25", 0.01: "<= 0.10"}.get(rate, "")
         ok = {0.1: r <= 0.25, 0.01: r <= 0.10}.get(rate, True)
         name = "100% (DenseGate, no plan)" if rate == 1.0 else f"{rate:.0%}"
         row(f"2 numba time at {name} / at 100% ({t_nb[rate] * 1e3:.1f} ms)", r, target, ok)
-    # 3. training step
+
+
+def training_rows(row, q, R):
+    """Target 3: a training step of suGRU against torch.nn.GRU and the reference."""
     F, H, T, B = 1, 128, (196 if q else 784), (8 if q else 32)
     t_gru = nn_gru_training(F, H, T, B, R)
     t_n20 = training(F, H, T, B, 0.2, "numba", R)
     t_n100 = training(F, H, T, B, 1.0, "numba", R)
     t_r20 = training(F, H, T, B, 0.2, "torch", R)
-    row(
-        f"3 train suGRU 20% (triangle w=0.25) B={B} H={H} T={T}: nn.GRU {t_gru * 1e3:.0f} ms / numba "
-        f"{t_n20 * 1e3:.0f} ms",
-        t_gru / t_n20,
-        ">= 4x",
-        t_gru / t_n20 >= 4,
-    )
+    row(f"3 train suGRU 20% (triangle w=0.25) B={B} H={H} T={T}: nn.GRU {t_gru * 1e3:.0f} ms / numba "
+        f"{t_n20 * 1e3:.0f} ms", t_gru / t_n20, ">= 4x", t_gru / t_n20 >= 4)  # fmt: skip
     row(f"3 train 20%: torch ref {t_r20 * 1e3:.0f} ms / numba", t_r20 / t_n20, ">= 5x", t_r20 / t_n20 >= 5)
     row(f"3 train 100%: nn.GRU / numba dense {t_n100 * 1e3:.0f} ms", t_gru / t_n100, ">= 1x", t_gru / t_n100 >= 1)
-    # 4. suLIF recurrent
+
+
+def lif_rows(row, q, R):
+    """Target 4: recurrent suLIF against snnTorch RLeaky doing the dense work."""
     F, H, T = 100, (256 if q else 1024), (2000 if q else 10_000)
     try:
         t_snn = lif_snntorch(F, H, T, R)
@@ -217,31 +227,22 @@ def main(argv=None):
         t_snn = float("nan")
     t_ld, rate_d = lif_numba(F, H, T, "dense", R)
     t_lr, rate_r = lif_numba(F, H, T, {"kind": "rhythmic", "init_rate": 0.1}, R)
-    row(
-        f"4 suLIF dense H={H} T={T} (spike rate {rate_d:.3f}): RLeaky {t_snn * 1e3:.0f} ms / numba {t_ld * 1e3:.1f} ms",
-        t_snn / t_ld,
-        ">= 30x",
-        t_snn / t_ld >= 30,
-    )
-    row(
-        f"4 suLIF rhythmic 10% (spike rate {rate_r:.3f}): RLeaky / numba {t_lr * 1e3:.1f} ms",
-        t_snn / t_lr,
-        ">= 30x",
-        t_snn / t_lr >= 30,
-    )
+    row(f"4 suLIF dense H={H} T={T} (spike rate {rate_d:.3f}): RLeaky {t_snn * 1e3:.0f} ms / numba {t_ld * 1e3:.1f} ms",
+        t_snn / t_ld, ">= 30x", t_snn / t_ld >= 30)  # fmt: skip
+    row(f"4 suLIF rhythmic 10% (spike rate {rate_r:.3f}): RLeaky / numba {t_lr * 1e3:.1f} ms",
+        t_snn / t_lr, ">= 30x", t_snn / t_lr >= 30)  # fmt: skip
 
-    # 5. auto rule: small sizes, forward + backward, every cell, dense gate
+
+def auto_rows(row, R):
+    """The backend="auto" rule: small sizes, forward + backward, every cell, dense gate."""
     for cell in ("rnn", "gru", "lif"):
         for B, H, T in ((1, 8, 1), (1, 8, 20), (4, 64, 20), (32, 256, 20)):
             tt = {be: small_step(cell, B, H, T, be, R) for be in ("torch", "numba")}
-            row(
-                f"5 auto: {cell} B={B} H={H} T={T} fwd+bwd: torch {tt['torch'] * 1e3:.2f} ms / "
-                f"numba {tt['numba'] * 1e3:.2f} ms",
-                tt["torch"] / tt["numba"],
-                "info",
-                True,
-            )
+            row(f"5 auto: {cell} B={B} H={H} T={T} fwd+bwd: torch {tt['torch'] * 1e3:.2f} ms / "
+                f"numba {tt['numba'] * 1e3:.2f} ms", tt["torch"] / tt["numba"], "info", True)  # fmt: skip
 
+
+def print_table(rows, load0, R):
     print(
         f"machine: {machine()}; torch threads {torch.get_num_threads()}, "
         f"NUMBA_NUM_THREADS {os.environ['NUMBA_NUM_THREADS']}; median of {R} runs; load average "

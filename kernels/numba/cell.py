@@ -28,13 +28,52 @@ def _sigmoid(x):
 
 
 @nb.njit(cache=True)
-def gru_candidate(xp, b, t, i, H, ur, uz, hn, h):
-    """GRU candidate of neuron i (rhythmic / dense kernels): ur, uz = recurrent parts with
-    their bias, hn = (U_n h)_i + b_hn, h = current state. Returns (r, z, n, f)."""
-    r = sigmoid32(xp[b, t, i] + ur)
-    z = sigmoid32(xp[b, t, H + i] + uz)
-    n = tanh32(xp[b, t, 2 * H + i] + r * hn)
+def gru_candidate(xr, xz, xn, ur, uz, hn, h):
+    """GRU candidate of one neuron (rhythmic / dense kernels): xr, xz, xn = input parts
+    (W_ih x + b_ih), ur, uz = recurrent parts with their bias, hn = (U_n h)_i + b_hn,
+    h = current state. Returns (r, z, n, f)."""
+    r = sigmoid32(xr + ur)
+    z = sigmoid32(xz + uz)
+    n = tanh32(xn + r * hn)
     return r, z, n, np.float32((1.0 - z) * n + z * h)
+
+
+@nb.njit(cache=True)
+def step_input(src, b, t, idx, s, e, dense, H, nr, buf):
+    """Input pre-activations of sample b at step t for the neurons idx[s:e] (p itself for
+    ``dense``): buf[(p - s) * nr + g] is row g * H + i of (W_ih x_t + b_ih), g < nr gate rows.
+
+    ``src = (fused, xp, x, w_ih, b_ih)``: gathered from ``xp`` (B, T, G), projected by the
+    layer beforehand, or with ``fused`` computed here from x (B, T, F), w_ih (G, F) and
+    b_ih (G,): inference then projects only the rows of neurons that update. One call per
+    step and sample, compiled on its own without fastmath, so that every kernel gets the
+    same bits (the neuron-split streaming kernel equals the batch-chunk kernel exactly)."""
+    fused, xp, x, wih, bih = src
+    F = x.shape[2]
+    for p in range(s, e):
+        i = p if dense else idx[p]
+        for g in range(nr):
+            r = g * H + i
+            if not fused:
+                buf[(p - s) * nr + g] = xp[b, t, r]
+                continue
+            # four running sums (lane f % 4) in a fixed order: vectorisable, no reassociation
+            z = np.float32(0.0)
+            a0, a1, a2, a3 = z, z, z, z
+            f = 0
+            while f + 4 <= F:
+                a0 += x[b, t, f] * wih[r, f]
+                a1 += x[b, t, f + 1] * wih[r, f + 1]
+                a2 += x[b, t, f + 2] * wih[r, f + 2]
+                a3 += x[b, t, f + 3] * wih[r, f + 3]
+                f += 4
+            if f < F:
+                a0 += x[b, t, f] * wih[r, f]
+            if f + 1 < F:
+                a1 += x[b, t, f + 1] * wih[r, f + 1]
+            if f + 2 < F:
+                a2 += x[b, t, f + 2] * wih[r, f + 2]
+            buf[(p - s) * nr + g] = ((a0 + a2) + (a1 + a3)) + bih[r]
 
 
 @nb.njit(cache=True, fastmath=True)
@@ -376,7 +415,7 @@ def _forward_chunk_rd(
     c,
     is_gru,
     gkind,
-    xp,
+    src,
     h0,
     W,
     bias,
@@ -394,12 +433,13 @@ def _forward_chunk_rd(
     nsave,
     hnsave,
 ):
-    B, T, G = xp.shape
-    H = h0.shape[1]
+    B, T, H = out.shape
     lo, hi = chunk(c, nchunks, B)
     m = hi - lo
+    nr = 3 if is_gru else 1
     hs = np.empty((m, H), np.float32)
     fb = np.empty((H, m), np.float32)
+    xb = np.empty((m, nr * H), np.float32)
     acc = np.empty((3, 4), np.float32)
     for q in range(m):
         for j in range(H):
@@ -407,6 +447,8 @@ def _forward_chunk_rd(
     for t in range(T):
         n_t = H if gkind == DENSE else off[t + 1] - off[t]
         base = 0 if gkind == DENSE else off[t]
+        for q in range(m):
+            step_input(src, lo + q, t, idx, base, base + n_t, gkind == DENSE, H, nr, xb[q])
         for k in range(n_t):
             i = k if gkind == DENSE else idx[base + k]
             q = 0
@@ -423,7 +465,13 @@ def _forward_chunk_rd(
                     if is_gru:
                         hn = acc[2, s] + bias[2 * H + i]
                         r, z, n, f = gru_candidate(
-                            xp, b, t, i, H, acc[0, s] + bias[i], acc[1, s] + bias[H + i], hn, hi_
+                            xb[q + s, 3 * k],
+                            xb[q + s, 3 * k + 1],
+                            xb[q + s, 3 * k + 2],
+                            acc[0, s] + bias[i],
+                            acc[1, s] + bias[H + i],
+                            hn,
+                            hi_,
                         )
                         if save:
                             rsave[b, t, i] = r
@@ -431,7 +479,7 @@ def _forward_chunk_rd(
                             nsave[b, t, i] = n
                             hnsave[b, t, i] = hn
                     else:
-                        f = tanh32(xp[b, t, i] + (acc[0, s] + bias[i]))
+                        f = tanh32(xb[q + s, k] + (acc[0, s] + bias[i]))
                         if save:
                             fsave[b, t, i] = f
                     fb[k, q + s] = f
@@ -654,8 +702,9 @@ def _forward_chunk_gemm(
                     if is_gru:
                         hn = acc[q, 2 * n_t + k] + bias[2 * H + i]
                         r, z, n, f = gru_candidate(
-                            xp, b, t, i, H, acc[q, k] + bias[i], acc[q, n_t + k] + bias[H + i], hn, hi_
-                        )
+                            xp[b, t, i], xp[b, t, H + i], xp[b, t, 2 * H + i],
+                            acc[q, k] + bias[i], acc[q, n_t + k] + bias[H + i], hn, hi_,
+                        )  # fmt: skip
                         if save:
                             rsave[p, b] = r
                             zsave[p, b] = z
@@ -839,7 +888,7 @@ def _backward_chunk_gemm(
 def forward(
     is_gru,
     gkind,
-    xp,
+    src,
     h0,
     W,
     WT,
@@ -863,14 +912,15 @@ def forward(
     hnsave,
     gsave,
 ):
-    """Parallel over batch chunks; each chunk runs its own whole time loop."""
+    """Parallel over batch chunks; each chunk runs its own whole time loop. ``src`` is the
+    input source of ``step_input`` (the event gate's kernel reads its projected input ``src[1]``)."""
     for c in nb.prange(nchunks):
         if gkind != EVENT:
             _forward_chunk_rd(
                 c,
                 is_gru,
                 gkind,
-                xp,
+                src,
                 h0,
                 W,
                 bias,
@@ -893,7 +943,7 @@ def forward(
             c,
             is_gru,
             gkind,
-            xp,
+            src[1],
             h0,
             W,
             WT,

@@ -24,16 +24,25 @@ How the work follows activity
 * Dense gate: the same kernels over all neurons.
 * **Streaming, B = 1, RNN/GRU, rhythmic or dense gate** (``split.forward``): with one
   sample the batch-chunk kernels run on one thread, and the GRU's W_hh (3H x H float32,
-  3 MiB at H = 512) outgrows one core's L2 (2 MiB here). When nothing is saved (no gradient
-  needed, no record), B == 1, Numba has >= 2 threads and each step has enough work
-  (``_split_tasks``), the neurons are split into contiguous blocks, one per thread; in
-  each step task k computes block k's open neurons from h_{t-1} (double-buffered state),
-  so each thread keeps its slice of W_hh in its own L2 (and two cores compute). Steps are
+  3 MiB at H = 512) outgrows one core's L2 (1-2 MiB). When nothing is saved (no gradient
+  needed; a record of an RNN/GRU with these gates needs no saves), B == 1, Numba has >= 2
+  threads and each step has enough work (``_split_tasks``), the neurons are split into
+  contiguous blocks, one per thread; in each step task k computes block k's open neurons
+  from h_{t-1} (double-buffered state). A rhythmic gate's blocks are re-balanced every step
+  (task k takes the k-th equal share of the step's open list and the neurons around it), a
+  dense gate's are fixed, so each thread mostly keeps its slice of W_hh in its own L2. Steps are
   synchronised by per-task claim / done words (compare-and-swap, acquire / release): a
   worker runs its own task, then any task nobody has claimed, then waits (spinning, then
   sched_yield) until every task of the step is done; a late, descheduled or absent thread
   never deadlocks a step, the other does its task. Same arithmetic as the batch-chunk
   kernel: bit-identical results.
+
+* **Input projection inside the kernel (inference)** (``recurrence_input``): the layer
+  calls it first; in inference of RNN/GRU with a rhythmic or dense gate and small thread
+  chunks, the kernels compute W_ih x_t + b_ih themselves (``cell.step_input``) for the
+  neurons that update only, instead of reading a dense (B, T, G) projection made beforehand.
+  At 10 % open that skips 90 % of the projection, and its 61 MB array at B = 1, H = 512,
+  T = 10,000, F = 16 (25-28 ms of a 119 ms run, and a cache miss per gate row read).
 
 Backward (BPTT in Numba, one pass per sample, parallel over batch chunks)
 --------------------------------------------------------------------------
@@ -77,7 +86,10 @@ from . import lif as _lif
 from . import split as _split
 from ._common import DENSE, EVENT, GATE_CODES, RHYTHMIC, compact, nchunks
 
-__all__ = ["recurrence", "unsupported", "auto_pays", "REFRESH", "GEMM_MIN_BATCH", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK"]
+__all__ = [
+    "recurrence", "recurrence_input", "unsupported", "auto_pays",
+    "REFRESH", "GEMM_MIN_BATCH", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK", "FUSED_MAX_INPUT",
+]  # fmt: skip
 
 REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH steps
 #: RNN/GRU rhythmic and dense gates: a thread's chunk of at least this many samples runs
@@ -88,7 +100,9 @@ GEMM_MIN_BATCH = 8
 #: (kernels/numba/split.py): blocks of at least SPLIT_MIN_BLOCK neurons, each with at least
 #: SPLIT_MIN_WORK work units per step on average (see ``_split_tasks``)
 SPLIT_MIN_BLOCK = 32
-SPLIT_MIN_WORK = 4096
+SPLIT_MIN_WORK = 8192
+#: a dense gate's fused input projection (``recurrence_input``) up to this many features
+FUSED_MAX_INPUT = 64
 
 _F32 = np.float32
 
@@ -149,21 +163,25 @@ def _use_gemm(gk: int, batch: int, nchunk: int) -> bool:
 def _split_tasks(gk: int, save: bool, batch: int, hidden: int, rows: int, computed: int, steps: int) -> int:
     """Neuron blocks for the split B = 1 forward (``split.forward``), or 0: batch-chunk kernel.
 
-    Only where nothing is saved (no gradient needed, no record), for the rhythmic and dense
-    gates (the caller is RNN/GRU) and B == 1. Work per step: the mean number of computed
+    Only where nothing is saved (no gradient needed), for the rhythmic and dense gates (the
+    caller is RNN/GRU) and B == 1. Work per step: the mean number of computed
     neurons (``computed`` over ``steps``: the rhythmic gate's open entries, or H) times
     rows·H + 64 (rows = 3 GRU, 1 RNN: the multiply-adds; 64: the nonlinearities and blend,
     fitted). Blocks: one per Numba thread, at most H // SPLIT_MIN_BLOCK, and at most
     work // SPLIT_MIN_WORK; split only if that gives >= 2.
 
-    Measured (A/B of the two kernels on the same inputs, float32 math of 8a1890c, 2 Numba
-    threads on 2 otherwise idle cores, T = 10,000, periodic open sets of 2-100 %; speed-up of
-    the split over the one-thread kernel, medians of 5): every configuration with >= 8192
-    units per step gained, x1.1-1.4 at 8-26k units (H = 256 GRU 5 % open: x1.10, H = 512
-    RNN 10 %: x1.37) and x1.5-2.6 above (GRU H = 512 10 %: x2.2-2.6, dense H = 64-1024:
-    x1.4-2.5); below ~6k units it lost (x0.38-0.96: the per-step handshake and the exchange
-    of h cost ~0.5-1 µs). With another process busy on one of the 2 cores the split ran at
-    x0.93-1.05 (the running thread does the other's tasks).
+    Measured (A/B of the two kernels on the same inputs, input projected inside the kernels,
+    2 Numba threads on 2 otherwise idle cores, AMD EPYC (Zen 4, 1 MiB L2 per core), T = 5,000,
+    periodic open sets of 1-100 %; speed-up of the split over the one-thread kernel, medians
+    of 5; docs/benchmarks.md has the table): from ~16k units per step (two blocks of
+    SPLIT_MIN_WORK) on the split gained in
+    23 of 26 configurations (x1.1-2.3: GRU H = 512 10 % x1.18, 20 % x1.61, dense x1.90; every
+    H = 1024 case x1.3-2.2), the losses there being x0.85-0.88 (RNN H = 512 10 %, RNN H = 1024
+    2 %, GRU H = 512 2 %); below it lost in 22 of 30 (x0.2-0.9: the per-step handshake and the
+    exchange of h cost ~0.5-1 µs), the wins there x1.1-1.4 (GRU H = 128 5-20 %). On an Intel
+    Xeon with 2 MiB L2 per core (an earlier session, input projected by the layer) the split
+    already paid from 8k units (GRU H = 512 10 %: x2.2-2.6). With another process busy on one
+    of the 2 cores the split ran at x0.93-1.05 (the running thread does the other's tasks).
     """
     if save or gk == EVENT or batch != 1 or steps == 0:
         return 0
@@ -191,8 +209,11 @@ class _Recurrence(torch.autograd.Function):
     def forward(ctx, cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta):
         cell, kind = cfg["cell"], cfg["kind"]
         need = ctx.needs_input_grad
-        save = (cfg["grad"] and any(need[1:])) or cfg["record"]
-        B, T, G = xp.shape
+        # the backward's state; a record needs the kernel's own saves only where the kernel
+        # decides what is recorded (event gate) or holds it (LIF membrane)
+        save = (cfg["grad"] and any(need[1:])) or (cfg["record"] and (cell == "lif" or kind == "event"))
+        proj = cfg.get("proj")  # (x, w_ih, b_ih) numpy: the input projection runs in the kernel
+        B, T, G = xp.shape if proj is None else (*proj[0].shape[:2], w_hh.shape[0])
         H = h0.shape[1]
         C = nchunks(B)
         gk = GATE_CODES[kind]
@@ -275,8 +296,13 @@ class _Recurrence(torch.autograd.Function):
             gsave = full(gk == EVENT)
             computed = T * H if gk == DENSE else int(off[-1])
             tasks = 0 if gemm else _split_tasks(gk, save, B, H, G // H, computed, T)
+            if proj is None:
+                src = (False, xp_n, _dummy(3), _dummy(2), _dummy(1))
+            else:
+                assert not gemm and not save, "the fused input projection is forward-only"
+                src = (True, _dummy(3), *proj)
             if tasks:
-                _split.forward(is_gru, gk, xp_n, h0_n, W, bias, gv, off, idx, tasks, tasks, _split.SPIN, out, hT)
+                _split.forward(is_gru, gk, src, h0_n, W, bias, gv, off, idx, tasks, tasks, _split.SPIN, out, hT)
             elif gemm:
                 with _BLAS.limit(limits=1):
                     _cell.forward_gemm(
@@ -285,7 +311,7 @@ class _Recurrence(torch.autograd.Function):
                     )  # fmt: skip
             else:
                 _cell.forward(
-                    is_gru, gk, xp_n, h0_n, W, WT, bias, gv, off, idx, th, 0, 0.0, REFRESH,
+                    is_gru, gk, src, h0_n, W, WT, bias, gv, off, idx, th, 0, 0.0, REFRESH,
                     bool(save), C, out, hT, dsave, fsave, rsave, zsave, nsave, hnsave, gsave,
                 )  # fmt: skip
             ctx.gemm = gemm
@@ -405,6 +431,38 @@ class _Recurrence(torch.autograd.Function):
         return None, g_xp, g_h0, g_s0, g_w, g_b, g_g, g_th, g_beta
 
 
+def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
+    """:func:`recurrence` of ``x @ w_ih.T + b_ih`` with the input projection done inside the
+    kernel, for the neurons that update only; or None where that path does not apply.
+
+    It applies in inference (no tensor needs a gradient) of RNN/GRU populations with a
+    rhythmic or dense gate whose thread chunks are below ``GEMM_MIN_BATCH`` samples (the
+    streaming kernels; batched runs keep the one dense GEMM). There the layer's dense
+    projection (B, T, G) costs more than the recurrence itself at low update rates: at B = 1,
+    H = 512, T = 10,000, F = 16 it writes 61 MB (25-28 ms of a 119 ms 10 % run) of which 90 %
+    is never read. A dense gate with more than ``FUSED_MAX_INPUT`` input features keeps the
+    precomputed projection (one GEMM beats per-step dot products when every row is needed).
+    The caller (``SULayer.forward``) projects and calls :func:`recurrence` when this returns None.
+    """
+    if cell not in ("rnn", "gru") or gate.kind not in ("rhythmic", "dense") or x.dtype != torch.float32:
+        return None
+    if x.device.type != "cpu" or w_ih is None:
+        return None
+    if gate.kind == "dense" and x.shape[2] > FUSED_MAX_INPUT:
+        return None
+    tensors = (x, w_ih, b_ih, h0, w_hh, b_hh, gate.values if gate.kind == "rhythmic" else None)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return None
+    B = x.shape[0]
+    if _use_gemm(GATE_CODES[gate.kind], B, nchunks(B)):
+        return None
+    G = w_ih.shape[0]
+    bih = _np(b_ih) if b_ih is not None else np.zeros(G, _F32)
+    proj = (_np(x), _np(w_ih), bih)
+    xp = torch.empty(B, x.shape[1], 0)
+    return _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj)
+
+
 def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
     """Numba implementation of :func:`su_neuro.kernels.reference.recurrence`.
 
@@ -422,6 +480,10 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
         raise ValueError(problem)
     if xp.device.type != "cpu":
         raise ValueError(f"backend 'numba' runs on CPU tensors, got {xp.device}")
+    return _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, None)
+
+
+def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj):
     kind = gate.kind
     gvals = gate.values if kind == "rhythmic" else None
     theta = gate.values if kind == "event" else None
@@ -437,6 +499,7 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
         "gate_surrogate": gate.surrogate if kind == "event" else None,
         "support": support,
         "grad": torch.is_grad_enabled(),
+        "proj": proj,
     }
     if cell != "lif":
         s0 = None
