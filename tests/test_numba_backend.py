@@ -449,21 +449,65 @@ def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
 
 
 def test_fused_input_projection_not_taken():
-    """Where the fused path does not apply, recurrence_input says so (None)."""
-    from su_neuro.gates import DenseGate
+    """Where the kernels do not project the input themselves, recurrence_input says so (None)."""
+    from su_neuro.gates import DenseGate, EventGate
     from su_neuro.kernels.numba import ops
 
     H = 6
     gate = DenseGate(H).plan(0, 4)
     x, w_ih = torch.randn(1, 4, 3), torch.randn(3 * H, 3)
     h0, w_hh = torch.zeros(1, H), torch.randn(3 * H, H)
+    batch, h0_batch = torch.randn(64, 4, 3), torch.zeros(64, H)  # thread chunks >= GEMM_MIN_BATCH
     with torch.no_grad():
         assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, gate) is not None
+        assert ops.recurrence_input("gru", batch, w_ih, None, h0_batch, None, w_hh, None, gate) is not None
         assert ops.recurrence_input("lif", x[..., :H], w_ih[:H], None, h0, None, None, None, gate) is None
+        event = EventGate(H).plan(0, 4)
+        assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, event) is None
         wide = torch.randn(1, 4, ops.FUSED_MAX_INPUT + 1)  # dense gate, wide input: one GEMM
         w_wide = torch.randn(3 * H, wide.shape[2])
         assert ops.recurrence_input("gru", wide, w_wide, None, h0, None, w_hh, None, gate) is None
-        batch = torch.randn(64, 4, 3)  # thread chunks of >= GEMM_MIN_BATCH samples
-        assert ops.recurrence_input("gru", batch, w_ih, None, torch.zeros(64, H), None, w_hh, None, gate) is None
     w_ih.requires_grad_()
+    # training: only on the GEMM path, with few input features
     assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, gate) is None
+    assert ops.recurrence_input("gru", batch, w_ih, None, h0_batch, None, w_hh, None, gate) is not None
+    F = ops.FUSED_TRAIN_MAX_INPUT + 1
+    w_f = torch.randn(3 * H, F, requires_grad=True)
+    assert ops.recurrence_input("gru", torch.randn(64, 4, F), w_f, None, h0_batch, None, w_hh, None, gate) is None
+
+
+@pytest.mark.parametrize(
+    "cell,gate,B,F,T,bias",
+    [
+        ("gru", "rhythmic", 11, 1, 63, True),
+        ("gru", "dense", 3, 3, 15, False),
+        ("rnn", "rhythmic", 3, 2, 15, True),
+        ("rnn", "dense", 11, 1, 1, True),
+    ],
+)
+def test_fused_input_projection_training(monkeypatch, cell, gate, B, F, T, bias):
+    """Training on the GEMM path with few input features (ops.recurrence_input): every
+    gradient equals the reference, the input's too; a 2-layer stack of H = 6 (<= the fused
+    training limit) takes the fused path in both layers, so layer 2's input gradient (the
+    kernel's dx) feeds layer 1's backward."""
+    from su_neuro.kernels.numba import ops
+
+    monkeypatch.setattr(ops, "GEMM_MIN_BATCH", 1)
+    calls = []
+    real = ops._run
+    monkeypatch.setattr(ops, "_run", lambda *a: calls.append(a[-1] is not None) or real(*a))
+    layer = _layer(cell, gate, F=F, H=6, num_layers=2, bias=bias)
+    x0 = torch.randn(B, T, F, generator=torch.Generator().manual_seed(B + T))
+    res = {}
+    for backend in ("torch", "numba"):
+        x = x0.clone().requires_grad_()
+        res[backend] = _run(layer, backend, x)
+        res[backend]["grad x"] = x.grad
+    assert calls == [True, True], calls
+    ref, got = res["torch"], res["numba"]
+    assert set(ref) == set(got)
+    for name in ref:
+        if ref[name] is None:
+            assert got[name] is None, name
+            continue
+        assert_close(name, ref[name], got[name], *(GRAD_TOL if name.startswith("grad") else FWD_TOL))

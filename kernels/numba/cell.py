@@ -641,12 +641,41 @@ def _backward_chunk_rd(
 # computed entries are allocated and written (d is not saved for the dense gate).
 
 
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _gemm_step_input(src, lo, m, t, idx, base, n_t, dense, H, nr, xt, xb):
+    """``step_input`` for the m samples lo.. of a GEMM chunk at once: xb[q, k * nr + g] is
+    row g * H + i of sample lo + q's input pre-activation, i the step's k-th computed neuron.
+    Fused, x_t of the chunk is gathered once (xt, m x F) and each row is one short dot per
+    sample (vectorised over the samples for F = 1); else the rows are gathered from xp."""
+    fused, xp, x, wih, bih = src
+    F = x.shape[2]
+    if fused:
+        for q in range(m):
+            for f in range(F):
+                xt[q, f] = x[lo + q, t, f]
+    for k in range(n_t):
+        i = k if dense else idx[base + k]
+        for g in range(nr):
+            r = g * H + i
+            c = k * nr + g
+            if fused:
+                bb = bih[r]
+                for q in range(m):
+                    s = bb
+                    for f in range(F):
+                        s += xt[q, f] * wih[r, f]
+                    xb[q, c] = s
+            else:
+                for q in range(m):
+                    xb[q, c] = xp[lo + q, t, r]
+
+
 @nb.njit(cache=True, fastmath=True)
 def _forward_chunk_gemm(
     c,
     is_gru,
     gkind,
-    xp,
+    src,
     h0,
     W,
     bias,
@@ -664,13 +693,15 @@ def _forward_chunk_gemm(
     nsave,
     hnsave,
 ):
-    B, T, G = xp.shape
-    H = h0.shape[1]
+    B, T, H = out.shape
+    G = W.shape[0]
     lo, hi = chunk(c, nchunks, B)
     m = hi - lo
     nr = 3 if is_gru else 1
     hs = np.empty((m, H), np.float32)
     fb = np.empty((m, H), np.float32)
+    xb = np.empty((m, nr * H), np.float32)
+    xt = np.empty((m, src[2].shape[2]), np.float32)
     wg = np.empty((G, H), np.float32)
     accb = np.empty(m * G, np.float32)
     for q in range(m):
@@ -680,6 +711,7 @@ def _forward_chunk_gemm(
         n_t = H if gkind == DENSE else off[t + 1] - off[t]
         base = 0 if gkind == DENSE else off[t]
         N = nr * n_t
+        _gemm_step_input(src, lo, m, t, idx, base, n_t, gkind == DENSE, H, nr, xt, xb)
         if N > 0:
             acc = accb[: m * N].reshape((m, N))
             if n_t == H:  # every row computes: W as it is
@@ -687,10 +719,10 @@ def _forward_chunk_gemm(
             else:
                 for r3 in range(nr):
                     for k in range(n_t):
-                        src = r3 * H + idx[base + k]
+                        row = r3 * H + idx[base + k]
                         dst = r3 * n_t + k
                         for j in range(H):
-                            wg[dst, j] = W[src, j]
+                            wg[dst, j] = W[row, j]
                 np.dot(hs, wg[:N].T, acc)
             pb = t * H if gkind == DENSE else base
             for k in range(n_t):
@@ -702,7 +734,7 @@ def _forward_chunk_gemm(
                     if is_gru:
                         hn = acc[q, 2 * n_t + k] + bias[2 * H + i]
                         r, z, n, f = gru_candidate(
-                            xp[b, t, i], xp[b, t, H + i], xp[b, t, 2 * H + i],
+                            xb[q, 3 * k], xb[q, 3 * k + 1], xb[q, 3 * k + 2],
                             acc[q, k] + bias[i], acc[q, n_t + k] + bias[H + i], hn, hi_,
                         )  # fmt: skip
                         if save:
@@ -711,7 +743,7 @@ def _forward_chunk_gemm(
                             nsave[p, b] = n
                             hnsave[p, b] = hn
                     else:
-                        f = tanh32(xp[b, t, i] + (acc[q, k] + bias[i]))
+                        f = tanh32(xb[q, k] + (acc[q, k] + bias[i]))
                         if save:
                             fsave[p, b] = f
                     fb[q, k] = f
@@ -760,12 +792,22 @@ def _backward_chunk_gemm(
     dW,
     db,
     dg,
+    fused,
+    x,
+    wih,
+    dx,
+    dwih,
+    dbih,
 ):
-    B, T, G = dxp.shape
-    H = h0.shape[1]
+    B, T, H = out.shape
+    G = W.shape[0]
+    F = x.shape[2]
     lo, hi = chunk(c, nchunks, B)
     m = hi - lo
     nr = 3 if is_gru else 1
+    vx = np.empty((G, m), np.float32)  # fused: the input pre-activations' gradients (dxp)
+    dwihc = dwih[c]
+    dbihc = dbih[c]
     lam = np.empty((m, H), np.float32)
     lamp = np.empty((m, H), np.float32)
     tmp = np.empty((m, H), np.float32)
@@ -823,6 +865,7 @@ def _backward_chunk_gemm(
                 if dd == 0:
                     for r3 in range(nr):
                         vt[r3 * na + a, q] = 0
+                        vx[r3 * na + a, q] = 0
                     continue
                 lamp[q, i] -= dd
                 if is_gru:
@@ -837,18 +880,43 @@ def _backward_chunk_gemm(
                     dr = dan * hnsave[p, b]
                     daz = dz * z * (1 - z)
                     dar = dr * r * (1 - r)
-                    dxp[b, t, i] = dar
-                    dxp[b, t, H + i] = daz
-                    dxp[b, t, 2 * H + i] = dan
+                    if fused:
+                        vx[a, q] = dar
+                        vx[na + a, q] = daz
+                        vx[2 * na + a, q] = dan
+                    else:
+                        dxp[b, t, i] = dar
+                        dxp[b, t, H + i] = daz
+                        dxp[b, t, 2 * H + i] = dan
                     vt[a, q] = dar
                     vt[na + a, q] = daz
                     vt[2 * na + a, q] = dan * r
                 else:
                     f = fsave[p, b]
                     da = dd * (1 - f * f)
-                    dxp[b, t, i] = da
+                    if fused:
+                        vx[a, q] = da
+                    else:
+                        dxp[b, t, i] = da
                     vt[a, q] = da
         N = nr * na
+        if fused:
+            # input projection x_t W_ih^T + b_ih: dW_ih += dxp^T x_t, db_ih += dxp, dx_t += dxp W_ih
+            for r3 in range(nr):
+                for a in range(na):
+                    v_row = r3 * na + a
+                    row = r3 * H + act[a]
+                    sb = np.float32(0.0)
+                    for q in range(m):
+                        gq = vx[v_row, q]
+                        if gq == 0:
+                            continue
+                        sb += gq
+                        b = lo + q
+                        for f in range(F):
+                            dwihc[row, f] += gq * x[b, t, f]
+                            dx[b, t, f] += gq * wih[row, f]
+                    dbihc[row] += sb
         v = vt[:N]
         full = na == H
         if full:
@@ -1062,13 +1130,14 @@ def backward(
 
 @nb.njit(cache=True, parallel=True)
 def forward_gemm(
-    is_gru, gkind, xp, h0, W, bias, gvals, off, idx, save, nchunks,
+    is_gru, gkind, src, h0, W, bias, gvals, off, idx, save, nchunks,
     out, hT, dsave, fsave, rsave, zsave, nsave, hnsave,
 ):  # fmt: skip
-    """Rhythmic / dense gates, chunks of >= GEMM_MIN_BATCH samples; compact (nnz, B) saves."""
+    """Rhythmic / dense gates, chunks of >= GEMM_MIN_BATCH samples; compact (nnz, B) saves.
+    ``src``: the input source of ``step_input``."""
     for c in nb.prange(nchunks):
         _forward_chunk_gemm(
-            c, is_gru, gkind, xp, h0, W, bias, gvals, off, idx, save, nchunks,
+            c, is_gru, gkind, src, h0, W, bias, gvals, off, idx, save, nchunks,
             out, hT, dsave, fsave, rsave, zsave, nsave, hnsave,
         )  # fmt: skip
 
@@ -1077,10 +1146,14 @@ def forward_gemm(
 def backward_gemm(
     is_gru, gkind, h0, W, gvals, off, idx, nchunks, out, dsave, fsave,
     rsave, zsave, nsave, hnsave, dout, dhT, dxp, dh0, dW, db, dg,
+    fused, x, wih, dx, dwih, dbih,
 ):  # fmt: skip
-    """BPTT of ``forward_gemm``."""
+    """BPTT of ``forward_gemm``. The input's gradient goes to dxp (B, T, G), or with
+    ``fused`` (the forward projected x (B, T, F) with w_ih (G, F) itself) to dx (B, T, F)
+    and the per-chunk dwih (C, G, F), dbih (C, G); only computed entries contribute."""
     for c in nb.prange(nchunks):
         _backward_chunk_gemm(
             c, is_gru, gkind, h0, W, gvals, off, idx, nchunks, out, dsave, fsave,
             rsave, zsave, nsave, hnsave, dout, dhT, dxp, dh0, dW, db, dg,
+            fused, x, wih, dx, dwih, dbih,
         )  # fmt: skip

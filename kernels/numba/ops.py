@@ -88,7 +88,7 @@ from ._common import DENSE, EVENT, GATE_CODES, RHYTHMIC, compact, nchunks
 
 __all__ = [
     "recurrence", "recurrence_input", "unsupported", "auto_pays",
-    "REFRESH", "GEMM_MIN_BATCH", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK", "FUSED_MAX_INPUT",
+    "REFRESH", "GEMM_MIN_BATCH", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT",
 ]  # fmt: skip
 
 REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH steps
@@ -101,8 +101,10 @@ GEMM_MIN_BATCH = 8
 #: SPLIT_MIN_WORK work units per step on average (see ``_split_tasks``)
 SPLIT_MIN_BLOCK = 32
 SPLIT_MIN_WORK = 8192
-#: a dense gate's fused input projection (``recurrence_input``) up to this many features
+#: inference with a dense gate: the kernels project the input themselves (``recurrence_input``)
+#: up to this many input features; training (GEMM path, any gate): up to FUSED_TRAIN_MAX_INPUT
 FUSED_MAX_INPUT = 64
+FUSED_TRAIN_MAX_INPUT = 8
 
 _F32 = np.float32
 
@@ -206,14 +208,14 @@ class _Recurrence(torch.autograd.Function):
     """Forward/backward launchers around the jit kernels (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta):
+    def forward(ctx, cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, x, w_ih, b_ih):
         cell, kind = cfg["cell"], cfg["kind"]
         need = ctx.needs_input_grad
         # the backward's state; a record needs the kernel's own saves only where the kernel
         # decides what is recorded (event gate) or holds it (LIF membrane)
         save = (cfg["grad"] and any(need[1:])) or (cfg["record"] and (cell == "lif" or kind == "event"))
-        proj = cfg.get("proj")  # (x, w_ih, b_ih) numpy: the input projection runs in the kernel
-        B, T, G = xp.shape if proj is None else (*proj[0].shape[:2], w_hh.shape[0])
+        fused = x is not None  # the kernels project x with w_ih, b_ih themselves (xp is empty)
+        B, T, G = (x.shape[0], x.shape[1], w_ih.shape[0]) if fused else xp.shape
         H = h0.shape[1]
         C = nchunks(B)
         gk = GATE_CODES[kind]
@@ -231,6 +233,7 @@ class _Recurrence(torch.autograd.Function):
         ctx.cfg = cfg
         ctx.C = C
         ctx.comp = (off, idx)
+        ctx.fused = None
         if cell == "lif":
             lif = cfg["lif"]
             recurrent = w_hh is not None
@@ -296,17 +299,20 @@ class _Recurrence(torch.autograd.Function):
             gsave = full(gk == EVENT)
             computed = T * H if gk == DENSE else int(off[-1])
             tasks = 0 if gemm else _split_tasks(gk, save, B, H, G // H, computed, T)
-            if proj is None:
-                src = (False, xp_n, _dummy(3), _dummy(2), _dummy(1))
+            if fused:
+                assert gemm or not save, "a fused input projection trains on the GEMM path only"
+                x_n, wih_n = _np(x), _np(w_ih)
+                src = (True, _dummy(3), x_n, wih_n, _np(b_ih, (G,)))
+                ctx.fused = (x_n, wih_n)
             else:
-                assert not gemm and not save, "the fused input projection is forward-only"
-                src = (True, _dummy(3), *proj)
+                src = (False, xp_n, _dummy(3), _dummy(2), _dummy(1))
+                ctx.fused = None
             if tasks:
                 _split.forward(is_gru, gk, src, h0_n, W, bias, gv, off, idx, tasks, tasks, _split.SPIN, out, hT)
             elif gemm:
                 with _BLAS.limit(limits=1):
                     _cell.forward_gemm(
-                        is_gru, gk, xp_n, h0_n, W, bias, gv, off, idx, bool(save), C,
+                        is_gru, gk, src, h0_n, W, bias, gv, off, idx, bool(save), C,
                         out, hT, dsave, fsave, rsave, zsave, nsave, hnsave,
                     )  # fmt: skip
             else:
@@ -344,7 +350,7 @@ class _Recurrence(torch.autograd.Function):
         dth = np.zeros((C, H), _F32)
         dh0 = np.empty((B, H), _F32)
         need = ctx.needs_input_grad
-        g_xp = g_h0 = g_s0 = g_w = g_b = g_g = g_th = g_beta = None
+        g_xp = g_h0 = g_s0 = g_w = g_b = g_g = g_th = g_beta = g_x = g_wih = g_bih = None
         if cell == "lif":
             V, bias, beta_n, s0_n, gv, th, hseq, dsave, gsave = ctx.np_saved[2:]
             lif = cfg["lif"]
@@ -400,15 +406,28 @@ class _Recurrence(torch.autograd.Function):
         else:
             W, gv, th, dsave, fsave, rsave, zsave, nsave, hnsave, gsave = ctx.np_saved[2:]
             G = W.shape[0]
-            dxp = np.zeros((B, T, G), _F32)
+            fused = ctx.fused is not None
+            dxp = _dummy(3) if fused else np.zeros((B, T, G), _F32)
             dW = np.zeros((C, G, H), _F32)
             db = np.zeros((C, G), _F32)
+            if fused:
+                x_n, wih_n = ctx.fused
+                Fin = x_n.shape[2]
+                dx = np.zeros((B, T, Fin), _F32)
+                dwih, dbih = np.zeros((C, G, Fin), _F32), np.zeros((C, G), _F32)
+            else:
+                x_n, wih_n, dx, dwih, dbih = _dummy(3), _dummy(2), _dummy(3), _dummy(3), _dummy(2)
             if ctx.gemm:
                 with _BLAS.limit(limits=1):
                     _cell.backward_gemm(
                         cell == "gru", gk, h0_n, W, gv, off, idx, C, out, dsave, fsave, rsave,
                         zsave, nsave, hnsave, dout_n, dhT_n, dxp, dh0, dW, db, dg,
+                        fused, x_n, wih_n, dx, dwih, dbih,
                     )  # fmt: skip
+                if fused:
+                    g_x = torch.from_numpy(dx) if need[9] else None
+                    g_wih = torch.from_numpy(dwih.sum(0)) if need[10] else None
+                    g_bih = torch.from_numpy(dbih.sum(0)) if need[11] else None
             else:
                 _cell.backward(
                     cell == "gru", gk, h0_n, W, gv, off, idx, th, gcode, gscale, C, out, dsave,
@@ -419,7 +438,7 @@ class _Recurrence(torch.autograd.Function):
                 g_w = torch.from_numpy(dW.sum(0))
             if need[5]:
                 g_b = torch.from_numpy(db.sum(0))
-        if need[1]:
+        if need[1] and ctx.fused is None:
             g_xp = torch.from_numpy(dxp)
         if need[2]:
             g_h0 = torch.from_numpy(dh0)
@@ -428,39 +447,41 @@ class _Recurrence(torch.autograd.Function):
         if need[7] and gk == EVENT:
             g_th = torch.from_numpy(dth.sum(0))
         del G
-        return None, g_xp, g_h0, g_s0, g_w, g_b, g_g, g_th, g_beta
+        return None, g_xp, g_h0, g_s0, g_w, g_b, g_g, g_th, g_beta, g_x, g_wih, g_bih
 
 
 def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
     """:func:`recurrence` of ``x @ w_ih.T + b_ih`` with the input projection done inside the
-    kernel, for the neurons that update only; or None where that path does not apply.
+    kernels, for the neurons that compute only; or None where that path does not apply.
 
-    It applies in inference (no tensor needs a gradient) of RNN/GRU populations with a
-    rhythmic or dense gate whose thread chunks are below ``GEMM_MIN_BATCH`` samples (the
-    streaming kernels; batched runs keep the one dense GEMM). There the layer's dense
-    projection (B, T, G) costs more than the recurrence itself at low update rates: at B = 1,
-    H = 512, T = 10,000, F = 16 it writes 61 MB (25-28 ms of a 119 ms 10 % run) of which 90 %
-    is never read. A dense gate with more than ``FUSED_MAX_INPUT`` input features keeps the
-    precomputed projection (one GEMM beats per-step dot products when every row is needed).
+    RNN/GRU with a rhythmic or dense gate, float32, w_ih present. It applies
+
+    * in inference (no tensor needs a gradient), except for a dense gate with more than
+      ``FUSED_MAX_INPUT`` input features (one GEMM beats per-step dot products when every
+      row is needed). At B = 1, H = 512, T = 10,000, F = 16 the layer's projection writes a
+      61 MB (B, T, G) array (25-28 ms of a 119 ms run at 10 % open) of which 90 % is never read;
+    * in training on the batched GEMM path (thread chunks of >= ``GEMM_MIN_BATCH`` samples)
+      with at most ``FUSED_TRAIN_MAX_INPUT`` features: sequential MNIST pixel by pixel (F = 1),
+      the copy and adding tasks. The forward then skips the (B, T, G) projection and the
+      backward its (B, T, G) gradient and the two GEMMs over it: dW_ih, db_ih and dx gather
+      the computed entries only (at B = 32, H = 128, T = 784, F = 1: 38 MB each way).
+
     The caller (``SULayer.forward``) projects and calls :func:`recurrence` when this returns None.
     """
     if cell not in ("rnn", "gru") or gate.kind not in ("rhythmic", "dense") or x.dtype != torch.float32:
         return None
-    if x.device.type != "cpu" or w_ih is None:
+    if x.device.type != "cpu" or w_ih is None or x.dim() != 3:
         return None
-    if gate.kind == "dense" and x.shape[2] > FUSED_MAX_INPUT:
+    B, T, Fin = x.shape
+    gvals = gate.values if gate.kind == "rhythmic" else None
+    tensors = (x, w_ih, b_ih, h0, w_hh, b_hh, gvals)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    gemm = _use_gemm(GATE_CODES[gate.kind], B, nchunks(B))
+    if grad and not (gemm and Fin <= FUSED_TRAIN_MAX_INPUT):
         return None
-    tensors = (x, w_ih, b_ih, h0, w_hh, b_hh, gate.values if gate.kind == "rhythmic" else None)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if not grad and gate.kind == "dense" and Fin > FUSED_MAX_INPUT:
         return None
-    B = x.shape[0]
-    if _use_gemm(GATE_CODES[gate.kind], B, nchunks(B)):
-        return None
-    G = w_ih.shape[0]
-    bih = _np(b_ih) if b_ih is not None else np.zeros(G, _F32)
-    proj = (_np(x), _np(w_ih), bih)
-    xp = torch.empty(B, x.shape[1], 0)
-    return _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj)
+    return _run(cell, torch.empty(B, T, 0), h0, s0, w_hh, b_hh, gate, lif, record, (x, w_ih, b_ih))
 
 
 def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
@@ -499,11 +520,11 @@ def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj):
         "gate_surrogate": gate.surrogate if kind == "event" else None,
         "support": support,
         "grad": torch.is_grad_enabled(),
-        "proj": proj,
     }
     if cell != "lif":
         s0 = None
-    out, hT, sT, hseq, gsave = _Recurrence.apply(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta)
+    x, w_ih, b_ih = proj if proj is not None else (None, None, None)
+    out, hT, sT, hseq, gsave = _Recurrence.apply(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, x, w_ih, b_ih)
     rec = None
     if record:
         B, T, H = out.shape
