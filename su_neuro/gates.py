@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from . import _buffers
 from .surrogate import Surrogate, get_surrogate
 
 __all__ = [
@@ -224,7 +225,8 @@ class RhythmicGate(Gate):
         with torch.no_grad():
             t = torch.arange(t0, t0 + steps, device=self.bias.device, dtype=torch.float64)
             base = torch.remainder(t[:, None] * self.omega.double()[None, :1], 2 * math.pi).to(self.phi.dtype)
-            x = base + self.phi[:, 0][None]
+            x = _buffers.empty((steps, self.hidden_size), self.phi.dtype, self.phi.device)
+            torch.add(base, self.phi[:, 0][None], out=x)
             return x.sin_().mul_(self.alpha[:, 0][None]).add_(self.bias[None]).gt_(0)
 
     def expected_rate(self, steps: int, t0: int = 0) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import backends
+from . import _buffers, backends
 from .gates import Gate, make_gate
 from .kernels.reference import GATE_ROWS, LIFParams, StepRecord
 from .surrogate import get_surrogate
@@ -202,7 +202,7 @@ class SULayer(nn.Module):
             args = (state.h[k], s0, w_hh, b_hh, gate, self._lif(k), record)
             res = fused(self.cell, inp, w_ih, b_ih, *args) if fused is not None else None
             if res is None:
-                res = impl.recurrence(self.cell, F.linear(inp, w_ih, b_ih), *args)
+                res = impl.recurrence(self.cell, _buffers.linear(inp, w_ih, b_ih), *args)
             out, hT, sT, rec = res
             if rec is not None and gate.kind == "rhythmic" and not rec.gate.requires_grad:
                 # fused backends record detached gates; the rhythmic gate's sequence is

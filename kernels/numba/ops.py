@@ -238,7 +238,11 @@ class _Recurrence(torch.autograd.Function):
             lif = cfg["lif"]
             recurrent = w_hh is not None
             V = _np(w_hh) if recurrent else _dummy(2)
-            VT = np.ascontiguousarray(V.T)
+            # V^T (the column pass over the previous step's spikes) is read only at steps
+            # whose compute set has >= H/4 neurons (lif.py: "rowwise" otherwise): a sparse
+            # rhythmic gate never needs the (H, H) transposed copy (4 ms at H = 1024)
+            rowwise = kind == "rhythmic" and T > 0 and int(np.diff(off).max()) * 4 < H
+            VT = np.ascontiguousarray(V.T) if recurrent and not rowwise else V
             bias = _np(b_hh, (H,)) if recurrent else np.zeros(H, _F32)
             s0_n = _np(s0, (B, H))
             beta_n = _np(beta)
