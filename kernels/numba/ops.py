@@ -101,6 +101,7 @@ GEMM_MIN_BATCH = 8
 #: SPLIT_MIN_WORK work units per step on average (see ``_split_tasks``)
 SPLIT_MIN_BLOCK = 32
 SPLIT_MIN_WORK = 8192
+_SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work for the rule
 #: inference with a dense gate: the kernels project the input themselves (``recurrence_input``)
 #: up to this many input features; training (GEMM path, any gate): up to FUSED_TRAIN_MAX_INPUT
 FUSED_MAX_INPUT = 64
@@ -166,24 +167,23 @@ def _split_tasks(gk: int, save: bool, batch: int, hidden: int, rows: int, comput
     """Neuron blocks for the split B = 1 forward (``split.forward``), or 0: batch-chunk kernel.
 
     Only where nothing is saved (no gradient needed), for the rhythmic and dense gates (the
-    caller is RNN/GRU) and B == 1. Work per step: the mean number of computed
-    neurons (``computed`` over ``steps``: the rhythmic gate's open entries, or H) times
+    caller is RNN/GRU) and B == 1. Work per step: the mean number of computed neurons
+    (``computed`` over ``steps``: the rhythmic gate's open entries, counted on the first
+    ``_SPLIT_SAMPLE`` steps and scaled to T, or H) times
     rows·H + 64 (rows = 3 GRU, 1 RNN: the multiply-adds; 64: the nonlinearities and blend,
     fitted). Blocks: one per Numba thread, at most H // SPLIT_MIN_BLOCK, and at most
     work // SPLIT_MIN_WORK; split only if that gives >= 2.
 
-    Measured (A/B of the two kernels on the same inputs, input projected inside the kernels,
-    2 Numba threads on 2 otherwise idle cores, AMD EPYC (Zen 4, 1 MiB L2 per core), T = 5,000,
-    periodic open sets of 1-100 %; speed-up of the split over the one-thread kernel, medians
-    of 5; docs/benchmarks.md has the table): from ~16k units per step (two blocks of
-    SPLIT_MIN_WORK) on the split gained in
-    23 of 26 configurations (x1.1-2.3: GRU H = 512 10 % x1.18, 20 % x1.61, dense x1.90; every
-    H = 1024 case x1.3-2.2), the losses there being x0.85-0.88 (RNN H = 512 10 %, RNN H = 1024
-    2 %, GRU H = 512 2 %); below it lost in 22 of 30 (x0.2-0.9: the per-step handshake and the
-    exchange of h cost ~0.5-1 µs), the wins there x1.1-1.4 (GRU H = 128 5-20 %). On an Intel
-    Xeon with 2 MiB L2 per core (an earlier session, input projected by the layer) the split
-    already paid from 8k units (GRU H = 512 10 %: x2.2-2.6). With another process busy on one
-    of the 2 cores the split ran at x0.93-1.05 (the running thread does the other's tasks).
+    Measured with tools/bench_numba_split.py (A/B of the two kernels on the same inputs, input
+    projected inside the kernels, 2 Numba threads on 2 otherwise idle cores, AMD EPYC with
+    1 MiB L2 per core, T = 5,000, periodic open sets of 1-100 %, medians of 5; the table is in
+    docs/benchmarks.md): from 16k units per step (two blocks of SPLIT_MIN_WORK) the split won
+    in 22 of 27 configurations (x1.1-2.6: GRU H = 512 10 % x1.83, dense x2.19), the losses
+    x0.66-0.99 (RNN H = 1024 2-5 %, RNN H = 256 20 %, GRU H = 512 2 %, GRU H = 1024 1 %); below
+    it lost in 24 of 33 (x0.13-0.97: the per-step handshake and the exchange of h cost
+    ~0.5-1 µs), the wins there x1.04-1.8 (mostly GRU H <= 256 at 5-20 %, which the rule
+    leaves on one thread). With another process busy on one of the 2 cores the split ran at x0.93-1.05 (the
+    running thread does the other's tasks; an earlier session's measurement).
     """
     if save or gk == EVENT or batch != 1 or steps == 0:
         return 0
@@ -223,7 +223,15 @@ class _Recurrence(torch.autograd.Function):
         gv = _np(gvals) if kind == "rhythmic" else _dummy(2)
         th = _np(theta) if kind == "event" else _dummy(1)
         off, idx = np.zeros(1, np.int64), np.zeros(1, np.int32)
-        if kind == "rhythmic":
+        # B = 1 streaming RNN/GRU with nothing to save may run split over neurons; its tasks
+        # scan the gate rows themselves, so the compaction is skipped (the split rule's work
+        # estimate then comes from the first steps' open counts)
+        tasks = 0
+        if cell != "lif" and not save and B == 1 and gk != EVENT and T > 0:
+            head = gv[: min(T, _SPLIT_SAMPLE)] if gk == RHYTHMIC else None
+            computed = T * H if gk == DENSE else int(np.count_nonzero(head)) * T // head.shape[0]
+            tasks = _split_tasks(gk, save, B, H, G // H, computed, T)
+        if kind == "rhythmic" and not tasks:
             support = None
             if cfg["grad"] and need[6]:
                 support = cfg["support"]
@@ -301,8 +309,6 @@ class _Recurrence(torch.autograd.Function):
             fsave = full(not is_gru)
             rsave, zsave, nsave, hnsave = (full(is_gru) for _ in range(4))
             gsave = full(gk == EVENT)
-            computed = T * H if gk == DENSE else int(off[-1])
-            tasks = 0 if gemm else _split_tasks(gk, save, B, H, G // H, computed, T)
             if fused:
                 assert gemm or not save, "a fused input projection trains on the GEMM path only"
                 x_n, wih_n = _np(x), _np(w_ih)
@@ -312,7 +318,7 @@ class _Recurrence(torch.autograd.Function):
                 src = (False, xp_n, _dummy(3), _dummy(2), _dummy(1))
                 ctx.fused = None
             if tasks:
-                _split.forward(is_gru, gk, src, h0_n, W, bias, gv, off, idx, tasks, tasks, _split.SPIN, out, hT)
+                _split.forward(is_gru, gk, src, h0_n, W, bias, gv, tasks, tasks, _split.SPIN, out, hT)
             elif gemm:
                 with _BLAS.limit(limits=1):
                     _cell.forward_gemm(

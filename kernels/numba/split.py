@@ -149,62 +149,44 @@ def _bound(k, ntasks, H):
     return min(H, ((k * H) // ntasks + 8) // 16 * 16)
 
 
-@nb.njit(cache=True, inline="always")
-def _share(k, ntasks, s, e):
-    """Start of share k of the list positions [s, e) split into ntasks equal shares."""
-    return s + (k * (e - s)) // ntasks
-
-
-@nb.njit(cache=True, inline="always")
-def _lower(idx, lo, hi, v):
-    """First position in idx[lo:hi] (increasing) whose value is >= v."""
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if idx[mid] < v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
 @nb.njit(cache=True, fastmath=True)
-def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, off, idx, hbuf, out, acc, xb):
-    """Block k of step t: hbuf[t & 1, block] from hbuf[(t & 1) ^ 1]; out[0, t, block]."""
+def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hbuf, out, acc, xb, loc):
+    """Block k of step t: hbuf[t & 1, block] from hbuf[(t & 1) ^ 1]; out[0, t, block].
+    A rhythmic gate's open neurons are found by scanning the block's gate row (no
+    compacted lists: the (T, H) compaction would cost more than this scan)."""
     H = hbuf.shape[1]
+    lo = _bound(k, ntasks, H)
+    hi = _bound(k + 1, ntasks, H)
     cur = t & 1
     prv = cur ^ 1
+    n = 0
     if gkind == DENSE:
-        lo = _bound(k, ntasks, H)
-        hi = _bound(k + 1, ntasks, H)
-        s, e = lo, hi
+        for j in range(lo, hi):
+            loc[n] = j
+            n += 1
     else:
-        # balanced blocks: task k computes the k-th share of the step's open list and owns
-        # the neurons from its first open one to the next task's first (all of them for the
-        # first / last task), so every task has the same number of candidates
-        s = _share(k, ntasks, off[t], off[t + 1])
-        e = _share(k + 1, ntasks, off[t], off[t + 1])
-        lo = 0 if k == 0 else (idx[s] if s < off[t + 1] else H)
-        hi = H if k + 1 == ntasks else (idx[e] if e < off[t + 1] else H)
         for j in range(lo, hi):
             hbuf[cur, j] = hbuf[prv, j]
+            if gvals[t, j] != 0:
+                loc[n] = j
+                n += 1
     nr = 3 if is_gru else 1
-    step_input(src, 0, t, idx, s, e, gkind == DENSE, H, nr, xb)
-    for p in range(s, e):
-        i = p if gkind == DENSE else idx[p]
+    step_input(src, 0, t, loc, 0, n, False, H, nr, xb)
+    for p in range(n):
+        i = loc[p]
         _dots1(is_gru, W, i, H, hbuf, prv, acc)
         hi_ = hbuf[prv, i]
         if is_gru:
             hn = acc[2, 0] + bias[2 * H + i]
-            q = 3 * (p - s)
+            q = 3 * p
             f = gru_candidate(xb[q], xb[q + 1], xb[q + 2], acc[0, 0] + bias[i], acc[1, 0] + bias[H + i], hn, hi_)[3]
         else:
-            f = tanh32(xb[p - s] + (acc[0, 0] + bias[i]))
+            f = tanh32(xb[p] + (acc[0, 0] + bias[i]))
         if gkind == DENSE:
             hbuf[cur, i] = f
         else:
             g = gvals[t, i]
-            if g != 0:
-                hbuf[cur, i] = hi_ + g * (f - hi_)
+            hbuf[cur, i] = hi_ + g * (f - hi_)
     for j in range(lo, hi):
         out[0, t, j] = hbuf[cur, j]
 
@@ -217,15 +199,16 @@ def _claim(k, t, sync):
 
 
 @nb.njit(cache=True)
-def _worker(p, ntasks, is_gru, gkind, src, W, bias, gvals, off, idx, hbuf, out, sync, spin):
+def _worker(p, ntasks, is_gru, gkind, src, W, bias, gvals, hbuf, out, sync, spin):
     T = out.shape[1]
     acc = np.empty((3, 4), np.float32)
     xb = np.empty(3 * hbuf.shape[1], np.float32)
+    loc = np.empty(hbuf.shape[1], np.int32)
     for t in range(T):
         for q in range(ntasks):  # own task first, then any task nobody has claimed yet
             k = (p + q) % ntasks
             if _claim(k, t, sync):
-                _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, off, idx, hbuf, out, acc, xb)
+                _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hbuf, out, acc, xb, loc)
                 store_release(sync, (2 * k + 1) * _STRIDE, t)
         for k in range(ntasks):  # then wait until every task of step t is done
             d = (2 * k + 1) * _STRIDE
@@ -237,7 +220,7 @@ def _worker(p, ntasks, is_gru, gkind, src, W, bias, gvals, off, idx, hbuf, out, 
 
 
 @nb.njit(cache=True, parallel=True)
-def forward(is_gru, gkind, src, h0, W, bias, gvals, off, idx, ntasks, nworkers, spin, out, hT):
+def forward(is_gru, gkind, src, h0, W, bias, gvals, ntasks, nworkers, spin, out, hT):
     """B = 1 forward (input source ``src`` of ``cell.step_input``, h0 (1, H)) split into ntasks
     neuron blocks, run by prange(nworkers) workers (worker p owns task p; nworkers <= ntasks,
     any of them may be absent or run late). Writes out (1, T, H) and hT (1, H)."""
@@ -250,7 +233,7 @@ def forward(is_gru, gkind, src, h0, W, bias, gvals, off, idx, ntasks, nworkers, 
     for j in range(sync.shape[0]):
         sync[j] = -1
     for p in nb.prange(nworkers):
-        _worker(p, ntasks, is_gru, gkind, src, W, bias, gvals, off, idx, hbuf, out, sync, spin)
+        _worker(p, ntasks, is_gru, gkind, src, W, bias, gvals, hbuf, out, sync, spin)
     last = (T - 1) & 1 if T > 0 else 1
     for j in range(H):
         hT[0, j] = hbuf[last, j]

@@ -1,0 +1,86 @@
+"""A/B of the two B = 1 streaming forward kernels of the Numba backend: the neuron-split
+kernel (kernels/numba/split.py, one block of neurons per thread) against the one-thread
+batch-chunk kernel (kernels/numba/cell.py), on the same inputs. The rule that picks one
+(``ops._split_tasks``, constant ``SPLIT_MIN_WORK``) was set from this table.
+
+Usage: python tools/bench_numba_split.py [--steps T] [--repeats N]
+Prints one row per cell x hidden size x open fraction: work units per step (computed
+neurons x (rows·H + 64)), both times (medians of N interleaved runs) and the speed-up.
+The input projection runs inside the kernels (as in inference), F = 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import time
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "2")  # before numba is imported
+
+import numpy as np  # noqa: E402
+
+from su_neuro.kernels.numba import cell, split  # noqa: E402
+from su_neuro.kernels.numba._common import DENSE, RHYTHMIC, compact  # noqa: E402
+
+F32 = np.float32
+
+
+def periodic_gate(T, H, rate, rng):
+    """Each neuron open one step in round(1 / rate), at its own phase (rate 1: dense)."""
+    period = max(1, int(round(1 / rate)))
+    phase = rng.integers(0, period, H)
+    return (phase[None, :] == (np.arange(T)[:, None] % period)).astype(F32)
+
+
+def median_pair(f1, f2, repeats):
+    f1()
+    f2()
+    a, b = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f1()
+        a.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        f2()
+        b.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--hidden", default="64,128,256,512,1024")
+    args = ap.parse_args(argv)
+    T, F = args.steps, 16
+    rng = np.random.default_rng(0)
+    d3, d2, d1 = np.zeros((1, 1, 1), F32), np.zeros((1, 1), F32), np.zeros(1, F32)
+    print(f"| cell | H | open | units/step | one thread ms | split ms | speed-up |  (T = {T}, F = {F})")
+    print("|---|---|---|---|---|---|---|")
+    for is_gru in (True, False):
+        for H in (int(h) for h in args.hidden.split(",")):
+            G = 3 * H if is_gru else H
+            W = (rng.standard_normal((G, H)) / np.sqrt(H)).astype(F32)
+            b = np.zeros(G, F32)
+            src = (True, d3, rng.standard_normal((1, T, F)).astype(F32), rng.standard_normal((G, F)).astype(F32), b)
+            h0, out, hT = np.zeros((1, H), F32), np.empty((1, T, H), F32), np.empty((1, H), F32)
+            for rate in (0.01, 0.02, 0.05, 0.1, 0.2, 1.0):
+                gk = DENSE if rate == 1.0 else RHYTHMIC
+                gv = periodic_gate(T, H, rate, rng)
+                off, idx = compact(gv)
+                units = (off[-1] / T if gk == RHYTHMIC else H) * (G + 64)
+
+                cargs = (is_gru, gk, src, h0, W, d2, b, gv, off, idx, d1, 0, 0.0, 4096, False, 1, out, hT) + (d3,) * 7
+                sargs = (is_gru, gk, src, h0, W, b, gv, off, idx, 2, 2, split.SPIN, out, hT)
+                one = functools.partial(cell.forward, *cargs)
+                two = functools.partial(split.forward, *sargs)
+                a, c = median_pair(one, two, args.repeats)
+                name = "gru" if is_gru else "rnn"
+                row = f"| {name} | {H} | {rate:.0%} | {units:.0f} | {a * 1e3:.1f} | {c * 1e3:.1f} | {a / c:.2f} |"
+                print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
