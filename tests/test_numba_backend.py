@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -257,6 +258,22 @@ def test_inplace_edit_of_an_output_is_caught_before_backward():
 
 
 # ------------------------------------------- B = 1 streaming forward split over neurons
+def test_huge_copy_is_an_aligned_reused_copy():
+    from su_neuro import _buffers
+
+    a = np.random.default_rng(0).standard_normal((300, 37)).astype(np.float32)
+    c = _buffers.huge_copy(a)
+    assert c.ctypes.data % _buffers.HUGE_PAGE == 0 and c.flags.c_contiguous
+    assert c.dtype == a.dtype and c.shape == a.shape and np.array_equal(c, a)
+    assert not np.shares_memory(c, a)
+    b = np.arange(12, dtype=np.float64).reshape(3, 4)[:, ::2]  # not contiguous, another dtype
+    d = _buffers.huge_copy(b)
+    assert d.ctypes.data == c.ctypes.data  # the thread's buffer is reused
+    assert np.array_equal(d, b) and d.flags.c_contiguous
+    big = np.ones((_buffers.LARGE // 4 + 5,), np.float32)  # more than the buffer holds: it grows
+    assert np.array_equal(_buffers.huge_copy(big), big)
+
+
 def _split_forced(monkeypatch):
     """Forces kernels/numba/split.py at any H; returns a list that counts its calls."""
     import numba
@@ -267,6 +284,7 @@ def _split_forced(monkeypatch):
         pytest.skip("the split path needs >= 2 Numba threads")
     monkeypatch.setattr(ops, "SPLIT_MIN_BLOCK", 1)
     monkeypatch.setattr(ops, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(ops, "SPLIT_HUGE_STEPS", 16)  # T >= 16 reads W_hh from its huge-page copy
     calls = []
     kernel = split.forward
 
@@ -511,3 +529,21 @@ def test_fused_input_projection_training(monkeypatch, cell, gate, B, F, T, bias)
             assert got[name] is None, name
             continue
         assert_close(name, ref[name], got[name], *(GRAD_TOL if name.startswith("grad") else FWD_TOL))
+
+
+def test_split_benchmark_runs(capsys):
+    """tools/bench_numba_split.py (the A/B behind the split rule) at a tiny size: one row per
+    cell x rate, both kernels timed."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "bench_numba_split.py"
+    spec = importlib.util.spec_from_file_location("bench_numba_split", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--steps", "40", "--repeats", "1", "--hidden", "48"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith(("| gru", "| rnn"))]
+    assert len(rows) == 12
+    for r in rows:
+        one, two, speed = (float(c) for c in r.strip("|").split("|")[4:7])
+        assert one >= 0 and two >= 0 and speed > 0  # ms to one decimal: a tiny run may print 0.0

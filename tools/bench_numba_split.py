@@ -73,7 +73,7 @@ def main(argv=None):
                 units = (off[-1] / T if gk == RHYTHMIC else H) * (G + 64)
 
                 cargs = (is_gru, gk, src, h0, W, d2, b, gv, off, idx, d1, 0, 0.0, 4096, False, 1, out, hT) + (d3,) * 7
-                sargs = (is_gru, gk, src, h0, W, b, gv, off, idx, 2, 2, split.SPIN, out, hT)
+                sargs = (is_gru, gk, src, h0, W, b, gv, 2, 2, split.SPIN, out, hT)
                 one = functools.partial(cell.forward, *cargs)
                 two = functools.partial(split.forward, *sargs)
                 a, c = median_pair(one, two, args.repeats)

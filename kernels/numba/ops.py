@@ -80,6 +80,7 @@ import numba as nb
 import numpy as np
 import torch
 
+from ..._buffers import huge_copy
 from ..reference import StepRecord
 from . import cell as _cell
 from . import lif as _lif
@@ -102,6 +103,9 @@ GEMM_MIN_BATCH = 8
 SPLIT_MIN_BLOCK = 32
 SPLIT_MIN_WORK = 8192
 _SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work for the rule
+#: the split kernel reads W_hh from a copy in huge pages (``su_neuro._buffers.huge_copy``)
+#: on streams of at least this many steps, where the copy costs under ~5 % of the run
+SPLIT_HUGE_STEPS = 1024
 #: inference with a dense gate: the kernels project the input themselves (``recurrence_input``)
 #: up to this many input features; training (GEMM path, any gate): up to FUSED_TRAIN_MAX_INPUT
 FUSED_MAX_INPUT = 64
@@ -318,7 +322,8 @@ class _Recurrence(torch.autograd.Function):
                 src = (False, xp_n, _dummy(3), _dummy(2), _dummy(1))
                 ctx.fused = None
             if tasks:
-                _split.forward(is_gru, gk, src, h0_n, W, bias, gv, tasks, tasks, _split.SPIN, out, hT)
+                Wk = huge_copy(W) if T >= SPLIT_HUGE_STEPS else W
+                _split.forward(is_gru, gk, src, h0_n, Wk, bias, gv, tasks, tasks, _split.SPIN, out, hT)
             elif gemm:
                 with _BLAS.limit(limits=1):
                     _cell.forward_gemm(

@@ -8,10 +8,10 @@ into ``ntasks`` contiguous blocks (boundaries rounded to 16 neurons, one cache l
 float32); task k of step t computes the candidates of block k's open neurons from h_{t-1}
 and writes block k of h_t, so each thread keeps its own slice of W_hh in its own L2.
 
-State is double-buffered, hbuf (2, H): step t reads row (t & 1) ^ 1 and writes row t & 1
-(h0 goes into row 1), so no task of step t overwrites what another task of step t reads;
-a task copies its block's closed neurons forward, blends the open ones
-(h + g (f - h), g != 0, exactly as ``cell._forward_chunk_rd``) and writes out[0, t, block].
+The outputs are the state: step t reads h_{t-1} from out[0, t - 1] (h0 at t = 0) and
+writes block k of out[0, t], so no task of step t overwrites what another task of step t
+reads and no state buffer is copied. A task copies its block's closed neurons forward,
+blends the open ones (h + g (f - h), g != 0, exactly as ``cell._forward_chunk_rd``).
 
 Synchronisation (no plain barrier: a barrier deadlocks when the threading layer runs two
 prange iterations on one thread, and stalls while the OS has a thread descheduled). Each
@@ -19,16 +19,19 @@ task has a claim word (the last step claimed) and a done word (the last step com
 int64, on their own cache lines. Worker p at step t:
 
 1. tries CAS(claim[p], t - 1 -> t); on success runs task p and stores done[p] = t (release);
-2. tries every other task the same way, so a worker that is absent or late has its task
-   done for it (with one thread, or one worker, everything runs serially and correctly);
-3. waits until done[k] >= t for every k (acquire loads; after ``SPIN`` polls each poll also
-   yields the CPU with sched_yield, so a descheduled owner of a claimed task can run on a
-   shared or oversubscribed machine: with a busy process on the other of 2 cores, never
-   yielding made H = 512 GRU 1.2-1.4x slower than SPIN = 2000), then goes on to step t + 1.
+2. waits until done[k] >= t for every other k (acquire loads). After ``STEAL`` polls it
+   also tries CAS(claim[k], t - 1 -> t) and on success runs task k itself, so a worker that
+   is absent or late has its task done for it (with one thread, or one worker, everything
+   runs serially and correctly). In the common case the owner claimed its task long before,
+   and nobody but the owner touches a claim word: one cache line fewer moves between cores
+   per task and step. After ``SPIN`` polls each poll also yields the CPU with sched_yield,
+   so a descheduled owner of a claimed task can run on a shared or oversubscribed machine
+   (with a busy process on the other of 2 cores, never yielding made H = 512 GRU 1.2-1.4x
+   slower than SPIN = 2000);
+3. if task p was taken by another worker, waits until it is done; then goes on to t + 1.
 
 A task of step t is claimed only by a worker that saw every task of step t - 1 done, so
-it reads a complete h_{t-1}, and every reader of the row it overwrites (step t - 1's
-tasks) has finished. Numba has no CPU atomics: the acquire load, release store and
+it reads a complete h_{t-1}. Numba has no CPU atomics: the acquire load, release store and
 compare-and-swap are llvmlite intrinsics on an element of an int64 array.
 """
 
@@ -53,6 +56,10 @@ __all__ = ["forward", "SPIN"]
 
 #: polls of a done word before each further poll also yields the CPU
 SPIN = 2000
+#: polls of another task's done word before its claim word is read (and the task taken if
+#: its owner has not started it): in the common case the owner has claimed it long before,
+#: and a claim word nobody else reads stays in its owner's cache
+STEAL = 256
 _STRIDE = 16  # int64 words between two sync words (128 bytes: own cache line, and its pair)
 
 # ------------------------------------------------------------------ atomics and yield
@@ -150,15 +157,16 @@ def _bound(k, ntasks, H):
 
 
 @nb.njit(cache=True, fastmath=True)
-def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hbuf, out, acc, xb, loc):
-    """Block k of step t: hbuf[t & 1, block] from hbuf[(t & 1) ^ 1]; out[0, t, block].
-    A rhythmic gate's open neurons are found by scanning the block's gate row (no
-    compacted lists: the (T, H) compaction would cost more than this scan)."""
-    H = hbuf.shape[1]
+def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb, loc):
+    """Block k of step t: hout[block] = h_t from h_{t-1} = hp[q] (h0, or the output row of
+    step t - 1: the outputs are the state, no separate buffer). A rhythmic gate's open
+    neurons are found by scanning the block's gate row (no compacted lists: the (T, H)
+    compaction would cost more than this scan). The scan is branchless (a random 10 %
+    open set mispredicts every branch on it) and the closed neurons are copied forward
+    in one vectorisable pass before the open ones are overwritten."""
+    H = hout.shape[0]
     lo = _bound(k, ntasks, H)
     hi = _bound(k + 1, ntasks, H)
-    cur = t & 1
-    prv = cur ^ 1
     n = 0
     if gkind == DENSE:
         for j in range(lo, hi):
@@ -166,29 +174,27 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hbuf, out, acc, xb, 
             n += 1
     else:
         for j in range(lo, hi):
-            hbuf[cur, j] = hbuf[prv, j]
-            if gvals[t, j] != 0:
-                loc[n] = j
-                n += 1
+            hout[j] = hp[q, j]
+        for j in range(lo, hi):
+            loc[n] = j
+            n += np.int64(gvals[t, j] != 0)
     nr = 3 if is_gru else 1
     step_input(src, 0, t, loc, 0, n, False, H, nr, xb)
     for p in range(n):
         i = loc[p]
-        _dots1(is_gru, W, i, H, hbuf, prv, acc)
-        hi_ = hbuf[prv, i]
+        _dots1(is_gru, W, i, H, hp, q, acc)
+        hi_ = hp[q, i]
         if is_gru:
             hn = acc[2, 0] + bias[2 * H + i]
-            q = 3 * p
-            f = gru_candidate(xb[q], xb[q + 1], xb[q + 2], acc[0, 0] + bias[i], acc[1, 0] + bias[H + i], hn, hi_)[3]
+            r = 3 * p
+            f = gru_candidate(xb[r], xb[r + 1], xb[r + 2], acc[0, 0] + bias[i], acc[1, 0] + bias[H + i], hn, hi_)[3]
         else:
             f = tanh32(xb[p] + (acc[0, 0] + bias[i]))
         if gkind == DENSE:
-            hbuf[cur, i] = f
+            hout[i] = f
         else:
             g = gvals[t, i]
-            hbuf[cur, i] = hi_ + g * (f - hi_)
-    for j in range(lo, hi):
-        out[0, t, j] = hbuf[cur, j]
+            hout[i] = hi_ + g * (f - hi_)
 
 
 @nb.njit(cache=True, inline="always")
@@ -199,24 +205,34 @@ def _claim(k, t, sync):
 
 
 @nb.njit(cache=True)
-def _worker(p, ntasks, is_gru, gkind, src, W, bias, gvals, hbuf, out, sync, spin):
+def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin):
     T = out.shape[1]
+    H = out.shape[2]
     acc = np.empty((3, 4), np.float32)
-    xb = np.empty(3 * hbuf.shape[1], np.float32)
-    loc = np.empty(hbuf.shape[1], np.int32)
+    xb = np.empty(3 * H, np.float32)
+    loc = np.empty(H, np.int32)
+    seq = out[0]
     for t in range(T):
-        for q in range(ntasks):  # own task first, then any task nobody has claimed yet
-            k = (p + q) % ntasks
-            if _claim(k, t, sync):
-                _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hbuf, out, acc, xb, loc)
-                store_release(sync, (2 * k + 1) * _STRIDE, t)
-        for k in range(ntasks):  # then wait until every task of step t is done
-            d = (2 * k + 1) * _STRIDE
+        hp = h0 if t == 0 else seq
+        q = 0 if t == 0 else t - 1
+        if _claim(p, t, sync):
+            _task(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq[t], acc, xb, loc)
+            store_release(sync, (2 * p + 1) * _STRIDE, t)
+        for k in range(1, ntasks):  # wait for the other tasks; do one whose owner is late
+            kk = (p + k) % ntasks
+            d = (2 * kk + 1) * _STRIDE
             polls = 0
             while load_acquire(sync, d) < t:
                 polls += 1
+                if polls > STEAL and _claim(kk, t, sync):
+                    _task(kk, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq[t], acc, xb, loc)
+                    store_release(sync, d, t)
+                    break
                 if polls > spin:
                     cpu_yield()
+        d = (2 * p + 1) * _STRIDE
+        while load_acquire(sync, d) < t:  # own task taken by another worker and not done yet
+            cpu_yield()
 
 
 @nb.njit(cache=True, parallel=True)
@@ -226,14 +242,10 @@ def forward(is_gru, gkind, src, h0, W, bias, gvals, ntasks, nworkers, spin, out,
     any of them may be absent or run late). Writes out (1, T, H) and hT (1, H)."""
     T = out.shape[1]
     H = h0.shape[1]
-    hbuf = np.empty((2, H), np.float32)
-    for j in range(H):
-        hbuf[1, j] = h0[0, j]
     sync = np.empty(2 * _STRIDE * ntasks, np.int64)
     for j in range(sync.shape[0]):
         sync[j] = -1
     for p in nb.prange(nworkers):
-        _worker(p, ntasks, is_gru, gkind, src, W, bias, gvals, hbuf, out, sync, spin)
-    last = (T - 1) & 1 if T > 0 else 1
+        _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin)
     for j in range(H):
-        hT[0, j] = hbuf[last, j]
+        hT[0, j] = out[0, T - 1, j] if T > 0 else h0[0, j]
