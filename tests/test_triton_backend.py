@@ -228,11 +228,74 @@ def test_event_surrogates(tri, surrogate):
 
 
 def test_feedforward_lif_split_grid(tri, monkeypatch):
-    from su_neuro.kernels.triton import recurrence
+    from su_neuro.kernels.triton import lif, recurrence
 
-    monkeypatch.setattr(recurrence, "SPLIT", 4)  # 3 programs per batch row at H = 10
+    monkeypatch.setattr(recurrence, "SPLIT", 4)  # backward: 3 programs per batch row at H = 10
+    # forward (kernels/triton/lif.py, dense and event gates): 3 programs per batch row, the
+    # input current in tiles of 4 steps, the last one partial (T = 6)
+    monkeypatch.setattr(lif, "BLOCK", 4)
+    monkeypatch.setattr(lif, "T_TILE", 4)
     for kind in GATES:
         check(tri, "lif", kind, 2, 10, 6, recurrent=False)
+
+
+@pytest.mark.parametrize("kind", ["dense", "event"])
+def test_feedforward_lif_streaming_kernel_tiles(tri, kind):
+    """Default tile sizes: H = 130 is one full and one partial block of 128 neurons, T = 37
+    two full tiles of 16 steps and a partial one; both resets."""
+    check(tri, "lif", kind, 2, 130, 37, recurrent=False, spike="triangle")
+    check(tri, "lif", kind, 1, 130, 37, recurrent=False, reset="zero", seed=3)
+
+
+def _lif_fp32_rounded_state(xp, v0, beta, threshold, theta):
+    """The kernels' low-precision contract for a feed-forward LIF (subtract reset): fp32
+    arithmetic, the membrane rounded to the input dtype after every step."""
+    v, beta = v0.float(), beta.float().clamp(0, 1)
+    spikes = []
+    for t in range(xp.shape[1]):
+        f = beta * v + xp[:, t].float() - (v > threshold).float() * threshold
+        g = torch.ones_like(f) if theta is None else (((f - v).abs() - theta.float()) > 0).float()
+        hn = v + g * (f - v)
+        spikes.append(g * (hn > threshold).float())
+        v = _round_to(hn, xp.dtype)
+    return torch.stack(spikes, 1), v
+
+
+def _round_to(x, dtype):
+    """x (fp32) rounded to dtype as the kernel's store does: to nearest on a GPU; Triton's
+    interpreter converts fp32 to bf16 by truncation (toward zero), so on the CPU the
+    contract is checked with that rounding."""
+    if DEVICE == "cpu" and dtype == torch.bfloat16:
+        return (x.view(torch.int32) & -65536).view(torch.float32)
+    return x.to(dtype).float()
+
+
+def test_feedforward_lif_low_precision(tri):
+    """fp16 / bf16 input current: fp32 arithmetic with the membrane rounded to the input
+    dtype after each step. Against that contract spikes and final membrane agree (up to
+    fused multiply-adds on a GPU); against the reference, which computes in the low
+    precision itself, only a few spikes near the threshold differ."""
+    from su_neuro.kernels.reference import recurrence as ref
+
+    for dtype in (torch.bfloat16, torch.float16):
+        for kind in ("dense", "event"):
+            p, lif, gate, G = _make("lif", kind, 2, 40, recurrent=False, dtype=dtype)
+            xp = (torch.randn(2, 21, G, generator=torch.Generator().manual_seed(4)).abs() * 0.8).to(DEVICE, dtype)
+            gi = gate.plan(0, 21, dtype=dtype)
+            with torch.no_grad():
+                r = ref("lif", xp, p["h0"], p["s0"], None, None, gi, lif)
+                o = tri.recurrence("lif", xp, p["h0"], p["s0"], None, None, gi, lif)
+                theta = gate.threshold if kind == "event" else None
+                s_c, v_c = _lif_fp32_rounded_state(xp, p["h0"], lif.beta, 1.0, theta)
+            assert o[0].dtype == dtype and o[1].dtype == dtype
+            assert 0.05 < o[0].float().mean().item() < 0.95  # spikes and silence both occur
+            if DEVICE == "cpu":  # the interpreter: numpy fp32, no fused multiply-adds
+                assert torch.equal(o[0].float(), s_c) and torch.equal(o[1].float(), v_c)
+            assert (o[0].float() != s_c).float().mean().item() <= 0.01, f"{dtype} {kind}: spikes"
+            close = (o[1].float() - v_c).abs() <= 2 * torch.finfo(dtype).eps * v_c.abs().clamp(min=1)
+            assert close.float().mean().item() >= 0.95, f"{dtype} {kind}: final membrane"
+            flips = (r[0] != o[0]).float().mean().item()
+            assert flips < 0.03, f"{dtype} {kind}: {flips:.1%} of the spikes differ from the reference"
 
 
 def test_no_bias(tri):

@@ -49,6 +49,7 @@ from ._common import (
     _tanh,
     tiles,
 )
+from .lif import launch_lif_ff_fwd
 
 __all__ = ["recurrence_triton"]
 
@@ -65,21 +66,16 @@ def _fwd_kernel(
     CELL: tl.constexpr, GATE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     SAVE_GH: tl.constexpr, RECORD: tl.constexpr, ZERO_RESET: tl.constexpr,
     G_CODE: tl.constexpr, S_CODE: tl.constexpr, REFRESH: tl.constexpr,
-    SPLIT: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
+    BI: tl.constexpr, BJ: tl.constexpr,
 ):
-    # grid (B, ceil(H / SPLIT)) when SPLIT > 0 (no recurrent weights, not rhythmic): a
-    # program owns rows [lo, hi) of one batch row; else (B, 1) and the whole row.
+    # grid (B,): a program owns one batch row (the feed-forward LIF with a dense or event
+    # gate runs kernels/triton/lif.py instead).
     # xp (B, T, G); hs, ss (B, T+1, H) state / LIF spike sequences (row 0 = initial);
     # gh (B, T, G) fp32; acc (B, G) fp32 event accumulator; grec (B, T, H) gate record.
     b = tl.program_id(0).to(tl.int64)
     NSEC: tl.constexpr = 3 if CELL == 1 else 1
     G = NSEC * H
     SKIP: tl.constexpr = (CELL == 2) or (GATE == 2)
-    lo = 0
-    hi = H
-    if SPLIT > 0:
-        lo = tl.program_id(1) * SPLIT
-        hi = tl.minimum(lo + SPLIT, H)
     for t in range(0, T):
         prev = (b * (T + 1) + t) * H
         new = prev + H
@@ -97,8 +93,8 @@ def _fwd_kernel(
             start = tl.load(off_ptr + t)
             end = tl.load(off_ptr + t + 1)
         else:
-            start = lo
-            end = hi
+            start = 0
+            end = H
         for c0 in range(start, end, BI):
             k = c0 + tl.arange(0, BI)
             km = k < end
@@ -383,16 +379,18 @@ def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, s
         ss = torch.empty(B, T + 1, H, device=dev, dtype=dt)
         ss[:, 0] = s0
     has_w = w_hh is not None
+    d = _dummy(dev)
+    grec = torch.empty(B, T, H, device=dev, dtype=dt) if (record and gate == "event") else d
+    if not has_w and gate != "rhythmic":  # feed-forward LIF: the streaming kernel (lif.py)
+        launch_lif_ff_fwd(cfg, xp, hs, ss, theta, beta, grec, record, d)
+        return hs, ss, None, (grec if record and gate == "event" else None)
     save_gh = save and has_w
     alloc = torch.zeros if gate == "rhythmic" else torch.empty
-    gh = alloc(B, T, G, device=dev, dtype=torch.float32) if save_gh else _dummy(dev)
-    acc = torch.empty(B, G, device=dev, dtype=torch.float32) if gate == "event" else _dummy(dev)
-    grec = torch.empty(B, T, H, device=dev, dtype=dt) if (record and gate == "event") else _dummy(dev)
-    idx, off = _open_lists(compute_mask) if gate == "rhythmic" else (_dummy(dev), _dummy(dev))
+    gh = alloc(B, T, G, device=dev, dtype=torch.float32) if save_gh else d
+    acc = torch.empty(B, G, device=dev, dtype=torch.float32) if gate == "event" else d
+    idx, off = _open_lists(compute_mask) if gate == "rhythmic" else (d, d)
     BI, BJ = tiles(H)
-    split = SPLIT if (not has_w and gate != "rhythmic") else 0
-    d = _dummy(dev)
-    _fwd_kernel[(B, triton.cdiv(H, split) if split else 1)](
+    _fwd_kernel[(B, 1)](
         xp, w_hh if has_w else d, b_hh if b_hh is not None else d,
         gvals if gate == "rhythmic" else d, idx, off,
         theta if gate == "event" else d, beta if cell == "lif" else d,
@@ -402,7 +400,7 @@ def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, s
         HAS_B=(b_hh is not None) and has_w, SAVE_GH=save_gh,
         RECORD=record and gate == "event", ZERO_RESET=cfg["zero_reset"],
         G_CODE=cfg["g_code"], S_CODE=cfg["s_code"], REFRESH=REFRESH,
-        SPLIT=split, BI=BI, BJ=BJ, num_warps=4,
+        BI=BI, BJ=BJ, num_warps=4,
     )
     if not save_gh:
         gh = None
