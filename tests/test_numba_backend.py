@@ -284,6 +284,7 @@ def _split_forced(monkeypatch):
         pytest.skip("the split path needs >= 2 Numba threads")
     monkeypatch.setattr(ops, "SPLIT_MIN_BLOCK", 1)
     monkeypatch.setattr(ops, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(ops, "SPLIT_WORK_PER_NEURON", 0)
     monkeypatch.setattr(ops, "SPLIT_HUGE_STEPS", 16)  # T >= 16 reads W_hh from its huge-page copy
     calls = []
     kernel = split.forward
@@ -410,15 +411,19 @@ def test_split_rule():
     n = numba.get_num_threads()
     two = 2 if n >= 2 else 0
     T = 100
-    # GRU H=512, 10 % open: 51 * (3 * 512 + 64) units per step, <= 9 blocks by work, 16 by size
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 51, T) == (min(n, 9) if n >= 2 else 0)
+    # GRU H=512, 10 % open: 51 * (3 * 512 + 64) units per step, blocks of >= 6 * 512 units:
+    # <= 26 blocks by work, 16 by size
+    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 51, T) == (min(n, 16) if n >= 2 else 0)
     assert ops._split_tasks(DENSE, False, 1, 128, 1, T * 128, T) == two  # RNN H=128, dense: 2 blocks of 64
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 5, T) == 0  # GRU H=512, 1 %: 8k units
+    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 2, T) == 0  # GRU H=512, 0.4 %: 3.2k units
+    assert ops._split_tasks(RHYTHMIC, False, 1, 256, 3, T * 5, T) == two  # GRU H=256, 2 %: 4.2k units
+    assert ops._split_tasks(RHYTHMIC, False, 1, 1024, 1, T * 10, T) == 0  # RNN H=1024, 1 %: 10.9k < 12.3k
+    assert ops._split_tasks(RHYTHMIC, False, 1, 1024, 1, T * 20, T) == two  # RNN H=1024, 2 %: 21.8k
+    assert ops._split_tasks(RHYTHMIC, False, 1, 128, 3, T * 1, T) == 0  # GRU H=128, 1 %: under the floor
     assert ops._split_tasks(RHYTHMIC, True, 1, 512, 3, T * 51, T) == 0  # saves for backward / records
     assert ops._split_tasks(EVENT, False, 1, 512, 3, T * 512, T) == 0
     assert ops._split_tasks(DENSE, False, 2, 512, 3, T * 512, T) == 0
     assert ops._split_tasks(DENSE, False, 1, 37, 3, T * 37, T) == 0  # blocks under SPLIT_MIN_BLOCK
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 1, T * 5, T) == 0  # too little work per step
     assert ops._split_tasks(RHYTHMIC, False, 1, 512, 1, 0, 0) == 0
 
 

@@ -89,7 +89,7 @@ from ._common import DENSE, EVENT, GATE_CODES, RHYTHMIC, compact, nchunks
 
 __all__ = [
     "recurrence", "recurrence_input", "unsupported", "auto_pays",
-    "REFRESH", "GEMM_MIN_BATCH", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT",
+    "REFRESH", "GEMM_MIN_BATCH", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK", "SPLIT_WORK_PER_NEURON", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT",
 ]  # fmt: skip
 
 REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH steps
@@ -99,9 +99,11 @@ REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH ste
 GEMM_MIN_BATCH = 8
 #: B = 1 streaming forward of RNN/GRU, rhythmic / dense gate, split over neuron blocks
 #: (kernels/numba/split.py): blocks of at least SPLIT_MIN_BLOCK neurons, each with at least
-#: SPLIT_MIN_WORK work units per step on average (see ``_split_tasks``)
+#: max(SPLIT_MIN_WORK, SPLIT_WORK_PER_NEURON * H) work units per step on average (see
+#: ``_split_tasks``)
 SPLIT_MIN_BLOCK = 32
-SPLIT_MIN_WORK = 8192
+SPLIT_MIN_WORK = 1024
+SPLIT_WORK_PER_NEURON = 6
 _SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work for the rule
 #: the split kernel reads W_hh from a copy in huge pages (``su_neuro._buffers.huge_copy``)
 #: on streams of at least this many steps, where the copy costs under ~5 % of the run
@@ -176,25 +178,28 @@ def _split_tasks(gk: int, save: bool, batch: int, hidden: int, rows: int, comput
     ``_SPLIT_SAMPLE`` steps and scaled to T, or H) times
     rows·H + 64 (rows = 3 GRU, 1 RNN: the multiply-adds; 64: the nonlinearities and blend,
     fitted). Blocks: one per Numba thread, at most H // SPLIT_MIN_BLOCK, and at most
-    work // SPLIT_MIN_WORK; split only if that gives >= 2.
+    work // max(SPLIT_MIN_WORK, SPLIT_WORK_PER_NEURON * H); split only if that gives >= 2.
+    The per-block minimum grows with H because each task scans its block's gate row, copies
+    the block's state forward and writes its outputs every step, and the state it reads
+    was written by the other cores: that cost follows H, not the open count.
 
-    Measured with tools/bench_numba_split.py (A/B of the two kernels on the same inputs, input
+    Measured with tools/bench_numba_split.py (A/B of the two kernels on the same inputs, the
+    one-thread time including the compaction of the plan that only that kernel needs, input
     projected inside the kernels, 2 Numba threads on 2 otherwise idle cores, AMD EPYC with
-    1 MiB L2 per core, T = 5,000, periodic open sets of 1-100 %, medians of 5; the table is in
-    docs/benchmarks.md): from 16k units per step (two blocks of SPLIT_MIN_WORK) the split won
-    in 22 of 27 configurations (x1.1-2.6: GRU H = 512 10 % x1.83, dense x2.19), the losses
-    x0.66-0.99 (RNN H = 1024 2-5 %, RNN H = 256 20 %, GRU H = 512 2 %, GRU H = 1024 1 %); below
-    it lost in 24 of 33 (x0.13-0.97: the per-step handshake and the exchange of h cost
-    ~0.5-1 µs), the wins there x1.04-1.8 (mostly GRU H <= 256 at 5-20 %, which the rule
-    leaves on one thread). With another process busy on one of the 2 cores the split ran at x0.93-1.05 (the
-    running thread does the other's tasks; an earlier session's measurement).
+    1 MiB L2 per core, T = 5,000, periodic open sets of 1-100 %, H = 128-1024, medians of 5;
+    the table is in docs/cpu/bench_numba_split.txt): the split won x1.03-2.8 in every
+    configuration from 12·H units per step (two blocks of 6·H) except one (GRU H = 512 1 %,
+    8192 units: x0.95), and lost x0.52-0.96 in every one below except one (RNN H = 512 2 %,
+    5898 units: x1.06). With another process busy on one of the 2 cores the split ran at
+    x0.93-1.05 (the running thread does the other's tasks; an earlier session's measurement).
     """
     if save or gk == EVENT or batch != 1 or steps == 0:
         return 0
     work = computed / steps * (rows * hidden + 64)
     tasks = min(nb.get_num_threads(), hidden // max(SPLIT_MIN_BLOCK, 1))
-    if SPLIT_MIN_WORK > 0:
-        tasks = min(tasks, int(work // SPLIT_MIN_WORK))
+    per_block = max(SPLIT_MIN_WORK, SPLIT_WORK_PER_NEURON * hidden)
+    if per_block > 0:
+        tasks = min(tasks, int(work // per_block))
     return tasks if tasks >= 2 else 0
 
 
