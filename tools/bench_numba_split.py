@@ -1,13 +1,15 @@
 """A/B of the two B = 1 streaming forward kernels of the Numba backend: the neuron-split
 kernel (kernels/numba/split.py, one block of neurons per thread) against the one-thread
 batch-chunk kernel (kernels/numba/cell.py), on the same inputs. The rule that picks one
-(``ops._split_tasks``, constant ``SPLIT_MIN_WORK``) was set from this table.
+(``ops._split_tasks``, constants ``SPLIT_MIN_WORK`` and ``SPLIT_WORK_PER_NEURON``) was set
+from this table.
 
 Usage: python tools/bench_numba_split.py [--steps T] [--repeats N]
 Prints one row per cell x hidden size x open fraction: work units per step (computed
 neurons x (rows·H + 64)), both times (medians of N interleaved runs) and the speed-up. The
 one-thread time includes the compaction of the rhythmic plan into index lists, which that
-kernel needs and the split kernel does not (ops runs it only on the one-thread path).
+kernel needs for a rhythmic gate and the split kernel does not (ops runs it only on the
+one-thread path).
 The input projection runs inside the kernels (as in inference), F = 16.
 """
 
@@ -36,6 +38,17 @@ def periodic_gate(T, H, rate, rng):
     return (phase[None, :] == (np.arange(T)[:, None] % period)).astype(F32)
 
 
+def one_thread(is_gru, gk, src, h0, W, b, gv, out, hT):
+    """The batch-chunk kernel on one sample, with the compaction that it needs and the split
+    kernel does not (a dense gate needs none)."""
+    d3, d2, d1 = np.zeros((1, 1, 1), F32), np.zeros((1, 1), F32), np.zeros(1, F32)
+    if gk == RHYTHMIC:
+        off, idx = compact(gv)
+    else:
+        off, idx = np.zeros(1, np.int64), np.zeros(1, np.int32)
+    cell.forward(is_gru, gk, src, h0, W, d2, b, gv, off, idx, d1, 0, 0.0, 4096, False, 1, out, hT, *(d3,) * 7)
+
+
 def median_pair(f1, f2, repeats):
     f1()
     f2()
@@ -58,7 +71,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     T, F = args.steps, 16
     rng = np.random.default_rng(0)
-    d3, d2, d1 = np.zeros((1, 1, 1), F32), np.zeros((1, 1), F32), np.zeros(1, F32)
+    d3 = np.zeros((1, 1, 1), F32)
     print(f"| cell | H | open | units/step | one thread ms | split ms | speed-up |  (T = {T}, F = {F})")
     print("|---|---|---|---|---|---|---|")
     for is_gru in (True, False):
@@ -76,11 +89,8 @@ def main(argv=None):
 
                 sargs = (is_gru, gk, src, h0, W, b, gv, 2, 2, split.SPIN, out, hT)
 
-                def one(gk=gk, gv=gv):  # as ops runs it: the compaction of the plan, then the kernel
-                    off, idx = compact(gv)
-                    cell.forward(is_gru, gk, src, h0, W, d2, b, gv, off, idx, d1, 0, 0.0, 4096, False, 1, out, hT,
-                                 *(d3,) * 7)  # fmt: skip
-
+                # as ops runs it: a rhythmic plan is compacted into index lists first
+                one = functools.partial(one_thread, is_gru, gk, src, h0, W, b, gv, out, hT)
                 two = functools.partial(split.forward, *sargs)
                 a, c = median_pair(one, two, args.repeats)
                 name = "gru" if is_gru else "rnn"

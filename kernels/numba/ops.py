@@ -27,14 +27,15 @@ How the work follows activity
   3 MiB at H = 512) outgrows one core's L2 (1-2 MiB). When nothing is saved (no gradient
   needed; a record of an RNN/GRU with these gates needs no saves), B == 1, Numba has >= 2
   threads and each step has enough work (``_split_tasks``), the neurons are split into
-  contiguous blocks, one per thread; in each step task k computes block k's open neurons
-  from h_{t-1} (double-buffered state). A rhythmic gate's blocks are re-balanced every step
-  (task k takes the k-th equal share of the step's open list and the neurons around it), a
-  dense gate's are fixed, so each thread mostly keeps its slice of W_hh in its own L2. Steps are
-  synchronised by per-task claim / done words (compare-and-swap, acquire / release): a
-  worker runs its own task, then any task nobody has claimed, then waits (spinning, then
-  sched_yield) until every task of the step is done; a late, descheduled or absent thread
-  never deadlocks a step, the other does its task. Same arithmetic as the batch-chunk
+  contiguous blocks, one per thread (fixed blocks; each task scans its block of the gate
+  row for the open neurons, so that path needs no compaction); in each step task k
+  computes block k's open neurons from h_{t-1}, read from the previous output row (the
+  outputs are the state), so each thread mostly keeps its slice of W_hh in its own L2,
+  read from a copy in huge pages on long streams. Steps are synchronised by per-task
+  claim / done words (compare-and-swap, acquire / release): a worker runs its own task,
+  then waits (spinning, then sched_yield) until every task of the step is done, and takes
+  over a task whose owner has not claimed it after ``split.STEAL`` polls; a late,
+  descheduled or absent thread never deadlocks a step. Same arithmetic as the batch-chunk
   kernel: bit-identical results.
 
 * **Input projection inside the kernel (inference)** (``recurrence_input``): the layer
@@ -89,7 +90,8 @@ from ._common import DENSE, EVENT, GATE_CODES, RHYTHMIC, compact, nchunks
 
 __all__ = [
     "recurrence", "recurrence_input", "unsupported", "auto_pays",
-    "REFRESH", "GEMM_MIN_BATCH", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK", "SPLIT_WORK_PER_NEURON", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT",
+    "REFRESH", "GEMM_MIN_BATCH", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT",
+    "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK", "SPLIT_WORK_PER_NEURON", "SPLIT_HUGE_STEPS", "SPLIT_HUGE_MAX_BYTES",
 ]  # fmt: skip
 
 REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH steps
@@ -106,8 +108,10 @@ SPLIT_MIN_WORK = 1024
 SPLIT_WORK_PER_NEURON = 6
 _SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work for the rule
 #: the split kernel reads W_hh from a copy in huge pages (``su_neuro._buffers.huge_copy``)
-#: on streams of at least this many steps, where the copy costs under ~5 % of the run
+#: on streams of at least this many steps, where the copy costs under ~5 % of the run, and
+#: for weights of at most SPLIT_HUGE_MAX_BYTES (the copy's buffer stays with the thread)
 SPLIT_HUGE_STEPS = 1024
+SPLIT_HUGE_MAX_BYTES = 16 << 20
 #: inference with a dense gate: the kernels project the input themselves (``recurrence_input``)
 #: up to this many input features; training (GEMM path, any gate): up to FUSED_TRAIN_MAX_INPUT
 FUSED_MAX_INPUT = 64
@@ -327,7 +331,7 @@ class _Recurrence(torch.autograd.Function):
                 src = (False, xp_n, _dummy(3), _dummy(2), _dummy(1))
                 ctx.fused = None
             if tasks:
-                Wk = huge_copy(W) if T >= SPLIT_HUGE_STEPS else W
+                Wk = huge_copy(W) if T >= SPLIT_HUGE_STEPS and W.nbytes <= SPLIT_HUGE_MAX_BYTES else W
                 _split.forward(is_gru, gk, src, h0_n, Wk, bias, gv, tasks, tasks, _split.SPIN, out, hT)
             elif gemm:
                 with _BLAS.limit(limits=1):

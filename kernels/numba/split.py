@@ -240,6 +240,8 @@ def forward(is_gru, gkind, src, h0, W, bias, gvals, ntasks, nworkers, spin, out,
     """B = 1 forward (input source ``src`` of ``cell.step_input``, h0 (1, H)) split into ntasks
     neuron blocks, run by prange(nworkers) workers (worker p owns task p; nworkers <= ntasks,
     any of them may be absent or run late). Writes out (1, T, H) and hT (1, H)."""
+    if not 1 <= nworkers <= ntasks:
+        raise ValueError("split.forward needs 1 <= nworkers <= ntasks")
     T = out.shape[1]
     H = h0.shape[1]
     sync = np.empty(2 * _STRIDE * ntasks, np.int64)

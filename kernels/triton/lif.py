@@ -14,8 +14,10 @@ should run at the card's memory bandwidth, and the work is arranged for that:
   them is used, so a program has T_TILE loads in flight instead of one dependent load per
   step, and v, s (and the event record) are written back as (T_TILE, BLOCK) tiles. Within
   the tile, step u takes its row out of the registers by a masked sum over the tile's
-  time axis (num_warps = 1 keeps that axis inside each thread: no shuffles, no shared
-  memory).
+  time axis. One warp of 32 threads per program, one neuron per thread: in fp32 each
+  thread holds its neuron's 16 steps, so that sum stays inside the thread (no shuffles,
+  no shared memory), and the 3-4 tiles a thread holds are 16 registers each (128 neurons
+  per warp would need 64 each and spill). A warp's row of 32 fp32 is one 128-byte line.
 
 The membrane is rounded to the state dtype after each step (the reference keeps its
 state sequence in the input dtype); the spike is taken from the unrounded value, as in
@@ -29,7 +31,7 @@ import triton.language as tl
 
 __all__ = ["launch_lif_ff_fwd", "BLOCK", "T_TILE"]
 
-BLOCK = 128  # neurons per program (32 threads x 4 contiguous fp32 each)
+BLOCK = 32  # neurons per program: one warp, one neuron per thread
 T_TILE = 16  # steps whose input current one tile load fetches
 
 
