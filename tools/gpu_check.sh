@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The Triton backend's device check in one command (issue 7): the kernel tests run natively on
+# the GPU, then the full benchmark. Needs only torch, triton, numpy, numba, h5py and pytest on the
+# machine: the package is assembled in a temporary folder (su_neuro/, kernels/ as
+# su_neuro.kernels, datasets/ as su_neuro.datasets), nothing is installed.
+# Usage: tools/gpu_check.sh [OUTDIR]   (default: $OUT, else /tmp/su_neuro_gpu). About 3 minutes on
+# one H200: tests ~45 s, benchmark ~100 s. Copy the three files into docs/gpu/ afterwards.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-/tmp/su_neuro_gpu}}"
+mkdir -p "$out"
+site="$(mktemp -d)"
+mkdir -p "$site/su_neuro"
+cp -r su_neuro/. "$site/su_neuro/"
+cp -r kernels "$site/su_neuro/kernels"
+cp -r datasets "$site/su_neuro/datasets"
+export PYTHONPATH="$site" PYTHONUNBUFFERED=1
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+    python -c "import torch, triton, su_neuro; print('torch', torch.__version__, 'triton', triton.__version__, 'su_neuro from', su_neuro.__file__)"
+} 2>&1 | tee "$out/device.txt"
+timeout 300 python -m pytest -q -p no:cacheprovider tests/test_triton_backend.py -k "not benchmark" 2>&1 \
+    | tee "$out/test_triton.txt"
+tests=${PIPESTATUS[0]}
+timeout 280 python tools/bench_triton.py 2>&1 | tee "$out/bench_triton.txt"
+bench=${PIPESTATUS[0]}
+echo "tests exit $tests, benchmark exit $bench" | tee -a "$out/device.txt"
+[ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
