@@ -191,7 +191,7 @@ def _split_tasks(gk: int, save: bool, batch: int, hidden: int, rows: int, comput
     one-thread time including the compaction of the plan that only that kernel needs, input
     projected inside the kernels, 2 Numba threads on 2 otherwise idle cores, AMD EPYC with
     1 MiB L2 per core, T = 5,000, periodic open sets of 1-100 %, H = 128-1024, medians of 5;
-    the table is in docs/cpu/bench_numba_split.txt): the split won x1.03-2.8 in every
+    the table is in docs/cpu/bench_numba_split.txt): the split won x1.07-2.8 in every
     configuration from 12·H units per step (two blocks of 6·H) except one (GRU H = 512 1 %,
     8192 units: x0.95), and lost x0.52-0.96 in every one below except one (RNN H = 512 2 %,
     5898 units: x1.06). With another process busy on one of the 2 cores the split ran at
