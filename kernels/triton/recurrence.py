@@ -43,6 +43,7 @@ from ._common import (
     CELL_CODES,
     GATE_CODES,
     _rows_matvec,
+    _rows_matvec3,
     _sigmoid,
     _sign,
     _surrogate_grad,
@@ -127,12 +128,11 @@ def _fwd_kernel(
                             gh1 = a_new
                         else:
                             gh2 = a_new
+                elif CELL == 1:
+                    gh0, gh1, gh2 = _rows_matvec3(w_ptr, rows, km, hs_ptr + prev, H, BI, BJ)
                 else:
                     v1 = hs_ptr + prev
                     gh0 = _rows_matvec(w_ptr, rows, km, v1, v1, t < 0, H, False, BI, BJ)
-                    if CELL == 1:
-                        gh1 = _rows_matvec(w_ptr, H + rows, km, v1, v1, t < 0, H, False, BI, BJ)
-                        gh2 = _rows_matvec(w_ptr, 2 * H + rows, km, v1, v1, t < 0, H, False, BI, BJ)
                 if HAS_B:
                     gh0 += tl.load(b_ptr + rows, mask=km, other=0.0).to(tl.float32)
                     if CELL == 1:
