@@ -25,7 +25,7 @@ Sparsity:
   with U (h_{t-1} - h_{t-2}), skipping column tiles where no neuron changed; it is
   recomputed exactly every ``REFRESH`` steps to bound rounding drift.
 * LIF: the recurrent current V s_{t-1} skips column tiles without a spike.
-* backward: U^T dgh skips row tiles whose pre-activation gradient is all zero.
+* backward: U^T dgh loads no weights for rows whose pre-activation gradient is zero.
 
 Saved for backward: the state sequence (B, T+1, H) (it is the output of RNN/GRU), LIF
 spikes, and the recurrent pre-activation gh = U h + b (B, T, G, fp32); the candidate
@@ -337,11 +337,12 @@ def _bwd_kernel(
                         else:
                             src = dxp_ptr
                         v = tl.load(src + xrow + sec * H + rows, mask=km, other=0.0)
-                        if tl.max(tl.abs(v), axis=0) > 0:
-                            wm = km[:, None] & jm[None, :]
-                            w = tl.load(w_ptr + (sec * H + rows)[:, None] * H + j[None, :],
-                                        mask=wm, other=0.0)
-                            acc += tl.sum(w.to(tl.float32) * v[:, None], axis=0)
+                        # rows without a gradient load nothing (a mask, not a branch: the
+                        # sections' loads do not wait for each other's reductions)
+                        wm = (km & (v != 0))[:, None] & jm[None, :]
+                        w = tl.load(w_ptr + (sec * H + rows)[:, None] * H + j[None, :],
+                                    mask=wm, other=0.0)
+                        acc += tl.sum(w.to(tl.float32) * v[:, None], axis=0)
             dh = tl.load(dir_ptr + b * H + j, mask=jm, other=0.0)
             if CELL == 2:
                 tl.store(ch_ptr + b * H + j, dh, mask=jm)
