@@ -29,6 +29,8 @@ from su_neuro.kernels.numba import cell, split  # noqa: E402
 from su_neuro.kernels.numba._common import DENSE, RHYTHMIC, compact  # noqa: E402
 
 F32 = np.float32
+_D3, _D2, _D1 = np.zeros((1, 1, 1), F32), np.zeros((1, 1), F32), np.zeros(1, F32)  # unused kernel arguments
+_NO_OFF, _NO_IDX = np.zeros(1, np.int64), np.zeros(1, np.int32)
 
 
 def periodic_gate(T, H, rate, rng):
@@ -41,12 +43,8 @@ def periodic_gate(T, H, rate, rng):
 def one_thread(is_gru, gk, src, h0, W, b, gv, out, hT):
     """The batch-chunk kernel on one sample, with the compaction that it needs and the split
     kernel does not (a dense gate needs none)."""
-    d3, d2, d1 = np.zeros((1, 1, 1), F32), np.zeros((1, 1), F32), np.zeros(1, F32)
-    if gk == RHYTHMIC:
-        off, idx = compact(gv)
-    else:
-        off, idx = np.zeros(1, np.int64), np.zeros(1, np.int32)
-    cell.forward(is_gru, gk, src, h0, W, d2, b, gv, off, idx, d1, 0, 0.0, 4096, False, 1, out, hT, *(d3,) * 7)
+    off, idx = compact(gv) if gk == RHYTHMIC else (_NO_OFF, _NO_IDX)
+    cell.forward(is_gru, gk, src, h0, W, _D2, b, gv, off, idx, _D1, 0, 0.0, 4096, False, 1, out, hT, *(_D3,) * 7)
 
 
 def median_pair(f1, f2, repeats):
@@ -71,7 +69,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     T, F = args.steps, 16
     rng = np.random.default_rng(0)
-    d3 = np.zeros((1, 1, 1), F32)
     print(f"| cell | H | open | units/step | one thread ms | split ms | speed-up |  (T = {T}, F = {F})")
     print("|---|---|---|---|---|---|---|")
     for is_gru in (True, False):
@@ -79,7 +76,7 @@ def main(argv=None):
             G = 3 * H if is_gru else H
             W = (rng.standard_normal((G, H)) / np.sqrt(H)).astype(F32)
             b = np.zeros(G, F32)
-            src = (True, d3, rng.standard_normal((1, T, F)).astype(F32), rng.standard_normal((G, F)).astype(F32), b)
+            src = (True, _D3, rng.standard_normal((1, T, F)).astype(F32), rng.standard_normal((G, F)).astype(F32), b)
             h0, out, hT = np.zeros((1, H), F32), np.empty((1, T, H), F32), np.empty((1, H), F32)
             for rate in (0.01, 0.02, 0.05, 0.1, 0.2, 1.0):
                 gk = DENSE if rate == 1.0 else RHYTHMIC

@@ -204,6 +204,16 @@ def _claim(k, t, sync):
     return load_acquire(sync, c) == t - 1 and cas(sync, c, t - 1, t)
 
 
+@nb.njit(cache=True, inline="always")
+def _run_claimed(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb, loc, sync):
+    """Claim task k of step t and, if this worker got it, run it and mark it done."""
+    if not _claim(k, t, sync):
+        return False
+    _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb, loc)
+    store_release(sync, (2 * k + 1) * _STRIDE, t)
+    return True
+
+
 @nb.njit(cache=True)
 def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin):
     T = out.shape[1]
@@ -215,18 +225,16 @@ def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin):
     for t in range(T):
         hp = h0 if t == 0 else seq
         q = 0 if t == 0 else t - 1
-        if _claim(p, t, sync):
-            _task(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq[t], acc, xb, loc)
-            store_release(sync, (2 * p + 1) * _STRIDE, t)
+        _run_claimed(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq[t], acc, xb, loc, sync)
         for k in range(1, ntasks):  # wait for the other tasks; do one whose owner is late
             kk = (p + k) % ntasks
             d = (2 * kk + 1) * _STRIDE
             polls = 0
             while load_acquire(sync, d) < t:
                 polls += 1
-                if polls > STEAL and _claim(kk, t, sync):
-                    _task(kk, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq[t], acc, xb, loc)
-                    store_release(sync, d, t)
+                if polls > STEAL and _run_claimed(
+                    kk, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq[t], acc, xb, loc, sync
+                ):
                     break
                 if polls > spin:
                     cpu_yield()
