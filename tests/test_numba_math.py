@@ -46,3 +46,57 @@ def test_float32_exp_sigmoid_tanh_within_a_few_ulp():
     e2, s2, t2 = (np.empty_like(sym) for _ in range(3))
     _eval(sym, e2, s2, t2)
     assert np.array_equal(t2, -t2[::-1])  # tanh is odd, bit for bit
+
+
+_FIRST_COMPILE = """
+import sys
+import numba as nb
+import numpy as np
+from su_neuro.kernels.numba._common import exp32, sigmoid32, tanh32
+from su_neuro.kernels.numba.cell import gru_candidate, rnn_candidate
+
+if sys.argv[1] == "fastmath":  # a fastmath caller compiles them first, as a kernel does
+    @nb.njit(fastmath=True)
+    def first(x):
+        return exp32(x) + sigmoid32(x) + tanh32(x) + rnn_candidate(x, x) + gru_candidate(x, x, x, x, x, x, x)[3]
+    first(np.float32(0.5))
+x = np.random.default_rng(0).uniform(-9, 9, (200, 7)).astype(np.float32)
+vals = [(exp32(a), sigmoid32(a), tanh32(a), rnn_candidate(a, b), gru_candidate(*r)) for r in x for a, b in [r[:2]]]
+print(np.array([v for row in vals for v in (*row[:4], *row[4])], np.float32).tobytes().hex())
+"""
+
+
+def test_helpers_bits_do_not_depend_on_the_first_caller(tmp_path):
+    """Numba compiles a callee whose decorator leaves fastmath unset with the flags of the
+    caller that first needs it (and caches that): before fastmath=False was stated, exp32
+    called from Python after a fastmath kernel differed in the last bit from exp32 compiled
+    on its own. Each run gets an empty cache, so each compiles the helpers anew."""
+    import os
+    import subprocess
+    import sys
+
+    res = {}
+    for mode in ("plain", "fastmath"):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / mode))
+        run = subprocess.run([sys.executable, "-c", _FIRST_COMPILE, mode], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        res[mode] = run.stdout.strip()
+    assert len(res["plain"]) == 200 * 8 * 8  # 200 rows x 8 float32 values, 8 hex digits each
+    assert res["plain"] == res["fastmath"]
+
+
+def test_vectorised_candidates_equal_the_scalar_ones():
+    """cell.gru_candidates / rnn_candidates (one vectorised loop) give each lane the bits of
+    cell.gru_candidate / rnn_candidate, at lane counts on and off the vector width."""
+    from su_neuro.kernels.numba.cell import gru_candidate, gru_candidates, rnn_candidate, rnn_candidates
+
+    rng = np.random.default_rng(3)
+    for n in (1, 15, 16, 37, 300):
+        xb = rng.uniform(-6, 6, 3 * n).astype(np.float32)
+        ur, uz, un, hv = (rng.uniform(-6, 6, n).astype(np.float32) for _ in range(4))
+        fv, fr = np.empty(n, np.float32), np.empty(n, np.float32)
+        gru_candidates(n, xb, ur, uz, un, hv, fv)
+        want = [gru_candidate(xb[3 * p], xb[3 * p + 1], xb[3 * p + 2], ur[p], uz[p], un[p], hv[p])[3] for p in range(n)]
+        assert np.array_equal(fv, np.array(want, np.float32))
+        rnn_candidates(n, xb, ur, fr)
+        assert np.array_equal(fr, np.array([rnn_candidate(xb[p], ur[p]) for p in range(n)], np.float32))

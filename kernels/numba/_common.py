@@ -46,10 +46,9 @@ def surrogate_grad(code, scale, x):
 # ln2 split in two parts) and the degree-7 Taylor polynomial of e^r (truncation error
 # r^8 / 8! < 6e-9 relative), scaled by 2^n built from its exponent bits. Measured error
 # over [-87, 88] (tests/test_numba_math.py): exp <= 2.2 ulp, tanh <= 2.7 ulp, sigmoid
-# <= 5 ulp (the worst where it is below 1e-20); sigmoid and tanh <= 1e-7 absolute. They
-# are compiled on their own, without fastmath (Numba does not inline them into the
-# fastmath kernels), so every kernel that calls them gets the same bits: the neuron-split
-# streaming kernel equals the batch-chunk kernel exactly. The event-gate kernel keeps
+# <= 5 ulp (the worst where it is below 1e-20); sigmoid and tanh <= 1e-7 absolute. Every
+# kernel gets the same bits from them (below): the neuron-split streaming kernel equals the
+# batch-chunk kernel exactly. The event-gate kernel keeps
 # libm (its gate compares |f - h| with a threshold, where a last-bit difference from the
 # reference would flip a decision more often). 2.5x faster candidate loop (measured on
 # 3.2 M GRU entries: 81 vs 202-217 ms).
@@ -77,9 +76,21 @@ def _f32_from_bits(typingctx, bits):
     return types.float32(bits), codegen
 
 
-@nb.njit(cache=True)
-def exp32(x):
-    """e^x in float32 for float32 x (clamped to [-87, 88]: no overflow, no denormals)."""
+# Each function is written once, inline="always" (``_exp32`` ...: Numba inlines it into its
+# caller, which then decides the flags), and compiled as a function of its own
+# (``exp32`` ...) with ``fastmath=False`` stated: Numba compiles a callee whose decorator
+# leaves fastmath unset with the flags of the caller that first needed it, so the bits of
+# these functions (and so a kernel's outputs) depended on which kernel a process, or the
+# on-disk cache, had compiled first (tests/test_numba_math.py). The vectorised candidate
+# loops (``cell.gru_candidates``) inline them into a fastmath=False loop: the same IEEE
+# operations in the same order, no contraction, so lane p gets the bits of the scalar call.
+# ``error_model="numpy"``: their only division is by 1 + e^y >= 1, so Python's zero-division
+# check (a branch with a raise, which keeps LLVM from vectorising) is never needed.
+_EXACT = {"cache": True, "fastmath": False, "error_model": "numpy"}
+
+
+@nb.njit(inline="always")
+def _exp32(x):
     x = min(max(np.float32(x), _EXP_MIN), _EXP_MAX)
     n = np.floor(x * _LOG2E + np.float32(0.5))
     r = (x - n * _LN2_HI) - n * _LN2_LO
@@ -94,17 +105,15 @@ def exp32(x):
     return p * _f32_from_bits((np.int64(n) + 127) << 23)
 
 
-@nb.njit(cache=True)
-def sigmoid32(x):
-    return np.float32(1.0) / (np.float32(1.0) + exp32(-x))
+@nb.njit(inline="always")
+def _sigmoid32(x):
+    return np.float32(1.0) / (np.float32(1.0) + _exp32(-x))
 
 
-@nb.njit(cache=True)
-def tanh32(x):
-    """tanh in float32: (1 - e^{-2|x|}) / (1 + e^{-2|x|}), and below |x| = 0.25 (where that
-    difference cancels) the odd Taylor polynomial to x^11 (error < 3e-9 relative)."""
+@nb.njit(inline="always")
+def _tanh32(x):
     a = abs(np.float32(x))
-    e = exp32(np.float32(-2.0) * a)
+    e = _exp32(np.float32(-2.0) * a)
     y = (np.float32(1.0) - e) / (np.float32(1.0) + e)
     if a < np.float32(0.25):
         z = a * a
@@ -115,6 +124,24 @@ def tanh32(x):
         q = q * z + np.float32(-1.0 / 3.0)
         y = a + a * z * q
     return y if x >= 0 else -y
+
+
+@nb.njit(**_EXACT)
+def exp32(x):
+    """e^x in float32 for float32 x (clamped to [-87, 88]: no overflow, no denormals)."""
+    return _exp32(x)
+
+
+@nb.njit(**_EXACT)
+def sigmoid32(x):
+    return _sigmoid32(x)
+
+
+@nb.njit(**_EXACT)
+def tanh32(x):
+    """tanh in float32: (1 - e^{-2|x|}) / (1 + e^{-2|x|}), and below |x| = 0.25 (where that
+    difference cancels) the odd Taylor polynomial to x^11 (error < 3e-9 relative)."""
+    return _tanh32(x)
 
 
 @nb.njit(cache=True, inline="always")
