@@ -351,7 +351,8 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
     """The claim protocol: 2 tasks done by 1 worker (the other absent), by 2 workers on one
     Numba thread (prange runs them one after the other), 3 tasks by 2 or 3 workers on 2
     threads: no deadlock, and the same result as the batch-chunk kernel; with the input
-    projected beforehand (xp) and inside the kernels (fused, F = 7: not a multiple of 4)."""
+    projected beforehand (xp) and inside the kernels (fused, F = 7: not a multiple of 4);
+    for the GRU also with W_hh packed per neuron."""
     import numba
     import numpy as np
 
@@ -384,12 +385,14 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
                      ref, np.empty_like(want_h), d, d, d, d, d, d, d)  # fmt: skip
         np.testing.assert_allclose(want, ref, rtol=1e-5, atol=1e-5)
 
-    def run(ntasks, nworkers):
+    def run(ntasks, nworkers, weights=W):
         out, hT = np.full((1, T, H), np.nan, f32), np.full((1, H), np.nan, f32)
-        split.forward(is_gru, gk, src, h0, W, b, gv, ntasks, nworkers, 10, out, hT)
+        split.forward(is_gru, gk, src, h0, weights, b, gv, ntasks, nworkers, 10, out, hT)
         return out, hT
 
     results = {"1 worker": run(2, 1), "3 on 3": run(3, 3), "3 tasks, 2 workers": run(3, 2)}
+    if is_gru:  # W_hh packed per neuron, (H, 3H), as ops passes it on long streams
+        results["packed"] = run(2, 2, np.ascontiguousarray(W.reshape(3, H, H).transpose(1, 0, 2)).reshape(H, 3 * H))
     old = numba.get_num_threads()
     numba.set_num_threads(1)
     try:

@@ -7,6 +7,8 @@ H = 512) the recurrent weights no longer fit one core's L2. Here the H neurons a
 into ``ntasks`` contiguous blocks (boundaries rounded to 16 neurons, one cache line of
 float32); task k of step t computes the candidates of block k's open neurons from h_{t-1}
 and writes block k of h_t, so each thread keeps its own slice of W_hh in its own L2.
+A GRU's W_hh may come packed per neuron, (H, 3H) instead of (3H, H) (``_dots_packed``):
+then an open neuron's three rows are one contiguous run for the hardware prefetcher.
 
 The outputs are the state: step t reads h_{t-1} from out[0, t - 1] (h0 at t = 0) and
 writes block k of out[0, t], so no task of step t overwrites what another task of step t
@@ -156,6 +158,24 @@ def _bound(k, ntasks, H):
     return min(H, ((k * H) // ntasks + 8) // 16 * 16)
 
 
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _dots_packed(W, i, H, hs, q, acc):
+    """``cell._dots1`` of a GRU neuron from W_hh packed per neuron, (H, 3H): row i holds the
+    neuron's r, z and n rows one after the other (``pack_gru``); the same loop over j, so
+    the same bits."""
+    a = np.float32(0.0)
+    z = np.float32(0.0)
+    n = np.float32(0.0)
+    for j in range(H):
+        hj = hs[q, j]
+        a += W[i, j] * hj
+        z += W[i, H + j] * hj
+        n += W[i, 2 * H + j] * hj
+    acc[0, 0] = a
+    acc[1, 0] = z
+    acc[2, 0] = n
+
+
 @nb.njit(cache=True, fastmath=True)
 def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb, loc, sc):
     """Block k of step t: hout[block] = h_t from h_{t-1} = hp[q] (h0, or the output row of
@@ -187,9 +207,13 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb
     nr = 3 if is_gru else 1
     step_input(src, 0, t, loc, 0, n, False, H, nr, xb)
     ur, uz, un, hv, fv = sc[0], sc[1], sc[2], sc[3], sc[4]
+    packed = is_gru and W.shape[1] == 3 * H
     for p in range(n):
         i = loc[p]
-        _dots1(is_gru, W, i, H, hp, q, acc)
+        if packed:
+            _dots_packed(W, i, H, hp, q, acc)
+        else:
+            _dots1(is_gru, W, i, H, hp, q, acc)
         ur[p] = acc[0, 0] + bias[i]
         if is_gru:
             uz[p] = acc[1, 0] + bias[H + i]
