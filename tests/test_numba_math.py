@@ -93,10 +93,9 @@ def test_vectorised_candidates_equal_the_scalar_ones():
     rng = np.random.default_rng(3)
     for n in (1, 15, 16, 37, 300):
         xb = rng.uniform(-6, 6, 3 * n).astype(np.float32)
-        ur, uz, un, hv = (rng.uniform(-6, 6, n).astype(np.float32) for _ in range(4))
-        fv, fr = np.empty(n, np.float32), np.empty(n, np.float32)
-        gru_candidates(n, xb, ur, uz, un, hv, fv)
-        want = [gru_candidate(xb[3 * p], xb[3 * p + 1], xb[3 * p + 2], ur[p], uz[p], un[p], hv[p])[3] for p in range(n)]
-        assert np.array_equal(fv, np.array(want, np.float32))
-        rnn_candidates(n, xb, ur, fr)
-        assert np.array_equal(fr, np.array([rnn_candidate(xb[p], ur[p]) for p in range(n)], np.float32))
+        sc = rng.uniform(-6, 6, (5, n)).astype(np.float32)
+        gru_candidates(n, xb, sc)
+        want = [gru_candidate(xb[3 * p], xb[3 * p + 1], xb[3 * p + 2], *sc[:4, p])[3] for p in range(n)]
+        assert np.array_equal(sc[4], np.array(want, np.float32))
+        rnn_candidates(n, xb, sc)
+        assert np.array_equal(sc[4], np.array([rnn_candidate(xb[p], sc[0, p]) for p in range(n)], np.float32))

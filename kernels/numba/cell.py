@@ -44,13 +44,14 @@ def gru_candidate(xr, xz, xn, ur, uz, hn, h):
 
 
 @nb.njit(**_EXACT)
-def gru_candidates(n, xb, ur, uz, un, hv, fv):
-    """fv[p] = gru_candidate(xb[3p], xb[3p + 1], xb[3p + 2], ur[p], uz[p], un[p], hv[p]).f
-    for p < n, bit for bit (the same operations, fastmath off), as one loop that LLVM
-    vectorises: ~2.4 ns a neuron instead of ~16 (AMD EPYC, AVX-512). Callers may round n up
-    to a multiple of 16 over padding lanes, so that no scalar remainder runs."""
+def gru_candidates(n, xb, sc):
+    """sc[4, p] = gru_candidate(xb[3p], xb[3p + 1], xb[3p + 2], sc[0, p], sc[1, p], sc[2, p],
+    sc[3, p]).f for p < n (rows of sc: ur, uz, hn, h, f), bit for bit (the same operations,
+    fastmath off), as one loop that LLVM vectorises: ~2.4 ns a neuron instead of ~16 (AMD
+    EPYC, AVX-512). Callers may round n up to a multiple of 16 over padding lanes, so that
+    no scalar remainder runs."""
     for p in range(n):
-        fv[p] = _gru_f(xb[3 * p], xb[3 * p + 1], xb[3 * p + 2], ur[p], uz[p], un[p], hv[p])[3]
+        sc[4, p] = _gru_f(xb[3 * p], xb[3 * p + 1], xb[3 * p + 2], sc[0, p], sc[1, p], sc[2, p], sc[3, p])[3]
 
 
 @nb.njit(**_EXACT)
@@ -62,10 +63,10 @@ def rnn_candidate(x, u):
 
 
 @nb.njit(**_EXACT)
-def rnn_candidates(n, xb, u, fv):
-    """fv[p] = rnn_candidate(xb[p], u[p]) for p < n (bit for bit, vectorised as above)."""
+def rnn_candidates(n, xb, sc):
+    """sc[4, p] = rnn_candidate(xb[p], sc[0, p]) for p < n (bit for bit, vectorised as above)."""
     for p in range(n):
-        fv[p] = _tanh32(xb[p] + u[p])
+        sc[4, p] = _tanh32(xb[p] + sc[0, p])
 
 
 @nb.njit(**_EXACT)

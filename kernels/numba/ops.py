@@ -105,7 +105,7 @@ GEMM_MIN_BATCH = 8
 #: ``_split_tasks``)
 SPLIT_MIN_BLOCK = 32
 SPLIT_MIN_WORK = 1024
-SPLIT_WORK_PER_NEURON = 6
+SPLIT_WORK_PER_NEURON = 10
 _SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work for the rule
 #: the split kernel reads W_hh from a copy in huge pages (``su_neuro._buffers.huge_copy``)
 #: on streams of at least this many steps, where the copy costs under ~5 % of the run, and
@@ -193,11 +193,14 @@ def _split_tasks(gk: int, save: bool, batch: int, hidden: int, rows: int, comput
     one-thread time including the compaction of the plan that only that kernel needs, input
     projected inside the kernels, 2 Numba threads on 2 otherwise idle cores, AMD EPYC with
     1 MiB L2 per core, T = 5,000, periodic open sets of 1-100 %, H = 128-1024, medians of 5;
-    the table is in docs/cpu/bench_numba_split.txt): the split won x1.07-2.8 in every
-    configuration from 12·H units per step (two blocks of 6·H) except one (GRU H = 512 1 %,
-    8192 units: x0.95), and lost x0.52-0.96 in every one below except one (RNN H = 512 2 %,
-    5898 units: x1.06). With another process busy on one of the 2 cores the split ran at
-    x0.93-1.05 (the running thread does the other's tasks; an earlier session's measurement).
+    the table is in docs/cpu/bench_numba_split.txt). Re-measured after the split kernel's
+    candidates were vectorised (its per-neuron cost fell, its per-step cost did not): the
+    split won x1.22-3.3 in every configuration from 20·H units per step (two blocks of
+    10·H) except one (GRU H = 128 10 %, 5734 units: x0.97, between wins at 5 % and 20 %),
+    and lost x0.33-0.96 in every one below except one (RNN H = 128 10 %, 2458 units:
+    x1.03). GRU H = 512 at 1 % (8192 units) now loses x0.58; the old rule (6·H) split it.
+    With another process busy on one of the 2 cores the split ran at x0.93-1.05 (the
+    running thread does the other's tasks; an earlier session's measurement).
     """
     if save or gk == EVENT or batch != 1 or steps == 0:
         return 0

@@ -206,32 +206,33 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb
             n += np.int64(gvals[t, j] != 0)
     nr = 3 if is_gru else 1
     step_input(src, 0, t, loc, 0, n, False, H, nr, xb)
-    ur, uz, un, hv, fv = sc[0], sc[1], sc[2], sc[3], sc[4]
+    if n == 0:
+        return
     packed = is_gru and W.shape[1] == 3 * H
-    for p in range(n):
+    for p in range(n):  # sc rows: ur (or u), uz, hn, h, f
         i = loc[p]
         if packed:
             _dots_packed(W, i, H, hp, q, acc)
         else:
             _dots1(is_gru, W, i, H, hp, q, acc)
-        ur[p] = acc[0, 0] + bias[i]
+        sc[0, p] = acc[0, 0] + bias[i]
         if is_gru:
-            uz[p] = acc[1, 0] + bias[H + i]
-            un[p] = acc[2, 0] + bias[2 * H + i]
-        hv[p] = hp[q, i]
+            sc[1, p] = acc[1, 0] + bias[H + i]
+            sc[2, p] = acc[2, 0] + bias[2 * H + i]
+        sc[3, p] = hp[q, i]
     lanes = (n + 15) // 16 * 16
     if is_gru:
-        gru_candidates(lanes, xb, ur, uz, un, hv, fv)
+        gru_candidates(lanes, xb, sc)
     else:
-        rnn_candidates(lanes, xb, ur, fv)
+        rnn_candidates(lanes, xb, sc)
     for p in range(n):
         i = loc[p]
         if gkind == DENSE:
-            hout[i] = fv[p]
+            hout[i] = sc[4, p]
         else:
             g = gvals[t, i]
-            hi_ = hv[p]
-            hout[i] = hi_ + g * (fv[p] - hi_)
+            hi_ = sc[3, p]
+            hout[i] = hi_ + g * (sc[4, p] - hi_)
 
 
 @nb.njit(cache=True, inline="always")
