@@ -177,9 +177,9 @@ def _dots_packed(W, i, H, hs, q, acc):
 
 
 @nb.njit(cache=True, fastmath=True)
-def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb, loc, sc):
-    """Block k of step t: hout[block] = h_t from h_{t-1} = hp[q] (h0, or the output row of
-    step t - 1: the outputs are the state, no separate buffer). A rhythmic gate's open
+def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc):
+    """Block k of step t: seq[t, block] = h_t from h_{t-1} = hp[q] (h0, or seq[t - 1]: the
+    outputs are the state, no separate buffer). A rhythmic gate's open
     neurons are found by scanning the block's gate row (no compacted lists: the (T, H)
     compaction would cost more than this scan). The scan is branchless (a random 10 %
     open set mispredicts every branch on it) and the closed neurons are copied forward
@@ -188,9 +188,9 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb
     Three passes over the open neurons: the recurrent dot products (streaming W_hh rows,
     nothing else in the loop), the candidates as one vectorised loop over the block
     (``cell.gru_candidates``: the bits of ``cell.gru_candidate``; n rounded up to 16 lanes
-    over padding, scratch ``sc`` has H + 16 columns), then the blend into hout. At H = 512,
+    over padding, scratch ``sc`` has H + 16 columns), then the blend into seq[t]. At H = 512,
     10 % open, the candidates took ~16 ns a neuron in the dot loop and take ~2.5 here."""
-    H = hout.shape[0]
+    H = seq.shape[1]
     lo = _bound(k, ntasks, H)
     hi = _bound(k + 1, ntasks, H)
     n = 0
@@ -200,7 +200,7 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb
             n += 1
     else:
         for j in range(lo, hi):
-            hout[j] = hp[q, j]
+            seq[t, j] = hp[q, j]
         for j in range(lo, hi):
             loc[n] = j
             n += np.int64(gvals[t, j] != 0)
@@ -228,11 +228,11 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb
     for p in range(n):
         i = loc[p]
         if gkind == DENSE:
-            hout[i] = sc[4, p]
+            seq[t, i] = sc[4, p]
         else:
             g = gvals[t, i]
             hi_ = sc[3, p]
-            hout[i] = hi_ + g * (sc[4, p] - hi_)
+            seq[t, i] = hi_ + g * (sc[4, p] - hi_)
 
 
 @nb.njit(cache=True, inline="always")
@@ -243,17 +243,43 @@ def _claim(k, t, sync):
 
 
 @nb.njit(cache=True, inline="always")
-def _run_claimed(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb, loc, sc, sync):
+def _run_claimed(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc, sync):
     """Claim task k of step t and, if this worker got it, run it and mark it done."""
     if not _claim(k, t, sync):
         return False
-    _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, hout, acc, xb, loc, sc)
+    _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc)
     store_release(sync, (2 * k + 1) * _STRIDE, t)
     return True
 
 
+@nb.njit(cache=True, inline="always")
+def _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc, sync, spin):
+    """Worker p at step t: its own task, then wait for the others (doing one whose owner is
+    late), then wait for its own task if another worker took it."""
+    _run_claimed(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc, sync)
+    for k in range(1, ntasks):
+        kk = (p + k) % ntasks
+        d = (2 * kk + 1) * _STRIDE
+        polls = 0
+        while load_acquire(sync, d) < t:
+            polls += 1
+            if polls > STEAL and _run_claimed(
+                kk, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc, sync
+            ):
+                break
+            if polls > spin:
+                cpu_yield()
+    d = (2 * p + 1) * _STRIDE
+    while load_acquire(sync, d) < t:
+        cpu_yield()
+
+
 @nb.njit(cache=True)
 def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin):
+    """Worker p over all steps. Step 0 reads h0, step t > 0 reads out[0, t - 1]: two call
+    sites, so that no array variable is rebound and no row view is made inside the time
+    loop (each would be a reference-count update on memory that the other threads' views
+    share: a cache line bouncing between the cores at every step)."""
     T = out.shape[1]
     H = out.shape[2]
     acc = np.empty((3, 4), np.float32)
@@ -261,25 +287,10 @@ def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin):
     sc = np.zeros((5, H + 16), np.float32)
     loc = np.empty(H, np.int32)
     seq = out[0]
-    for t in range(T):
-        hp = h0 if t == 0 else seq
-        q = 0 if t == 0 else t - 1
-        _run_claimed(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq[t], acc, xb, loc, sc, sync)
-        for k in range(1, ntasks):  # wait for the other tasks; do one whose owner is late
-            kk = (p + k) % ntasks
-            d = (2 * kk + 1) * _STRIDE
-            polls = 0
-            while load_acquire(sync, d) < t:
-                polls += 1
-                if polls > STEAL and _run_claimed(
-                    kk, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq[t], acc, xb, loc, sc, sync
-                ):
-                    break
-                if polls > spin:
-                    cpu_yield()
-        d = (2 * p + 1) * _STRIDE
-        while load_acquire(sync, d) < t:  # own task taken by another worker and not done yet
-            cpu_yield()
+    if T > 0:
+        _step(p, 0, ntasks, is_gru, gkind, src, W, bias, gvals, h0, 0, seq, acc, xb, loc, sc, sync, spin)
+    for t in range(1, T):
+        _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, seq, t - 1, seq, acc, xb, loc, sc, sync, spin)
 
 
 @nb.njit(cache=True, parallel=True)
