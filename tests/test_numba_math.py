@@ -92,10 +92,10 @@ def test_vectorised_candidates_equal_the_scalar_ones():
 
     rng = np.random.default_rng(3)
     for n in (1, 15, 16, 37, 300):
-        xb = rng.uniform(-6, 6, 3 * n).astype(np.float32)
-        sc = rng.uniform(-6, 6, (5, n)).astype(np.float32)
-        gru_candidates(n, xb, sc)
-        want = [gru_candidate(xb[3 * p], xb[3 * p + 1], xb[3 * p + 2], *sc[:4, p])[3] for p in range(n)]
-        assert np.array_equal(sc[4], np.array(want, np.float32))
-        rnn_candidates(n, xb, sc)
-        assert np.array_equal(sc[4], np.array([rnn_candidate(xb[p], sc[0, p]) for p in range(n)], np.float32))
+        xb = rng.uniform(-6, 6, (2, 3 * n)).astype(np.float32)
+        sc = rng.uniform(-6, 6, (8, n)).astype(np.float32)
+        gru_candidates(n, xb, 1, sc)
+        want = np.array([gru_candidate(*xb[1, 3 * p : 3 * p + 3], *sc[:4, p]) for p in range(n)], np.float32)
+        assert np.array_equal(sc[4:].T, want[:, [3, 0, 1, 2]])  # rows f, r, z, n
+        rnn_candidates(n, xb, 1, sc)
+        assert np.array_equal(sc[4], np.array([rnn_candidate(xb[1, p], sc[0, p]) for p in range(n)], np.float32))

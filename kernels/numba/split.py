@@ -205,7 +205,7 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
             loc[n] = j
             n += np.int64(gvals[t, j] != 0)
     nr = 3 if is_gru else 1
-    step_input(src, 0, t, loc, 0, n, False, H, nr, xb)
+    step_input(src, 0, t, loc, 0, n, False, H, nr, xb[0])
     if n == 0:
         return
     packed = is_gru and W.shape[1] == 3 * H
@@ -222,9 +222,9 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
         sc[3, p] = hp[q, i]
     lanes = (n + 15) // 16 * 16
     if is_gru:
-        gru_candidates(lanes, xb, sc)
+        gru_candidates(lanes, xb, 0, sc)
     else:
-        rnn_candidates(lanes, xb, sc)
+        rnn_candidates(lanes, xb, 0, sc)
     for p in range(n):
         i = loc[p]
         if gkind == DENSE:
@@ -283,8 +283,8 @@ def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin):
     T = out.shape[1]
     H = out.shape[2]
     acc = np.empty((3, 4), np.float32)
-    xb = np.zeros(3 * (H + 16), np.float32)  # padding lanes of the candidate loop: finite
-    sc = np.zeros((5, H + 16), np.float32)
+    xb = np.zeros((1, 3 * (H + 16)), np.float32)  # padding lanes of the candidate loop: finite
+    sc = np.zeros((8, H + 16), np.float32)
     loc = np.empty(H, np.int32)
     seq = out[0]
     if T > 0:
