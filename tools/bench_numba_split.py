@@ -6,10 +6,9 @@ from this table.
 
 Usage: python tools/bench_numba_split.py [--steps T] [--repeats N]
 Prints one row per cell x hidden size x open fraction: work units per step (computed
-neurons x (rows·H + 64)), both times (medians of N interleaved runs) and the speed-up. The
-one-thread time includes the compaction of the rhythmic plan into index lists, which that
-kernel needs for a rhythmic gate and the split kernel does not (ops runs it only on the
-one-thread path).
+neurons x (rows·H + 64)), both times (medians of N interleaved runs) and the speed-up. Both
+kernels find a rhythmic gate's open neurons by scanning its rows (B = 1 inference: no
+compaction of the plan into index lists, as ops runs them).
 The input projection runs inside the kernels (as in inference), F = 16.
 """
 
@@ -41,10 +40,9 @@ def periodic_gate(T, H, rate, rng):
 
 
 def one_thread(is_gru, gk, src, h0, W, b, gv, out, hT):
-    """The batch-chunk kernel on one sample, with the compaction that it needs and the split
-    kernel does not (a dense gate needs none)."""
-    off, idx = compact(gv) if gk == RHYTHMIC else (_NO_OFF, _NO_IDX)
-    cell.forward(is_gru, gk, src, h0, W, _D2, b, gv, off, idx, _D1, 0, 0.0, 4096, False, 1, out, hT, *(_D3,) * 7)
+    """The batch-chunk kernel on one sample, scanning the gate rows (no index lists)."""
+    no_lists = (_NO_OFF, _NO_IDX)
+    cell.forward(is_gru, gk, src, h0, W, _D2, b, gv, *no_lists, _D1, 0, 0.0, 4096, False, 1, out, hT, *(_D3,) * 7)
 
 
 def median_pair(f1, f2, repeats):
@@ -86,7 +84,6 @@ def main(argv=None):
 
                 sargs = (is_gru, gk, src, h0, W, b, gv, 2, 2, split.SPIN, out, hT)
 
-                # as ops runs it: a rhythmic plan is compacted into index lists first
                 one = functools.partial(one_thread, is_gru, gk, src, h0, W, b, gv, out, hT)
                 two = functools.partial(split.forward, *sargs)
                 a, c = median_pair(one, two, args.repeats)

@@ -478,16 +478,29 @@ def _forward_chunk_rd(
     fb = np.empty((H, m), np.float32)
     xb = np.empty((m, nr * H), np.float32)
     acc = np.empty((3, 4), np.float32)
+    # a rhythmic gate without compacted lists (off of length 1): each step's open neurons
+    # come from a branchless scan of its gate row (B = 1 inference: cheaper than the
+    # (T, H) compaction)
+    scan = gkind != DENSE and off.shape[0] != T + 1
+    loc = np.empty(H if scan else 1, np.int32)
+    ix = loc if scan else idx
     for q in range(m):
         for j in range(H):
             hs[q, j] = h0[lo + q, j]
     for t in range(T):
-        n_t = H if gkind == DENSE else off[t + 1] - off[t]
-        base = 0 if gkind == DENSE else off[t]
+        if scan:
+            n_t = 0
+            for j in range(H):
+                loc[n_t] = j
+                n_t += np.int64(gvals[t, j] != 0)
+            base = 0
+        else:
+            n_t = H if gkind == DENSE else off[t + 1] - off[t]
+            base = 0 if gkind == DENSE else off[t]
         for q in range(m):
-            step_input(src, lo + q, t, idx, base, base + n_t, gkind == DENSE, H, nr, xb[q])
+            step_input(src, lo + q, t, ix, base, base + n_t, gkind == DENSE, H, nr, xb[q])
         for k in range(n_t):
-            i = k if gkind == DENSE else idx[base + k]
+            i = k if gkind == DENSE else ix[base + k]
             q = 0
             while q < m:
                 if q + 4 <= m:
@@ -528,7 +541,7 @@ def _forward_chunk_rd(
                 for q in range(m):
                     hs[q, k] = fb[k, q]
             else:
-                i = idx[base + k]
+                i = ix[base + k]
                 g = gvals[t, i]
                 if g != 0:
                     for q in range(m):

@@ -249,7 +249,9 @@ class _Recurrence(torch.autograd.Function):
             head = gv[: min(T, _SPLIT_SAMPLE)] if gk == RHYTHMIC else None
             computed = T * H if gk == DENSE else int(np.count_nonzero(head)) * T // head.shape[0]
             tasks = _split_tasks(gk, save, B, H, G // H, computed, T)
-        if kind == "rhythmic" and not tasks:
+        # B = 1 RNN/GRU inference on one thread: the kernel scans the gate rows itself
+        scans = cell != "lif" and not save and B == 1
+        if kind == "rhythmic" and not tasks and not scans:
             support = None
             if cfg["grad"] and need[6]:
                 support = cfg["support"]
