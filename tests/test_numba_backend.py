@@ -407,6 +407,28 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
         assert np.array_equal(hT, want_h), name
 
 
+def test_packed_weights_are_for_single_samples():
+    """The one-thread kernel reads a GRU W_hh packed per neuron ((H, 3H), as ops passes it
+    on B = 1 streams) with single-sample dots only: a chunk of 4 or more samples refuses it
+    instead of reading it with the (3H, H) layout's 4-sample dots."""
+    import numpy as np
+
+    from su_neuro.kernels.numba import cell
+    from su_neuro.kernels.numba._common import RHYTHMIC
+
+    f32 = np.float32
+    B, T, H = 4, 3, 16
+    d = np.zeros((1, 1, 1), f32)
+    xp = np.zeros((B, T, 3 * H), f32)
+    packed = np.zeros((H, 3 * H), f32)
+    gv = np.ones((T, H), f32)
+    out, hT = np.empty((B, T, H), f32), np.empty((B, H), f32)
+    with pytest.raises(ValueError, match="single-sample"):
+        cell.forward(True, RHYTHMIC, (False, xp, d, d[0], d[0, 0]), np.zeros((B, H), f32), packed, d[0],
+                     np.zeros(3 * H, f32), gv, np.zeros(1, np.int64), np.zeros(1, np.int32), np.zeros(1, f32),
+                     0, 0.0, 1, False, 1, out, hT, d, d, d, d, d, d, d)  # fmt: skip
+
+
 def test_split_rule():
     """Where the split pays (ops._split_tasks; measurements in its docstring)."""
     import numba

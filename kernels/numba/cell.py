@@ -447,6 +447,24 @@ def _dots1(is_gru, W, i, H, hs, q, acc):
     acc[0, 0] = a
 
 
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _dots_packed(W, i, H, hs, q, acc):
+    """``cell._dots1`` of a GRU neuron from W_hh packed per neuron, (H, 3H): row i holds the
+    neuron's r, z and n rows one after the other (``ops`` packs it for B = 1 streams); the same loop over j, so
+    the same bits."""
+    a = np.float32(0.0)
+    z = np.float32(0.0)
+    n = np.float32(0.0)
+    for j in range(H):
+        hj = hs[q, j]
+        a += W[i, j] * hj
+        z += W[i, H + j] * hj
+        n += W[i, 2 * H + j] * hj
+    acc[0, 0] = a
+    acc[1, 0] = z
+    acc[2, 0] = n
+
+
 @nb.njit(cache=True, fastmath=True)
 def _forward_chunk_rd(
     c,
@@ -482,6 +500,9 @@ def _forward_chunk_rd(
     # come from a branchless scan of its gate row (B = 1 inference: cheaper than the
     # (T, H) compaction)
     scan = gkind != DENSE and off.shape[0] != T + 1
+    # a GRU's W_hh packed per neuron, (H, 3H) (``_dots_packed``; then only single-sample
+    # dots run, so m must be below 4: ops packs it for B = 1 only)
+    packed = is_gru and W.shape[1] == 3 * H
     loc = np.empty(H if scan else 1, np.int32)
     ix = loc if scan else idx
     for q in range(m):
@@ -506,6 +527,9 @@ def _forward_chunk_rd(
                 if q + 4 <= m:
                     _dots4(is_gru, W, i, H, hs, q, acc)
                     nq = 4
+                elif packed:
+                    _dots_packed(W, i, H, hs, q, acc)
+                    nq = 1
                 else:
                     _dots1(is_gru, W, i, H, hs, q, acc)
                     nq = 1
@@ -1042,6 +1066,9 @@ def forward(
 ):
     """Parallel over batch chunks; each chunk runs its own whole time loop. ``src`` is the
     input source of ``step_input`` (the event gate's kernel reads its projected input ``src[1]``)."""
+    B, _, H = out.shape
+    if is_gru and W.shape[1] == 3 * H and (gkind == EVENT or (B + nchunks - 1) // nchunks >= 4):
+        raise ValueError("a packed W_hh is for single-sample chunks of the rhythmic / dense kernel")
     for c in nb.prange(nchunks):
         if gkind != EVENT:
             _forward_chunk_rd(

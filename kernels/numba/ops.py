@@ -212,6 +212,16 @@ def _split_tasks(gk: int, save: bool, batch: int, hidden: int, rows: int, comput
     return tasks if tasks >= 2 else 0
 
 
+def _stream_weights(W: np.ndarray, is_gru: bool, steps: int) -> np.ndarray:
+    """W_hh as the B = 1 inference kernels read it: on streams of at least SPLIT_HUGE_STEPS
+    a copy in huge pages, a GRU's packed per neuron ((H, 3H): a neuron's r, z, n rows in one
+    run; ``cell._dots_packed``, same bits); else W itself."""
+    if steps < SPLIT_HUGE_STEPS or W.nbytes > SPLIT_HUGE_MAX_BYTES:
+        return W
+    H = W.shape[1]
+    return huge_copy(W.reshape(3, H, H).transpose(1, 0, 2) if is_gru else W).reshape(H, -1)
+
+
 def _np(t: torch.Tensor | None, shape=None) -> np.ndarray:
     if t is None:
         return np.zeros(shape, _F32)
@@ -338,11 +348,8 @@ class _Recurrence(torch.autograd.Function):
                 src = (False, xp_n, _dummy(3), _dummy(2), _dummy(1))
                 ctx.fused = None
             if tasks:
-                Wk = W
-                if T >= SPLIT_HUGE_STEPS and W.nbytes <= SPLIT_HUGE_MAX_BYTES:
-                    # GRU: packed per neuron, (H, 3H), so a neuron's three rows are one run
-                    Wk = huge_copy(W.reshape(3, H, H).transpose(1, 0, 2) if is_gru else W).reshape(H, -1)
-                _split.forward(is_gru, gk, src, h0_n, Wk, bias, gv, tasks, tasks, _split.SPIN, out, hT)
+                _split.forward(is_gru, gk, src, h0_n, _stream_weights(W, is_gru, T), bias, gv, tasks, tasks,
+                               _split.SPIN, out, hT)  # fmt: skip
             elif gemm:
                 with _BLAS.limit(limits=1):
                     _cell.forward_gemm(
@@ -350,8 +357,9 @@ class _Recurrence(torch.autograd.Function):
                         out, hT, dsave, fsave, rsave, zsave, nsave, hnsave,
                     )  # fmt: skip
             else:
+                Wc = _stream_weights(W, is_gru, T) if scans and gk != EVENT else W
                 _cell.forward(
-                    is_gru, gk, src, h0_n, W, WT, bias, gv, off, idx, th, 0, 0.0, REFRESH,
+                    is_gru, gk, src, h0_n, Wc, WT, bias, gv, off, idx, th, 0, 0.0, REFRESH,
                     bool(save), C, out, hT, dsave, fsave, rsave, zsave, nsave, hnsave, gsave,
                 )  # fmt: skip
             ctx.gemm = gemm

@@ -52,7 +52,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._common import DENSE
-from .cell import _dots1, gru_candidates, rnn_candidates, step_input
+from .cell import _dots1, _dots_packed, gru_candidates, rnn_candidates, step_input
 
 __all__ = ["forward", "SPIN"]
 
@@ -156,24 +156,6 @@ def _bound(k, ntasks, H):
     if k >= ntasks:
         return H
     return min(H, ((k * H) // ntasks + 8) // 16 * 16)
-
-
-@nb.njit(cache=True, fastmath=True, inline="always")
-def _dots_packed(W, i, H, hs, q, acc):
-    """``cell._dots1`` of a GRU neuron from W_hh packed per neuron, (H, 3H): row i holds the
-    neuron's r, z and n rows one after the other (``pack_gru``); the same loop over j, so
-    the same bits."""
-    a = np.float32(0.0)
-    z = np.float32(0.0)
-    n = np.float32(0.0)
-    for j in range(H):
-        hj = hs[q, j]
-        a += W[i, j] * hj
-        z += W[i, H + j] * hj
-        n += W[i, 2 * H + j] * hj
-    acc[0, 0] = a
-    acc[1, 0] = z
-    acc[2, 0] = n
 
 
 @nb.njit(cache=True, fastmath=True)
