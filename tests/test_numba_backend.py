@@ -439,17 +439,18 @@ def test_split_rule():
     n = numba.get_num_threads()
     two = 2 if n >= 2 else 0
     T = 100
-    # GRU H=512, 10 % open: 51 * (3 * 512 + 64) units per step, blocks of >= 10 * 512 units:
-    # <= 15 blocks by work, 16 by size
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 51, T) == (min(n, 15) if n >= 2 else 0)
-    # RNN H=128, dense: 19 blocks by work, 4 by size
+    # GRU H=512, 10 % open: 51 * (3 * 512 + 64) units per step, blocks of >= 15 * 512 units:
+    # <= 10 blocks by work, 16 by size
+    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 51, T) == (min(n, 10) if n >= 2 else 0)
+    # RNN H=128, dense: 25 blocks of 7.5 * 128 by work, 4 by size
     assert ops._split_tasks(DENSE, False, 1, 128, 1, T * 128, T) == (min(n, 4) if n >= 2 else 0)
     assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 2, T) == 0  # GRU H=512, 0.4 %: 3.2k units
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 5, T) == 0  # GRU H=512, 1 %: 8k < 2 * 5.1k
-    assert ops._split_tasks(RHYTHMIC, False, 1, 256, 3, T * 5, T) == 0  # GRU H=256, 2 %: 4.2k < 2 * 2.6k
+    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 5, T) == 0  # GRU H=512, 1 %: 8k < 2 * 7.7k
+    assert ops._split_tasks(RHYTHMIC, False, 1, 256, 3, T * 5, T) == 0  # GRU H=256, 2 %: 4.2k < 2 * 3.8k
     assert ops._split_tasks(RHYTHMIC, False, 1, 256, 3, T * 13, T) == two  # GRU H=256, 5 %: 10.8k units
-    assert ops._split_tasks(RHYTHMIC, False, 1, 1024, 1, T * 10, T) == 0  # RNN H=1024, 1 %: 10.9k < 20.5k
-    # RNN H=1024, 2 %: 21.8k units, 2 blocks of 10240
+    assert ops._split_tasks(RHYTHMIC, False, 1, 1024, 3, T * 10, T) == two  # GRU H=1024, 1 %: 31.4k units
+    assert ops._split_tasks(RHYTHMIC, False, 1, 1024, 1, T * 10, T) == 0  # RNN H=1024, 1 %: 10.9k < 15.4k
+    # RNN H=1024, 2 %: 21.8k units, 2 blocks of 7680
     assert ops._split_tasks(RHYTHMIC, False, 1, 1024, 1, T * 20, T) == (min(n, 2) if n >= 2 else 0)
     assert ops._split_tasks(RHYTHMIC, False, 1, 128, 3, T * 1, T) == 0  # GRU H=128, 1 %: under the floor
     assert ops._split_tasks(RHYTHMIC, True, 1, 512, 3, T * 51, T) == 0  # saves for backward / records

@@ -8,7 +8,9 @@ Usage: python tools/bench_numba_split.py [--steps T] [--repeats N]
 Prints one row per cell x hidden size x open fraction: work units per step (computed
 neurons x (rows·H + 64)), both times (medians of N interleaved runs) and the speed-up. Both
 kernels find a rhythmic gate's open neurons by scanning its rows (B = 1 inference: no
-compaction of the plan into index lists, as ops runs them).
+compaction of the plan into index lists) and read W_hh as ops passes it on streams of
+T >= ops.SPLIT_HUGE_STEPS (``ops._stream_weights``: a huge-page copy, a GRU's packed per
+neuron).
 The input projection runs inside the kernels (as in inference), F = 16.
 """
 
@@ -24,8 +26,8 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "2")  # before numba is imported
 
 import numpy as np  # noqa: E402
 
-from su_neuro.kernels.numba import cell, split  # noqa: E402
-from su_neuro.kernels.numba._common import DENSE, RHYTHMIC, compact  # noqa: E402
+from su_neuro.kernels.numba import cell, ops, split  # noqa: E402
+from su_neuro.kernels.numba._common import DENSE, RHYTHMIC  # noqa: E402
 
 F32 = np.float32
 _D3, _D2, _D1 = np.zeros((1, 1, 1), F32), np.zeros((1, 1), F32), np.zeros(1, F32)  # unused kernel arguments
@@ -73,14 +75,14 @@ def main(argv=None):
         for H in (int(h) for h in args.hidden.split(",")):
             G = 3 * H if is_gru else H
             W = (rng.standard_normal((G, H)) / np.sqrt(H)).astype(F32)
+            W = ops._stream_weights(W, is_gru, T)  # as ops passes it to both kernels
             b = np.zeros(G, F32)
             src = (True, _D3, rng.standard_normal((1, T, F)).astype(F32), rng.standard_normal((G, F)).astype(F32), b)
             h0, out, hT = np.zeros((1, H), F32), np.empty((1, T, H), F32), np.empty((1, H), F32)
             for rate in (0.01, 0.02, 0.05, 0.1, 0.2, 1.0):
                 gk = DENSE if rate == 1.0 else RHYTHMIC
                 gv = periodic_gate(T, H, rate, rng)
-                off, idx = compact(gv)
-                units = (off[-1] / T if gk == RHYTHMIC else H) * (G + 64)
+                units = (np.count_nonzero(gv) / T if gk == RHYTHMIC else H) * (G + 64)
 
                 sargs = (is_gru, gk, src, h0, W, b, gv, 2, 2, split.SPIN, out, hT)
 

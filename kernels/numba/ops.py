@@ -101,11 +101,11 @@ REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH ste
 GEMM_MIN_BATCH = 8
 #: B = 1 streaming forward of RNN/GRU, rhythmic / dense gate, split over neuron blocks
 #: (kernels/numba/split.py): blocks of at least SPLIT_MIN_BLOCK neurons, each with at least
-#: max(SPLIT_MIN_WORK, SPLIT_WORK_PER_NEURON * H) work units per step on average (see
-#: ``_split_tasks``)
+#: max(SPLIT_MIN_WORK, SPLIT_WORK_PER_NEURON * (rows + 1) * H) work units per step on average
+#: (rows = 3 GRU, 1 RNN; see ``_split_tasks``)
 SPLIT_MIN_BLOCK = 32
 SPLIT_MIN_WORK = 1024
-SPLIT_WORK_PER_NEURON = 10
+SPLIT_WORK_PER_NEURON = 3.75
 _SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work for the rule
 #: the split kernel reads W_hh from a copy in huge pages (``su_neuro._buffers.huge_copy``)
 #: on streams of at least this many steps, where the copy costs under ~5 % of the run, and
@@ -184,29 +184,29 @@ def _split_tasks(gk: int, save: bool, batch: int, hidden: int, rows: int, comput
     ``_SPLIT_SAMPLE`` steps and scaled to T, or H) times
     rows·H + 64 (rows = 3 GRU, 1 RNN: the multiply-adds; 64: the nonlinearities and blend,
     fitted). Blocks: one per Numba thread, at most H // SPLIT_MIN_BLOCK, and at most
-    work // max(SPLIT_MIN_WORK, SPLIT_WORK_PER_NEURON * H); split only if that gives >= 2.
-    The per-block minimum grows with H because each task scans its block's gate row, copies
-    the block's state forward and writes its outputs every step, and the state it reads
-    was written by the other cores: that cost follows H, not the open count.
+    work // max(SPLIT_MIN_WORK, SPLIT_WORK_PER_NEURON * (rows + 1) * H); split only if that
+    gives >= 2. The per-block minimum grows with H because each task scans its block's gate
+    row, copies the block's state forward and writes its outputs every step, and the state
+    it reads was written by the other cores: that cost follows H, not the open count; and a
+    GRU needs more work per block than an RNN (15·H against 7.5·H units) before the split
+    pays, as measured.
 
-    Measured with tools/bench_numba_split.py (A/B of the two kernels on the same inputs, the
-    one-thread time including the compaction of the plan that only that kernel needs, input
-    projected inside the kernels, 2 Numba threads on 2 otherwise idle cores, AMD EPYC with
-    1 MiB L2 per core, T = 5,000, periodic open sets of 1-100 %, H = 128-1024, medians of 5;
-    the table is in docs/cpu/bench_numba_split.txt). Re-measured after the split kernel's
-    candidates were vectorised (its per-neuron cost fell, its per-step cost did not): the
-    split won x1.22-3.3 in every configuration from 20·H units per step (two blocks of
-    10·H) except one (GRU H = 128 10 %, 5734 units: x0.97, between wins at 5 % and 20 %),
-    and lost x0.33-0.96 in every one below except one (RNN H = 128 10 %, 2458 units:
-    x1.03). GRU H = 512 at 1 % (8192 units) now loses x0.58; the old rule (6·H) split it.
-    With another process busy on one of the 2 cores the split ran at x0.93-1.05 (the
-    running thread does the other's tasks; an earlier session's measurement).
+    Measured with tools/bench_numba_split.py (A/B of the two kernels on the same inputs, both
+    scanning the gate rows and reading W_hh as ops passes it (huge pages, a GRU's packed per
+    neuron), input projected inside the kernels, 2 Numba threads on 2 otherwise idle cores,
+    AMD EPYC with 1 MiB L2 per core, T = 5,000, periodic open sets of 1-100 %, H = 128-1024,
+    medians of 5; the table is in docs/cpu/bench_numba_split.txt). Re-measured after both
+    kernels changed (vectorised candidates in the split kernel, no compaction and packed
+    weights in the one-thread kernel): the rule picks the faster kernel in 45 of the 48
+    configurations; the three it gets wrong lose x0.95-0.96 (GRU H = 128 10 %, GRU H = 512
+    2 %, RNN H = 256 5 %). With another process busy on one of the 2 cores the split ran at
+    x0.93-1.05 (the running thread does the other's tasks; an earlier session's measurement).
     """
     if save or gk == EVENT or batch != 1 or steps == 0:
         return 0
     work = computed / steps * (rows * hidden + 64)
     tasks = min(nb.get_num_threads(), hidden // max(SPLIT_MIN_BLOCK, 1))
-    per_block = max(SPLIT_MIN_WORK, SPLIT_WORK_PER_NEURON * hidden)
+    per_block = max(SPLIT_MIN_WORK, SPLIT_WORK_PER_NEURON * (rows + 1) * hidden)
     if per_block > 0:
         tasks = min(tasks, int(work // per_block))
     return tasks if tasks >= 2 else 0
