@@ -407,26 +407,41 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
         assert np.array_equal(hT, want_h), name
 
 
-def test_packed_weights_are_for_single_samples():
+def test_packed_weights_same_bits_and_single_samples_only():
     """The one-thread kernel reads a GRU W_hh packed per neuron ((H, 3H), as ops passes it
-    on B = 1 streams) with single-sample dots only: a chunk of 4 or more samples refuses it
-    instead of reading it with the (3H, H) layout's 4-sample dots."""
+    on B = 1 streams) with the same bits as the (3H, H) layout, for the rhythmic gate
+    (scanning its rows) and the dense gate. Where 4-sample dots (a chunk of >= 4 samples)
+    or the event gate's kernel would read it with the (3H, H) layout, it is refused."""
     import numpy as np
 
     from su_neuro.kernels.numba import cell
-    from su_neuro.kernels.numba._common import RHYTHMIC
+    from su_neuro.kernels.numba._common import DENSE, EVENT, RHYTHMIC
 
     f32 = np.float32
-    B, T, H = 4, 3, 16
+    rng = np.random.default_rng(4)
     d = np.zeros((1, 1, 1), f32)
-    xp = np.zeros((B, T, 3 * H), f32)
-    packed = np.zeros((H, 3 * H), f32)
-    gv = np.ones((T, H), f32)
-    out, hT = np.empty((B, T, H), f32), np.empty((B, H), f32)
-    with pytest.raises(ValueError, match="single-sample"):
-        cell.forward(True, RHYTHMIC, (False, xp, d, d[0], d[0, 0]), np.zeros((B, H), f32), packed, d[0],
-                     np.zeros(3 * H, f32), gv, np.zeros(1, np.int64), np.zeros(1, np.int32), np.zeros(1, f32),
+    no_off, no_idx = np.zeros(1, np.int64), np.zeros(1, np.int32)
+
+    def run(gk, B, T, H, W, gv, xp):
+        out, hT = np.empty((B, T, H), f32), np.empty((B, H), f32)
+        src = (False, xp, d, d[0], d[0, 0])
+        h0 = (0.3 * np.ones((B, H))).astype(f32)
+        cell.forward(True, gk, src, h0, W, d[0], np.full(3 * H, 0.1, f32), gv, no_off, no_idx, np.full(H, 0.05, f32),
                      0, 0.0, 1, False, 1, out, hT, d, d, d, d, d, d, d)  # fmt: skip
+        return out, hT
+
+    T, H = 40, 300
+    W = (rng.standard_normal((3 * H, H)) / np.sqrt(H)).astype(f32)
+    packed = np.ascontiguousarray(W.reshape(3, H, H).transpose(1, 0, 2)).reshape(H, 3 * H)
+    xp = rng.standard_normal((1, T, 3 * H)).astype(f32)
+    gv = (rng.random((T, H)) < 0.2).astype(f32)
+    for gk in (RHYTHMIC, DENSE):
+        want, got = run(gk, 1, T, H, W, gv, xp), run(gk, 1, T, H, packed, gv, xp)
+        assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+    small = np.zeros((16, 48), f32)
+    for gk, B in ((RHYTHMIC, 4), (EVENT, 1)):
+        with pytest.raises(ValueError, match="single-sample"):
+            run(gk, B, 3, 16, small, np.ones((3, 16), f32), np.zeros((B, 3, 48), f32))
 
 
 def test_split_rule():
@@ -442,7 +457,7 @@ def test_split_rule():
     # GRU H=512, 10 % open: 51 * (3 * 512 + 64) units per step, blocks of >= 15 * 512 units:
     # <= 10 blocks by work, 16 by size
     assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 51, T) == (min(n, 10) if n >= 2 else 0)
-    # RNN H=128, dense: 25 blocks of 7.5 * 128 by work, 4 by size
+    # RNN H=128, dense: 24 blocks of SPLIT_MIN_WORK = 1024 by work (7.5 * 128 is less), 4 by size
     assert ops._split_tasks(DENSE, False, 1, 128, 1, T * 128, T) == (min(n, 4) if n >= 2 else 0)
     assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 2, T) == 0  # GRU H=512, 0.4 %: 3.2k units
     assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 5, T) == 0  # GRU H=512, 1 %: 8k < 2 * 7.7k

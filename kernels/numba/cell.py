@@ -502,7 +502,7 @@ def _forward_chunk_rd(
     scan = gkind != DENSE and off.shape[0] != T + 1
     # a GRU's W_hh packed per neuron, (H, 3H) (``_dots_packed``; then only single-sample
     # dots run, so m must be below 4: ops packs it for B = 1 only)
-    packed = is_gru and W.shape[1] == 3 * H
+    packed = is_gru and H > 0 and W.shape[1] == 3 * H
     loc = np.empty(H if scan else 1, np.int32)
     ix = loc if scan else idx
     for q in range(m):
@@ -1067,7 +1067,7 @@ def forward(
     """Parallel over batch chunks; each chunk runs its own whole time loop. ``src`` is the
     input source of ``step_input`` (the event gate's kernel reads its projected input ``src[1]``)."""
     B, _, H = out.shape
-    if is_gru and W.shape[1] == 3 * H and (gkind == EVENT or (B + nchunks - 1) // nchunks >= 4):
+    if is_gru and H > 0 and W.shape[1] == 3 * H and (gkind == EVENT or (B + nchunks - 1) // nchunks >= 4):
         raise ValueError("a packed W_hh is for single-sample chunks of the rhythmic / dense kernel")
     for c in nb.prange(nchunks):
         if gkind != EVENT:

@@ -5,7 +5,8 @@ How the work follows activity
 -----------------------------
 * **Rhythmic gate, RNN/GRU** — the open set of step t is batch uniform and known before
   the data: it is compacted once per sequence (``_common.compact``: per-step index lists
-  with prefix-sum offsets). Only listed neurons compute a candidate, k_t·G_rows·H
+  with prefix-sum offsets; B = 1 inference scans each step's gate row in the kernel
+  instead). Only listed neurons compute a candidate, k_t·G_rows·H
   multiply-adds per step instead of G·H; everything else passes state through untouched.
 * **Event gate, RNN/GRU** — every neuron needs its candidate (the gate looks at it), but
   the state changes only where the gate opened, so the recurrent input u = U h is carried
@@ -107,10 +108,11 @@ SPLIT_MIN_BLOCK = 32
 SPLIT_MIN_WORK = 1024
 SPLIT_WORK_PER_NEURON = 3.75
 _SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work for the rule
-#: the split kernel reads W_hh from a copy in huge pages (``su_neuro._buffers.huge_copy``)
+#: the B = 1 inference kernels (split and one-thread) read W_hh from a copy in huge pages
+#: (``su_neuro._buffers.huge_copy``, ``_stream_weights``)
 #: on streams of at least this many steps, where the copy costs under ~5 % of the run, and
 #: for weights of at most SPLIT_HUGE_MAX_BYTES (the copy's buffer stays with the thread).
-#: A GRU's copy is packed per neuron (split._dots_packed: the r, z, n rows of a neuron in
+#: A GRU's copy is packed per neuron (cell._dots_packed: the r, z, n rows of a neuron in
 #: one 12·H-byte run; x0.92-0.95 at H = 512, 10 %, same bits)
 SPLIT_HUGE_STEPS = 1024
 SPLIT_HUGE_MAX_BYTES = 16 << 20
@@ -216,7 +218,7 @@ def _stream_weights(W: np.ndarray, is_gru: bool, steps: int) -> np.ndarray:
     """W_hh as the B = 1 inference kernels read it: on streams of at least SPLIT_HUGE_STEPS
     a copy in huge pages, a GRU's packed per neuron ((H, 3H): a neuron's r, z, n rows in one
     run; ``cell._dots_packed``, same bits); else W itself."""
-    if steps < SPLIT_HUGE_STEPS or W.nbytes > SPLIT_HUGE_MAX_BYTES:
+    if steps < SPLIT_HUGE_STEPS or W.nbytes > SPLIT_HUGE_MAX_BYTES or W.size == 0:
         return W
     H = W.shape[1]
     return huge_copy(W.reshape(3, H, H).transpose(1, 0, 2) if is_gru else W).reshape(H, -1)
@@ -260,7 +262,7 @@ class _Recurrence(torch.autograd.Function):
             computed = T * H if gk == DENSE else int(np.count_nonzero(head)) * T // head.shape[0]
             tasks = _split_tasks(gk, save, B, H, G // H, computed, T)
         # B = 1 RNN/GRU inference on one thread: the kernel scans the gate rows itself
-        scans = cell != "lif" and not save and B == 1
+        scans = cell != "lif" and not save and B == 1 and not _use_gemm(gk, B, C)
         if kind == "rhythmic" and not tasks and not scans:
             support = None
             if cfg["grad"] and need[6]:

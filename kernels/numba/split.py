@@ -190,7 +190,7 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
     step_input(src, 0, t, loc, 0, n, False, H, nr, xb[0])
     if n == 0:
         return
-    packed = is_gru and W.shape[1] == 3 * H
+    packed = is_gru and H > 0 and W.shape[1] == 3 * H
     for p in range(n):  # sc rows: ur (or u), uz, hn, h, f
         i = loc[p]
         if packed:
@@ -260,8 +260,9 @@ def _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
 def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin):
     """Worker p over all steps. Step 0 reads h0, step t > 0 reads out[0, t - 1]: two call
     sites, so that no array variable is rebound and no row view is made inside the time
-    loop (each would be a reference-count update on memory that the other threads' views
-    share: a cache line bouncing between the cores at every step)."""
+    loop over the shared output (each would be a reference-count update on memory that the
+    other threads' views share: a cache line bouncing between the cores at every step; the
+    tasks' views of their own scratch are private to the worker)."""
     T = out.shape[1]
     H = out.shape[2]
     acc = np.empty((3, 4), np.float32)
