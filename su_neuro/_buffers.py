@@ -7,10 +7,17 @@ environment variable ``THP_MEM_ALLOC_ENABLE=1``, read once per process. With 4 K
 fresh 41 MB buffer costs ~10 k page faults: the rhythmic plan of H = 1,024 neurons over
 10,000 steps took 31 ms in a torch buffer and 18 ms in a numpy one (AMD EPYC, 2 threads;
 docs/benchmarks.md). Same values either way; only where the memory comes from differs.
+
+Large buffers are also reused (:func:`pooled`): glibc returns a freed buffer of tens of MB
+to the system, so the next call of the same size pays its page faults again (1.5-3 ms of a
+45-60 ms streaming call at T = 10,000, H = 512). Each thread keeps the large buffers it
+handed out, up to ``POOL_BYTES``, and hands one out again once nothing references it any
+more: no tensor, view or array of it is alive (its reference count says so).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -22,13 +29,50 @@ LARGE = 1 << 22
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
+#: bytes of large buffers each thread keeps for reuse (0: none kept)
+POOL_BYTES = 256 << 20
+_pool = threading.local()
+
+
+def pooled(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` (contents undefined). A buffer of at least ``LARGE`` bytes
+    may be one that this thread handed out before and that nothing references any more;
+    the thread keeps the newest such buffers up to ``POOL_BYTES`` in all."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize if shape else dtype.itemsize
+    if nbytes < LARGE or nbytes > POOL_BYTES:
+        return np.empty(shape, dtype)
+    bufs = getattr(_pool, "bufs", None)
+    if bufs is None:
+        bufs = _pool.bufs = []
+    for k in range(len(bufs)):
+        a = bufs[k]
+        # references: the list, `a` and getrefcount's argument; any tensor, view or other
+        # array of the buffer adds one
+        if a.shape == tuple(shape) and a.dtype == dtype and sys.getrefcount(a) == 3:
+            bufs.append(bufs.pop(k))  # newest last
+            return a
+    a = np.empty(shape, dtype)
+    bufs.append(a)
+    total = sum(b.nbytes for b in bufs)
+    while total > POOL_BYTES:  # forget the oldest (freed once nothing else holds them)
+        total -= bufs.pop(0).nbytes
+    return a
+
+
+def release() -> None:
+    """Forget this thread's pooled buffers (each is freed once nothing else holds it)."""
+    _pool.bufs = []
+
+
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
-    """``torch.empty(shape, dtype=dtype, device=device)``; a large float CPU buffer is
-    allocated by numpy (huge pages) and shared with the returned tensor."""
+    """``torch.empty(shape, dtype=dtype, device=device)``; a large float CPU buffer comes
+    from numpy (huge pages; :func:`pooled`, so it may be a reused one) and is shared with
+    the returned tensor."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     n = int(np.prod(shape)) if shape else 1
     if device.type == "cpu" and dtype in _NUMPY and n * torch.finfo(dtype).bits // 8 >= LARGE:
-        return torch.from_numpy(np.empty(shape, _NUMPY[dtype]))
+        return torch.from_numpy(pooled(shape, _NUMPY[dtype]))
     return torch.empty(shape, dtype=dtype, device=device)
 
 

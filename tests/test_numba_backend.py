@@ -274,6 +274,52 @@ def test_huge_copy_is_an_aligned_reused_copy():
     assert np.array_equal(_buffers.huge_copy(big), big)
 
 
+def test_pooled_buffers_are_reused_only_when_nothing_holds_them(monkeypatch):
+    """su_neuro._buffers.pooled: a large buffer comes back once no tensor, view or array of
+    it is alive, never while one is; small ones are never pooled; the pool is bounded and
+    kept per thread."""
+    import threading
+
+    import torch
+
+    from su_neuro import _buffers
+
+    _buffers.release()
+    shape = (_buffers.LARGE // 4 // 100 + 1, 100)  # just over LARGE bytes of float32
+    a = _buffers.pooled(shape, np.float32)
+    pa = a.ctypes.data
+    del a
+    b = _buffers.pooled(shape, np.float32)
+    assert b.ctypes.data == pa  # nothing held it: the same buffer again
+    t = torch.from_numpy(b)
+    del b
+    c = _buffers.pooled(shape, np.float32)
+    assert c.ctypes.data != pa  # the tensor holds the first
+    v = t[::2]
+    del t
+    d = _buffers.pooled(shape, np.float32)
+    assert d.ctypes.data not in (pa, c.ctypes.data)  # a view of it holds the first; c is alive
+    del v
+    e = _buffers.pooled(shape, np.float32)
+    assert e.ctypes.data == pa  # free again
+    assert _buffers.pooled(shape, np.float64).ctypes.data not in (pa, c.ctypes.data, d.ctypes.data)
+    n = len(_buffers._pool.bufs)
+    assert _buffers.pooled((10, 10), np.float32).shape == (10, 10)
+    assert len(_buffers._pool.bufs) == n  # small buffers are not pooled
+    other = {}
+    th = threading.Thread(target=lambda: other.setdefault("p", _buffers.pooled(shape, np.float32).ctypes.data))
+    del e
+    th.start()
+    th.join()
+    assert other["p"] != pa  # another thread has its own pool
+    monkeypatch.setattr(_buffers, "POOL_BYTES", 3 * _buffers.LARGE)
+    held = [_buffers.pooled(shape, np.float32) for _ in range(4)]
+    assert sum(buf.nbytes for buf in _buffers._pool.bufs) <= 3 * _buffers.LARGE  # bounded
+    assert len({h.ctypes.data for h in held}) == 4  # all in use at once: four buffers
+    _buffers.release()
+    assert _buffers._pool.bufs == []
+
+
 def _split_forced(monkeypatch):
     """Forces kernels/numba/split.py at any H; returns a list that counts its calls."""
     import numba

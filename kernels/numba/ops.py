@@ -82,7 +82,7 @@ import numba as nb
 import numpy as np
 import torch
 
-from ..._buffers import huge_copy
+from ..._buffers import huge_copy, pooled
 from ..reference import StepRecord
 from . import cell as _cell
 from . import lif as _lif
@@ -329,7 +329,7 @@ class _Recurrence(torch.autograd.Function):
             W = _np(w_hh)
             WT = np.ascontiguousarray(W.T) if gk == EVENT else _dummy(2)
             bias = _np(b_hh, (G,))
-            out = np.empty((B, T, H), _F32)
+            out = pooled((B, T, H), _F32)  # returned to the caller as a tensor
             hT = np.empty((B, H), _F32)
             gemm = _use_gemm(gk, B, C)
             if gemm:  # compact saves: one row per computed (step, neuron), one column per sample
