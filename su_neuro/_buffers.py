@@ -32,6 +32,9 @@ _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 #: bytes of large buffers each thread keeps for reuse (0: none kept)
 POOL_BYTES = 256 << 20
 _pool = threading.local()
+# the reuse test reads exact reference counts: CPython with its GIL (a free-threaded build
+# counts references per thread, and another interpreter may not count them at all)
+_EXACT_REFCOUNTS = sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def pooled(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -40,7 +43,7 @@ def pooled(shape: tuple[int, ...], dtype) -> np.ndarray:
     the thread keeps the newest such buffers up to ``POOL_BYTES`` in all."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize if shape else dtype.itemsize
-    if nbytes < LARGE or nbytes > POOL_BYTES:
+    if nbytes < LARGE or nbytes > POOL_BYTES or not _EXACT_REFCOUNTS:
         return np.empty(shape, dtype)
     bufs = getattr(_pool, "bufs", None)
     if bufs is None:
