@@ -191,7 +191,7 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
     if n == 0:
         return
     packed = is_gru and H > 0 and W.shape[1] == 3 * H
-    for p in range(n):  # sc rows: ur (or u), uz, hn, h, f
+    for p in range(n):  # sc rows in: ur (or u), uz, hn, h; out: f (GRU also r, z, n)
         i = loc[p]
         if packed:
             _dots_packed(W, i, H, hp, q, acc)
