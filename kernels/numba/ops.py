@@ -112,7 +112,7 @@ _SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work 
 #: (``su_neuro._buffers.huge_copy``, ``_stream_weights``)
 #: on streams of at least this many steps, where the copy costs under ~5 % of the run, and
 #: for weights of at most SPLIT_HUGE_MAX_BYTES (the copy's buffer stays with the thread).
-#: A GRU's copy is packed per neuron (cell._dots_packed: the r, z, n rows of a neuron in
+#: A GRU's copy is packed per neuron (cell.packed_gru: the r, z, n rows of a neuron in
 #: one 12·H-byte run; x0.92-0.95 at H = 512, 10 %, same bits)
 SPLIT_HUGE_STEPS = 1024
 SPLIT_HUGE_MAX_BYTES = 16 << 20
@@ -217,7 +217,7 @@ def _split_tasks(gk: int, save: bool, batch: int, hidden: int, rows: int, comput
 def _stream_weights(W: np.ndarray, is_gru: bool, steps: int) -> np.ndarray:
     """W_hh as the B = 1 inference kernels read it: on streams of at least SPLIT_HUGE_STEPS
     a copy in huge pages, a GRU's packed per neuron ((H, 3H): a neuron's r, z, n rows in one
-    run; ``cell._dots_packed``, same bits); else W itself."""
+    run; ``cell.packed_gru``, same bits); else W itself."""
     if steps < SPLIT_HUGE_STEPS or W.nbytes > SPLIT_HUGE_MAX_BYTES or W.size == 0:
         return W
     H = W.shape[1]

@@ -7,7 +7,7 @@ H = 512) the recurrent weights no longer fit one core's L2. Here the H neurons a
 into ``ntasks`` contiguous blocks (boundaries rounded to 16 neurons, one cache line of
 float32); task k of step t computes the candidates of block k's open neurons from h_{t-1}
 and writes block k of h_t, so each thread keeps its own slice of W_hh in its own L2.
-A GRU's W_hh may come packed per neuron, (H, 3H) instead of (3H, H) (``_dots_packed``):
+A GRU's W_hh may come packed per neuron, (H, 3H) instead of (3H, H) (``cell.packed_gru``):
 then an open neuron's three rows are one contiguous run for the hardware prefetcher.
 
 The outputs are the state: step t reads h_{t-1} from out[0, t - 1] (h0 at t = 0) and
@@ -52,7 +52,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._common import DENSE
-from .cell import _dots1, _dots_packed, gru_candidates, rnn_candidates, step_input
+from .cell import _dots1, _dots_packed, gru_candidates, packed_gru, rnn_candidates, scan_open, step_input
 
 __all__ = ["forward", "SPIN"]
 
@@ -183,14 +183,12 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
     else:
         for j in range(lo, hi):
             seq[t, j] = hp[q, j]
-        for j in range(lo, hi):
-            loc[n] = j
-            n += np.int64(gvals[t, j] != 0)
+        n = scan_open(gvals, t, lo, hi, loc)
     nr = 3 if is_gru else 1
     step_input(src, 0, t, loc, 0, n, False, H, nr, xb[0])
     if n == 0:
         return
-    packed = is_gru and H > 0 and W.shape[1] == 3 * H
+    packed = packed_gru(is_gru, W, H)
     for p in range(n):  # sc rows in: ur (or u), uz, hn, h; out: f (GRU also r, z, n)
         i = loc[p]
         if packed:
