@@ -99,3 +99,36 @@ def test_vectorised_candidates_equal_the_scalar_ones():
         assert np.array_equal(sc[4:].T, want[:, [3, 0, 1, 2]])  # rows f, r, z, n
         rnn_candidates(n, xb, 1, sc)
         assert np.array_equal(sc[4], np.array([rnn_candidate(xb[1, p], sc[0, p]) for p in range(n)], np.float32))
+
+
+def test_cache_is_dropped_when_any_source_of_the_package_changes(tmp_path):
+    """Numba's cache checks only the compiled function's own file; kernels/numba inlines
+    helpers across its modules, so the package drops its cached code when any of its
+    sources changes (kernels/numba/__init__.py) and keeps it otherwise."""
+    from su_neuro.kernels import numba as package
+    from su_neuro.kernels.numba import STAMP, drop_stale_cache
+
+    src, cache = tmp_path / "pkg", tmp_path / "pkg" / "__pycache__"
+    src.mkdir()
+    (src / "cell.py").write_text("def f(): return 1\n")
+    (src / "split.py").write_text("from .cell import f\n")
+    cache.mkdir()
+
+    def fill():
+        for name in ("split._task-10.py311.nbi", "split._task-10.py311.1.nbc"):
+            (cache / name).write_bytes(b"code")
+
+    fill()
+    (cache / "split.cpython-311.pyc").write_bytes(b"bytecode")
+    assert drop_stale_cache(src, cache)  # no digest yet: whatever is cached is of unknown sources
+    assert sorted(p.name for p in cache.iterdir()) == sorted([STAMP, "split.cpython-311.pyc"])
+    fill()
+    assert not drop_stale_cache(src, cache)  # same sources: the cache stays
+    assert len(list(cache.glob("*.nb[ic]"))) == 2
+    (src / "cell.py").write_text("def f(): return 2\n")  # a helper changed, split.py did not
+    assert drop_stale_cache(src, cache)
+    assert not list(cache.glob("*.nb[ic]"))
+    assert not drop_stale_cache(src, cache)
+    # the real package stamped its cache on import, so a second check finds nothing to drop
+    here = package._HERE
+    assert not drop_stale_cache(here, here / "__pycache__")
