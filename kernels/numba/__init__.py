@@ -2,7 +2,7 @@
 
 Numba's on-disk cache (``cache=True``) checks only the source file of the function it
 compiled. The kernels here inline helpers from the other modules of this package
-(``split`` inlines ``cell._dots1``, ``cell.scan_open``, ...), so after an edit of
+(``split`` inlines ``cell._dots1``, ``cell.step_input``, ...), so after an edit of
 ``cell.py`` a cached ``split`` kernel would go on running the old helper: seen here, a
 changed ``_dots_packed`` left the split kernel's output bits as they were until its cache
 was dropped. On import, :func:`drop_stale_cache` therefore compares one digest of every

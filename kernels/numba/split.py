@@ -52,7 +52,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._common import DENSE
-from .cell import _dots1, _dots_packed, gru_candidates, packed_gru, rnn_candidates, scan_open, step_input
+from .cell import _dots1, _dots_packed, gru_candidates, packed_gru, rnn_candidates, step_input
 
 __all__ = ["forward", "SPIN"]
 
@@ -164,8 +164,8 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
     outputs are the state, no separate buffer). A rhythmic gate's open
     neurons are found by scanning the block's gate row (no compacted lists: the (T, H)
     compaction would cost more than this scan). The scan is branchless (a random 10 %
-    open set mispredicts every branch on it) and the closed neurons are copied forward
-    in one vectorisable pass before the open ones are overwritten.
+    open set mispredicts every branch on it) and copies the state of the whole block
+    forward in the same pass; the open neurons are overwritten afterwards.
 
     Three passes over the open neurons: the recurrent dot products (streaming W_hh rows,
     nothing else in the loop), the candidates as one vectorised loop over the block
@@ -181,9 +181,12 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
             loc[n] = j
             n += 1
     else:
+        # one pass copies the block's state forward and lists its open neurons (branchless,
+        # as ``cell.scan_open``): x0.95 at 1 % open, x0.98-1.01 at 5-10 % against two passes
         for j in range(lo, hi):
             seq[t, j] = hp[q, j]
-        n = scan_open(gvals, t, lo, hi, loc)
+            loc[n] = j
+            n += np.int64(gvals[t, j] != 0)
     nr = 3 if is_gru else 1
     step_input(src, 0, t, loc, 0, n, False, H, nr, xb[0])
     if n == 0:
