@@ -8,7 +8,7 @@ changed ``_dots_packed`` left the split kernel's output bits as they were until 
 was dropped. On import, :func:`drop_stale_cache` therefore compares one digest of every
 source file of the package with the digest stored beside the cache and, where they differ,
 deletes the package's cached machine code, so that everything recompiles from the
-current sources once. An installed (unchanged) package pays one hash of ~150 KB. With
+current sources once. An installed (unchanged) package pays one hash of ~100 KB. With
 ``NUMBA_CACHE_DIR`` set, Numba caches elsewhere and this check does not reach that cache.
 """
 
