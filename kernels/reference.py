@@ -113,6 +113,7 @@ def recurrence(
         (out, h_T, s_T, rec): out (B, T, H) is the state sequence (RNN/GRU) or the
         spikes (LIF); h_T (B, H); s_T (B, H) or None; rec a StepRecord or None.
     """
+    gate = gate.materialized()  # a rhythm table (``plan(..., table=True)``): its rows
     kind = gate.kind
     rows = gate.values.unbind(0) if kind == "rhythmic" else None
     h, s = h0, s0

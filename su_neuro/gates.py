@@ -25,6 +25,7 @@ only reads that.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from . import _buffers
+from ._rhythm import RhythmTable, build, shared_phase
 from .surrogate import Surrogate, get_surrogate
 
 __all__ = [
@@ -63,12 +65,24 @@ class GateInput(NamedTuple):
                the surrogate derivative is nonzero (dL/dg_{t,i} needs f - h there). With a
                compact surrogate this is sparse, so training work stays sparse. None when
                no gate gradient is needed (then the candidate is needed only where g = 1).
+    rhythm:    rhythmic, only from ``plan(..., table=True)``: the gate as exact
+               per-neuron points on the shared phase (:class:`su_neuro._rhythm.RhythmTable`)
+               for a kernel that evaluates it itself; ``values`` is then None
+               (``rhythm.values()`` gives the rows the plan would).
     """
 
     kind: str
     values: torch.Tensor | None = None
     surrogate: Surrogate | None = None
     support: torch.Tensor | None = None
+    rhythm: RhythmTable | None = None
+
+    def materialized(self) -> GateInput:
+        """This input with ``values`` filled in from ``rhythm`` where only the table was
+        given (for a time loop that reads the gate rows); else itself."""
+        if self.values is None and self.rhythm is not None:
+            return self._replace(values=self.rhythm.values(), rhythm=None)
+        return self
 
 
 class Gate(nn.Module):
@@ -82,8 +96,10 @@ class Gate(nn.Module):
             raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
         self.hidden_size = hidden_size
 
-    def plan(self, t0: int, steps: int, *, device=None, dtype=None) -> GateInput:
-        """The gate's input to a time loop over steps ``t0 .. t0 + steps - 1``."""
+    def plan(self, t0: int, steps: int, *, device=None, dtype=None, table: bool = False) -> GateInput:
+        """The gate's input to a time loop over steps ``t0 .. t0 + steps - 1``. ``table``:
+        the caller's kernel can evaluate a rhythm itself (``GateInput.rhythm``); gates
+        that have none ignore it."""
         raise NotImplementedError
 
     def config(self) -> dict:
@@ -96,7 +112,7 @@ class DenseGate(Gate):
 
     kind = "dense"
 
-    def plan(self, t0: int, steps: int, *, device=None, dtype=None) -> GateInput:
+    def plan(self, t0: int, steps: int, *, device=None, dtype=None, table: bool = False) -> GateInput:
         return GateInput("dense")
 
 
@@ -193,15 +209,20 @@ class RhythmicGate(Gate):
         :math:`\sin(\cdot + \phi_{i,k})` is then computed in the parameters' dtype.
         Each step's value depends on t alone, so chunked and whole runs agree exactly.
         """
-        t = torch.arange(t0, t0 + steps, device=self.bias.device, dtype=torch.float64)
-        base = torch.remainder(t[:, None] * self.omega.double()[None], 2 * math.pi).to(self.phi.dtype)
+        base = shared_phase(t0, steps, self.omega, self.phi.dtype, self.bias.device)
         wave = torch.sin(base[:, None, :] + self.phi[None])  # (steps, H, K)
         if self.harmonics == 1:
             return self.bias[None] + self.alpha[:, 0][None] * wave[..., 0]
         return self.bias[None] + (self.alpha[None] * wave).sum(-1)
 
-    def plan(self, t0: int, steps: int, *, device=None, dtype=None) -> GateInput:
+    def plan(self, t0: int, steps: int, *, device=None, dtype=None, table: bool = False) -> GateInput:
         if self.harmonics == 1 and not (torch.is_grad_enabled() and self._trains()):
+            if table and dtype in (None, torch.float32) and self.phi.dtype == torch.float32:
+                tab = self._table()
+                if tab is not None:
+                    base = shared_phase(t0, steps, self.omega[:1], torch.float32, self.bias.device)[:, 0]
+                    rows = functools.partial(self._open_rows, t0, steps)
+                    return GateInput("rhythmic", rhythm=RhythmTable(base, tab, rows))
             g = self._open_rows(t0, steps)
             return GateInput("rhythmic", g if dtype is None else g.to(dtype))
         a = self.preactivation(t0, steps)
@@ -214,6 +235,21 @@ class RhythmicGate(Gate):
             support = (a > 0) | (self.surrogate.derivative(a) != 0)
         return GateInput("rhythmic", g, support=support)
 
+    def _table(self) -> torch.Tensor | None:
+        """The points of ``su_neuro._rhythm.build`` for the current parameter values, or None;
+        cached on the parameters' versions (an optimiser step or ``load_state_dict`` bumps
+        them) and storage. CPU parameters only."""
+        params = (self.phi, self.alpha, self.bias)
+        key = tuple((p._version, p.data_ptr(), p.device) for p in params)
+        cached = getattr(self, "_table_cache", None)
+        if cached is None or cached[0] != key:
+            tab = None
+            if all(p.device.type == "cpu" for p in params):
+                with torch.no_grad():
+                    tab = build(self.phi[:, 0], self.alpha[:, 0], self.bias)
+            self._table_cache = cached = (key, tab)
+        return cached[1]
+
     def _trains(self) -> bool:
         return any(p.requires_grad for p in (self.bias, self.alpha, self.phi, self.omega))
 
@@ -223,8 +259,7 @@ class RhythmicGate(Gate):
         done in place in one (steps, H) buffer. Inference runs over long streams spend
         most of their gate time here (five passes instead of seven, no temporaries)."""
         with torch.no_grad():
-            t = torch.arange(t0, t0 + steps, device=self.bias.device, dtype=torch.float64)
-            base = torch.remainder(t[:, None] * self.omega.double()[None, :1], 2 * math.pi).to(self.phi.dtype)
+            base = shared_phase(t0, steps, self.omega[:1], self.phi.dtype, self.bias.device)
             x = _buffers.empty((steps, self.hidden_size), self.phi.dtype, self.phi.device)
             torch.add(base, self.phi[:, 0][None], out=x)
             return x.sin_().mul_(self.alpha[:, 0][None]).add_(self.bias[None]).gt_(0)
@@ -283,7 +318,7 @@ class EventGate(Gate):
         self.surrogate = get_surrogate(surrogate, **params)
         self.threshold = nn.Parameter(torch.full((hidden_size,), init_threshold))
 
-    def plan(self, t0: int, steps: int, *, device=None, dtype=None) -> GateInput:
+    def plan(self, t0: int, steps: int, *, device=None, dtype=None, table: bool = False) -> GateInput:
         theta = self.threshold if dtype is None else self.threshold.to(dtype)
         return GateInput("event", theta, self.surrogate)
 

@@ -193,11 +193,14 @@ class SULayer(nn.Module):
         impl = backends.get_impl(name)
         # a backend may project the input inside its kernel, for the neurons that update only
         fused = getattr(impl, "recurrence_input", None)
+        # a backend may evaluate a rhythmic gate itself from a table (no (T, H) plan)
+        wants_table = getattr(impl, "rhythm_table", None)
+        table = wants_table is not None and wants_table(self.cell, B, record)
         inp = x
         hs, ss, records = [], [], []
         for k in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self._layer_weights(k)
-            gate = self.gates[k].plan(state.t, T, device=x.device, dtype=x.dtype)
+            gate = self.gates[k].plan(state.t, T, device=x.device, dtype=x.dtype, table=table)
             s0 = state.s[k] if state.s is not None else None
             args = (state.h[k], s0, w_hh, b_hh, gate, self._lif(k), record)
             res = fused(self.cell, inp, w_ih, b_ih, *args) if fused is not None else None

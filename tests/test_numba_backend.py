@@ -340,7 +340,7 @@ def _split_forced(monkeypatch):
     kernel = split.forward
 
     def counted(*args):
-        calls.append(args[7])  # ntasks
+        calls.append(args[8])  # ntasks
         return kernel(*args)
 
     monkeypatch.setattr(split, "forward", counted)
@@ -437,7 +437,7 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
 
     def run(ntasks, nworkers, weights=W):
         out, hT = np.full((1, T, H), np.nan, f32), np.full((1, H), np.nan, f32)
-        split.forward(is_gru, gk, src, h0, weights, b, gv, ntasks, nworkers, 10, out, hT)
+        split.forward(is_gru, gk, src, h0, weights, b, gv, split.rhythm_args(), ntasks, nworkers, 10, out, hT)
         return out, hT
 
     results = {"1 worker": run(2, 1), "3 on 3": run(3, 3), "3 tasks, 2 workers": run(3, 2)}

@@ -84,7 +84,7 @@ def main(argv=None):
                 gv = periodic_gate(T, H, rate, rng)
                 units = (np.count_nonzero(gv) / T if gk == RHYTHMIC else H) * (G + 64)
 
-                sargs = (is_gru, gk, src, h0, W, b, gv, 2, 2, split.SPIN, out, hT)
+                sargs = (is_gru, gk, src, h0, W, b, gv, split.rhythm_args(), 2, 2, split.SPIN, out, hT)
 
                 one = functools.partial(one_thread, is_gru, gk, src, h0, W, b, gv, out, hT)
                 two = functools.partial(split.forward, *sargs)

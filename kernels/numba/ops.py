@@ -90,7 +90,7 @@ from . import split as _split
 from ._common import DENSE, EVENT, GATE_CODES, RHYTHMIC, compact, nchunks
 
 __all__ = [
-    "recurrence", "recurrence_input", "unsupported", "auto_pays",
+    "recurrence", "recurrence_input", "rhythm_table", "unsupported", "auto_pays",
     "REFRESH", "GEMM_MIN_BATCH", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT",
     "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK", "SPLIT_WORK_PER_NEURON", "SPLIT_HUGE_STEPS", "SPLIT_HUGE_MAX_BYTES",
 ]  # fmt: skip
@@ -250,17 +250,28 @@ class _Recurrence(torch.autograd.Function):
         C = nchunks(B)
         gk = GATE_CODES[kind]
         xp_n, h0_n = _np(xp), _np(h0)
-        gv = _np(gvals) if kind == "rhythmic" else _dummy(2)
+        # a rhythm table (``plan(..., table=True)``, no gate rows): the split kernel evaluates
+        # it; every other kernel reads the rows it gives
+        table = cfg["rhythm"] if kind == "rhythmic" and gvals is None else None
+        gv = _np(gvals) if kind == "rhythmic" and table is None else _dummy(2)
         th = _np(theta) if kind == "event" else _dummy(1)
         off, idx = np.zeros(1, np.int64), np.zeros(1, np.int32)
         # B = 1 streaming RNN/GRU with nothing to save may run split over neurons; its tasks
-        # scan the gate rows themselves, so the compaction is skipped (the split rule's work
-        # estimate then comes from the first steps' open counts)
+        # scan the gate rows (or the table) themselves, so the compaction is skipped (the
+        # split rule's work estimate then comes from the first steps' open counts, or from
+        # 128 steps of the table spread over the sequence)
         tasks = 0
         if cell != "lif" and not save and B == 1 and gk != EVENT and T > 0:
-            head = gv[: min(T, _SPLIT_SAMPLE)] if gk == RHYTHMIC else None
-            computed = T * H if gk == DENSE else int(np.count_nonzero(head)) * T // head.shape[0]
+            if gk == DENSE:
+                computed = T * H
+            elif table is not None:
+                computed = table.open_count()
+            else:
+                head = gv[: min(T, _SPLIT_SAMPLE)]
+                computed = int(np.count_nonzero(head)) * T // head.shape[0]
             tasks = _split_tasks(gk, save, B, H, G // H, computed, T)
+        if table is not None and not tasks:
+            gv, table = table.values().numpy(), None
         # B = 1 RNN/GRU inference on one thread: the kernel scans the gate rows itself
         scans = cell != "lif" and not save and B == 1 and not _use_gemm(gk, B, C)
         if kind == "rhythmic" and not tasks and not scans:
@@ -350,8 +361,8 @@ class _Recurrence(torch.autograd.Function):
                 src = (False, xp_n, _dummy(3), _dummy(2), _dummy(1))
                 ctx.fused = None
             if tasks:
-                _split.forward(is_gru, gk, src, h0_n, _stream_weights(W, is_gru, T), bias, gv, tasks, tasks,
-                               _split.SPIN, out, hT)  # fmt: skip
+                _split.forward(is_gru, gk, src, h0_n, _stream_weights(W, is_gru, T), bias, gv,
+                               _split.rhythm_args(table), tasks, tasks, _split.SPIN, out, hT)  # fmt: skip
             elif gemm:
                 with _BLAS.limit(limits=1):
                     _cell.forward_gemm(
@@ -494,6 +505,15 @@ class _Recurrence(torch.autograd.Function):
         return None, g_xp, g_h0, g_s0, g_w, g_b, g_g, g_th, g_beta, g_x, g_wih, g_bih
 
 
+def rhythm_table(cell: str, batch: int, record: bool) -> bool:
+    """Whether ``SULayer.forward`` should ask a rhythmic gate for its table
+    (``plan(..., table=True)``) instead of its (T, H) rows: B = 1 RNN/GRU inference streams
+    without a record, where the split kernel evaluates the gate itself (no plan: at H = 512,
+    T = 10,000 the plan is 7 ms and a 20 MB array of a ~60 ms run). Wherever another kernel
+    runs after all, ops makes the rows from the table (the same bits)."""
+    return cell in ("rnn", "gru") and batch == 1 and not record and not torch.is_grad_enabled()
+
+
 def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
     """:func:`recurrence` of ``x @ w_ih.T + b_ih`` with the input projection done inside the
     kernels, for the neurons that compute only; or None where that path does not apply.
@@ -549,6 +569,8 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
 
 
 def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj):
+    if record or cell == "lif":  # these read the gate rows
+        gate = gate.materialized()
     kind = gate.kind
     gvals = gate.values if kind == "rhythmic" else None
     theta = gate.values if kind == "event" else None
@@ -564,6 +586,7 @@ def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj):
         "gate_surrogate": gate.surrogate if kind == "event" else None,
         "support": support,
         "grad": torch.is_grad_enabled(),
+        "rhythm": gate.rhythm if kind == "rhythmic" else None,
     }
     if cell != "lif":
         s0 = None

@@ -54,7 +54,7 @@ from numba.extending import intrinsic
 from ._common import DENSE
 from .cell import _dots1, _dots_packed, gru_candidates, packed_gru, rnn_candidates, step_input
 
-__all__ = ["forward", "SPIN"]
+__all__ = ["forward", "rhythm_args", "SPIN"]
 
 #: polls of a done word before each further poll also yields the CPU
 SPIN = 2000
@@ -148,6 +148,18 @@ def cpu_yield(typingctx):
 # ------------------------------------------------------------------------- the kernel
 
 
+def rhythm_args(table=None) -> tuple:
+    """The kernels' ``rh`` argument: (tabled, base (T,), points (M, H), one (1,)) of a
+    ``su_neuro._rhythm.RhythmTable``, or the placeholder (tabled False: the gate rows
+    ``gvals`` are read). ``one`` is the gate value of an open neuron, read from memory so
+    that the blend stays h + 1 (f - h) as in every other kernel."""
+    one = np.ones(1, np.float32)
+    if table is None:
+        return (False, np.zeros(1, np.float32), np.zeros((2, 1), np.float32), one)
+    base, points = (t.detach().cpu().contiguous().numpy() for t in (table.base, table.points))
+    return (True, base, points, one)
+
+
 @nb.njit(cache=True, inline="always")
 def _bound(k, ntasks, H):
     """Start of block k: k*H/ntasks rounded to a multiple of 16 neurons (0 and H exact)."""
@@ -159,10 +171,11 @@ def _bound(k, ntasks, H):
 
 
 @nb.njit(cache=True, fastmath=True)
-def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc):
+def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, hp, q, seq, acc, xb, loc, sc):
     """Block k of step t: seq[t, block] = h_t from h_{t-1} = hp[q] (h0, or seq[t - 1]: the
     outputs are the state, no separate buffer). A rhythmic gate's open
-    neurons are found by scanning the block's gate row (no compacted lists: the (T, H)
+    neurons are found by scanning the block's gate row, or its table's points (``rh``,
+    ``rhythm_args``: no (T, H) rows at all), with no compacted lists (the (T, H)
     compaction would cost more than this scan). The scan is branchless (a random 10 %
     open set mispredicts every branch on it) and copies the state of the whole block
     forward in the same pass; the open neurons are overwritten afterwards.
@@ -176,10 +189,37 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
     lo = _bound(k, ntasks, H)
     hi = _bound(k + 1, ntasks, H)
     n = 0
+    tabled = rh[0]
     if gkind == DENSE:
         for j in range(lo, hi):
             loc[n] = j
             n += 1
+    elif tabled:
+        # the gate from its table (``su_neuro._rhythm``): open where an odd number of the
+        # neuron's points are <= the step's shared phase; comparisons of stored values only,
+        # so the bits of the plan under fastmath too. Two or three points a neuron (every
+        # neuron of an initialised gate) take a loop like the rows' scan
+        bt = rh[1][t]
+        P = rh[2]
+        M = P.shape[0]
+        if M == 2:
+            for j in range(lo, hi):
+                seq[t, j] = hp[q, j]
+                loc[n] = j
+                n += np.int64((P[0, j] <= bt) != (P[1, j] <= bt))
+        elif M == 3:
+            for j in range(lo, hi):
+                seq[t, j] = hp[q, j]
+                loc[n] = j
+                n += np.int64(((P[0, j] <= bt) != (P[1, j] <= bt)) != (P[2, j] <= bt))
+        else:
+            for j in range(lo, hi):
+                seq[t, j] = hp[q, j]
+                loc[n] = j
+                c = 0
+                for m in range(M):
+                    c += np.int64(P[m, j] <= bt)
+                n += c & 1
     else:
         # one pass copies the block's state forward and lists its open neurons (branchless,
         # as ``cell.scan_open``): x0.95 at 1 % open, x0.98-1.01 at 5-10 % against two passes
@@ -213,7 +253,7 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
         if gkind == DENSE:
             seq[t, i] = sc[4, p]
         else:
-            g = gvals[t, i]
+            g = rh[3][0] if tabled else gvals[t, i]  # 1 (open), as loaded: h + 1 (f - h)
             hi_ = sc[3, p]
             seq[t, i] = hi_ + g * (sc[4, p] - hi_)
 
@@ -226,20 +266,20 @@ def _claim(k, t, sync):
 
 
 @nb.njit(cache=True, inline="always")
-def _run_claimed(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc, sync):
+def _run_claimed(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, hp, q, seq, acc, xb, loc, sc, sync):
     """Claim task k of step t and, if this worker got it, run it and mark it done."""
     if not _claim(k, t, sync):
         return False
-    _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc)
+    _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, hp, q, seq, acc, xb, loc, sc)
     store_release(sync, (2 * k + 1) * _STRIDE, t)
     return True
 
 
 @nb.njit(cache=True, inline="always")
-def _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc, sync, spin):
+def _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, hp, q, seq, acc, xb, loc, sc, sync, spin):
     """Worker p at step t: its own task, then wait for the others (doing one whose owner is
     late), then wait for its own task if another worker took it."""
-    _run_claimed(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc, sync)
+    _run_claimed(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, hp, q, seq, acc, xb, loc, sc, sync)
     for k in range(1, ntasks):
         kk = (p + k) % ntasks
         d = (2 * kk + 1) * _STRIDE
@@ -247,7 +287,7 @@ def _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
         while load_acquire(sync, d) < t:
             polls += 1
             if polls > STEAL and _run_claimed(
-                kk, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb, loc, sc, sync
+                kk, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, hp, q, seq, acc, xb, loc, sc, sync
             ):
                 break
             if polls > spin:
@@ -258,7 +298,7 @@ def _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, hp, q, seq, acc, xb,
 
 
 @nb.njit(cache=True)
-def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin):
+def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, rh, out, sync, spin):
     """Worker p over all steps. Step 0 reads h0, step t > 0 reads out[0, t - 1]: two call
     sites, so that no array variable is rebound and no row view is made inside the time
     loop over the shared output (each would be a reference-count update on memory that the
@@ -272,13 +312,13 @@ def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin):
     loc = np.empty(H, np.int32)
     seq = out[0]
     if T > 0:
-        _step(p, 0, ntasks, is_gru, gkind, src, W, bias, gvals, h0, 0, seq, acc, xb, loc, sc, sync, spin)
+        _step(p, 0, ntasks, is_gru, gkind, src, W, bias, gvals, rh, h0, 0, seq, acc, xb, loc, sc, sync, spin)
     for t in range(1, T):
-        _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, seq, t - 1, seq, acc, xb, loc, sc, sync, spin)
+        _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, seq, t - 1, seq, acc, xb, loc, sc, sync, spin)
 
 
 @nb.njit(cache=True, parallel=True)
-def forward(is_gru, gkind, src, h0, W, bias, gvals, ntasks, nworkers, spin, out, hT):
+def forward(is_gru, gkind, src, h0, W, bias, gvals, rh, ntasks, nworkers, spin, out, hT):
     """B = 1 forward (input source ``src`` of ``cell.step_input``, h0 (1, H)) split into ntasks
     neuron blocks, run by prange(nworkers) workers (worker p owns task p; nworkers <= ntasks,
     any of them may be absent or run late). Writes out (1, T, H) and hT (1, H)."""
@@ -290,6 +330,6 @@ def forward(is_gru, gkind, src, h0, W, bias, gvals, ntasks, nworkers, spin, out,
     for j in range(sync.shape[0]):
         sync[j] = -1
     for p in nb.prange(nworkers):
-        _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, out, sync, spin)
+        _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, rh, out, sync, spin)
     for j in range(H):
         hT[0, j] = out[0, T - 1, j] if T > 0 else h0[0, j]

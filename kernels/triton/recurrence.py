@@ -526,6 +526,7 @@ def recurrence_triton(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False
     """
     from su_neuro.kernels.reference import StepRecord
 
+    gate = gate.materialized()  # a rhythm table: its rows
     _check(cell, xp, h0, s0, w_hh, b_hh, gate, lif)
     kind = gate.kind
     B, T, G = xp.shape
