@@ -25,7 +25,7 @@ exactly for every step of every stream: one comparison a point, no arithmetic (t
 under fastmath). A neuron at a 10 % rate has two points (three when it starts open); the
 table is (M, H) with M the largest count, padded with the largest float32. The float32
 values tried in the bands number ~70 a crossing at a 10 % rate; a build takes ~10 ms at
-H = 512 and is cached by the gate on its parameters' versions.
+H = 512 and is cached by the gate against a copy of its parameters.
 
 Where the bound is not safe to state (non-finite parameters, :math:`|\alpha| < 10^{-20}`
 but not 0, :math:`|\phi| > 2^{20}`, :math:`|b| > 10^{20}`) or the bands would hold more than

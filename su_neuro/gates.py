@@ -237,18 +237,20 @@ class RhythmicGate(Gate):
 
     def _table(self) -> torch.Tensor | None:
         """The points of ``su_neuro._rhythm.build`` for the current parameter values, or None;
-        cached on the parameters' versions (an optimiser step or ``load_state_dict`` bumps
-        them) and storage. CPU parameters only."""
-        params = (self.phi, self.alpha, self.bias)
-        key = tuple((p._version, p.data_ptr(), p.device) for p in params)
-        cached = getattr(self, "_table_cache", None)
-        if cached is None or cached[0] != key:
+        cached on a copy of those values (3·H floats, compared on each call: version counters
+        miss fused optimisers, edits through ``.data`` or numpy, and do not exist under
+        ``torch.inference_mode``). CPU parameters only."""
+        with torch.no_grad():
+            now = tuple(p.detach()[:, 0] if p.dim() == 2 else p.detach() for p in (self.phi, self.alpha, self.bias))
+            cached = getattr(self, "_table_cache", None)
+            same = lambda a, b: a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)  # noqa: E731
+            if cached is not None and all(same(a, b) for a, b in zip(cached[0], now, strict=True)):
+                return cached[1]
             tab = None
-            if all(p.device.type == "cpu" for p in params):
-                with torch.no_grad():
-                    tab = build(self.phi[:, 0], self.alpha[:, 0], self.bias)
-            self._table_cache = cached = (key, tab)
-        return cached[1]
+            if all(p.device.type == "cpu" for p in now):
+                tab = build(*now)
+            self._table_cache = ((*(p.clone() for p in now),), tab)
+        return tab
 
     def _trains(self) -> bool:
         return any(p.requires_grad for p in (self.bias, self.alpha, self.phi, self.omega))

@@ -197,3 +197,37 @@ def test_split_kernel_table_any_point_count(M):
     closed = rows == 0
     prev = np.concatenate([h0, outs[0][0][0, :-1]], 0)
     assert np.array_equal(outs[0][0][0][closed], prev[closed])  # closed neurons keep their state
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda g: torch.optim.Adam(g.parameters(), lr=0.1, fused=True).step(),
+        lambda g: g.phi.data.add_(0.3),
+        lambda g: g.bias.detach().numpy().__setitem__(slice(None), -0.5),
+    ],
+    ids=["fused-adam", "data-edit", "numpy-write"],
+)
+def test_table_follows_edits_that_keep_the_version(edit):
+    """Edits that leave the parameters' version counters as they were still rebuild it."""
+    g = _gate(64, 0.2, seed=6)
+    with torch.no_grad():
+        before = g.plan(0, 400, table=True).rhythm.points.clone()
+    for p in g.parameters():  # for the optimiser; the other edits ignore it
+        p.grad = torch.randn_like(p)
+    edit(g)
+    with torch.no_grad():
+        after = g.plan(0, 400, table=True).rhythm
+        ref = g.plan(0, 400).values
+    assert not torch.equal(before, after.points)
+    assert torch.equal(after.values(0, 400), ref)
+
+
+def test_table_under_inference_mode():
+    with torch.inference_mode():
+        g = _gate(48, 0.1, seed=7)
+        gi = g.plan(0, 300, table=True)
+        assert torch.equal(gi.rhythm.values(0, 300), g.plan(0, 300).values)
+        layer = SUGRU(3, 48, gate={"kind": "rhythmic", "init_rate": 0.1}, backend="numba")
+        out, _ = layer(torch.randn(1, 50, 3))
+    assert out.shape == (1, 50, 48)
