@@ -23,7 +23,8 @@ of x where g changes. Each is then carried back to the shared phase: since
 
 exactly for every step of every stream: one comparison a point, no arithmetic (the same
 under fastmath). A neuron at a 10 % rate has two points (three when it starts open); the
-table is (M, H) with M the largest count, padded with the largest float32. The float32
+table is (M, H) with M the largest count but at least ``MIN_ROWS``, padded with the largest
+float32. The float32
 values tried in the bands number ~70 a crossing at a 10 % rate; a build takes ~10 ms at
 H = 512 and is cached by the gate against a copy of its parameters.
 
@@ -45,6 +46,7 @@ EPS = 2e-6  # half-width, in sin x, of the bands evaluated exactly
 MAX_POINTS = 1 << 21  # float32 values evaluated per table (at most)
 PAD = float(np.finfo(np.float32).max)  # padding point: above every shared phase
 TWO_PI_32 = float(np.float32(2 * math.pi))  # the largest shared phase beta_t
+MIN_ROWS = 3  # points a table has at least (the split kernel's unrolled scan)
 
 
 class RhythmTable(NamedTuple):
@@ -110,10 +112,11 @@ def _down(a: np.ndarray) -> np.ndarray:
     return np.where(f.astype(np.float64) > a, k - 1, k)
 
 
-def build(phi: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor) -> tuple | None:
+def build(phi: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor) -> torch.Tensor | None:
     """The points (M, H) float32 of one harmonic's parameters (float32, (H,) each), or
     None where the module docstring's bound does not hold."""
-    ph = phi.detach().cpu().numpy().astype(np.float64)
+    ph32 = phi.detach().cpu().numpy().astype(np.float32)
+    ph = ph32.astype(np.float64)
     al = alpha.detach().cpu().numpy().astype(np.float64)
     bi = bias.detach().cpu().numpy().astype(np.float64)
     H = ph.shape[0]
@@ -122,7 +125,8 @@ def build(phi: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor) -> tuple |
     if (np.abs(ph) > 2.0**20).any() or (np.abs(bi) > 1e20).any() or ((al != 0) & (np.abs(al) < 1e-20)).any():
         return None
     xlo = ph
-    xhi = (np.float32(TWO_PI_32) + phi.detach().cpu().numpy().astype(np.float32)).astype(np.float64)
+    xhi = (np.float32(TWO_PI_32) + ph32).astype(np.float64)
+    start_k, end_k = _keys(ph32), _keys(xhi.astype(np.float32))  # the range's ends
     live = al != 0  # alpha = 0: g = [b > 0] everywhere (+-0 + b)
     c = np.where(live, -bi / np.where(live, al, 1.0), 2.0)
     lo_s, hi_s = np.clip(c - EPS, -1.0, 1.0), np.clip(c + EPS, -1.0, 1.0)
@@ -134,8 +138,9 @@ def build(phi: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor) -> tuple |
     a1, a2 = np.arcsin(lo_s)[:, None], np.arcsin(hi_s)[:, None]
     starts = np.concatenate([a1 + shifts, math.pi - a2 + shifts], 1)  # (H, 8)
     ends = np.concatenate([a2 + shifts, math.pi - a1 + shifts], 1)
-    ks = np.maximum(_up(np.maximum(starts, xlo[:, None]).ravel()), _keys(xlo.astype(np.float32)).repeat(8))
-    ke = np.minimum(_down(np.minimum(ends, xhi[:, None]).ravel()), _keys(xhi.astype(np.float32)).repeat(8))
+    band_n = np.arange(H).repeat(8)  # the neuron of each interval
+    ks = np.maximum(_up(np.maximum(starts, xlo[:, None]).ravel()), start_k[band_n])
+    ke = np.minimum(_down(np.minimum(ends, xhi[:, None]).ravel()), end_k[band_n])
     # union of the bands: per neuron in the order of their starts, each one trimmed to what
     # the ones before it do not cover (keys are integers: disjoint, sorted ranges)
     ks, ke = ks.reshape(H, 8), ke.reshape(H, 8)
@@ -149,7 +154,7 @@ def build(phi: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor) -> tuple |
     total = int(count.sum())
     if total > MAX_POINTS:
         return None
-    neuron = np.arange(H).repeat(8).repeat(count)
+    neuron = band_n.repeat(count)
     first = np.cumsum(count) - count
     key = np.arange(total) - first.repeat(count) + ks_u.ravel().repeat(count)
     both = neuron.astype(np.int64) << 33 | (key + (1 << 31))  # sorted: neuron, then value
@@ -165,9 +170,6 @@ def build(phi: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor) -> tuple |
     # "from this float on, g = value" pairs: each band float (exact); the first float after
     # each band, also one that holds no float (certain, unless it is a band float of a
     # neighbouring band); the range's start where it is no band float (certain)
-    start_k = _keys(xlo.astype(np.float32))
-    end_k = _keys(xhi.astype(np.float32))
-    band_n = np.arange(H).repeat(8)
     gap_k = ke + 1
     gap = banded.repeat(8) & (gap_k >= start_k[band_n]) & (gap_k <= end_k[band_n])
     gap_n, gap_k = band_n[gap], gap_k[gap]
@@ -194,24 +196,22 @@ def build(phi: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor) -> tuple |
     # into the shared phase's space: fl(beta + phi) >= tau exactly where beta >= the least
     # float32 beta0 >= 0 with fl(beta0 + phi) >= tau (the float32 add is monotone in beta);
     # found by bisection over the keys of [0, fl(2 pi)]; none there: never reached
-    ph32 = phi.detach().cpu().numpy().astype(np.float32)[fn]
-    tau_x = _floats(fk)
+    ph_f, tau_x = ph32[fn], _floats(fk)
+    top = int(_keys(np.float32(TWO_PI_32)))  # key of fl(2 pi)
     lo = np.zeros(len(fn), np.int64)  # key of +0
-    hi = np.full(len(fn), int(_keys(np.array([TWO_PI_32], np.float32))[0]) + 1)  # past fl(2 pi)
+    hi = np.full(len(fn), top + 1)  # past fl(2 pi): never reached
     while (hi > lo).any():
-        live = hi > lo
+        active = hi > lo
         mid = (lo + hi) // 2
-        ok = (_floats(mid) + ph32) >= tau_x  # float32 + float32: the plan's add
-        hi = np.where(live & ok, mid, hi)
-        lo = np.where(live & ~ok, mid + 1, lo)
-    beyond = lo > int(_keys(np.array([TWO_PI_32], np.float32))[0])
-    pts_key = np.where(beyond, -1, lo)
-    keep = ~beyond
+        ok = (_floats(mid) + ph_f) >= tau_x  # float32 + float32: the plan's add
+        hi = np.where(active & ok, mid, hi)
+        lo = np.where(active & ~ok, mid + 1, lo)
+    keep = lo <= top
     # g0 = 1: one more point at 0 (every phase is >= 0)
     pn = np.concatenate([fn[keep], np.flatnonzero(g0)])
-    pv = np.concatenate([_floats(pts_key[keep]), np.zeros(int(g0.sum()), np.float32)])
+    pv = np.concatenate([_floats(lo[keep]), np.zeros(int(g0.sum()), np.float32)])
     per = np.bincount(pn, minlength=H)
-    M = max(int(per.max()) if H else 0, 2)
+    M = max(int(per.max()) if H else 0, MIN_ROWS)
     points = np.full((M, H), PAD, np.float32)
     order = np.lexsort((pv, pn))
     pn, pv = pn[order], pv[order]

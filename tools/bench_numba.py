@@ -17,6 +17,7 @@ machine's load average is printed before and after (the 2 cores may be shared).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -193,6 +194,20 @@ def main(argv=None):
     print_table(rows, load0, R)
 
 
+@contextlib.contextmanager
+def rows_forced(on):
+    """With ``on``, the numba layer plans (T, H) gate rows instead of asking for the table."""
+    from su_neuro.kernels.numba import ops
+
+    keep = ops.rhythm_table
+    if on:
+        ops.rhythm_table = lambda *args: False
+    try:
+        yield
+    finally:
+        ops.rhythm_table = keep
+
+
 def streaming_rows(row, F, H, T, R, only):
     """Targets 1 and 2: streaming suGRU, B = 1, over the update rates."""
     t_ref = streaming(F, H, T, 0.1, "torch", R) if 1 in only else float("nan")
@@ -203,6 +218,18 @@ def streaming_rows(row, F, H, T, R, only):
         with torch.no_grad():  # as the streaming run sees it
             layer.gates[0].plan(0, T, dtype=torch.float32, table=table)
 
+    if 1 in only:  # the rhythm table against the (T, H) rows, same layer, calls alternated
+        x = torch.randn(1, T, F)
+        ab = {}
+        for _ in range(R + 1):
+            for table in (False, True):
+                tic = time.perf_counter()
+                with torch.no_grad(), rows_forced(not table):
+                    layer(x)
+                ab.setdefault(table, []).append(time.perf_counter() - tic)
+        t_tab, t_row = (statistics.median(ab[k][1:]) for k in (True, False))
+        row(f"1c numba 10% gate evaluated from its table {t_tab * 1e3:.1f} ms / from (T, H) rows {t_row * 1e3:.1f} ms",
+            t_tab / t_row, "info", True)  # fmt: skip
     t_rows = timeit(lambda: plan(False), R)
     t_table = timeit(lambda: plan(True), R)  # what the numba layer asks for (docs/core.md)
     row(f"1b RhythmicGate.plan as a table (numba) {t_table * 1e3:.2f} ms; as (T, H) rows {t_rows * 1e3:.1f} ms: "

@@ -197,17 +197,13 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, hp, q, seq, acc,
     elif tabled:
         # the gate from its table (``su_neuro._rhythm``): open where an odd number of the
         # neuron's points are <= the step's shared phase; comparisons of stored values only,
-        # so the bits of the plan under fastmath too. Two or three points a neuron (every
-        # neuron of an initialised gate) take a loop like the rows' scan
+        # so the bits of the plan under fastmath too. A table has at least three points a
+        # neuron (``_rhythm.MIN_ROWS``, padded); three (every neuron of an initialised gate)
+        # take an unrolled loop like the rows' scan
         bt = rh[1][t]
         P = rh[2]
         M = P.shape[0]
-        if M == 2:
-            for j in range(lo, hi):
-                seq[t, j] = hp[q, j]
-                loc[n] = j
-                n += np.int64((P[0, j] <= bt) != (P[1, j] <= bt))
-        elif M == 3:
+        if M == 3:
             for j in range(lo, hi):
                 seq[t, j] = hp[q, j]
                 loc[n] = j
