@@ -402,11 +402,11 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
     Numba thread (prange runs them one after the other), 3 tasks by 2 or 3 workers on 2
     threads: no deadlock, and the same result as the batch-chunk kernel; with the input
     projected beforehand (xp) and inside the kernels (fused, F = 7: not a multiple of 4);
-    for the GRU also with W_hh packed per neuron."""
+    for the GRU also with W_hh, and (fused) W_ih, packed per neuron."""
     import numba
     import numpy as np
 
-    from su_neuro.kernels.numba import cell, split
+    from su_neuro.kernels.numba import cell, ops, split
     from su_neuro.kernels.numba._common import DENSE, RHYTHMIC, compact
 
     rng = np.random.default_rng(3)
@@ -435,14 +435,18 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
                      ref, np.empty_like(want_h), d, d, d, d, d, d, d)  # fmt: skip
         np.testing.assert_allclose(want, ref, rtol=1e-5, atol=1e-5)
 
-    def run(ntasks, nworkers, weights=W):
+    def run(ntasks, nworkers, weights=W, source=src):
         out, hT = np.full((1, T, H), np.nan, f32), np.full((1, H), np.nan, f32)
-        split.forward(is_gru, gk, src, h0, weights, b, gv, split.rhythm_args(), ntasks, nworkers, 10, out, hT)
+        split.forward(is_gru, gk, source, h0, weights, b, gv, split.rhythm_args(), ntasks, nworkers, 10, out, hT)
         return out, hT
 
     results = {"1 worker": run(2, 1), "3 on 3": run(3, 3), "3 tasks, 2 workers": run(3, 2)}
     if is_gru:  # W_hh packed per neuron, (H, 3H), as ops passes it on long streams
         results["packed"] = run(2, 2, np.ascontiguousarray(W.reshape(3, H, H).transpose(1, 0, 2)).reshape(H, 3 * H))
+    if is_gru and fused:  # W_ih packed per neuron, (H, 3F), as ops passes it to the B = 1 kernels
+        packed_ih = ops._pack_rows(w_ih, H)
+        assert packed_ih.shape == (H, 21) and np.array_equal(packed_ih[5, 7:14], w_ih[H + 5])
+        results["packed w_ih"] = run(2, 2, source=src[:3] + (packed_ih, src[4]))
     old = numba.get_num_threads()
     numba.set_num_threads(1)
     try:

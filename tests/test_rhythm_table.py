@@ -199,6 +199,46 @@ def test_split_kernel_table_any_point_count(M):
     assert np.array_equal(outs[0][0][0][closed], prev[closed])  # closed neurons keep their state
 
 
+@pytest.mark.parametrize("ntasks,nworkers", [(1, 1), (2, 2), (3, 2), (2, 1)])
+def test_split_kernel_open_lists_follow_the_phase(ntasks, nworkers):
+    """The split kernel keeps each task's open list from step to step, toggling the neurons
+    whose points the phase passed (split._open_from_events): phases that rise, repeat,
+    fall (a new period), jump, land exactly on points, and a NaN phase (every neuron
+    closed, as the comparisons say), with tasks taken over by another worker; equal bit for
+    bit to the kernel reading the rows the same points give."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("numba")
+    from su_neuro.kernels.numba import split
+
+    H, T, F = 45, 160, 2
+    g = torch.Generator().manual_seed(ntasks * 10 + nworkers)
+    rise = torch.cumsum(torch.rand(T, generator=g) * 0.9, 0) % 6.0  # rises, falls at each wrap
+    rise[40:44] = rise[39]  # repeated phases
+    rise[70] = float("nan")
+    rise[100:110] = torch.rand(10, generator=g) * 6.0  # jumps either way
+    points = torch.sort(torch.rand(3, H, generator=g) * 6.5, 0).values
+    points[0, :10] = rise[5:15]  # points exactly on phases the stream takes
+    points[1, 10:15] = points[0, 10:15]  # two equal points: the neuron never opens there
+    tab = _rhythm.RhythmTable(rise, torch.sort(points, 0).values)
+    rows = tab.values(0, T).numpy()
+    assert 0 < rows.mean() < 1 and not rows[70].any()
+    f32 = np.float32
+    rng = np.random.default_rng(ntasks)
+    W = (rng.standard_normal((3 * H, H)) / np.sqrt(H)).astype(f32)
+    b = rng.standard_normal(3 * H).astype(f32) * 0.1
+    d = np.zeros((1, 1, 1), f32)
+    src = (True, d, rng.standard_normal((1, T, F)).astype(f32), rng.standard_normal((3 * H, F)).astype(f32), b)
+    h0 = rng.standard_normal((1, H)).astype(f32) * 0.3
+    outs = []
+    for rh, gv in ((split.rhythm_args(tab), np.zeros((1, 1), f32)), (split.rhythm_args(), rows)):
+        out, hT = np.full((1, T, H), np.nan, f32), np.full((1, H), np.nan, f32)
+        split.forward(True, 0, src, h0, W, b, gv, rh, ntasks, nworkers, 10, out, hT)
+        outs.append((out, hT))
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+    ev = split.events(split.rhythm_args(tab), ntasks, H)
+    assert int(ev[2].sum()) == 3 * H and all(np.all(np.diff(ev[0][k, : ev[2][k]]) >= 0) for k in range(ntasks))
+
+
 @pytest.mark.parametrize(
     "edit",
     [

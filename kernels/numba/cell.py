@@ -84,9 +84,13 @@ def step_input(src, b, t, idx, s, e, dense, H, nr, buf):
     b_ih (G,): inference then projects only the rows of neurons that update. One call per
     step and sample, compiled on its own with fastmath off (stated: see ``_common._EXACT``),
     so that every kernel gets the same bits (the neuron-split streaming kernel equals the
-    batch-chunk kernel exactly)."""
+    batch-chunk kernel exactly). ``w_ih`` may come packed per neuron, (H, nr * F) with
+    row g * H + i at [i, g * F:(g + 1) * F]: a neuron's rows are then
+    one contiguous run (ops packs it for B = 1 GRU streams); the same products and sums, so
+    the same bits."""
     fused, xp, x, wih, bih = src
     F = x.shape[2]
+    packed = wih.shape[1] != F
     for p in range(s, e):
         i = p if dense else idx[p]
         for g in range(nr):
@@ -94,22 +98,24 @@ def step_input(src, b, t, idx, s, e, dense, H, nr, buf):
             if not fused:
                 buf[(p - s) * nr + g] = xp[b, t, r]
                 continue
+            wr = i if packed else r
+            o = g * F if packed else 0
             # four running sums (lane f % 4) in a fixed order: vectorisable, no reassociation
             z = np.float32(0.0)
             a0, a1, a2, a3 = z, z, z, z
             f = 0
             while f + 4 <= F:
-                a0 += x[b, t, f] * wih[r, f]
-                a1 += x[b, t, f + 1] * wih[r, f + 1]
-                a2 += x[b, t, f + 2] * wih[r, f + 2]
-                a3 += x[b, t, f + 3] * wih[r, f + 3]
+                a0 += x[b, t, f] * wih[wr, o + f]
+                a1 += x[b, t, f + 1] * wih[wr, o + f + 1]
+                a2 += x[b, t, f + 2] * wih[wr, o + f + 2]
+                a3 += x[b, t, f + 3] * wih[wr, o + f + 3]
                 f += 4
             if f < F:
-                a0 += x[b, t, f] * wih[r, f]
+                a0 += x[b, t, f] * wih[wr, o + f]
             if f + 1 < F:
-                a1 += x[b, t, f + 1] * wih[r, f + 1]
+                a1 += x[b, t, f + 1] * wih[wr, o + f + 1]
             if f + 2 < F:
-                a2 += x[b, t, f + 2] * wih[r, f + 2]
+                a2 += x[b, t, f + 2] * wih[wr, o + f + 2]
             buf[(p - s) * nr + g] = ((a0 + a2) + (a1 + a3)) + bih[r]
 
 
