@@ -360,6 +360,136 @@ def test_unsupported_and_checks(tri):
                        GateInput("dense"))
 
 
+# ---------------------------------------------------------------- multi-program kernels
+@pytest.fixture
+def grid_on(tri, monkeypatch):
+    """Turns the multi-program kernels (kernels/triton/grid.py) on and counts their launchers."""
+    from su_neuro.kernels.triton import grid
+
+    calls = {"fwd": 0, "bwd": 0}
+    monkeypatch.setattr(grid, "ENABLED", True)
+    for name in ("fwd", "bwd"):
+        real = getattr(grid, f"launch_{name}")
+
+        def spy(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(grid, f"launch_{name}", spy)
+    return grid, calls
+
+
+# (B, H, T, overrides): one program; round robin of 3 chunks over 2 programs with 3 column
+# tiles; two batch blocks of 16 rows (the second one partial)
+GRID_CASES = [
+    (1, 5, 1, {}),
+    (3, 40, 7, {"BK": 16, "MAX_NH": 2}),
+    (17, 33, 4, {"MAX_BB": 16}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(GRID_CASES)), ids=["one", "round_robin", "blocks"])
+@pytest.mark.parametrize("kind", ["dense", "rhythmic"])
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_grid_kernels_match_reference(tri, grid_on, monkeypatch, cell, kind, case):
+    grid, calls = grid_on
+    B, H, T, over = GRID_CASES[case]
+    for k, v in over.items():
+        monkeypatch.setattr(grid, k, v)
+    runs = [{}] if kind == "dense" else [{}, {"gate_grad": False}, {"support": False}]
+    for kw in runs:
+        check(tri, cell, kind, B, H, T, **kw)
+    assert calls == {"fwd": len(runs), "bwd": len(runs)}, calls
+
+
+def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
+    # the GPU path: all T steps in one launch, both backward phases in it, the barrier on
+    # (one program per batch block, so the interpreter's serial programs cannot wait for
+    # each other; the counter must reach one arrival per step and program)
+    grid, calls = grid_on
+    monkeypatch.setattr(grid, "_native", lambda device: True)
+    monkeypatch.setattr(grid, "MAX_NH", 1)
+    monkeypatch.setattr(grid, "MAX_BB", 16)
+    counters = []
+    real = grid._counters
+
+    def spy(nb, device):
+        counters.append(real(nb, device))
+        return counters[-1]
+
+    monkeypatch.setattr(grid, "_counters", spy)
+    B, H, T = 20, 40, 6
+    check(tri, "gru", "rhythmic", B, H, T)
+    check(tri, "rnn", "dense", B, H, T)
+    assert calls == {"fwd": 2, "bwd": 2}
+    assert len(counters) == 4
+    for z in counters:
+        assert z.tolist() == [T, T], "one arrival per step and batch block"
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_grid_kernels_long_run_match_the_per_row_kernels(tri, monkeypatch, cell):
+    # many steps with several programs per batch block: on a GPU the place where a wrong
+    # barrier shows (T = 2000, 16 programs); under the interpreter a shorter run of the
+    # same comparison (forward, final state and every gradient)
+    from su_neuro.kernels.triton import grid
+
+    B, H, T = (5, 256, 2000) if DEVICE == "cuda" else (3, 48, 40)
+    p, _, gate, G = _make(cell, "rhythmic", B, H, seed=3)
+    g = torch.Generator().manual_seed(4)
+    xp = (torch.randn(B, T, G, generator=g) * 0.5).to(DEVICE)
+    weights = [torch.randn(B, T, H, generator=g).to(DEVICE), torch.randn(B, H, generator=g).to(DEVICE),
+               None]
+    with torch.no_grad():
+        p["w"] /= H**0.5  # a stable recurrence over many steps
+    runs = []
+    for on in (False, True):
+        monkeypatch.setattr(grid, "ENABLED", on)
+        runs.append(_run(tri.recurrence, cell, T, p, None, gate, xp, weights))
+    (o_row, h_row, _, _, d_row), (o_grid, h_grid, _, _, d_grid) = runs
+    assert grid.shape(B, H, torch.device(DEVICE))[1] >= 3
+    assert_close("out", o_row, o_grid, 1e-4)
+    assert_close("h_T", h_row, h_grid, 1e-4)
+    for name in d_row:
+        assert_close(f"d{name}", d_row[name], d_grid[name], 1e-4)
+
+
+def test_grid_kernels_no_bias_and_low_precision(tri, grid_on):
+    from su_neuro.kernels.reference import recurrence as ref
+
+    grid, calls = grid_on
+    check(tri, "gru", "rhythmic", 2, 5, 7, bias=False)
+    check(tri, "rnn", "dense", 2, 5, 7, bias=False)
+    for dtype in (torch.bfloat16, torch.float16):
+        p, _, gate, G = _make("gru", "rhythmic", 2, 6, dtype=dtype)
+        xp = torch.randn(2, 5, G).to(DEVICE, dtype)
+        gi = gate.plan(0, 5, dtype=dtype)
+        with torch.no_grad():
+            r = ref("gru", xp, p["h0"], None, p["w"], p["b"], gi, None)
+            o = tri.recurrence("gru", xp, p["h0"], None, p["w"], p["b"], gi, None)
+        assert o[0].dtype == dtype
+        assert_close(f"out {dtype}", r[0].float(), o[0].float(), 5e-2)
+    assert calls["fwd"] == 4
+
+
+def test_grid_kernels_eligibility(tri, monkeypatch):
+    from su_neuro.kernels.triton import grid
+
+    w = torch.zeros(3, 1)
+    cpu = torch.device("cpu")
+    assert not grid.eligible("gru", "rhythmic", w, 4, cpu), "off by default until timed on a GPU"
+    monkeypatch.setattr(grid, "ENABLED", True)
+    assert grid.eligible("gru", "rhythmic", w, 4, cpu) and grid.eligible("rnn", "dense", w, 4, cpu)
+    assert not grid.eligible("gru", "event", w, 4, cpu)
+    assert not grid.eligible("lif", "rhythmic", w, 4, cpu)
+    assert not grid.eligible("lif", "dense", None, 4, cpu)
+    monkeypatch.setattr(grid, "BH", 32)
+    assert grid.shape(1, 100, cpu) == (16, 4, 1)
+    assert grid.shape(200, 100, cpu) == (64, 4, 4)
+    monkeypatch.setattr(grid, "MAX_NH", 3)
+    assert grid.shape(200, 1000, cpu) == (64, 3, 4)
+
+
 @pytest.mark.skipif(DEVICE == "cuda", reason="the tiny interpreter run is for GPU-less machines")
 def test_benchmark_tiny_runs_end_to_end():
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -11,7 +11,10 @@ Prints one table of ratios measured side by side in one run (issue 3's four targ
 
 Usage: python tools/bench_numba.py [--quick] [--repeats N] [--only 1,2,...]
 Every time is the median over repeats (after one warm-up call that also compiles); the
-machine's load average is printed before and after (the 2 cores may be shared).
+calls of a group (the reference and the six rates of 1-2; nn.GRU, numba and the reference
+of 3; RLeaky and numba of 4) alternate, round after round, so that both sides of a ratio
+see the same states of a shared host. The machine's load average is printed before and
+after (the 2 cores may be shared).
 """
 
 from __future__ import annotations
@@ -37,13 +40,22 @@ RATES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.01)
 
 
 def timeit(fn, repeats):
-    fn()  # warm-up / compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    return alternated([fn], repeats)[0]
+
+
+def alternated(fns, repeats):
+    """Median time of each function over `repeats` rounds that call them in turn (after one
+    warm-up call each that also compiles): every side of a ratio sees the same states of a
+    shared host, whose speed drifts by tens of percent within a minute."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def machine() -> str:
@@ -67,7 +79,7 @@ def gru_layer(F, H, rate, backend):
     return SUGRU(F, H, gate=gate, backend=backend)
 
 
-def streaming(F, H, T, rate, backend, repeats):
+def streaming(F, H, T, rate, backend):
     layer = gru_layer(F, H, rate, backend)
     x = torch.randn(1, T, F)
 
@@ -75,7 +87,7 @@ def streaming(F, H, T, rate, backend, repeats):
         with torch.no_grad():
             layer(x)
 
-    return timeit(run, repeats)
+    return run
 
 
 def upstream(B, T, H):
@@ -87,7 +99,7 @@ def upstream(B, T, H):
     return torch.randn(B, T, H, generator=g), torch.randn(B, H, generator=g)
 
 
-def training(F, H, T, B, rate, backend, repeats):
+def training(F, H, T, B, rate, backend):
     layer = gru_layer(F, H, rate, backend)
     x = torch.randn(B, T, F)
     g_out, g_h = upstream(B, T, H)
@@ -97,10 +109,10 @@ def training(F, H, T, B, rate, backend, repeats):
         out, state = layer(x)
         torch.autograd.backward((out, state.h), (g_out, g_h.view_as(state.h)))
 
-    return timeit(run, repeats)
+    return run
 
 
-def nn_gru_training(F, H, T, B, repeats):
+def nn_gru_training(F, H, T, B):
     torch.manual_seed(0)
     gru = torch.nn.GRU(F, H, batch_first=True)
     x = torch.randn(B, T, F)
@@ -111,7 +123,7 @@ def nn_gru_training(F, H, T, B, repeats):
         out, h = gru(x)
         torch.autograd.backward((out, h), (g_out, g_h.view_as(h)))
 
-    return timeit(run, repeats)
+    return run
 
 
 def lif_input(F, T):
@@ -119,7 +131,7 @@ def lif_input(F, T):
     return (torch.rand(1, T, F, generator=g) < 0.05).float()
 
 
-def lif_numba(F, H, T, gate, repeats):
+def lif_numba(F, H, T, gate):
     torch.manual_seed(0)
     layer = SULIF(F, H, beta=0.9, recurrent=True, gate=gate, backend="numba")
     x = lif_input(F, T)
@@ -128,11 +140,10 @@ def lif_numba(F, H, T, gate, repeats):
         with torch.no_grad():
             return layer(x, record=False)[0]
 
-    rate = float(run().mean())
-    return timeit(run, repeats), rate
+    return run, float(run().mean())
 
 
-def lif_snntorch(F, H, T, repeats):
+def lif_snntorch(F, H, T):
     import snntorch as snn
 
     torch.manual_seed(0)
@@ -147,7 +158,7 @@ def lif_snntorch(F, H, T, repeats):
             for t in range(T):
                 spk, mem = rlif(cur[t : t + 1], spk, mem)
 
-    return timeit(run, repeats)
+    return run
 
 
 def small_step(cell, B, H, T, backend, repeats):
@@ -210,8 +221,12 @@ def rows_forced(on):
 
 def streaming_rows(row, F, H, T, R, only):
     """Targets 1 and 2: streaming suGRU, B = 1, over the update rates."""
-    t_ref = streaming(F, H, T, 0.1, "torch", R) if 1 in only else float("nan")
-    t_nb = {rate: streaming(F, H, T, rate, "numba", R) for rate in RATES}
+    runs = [streaming(F, H, T, rate, "numba") for rate in RATES]
+    if 1 in only:  # the reference alternated with the rates
+        runs.append(streaming(F, H, T, 0.1, "torch"))
+    times = alternated(runs, R)
+    t_nb = dict(zip(RATES, times, strict=False))
+    t_ref = times[-1] if 1 in only else float("nan")
     layer = gru_layer(F, H, 0.1, "numba")
 
     def plan(table):
@@ -248,10 +263,9 @@ def streaming_rows(row, F, H, T, R, only):
 def training_rows(row, q, R):
     """Target 3: a training step of suGRU against torch.nn.GRU and the reference."""
     F, H, T, B = 1, 128, (196 if q else 784), (8 if q else 32)
-    t_gru = nn_gru_training(F, H, T, B, R)
-    t_n20 = training(F, H, T, B, 0.2, "numba", R)
-    t_n100 = training(F, H, T, B, 1.0, "numba", R)
-    t_r20 = training(F, H, T, B, 0.2, "torch", R)
+    t_gru, t_n20, t_n100, t_r20 = alternated(
+        [nn_gru_training(F, H, T, B), training(F, H, T, B, 0.2, "numba"),
+         training(F, H, T, B, 1.0, "numba"), training(F, H, T, B, 0.2, "torch")], R)
     row(f"3 train suGRU 20% (triangle w=0.25) B={B} H={H} T={T}: nn.GRU {t_gru * 1e3:.0f} ms / numba "
         f"{t_n20 * 1e3:.0f} ms", t_gru / t_n20, ">= 4x", t_gru / t_n20 >= 4)  # fmt: skip
     row(f"3 train 20%: torch ref {t_r20 * 1e3:.0f} ms / numba", t_r20 / t_n20, ">= 5x", t_r20 / t_n20 >= 5)
@@ -261,12 +275,13 @@ def training_rows(row, q, R):
 def lif_rows(row, q, R):
     """Target 4: recurrent suLIF against snnTorch RLeaky doing the dense work."""
     F, H, T = 100, (256 if q else 1024), (2000 if q else 10_000)
+    dense, rate_d = lif_numba(F, H, T, "dense")
+    rhythmic, rate_r = lif_numba(F, H, T, {"kind": "rhythmic", "init_rate": 0.1})
     try:
-        t_snn = lif_snntorch(F, H, T, R)
+        t_snn, t_ld, t_lr = alternated([lif_snntorch(F, H, T), dense, rhythmic], R)
     except ImportError:  # snntorch missing: no baseline
         t_snn = float("nan")
-    t_ld, rate_d = lif_numba(F, H, T, "dense", R)
-    t_lr, rate_r = lif_numba(F, H, T, {"kind": "rhythmic", "init_rate": 0.1}, R)
+        t_ld, t_lr = alternated([dense, rhythmic], R)
     row(f"4 suLIF dense H={H} T={T} (spike rate {rate_d:.3f}): RLeaky {t_snn * 1e3:.0f} ms / numba {t_ld * 1e3:.1f} ms",
         t_snn / t_ld, ">= 30x", t_snn / t_ld >= 30)  # fmt: skip
     row(f"4 suLIF rhythmic 10% (spike rate {rate_r:.3f}): RLeaky / numba {t_lr * 1e3:.1f} ms",

@@ -4,7 +4,8 @@
     python tools/bench_triton.py --quick    # B = 64 only, rates 100 / 10 %
     TRITON_INTERPRET=1 python tools/bench_triton.py --quick --tiny   # CPU smoke run
 
-Rows: backend (triton, torch reference, torch.nn.GRU / cuDNN), cell, B, H, T, update
+Rows: backend (triton, triton-grid: the multi-program RNN / GRU kernels of
+kernels/triton/grid.py, torch reference, torch.nn.GRU / cuDNN), cell, B, H, T, update
 rate of a batch-uniform rhythmic gate (frozen: no gate gradient, so the forward
 compacts the open rows), forward and forward+backward milliseconds, and for the
 non-recurrent LIF kernel the achieved bandwidth of its compulsory traffic (read the
@@ -74,6 +75,25 @@ def _step(call, backward: bool) -> None:
         (out.sum() + hT.sum()).backward()
 
 
+def _with_grid(fused, *args):
+    """The Triton backend with the multi-program kernels on (kernels/triton/grid.py)."""
+    from su_neuro.kernels.triton import grid
+
+    before, grid.ENABLED = grid.ENABLED, True
+    try:
+        return fused(*args)
+    finally:
+        grid.ENABLED = before
+
+
+def _max_diff(a, b, call) -> str:
+    """Largest |difference| of two backends' forward outputs (a race shows up here)."""
+    with torch.no_grad():
+        oa = a(*call)[0].float()
+        ob = b(*call)[0].float()
+    return f"{(oa - ob).abs().max().item():.1e}"
+
+
 def timed(fn, reps: int, cuda: bool) -> float:
     fn()  # warm-up (compilation)
     if cuda:
@@ -93,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (with TRITON_INTERPRET=1 on a CPU)")
     ap.add_argument("--T", type=int, default=None, help="sequence length (default 1024)")
+    ap.add_argument("--no-grid", action="store_true",
+                    help="leave out the multi-program kernels (triton-grid rows)")
     args = ap.parse_args(argv)
 
     interp = os.environ.get("TRITON_INTERPRET") == "1"
@@ -147,6 +169,8 @@ def main(argv=None) -> int:
                 for rate in rates:
                     gi = GateInput("rhythmic", rhythm(T, H, rate, device))
                     impls = [("triton", fused)]
+                    if base != "lif" and not args.no_grid:
+                        impls.append(("triton-grid", partial(_with_grid, fused)))
                     if rate == rates[0]:
                         impls.append(("torch", reference))  # its cost does not depend on the rate
 
@@ -154,13 +178,16 @@ def main(argv=None) -> int:
                         call = (fn, base, xp, h0, s0, w, b, gi, lif)
                         tf = timed(partial(_step, call, False), reps, cuda)
                         tfb = timed(partial(_step, call, True), reps, cuda)
-                        bw = ""
+                        extra = ""
                         if name == "triton" and cell == "lif" and rate == 1.0:
                             nbytes = 3 * B * T * H * xp.element_size()
-                            bw = f"{nbytes / (tf * 1e-3) / 1e9:.1f}"
-                        add(name, cell, B, H, rate, tf, tfb, bw)
+                            extra = f"{nbytes / (tf * 1e-3) / 1e9:.1f}"
+                        if name == "triton-grid":
+                            extra = _max_diff(fused, fn, (base, xp, h0, s0, w, b, gi, lif))
+                        add(name, cell, B, H, rate, tf, tfb, extra)
 
-    head = ("backend", "cell", "B", "H", "T", "rate", "fwd ms", "fwd+bwd ms", "LIF GB/s")
+    head = ("backend", "cell", "B", "H", "T", "rate", "fwd ms", "fwd+bwd ms",
+            "LIF GB/s | grid max|d|")
     width = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     card = torch.cuda.get_device_name() if cuda else "CPU (Triton interpreter: timings meaningless)"
     print(f"# bench_triton  device: {card}  torch {torch.__version__}  triton {triton.__version__}")
@@ -168,7 +195,9 @@ def main(argv=None) -> int:
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, width, strict=True)))
     print("rlif = recurrent LIF (spike-driven U s); lif = feed-forward LIF (bandwidth row);"
-          " rhythmic gate frozen (no gate gradient)")
+          " rhythmic gate frozen (no gate gradient); triton-grid = the multi-program kernels"
+          " (kernels/triton/grid.py), last column: largest |difference| of its forward output"
+          " from the per-row kernel's")
     return 0
 
 

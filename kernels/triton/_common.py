@@ -35,6 +35,27 @@ def _sign(x):
 
 
 @triton.jit
+def _gru_parts(p0, p1, p2, gh0, gh1, gh2, hp):
+    """GRU candidate of the reference: gates r, z, n and f = (1 - z) n + z h, in fp32."""
+    r = _sigmoid(p0 + gh0)
+    z = _sigmoid(p1 + gh1)
+    n = _tanh(p2 + r * gh2)
+    return r, z, n, (1.0 - z) * n + z * hp
+
+
+@triton.jit
+def _gru_parts_grad(df, r, z, n, gh2, hp):
+    """Backward of :func:`_gru_parts` from dL/df: dL/d(p_r), dL/d(p_z), dL/d(p_n) and the
+    part of dL/dh that goes through z."""
+    dn = df * (1.0 - z)
+    dz = df * (hp - n)
+    dnp = dn * (1.0 - n * n)
+    dzp = dz * z * (1.0 - z)
+    drp = dnp * gh2 * r * (1.0 - r)
+    return drp, dzp, dnp, df * z
+
+
+@triton.jit
 def _surrogate_grad(x, CODE: tl.constexpr, scale):
     """sigma'(x) of su_neuro.surrogate.surrogate_derivative, in fp32."""
     if CODE == 0:  # atan

@@ -39,12 +39,14 @@ import torch
 import triton
 import triton.language as tl
 
+from . import grid
 from ._common import (
     CELL_CODES,
     GATE_CODES,
+    _gru_parts,
+    _gru_parts_grad,
     _rows_matvec,
     _rows_matvec3,
-    _sigmoid,
     _sign,
     _surrogate_grad,
     _tanh,
@@ -145,10 +147,7 @@ def _fwd_kernel(
             elif CELL == 1:
                 p1 = tl.load(xp_ptr + xrow + H + rows, mask=km, other=0.0).to(tl.float32)
                 p2 = tl.load(xp_ptr + xrow + 2 * H + rows, mask=km, other=0.0).to(tl.float32)
-                r = _sigmoid(p0 + gh0)
-                z = _sigmoid(p1 + gh1)
-                n = _tanh(p2 + r * gh2)
-                f = (1.0 - z) * n + z * hp
+                r, z, n, f = _gru_parts(p0, p1, p2, gh0, gh1, gh2, hp)
             else:
                 beta = tl.load(beta_ptr + rows, mask=km, other=0.0).to(tl.float32)
                 beta = tl.minimum(tl.maximum(beta, 0.0), 1.0)
@@ -235,10 +234,7 @@ def _bwd_kernel(
                 gh2 = tl.load(gh_ptr + xrow + 2 * H + rows, mask=rm, other=0.0)
                 p1 = tl.load(xp_ptr + xrow + H + rows, mask=rm, other=0.0).to(tl.float32)
                 p2 = tl.load(xp_ptr + xrow + 2 * H + rows, mask=rm, other=0.0).to(tl.float32)
-                r = _sigmoid(p0 + gh0)
-                z = _sigmoid(p1 + gh1)
-                n = _tanh(p2 + r * gh2)
-                f = (1.0 - z) * n + z * hp
+                r, z, n, f = _gru_parts(p0, p1, p2, gh0, gh1, gh2, hp)
             else:
                 beta_raw = tl.load(beta_ptr + rows, mask=rm, other=0.0).to(tl.float32)
                 beta = tl.minimum(tl.maximum(beta_raw, 0.0), 1.0)
@@ -286,12 +282,8 @@ def _bwd_kernel(
                 dpre = df * (1.0 - f * f)
                 tl.store(dxp_ptr + xrow + rows, dpre, mask=rm)
             elif CELL == 1:
-                dn = df * (1.0 - z)
-                dz = df * (hp - n)
-                dh += df * z
-                dnp = dn * (1.0 - n * n)
-                dzp = dz * z * (1.0 - z)
-                drp = dnp * gh2 * r * (1.0 - r)
+                drp, dzp, dnp, dhz = _gru_parts_grad(df, r, z, n, gh2, hp)
+                dh += dhz
                 tl.store(dxp_ptr + xrow + rows, drp, mask=rm)
                 tl.store(dxp_ptr + xrow + H + rows, dzp, mask=rm)
                 tl.store(dxp_ptr + xrow + 2 * H + rows, dnp, mask=rm)
@@ -390,6 +382,9 @@ def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, s
     gh = alloc(B, T, G, device=dev, dtype=torch.float32) if save_gh else d
     acc = torch.empty(B, G, device=dev, dtype=torch.float32) if gate == "event" else d
     idx, off = _open_lists(compute_mask) if gate == "rhythmic" else (d, d)
+    if grid.eligible(cell, gate, w_hh, B, dev):
+        grid.launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, compute_mask, idx, off, gh, save_gh)
+        return hs, ss, (gh if save_gh else None), None
     BI, BJ = tiles(H)
     _fwd_kernel[(B, 1)](
         xp, w_hh if has_w else d, b_hh if b_hh is not None else d,
@@ -423,6 +418,23 @@ def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, n
     dth = torch.zeros(B, H, **f32) if gate == "event" else _dummy(dev)
     dbeta = torch.zeros(B, H, **f32) if cell == "lif" else _dummy(dev)
     idx, off = _open_lists(gvals) if gate == "rhythmic" else (_dummy(dev), _dummy(dev))
+    if grid.eligible(cell, gate, w_hh, B, dev):
+        grid.launch_bwd(cfg, xp, w_hh, gvals, dg_mask, idx, off, hs, gh, dout, ch, dirb, dxp,
+                        dgh, dg, need_dg)
+    else:
+        _launch_bwd_rows(cfg, xp, w_hh, gvals, theta, beta, dg_mask, idx, off, hs, ss, gh, dout,
+                         ch, cs, dirb, dxp, dgh, dg, dth, dbeta, need_dg)
+    if cell == "gru":  # the r and z sections of dgh equal dxp
+        dgh[:, :, : 2 * H] = dxp[:, :, : 2 * H]
+    return ch, (cs if cell == "lif" else None), dxp, dgh, (dg if need_dg else None), dth, dbeta
+
+
+def _launch_bwd_rows(cfg, xp, w_hh, gvals, theta, beta, dg_mask, idx, off, hs, ss, gh, dout,
+                     ch, cs, dirb, dxp, dgh, dg, dth, dbeta, need_dg):
+    B, T, G = xp.shape
+    H = hs.shape[2]
+    dev = xp.device
+    cell, gate = cfg["cell"], cfg["gate"]
     BI, BJ = tiles(H)
     split = SPLIT if w_hh is None else 0
     d = _dummy(dev)
@@ -437,9 +449,6 @@ def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, n
         NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None, ZERO_RESET=cfg["zero_reset"],
         G_CODE=cfg["g_code"], S_CODE=cfg["s_code"], SPLIT=split, BI=BI, BJ=BJ, num_warps=4,
     )
-    if cell == "gru":  # the r and z sections of dgh equal dxp
-        dgh[:, :, : 2 * H] = dxp[:, :, : 2 * H]
-    return ch, (cs if cell == "lif" else None), dxp, dgh, (dg if need_dg else None), dth, dbeta
 
 
 # ------------------------------------------------------------------ autograd Function

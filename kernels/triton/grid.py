@@ -1,0 +1,392 @@
+r"""Multi-program Triton recurrence for RNN / GRU with a dense or rhythmic gate.
+
+The kernels of ``recurrence.py`` give a batch row one program: at B = 1 one SM does all
+the work, and every batch row streams the whole recurrent matrix U on its own. Here a
+step is shared by a grid of programs, ``grid = (NH, NB)``:
+
+* program ``(p, q)`` owns the batch block ``q`` (``BB`` rows, ``BB >= 16``) and takes the
+  chunks ``p, p + NH, p + 2 NH, ...`` of ``BH`` rows of the step's compacted open list
+  (a rhythmic gate, batch uniform) or of all H rows (dense gate). A chunk's pre-activation
+  is ``tl.dot(h_{t-1}[BB, BK], U[rows, BK]^T)`` over column tiles in fp32: the batch block
+  shares each weight tile (TF32 tensor cores for fp16 / bf16 inputs, whose values TF32
+  holds exactly, and for fp32 inputs when ``torch.backends.cuda.matmul.allow_tf32`` is
+  set; exact fp32 otherwise), and the
+  programs of a step together load each open row of U once per batch block;
+* the closed neurons keep their state: neuron slices ``p, p + NH, ...`` of ``BH`` are
+  copied where the step's mask is 0, so every state entry is written by one program;
+* steps are ordered by a barrier among the ``NH`` programs of a batch block (one int32
+  counter per block, release add / acquire poll at GPU scope, CTA barriers around them:
+  what makes the other programs' stores visible). Loads of data written by other
+  programs ask for ``.cg`` (L2) as well. A spin barrier needs every program resident at
+  once: the launcher keeps ``NH * NB`` within the SM count and launches the grid as a
+  cooperative one, which the driver refuses (an error, not a hang) when it cannot place
+  every program.
+
+Backward, per step t from T - 1 down: phase 1 (elementwise) forms dL/d(pre-activation) of
+the program's neuron slices from the saved ``gh``; a barrier; phase 2 forms
+``dL/dh_{t-1} = dir + U^T dgh`` for the same slices as columns, reducing over the rows
+with g = 1 (compacted on g) by ``tl.dot(dgh[BB, BK rows], U[BK rows, BH])``. A slice's
+incoming gradient is written and read by the same program, so a step needs one barrier.
+
+Triton's interpreter runs the programs of a launch one after the other, so a barrier
+would wait for ever: there (``SYNC`` off) the launchers start one launch per step, and
+one per phase in backward. The arithmetic is the same code; the native test run on a GPU
+is what checks the barrier.
+
+The equations are ``kernels/reference.py``'s; ``recurrence.py`` has the layouts (gh,
+dxp, dgh, the backward mask) that these kernels share with the per-row ones, and its
+``_Recurrence`` calls :func:`launch_fwd` / :func:`launch_bwd` when :func:`eligible`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import CELL_CODES, GATE_CODES, _gru_parts, _gru_parts_grad, _tanh, next_pow2
+
+__all__ = ["ENABLED", "eligible", "launch_fwd", "launch_bwd", "shape"]
+
+# Off until the benchmark has timed it on a GPU against the per-row kernels (the barrier
+# ordering is checked only by a native run); tools/bench_triton.py times both.
+ENABLED = False
+# Rows (forward) / columns (backward) of U per program chunk: the smallest tl.dot width, so
+# that a sparse step (k_t open rows) still spreads over k_t / 16 programs. Untuned.
+BH = 16
+BK = 32  # reduction tile (the exact-fp32 FMA dot keeps whole operand slices in registers)
+MAX_BB = 64  # batch rows per program
+MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
+
+
+@triton.jit
+def _grid_sync(sync_ptr, q, target, SYNC: tl.constexpr):
+    # every program of batch block q has finished `target` phases
+    if SYNC:
+        tl.debug_barrier()
+        tl.atomic_add(sync_ptr + q, 1, sem="release", scope="gpu")
+        cnt = tl.atomic_add(sync_ptr + q, 0, sem="acquire", scope="gpu")
+        while cnt < target:
+            cnt = tl.atomic_add(sync_ptr + q, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+
+
+@triton.jit
+def _fwd_grid_kernel(
+    xp_ptr, w_ptr, b_ptr, gate_ptr, mask_ptr, idx_ptr, off_ptr, hs_ptr, gh_ptr, sync_ptr,
+    t0, t1, B, T, H,
+    CELL: tl.constexpr, GATE: tl.constexpr, HAS_B: tl.constexpr, SAVE_GH: tl.constexpr,
+    SYNC: tl.constexpr, PREC: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+):
+    # xp (B, T, G); hs (B, T+1, H), row 0 = h0; gh (B, T, G) fp32; mask (T, H) int8: rows
+    # whose candidate is computed (idx / off: its compacted lists); sync (NB,) int32 zeros.
+    p = tl.program_id(0)
+    q = tl.program_id(1)
+    nh = tl.num_programs(0)
+    NSEC: tl.constexpr = 3 if CELL == 1 else 1
+    G = NSEC * H
+    bb = (q * BB + tl.arange(0, BB)).to(tl.int64)
+    bm = bb < B
+    for t in range(t0, t1):
+        prev = (bb * (T + 1) + t) * H
+        new = prev + H
+        xrow = (bb * T + t) * G
+        trow = tl.cast(t, tl.int64) * H  # row t of the (T, H) gate and mask
+        if GATE == 1:  # closed neurons keep their state
+            for j0 in range(p * BH, H, nh * BH):
+                j = j0 + tl.arange(0, BH)
+                jm = j < H
+                keep = tl.load(mask_ptr + trow + j, mask=jm, other=1) == 0
+                cm = bm[:, None] & (jm & keep)[None, :]
+                v = tl.load(hs_ptr + prev[:, None] + j[None, :], mask=cm, cache_modifier=".cg")
+                tl.store(hs_ptr + new[:, None] + j[None, :], v, mask=cm)
+            start = tl.load(off_ptr + t)
+            end = tl.load(off_ptr + t + 1)
+        else:
+            start = 0
+            end = H
+        for c0 in range(start + p * BH, end, nh * BH):
+            k = c0 + tl.arange(0, BH)
+            km = k < end
+            if GATE == 1:
+                rows = tl.load(idx_ptr + k, mask=km, other=0).to(tl.int64)
+            else:
+                rows = k.to(tl.int64)
+            a0 = tl.zeros([BB, BH], tl.float32)
+            a1 = tl.zeros([BB, BH], tl.float32)
+            a2 = tl.zeros([BB, BH], tl.float32)
+            for k0 in range(0, H, BK):
+                kk = k0 + tl.arange(0, BK)
+                kkm = kk < H
+                hk = tl.load(hs_ptr + prev[:, None] + kk[None, :], mask=bm[:, None] & kkm[None, :],
+                             other=0.0, cache_modifier=".cg").to(tl.float32)
+                wm = km[:, None] & kkm[None, :]
+                wo = rows[:, None] * H + kk[None, :]
+                w0 = tl.load(w_ptr + wo, mask=wm, other=0.0).to(tl.float32)
+                a0 = tl.dot(hk, tl.trans(w0), a0, input_precision=PREC)
+                if CELL == 1:
+                    w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(tl.float32)
+                    w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0).to(tl.float32)
+                    a1 = tl.dot(hk, tl.trans(w1), a1, input_precision=PREC)
+                    a2 = tl.dot(hk, tl.trans(w2), a2, input_precision=PREC)
+            if HAS_B:
+                a0 += tl.load(b_ptr + rows, mask=km, other=0.0).to(tl.float32)[None, :]
+                if CELL == 1:
+                    a1 += tl.load(b_ptr + H + rows, mask=km, other=0.0).to(tl.float32)[None, :]
+                    a2 += tl.load(b_ptr + 2 * H + rows, mask=km, other=0.0).to(tl.float32)[None, :]
+            om = bm[:, None] & km[None, :]
+            ho = prev[:, None] + rows[None, :]
+            xo = xrow[:, None] + rows[None, :]
+            hp = tl.load(hs_ptr + ho, mask=om, other=0.0, cache_modifier=".cg").to(tl.float32)
+            p0 = tl.load(xp_ptr + xo, mask=om, other=0.0).to(tl.float32)
+            if CELL == 1:
+                p1 = tl.load(xp_ptr + xo + H, mask=om, other=0.0).to(tl.float32)
+                p2 = tl.load(xp_ptr + xo + 2 * H, mask=om, other=0.0).to(tl.float32)
+                _r, _z, _n, f = _gru_parts(p0, p1, p2, a0, a1, a2, hp)
+            else:
+                f = _tanh(p0 + a0)
+            if GATE == 1:
+                g = tl.load(gate_ptr + trow + rows, mask=km, other=0.0).to(tl.float32)[None, :]
+                # a closed row is computed only for dL/dg (f - h): it keeps its state
+                hn = tl.where(g != 0, hp + g * (f - hp), hp)
+            else:
+                hn = f
+            tl.store(hs_ptr + ho + H, hn, mask=om)
+            if SAVE_GH:
+                tl.store(gh_ptr + xo, a0, mask=om)
+                if CELL == 1:
+                    tl.store(gh_ptr + xo + H, a1, mask=om)
+                    tl.store(gh_ptr + xo + 2 * H, a2, mask=om)
+        _grid_sync(sync_ptr, q, (t - t0 + 1) * nh, SYNC)
+
+
+@triton.jit
+def _bwd_grid_kernel(
+    xp_ptr, w_ptr, gate_ptr, sup_ptr, idx_ptr, off_ptr, hs_ptr, gh_ptr, dout_ptr,
+    ch_ptr, dir_ptr, dxp_ptr, dgh_ptr, dg_ptr, sync_ptr,
+    t0, t1, B, T, H,
+    CELL: tl.constexpr, GATE: tl.constexpr, NEED_DG: tl.constexpr, DG_MASK: tl.constexpr,
+    PHASES: tl.constexpr, SYNC: tl.constexpr, PREC: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+):
+    # Steps t = T-1-tt for tt in [t0, t1). PHASES: 3 both phases (with SYNC, a barrier
+    # between them), 1 or 2 one of them (the interpreter's per-phase launches).
+    # ch (B, H) fp32 in: dL/dh_T, out: dL/dh0; dir (B, H) fp32 scratch; dxp, dgh (B, T, G)
+    # fp32 (dgh written only for the GRU n section); dg (B, T, H); sup (T, H) int8 (DG_MASK);
+    # idx / off: rows with g != 0 per step.
+    p = tl.program_id(0)
+    q = tl.program_id(1)
+    nh = tl.num_programs(0)
+    NSEC: tl.constexpr = 3 if CELL == 1 else 1
+    G = NSEC * H
+    bb = (q * BB + tl.arange(0, BB)).to(tl.int64)
+    bm = bb < B
+    for tt in range(t0, t1):
+        t = T - 1 - tt
+        prev = (bb * (T + 1) + t) * H
+        xrow = (bb * T + t) * G
+        orow = (bb * T + t) * H
+        trow = tl.cast(t, tl.int64) * H
+        if PHASES != 2:  # ---- phase 1, elementwise over the program's neuron slices
+            for j0 in range(p * BH, H, nh * BH):
+                j = j0 + tl.arange(0, BH)
+                jm = j < H
+                m = bm[:, None] & jm[None, :]
+                so = (bb * H)[:, None] + j[None, :]
+                ho = prev[:, None] + j[None, :]
+                xo = xrow[:, None] + j[None, :]
+                hp = tl.load(hs_ptr + ho, mask=m, other=0.0).to(tl.float32)
+                a = tl.load(ch_ptr + so, mask=m, other=0.0)
+                a += tl.load(dout_ptr + orow[:, None] + j[None, :], mask=m, other=0.0).to(tl.float32)
+                gh0 = tl.load(gh_ptr + xo, mask=m, other=0.0)
+                p0 = tl.load(xp_ptr + xo, mask=m, other=0.0).to(tl.float32)
+                if CELL == 1:
+                    gh1 = tl.load(gh_ptr + xo + H, mask=m, other=0.0)
+                    gh2 = tl.load(gh_ptr + xo + 2 * H, mask=m, other=0.0)
+                    p1 = tl.load(xp_ptr + xo + H, mask=m, other=0.0).to(tl.float32)
+                    p2 = tl.load(xp_ptr + xo + 2 * H, mask=m, other=0.0).to(tl.float32)
+                    r, z, n, f = _gru_parts(p0, p1, p2, gh0, gh1, gh2, hp)
+                else:
+                    f = _tanh(p0 + gh0)
+                if GATE == 1:
+                    g = tl.load(gate_ptr + trow + j, mask=jm, other=0.0).to(tl.float32)[None, :]
+                    df = tl.where(g != 0, g * a, 0.0)
+                    dh = (1.0 - g) * a
+                    if NEED_DG:
+                        dgt = a * (f - hp)  # dL/dg through h_t = h + g (f - h)
+                        if DG_MASK:
+                            sup = tl.load(sup_ptr + trow + j, mask=jm, other=0)[None, :]
+                            dgt = tl.where(sup != 0, dgt, 0.0)
+                        tl.store(dg_ptr + orow[:, None] + j[None, :], dgt, mask=m)
+                else:
+                    df = a
+                    dh = tl.zeros([BB, BH], tl.float32)
+                if CELL == 1:
+                    drp, dzp, dnp, dhz = _gru_parts_grad(df, r, z, n, gh2, hp)
+                    dh += dhz
+                    tl.store(dxp_ptr + xo, drp, mask=m)
+                    tl.store(dxp_ptr + xo + H, dzp, mask=m)
+                    tl.store(dxp_ptr + xo + 2 * H, dnp, mask=m)
+                    tl.store(dgh_ptr + xo + 2 * H, dnp * r, mask=m)
+                else:
+                    tl.store(dxp_ptr + xo, df * (1.0 - f * f), mask=m)
+                tl.store(dir_ptr + so, dh, mask=m)
+        if PHASES == 3:
+            _grid_sync(sync_ptr, q, (tt - t0 + 1) * nh, SYNC)
+        if PHASES != 1:  # ---- phase 2, dL/dh_{t-1} = dir + U^T dgh over the open rows
+            if GATE == 1:
+                start = tl.load(off_ptr + t)
+                end = tl.load(off_ptr + t + 1)
+            else:
+                start = 0
+                end = H
+            for j0 in range(p * BH, H, nh * BH):
+                j = j0 + tl.arange(0, BH)
+                jm = j < H
+                acc = tl.zeros([BB, BH], tl.float32)
+                for c0 in range(start, end, BK):
+                    k = c0 + tl.arange(0, BK)
+                    km = k < end
+                    if GATE == 1:
+                        rows = tl.load(idx_ptr + k, mask=km, other=0).to(tl.int64)
+                    else:
+                        rows = k.to(tl.int64)
+                    vm = bm[:, None] & km[None, :]
+                    wm = km[:, None] & jm[None, :]
+                    for sec in tl.static_range(NSEC):
+                        if CELL == 1 and sec == 2:
+                            src = dgh_ptr
+                        else:
+                            src = dxp_ptr
+                        v = tl.load(src + xrow[:, None] + (sec * H + rows)[None, :], mask=vm,
+                                    other=0.0, cache_modifier=".cg")
+                        w = tl.load(w_ptr + (sec * H + rows)[:, None] * H + j[None, :], mask=wm,
+                                    other=0.0)
+                        acc = tl.dot(v, w.to(tl.float32), acc, input_precision=PREC)
+                so = (bb * H)[:, None] + j[None, :]
+                m = bm[:, None] & jm[None, :]
+                tl.store(ch_ptr + so, tl.load(dir_ptr + so, mask=m, other=0.0) + acc, mask=m)
+        if PHASES == 3:
+            # phase 1 of the next step reads the slices' ch in another thread layout
+            tl.debug_barrier()
+
+
+# ------------------------------------------------------------------------- launchers
+def eligible(cell: str, gate: str, w_hh, B: int, device) -> bool:
+    """Whether the multi-program kernels run this call (``ENABLED``, RNN / GRU, dense or
+    rhythmic gate, fp32 / fp16 / bf16, and on a GPU every program resident at once)."""
+    if not ENABLED or cell not in ("rnn", "gru") or gate not in ("dense", "rhythmic"):
+        return False
+    if w_hh is None or w_hh.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return False
+    if device.type == "cuda":
+        bb, _ = _batch_block(B)
+        return triton.cdiv(B, bb) <= _sm_count(device)
+    return True
+
+
+def _sm_count(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _batch_block(B: int) -> tuple[int, int]:
+    bb = max(16, min(MAX_BB, next_pow2(B)))
+    return bb, triton.cdiv(B, bb)
+
+
+def shape(B: int, H: int, device) -> tuple[int, int, int]:
+    """(BB, NH, NB): batch rows per program, programs per batch block, batch blocks. On a
+    GPU NH * NB stays within the SM count (a spin barrier needs every program resident)."""
+    bb, nb = _batch_block(B)
+    nh = triton.cdiv(H, BH)
+    if MAX_NH is not None:
+        nh = max(1, min(nh, MAX_NH))
+    if device.type == "cuda":
+        nh = max(1, min(nh, _sm_count(device) // nb))
+    return bb, nh, nb
+
+
+def _precision(dtype) -> str:
+    # The dot operands are fp32 (16-bit inputs are widened after the load). fp16 and bf16
+    # values are exact in TF32, so for them TF32 tensor cores compute the fp32 products
+    # exactly; fp32 inputs use TF32 only where torch allows it for matmuls.
+    if dtype in (torch.float16, torch.bfloat16) or _tf32_matmuls():
+        return "tf32"
+    return "ieee"
+
+
+def _tf32_matmuls() -> bool:
+    """torch's switch for TF32 fp32 matmuls: ``fp32_precision`` where it is set (newer
+    torch raises on the legacy flag once it is), else ``allow_tf32``."""
+    m = torch.backends.cuda.matmul
+    prec = getattr(m, "fp32_precision", None)
+    if prec not in (None, "none"):
+        return prec == "tf32"
+    try:
+        return bool(m.allow_tf32)
+    except RuntimeError:
+        return False
+
+
+def _warps(bb: int) -> int:
+    # one persistent program per SM: 8 warps (two per sub-partition) once the batch block
+    # gives them work; untuned
+    return 8 if bb >= 64 else 4
+
+
+def _counters(nb: int, device) -> torch.Tensor:
+    # one barrier counter per batch block, counting arrivals (programs x steps / phases)
+    return torch.zeros(nb, dtype=torch.int32, device=device)
+
+
+def _native(device) -> bool:
+    return device.type == "cuda"
+
+
+def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
+    """Fills ``hs[:, 1:]`` (and ``gh`` when ``save_gh``); ``hs[:, 0]`` holds h0."""
+    B, T, _ = xp.shape
+    H = hs.shape[2]
+    dev = xp.device
+    bb, nh, nb = shape(B, H, dev)
+    d = torch.zeros(1, dtype=torch.float32, device=dev)
+    rhythmic = cfg["gate"] == "rhythmic"
+    m8 = (mask != 0).to(torch.int8).contiguous() if rhythmic else d
+    sync = _counters(nb, dev)
+    args = (xp, w_hh, b_hh if b_hh is not None else d, gvals if rhythmic else d, m8, idx, off,
+            hs, gh if save_gh else d, sync)
+    meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]],
+                HAS_B=b_hh is not None, SAVE_GH=save_gh, PREC=_precision(xp.dtype),
+                BB=bb, BH=BH, BK=BK, num_warps=_warps(bb), num_stages=2)
+    if _native(dev):
+        _fwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, SYNC=True, launch_cooperative_grid=True,
+                                   **meta)
+    else:
+        for t in range(T):
+            _fwd_grid_kernel[(nh, nb)](*args, t, t + 1, B, T, H, SYNC=False, **meta)
+
+
+def launch_bwd(cfg, xp, w_hh, gvals, dg_mask, idx, off, hs, gh, dout, ch, dirb, dxp, dgh, dg,
+               need_dg):
+    """Writes dxp, dgh (GRU n section), dg and leaves dL/dh0 in ``ch``."""
+    B, T, _ = xp.shape
+    H = hs.shape[2]
+    dev = xp.device
+    bb, nh, nb = shape(B, H, dev)
+    d = torch.zeros(1, dtype=torch.float32, device=dev)
+    rhythmic = cfg["gate"] == "rhythmic"
+    sync = _counters(nb, dev)
+    args = (xp, w_hh, gvals if rhythmic else d, dg_mask if dg_mask is not None else d, idx, off,
+            hs, gh, dout, ch, dirb, dxp, dgh, dg if need_dg else d, sync)
+    meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]], NEED_DG=need_dg,
+                DG_MASK=need_dg and dg_mask is not None, PREC=_precision(torch.float32),
+                BB=bb, BH=BH, BK=BK, num_warps=_warps(bb), num_stages=2)
+    if _native(dev):
+        _bwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, PHASES=3, SYNC=True,
+                                   launch_cooperative_grid=True, **meta)
+    else:
+        for tt in range(T):
+            for phase in (1, 2):
+                _bwd_grid_kernel[(nh, nb)](*args, tt, tt + 1, B, T, H, PHASES=phase,
+                                           SYNC=False, **meta)
