@@ -488,6 +488,12 @@ def test_grid_kernels_eligibility(tri, monkeypatch):
     assert grid.shape(200, 100, cpu) == (64, 4, 4)
     monkeypatch.setattr(grid, "MAX_NH", 3)
     assert grid.shape(200, 1000, cpu) == (64, 3, 4)
+    # what a native launch records for the benchmark
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(grid, "LAUNCHED", {})
+    grid._note("fwd", SimpleNamespace(n_regs=96, n_spills=0, metadata=SimpleNamespace(shared=4096, num_warps=8)), 64, 1)
+    assert grid.LAUNCHED == {"fwd": {"programs": "64x1", "regs": 96, "spills": 0, "shared": 4096, "warps": 8}}
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the tiny interpreter run is for GPU-less machines")

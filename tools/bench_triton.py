@@ -5,7 +5,9 @@
     TRITON_INTERPRET=1 python tools/bench_triton.py --quick --tiny   # CPU smoke run
 
 Rows: backend (triton, triton-grid: the multi-program RNN / GRU kernels of
-kernels/triton/grid.py, torch reference, torch.nn.GRU / cuDNN), cell, B, H, T, update
+kernels/triton/grid.py, exact fp32, and triton-grid-tf32 for the GRU: the same with TF32
+dot products, the regime of cuDNN's GRU by default; torch reference; torch.nn.GRU /
+cuDNN), cell, B, H, T, update
 rate of a batch-uniform rhythmic gate (frozen: no gate gradient, so the forward
 compacts the open rows), forward and forward+backward milliseconds, and for the
 non-recurrent LIF kernel the achieved bandwidth of its compulsory traffic (read the
@@ -75,15 +77,21 @@ def _step(call, backward: bool) -> None:
         (out.sum() + hT.sum()).backward()
 
 
-def _with_grid(fused, *args):
-    """The Triton backend with the multi-program kernels on (kernels/triton/grid.py)."""
+def _with_grid(fused, *args, tf32=False):
+    """The Triton backend with the multi-program kernels on (kernels/triton/grid.py); with
+    ``tf32`` their fp32 dot products use TF32 tensor cores (torch's matmul switch), the
+    regime cuDNN's GRU runs in by default (``torch.backends.cudnn.allow_tf32``)."""
     from su_neuro.kernels.triton import grid
 
+    matmul = torch.backends.cuda.matmul
     before, grid.ENABLED = grid.ENABLED, True
+    tf32_before = matmul.allow_tf32
+    matmul.allow_tf32 = tf32
     try:
         return fused(*args)
     finally:
         grid.ENABLED = before
+        matmul.allow_tf32 = tf32_before
 
 
 def _max_diff(a, b, call) -> str:
@@ -92,6 +100,16 @@ def _max_diff(a, b, call) -> str:
         oa = a(*call)[0].float()
         ob = b(*call)[0].float()
     return f"{(oa - ob).abs().max().item():.1e}"
+
+
+def _grid_resources() -> str:
+    """Programs, registers, spills and shared memory of the last native grid launches."""
+    from su_neuro.kernels.triton import grid
+
+    out = []
+    for name, r in sorted(grid.LAUNCHED.items()):
+        out.append(f"{name} {r['programs']} r{r['regs']} s{r['spills']} sh{r['shared']} w{r['warps']}")
+    return (" " + "; ".join(out)) if out else ""
 
 
 def timed(fn, reps: int, cuda: bool) -> float:
@@ -171,6 +189,8 @@ def main(argv=None) -> int:
                     impls = [("triton", fused)]
                     if base != "lif" and not args.no_grid:
                         impls.append(("triton-grid", partial(_with_grid, fused)))
+                        if base == "gru":
+                            impls.append(("triton-grid-tf32", partial(_with_grid, fused, tf32=True)))
                     if rate == rates[0]:
                         impls.append(("torch", reference))  # its cost does not depend on the rate
 
@@ -182,8 +202,9 @@ def main(argv=None) -> int:
                         if name == "triton" and cell == "lif" and rate == 1.0:
                             nbytes = 3 * B * T * H * xp.element_size()
                             extra = f"{nbytes / (tf * 1e-3) / 1e9:.1f}"
-                        if name == "triton-grid":
+                        if name.startswith("triton-grid"):
                             extra = _max_diff(fused, fn, (base, xp, h0, s0, w, b, gi, lif))
+                            extra += _grid_resources()
                         add(name, cell, B, H, rate, tf, tfb, extra)
 
     head = ("backend", "cell", "B", "H", "T", "rate", "fwd ms", "fwd+bwd ms",
@@ -196,8 +217,10 @@ def main(argv=None) -> int:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, width, strict=True)))
     print("rlif = recurrent LIF (spike-driven U s); lif = feed-forward LIF (bandwidth row);"
           " rhythmic gate frozen (no gate gradient); triton-grid = the multi-program kernels"
+          " (-tf32: their fp32 dot products on TF32 tensor cores, as cuDNN's GRU by default)"
           " (kernels/triton/grid.py), last column: largest |difference| of its forward output"
-          " from the per-row kernel's")
+          " from the per-row kernel's, then for its last GPU launches: programs (NH x NB),"
+          " registers, spills, shared bytes, warps")
     return 0
 
 

@@ -335,6 +335,22 @@ def _warps(bb: int) -> int:
     return 8 if bb >= 64 else 4
 
 
+#: the last native launch of each kernel: programs and the compiler's resource figures
+#: (registers, spills, shared memory), printed by tools/bench_triton.py for tuning
+LAUNCHED: dict[str, dict] = {}
+
+
+def _note(name: str, kernel, nh: int, nb: int) -> None:
+    meta = getattr(kernel, "metadata", None)
+    LAUNCHED[name] = {
+        "programs": f"{nh}x{nb}",
+        "regs": getattr(kernel, "n_regs", None),
+        "spills": getattr(kernel, "n_spills", None),
+        "shared": getattr(meta, "shared", None),
+        "warps": getattr(meta, "num_warps", None),
+    }
+
+
 def _counters(nb: int, device) -> torch.Tensor:
     # one barrier counter per batch block, counting arrivals (programs x steps / phases)
     return torch.zeros(nb, dtype=torch.int32, device=device)
@@ -360,8 +376,9 @@ def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
                 HAS_B=b_hh is not None, SAVE_GH=save_gh, PREC=_precision(xp.dtype),
                 BB=bb, BH=BH, BK=BK, num_warps=_warps(bb), num_stages=2)
     if _native(dev):
-        _fwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, SYNC=True, launch_cooperative_grid=True,
-                                   **meta)
+        k = _fwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, SYNC=True,
+                                       launch_cooperative_grid=True, **meta)
+        _note("fwd", k, nh, nb)
     else:
         for t in range(T):
             _fwd_grid_kernel[(nh, nb)](*args, t, t + 1, B, T, H, SYNC=False, **meta)
@@ -383,8 +400,9 @@ def launch_bwd(cfg, xp, w_hh, gvals, dg_mask, idx, off, hs, gh, dout, ch, dirb, 
                 DG_MASK=need_dg and dg_mask is not None, PREC=_precision(torch.float32),
                 BB=bb, BH=BH, BK=BK, num_warps=_warps(bb), num_stages=2)
     if _native(dev):
-        _bwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, PHASES=3, SYNC=True,
-                                   launch_cooperative_grid=True, **meta)
+        k = _bwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, PHASES=3, SYNC=True,
+                                       launch_cooperative_grid=True, **meta)
+        _note("bwd", k, nh, nb)
     else:
         for tt in range(T):
             for phase in (1, 2):
