@@ -488,6 +488,7 @@ def test_grid_kernels_eligibility(tri, monkeypatch):
     assert grid.shape(200, 100, cpu) == (64, 4, 4)
     monkeypatch.setattr(grid, "MAX_NH", 3)
     assert grid.shape(200, 1000, cpu) == (64, 3, 4)
+    assert [grid._reduction_tile(bb) for bb in (16, 32, 64)] == [128, 64, 32]
     # what a native launch records for the benchmark
     from types import SimpleNamespace
 

@@ -54,7 +54,10 @@ ENABLED = False
 # Rows (forward) / columns (backward) of U per program chunk: the smallest tl.dot width, so
 # that a sparse step (k_t open rows) still spreads over k_t / 16 programs. Untuned.
 BH = 16
-BK = 32  # reduction tile (the exact-fp32 FMA dot keeps whole operand slices in registers)
+# Reduction tile: None picks 2048 // BB (128 at BB = 16 ... 32 at BB = 64), so that a step
+# at a small batch takes few dependent iterations while the exact-fp32 FMA dot, which keeps
+# whole operand slices in registers, stays at one [BB, BK] tile of 2048 values. Untuned.
+BK = None
 MAX_BB = 64  # batch rows per program
 MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
 
@@ -329,6 +332,10 @@ def _tf32_matmuls() -> bool:
         return False
 
 
+def _reduction_tile(bb: int) -> int:
+    return BK if BK is not None else max(32, min(128, 2048 // bb))
+
+
 def _warps(bb: int) -> int:
     # one persistent program per SM: 8 warps (two per sub-partition) once the batch block
     # gives them work; untuned
@@ -374,7 +381,7 @@ def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
             hs, gh if save_gh else d, sync)
     meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]],
                 HAS_B=b_hh is not None, SAVE_GH=save_gh, PREC=_precision(xp.dtype),
-                BB=bb, BH=BH, BK=BK, num_warps=_warps(bb), num_stages=2)
+                BB=bb, BH=BH, BK=_reduction_tile(bb), num_warps=_warps(bb), num_stages=2)
     if _native(dev):
         k = _fwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, SYNC=True,
                                        launch_cooperative_grid=True, **meta)
@@ -398,7 +405,7 @@ def launch_bwd(cfg, xp, w_hh, gvals, dg_mask, idx, off, hs, gh, dout, ch, dirb, 
             hs, gh, dout, ch, dirb, dxp, dgh, dg if need_dg else d, sync)
     meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]], NEED_DG=need_dg,
                 DG_MASK=need_dg and dg_mask is not None, PREC=_precision(torch.float32),
-                BB=bb, BH=BH, BK=BK, num_warps=_warps(bb), num_stages=2)
+                BB=bb, BH=BH, BK=_reduction_tile(bb), num_warps=_warps(bb), num_stages=2)
     if _native(dev):
         k = _bwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, PHASES=3, SYNC=True,
                                        launch_cooperative_grid=True, **meta)
