@@ -9,9 +9,9 @@ step is shared by a grid of programs, ``grid = (NH, NB)``:
   (a rhythmic gate, batch uniform) or of all H rows (dense gate). A chunk's pre-activation
   is ``tl.dot(h_{t-1}[BB, BK], U[rows, BK]^T)`` over column tiles in fp32: the batch block
   shares each weight tile (TF32 tensor cores for fp16 / bf16 inputs, whose values TF32
-  holds exactly, and for fp32 inputs when ``torch.backends.cuda.matmul.allow_tf32`` is
-  set; exact fp32 otherwise), and the
-  programs of a step together load each open row of U once per batch block;
+  holds exactly, and for fp32 inputs where torch allows TF32 matmuls; exact fp32
+  otherwise), and the programs of a step together load each open row of U once per batch
+  block;
 * the closed neurons keep their state: neuron slices ``p, p + NH, ...`` of ``BH`` are
   copied where the step's mask is 0, so every state entry is written by one program;
 * steps are ordered by a barrier among the ``NH`` programs of a batch block (one int32
