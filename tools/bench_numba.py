@@ -12,10 +12,10 @@ Prints one table of ratios measured side by side in one run (issue 3's four targ
 Usage: python tools/bench_numba.py [--quick] [--repeats N] [--only 1,2,...]
 Every time is the median over repeats (after one warm-up call that also compiles); the
 calls of a group (the reference and numba at 10 % for 1; the six rates of 2; nn.GRU,
-numba and the reference of 3; RLeaky and numba of 4) alternate, round after round, so that both sides of a ratio
-see the same states of a shared host, and each timed call follows an untimed one of the
-same function. The machine's load average is printed before and after (the 2 cores may be
-shared).
+numba at 20 % and 100 % and the reference of 3; RLeaky and numba dense and rhythmic of 4)
+alternate, round after round, so that both sides of a ratio see the same states of a
+shared host, and each timed call follows an untimed one of the same function. The
+machine's load average is printed before and after (the 2 cores may be shared).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def main(argv=None):
     load0 = os.getloadavg()
 
     def row(name, value, target, ok):
-        status = "" if target == "info" else ("met" if ok else "MISSED")
+        status = "" if target in ("info", "") else ("met" if ok else "MISSED")
         rows.append((name, value, "" if target == "info" else target, status))
 
     # 1. streaming inference
@@ -255,7 +255,7 @@ def streaming_rows(row, F, H, T, R, only):
     t_rows = timeit(lambda: plan(False), R)
     t_table = timeit(lambda: plan(True), R)  # what the numba layer asks for (docs/core.md)
     row(f"1b RhythmicGate.plan as a table (numba) {t_table * 1e3:.2f} ms; as (T, H) rows {t_rows * 1e3:.1f} ms: "
-        "rows / numba time", t_rows / t_nb[0.1], "info", True)  # fmt: skip
+        "rows / numba 10% (curve)", t_rows / t_nb[0.1], "info", True)  # fmt: skip
     if 1 in only:
         row(f"1 stream suGRU 10% B=1 H={H} T={T}: torch ref {t_ref * 1e3:.0f} ms / numba {t_one * 1e3:.1f} ms",
             t_ref / t_one, ">= 25x", t_ref / t_one >= 25)  # fmt: skip
@@ -266,7 +266,7 @@ def streaming_rows(row, F, H, T, R, only):
         target = {0.1: "<= 0.25", 0.01: "<= 0.10"}.get(rate, "")
         ok = {0.1: r <= 0.25, 0.01: r <= 0.10}.get(rate, True)
         name = "100% (DenseGate, no plan)" if rate == 1.0 else f"{rate:.0%}"
-        row(f"2 numba time at {name} / at 100% ({t_nb[rate] * 1e3:.1f} ms)", r, target, ok)
+        row(f"2 numba time at {name} ({t_nb[rate] * 1e3:.1f} ms) / at 100%", r, target, ok)
 
 
 def training_rows(row, q, R):

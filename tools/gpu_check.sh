@@ -23,12 +23,12 @@ export PYTHONPATH="$site" PYTHONUNBUFFERED=1
 } 2>&1 | tee "$out/device.txt"
 # the multi-program kernels first, alone: their per-step barrier is checked only here, and a
 # broken one hangs (then the rest runs without them)
-timeout 120 python -m pytest -q -p no:cacheprovider tests/test_triton_backend.py -k grid 2>&1 \
+timeout 120 python -m pytest -q -p no:cacheprovider tests/test_triton_backend.py -k grid_kernels 2>&1 \
     | tee "$out/test_triton_grid.txt"
 grid=${PIPESTATUS[0]}
 nogrid=()
 [ "$grid" -eq 0 ] || nogrid=(--no-grid)
-timeout 300 python -m pytest -q -p no:cacheprovider tests/test_triton_backend.py -k "not benchmark and not grid" 2>&1 \
+timeout 300 python -m pytest -q -p no:cacheprovider tests/test_triton_backend.py -k "not benchmark and not grid_kernels" 2>&1 \
     | tee "$out/test_triton.txt"
 tests=${PIPESTATUS[0]}
 timeout 360 python tools/bench_triton.py "${nogrid[@]}" 2>&1 | tee "$out/bench_triton.txt"
