@@ -489,6 +489,20 @@ def test_grid_kernels_eligibility(tri, monkeypatch):
     monkeypatch.setattr(grid, "MAX_NH", 3)
     assert grid.shape(200, 1000, cpu) == (64, 3, 4)
     assert [grid._reduction_tile(bb) for bb in (16, 32, 64)] == [128, 64, 32]
+    # on a GPU (132 SMs here): NH programs of 16 rows, the batch cut into the blocks that
+    # the SMs left beside them hold, every program resident or not eligible
+    monkeypatch.setattr(grid, "MAX_NH", None)
+    monkeypatch.setattr(grid, "BH", 16)
+    monkeypatch.setattr(grid, "_sm_count", lambda device: 132)
+    gpu = torch.device("cuda")
+    assert grid.shape(64, 1024, gpu) == (32, 64, 2)  # two blocks of 32 beside 64 programs
+    assert grid.shape(1, 1024, gpu) == (16, 64, 1)
+    assert grid.shape(64, 256, gpu) == (16, 16, 4)
+    assert grid.shape(64, 4096, gpu) == (64, 132, 1)  # more chunks than SMs: round robin
+    assert grid.shape(200, 1024, gpu) == (64, 33, 4)
+    w = torch.zeros(3 * 1024, 1024)
+    assert grid.eligible("gru", "dense", w, 200, gpu)
+    assert not grid.eligible("gru", "dense", w, 64 * 133, gpu), "more blocks than SMs"
     # what a native launch records for the benchmark
     from types import SimpleNamespace
 

@@ -284,8 +284,8 @@ def eligible(cell: str, gate: str, w_hh, B: int, device) -> bool:
     if w_hh is None or w_hh.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
     if device.type == "cuda":
-        bb, _ = _batch_block(B)
-        return triton.cdiv(B, bb) <= _sm_count(device)
+        _, nh, nb = shape(B, w_hh.shape[1], device)
+        return nh * nb <= _sm_count(device)
     return True
 
 
@@ -293,21 +293,29 @@ def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _batch_block(B: int) -> tuple[int, int]:
-    bb = max(16, min(MAX_BB, next_pow2(B)))
-    return bb, triton.cdiv(B, bb)
+def _clamp_block(rows: int) -> int:
+    return max(16, min(MAX_BB, next_pow2(rows)))
 
 
 def shape(B: int, H: int, device) -> tuple[int, int, int]:
-    """(BB, NH, NB): batch rows per program, programs per batch block, batch blocks. On a
-    GPU NH * NB stays within the SM count (a spin barrier needs every program resident)."""
-    bb, nb = _batch_block(B)
+    """(BB, NH, NB): batch rows per program, programs per batch block, batch blocks.
+
+    NH is one program per chunk of BH rows (at most ``MAX_NH``). On a GPU the programs must
+    all be resident (a spin barrier): NH ≤ SMs, and the batch is cut into as many blocks as
+    the SMs left beside NH hold (BB = 16-64 rows), so that small layers still fill the GPU;
+    NH · NB > SMs (a batch of more than 64 rows per SM left) is not eligible. Elsewhere
+    (the interpreter) BB covers the batch up to 64 rows."""
     nh = triton.cdiv(H, BH)
     if MAX_NH is not None:
         nh = max(1, min(nh, MAX_NH))
-    if device.type == "cuda":
-        nh = max(1, min(nh, _sm_count(device) // nb))
-    return bb, nh, nb
+    if device.type != "cuda":
+        bb = _clamp_block(B)
+        return bb, nh, triton.cdiv(B, bb)
+    sms = _sm_count(device)
+    nh = min(nh, sms)
+    bb = _clamp_block(triton.cdiv(B, max(1, sms // nh)))
+    nb = triton.cdiv(B, bb)
+    return bb, max(1, min(nh, sms // nb)), nb
 
 
 def _precision(dtype) -> str:
