@@ -470,6 +470,23 @@ def test_grid_kernels_no_bias_and_low_precision(tri, grid_on):
         assert o[0].dtype == dtype
         assert_close(f"out {dtype}", r[0].float(), o[0].float(), 5e-2)
     assert calls["fwd"] == 4
+    # 16-bit training: the same gradients as the per-row kernels (fp32 arithmetic in both)
+    for dtype in (torch.bfloat16, torch.float16):
+        p, _, gate, G = _make("gru", "rhythmic", 3, 20, dtype=dtype)
+        xp = torch.randn(3, 6, G).to(DEVICE, dtype)
+        grads = []
+        for on in (False, True):
+            grid.ENABLED = on
+            leaves = {k: v.clone().requires_grad_() for k, v in p.items() if v is not None}
+            x = xp.clone().requires_grad_()
+            out, hT, _, _ = tri.recurrence("gru", x, leaves["h0"], None, leaves["w"], leaves["b"],
+                                           gate.plan(0, 6, dtype=dtype), None)
+            (out.float().sum() + hT.float().sum()).backward()
+            grads.append({"out": out, "dxp": x.grad, "dw": leaves["w"].grad, "db": leaves["b"].grad,
+                          "dh0": leaves["h0"].grad})
+        for name in grads[0]:
+            assert_close(f"{dtype} {name}", grads[0][name].float(), grads[1][name].float(), 1e-2)
+    assert calls["bwd"] == 4
 
 
 def test_grid_kernels_eligibility(tri, monkeypatch):
