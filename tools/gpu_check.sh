@@ -21,9 +21,9 @@ export PYTHONPATH="$site" PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv
     python -c "import torch, triton, su_neuro; print('torch', torch.__version__, 'triton', triton.__version__, 'su_neuro from', su_neuro.__file__)"
 } 2>&1 | tee "$out/device.txt"
-# the multi-program kernels first, alone: their per-step barrier is checked only here, and a
-# broken one hangs (then the rest runs without them)
-timeout 120 python -m pytest -q -p no:cacheprovider tests/test_triton_backend.py -k grid_kernels 2>&1 \
+# the multi-program kernels first, alone (some 40 kernel compilations): their per-step
+# barrier is checked only here, and a broken one hangs (then the rest runs without them)
+timeout 240 python -m pytest -q -p no:cacheprovider tests/test_triton_backend.py -k grid_kernels 2>&1 \
     | tee "$out/test_triton_grid.txt"
 grid=${PIPESTATUS[0]}
 nogrid=()
