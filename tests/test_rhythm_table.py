@@ -172,7 +172,6 @@ def test_split_kernel_table_any_point_count(M):
     that the same points give (random points, not from a gate)."""
     np = pytest.importorskip("numpy")
     pytest.importorskip("numba")
-    from su_neuro.kernels.numba import split
 
     H, T, F = 70, 200, 3
     g = torch.Generator().manual_seed(M)
@@ -181,8 +180,23 @@ def test_split_kernel_table_any_point_count(M):
     tab = _rhythm.RhythmTable(base, points)
     rows = tab.values(0, T).numpy()
     assert 0 < rows.mean() < 1
+    out, h0 = _split_table_equals_rows(tab, rows, F, M, 2, 2)
+    closed = rows == 0
+    prev = np.concatenate([h0, out[0, :-1]], 0)
+    assert np.array_equal(out[0][closed], prev[closed])  # closed neurons keep their state
+
+
+def _split_table_equals_rows(tab, rows, F, seed, ntasks, nworkers):
+    """A random GRU stream through the split kernel with the gate from ``tab`` and with
+    the (T, H) ``rows`` the same points give: asserts both are equal bit for bit and
+    returns the output (1, T, H) and h0 (1, H)."""
+    import numpy as np
+
+    from su_neuro.kernels.numba import split
+
+    T, H = rows.shape
     f32 = np.float32
-    rng = np.random.default_rng(M)
+    rng = np.random.default_rng(seed)
     W = (rng.standard_normal((3 * H, H)) / np.sqrt(H)).astype(f32)
     b = rng.standard_normal(3 * H).astype(f32) * 0.1
     d = np.zeros((1, 1, 1), f32)
@@ -191,12 +205,10 @@ def test_split_kernel_table_any_point_count(M):
     outs = []
     for rh, gv in ((split.rhythm_args(tab), np.zeros((1, 1), f32)), (split.rhythm_args(), rows)):
         out, hT = np.full((1, T, H), np.nan, f32), np.full((1, H), np.nan, f32)
-        split.forward(True, 0, src, h0, W, b, gv, rh, 2, 2, 10, out, hT)
+        split.forward(True, 0, src, h0, W, b, gv, rh, ntasks, nworkers, 10, out, hT)
         outs.append((out, hT))
     assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
-    closed = rows == 0
-    prev = np.concatenate([h0, outs[0][0][0, :-1]], 0)
-    assert np.array_equal(outs[0][0][0][closed], prev[closed])  # closed neurons keep their state
+    return outs[0][0], h0
 
 
 @pytest.mark.parametrize("ntasks,nworkers", [(1, 1), (2, 2), (3, 2), (2, 1)])
@@ -222,19 +234,7 @@ def test_split_kernel_open_lists_follow_the_phase(ntasks, nworkers):
     tab = _rhythm.RhythmTable(rise, torch.sort(points, 0).values)
     rows = tab.values(0, T).numpy()
     assert 0 < rows.mean() < 1 and not rows[70].any()
-    f32 = np.float32
-    rng = np.random.default_rng(ntasks)
-    W = (rng.standard_normal((3 * H, H)) / np.sqrt(H)).astype(f32)
-    b = rng.standard_normal(3 * H).astype(f32) * 0.1
-    d = np.zeros((1, 1, 1), f32)
-    src = (True, d, rng.standard_normal((1, T, F)).astype(f32), rng.standard_normal((3 * H, F)).astype(f32), b)
-    h0 = rng.standard_normal((1, H)).astype(f32) * 0.3
-    outs = []
-    for rh, gv in ((split.rhythm_args(tab), np.zeros((1, 1), f32)), (split.rhythm_args(), rows)):
-        out, hT = np.full((1, T, H), np.nan, f32), np.full((1, H), np.nan, f32)
-        split.forward(True, 0, src, h0, W, b, gv, rh, ntasks, nworkers, 10, out, hT)
-        outs.append((out, hT))
-    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+    _split_table_equals_rows(tab, rows, F, ntasks, ntasks, nworkers)
     ev = split.events(split.rhythm_args(tab), ntasks, H)
     assert int(ev[2].sum()) == 3 * H and all(np.all(np.diff(ev[0][k, : ev[2][k]]) >= 0) for k in range(ntasks))
 

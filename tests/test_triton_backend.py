@@ -312,7 +312,9 @@ def test_event_delta_accumulation_refresh(tri, monkeypatch):
         check(tri, "rnn", "event", 2, 12, 8, threshold=threshold)
 
 
-def test_low_precision_forward(tri):
+def check_low_precision_forward(tri):
+    """A bf16 and an fp16 GRU forward against the reference (fp32 arithmetic, the state
+    rounded to the input dtype)."""
     from su_neuro.kernels.reference import recurrence as ref
 
     for dtype in (torch.bfloat16, torch.float16):
@@ -324,6 +326,10 @@ def test_low_precision_forward(tri):
             o = tri.recurrence("gru", xp, p["h0"], None, p["w"], p["b"], gi, None)
         assert o[0].dtype == dtype
         assert_close(f"out {dtype}", r[0].float(), o[0].float(), 5e-2)
+
+
+def test_low_precision_forward(tri):
+    check_low_precision_forward(tri)
 
 
 def test_layers_through_backend(tri):
@@ -455,20 +461,10 @@ def test_grid_kernels_long_run_match_the_per_row_kernels(tri, monkeypatch, cell)
 
 
 def test_grid_kernels_no_bias_and_low_precision(tri, grid_on):
-    from su_neuro.kernels.reference import recurrence as ref
-
     grid, calls = grid_on
     check(tri, "gru", "rhythmic", 2, 5, 7, bias=False)
     check(tri, "rnn", "dense", 2, 5, 7, bias=False)
-    for dtype in (torch.bfloat16, torch.float16):
-        p, _, gate, G = _make("gru", "rhythmic", 2, 6, dtype=dtype)
-        xp = torch.randn(2, 5, G).to(DEVICE, dtype)
-        gi = gate.plan(0, 5, dtype=dtype)
-        with torch.no_grad():
-            r = ref("gru", xp, p["h0"], None, p["w"], p["b"], gi, None)
-            o = tri.recurrence("gru", xp, p["h0"], None, p["w"], p["b"], gi, None)
-        assert o[0].dtype == dtype
-        assert_close(f"out {dtype}", r[0].float(), o[0].float(), 5e-2)
+    check_low_precision_forward(tri)
     assert calls["fwd"] == 4
     # 16-bit training: the same gradients as the per-row kernels (fp32 arithmetic in both)
     for dtype in (torch.bfloat16, torch.float16):
