@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import triton
 import triton.language as tl
 
@@ -32,6 +33,19 @@ def _sigmoid(x):
 @triton.jit
 def _sign(x):
     return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+
+
+@triton.jit
+def _step_range(off_ptr, t, H, GATE: tl.constexpr):
+    """[start, end) of step t's rows: the compacted open list idx[off[t]:off[t+1]] of a
+    rhythmic gate (GATE 1), every row 0 .. H otherwise."""
+    if GATE == 1:
+        start = tl.load(off_ptr + t)
+        end = tl.load(off_ptr + t + 1)
+    else:
+        start = 0
+        end = H
+    return start, end
 
 
 @triton.jit
@@ -125,6 +139,11 @@ def _rows_matvec3(w_ptr, wrow, rmask, v_ptr, H, BI: tl.constexpr, BJ: tl.constex
         acc1 += tl.sum(w1.to(tl.float32) * v[None, :], axis=1)
         acc2 += tl.sum(w2.to(tl.float32) * v[None, :], axis=1)
     return acc0, acc1, acc2
+
+
+def dummy(device) -> torch.Tensor:
+    """A one-float placeholder for a pointer argument that a kernel's constexprs leave unused."""
+    return torch.zeros(1, dtype=torch.float32, device=device)
 
 
 def next_pow2(n: int) -> int:

@@ -44,7 +44,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import CELL_CODES, GATE_CODES, _gru_parts, _gru_parts_grad, _tanh, next_pow2
+from ._common import (
+    CELL_CODES,
+    GATE_CODES,
+    _gru_parts,
+    _gru_parts_grad,
+    _step_range,
+    _tanh,
+    dummy,
+    next_pow2,
+)
 
 __all__ = ["ENABLED", "eligible", "launch_fwd", "launch_bwd", "shape"]
 
@@ -72,6 +81,17 @@ def _grid_sync(sync_ptr, q, target, SYNC: tl.constexpr):
         while cnt < target:
             cnt = tl.atomic_add(sync_ptr + q, 0, sem="acquire", scope="gpu")
         tl.debug_barrier()
+
+
+@triton.jit
+def _chunk_rows(idx_ptr, k, km, GATE: tl.constexpr):
+    # rows k of the step's range (int64: row * H offsets): gathered from the compacted open
+    # list of a rhythmic gate, the positions themselves otherwise
+    if GATE == 1:
+        rows = tl.load(idx_ptr + k, mask=km, other=0).to(tl.int64)
+    else:
+        rows = k.to(tl.int64)
+    return rows
 
 
 @triton.jit
@@ -104,18 +124,11 @@ def _fwd_grid_kernel(
                 cm = bm[:, None] & (jm & keep)[None, :]
                 v = tl.load(hs_ptr + prev[:, None] + j[None, :], mask=cm, cache_modifier=".cg")
                 tl.store(hs_ptr + new[:, None] + j[None, :], v, mask=cm)
-            start = tl.load(off_ptr + t)
-            end = tl.load(off_ptr + t + 1)
-        else:
-            start = 0
-            end = H
+        start, end = _step_range(off_ptr, t, H, GATE)
         for c0 in range(start + p * BH, end, nh * BH):
             k = c0 + tl.arange(0, BH)
             km = k < end
-            if GATE == 1:
-                rows = tl.load(idx_ptr + k, mask=km, other=0).to(tl.int64)
-            else:
-                rows = k.to(tl.int64)
+            rows = _chunk_rows(idx_ptr, k, km, GATE)
             a0 = tl.zeros([BB, BH], tl.float32)
             a1 = tl.zeros([BB, BH], tl.float32)
             a2 = tl.zeros([BB, BH], tl.float32)
@@ -238,12 +251,7 @@ def _bwd_grid_kernel(
         if PHASES == 3:
             _grid_sync(sync_ptr, q, (tt - t0 + 1) * nh, SYNC)
         if PHASES != 1:  # ---- phase 2, dL/dh_{t-1} = dir + U^T dgh over the open rows
-            if GATE == 1:
-                start = tl.load(off_ptr + t)
-                end = tl.load(off_ptr + t + 1)
-            else:
-                start = 0
-                end = H
+            start, end = _step_range(off_ptr, t, H, GATE)
             for j0 in range(p * BH, H, nh * BH):
                 j = j0 + tl.arange(0, BH)
                 jm = j < H
@@ -251,10 +259,7 @@ def _bwd_grid_kernel(
                 for c0 in range(start, end, BK):
                     k = c0 + tl.arange(0, BK)
                     km = k < end
-                    if GATE == 1:
-                        rows = tl.load(idx_ptr + k, mask=km, other=0).to(tl.int64)
-                    else:
-                        rows = k.to(tl.int64)
+                    rows = _chunk_rows(idx_ptr, k, km, GATE)
                     vm = bm[:, None] & km[None, :]
                     wm = km[:, None] & jm[None, :]
                     for sec in tl.static_range(NSEC):
@@ -375,21 +380,26 @@ def _native(device) -> bool:
     return device.type == "cuda"
 
 
-def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
-    """Fills ``hs[:, 1:]`` (and ``gh`` when ``save_gh``); ``hs[:, 0]`` holds h0."""
+def _setup(cfg, xp, hs):
+    """What both launchers need: sizes, the grid (NH, NB), a placeholder tensor, zeroed
+    barrier counters and the compile-time arguments they share."""
     B, T, _ = xp.shape
     H = hs.shape[2]
+    bb, nh, nb = shape(B, H, xp.device)
+    meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]], BB=bb, BH=BH,
+                BK=_reduction_tile(bb), num_warps=_warps(bb), num_stages=2)
+    return B, T, H, nh, nb, dummy(xp.device), _counters(nb, xp.device), meta
+
+
+def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
+    """Fills ``hs[:, 1:]`` (and ``gh`` when ``save_gh``); ``hs[:, 0]`` holds h0."""
+    B, T, H, nh, nb, d, sync, meta = _setup(cfg, xp, hs)
     dev = xp.device
-    bb, nh, nb = shape(B, H, dev)
-    d = torch.zeros(1, dtype=torch.float32, device=dev)
     rhythmic = cfg["gate"] == "rhythmic"
     m8 = (mask != 0).to(torch.int8).contiguous() if rhythmic else d
-    sync = _counters(nb, dev)
     args = (xp, w_hh, b_hh if b_hh is not None else d, gvals if rhythmic else d, m8, idx, off,
             hs, gh if save_gh else d, sync)
-    meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]],
-                HAS_B=b_hh is not None, SAVE_GH=save_gh, PREC=_precision(xp.dtype),
-                BB=bb, BH=BH, BK=_reduction_tile(bb), num_warps=_warps(bb), num_stages=2)
+    meta.update(HAS_B=b_hh is not None, SAVE_GH=save_gh, PREC=_precision(xp.dtype))
     if _native(dev):
         k = _fwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, SYNC=True,
                                        launch_cooperative_grid=True, **meta)
@@ -402,18 +412,13 @@ def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
 def launch_bwd(cfg, xp, w_hh, gvals, dg_mask, idx, off, hs, gh, dout, ch, dirb, dxp, dgh, dg,
                need_dg):
     """Writes dxp, dgh (GRU n section), dg and leaves dL/dh0 in ``ch``."""
-    B, T, _ = xp.shape
-    H = hs.shape[2]
+    B, T, H, nh, nb, d, sync, meta = _setup(cfg, xp, hs)
     dev = xp.device
-    bb, nh, nb = shape(B, H, dev)
-    d = torch.zeros(1, dtype=torch.float32, device=dev)
     rhythmic = cfg["gate"] == "rhythmic"
-    sync = _counters(nb, dev)
     args = (xp, w_hh, gvals if rhythmic else d, dg_mask if dg_mask is not None else d, idx, off,
             hs, gh, dout, ch, dirb, dxp, dgh, dg if need_dg else d, sync)
-    meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]], NEED_DG=need_dg,
-                DG_MASK=need_dg and dg_mask is not None, PREC=_precision(torch.float32),
-                BB=bb, BH=BH, BK=_reduction_tile(bb), num_warps=_warps(bb), num_stages=2)
+    meta.update(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None,
+                PREC=_precision(torch.float32))
     if _native(dev):
         k = _bwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, PHASES=3, SYNC=True,
                                        launch_cooperative_grid=True, **meta)

@@ -48,8 +48,10 @@ from ._common import (
     _rows_matvec,
     _rows_matvec3,
     _sign,
+    _step_range,
     _surrogate_grad,
     _tanh,
+    dummy,
     tiles,
 )
 from .lif import launch_lif_ff_fwd
@@ -93,11 +95,7 @@ def _fwd_kernel(
                 if CELL == 2:
                     tl.store(ss_ptr + new + j, tl.zeros([BJ], tl.float32), mask=jm)
             tl.debug_barrier()
-            start = tl.load(off_ptr + t)
-            end = tl.load(off_ptr + t + 1)
-        else:
-            start = 0
-            end = H
+        start, end = _step_range(off_ptr, t, H, GATE)
         for c0 in range(start, end, BI):
             k = c0 + tl.arange(0, BI)
             km = k < end
@@ -302,12 +300,7 @@ def _bwd_kernel(
             tl.store(dir_ptr + b * H + rows, dh, mask=rm)
         tl.debug_barrier()
         # ---- phase 2, transposed matvec over the rows that got a gradient
-        if GATE == 1:
-            start = tl.load(off_ptr + t)
-            end = tl.load(off_ptr + t + 1)
-        else:
-            start = 0
-            end = H
+        start, end = _step_range(off_ptr, t, H, GATE)
         for j0 in range(lo, hi, BJ):
             j = j0 + tl.arange(0, BJ)
             jm = j < hi
@@ -356,10 +349,6 @@ def _open_lists(mask: torch.Tensor):
     return idx.contiguous(), off
 
 
-def _dummy(device):
-    return torch.zeros(1, dtype=torch.float32, device=device)
-
-
 def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, save, record):
     B, T, G = xp.shape
     H = h0.shape[1]
@@ -372,7 +361,7 @@ def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, s
         ss = torch.empty(B, T + 1, H, device=dev, dtype=dt)
         ss[:, 0] = s0
     has_w = w_hh is not None
-    d = _dummy(dev)
+    d = dummy(dev)
     grec = torch.empty(B, T, H, device=dev, dtype=dt) if (record and gate == "event") else d
     if not has_w and gate != "rhythmic":  # feed-forward LIF: the streaming kernel (lif.py)
         launch_lif_ff_fwd(cfg, xp, hs, ss, theta, beta, grec, record, d)
@@ -410,14 +399,14 @@ def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, n
     cell, gate = cfg["cell"], cfg["gate"]
     f32 = dict(device=dev, dtype=torch.float32)
     ch = dhT.float().contiguous().clone()
-    cs = dsT.float().contiguous().clone() if cell == "lif" else _dummy(dev)
+    cs = dsT.float().contiguous().clone() if cell == "lif" else dummy(dev)
     dirb = torch.empty(B, H, **f32)
     dxp = torch.empty(B, T, G, **f32)
     dgh = torch.empty(B, T, G, **f32) if cell == "gru" else dxp
-    dg = torch.empty(B, T, H, **f32) if need_dg else _dummy(dev)
-    dth = torch.zeros(B, H, **f32) if gate == "event" else _dummy(dev)
-    dbeta = torch.zeros(B, H, **f32) if cell == "lif" else _dummy(dev)
-    idx, off = _open_lists(gvals) if gate == "rhythmic" else (_dummy(dev), _dummy(dev))
+    dg = torch.empty(B, T, H, **f32) if need_dg else dummy(dev)
+    dth = torch.zeros(B, H, **f32) if gate == "event" else dummy(dev)
+    dbeta = torch.zeros(B, H, **f32) if cell == "lif" else dummy(dev)
+    idx, off = _open_lists(gvals) if gate == "rhythmic" else (dummy(dev), dummy(dev))
     if grid.eligible(cell, gate, w_hh, B, dev):
         grid.launch_bwd(cfg, xp, w_hh, gvals, dg_mask, idx, off, hs, gh, dout, ch, dirb, dxp,
                         dgh, dg, need_dg)
@@ -437,7 +426,7 @@ def _launch_bwd_rows(cfg, xp, w_hh, gvals, theta, beta, dg_mask, idx, off, hs, s
     cell, gate = cfg["cell"], cfg["gate"]
     BI, BJ = tiles(H)
     split = SPLIT if w_hh is None else 0
-    d = _dummy(dev)
+    d = dummy(dev)
     _bwd_kernel[(B, triton.cdiv(H, split) if split else 1)](
         xp, w_hh if w_hh is not None else d, gvals if gate == "rhythmic" else d, idx, off,
         theta if gate == "event" else d, beta if cell == "lif" else d,
