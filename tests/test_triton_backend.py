@@ -501,7 +501,7 @@ def test_grid_kernels_eligibility(tri, monkeypatch):
     assert grid.shape(200, 100, cpu) == (64, 4, 4)
     monkeypatch.setattr(grid, "MAX_NH", 3)
     assert grid.shape(200, 1000, cpu) == (64, 3, 4)
-    assert [grid._reduction_tile(bb) for bb in (16, 32, 64)] == [128, 64, 32]
+    assert [grid._reduction_tile(bb) for bb in (16, 32, 64)] == [64, 32, 32]
     # on a GPU (132 SMs here): NH programs of 16 rows, the batch cut into the blocks that
     # the SMs left beside them hold, every program resident or not eligible
     monkeypatch.setattr(grid, "MAX_NH", None)
@@ -540,3 +540,45 @@ def test_benchmark_needs_cuda_message():
                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
     assert res.returncode == 2
     assert "CUDA" in res.stderr
+
+
+def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
+    """tools/triton_aot.py compiles the backend's real launches for an H100 / H200: every
+    kernel builds, the grid kernels take their single-launch path (the spin barrier's
+    atomics are in the machine code), a TF32 dot runs on tensor cores and an exact one does
+    not, and the feed-forward LIF forward streams without spilling."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "aot.json"
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "triton_aot.py"), "--quick", "--json", str(out)],
+                         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["arch"] == 90
+    rows = report["rows"]
+    assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]]
+    kernels = {r["kernel"] for r in rows}
+    assert {"_fwd_kernel", "_bwd_kernel", "_fwd_grid_kernel", "_bwd_grid_kernel", "_lif_ff_fwd_kernel"} <= kernels
+    for r in rows:
+        assert 0 < r["regs"] <= 255, r
+        assert r["stg"] > 0, f"{r['kernel']} stores nothing"
+    grid_rows = [r for r in rows if "grid" in r["kernel"]]
+    assert {r["meta"]["PREC"] for r in grid_rows} == {"ieee", "tf32"}
+    for r in grid_rows:
+        assert r["atom"] > 0 and r["bar"] > 0, f"{r['case']}: not the single-launch barrier path"
+        if r["meta"]["PREC"] == "tf32":
+            assert r["mma"] > 0 and "HMMA" in r["mma_ops"], r
+        else:
+            assert r["mma"] == 0 and r["ffma"] > 0, r
+    lif = next(r for r in rows if r["kernel"] == "_lif_ff_fwd_kernel")
+    assert lif["local"] == 0 and lif["warps"] == 1, lif
+    assert "sm_90" in res.stdout
+
+
+def test_aot_refuses_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "triton_aot.py"), "--quick"],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert res.returncode == 2
+    assert "TRITON_INTERPRET" in res.stderr

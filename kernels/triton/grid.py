@@ -63,9 +63,11 @@ ENABLED = False
 # Rows (forward) / columns (backward) of U per program chunk: the smallest tl.dot width, so
 # that a sparse step (k_t open rows) still spreads over k_t / 16 programs. Untuned.
 BH = 16
-# Reduction tile: None picks 2048 // BB (128 at BB = 16 ... 32 at BB = 64), so that a step
-# at a small batch takes few dependent iterations while the exact-fp32 FMA dot, which keeps
-# whole operand slices in registers, stays at one [BB, BK] tile of 2048 values. Untuned.
+# Reduction tile: None picks 1024 // BB (64 at BB = 16, 32 from BB = 32): one [BB, BK]
+# operand tile of 1024 values whatever the batch. Chosen from sm_90 compiles
+# (tools/triton_aot.py, docs/triton.md): 2048 values left the bf16 backward at 255
+# registers with 136 B of spills; at BB = 32, BK = 32 was the only tile with no spills in
+# any forward or backward (Triton 3.6). Not timed.
 BK = None
 MAX_BB = 64  # batch rows per program
 MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
@@ -288,13 +290,18 @@ def eligible(cell: str, gate: str, w_hh, B: int, device) -> bool:
         return False
     if w_hh is None or w_hh.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
-    if device.type == "cuda":
+    sms = _sm_count(device)
+    if sms is not None:
         _, nh, nb = shape(B, w_hh.shape[1], device)
-        return nh * nb <= _sm_count(device)
+        return nh * nb <= sms
     return True
 
 
-def _sm_count(device) -> int:
+def _sm_count(device) -> int | None:
+    """The GPU's SM count; None off a GPU (the interpreter: no residency limit).
+    tools/triton_aot.py stands in a card's count to compile the GPU's grid shapes."""
+    if device.type != "cuda":
+        return None
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
@@ -313,10 +320,10 @@ def shape(B: int, H: int, device) -> tuple[int, int, int]:
     nh = triton.cdiv(H, BH)
     if MAX_NH is not None:
         nh = max(1, min(nh, MAX_NH))
-    if device.type != "cuda":
+    sms = _sm_count(device)
+    if sms is None:
         bb = _clamp_block(B)
         return bb, nh, triton.cdiv(B, bb)
-    sms = _sm_count(device)
     nh = min(nh, sms)
     bb = _clamp_block(triton.cdiv(B, max(1, sms // nh)))
     nb = triton.cdiv(B, bb)
@@ -346,7 +353,7 @@ def _tf32_matmuls() -> bool:
 
 
 def _reduction_tile(bb: int) -> int:
-    return BK if BK is not None else max(32, min(128, 2048 // bb))
+    return BK if BK is not None else max(32, min(128, 1024 // bb))
 
 
 def _warps(bb: int) -> int:
@@ -377,6 +384,7 @@ def _counters(nb: int, device) -> torch.Tensor:
 
 
 def _native(device) -> bool:
+    """One launch with the barrier on (a GPU); else one launch per step (the interpreter)."""
     return device.type == "cuda"
 
 
