@@ -567,10 +567,14 @@ def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
     assert {r["meta"]["PREC"] for r in grid_rows} == {"ieee", "tf32"}
     for r in grid_rows:
         assert r["atom"] > 0 and r["bar"] > 0, f"{r['case']}: not the single-launch barrier path"
+        # the spin barrier compiles to a GPU-scope release (MEMBAR, then the arrival) and an
+        # acquire (strong GPU load, then the L1 invalidated): the memory-model pattern
+        assert r["sync"] == "rel+acq", r
         if r["meta"]["PREC"] == "tf32":
             assert r["mma"] > 0 and "HMMA" in r["mma_ops"], r
         else:
             assert r["mma"] == 0 and r["ffma"] > 0, r
+    assert all(r["sync"] == "-" for r in rows if "grid" not in r["kernel"])
     lif = next(r for r in rows if r["kernel"] == "_lif_ff_fwd_kernel")
     assert lif["local"] == 0 and lif["warps"] == 1, lif
     assert "sm_90" in res.stdout
@@ -582,3 +586,22 @@ def test_aot_refuses_the_interpreter():
                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
     assert res.returncode == 2
     assert "TRITON_INTERPRET" in res.stderr
+
+
+def test_aot_sync_pattern_reads_instruction_order():
+    """The barrier detector of tools/triton_aot.py on hand-written SASS sequences: a fence
+    must precede the arrival, and the L1 must be dropped after the strong load."""
+    spec = importlib.util.spec_from_file_location("triton_aot", ROOT / "tools" / "triton_aot.py")
+    aot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(aot)
+    release = [("MEMBAR", ".ALL.GPU"), ("ERRBAR", ""), ("REDG", ".E.ADD.STRONG.GPU")]
+    acquire = [("LDG", ".E.STRONG.GPU"), ("CCTL", ".IVALL")]
+    assert aot.sync_pattern(release + [("BAR", ".SYNC")] + acquire) == "rel+acq"
+    assert aot.sync_pattern(release) == "rel"
+    assert aot.sync_pattern(acquire) == "acq"
+    assert aot.sync_pattern([("REDG", ".E.ADD.STRONG.GPU"), ("MEMBAR", ".ALL.GPU")]) == "-", "fence after"
+    assert aot.sync_pattern([("MEMBAR", ".ALL.CTA"), ("REDG", ".E.ADD.STRONG.GPU")]) == "-", "CTA scope"
+    assert aot.sync_pattern([("CCTL", ".IVALL"), ("LDG", ".E.STRONG.GPU")]) == "-", "invalidate before"
+    assert aot.sync_pattern([("LDG", ".E"), ("CCTL", ".IVALL")]) == "-", "weak load"
+    far = [("MEMBAR", ".ALL.GPU")] + [("NOP", "")] * 4 + [("REDG", ".E.ADD.STRONG.GPU")]
+    assert aot.sync_pattern(far) == "-"

@@ -242,9 +242,11 @@ def inspect(kernel) -> dict:
     usage = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", res))
     ops = Counter()
     vec = Counter()
+    seq = []
     for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)", sass):
         op, mods = m.group(1), m.group(2)
         ops[op] += 1
+        seq.append((op, mods))
         if op == "LDG" and (".64" in mods or ".128" in mods):
             vec[".128" if ".128" in mods else ".64"] += 1
     counts = {cls: sum(ops[o] for o in names) for cls, names in SASS_CLASSES.items()}
@@ -254,9 +256,26 @@ def inspect(kernel) -> dict:
         "regs": int(usage.get("REG", 0)), "local": int(usage.get("STACK", 0)) + int(usage.get("LOCAL", 0)),
         "shared": int(getattr(md, "shared", 0)) + int(usage.get("SHARED", 0)),
         "warps": int(md.num_warps), "stages": int(md.num_stages),
-        "ldg_vec": f"{vec['.64']}/{vec['.128']}", **counts,
+        "ldg_vec": f"{vec['.64']}/{vec['.128']}", **counts, "sync": sync_pattern(seq),
         "mma_ops": sorted({o for o in ops if o in SASS_CLASSES["mma"]}),
     }
+
+
+def sync_pattern(seq: list[tuple[str, str]]) -> str:
+    """Which halves of a GPU-scope barrier the machine code holds, in instruction order:
+    "rel" a release (a GPU- or system-scope MEMBAR, then within a few instructions a
+    GPU-scope atomic or reduction: the arrival), "acq" an acquire (a strong GPU-scope load
+    or atomic, then CCTL.IVALL: the SM's L1 dropped, so later loads see other SMs' stores).
+    "rel+acq" is the pattern the grid kernels' spin barrier needs; "-" neither."""
+    atomic = set(SASS_CLASSES["atom"])
+    rel = acq = False
+    for i, (op, mods) in enumerate(seq):
+        before = seq[max(0, i - 4):i]
+        if op in atomic and ".GPU" in mods:
+            rel |= any(o == "MEMBAR" and (".GPU" in m or ".SYS" in m) for o, m in before)
+        if op == "CCTL" and ".IVALL" in mods:
+            acq |= any((o == "LDG" and ".STRONG.GPU" in m) or (o in atomic and ".GPU" in m) for o, m in before)
+    return "+".join(name for name, ok in (("rel", rel), ("acq", acq)) if ok) or "-"
 
 
 def report(cap: Capture) -> list[dict]:
@@ -318,7 +337,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
 
     head = ("case (first that compiled it)", "kernel", "grid", "tiles", "warps", "regs", "stack B",
-            "shared B", "mma", "ffma", "ldg", "ldg v64/v128", "stg", "ldl+stl", "bar", "atom")
+            "shared B", "mma", "ffma", "ldg", "ldg v64/v128", "stg", "ldl+stl", "bar", "atom", "gpu sync")
     table = []
     for r in rows:
         if r["error"]:
@@ -327,7 +346,7 @@ def main(argv=None) -> int:
         mma = f"{r['mma']} ({','.join(r['mma_ops'])})" if r["mma"] else "0"
         table.append((r["case"] + (f" (+{r['also']})" if r["also"] else ""), r["kernel"], r["grid"],
                       _meta_text(r["meta"]), r["warps"], r["regs"], r["local"], r["shared"], mma, r["ffma"],
-                      r["ldg"], r["ldg_vec"], r["stg"], r["ldl_stl"], r["bar"], r["atom"]))
+                      r["ldg"], r["ldg_vec"], r["stg"], r["ldl_stl"], r["bar"], r["atom"], r["sync"]))
     width = [max(len(str(t[i])) for t in [head, *table] if i < len(t)) for i in range(len(head))]
     print(f"# triton_aot  target sm_{args.arch} ({args.sms} SMs for the grid shapes)  "
           f"triton {triton.__version__}  torch {torch.__version__}  {len(rows)} kernels in {wall:.0f} s")
@@ -335,7 +354,8 @@ def main(argv=None) -> int:
     for t in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(t, width, strict=False)))
     print("stack B: stack frame and local memory per thread (spilled registers; 0 is wanted); "
-          "counts are static SASS instructions; (+n): launches of other cases that compiled to the same kernel")
+          "counts are static SASS instructions; gpu sync: rel / acq halves of a GPU-scope barrier "
+          "(sync_pattern); (+n): launches of other cases that compiled to the same kernel")
     if args.json:
         args.json.write_text(json.dumps({"arch": args.arch, "sms": args.sms, "triton": triton.__version__,
                                          "rows": [{k: v for k, v in r.items()} for r in rows]}, indent=1,
