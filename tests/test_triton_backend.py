@@ -550,6 +550,7 @@ def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
     import json
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # compiled here, not taken from a cache
     out = tmp_path / "aot.json"
     res = subprocess.run([sys.executable, str(ROOT / "tools" / "triton_aot.py"), "--quick", "--json", str(out)],
                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
@@ -561,17 +562,17 @@ def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
     kernels = {r["kernel"] for r in rows}
     assert {"_fwd_kernel", "_bwd_kernel", "_fwd_grid_kernel", "_bwd_grid_kernel", "_lif_ff_fwd_kernel"} <= kernels
     for r in rows:
-        assert 0 < r["regs"] <= 255, r
-        assert r["stg"] > 0, f"{r['kernel']} stores nothing"
+        assert r["regs"] > 0 and r["stg"] > 0, r
     grid_rows = [r for r in rows if "grid" in r["kernel"]]
     assert {r["meta"]["PREC"] for r in grid_rows} == {"ieee", "tf32"}
+    assert {r["meta"]["BB"] for r in grid_rows} == {16, 32}
     for r in grid_rows:
-        assert r["atom"] > 0 and r["bar"] > 0, f"{r['case']}: not the single-launch barrier path"
+        assert r["atom"] > 0, f"{r['case']}: not the single-launch barrier path"
         # the spin barrier compiles to a GPU-scope release (MEMBAR, then the arrival) and an
         # acquire (strong GPU load, then the L1 invalidated): the memory-model pattern
         assert r["sync"] == "rel+acq", r
         if r["meta"]["PREC"] == "tf32":
-            assert r["mma"] > 0 and "HMMA" in r["mma_ops"], r
+            assert r["mma"] > 0, r
         else:
             assert r["mma"] == 0 and r["ffma"] > 0, r
     assert all(r["sync"] == "-" for r in rows if "grid" not in r["kernel"])
@@ -580,8 +581,9 @@ def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
     assert "sm_90" in res.stdout
 
 
-def test_aot_refuses_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
+@pytest.mark.parametrize("value", ["1", "true"])
+def test_aot_refuses_the_interpreter(value):
+    env = dict(os.environ, TRITON_INTERPRET=value)
     res = subprocess.run([sys.executable, str(ROOT / "tools" / "triton_aot.py"), "--quick"],
                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
     assert res.returncode == 2
@@ -594,14 +596,18 @@ def test_aot_sync_pattern_reads_instruction_order():
     spec = importlib.util.spec_from_file_location("triton_aot", ROOT / "tools" / "triton_aot.py")
     aot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(aot)
-    release = [("MEMBAR", ".ALL.GPU"), ("ERRBAR", ""), ("REDG", ".E.ADD.STRONG.GPU")]
+    # as sm_90 has it (Triton 3.6 - 3.9): one thread arrives, one polls
+    release = [("MEMBAR", ".ALL.GPU", "@P2"), ("ERRBAR", "", "@P2"), ("CGAERRBAR", "", "@P2"),
+               ("REDG", ".E.ADD.STRONG.GPU", "@P2")]
     acquire = [("LDG", ".E.STRONG.GPU"), ("CCTL", ".IVALL")]
-    assert aot.sync_pattern(release + [("BAR", ".SYNC")] + acquire) == "rel+acq"
+    assert aot.sync_pattern(release + [("BSYNC", ".B0"), ("BAR", ".SYNC")] + acquire) == "rel+acq"
+    fence_elsewhere = [("MEMBAR", ".ALL.GPU", "@!P2")] + release[1:]
+    assert aot.sync_pattern(fence_elsewhere) == "-", "the fence and the arrival on different threads"
     assert aot.sync_pattern(release) == "rel"
     assert aot.sync_pattern(acquire) == "acq"
     assert aot.sync_pattern([("REDG", ".E.ADD.STRONG.GPU"), ("MEMBAR", ".ALL.GPU")]) == "-", "fence after"
     assert aot.sync_pattern([("MEMBAR", ".ALL.CTA"), ("REDG", ".E.ADD.STRONG.GPU")]) == "-", "CTA scope"
     assert aot.sync_pattern([("CCTL", ".IVALL"), ("LDG", ".E.STRONG.GPU")]) == "-", "invalidate before"
     assert aot.sync_pattern([("LDG", ".E"), ("CCTL", ".IVALL")]) == "-", "weak load"
-    far = [("MEMBAR", ".ALL.GPU")] + [("NOP", "")] * 4 + [("REDG", ".E.ADD.STRONG.GPU")]
+    far = [("MEMBAR", ".ALL.GPU")] + [("IADD3", ""), ("STG", ".E")] + [("REDG", ".E.ADD.STRONG.GPU")]
     assert aot.sync_pattern(far) == "-"

@@ -9,17 +9,20 @@ tool runs the backend's real launchers (``kernels/triton``) on CPU tensors of th
 benchmark's shapes with a stand-in driver that names the target, so every launch compiles
 the kernel the GPU would get (the same constexprs, warps, stages and argument
 specialisation) and returns before loading it. The grid kernels get the shapes of a card
-with ``--sms`` SMs (132: H100 / H200) and their single-launch, barrier-on path. ptxas
-(shipped with Triton) builds the cubin; ``cuobjdump`` from the same wheel reads its
-resources and machine code. Printed per distinct kernel: grid, warps, registers, local
-memory per thread (where spilled registers go: 0 is wanted), shared memory, and static counts of
-SASS instructions: tensor-core MMAs, FFMAs, global loads (and how many are 64 / 128-bit
-vectors), global stores, local (spill) loads and stores, CTA barriers, atomics. Static
+with ``--sms`` SMs (132: H100 / H200) and their single-launch, barrier-on path. Triton's
+own ptxas builds the cubin; ``cuobjdump`` from the same wheel reads its resources and
+machine code. Printed per distinct kernel: grid, warps, registers, stack frame per thread
+(where spilled registers go: 0 is wanted), shared memory (Triton's figure plus the
+cubin's static shared memory), and static counts of SASS instructions: tensor-core MMAs,
+FFMAs, global loads and how many are 64 / 128-bit (LDG, and LDGSTS: the cp.async copies
+of pipelined loops), global stores, local (spill) loads and stores, CTA barriers,
+atomics, and whether the GPU-scope release / acquire pattern of a grid barrier is there
+(``sync_pattern``). Static
 counts are not executed counts; the ones that matter are yes/no questions (does a TF32
 dot run on tensor cores, does anything spill, are loads vectorised).
 
 Exit status: 0 when every kernel compiled, 1 when one failed (its error is printed), 2
-when the tool cannot run (no Triton, no ptxas / cuobjdump, ``TRITON_INTERPRET=1`` set).
+when the tool cannot run (no Triton, no cuobjdump, ``TRITON_INTERPRET`` set).
 Nothing here needs or touches a GPU; the timings remain the benchmark's
 (``tools/bench_triton.py``).
 """
@@ -46,6 +49,7 @@ SASS_CLASSES = {
     "mma": ("HMMA", "HGMMA", "IMMA", "DMMA", "QMMA", "UTCHMMA", "UTCQMMA"),
     "ffma": ("FFMA",),
     "ldg": ("LDG",),
+    "ldgsts": ("LDGSTS",),
     "stg": ("STG",),
     "ldl_stl": ("LDL", "STL"),
     "bar": ("BAR",),
@@ -66,6 +70,11 @@ def _tool(name: str) -> str:
     return found
 
 
+#: the device key the stand-in driver gives: no real device's (Triton caches compiled
+#: kernels per device, and a GPU's device 0 must not be handed the stand-in's kernels)
+STAND_IN_DEVICE = -1
+
+
 class _TargetDriver:
     """Stands in for Triton's CUDA driver: names the target, has no device to load onto."""
 
@@ -75,7 +84,7 @@ class _TargetDriver:
         self.target = GPUTarget("cuda", arch, 32)
 
     def get_current_device(self):
-        return 0
+        return STAND_IN_DEVICE
 
     def get_current_stream(self, device=None):
         return 0
@@ -106,6 +115,8 @@ class Capture:
 
         self._driver, self._jit, self._grid = driver, JITFunction, grid
         self._saved = (JITFunction.run, grid._native, grid._sm_count, grid.ENABLED)
+        self._launched = dict(grid.LAUNCHED)
+        self._fns = []
         self._active = driver._active  # None until something asked for the driver
         driver.set_active(_TargetDriver(self.arch))
         run = JITFunction.run
@@ -113,15 +124,19 @@ class Capture:
 
         def compile_only(fn, *args, grid, warmup, **kwargs):
             t0 = time.perf_counter()
+            cap._fns.append(fn)
             try:
                 kernel = run(fn, *args, grid=grid, warmup=True, **kwargs)
-                error = None
+                error = text = None
             except Exception as exc:  # noqa: BLE001 (reported per kernel, the rest go on)
-                kernel, error = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+                text = str(exc).strip()
+                # a CompilationError's first line is only its position; its last names the error
+                lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+                kernel, error = None, f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"
             cap.launches.append({
                 "label": cap.label, "kernel": fn.__name__, "grid": tuple(grid),
                 "meta": {k: v for k, v in kwargs.items() if k.isupper() or k in ("num_warps", "num_stages")},
-                "compiled": kernel, "seconds": time.perf_counter() - t0, "error": error,
+                "compiled": kernel, "seconds": time.perf_counter() - t0, "error": error, "error_text": text,
             })
             if error is not None:
                 raise RuntimeError(error)
@@ -134,6 +149,10 @@ class Capture:
 
     def __exit__(self, *exc):
         self._jit.run, self._grid._native, self._grid._sm_count, self._grid.ENABLED = self._saved
+        self._grid.LAUNCHED.clear()
+        self._grid.LAUNCHED.update(self._launched)  # what bench_triton prints as native launches
+        for fn in self._fns:  # the stand-in's compiled kernels leave Triton's per-device cache
+            fn.device_caches.pop(STAND_IN_DEVICE, None)
         self._driver._active = self._active
         return False
 
@@ -156,8 +175,8 @@ def cases(quick: bool) -> list[dict]:
     add = lambda **kw: out.append(dict({"dtype": "float32", "grid": False, "tf32": False,  # noqa: E731
                                         "train_gate": False, "B": 64}, **kw))
     if quick:
-        add(cell="gru", gate="rhythmic", H=256, grid=True)
-        add(cell="gru", gate="rhythmic", H=256, grid=True, tf32=True)
+        add(cell="gru", gate="rhythmic", H=256, grid=True)  # BB = 16, exact fp32
+        add(cell="gru", gate="rhythmic", H=1024, grid=True, tf32=True)  # BB = 32, TF32
         add(cell="gru", gate="rhythmic", H=256)
         add(cell="lif", gate="dense", H=256)
         return out
@@ -243,12 +262,14 @@ def inspect(kernel) -> dict:
     ops = Counter()
     vec = Counter()
     seq = []
-    for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)", sass):
-        op, mods = m.group(1), m.group(2)
+    for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)", sass):
+        pred, op, mods = (m.group(1) or "").strip(), m.group(2), m.group(3)
+        if pred == "@!PT":  # never executed (scheduling filler)
+            continue
         ops[op] += 1
-        seq.append((op, mods))
-        if op == "LDG" and (".64" in mods or ".128" in mods):
-            vec[".128" if ".128" in mods else ".64"] += 1
+        seq.append((op, mods, pred))
+        if op in ("LDG", "LDGSTS") and (".64" in mods or ".128" in mods):
+            vec[op, ".128" if ".128" in mods else ".64"] += 1
     counts = {cls: sum(ops[o] for o in names) for cls, names in SASS_CLASSES.items()}
     md = kernel.metadata
     return {
@@ -256,21 +277,29 @@ def inspect(kernel) -> dict:
         "regs": int(usage.get("REG", 0)), "local": int(usage.get("STACK", 0)) + int(usage.get("LOCAL", 0)),
         "shared": int(getattr(md, "shared", 0)) + int(usage.get("SHARED", 0)),
         "warps": int(md.num_warps), "stages": int(md.num_stages),
-        "ldg_vec": f"{vec['.64']}/{vec['.128']}", **counts, "sync": sync_pattern(seq),
+        "ldg_vec": f"{vec['LDG', '.64']}/{vec['LDG', '.128']}",
+        "ldgsts_vec": f"{vec['LDGSTS', '.64']}/{vec['LDGSTS', '.128']}", **counts, "sync": sync_pattern(seq),
         "mma_ops": sorted({o for o in ops if o in SASS_CLASSES["mma"]}),
     }
 
 
-def sync_pattern(seq: list[tuple[str, str]]) -> str:
+#: instructions that may sit inside a fence / arrival or load / invalidate pair
+SYNC_FILLERS = ("ERRBAR", "CGAERRBAR", "NOP")
+
+
+def sync_pattern(seq: list[tuple]) -> str:
     """Which halves of a GPU-scope barrier the machine code holds, in instruction order:
-    "rel" a release (a GPU- or system-scope MEMBAR, then within a few instructions a
-    GPU-scope atomic or reduction: the arrival), "acq" an acquire (a strong GPU-scope load
-    or atomic, then CCTL.IVALL: the SM's L1 dropped, so later loads see other SMs' stores).
-    "rel+acq" is the pattern the grid kernels' spin barrier needs; "-" neither."""
+    "rel" a release (a GPU- or system-scope MEMBAR, then within two instructions, not
+    counting error barriers and NOPs, a GPU-scope atomic or reduction: the arrival), "acq"
+    an acquire (a strong GPU-scope load or atomic, then CCTL.IVALL: the SM's L1 dropped, so
+    later loads see other SMs' stores). ``seq`` holds (opcode, modifiers[, predicate]); the
+    two halves of a pair must be unpredicated or share the predicate. "rel+acq" is the
+    pattern the grid kernels' spin barrier needs; "-" neither."""
     atomic = set(SASS_CLASSES["atom"])
+    ins = [(t[0], t[1], t[2] if len(t) > 2 else "") for t in seq if t[0] not in SYNC_FILLERS]
     rel = acq = False
-    for i, (op, mods) in enumerate(seq):
-        before = seq[max(0, i - 4):i]
+    for i, (op, mods, pred) in enumerate(ins):
+        before = [(o, m) for o, m, p in ins[max(0, i - 2):i] if p in ("", pred)]
         if op in atomic and ".GPU" in mods:
             rel |= any(o == "MEMBAR" and (".GPU" in m or ".SYS" in m) for o, m in before)
         if op == "CCTL" and ".IVALL" in mods:
@@ -286,7 +315,8 @@ def report(cap: Capture) -> list[dict]:
             seen[id(k)]["also"] += 1
             continue
         row = {"case": launch["label"], "kernel": launch["kernel"], "grid": "x".join(map(str, launch["grid"])),
-               "meta": launch["meta"], "seconds": round(launch["seconds"], 1), "error": launch["error"], "also": 0}
+               "meta": launch["meta"], "seconds": round(launch["seconds"], 1), "error": launch["error"],
+               "error_text": launch["error_text"], "also": 0}
         if k is not None:
             row.update(inspect(k))
             seen[id(k)] = row
@@ -308,17 +338,15 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     args = ap.parse_args(argv)
 
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on"):
         print("triton_aot: unset TRITON_INTERPRET (it makes Triton interpret kernels, not compile them)",
               file=sys.stderr)
         return 2
-    # FMA contraction on, as every Triton up to 3.9 does by default (3.9 warns unless set)
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     try:
         import torch
         import triton
 
-        _tool("ptxas"), _tool("cuobjdump")
+        _tool("cuobjdump")
     except (ImportError, FileNotFoundError) as exc:
         print(f"triton_aot: cannot compile here: {exc}", file=sys.stderr)
         return 2
@@ -327,17 +355,19 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     with Capture(args.arch, args.sms) as cap:
         for c in cases(args.quick):
+            first = len(cap.launches)
             try:
                 run_case(cap, c, args.T)
             except RuntimeError as exc:
-                if not cap.launches or cap.launches[-1]["error"] is None:
+                if not any(launch["error"] for launch in cap.launches[first:]):
                     raise
-                print(f"# {label(c)}: compile failed: {exc}", file=sys.stderr)
+                # the case's later kernels (its backward after a failed forward) are not compiled
+                print(f"# {label(c)}: compile failed, the rest of the case skipped: {exc}", file=sys.stderr)
     rows = report(cap)
     wall = time.perf_counter() - t0
 
-    head = ("case (first that compiled it)", "kernel", "grid", "tiles", "warps", "regs", "stack B",
-            "shared B", "mma", "ffma", "ldg", "ldg v64/v128", "stg", "ldl+stl", "bar", "atom", "gpu sync")
+    head = ("case (first that compiled it)", "kernel", "grid", "tiles", "warps", "regs", "stack B", "shared B",
+            "mma", "ffma", "ldg", "ldg v64/v128", "ldgsts v64/v128", "stg", "ldl+stl", "bar", "atom", "gpu sync")
     table = []
     for r in rows:
         if r["error"]:
@@ -346,8 +376,9 @@ def main(argv=None) -> int:
         mma = f"{r['mma']} ({','.join(r['mma_ops'])})" if r["mma"] else "0"
         table.append((r["case"] + (f" (+{r['also']})" if r["also"] else ""), r["kernel"], r["grid"],
                       _meta_text(r["meta"]), r["warps"], r["regs"], r["local"], r["shared"], mma, r["ffma"],
-                      r["ldg"], r["ldg_vec"], r["stg"], r["ldl_stl"], r["bar"], r["atom"], r["sync"]))
-    width = [max(len(str(t[i])) for t in [head, *table] if i < len(t)) for i in range(len(head))]
+                      r["ldg"], r["ldg_vec"], r["ldgsts_vec"], r["stg"], r["ldl_stl"], r["bar"], r["atom"], r["sync"]))
+    width = [max(len(str(t[i])) for t in [head, *table] if i < len(t) and not str(t[-1]).startswith("FAILED"))
+             for i in range(len(head))]
     print(f"# triton_aot  target sm_{args.arch} ({args.sms} SMs for the grid shapes)  "
           f"triton {triton.__version__}  torch {torch.__version__}  {len(rows)} kernels in {wall:.0f} s")
     print("  ".join(h.ljust(w) for h, w in zip(head, width, strict=True)))

@@ -141,6 +141,12 @@ def _rows_matvec3(w_ptr, wrow, rmask, v_ptr, H, BI: tl.constexpr, BJ: tl.constex
     return acc0, acc1, acc2
 
 
+#: compile options every launch passes. FMA contraction is on, the default of every Triton
+#: up to 3.9 and the setting of the native GPU runs; fixed here because Triton 3.10 turns the
+#: default off, and tools/triton_aot.py then compiles what a GPU runs on any version.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
+
+
 def dummy(device) -> torch.Tensor:
     """A one-float placeholder for a pointer argument that a kernel's constexprs leave unused."""
     return torch.zeros(1, dtype=torch.float32, device=device)

@@ -47,6 +47,7 @@ import triton.language as tl
 from ._common import (
     CELL_CODES,
     GATE_CODES,
+    LAUNCH_OPTIONS,
     _gru_parts,
     _gru_parts_grad,
     _step_range,
@@ -57,8 +58,9 @@ from ._common import (
 
 __all__ = ["ENABLED", "eligible", "launch_fwd", "launch_bwd", "shape"]
 
-# Off until the benchmark has timed it on a GPU against the per-row kernels (the barrier
-# ordering is checked only by a native run); tools/bench_triton.py times both.
+# Off until the benchmark has timed it on a GPU against the per-row kernels (the barrier's
+# instructions are checked by tools/triton_aot.py, its execution only by a native run);
+# tools/bench_triton.py times both.
 ENABLED = False
 # Rows (forward) / columns (backward) of U per program chunk: the smallest tl.dot width, so
 # that a sparse step (k_t open rows) still spreads over k_t / 16 programs. Untuned.
@@ -395,7 +397,7 @@ def _setup(cfg, xp, hs):
     H = hs.shape[2]
     bb, nh, nb = shape(B, H, xp.device)
     meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]], BB=bb, BH=BH,
-                BK=_reduction_tile(bb), num_warps=_warps(bb), num_stages=2)
+                BK=_reduction_tile(bb), num_warps=_warps(bb), num_stages=2, **LAUNCH_OPTIONS)
     return B, T, H, nh, nb, dummy(xp.device), _counters(nb, xp.device), meta
 
 

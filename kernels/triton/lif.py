@@ -29,6 +29,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._common import LAUNCH_OPTIONS
+
 __all__ = ["launch_lif_ff_fwd", "BLOCK", "T_TILE"]
 
 BLOCK = 32  # neurons per program: one warp, one neuron per thread
@@ -100,6 +102,6 @@ def launch_lif_ff_fwd(cfg, xp, hs, ss, theta, beta, grec, record, dummy):
         xp, theta if event else dummy, beta, hs, ss, grec if (record and event) else dummy,
         T, H, cfg["threshold"],
         GATE=2 if event else 0, RECORD=record and event, ZERO_RESET=cfg["zero_reset"],
-        BLOCK=BLOCK, T_TILE=T_TILE, num_warps=1,
+        BLOCK=BLOCK, T_TILE=T_TILE, num_warps=1, **LAUNCH_OPTIONS,
     )  # fmt: skip
 

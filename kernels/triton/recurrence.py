@@ -43,6 +43,7 @@ from . import grid
 from ._common import (
     CELL_CODES,
     GATE_CODES,
+    LAUNCH_OPTIONS,
     _gru_parts,
     _gru_parts_grad,
     _rows_matvec,
@@ -385,7 +386,7 @@ def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, s
         HAS_B=(b_hh is not None) and has_w, SAVE_GH=save_gh,
         RECORD=record and gate == "event", ZERO_RESET=cfg["zero_reset"],
         G_CODE=cfg["g_code"], S_CODE=cfg["s_code"], REFRESH=REFRESH,
-        BI=BI, BJ=BJ, num_warps=4,
+        BI=BI, BJ=BJ, num_warps=4, **LAUNCH_OPTIONS,
     )
     if not save_gh:
         gh = None
@@ -437,6 +438,7 @@ def _launch_bwd_rows(cfg, xp, w_hh, gvals, theta, beta, dg_mask, idx, off, hs, s
         CELL=CELL_CODES[cell], GATE=GATE_CODES[gate], HAS_W=w_hh is not None,
         NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None, ZERO_RESET=cfg["zero_reset"],
         G_CODE=cfg["g_code"], S_CODE=cfg["s_code"], SPLIT=split, BI=BI, BJ=BJ, num_warps=4,
+        **LAUNCH_OPTIONS,
     )
 
 
