@@ -638,22 +638,17 @@ def test_fused_input_projection_training(monkeypatch, cell, gate, B, F, T, bias)
         assert_close(name, ref[name], got[name], *(GRAD_TOL if name.startswith("grad") else FWD_TOL))
 
 
-def test_split_benchmark_runs(capsys, monkeypatch):
+def test_split_benchmark_runs(capsys, monkeypatch, load_tool):
     """tools/bench_numba_split.py (the A/B behind the split rule) at a tiny size: one row per
     cell x rate, both kernels timed."""
-    import importlib.util
     import math
     import os
-    from pathlib import Path
 
     import numba
 
     # the tool sets NUMBA_NUM_THREADS if unset: keep that from leaking into this process
     monkeypatch.setenv("NUMBA_NUM_THREADS", os.environ.get("NUMBA_NUM_THREADS", str(numba.config.NUMBA_NUM_THREADS)))
-    path = Path(__file__).resolve().parents[1] / "tools" / "bench_numba_split.py"
-    spec = importlib.util.spec_from_file_location("bench_numba_split", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_tool("bench_numba_split")
     mod.main(["--steps", "40", "--repeats", "1", "--hidden", "48"])
     rows = [r.strip("|").split("|") for r in capsys.readouterr().out.splitlines() if r.startswith(("| gru", "| rnn"))]
     assert [(c[0].strip(), c[2].strip()) for c in rows] == [

@@ -9,21 +9,10 @@ qualitative checks of the paper's claims.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def finite(values) -> bool:
@@ -31,8 +20,8 @@ def finite(values) -> bool:
 
 
 @pytest.mark.slow
-def test_repro_gradients_quick(tmp_path):
-    result = load("repro_gradients").main(["--quick", "--out", str(tmp_path)])
+def test_repro_gradients_quick(tmp_path, load_tool):
+    result = load_tool("repro_gradients").main(["--quick", "--out", str(tmp_path)])
     on_disk = json.loads((tmp_path / "gradients.json").read_text())
     assert (tmp_path / "gradients.png").stat().st_size > 0
     assert on_disk["summary"].keys() == result["summary"].keys()
@@ -52,8 +41,8 @@ def test_repro_gradients_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_repro_copy_quick(tmp_path):
-    result = load("repro_copy").main(["--quick", "--out", str(tmp_path), "--threads", "1"])
+def test_repro_copy_quick(tmp_path, load_tool):
+    result = load_tool("repro_copy").main(["--quick", "--out", str(tmp_path), "--threads", "1"])
     on_disk = json.loads((tmp_path / "copy.json").read_text())
     assert (tmp_path / "copy_loss.png").stat().st_size > 0
     assert set(on_disk["summary"]) == {"rnn-rhythmic", "rnn-dense", "gru-rhythmic", "gru-dense"}
@@ -74,8 +63,8 @@ def test_repro_copy_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_repro_smnist_quick(tmp_path):
-    result = load("repro_smnist").main(["--quick", "--out", str(tmp_path), "--threads", "1"])
+def test_repro_smnist_quick(tmp_path, load_tool):
+    result = load_tool("repro_smnist").main(["--quick", "--out", str(tmp_path), "--threads", "1"])
     on_disk = json.loads((tmp_path / "smnist.json").read_text())
     for name in ("smnist_maps.png", "smnist_curve.png", "smnist_analysis/report.json"):
         assert (tmp_path / name).stat().st_size > 0

@@ -542,6 +542,9 @@ def test_benchmark_needs_cuda_message():
     assert "CUDA" in res.stderr
 
 
+AOT = ROOT / "tools" / "triton_aot.py"
+
+
 def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
     """tools/triton_aot.py compiles the backend's real launches for an H100 / H200: every
     kernel builds, the grid kernels take their single-launch path (the spin barrier's
@@ -552,7 +555,7 @@ def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # compiled here, not taken from a cache
     out = tmp_path / "aot.json"
-    res = subprocess.run([sys.executable, str(ROOT / "tools" / "triton_aot.py"), "--quick", "--json", str(out)],
+    res = subprocess.run([sys.executable, str(AOT), "--quick", "--json", str(out)],
                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -584,18 +587,16 @@ def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
 @pytest.mark.parametrize("value", ["1", "true"])
 def test_aot_refuses_the_interpreter(value):
     env = dict(os.environ, TRITON_INTERPRET=value)
-    res = subprocess.run([sys.executable, str(ROOT / "tools" / "triton_aot.py"), "--quick"],
+    res = subprocess.run([sys.executable, str(AOT), "--quick"],
                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
     assert res.returncode == 2
     assert "TRITON_INTERPRET" in res.stderr
 
 
-def test_aot_sync_pattern_reads_instruction_order():
+def test_aot_sync_pattern_reads_instruction_order(load_tool):
     """The barrier detector of tools/triton_aot.py on hand-written SASS sequences: a fence
     must precede the arrival, and the L1 must be dropped after the strong load."""
-    spec = importlib.util.spec_from_file_location("triton_aot", ROOT / "tools" / "triton_aot.py")
-    aot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(aot)
+    aot = load_tool("triton_aot")
     # as sm_90 has it (Triton 3.6 - 3.9): one thread arrives, one polls
     release = [("MEMBAR", ".ALL.GPU", "@P2"), ("ERRBAR", "", "@P2"), ("CGAERRBAR", "", "@P2"),
                ("REDG", ".E.ADD.STRONG.GPU", "@P2")]

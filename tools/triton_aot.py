@@ -43,6 +43,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_triton, also when imported
 
 #: SASS mnemonics counted, by class (a mnemonic's first dot-separated part)
 SASS_CLASSES = {
@@ -143,6 +144,7 @@ class Capture:
             return kernel
 
         JITFunction.run = compile_only
+        grid.ENABLED = False  # the per-row kernels unless a case asks for the grid (run_case)
         grid._native = lambda device: True  # the single launch with the barrier on
         grid._sm_count = lambda device: self.sms
         return self
@@ -155,16 +157,6 @@ class Capture:
             fn.device_caches.pop(STAND_IN_DEVICE, None)
         self._driver._active = self._active
         return False
-
-
-def _rhythm(T: int, H: int, rate: float):
-    import torch
-
-    if rate >= 1.0:
-        return torch.ones(T, H)
-    period = round(1.0 / rate)
-    phase = torch.arange(H) % period
-    return (((torch.arange(T)[:, None] + phase) % period) == 0).float()
 
 
 def cases(quick: bool) -> list[dict]:
@@ -209,6 +201,7 @@ def label(c: dict) -> str:
 def run_case(cap: Capture, c: dict, T: int) -> None:
     """One forward and backward of the backend on CPU tensors (contents never computed)."""
     import torch
+    from bench_triton import _step, _with_grid, rhythm  # the benchmark's gate and calls
 
     from su_neuro.gates import GateInput
     from su_neuro.kernels.reference import LIFParams
@@ -216,7 +209,6 @@ def run_case(cap: Capture, c: dict, T: int) -> None:
     from su_neuro.surrogate import get_surrogate
 
     cap.label = label(c)
-    cap._grid.ENABLED = c["grid"]
     dt = getattr(torch, c["dtype"])
     B, H = c["B"], c["H"]
     base = "lif" if c["cell"] == "rlif" else c["cell"]
@@ -230,7 +222,7 @@ def run_case(cap: Capture, c: dict, T: int) -> None:
     lif = LIFParams(torch.full((H,), 0.9, dtype=dt), 1.0, "subtract", get_surrogate("atan")) \
         if base == "lif" else None
     if c["gate"] == "rhythmic":
-        g = _rhythm(T, H, 0.1).to(dt).requires_grad_(c["train_gate"])
+        g = rhythm(T, H, 0.1, "cpu").to(dt).requires_grad_(c["train_gate"])
         gi = GateInput("rhythmic", g, support=(g.detach() != 0) | (torch.rand(T, H) < 0.1)
                        if c["train_gate"] else None)
     elif c["gate"] == "event":
@@ -238,14 +230,11 @@ def run_case(cap: Capture, c: dict, T: int) -> None:
                        surrogate=get_surrogate("triangle"))
     else:
         gi = GateInput("dense")
-    matmul = torch.backends.cuda.matmul
-    before = matmul.allow_tf32
-    matmul.allow_tf32 = c["tf32"]
-    try:
-        out, hT, _, _ = recurrence(base, xp, h0, s0, w, b, gi, lif)
-        (out.float().sum() + hT.float().sum()).backward()
-    finally:
-        matmul.allow_tf32 = before
+    call = (recurrence, base, xp, h0, s0, w, b, gi, lif)
+    if c["grid"]:
+        _with_grid(_step, call, True, tf32=c["tf32"])
+    else:
+        _step(call, True)
 
 
 def inspect(kernel) -> dict:

@@ -355,7 +355,7 @@ def _tf32_matmuls() -> bool:
 
 
 def _reduction_tile(bb: int) -> int:
-    return BK if BK is not None else max(32, min(128, 1024 // bb))
+    return BK if BK is not None else max(32, 1024 // bb)  # BB is 16-64
 
 
 def _warps(bb: int) -> int:
