@@ -4,6 +4,8 @@
 ``"numba"``  fused CPU kernels (``su_neuro.kernels.numba``), CPU tensors.
 ``"triton"`` fused GPU kernels (``su_neuro.kernels.triton``), CUDA tensors (or any
              tensor under ``TRITON_INTERPRET=1``, Triton's CPU interpreter).
+``"nn"``     dense RNN / GRU stacks only: the op behind ``torch.nn.RNN`` / ``torch.nn.GRU``
+             (cuDNN on CUDA, ATen on a CPU), ``su_neuro.kernels.torch_rnn``.
 ``"auto"``   the fastest available backend for the device and sizes (see :func:`resolve`).
 
 Asking for a backend whose package is missing, or that cannot run on the tensors'
@@ -23,7 +25,10 @@ _REGISTRY = {
     "torch": ("su_neuro.kernels.reference", None),
     "numba": ("su_neuro.kernels.numba.ops", "numba"),
     "triton": ("su_neuro.kernels.triton.ops", "triton"),
+    "nn": ("su_neuro.kernels.torch_rnn", None),
 }
+# what "auto" tries on each device, in order; the reference ("torch") runs anything else
+_AUTO_ORDER = {"cuda": ("nn", "triton"), "cpu": ("nn", "numba")}
 BACKENDS = ("auto", *_REGISTRY)
 
 
@@ -78,19 +83,25 @@ def _supports(name: str, cell: str, gate_kind: str, dtype) -> str | None:
 def resolve(name: str, device, cell: str, gate_kind: str, dtype, *, batch: int, hidden: int) -> str:
     """The backend that runs a call: ``name`` itself, or the choice of ``"auto"``.
 
-    Rule for ``"auto"`` (from the measurements in docs/benchmarks.md):
-    CUDA tensors use "triton" when it is installed and supports the cell, gate and
-    dtype; CPU tensors use "numba" under the same conditions; anything else uses "torch".
-    An explicit backend that cannot run raises :class:`BackendUnavailableError`.
+    Rule for ``"auto"`` (from the measured tables in docs/triton.md and docs/benchmarks.md):
+    on CUDA tensors a dense RNN / GRU stack runs ``"nn"`` (cuDNN), everything else
+    ``"triton"`` where it is installed, supports the cell, gate and dtype and its
+    ``auto_pays`` rule says it was measured faster; on CPU tensors the same with ``"nn"``
+    then ``"numba"``; anything else runs ``"torch"``. ``gate_kind`` is the stack's gate
+    kind (``"mixed"`` where its sub-layers differ). An explicit backend that cannot run
+    raises :class:`BackendUnavailableError`.
     """
     if name == "auto":
-        preferred = {"cuda": "triton", "cpu": "numba"}.get(device.type)
-        if preferred is not None and available(preferred, device):
+        for preferred in _AUTO_ORDER.get(device.type, ()):
+            if not available(preferred, device):
+                continue
             try:
-                if _supports(preferred, cell, gate_kind, dtype) is None and _auto_pays(preferred, cell, batch, hidden):
+                if _supports(preferred, cell, gate_kind, dtype) is None and _auto_pays(
+                    preferred, cell, batch, hidden, device
+                ):
                     return preferred
             except (ImportError, BackendUnavailableError):
-                pass
+                continue
         return "torch"
     problem = _package_missing(name) or _device_problem(name, device) or _supports(name, cell, gate_kind, dtype)
     if problem:
@@ -98,11 +109,16 @@ def resolve(name: str, device, cell: str, gate_kind: str, dtype, *, batch: int, 
     return name
 
 
-def _auto_pays(name: str, cell: str, batch: int, hidden: int) -> bool:
-    """Sizes where the fused backend beats the reference (docs/benchmarks.md)."""
+def _auto_pays(name: str, cell: str, batch: int, hidden: int, device=None) -> bool:
+    """Sizes where the fused backend was measured faster than the alternatives
+    (docs/benchmarks.md, docs/triton.md): the backend's ``auto_pays`` rule."""
     impl = get_impl(name)
     rule = getattr(impl, "auto_pays", None)
-    return True if rule is None else bool(rule(cell, batch, hidden))
+    if rule is None:
+        return True
+    if name == "nn":
+        return bool(rule(cell, batch, hidden, device))
+    return bool(rule(cell, batch, hidden))
 
 
 def get_impl(name: str):

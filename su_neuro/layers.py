@@ -187,10 +187,19 @@ class SULayer(nn.Module):
         _check_input(x, self.input_size, self.weight_ih_l0.dtype, self.check_finite)
         B, T, _ = x.shape
         state = self._check_state(state, B, x)
+        kinds = {g.kind for g in self.gates}
         name = backends.resolve(
-            self.backend, x.device, self.cell, self.gates[0].kind, x.dtype, batch=B, hidden=self.hidden_size
+            self.backend, x.device, self.cell, kinds.pop() if len(kinds) == 1 else "mixed", x.dtype,
+            batch=B, hidden=self.hidden_size,
         )
         impl = backends.get_impl(name)
+        run_stack = getattr(impl, "stack", None)
+        if run_stack is not None:  # a whole dense stack in one library call ("nn")
+            weights = [self._layer_weights(k) for k in range(self.num_layers)]
+            out, hT, records = run_stack(self.cell, x, state.h, weights, dropout=self.dropout,
+                                         training=self.training, record=record)
+            new_state = SUState(hT, state.t + T, None)
+            return (out, new_state, records) if record else (out, new_state)
         # a backend may project the input inside its kernel, for the neurons that update only
         fused = getattr(impl, "recurrence_input", None)
         # a backend may evaluate a rhythmic gate itself from a table (no (T, H) plan)

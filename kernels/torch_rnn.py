@@ -1,0 +1,98 @@
+r"""Backend ``"nn"``: a dense RNN / GRU stack run by the op behind ``torch.nn.RNN`` / ``torch.nn.GRU``.
+
+With a :class:`~su_neuro.DenseGate` on every sub-layer an SURNN / SUGRU computes exactly what
+``torch.nn.RNN`` (tanh) / ``torch.nn.GRU`` compute, so the library's own fused op serves it:
+cuDNN's persistent RNN kernels on CUDA tensors, ATen's CPU kernels (oneDNN where torch was built
+with it) on CPU tensors. The layer's own parameters are passed in ``torch.nn.GRU``'s order
+(``weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l1, ...``), so outputs and every
+gradient are the module's, and precision follows torch's switches as the module's does (on CUDA
+``torch.backends.cudnn.allow_tf32``, on by default).
+
+Without records, the whole stack is one call, dropout between sub-layers included, exactly as
+``torch.nn.GRU.forward`` makes it (the same random numbers for the same seed). With records, a
+call per sub-layer (the records need each sub-layer's state sequence) and dropout between them
+by ``torch.nn.functional.dropout``, as the other backends do.
+
+There is no selective update here: a rhythmic or event gate is refused (:func:`unsupported`).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import _VF
+from torch.nn import functional as F
+
+from .reference import StepRecord
+
+__all__ = ["stack", "unsupported", "auto_pays"]
+
+_OPS = {"rnn": _VF.rnn_tanh, "gru": _VF.gru}
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def unsupported(cell: str, gate_kind: str, dtype) -> str | None:
+    """Why the ``nn`` backend cannot run this combination, or None if it can."""
+    if cell not in _OPS:
+        return f"backend 'nn' runs RNN and GRU stacks only, not cell {cell!r}"
+    if gate_kind != "dense":
+        return (f"backend 'nn' runs dense stacks only (every gate a DenseGate); got gate {gate_kind!r}: "
+                "use backend 'auto', 'torch', 'numba' or 'triton' for selective updates")
+    if dtype not in _DTYPES:
+        return f"backend 'nn' supports float32, float64, float16 and bfloat16, not {dtype}"
+    return None
+
+
+def auto_pays(cell: str, batch: int, hidden: int, device=None) -> bool:
+    """Whether ``backend="auto"`` picks ``nn`` for a dense stack.
+
+    On CUDA always: it is ``torch.nn.GRU`` itself (cuDNN), against which the Triton kernels
+    are measured (docs/triton.md). On a CPU only where docs/benchmarks.md measured it faster
+    than the dense Numba kernels: GRU inference (no autograd) with at least
+    ``CPU_MIN_BATCH`` rows and ``CPU_MIN_HIDDEN`` neurons; with autograd the Numba kernels
+    were faster at every size measured.
+    """
+    if device is not None and device.type == "cuda":
+        return True
+    return cell == "gru" and not torch.is_grad_enabled() and batch >= CPU_MIN_BATCH and hidden >= CPU_MIN_HIDDEN
+
+
+#: CPU GRU inference sizes from which torch's RNN op beat the dense Numba kernels
+#: (tools/bench_numba.py --nn, docs/benchmarks.md)
+CPU_MIN_BATCH = 32
+CPU_MIN_HIDDEN = 512
+
+
+def stack(cell, x, h0, weights, *, dropout: float, training: bool, record: bool):
+    """Run a dense stack. x (B, T, F); h0 (L, B, H); weights: per sub-layer the tuple
+    ``(weight_ih, weight_hh, bias_ih, bias_hh)`` (biases None together, as in torch.nn).
+
+    Returns ``(out (B, T, H), hT (L, B, H), records)``; records is a list of
+    :class:`StepRecord` (gate all ones, delta h_t - h_{t-1}) when ``record``, else None.
+    """
+    op = _OPS[cell]
+    has_b = weights[0][2] is not None
+    flat = [w for layer in weights for w in (layer if has_b else layer[:2])]
+    L = len(weights)
+    if not record:
+        out, hT = _call(op, x, h0, flat, has_b, L, dropout, training)
+        return out, hT, None
+    n = 4 if has_b else 2
+    inp, hs, records = x, [], []
+    for k in range(L):
+        out, hk = _call(op, inp, h0[k : k + 1], flat[k * n : (k + 1) * n], has_b, 1, 0.0, training)
+        hs.append(hk[0])
+        delta = out - torch.cat([h0[k][:, None], out[:, :-1]], 1)
+        records.append(StepRecord(torch.ones_like(out), delta, None))
+        inp = F.dropout(out, dropout, training=True) if (dropout and training and k < L - 1) else out
+    return out, torch.stack(hs), records
+
+
+def _call(op, x, h0, flat, has_b, layers, dropout, training):
+    with warnings.catch_warnings():
+        # cuDNN copies weights that are not one contiguous buffer into one at each call
+        # (a few microseconds for the sizes here); the layer keeps torch.nn's parameter names
+        # rather than a flat buffer, so the copy is expected.
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+        return op(x, h0.contiguous(), flat, has_b, layers, float(dropout), bool(training), False, True)

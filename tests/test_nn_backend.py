@@ -1,0 +1,111 @@
+"""backend="nn": a dense SURNN / SUGRU stack runs the op behind torch.nn.RNN / torch.nn.GRU.
+
+It must give the torch module's outputs, final states and every gradient (the same op on the
+same weights: equal to the last bit on a CPU), with several layers, no bias, dropout drawn as
+torch.nn draws it, records and chunked state; refuse selective gates and other cells; and
+``auto`` must choose it only where the measured rule says so.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import su_neuro
+from su_neuro import SUGRU, SURNN, SUState, backends
+from su_neuro.backends import BackendUnavailableError
+from su_neuro.kernels import torch_rnn
+
+PAIRS = [(SUGRU, torch.nn.GRU), (SURNN, torch.nn.RNN)]
+
+
+def _grads(out, hT, params, g, gh):
+    return torch.autograd.grad((out * g).sum() + (hT * gh).sum(), params)
+
+
+@pytest.mark.parametrize("cls,module", PAIRS)
+@pytest.mark.parametrize("layers,bias,T", [(1, True, 1), (2, False, 15), (3, True, 63)])
+def test_nn_backend_equals_torch_module(cls, module, layers, bias, T):
+    torch.manual_seed(layers * 10 + T)
+    ref = module(5, 13, num_layers=layers, bias=bias, batch_first=True).double()
+    su = cls.from_torch(ref, gate="dense", backend="nn")
+    x = torch.randn(3, T, 5, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(layers, 3, 13, dtype=torch.float64, requires_grad=True)
+    y_ref, h_ref = ref(x, h0)
+    y, state = su(x, h0)
+    assert torch.equal(y, y_ref) and torch.equal(state.h, h_ref)
+    assert state.t == T
+    g, gh = torch.randn_like(y), torch.randn_like(h_ref)
+    want = _grads(y_ref, h_ref, [x, h0, *ref.parameters()], g, gh)
+    got = _grads(y, state.h, [x, h0, *su.parameters()], g, gh)
+    names = ["x", "h0", *(n for n, _ in ref.named_parameters())]
+    for name, a, b in zip(names, want, got, strict=True):
+        assert torch.equal(a, b), f"{name}: max |d| {(a - b).abs().max().item():.3e}"
+
+
+@pytest.mark.parametrize("cls,module", PAIRS)
+def test_nn_backend_dropout_draws_as_torch_nn(cls, module):
+    ref = module(4, 8, num_layers=3, dropout=0.4, batch_first=True)
+    su = cls.from_torch(ref, gate="dense", backend="nn")
+    x = torch.randn(2, 6, 4)
+    torch.manual_seed(3)
+    y_ref, _ = ref(x)
+    torch.manual_seed(3)
+    y, _ = su(x)
+    assert torch.equal(y, y_ref)
+    torch.manual_seed(4)
+    y_other, _ = su(x)
+    assert not torch.equal(y_other, y)  # dropout is on in training
+    su.eval(), ref.eval()
+    assert torch.equal(su(x)[0], ref(x)[0])
+
+
+@pytest.mark.parametrize("cls,module", PAIRS)
+def test_nn_backend_records_and_chunks_match_the_reference(cls, module):
+    torch.manual_seed(1)
+    ref = module(3, 9, num_layers=2, batch_first=True)
+    su = cls.from_torch(ref, gate="dense", backend="nn")
+    spec = cls.from_torch(ref, gate="dense", backend="torch")
+    x = torch.randn(2, 20, 3)
+    y, state, recs = su(x, record=True)
+    y_spec, state_spec, recs_spec = spec(x, record=True)
+    torch.testing.assert_close(y, y_spec, atol=1e-6, rtol=1e-5)
+    assert len(recs) == 2
+    for rec, rec_spec in zip(recs, recs_spec, strict=True):
+        assert torch.equal(rec.gate, rec_spec.gate)  # all ones
+        torch.testing.assert_close(rec.delta, rec_spec.delta, atol=1e-6, rtol=1e-5)
+        assert rec.spike is None
+    y1, s1 = su(x[:, :7])
+    y2, s2 = su(x[:, 7:], s1)
+    assert s2.t == 20
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(s2.h, state.h, atol=1e-6, rtol=1e-5)
+    assert isinstance(s2, SUState) and s2.s is None
+
+
+def test_nn_backend_refuses_what_it_cannot_run():
+    with pytest.raises(BackendUnavailableError, match="dense stacks only.*'rhythmic'"):
+        SUGRU(2, 4, gate="rhythmic", backend="nn")(torch.randn(1, 3, 2))
+    with pytest.raises(BackendUnavailableError, match="RNN and GRU stacks only, not cell 'lif'"):
+        su_neuro.SULIF(2, 4, gate="dense", backend="nn")(torch.randn(1, 3, 2))
+    mixed = SUGRU(2, 4, num_layers=2, gate=[su_neuro.DenseGate(4), su_neuro.RhythmicGate(4)], backend="nn")
+    with pytest.raises(BackendUnavailableError, match="gate 'mixed'"):
+        mixed(torch.randn(1, 3, 2))
+    assert torch_rnn.unsupported("gru", "dense", torch.int32) is not None
+
+
+def test_auto_picks_nn_only_where_measured():
+    cpu = torch.device("cpu")
+    cuda = torch.device("cuda")
+    pick = lambda dev, **kw: backends._auto_pays("nn", kw.get("cell", "gru"), kw["batch"], kw["hidden"], dev)  # noqa: E731
+    assert pick(cuda, batch=1, hidden=8)  # CUDA: cuDNN for every dense stack
+    with torch.no_grad():
+        assert pick(cpu, batch=torch_rnn.CPU_MIN_BATCH, hidden=torch_rnn.CPU_MIN_HIDDEN)
+        assert not pick(cpu, batch=1, hidden=torch_rnn.CPU_MIN_HIDDEN)
+        assert not pick(cpu, cell="rnn", batch=64, hidden=1024)
+    assert not pick(cpu, batch=64, hidden=1024)  # with autograd the Numba kernels won
+    with torch.no_grad():
+        assert backends.resolve("auto", cpu, "gru", "dense", torch.float32, batch=64, hidden=1024) == "nn"
+        assert backends.resolve("auto", cpu, "gru", "rhythmic", torch.float32, batch=64, hidden=1024) != "nn"
+        assert backends.resolve("auto", cpu, "gru", "mixed", torch.float32, batch=64, hidden=1024) != "nn"
+    assert backends.resolve("auto", cpu, "gru", "dense", torch.float32, batch=64, hidden=1024) != "nn"
