@@ -385,16 +385,27 @@ def grid_on(tri, monkeypatch):
     return grid, calls
 
 
-# (B, H, T, overrides): one program; round robin of 3 chunks over 2 programs with 3 column
-# tiles; two batch blocks of 16 rows (the second one partial)
+def _tiles(bb, bh, bk, fma):
+    from su_neuro.kernels.triton.grid import Tiles
+
+    return Tiles(bb, bh, bk, 4, 2, fma)
+
+
+# (B, H, T, overrides): one program (the default for B = 1: FMA, one row); round robin of 3
+# chunks over 2 programs with 3 column tiles, on tl.dot and on the FMA units (chunks of 8
+# rows, a batch block of 4 rows for 3); batch blocks of 16 rows (tl.dot) and of 8 rows (FMA),
+# the last one partial
 GRID_CASES = [
     (1, 5, 1, {}),
-    (3, 40, 7, {"BK": 16, "MAX_NH": 2}),
-    (17, 33, 4, {"MAX_BB": 16}),
+    (3, 40, 7, {"TILES": _tiles(16, 16, 16, False), "MAX_NH": 2}),
+    (3, 40, 7, {"TILES": _tiles(4, 8, 16, True), "MAX_NH": 2}),
+    (17, 33, 4, {"TILES": _tiles(16, 16, 64, False)}),
+    (17, 33, 4, {"TILES": _tiles(8, 16, 32, True)}),
 ]
 
 
-@pytest.mark.parametrize("case", range(len(GRID_CASES)), ids=["one", "round_robin", "blocks"])
+@pytest.mark.parametrize("case", range(len(GRID_CASES)),
+                         ids=["one", "round_robin", "round_robin_fma", "blocks", "blocks_fma"])
 @pytest.mark.parametrize("kind", ["dense", "rhythmic"])
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_grid_kernels_match_reference(tri, grid_on, monkeypatch, cell, kind, case):
@@ -415,7 +426,7 @@ def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
     grid, calls = grid_on
     monkeypatch.setattr(grid, "_native", lambda device: True)
     monkeypatch.setattr(grid, "MAX_NH", 1)
-    monkeypatch.setattr(grid, "MAX_BB", 16)
+    monkeypatch.setattr(grid, "TILES", _tiles(16, 16, 64, False))
     counters = []
     real = grid._counters
 
@@ -496,22 +507,28 @@ def test_grid_kernels_eligibility(tri, monkeypatch):
     assert not grid.eligible("gru", "event", w, 4, cpu)
     assert not grid.eligible("lif", "rhythmic", w, 4, cpu)
     assert not grid.eligible("lif", "dense", None, 4, cpu)
-    monkeypatch.setattr(grid, "BH", 32)
-    assert grid.shape(1, 100, cpu) == (16, 4, 1)
-    assert grid.shape(200, 100, cpu) == (64, 4, 4)
+    # the default tiles: a batch of <= 8 rows is one FMA block of next_pow2(B) rows; larger
+    # batches take tl.dot blocks of 16-64 rows and a reduction tile of 1024 / BB
+    assert grid.tiles(1, 100, cpu) == grid.Tiles(1, 16, 256, 4, 2, True)
+    assert grid.tiles(5, 100, cpu).bb == 8
+    assert grid.shape(1, 100, cpu) == (1, 7, 1)
+    assert grid.shape(200, 100, cpu) == (64, 7, 4)
+    assert [grid.tiles(b, 100, cpu).bk for b in (16, 32, 64)] == [64, 32, 32]
     monkeypatch.setattr(grid, "MAX_NH", 3)
     assert grid.shape(200, 1000, cpu) == (64, 3, 4)
-    assert [grid._reduction_tile(bb) for bb in (16, 32, 64)] == [64, 32, 32]
+    monkeypatch.setattr(grid, "TILES", _tiles(16, 32, 64, False))
+    assert grid.shape(200, 1000, cpu) == (16, 3, 13)
     # on a GPU (132 SMs here): NH programs of 16 rows, the batch cut into the blocks that
     # the SMs left beside them hold, every program resident or not eligible
     monkeypatch.setattr(grid, "MAX_NH", None)
-    monkeypatch.setattr(grid, "BH", 16)
+    monkeypatch.setattr(grid, "TILES", None)
     monkeypatch.setattr(grid, "_sm_count", lambda device: 132)
     gpu = torch.device("cuda")
     assert grid.shape(64, 1024, gpu) == (32, 64, 2)  # two blocks of 32 beside 64 programs
-    assert grid.shape(1, 1024, gpu) == (16, 64, 1)
+    assert grid.shape(1, 1024, gpu) == (1, 64, 1)
+    assert grid.shape(1, 8192, gpu) == (1, 132, 1)  # more chunks than SMs: round robin
     assert grid.shape(64, 256, gpu) == (16, 16, 4)
-    assert grid.shape(64, 4096, gpu) == (64, 132, 1)  # more chunks than SMs: round robin
+    assert grid.shape(64, 4096, gpu) == (64, 132, 1)
     assert grid.shape(200, 1024, gpu) == (64, 33, 4)
     w = torch.zeros(3 * 1024, 1024)
     assert grid.eligible("gru", "dense", w, 200, gpu)

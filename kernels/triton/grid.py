@@ -40,6 +40,8 @@ dxp, dgh, the backward mask) that these kernels share with the per-row ones, and
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -56,23 +58,40 @@ from ._common import (
     next_pow2,
 )
 
-__all__ = ["ENABLED", "eligible", "launch_fwd", "launch_bwd", "shape"]
+__all__ = ["ENABLED", "Tiles", "eligible", "launch_fwd", "launch_bwd", "shape", "tiles"]
 
 # Off until the benchmark has timed it on a GPU against the per-row kernels (the barrier's
 # instructions are checked by tools/triton_aot.py, its execution only by a native run);
 # tools/bench_triton.py times both.
 ENABLED = False
-# Rows (forward) / columns (backward) of U per program chunk: the smallest tl.dot width, so
-# that a sparse step (k_t open rows) still spreads over k_t / 16 programs. Untuned.
-BH = 16
-# Reduction tile: None picks 1024 // BB (64 at BB = 16, 32 from BB = 32): one [BB, BK]
-# operand tile of 1024 values whatever the batch. Chosen from sm_90 compiles
-# (tools/triton_aot.py, docs/triton.md): 2048 values left the bf16 backward at 255
-# registers with 136 B of spills; at BB = 32, BK = 32 was the only tile with no spills in
-# any forward or backward (Triton 3.6). Not timed.
-BK = None
 MAX_BB = 64  # batch rows per program
 MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
+
+
+class Tiles(NamedTuple):
+    """How a launch cuts the work (docs/triton.md, "Cost model").
+
+    bb: batch rows per program (a batch block); 1-64, powers of two; below 16 needs ``fma``.
+    bh: rows of U per forward chunk (columns per backward slice); the chunks of a step are
+        shared round robin by the NH programs of a batch block.
+    bk: reduction tile (columns of U per forward iteration, rows per backward iteration).
+    warps, stages: Triton's num_warps and num_stages.
+    fma: products on the FMA units as broadcasts summed over the reduction axis (exact fp32,
+        any bb / bh) instead of ``tl.dot`` (bb, bh >= 16; tensor cores at TF32 precision).
+    """
+
+    bb: int
+    bh: int
+    bk: int
+    warps: int
+    stages: int
+    fma: bool
+
+
+#: tiles to use instead of :func:`tiles`' choice (the benchmark's sweep sets it)
+TILES: Tiles | None = None
+#: tl.dot precision instead of the one torch's flags give ("ieee", "tf32", "tf32x3")
+PRECISION: str | None = None
 
 
 @triton.jit
@@ -85,6 +104,26 @@ def _grid_sync(sync_ptr, q, target, SYNC: tl.constexpr):
         while cnt < target:
             cnt = tl.atomic_add(sync_ptr + q, 0, sem="acquire", scope="gpu")
         tl.debug_barrier()
+
+
+@triton.jit
+def _mac(acc, a, w, FMA: tl.constexpr, PREC: tl.constexpr):
+    # acc[BB, BH] += a[BB, BK] @ w[BH, BK]^T
+    if FMA:
+        acc += tl.sum(a[:, None, :] * w[None, :, :], axis=2)
+    else:
+        acc = tl.dot(a, tl.trans(w), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _mac_t(acc, v, w, FMA: tl.constexpr, PREC: tl.constexpr):
+    # acc[BB, BH] += v[BB, BK] @ w[BK, BH]
+    if FMA:
+        acc += tl.sum(v[:, :, None] * w[None, :, :], axis=1)
+    else:
+        acc = tl.dot(v, w, acc, input_precision=PREC)
+    return acc
 
 
 @triton.jit
@@ -103,9 +142,11 @@ def _fwd_grid_kernel(
     xp_ptr, w_ptr, b_ptr, gate_ptr, mask_ptr, idx_ptr, off_ptr, hs_ptr, gh_ptr, sync_ptr,
     t0, t1, B, T, H,
     CELL: tl.constexpr, GATE: tl.constexpr, HAS_B: tl.constexpr, SAVE_GH: tl.constexpr,
-    SYNC: tl.constexpr, PREC: tl.constexpr,
+    SYNC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
 ):
+    # FMA: products as [BB, BH, BK] broadcasts summed over K on the FMA units (any BB, BH),
+    # else tl.dot (BB, BH >= 16) at precision PREC.
     # xp (B, T, G); hs (B, T+1, H), row 0 = h0; gh (B, T, G) fp32; mask (T, H) int8: rows
     # whose candidate is computed (idx / off: its compacted lists); sync (NB,) int32 zeros.
     p = tl.program_id(0)
@@ -144,12 +185,12 @@ def _fwd_grid_kernel(
                 wm = km[:, None] & kkm[None, :]
                 wo = rows[:, None] * H + kk[None, :]
                 w0 = tl.load(w_ptr + wo, mask=wm, other=0.0).to(tl.float32)
-                a0 = tl.dot(hk, tl.trans(w0), a0, input_precision=PREC)
+                a0 = _mac(a0, hk, w0, FMA, PREC)
                 if CELL == 1:
                     w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(tl.float32)
                     w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0).to(tl.float32)
-                    a1 = tl.dot(hk, tl.trans(w1), a1, input_precision=PREC)
-                    a2 = tl.dot(hk, tl.trans(w2), a2, input_precision=PREC)
+                    a1 = _mac(a1, hk, w1, FMA, PREC)
+                    a2 = _mac(a2, hk, w2, FMA, PREC)
             if HAS_B:
                 a0 += tl.load(b_ptr + rows, mask=km, other=0.0).to(tl.float32)[None, :]
                 if CELL == 1:
@@ -187,7 +228,7 @@ def _bwd_grid_kernel(
     ch_ptr, dir_ptr, dxp_ptr, dgh_ptr, dg_ptr, sync_ptr,
     t0, t1, B, T, H,
     CELL: tl.constexpr, GATE: tl.constexpr, NEED_DG: tl.constexpr, DG_MASK: tl.constexpr,
-    PHASES: tl.constexpr, SYNC: tl.constexpr, PREC: tl.constexpr,
+    PHASES: tl.constexpr, SYNC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
 ):
     # Steps t = T-1-tt for tt in [t0, t1). PHASES: 3 both phases (with SYNC, a barrier
@@ -275,7 +316,7 @@ def _bwd_grid_kernel(
                                     other=0.0, cache_modifier=".cg")
                         w = tl.load(w_ptr + (sec * H + rows)[:, None] * H + j[None, :], mask=wm,
                                     other=0.0)
-                        acc = tl.dot(v, w.to(tl.float32), acc, input_precision=PREC)
+                        acc = _mac_t(acc, v, w.to(tl.float32), FMA, PREC)
                 so = (bb * H)[:, None] + j[None, :]
                 m = bm[:, None] & jm[None, :]
                 tl.store(ch_ptr + so, tl.load(dir_ptr + so, mask=m, other=0.0) + acc, mask=m)
@@ -295,7 +336,7 @@ def eligible(cell: str, gate: str, w_hh, B: int, device) -> bool:
     sms = _sm_count(device)
     if sms is not None:
         _, nh, nb = shape(B, w_hh.shape[1], device)
-        return nh * nb <= sms
+        return nh >= 1 and nh * nb <= sms
     return True
 
 
@@ -311,31 +352,50 @@ def _clamp_block(rows: int) -> int:
     return max(16, min(MAX_BB, next_pow2(rows)))
 
 
-def shape(B: int, H: int, device) -> tuple[int, int, int]:
-    """(BB, NH, NB): batch rows per program, programs per batch block, batch blocks.
+def tiles(B: int, H: int, device) -> Tiles:
+    """The tiles of a call: :data:`TILES` where set, else the default.
 
-    NH is one program per chunk of BH rows (at most ``MAX_NH``). On a GPU the programs must
-    all be resident (a spin barrier): NH ≤ SMs, and the batch is cut into as many blocks as
-    the SMs left beside NH hold (BB = 16-64 rows), so that small layers still fill the GPU;
-    NH · NB > SMs (a batch of more than 64 rows per SM left) is not eligible. Elsewhere
-    (the interpreter) BB covers the batch up to 64 rows."""
-    nh = triton.cdiv(H, BH)
-    if MAX_NH is not None:
-        nh = max(1, min(nh, MAX_NH))
+    Default: a batch of at most 8 rows is one block of ``next_pow2(B)`` rows on the FMA
+    units (a tensor-core tile would pad it to 16 rows and compute 16 / B times the products);
+    a larger batch takes blocks of 16-64 rows sized to fill the SMs beside the NH programs,
+    ``tl.dot`` on them, and a reduction tile of 1024 / BB (no spills in the sm_90 compiles,
+    docs/triton.md)."""
+    if TILES is not None:
+        return TILES
+    if B <= 8:
+        return Tiles(next_pow2(B), 16, 256, 4, 2, True)
+    nh = triton.cdiv(H, 16)
     sms = _sm_count(device)
     if sms is None:
         bb = _clamp_block(B)
-        return bb, nh, triton.cdiv(B, bb)
-    nh = min(nh, sms)
-    bb = _clamp_block(triton.cdiv(B, max(1, sms // nh)))
-    nb = triton.cdiv(B, bb)
-    return bb, max(1, min(nh, sms // nb)), nb
+    else:
+        bb = _clamp_block(triton.cdiv(B, max(1, sms // min(nh, sms))))
+    return Tiles(bb, 16, max(32, 1024 // bb), 8 if bb >= 64 else 4, 2, False)
+
+
+def shape(B: int, H: int, device) -> tuple[int, int, int]:
+    """(BB, NH, NB): batch rows per program, programs per batch block, batch blocks.
+
+    NH is one program per chunk of ``bh`` rows (at most ``MAX_NH``). On a GPU the programs
+    must all be resident (a spin barrier): NH ≤ SMs // NB, so NH is 0 (not eligible) when
+    the batch needs more blocks than there are SMs. The interpreter has no residency limit."""
+    t = tiles(B, H, device)
+    nh = triton.cdiv(H, t.bh)
+    if MAX_NH is not None:
+        nh = max(1, min(nh, MAX_NH))
+    nb = triton.cdiv(B, t.bb)
+    sms = _sm_count(device)
+    if sms is not None:
+        nh = min(nh, sms // nb)
+    return t.bb, nh, nb
 
 
 def _precision(dtype) -> str:
     # The dot operands are fp32 (16-bit inputs are widened after the load). fp16 and bf16
     # values are exact in TF32, so for them TF32 tensor cores compute the fp32 products
     # exactly; fp32 inputs use TF32 only where torch allows it for matmuls.
+    if PRECISION is not None:
+        return PRECISION
     if dtype in (torch.float16, torch.bfloat16) or _tf32_matmuls():
         return "tf32"
     return "ieee"
@@ -352,16 +412,6 @@ def _tf32_matmuls() -> bool:
         return bool(m.allow_tf32)
     except RuntimeError:
         return False
-
-
-def _reduction_tile(bb: int) -> int:
-    return BK if BK is not None else max(32, 1024 // bb)  # BB is 16-64
-
-
-def _warps(bb: int) -> int:
-    # one persistent program per SM: 8 warps (two per sub-partition) once the batch block
-    # gives them work; untuned
-    return 8 if bb >= 64 else 4
 
 
 #: the last native launch of each kernel: programs and the compiler's resource figures
@@ -395,12 +445,11 @@ def _setup(cfg, xp, hs):
     barrier counters and the compile-time arguments they share."""
     B, T, _ = xp.shape
     H = hs.shape[2]
-    bb, nh, nb = shape(B, H, xp.device)
-    meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]], BB=bb, BH=BH,
-                BK=_reduction_tile(bb), num_warps=_warps(bb), num_stages=2, **LAUNCH_OPTIONS)
+    t = tiles(B, H, xp.device)
+    _, nh, nb = shape(B, H, xp.device)
+    meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]], BB=t.bb, BH=t.bh,
+                BK=t.bk, FMA=t.fma, num_warps=t.warps, num_stages=t.stages, **LAUNCH_OPTIONS)
     return B, T, H, nh, nb, dummy(xp.device), _counters(nb, xp.device), meta
-
-
 def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
     """Fills ``hs[:, 1:]`` (and ``gh`` when ``save_gh``); ``hs[:, 0]`` holds h0."""
     B, T, H, nh, nb, d, sync, meta = _setup(cfg, xp, hs)

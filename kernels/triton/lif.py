@@ -35,6 +35,9 @@ __all__ = ["launch_lif_ff_fwd", "BLOCK", "T_TILE"]
 
 BLOCK = 32  # neurons per program: one warp, one neuron per thread
 T_TILE = 16  # steps whose input current one tile load fetches
+WARPS = 1
+#: (BLOCK, T_TILE, WARPS) to use instead of the defaults above (the benchmark's sweep sets it)
+TILES: tuple[int, int, int] | None = None
 
 
 @triton.jit
@@ -98,10 +101,11 @@ def launch_lif_ff_fwd(cfg, xp, hs, ss, theta, beta, grec, record, dummy):
     event = cfg["gate"] == "event"
     if T == 0:
         return
-    _lif_ff_fwd_kernel[(B, triton.cdiv(H, BLOCK))](
+    block, t_tile, warps = TILES if TILES is not None else (BLOCK, T_TILE, WARPS)
+    _lif_ff_fwd_kernel[(B, triton.cdiv(H, block))](
         xp, theta if event else dummy, beta, hs, ss, grec if (record and event) else dummy,
         T, H, cfg["threshold"],
         GATE=2 if event else 0, RECORD=record and event, ZERO_RESET=cfg["zero_reset"],
-        BLOCK=BLOCK, T_TILE=T_TILE, num_warps=1, **LAUNCH_OPTIONS,
+        BLOCK=block, T_TILE=t_tile, num_warps=warps, **LAUNCH_OPTIONS,
     )  # fmt: skip
 

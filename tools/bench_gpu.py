@@ -1,0 +1,425 @@
+"""GPU targets of su_neuro in one run (issue 20): one table, each target met or missed.
+
+    python tools/bench_gpu.py                 # on a CUDA GPU; ~4 minutes on one H200
+    python tools/bench_gpu.py --json out.json # also every measured figure as JSON
+
+What it measures, all side by side in one process on one card (times: medians of CUDA-event
+timed repetitions after a warm-up, `triton.testing.do_bench`):
+
+1. the card's ceilings: device-to-device copy bandwidth (bytes read + written), and the cost
+   of the multi-program kernels' spin barrier alone (one per step, no work);
+2. a sweep of the multi-program kernels' tiles (kernels/triton/grid.py: batch block, chunk
+   rows, reduction tile, warps, stages, tl.dot or FMA, dot precision) on the targets'
+   rhythmic GRU (B=64, H=1024, T=1024, 10 %, frozen gate) and on B=1, H=8192, T=1000, and of
+   the feed-forward LIF kernel's tiles (kernels/triton/lif.py);
+3. the targets through the public API (`SUGRU`, `SURNN`, `SULIF`), against `torch.nn.GRU` /
+   `torch.nn.RNN` (cuDNN, torch's defaults: TF32 allowed for cuDNN) on the same inputs.
+
+Without CUDA it exits with status 2 and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+TARGET_B, TARGET_H, TARGET_T, TARGET_F = 64, 1024, 1024, 32
+# sizes: (B, H, T) of the GRU/RNN targets, of the B = 1 row, of the LIF row, and the H of the
+# per-row row; --tiny shrinks them for a smoke run under TRITON_INTERPRET=1 on a CPU
+SIZES = {"target": (64, 1024, 1024), "b1": (1, 8192, 1000), "lif": (64, 4096, 1024), "small_h": 256}
+TINY = {"target": (16, 32, 6), "b1": (1, 64, 5), "lif": (2, 64, 20), "small_h": 16}
+DEV = "cuda"
+
+
+def _bench(fn, rep_ms: float = 300.0) -> float:
+    """Median milliseconds of ``fn`` (CUDA events; a warm-up call first)."""
+    import triton.testing
+
+    if DEV == "cpu":  # the smoke run: one timed call
+        t0 = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - t0)
+    fn()
+    torch.cuda.synchronize()
+    return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 2 GiB: bytes read + written over time (GB/s)."""
+    n = 1 << (29 if DEV == "cuda" else 16)  # fp32 values: 2 GiB
+    a = torch.randn(n, device=DEV)
+    b = torch.empty_like(a)
+    ms = _bench(lambda: b.copy_(a))
+    return 2 * 4 * n / (ms * 1e-3) / 1e9
+
+
+def barrier_cost(T: int = 4096) -> dict:
+    """Microseconds per step of the grid barrier alone, at 132 programs in one block and at
+    4 blocks of 33 (the targets' shapes)."""
+    import triton
+    import triton.language as tl
+
+    from su_neuro.kernels.triton.grid import _grid_sync
+
+    @triton.jit
+    def _sync_only(sync_ptr, T):
+        q = tl.program_id(1)
+        nh = tl.num_programs(0)
+        for t in range(0, T):
+            _grid_sync(sync_ptr, q, (t + 1) * nh, True)
+
+    if DEV == "cpu":  # the interpreter runs programs one after another: a barrier would hang
+        return {}
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    out = {}
+    for nh, nb in ((sms, 1), (sms // 4, 4), (1, 1)):
+        def run(nh=nh, nb=nb):
+            sync = torch.zeros(nb, dtype=torch.int32, device=DEV)
+            _sync_only[(nh, nb)](sync, T, launch_cooperative_grid=True)
+
+        out[f"{nh}x{nb}"] = _bench(run) * 1e3 / T
+    return out
+
+
+# ----------------------------------------------------------------------- recurrence calls
+def _rhythm(T, H, rate, device, seed=0):
+    """(T, H) batch-uniform rhythm: each neuron open `rate` of a period, random phases."""
+    g = torch.Generator().manual_seed(seed)
+    if rate >= 1.0:
+        return torch.ones(T, H, device=device)
+    period = max(1, round(1.0 / rate))
+    phase = torch.randint(0, period, (H,), generator=g).to(device)
+    t = torch.arange(T, device=device)[:, None]
+    return (((t + phase[None]) % period) < max(1, round(rate * period))).float()
+
+
+def _call(cell, B, H, T, rate, *, train, seed=0):
+    """A recurrence call of the Triton backend on random data (frozen rhythmic gate)."""
+    from su_neuro.gates import GateInput
+    from su_neuro.kernels.triton.ops import recurrence
+
+    g = torch.Generator().manual_seed(seed)
+    G = 3 * H if cell == "gru" else H
+    xp = (torch.randn(B, T, G, generator=g) * 0.5).to(DEV).requires_grad_(train)
+    h0 = torch.zeros(B, H, device=DEV, requires_grad=train)
+    w = (torch.randn(G, H, generator=g) / math.sqrt(H)).to(DEV).requires_grad_(train)
+    b = (torch.randn(G, generator=g) * 0.1).to(DEV).requires_grad_(train)
+    gate = GateInput("rhythmic", _rhythm(T, H, rate, DEV, seed))
+
+    def fwd():
+        with torch.no_grad():
+            return recurrence(cell, xp, h0, None, w, b, gate)[0]
+
+    def fwd_bwd():
+        out, hT, _, _ = recurrence(cell, xp, h0, None, w, b, gate)
+        (out.sum() + hT.sum()).backward()
+
+    return fwd, (fwd_bwd if train else None), gate.values
+
+
+def _with_grid(tiles, precision, fn):
+    from su_neuro.kernels.triton import grid
+
+    saved = grid.ENABLED, grid.TILES, grid.PRECISION
+    grid.ENABLED, grid.TILES, grid.PRECISION = True, tiles, precision
+    try:
+        return fn()
+    finally:
+        grid.ENABLED, grid.TILES, grid.PRECISION = saved
+
+
+def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None):
+    """Time the multi-program kernels at each (tiles, precision; None: the per-row kernel);
+    max_diff is each forward output's largest difference from the first config's."""
+    from su_neuro.kernels.triton import grid
+
+    fwd, fb, gvals = _call(cell, B, H, T, rate, train=train)
+    rows = []
+    base = ref_out
+    for tiles, prec in configs:
+        label = "per-row" if tiles is None else _label(tiles, prec)
+        try:
+            out = fwd() if tiles is None else _with_grid(tiles, prec, fwd)
+            base = out if base is None else base  # the first config's output is the reference
+            d = (out.float() - base.float()).abs().max().item()
+            if tiles is None:
+                tf = _bench(fwd)
+                tb = _bench(fb) if fb else None
+            else:
+                tf = _with_grid(tiles, prec, lambda: _bench(fwd))
+                tb = _with_grid(tiles, prec, lambda: _bench(fb)) if fb else None
+            res = dict(grid.LAUNCHED.get("fwd", {})) if tiles is not None else {}
+            rows.append({"config": label, "fwd_ms": tf, "fwd_bwd_ms": tb, "max_diff": d, "fwd_kernel": res,
+                         "bwd_kernel": dict(grid.LAUNCHED.get("bwd", {})) if (tiles is not None and fb) else {}})
+        except Exception as err:  # a config that does not compile or launch is a result too
+            rows.append({"config": label, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"})
+        print("  ", rows[-1], flush=True)
+    open_rows = int(gvals.sum().item())
+    return rows, open_rows
+
+
+def _label(t, prec):
+    return f"bb{t.bb} bh{t.bh} bk{t.bk} w{t.warps} s{t.stages} {'fma' if t.fma else 'dot-' + prec}"
+
+
+def sweep_lif(B, H, T, configs, copy_gbs):
+    from su_neuro.gates import GateInput
+    from su_neuro.kernels.reference import LIFParams
+    from su_neuro.kernels.triton import lif as lif_mod
+    from su_neuro.kernels.triton.ops import recurrence
+    from su_neuro.surrogate import get_surrogate
+
+    xp = torch.randn(B, T, H, device=DEV)
+    h0 = torch.zeros(B, H, device=DEV)
+    p = LIFParams(torch.full((H,), 0.9, device=DEV), 1.0, "subtract", get_surrogate("atan"))
+    gate = GateInput("dense")
+
+    def fwd():
+        with torch.no_grad():
+            return recurrence("lif", xp, h0, torch.zeros_like(h0), None, None, gate, p)[0]
+
+    rows = []
+    nbytes = 3 * 4 * B * T * H
+    ref = None
+    for cfg in configs:
+        saved = lif_mod.TILES
+        lif_mod.TILES = cfg
+        try:
+            out = fwd()
+            ref = out if ref is None else ref
+            ms = _bench(fwd)
+            gbs = nbytes / (ms * 1e-3) / 1e9
+            rows.append({"config": cfg, "ms": ms, "GB/s": gbs, "of_copy": gbs / copy_gbs,
+                         "same": bool(torch.equal(out, ref))})
+        except Exception as err:
+            rows.append({"config": cfg, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"})
+        finally:
+            lif_mod.TILES = saved
+        print("  ", rows[-1], flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------- public API rows
+_REF_CACHE: dict = {}
+
+
+def _api_pair(cls, torch_cls, B, H, T, F, gate, *, backend, frozen=False):
+    """(su fwd ms, su fwd+bwd ms, torch fwd ms, torch fwd+bwd ms, update rate) on one input;
+    the torch module's times are measured once per (module, B, H, T)."""
+    torch.manual_seed(0)
+    ref = torch_cls(F, H, batch_first=True).to(DEV)
+    su = cls.from_torch(ref, gate=gate, backend=backend)
+    if frozen:
+        for p in su.gates.parameters():
+            p.requires_grad_(False)
+    x = torch.randn(B, T, F, device=DEV, requires_grad=True)
+
+    def f(m):
+        with torch.no_grad():
+            m(x)
+
+    def fb(m):
+        y = m(x)[0]
+        y.sum().backward()
+
+    with torch.no_grad():
+        _, _, recs = su(x, record=True)
+    rate = float(sum(r.gate.float().mean().item() for r in recs) / len(recs))
+    key = (torch_cls.__name__, B, H, T)
+    if key not in _REF_CACHE:
+        _REF_CACHE[key] = (_bench(lambda: f(ref)), _bench(lambda: fb(ref)))
+    return (_bench(lambda: f(su)), _bench(lambda: fb(su)), *_REF_CACHE[key], rate)
+
+
+def main(argv=None) -> int:
+    global DEV
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--skip-sweep", action="store_true", help="only the targets, default tiles")
+    ap.add_argument("--tiny", action="store_true", help="smoke run of every code path on a CPU "
+                    "(TRITON_INTERPRET=1; figures meaningless)")
+    args = ap.parse_args(argv)
+    sizes = SIZES
+    if args.tiny:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            print("bench_gpu: --tiny runs under Triton's interpreter: set TRITON_INTERPRET=1", file=sys.stderr)
+            return 2
+        DEV, sizes = "cpu", TINY
+    elif not torch.cuda.is_available():
+        print("bench_gpu: needs a CUDA GPU (torch.cuda.is_available() is False); "
+              "on a CPU only the smoke run works: TRITON_INTERPRET=1 python tools/bench_gpu.py --tiny",
+              file=sys.stderr)
+        return 2
+    import triton
+
+    import su_neuro
+    from su_neuro.kernels.triton import grid
+    from su_neuro.kernels.triton.grid import Tiles
+
+    t_start = time.time()
+    torch.backends.cuda.matmul.allow_tf32 = False  # torch's defaults (cuDNN: TF32 allowed)
+    torch.backends.cudnn.allow_tf32 = True
+    if DEV == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        card, sms = props.name, props.multi_processor_count
+    else:
+        card, sms = "CPU (Triton interpreter: figures meaningless)", 0
+    report = {"device": card, "sms": sms, "torch": torch.__version__, "triton": triton.__version__}
+
+    def save():  # after each part: a run cut short by a timeout keeps what it measured
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(report, fh, indent=1, default=str)
+    print(f"# bench_gpu  {card}  SMs {sms}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
+    copy = copy_bandwidth()
+    report["copy_GBs"] = copy
+    print(f"copy bandwidth {copy:.0f} GB/s", flush=True)
+    report["barrier_us"] = barrier_cost()
+    save()
+    print("barrier us/step", report["barrier_us"], flush=True)
+    B, H, T = sizes["target"]
+    B1, H1, T1 = sizes["b1"]
+    BL, HL, TL = sizes["lif"]
+
+    best = {}
+    if not args.skip_sweep:
+        # ---- B=64, H=1024, T=1024, GRU, 10 %, frozen gate: training and inference
+        cfgs = [
+            (None, None),
+            (Tiles(32, 16, 32, 4, 2, False), "ieee"),  # the 2026-12-04 tiles
+            (Tiles(16, 16, 64, 4, 2, False), "ieee"),
+            (Tiles(16, 16, 32, 4, 2, True), "ieee"),
+            (Tiles(16, 8, 64, 4, 2, True), "ieee"),
+            (Tiles(8, 16, 64, 4, 2, True), "ieee"),
+            (Tiles(16, 4, 64, 4, 2, True), "ieee"),
+            (Tiles(8, 8, 64, 4, 2, True), "ieee"),
+            (Tiles(16, 16, 64, 4, 3, False), "tf32x3"),
+            (Tiles(16, 16, 128, 4, 3, False), "tf32"),
+        ]
+        print(f"sweep: gru B={B} H={H} T={T} 10% frozen", flush=True)
+        rows, k = sweep_grid("gru", B, H, T, 0.1, cfgs, train=True)
+        report["sweep_gru_b64"] = {"rows": rows, "open_neuron_steps": k}
+        save()
+        exact = [r for r, (t, p) in zip(rows, cfgs, strict=True)
+                 if "error" not in r and t is not None and (t.fma or p == "ieee") and r["max_diff"] < 1e-3]
+        if exact:
+            best["gru_b64"] = min(exact, key=lambda r: r["fwd_bwd_ms"])["config"]
+        # ---- B=1, H=8192, T=1000, GRU, 10 %, inference
+        cfgs1 = [
+            (Tiles(1, 16, 256, 4, 2, True), "ieee"),
+            (Tiles(1, 8, 512, 4, 2, True), "ieee"),
+            (Tiles(1, 16, 512, 8, 2, True), "ieee"),
+            (Tiles(1, 32, 256, 8, 3, True), "ieee"),
+            (Tiles(1, 4, 1024, 4, 2, True), "ieee"),
+            (Tiles(1, 8, 1024, 8, 3, True), "ieee"),
+        ]
+        print(f"sweep: gru B={B1} H={H1} T={T1} 10% inference", flush=True)
+        rows1, k1 = sweep_grid("gru", B1, H1, T1, 0.1, cfgs1, train=False)
+        report["sweep_gru_b1"] = {"rows": rows1, "open_neuron_steps": k1}
+        wbytes = 3 * k1 * H1 * 4
+        for r in rows1:
+            if "error" not in r:
+                r["weight_GBs"] = wbytes / (r["fwd_ms"] * 1e-3) / 1e9
+                r["of_copy"] = r["weight_GBs"] / copy
+        # ---- feed-forward LIF, B=64, H=4096, T=1024
+        print(f"sweep: feed-forward LIF B={BL} H={HL} T={TL}", flush=True)
+        report["sweep_lif"] = sweep_lif(BL, HL, TL, [
+            (32, 16, 1), (32, 8, 1), (64, 8, 1), (64, 16, 2), (128, 8, 4), (256, 8, 8), (128, 4, 4),
+        ], copy)
+        print(f"sweep: rnn B={B} H={H} T={T} 10% frozen", flush=True)
+        rows_rnn, _ = sweep_grid("rnn", B, H, T, 0.1, [cfgs[0], cfgs[2], cfgs[4], cfgs[6]], train=True)
+        report["sweep_rnn_b64"] = {"rows": rows_rnn}
+        save()
+
+    # ---- the targets through the public API
+    print("targets (public API)", flush=True)
+    F = TARGET_F
+    rhythmic = {"kind": "rhythmic", "init_rate": 0.1}
+    targets = []
+
+    report["targets"] = targets
+
+    def row(name, su_ms, ref_ms, need, extra=""):
+        ratio = ref_ms / su_ms
+        targets.append({"target": name, "su_ms": su_ms, "ref_ms": ref_ms, "ratio": ratio, "need": need,
+                        "met": ratio >= need, "extra": extra})
+        print("  ", targets[-1], flush=True)
+        save()
+
+    for cls, tcls, cell in ((su_neuro.SUGRU, torch.nn.GRU, "gru"), (su_neuro.SURNN, torch.nn.RNN, "rnn")):
+        f, fb, rf, rfb, _ = _api_pair(cls, tcls, B, H, T, F, "dense", backend="auto")
+        row(f"{cell} dense auto fwd", f, rf, 0.95)
+        row(f"{cell} dense auto fwd+bwd", fb, rfb, 0.95)
+        for grid_on in (False, True):
+            grid.ENABLED = grid_on
+            tiles = best.get("gru_b64") if grid_on else None
+            grid.TILES = _parse(tiles) if tiles else None
+            tag = f"grid {tiles or 'default'}" if grid_on else "per-row"
+            f, fb, rf, rfb, rate = _api_pair(cls, tcls, B, H, T, F, rhythmic, backend="triton", frozen=True)
+            row(f"{cell} rhythmic {rate:.0%} frozen fwd [{tag}]", f, rf, 3.0)
+            row(f"{cell} rhythmic {rate:.0%} frozen fwd+bwd [{tag}]", fb, rfb, 2.0)
+            f, fb, rf, rfb, rate = _api_pair(cls, tcls, B, H, T, F, rhythmic, backend="triton")
+            row(f"{cell} rhythmic {rate:.0%} trainable fwd+bwd [{tag}]", fb, rfb, 1.5)
+        grid.ENABLED, grid.TILES = False, None
+    # H = 256: the per-row kernels' lead over cuDNN
+    hs = sizes["small_h"]
+    f, fb, rf, rfb, rate = _api_pair(su_neuro.SUGRU, torch.nn.GRU, B, hs, T, F, rhythmic, backend="triton",
+                                     frozen=True)
+    row(f"gru H={hs} rhythmic {rate:.0%} frozen fwd [per-row]", f, rf, 1.0)
+    row(f"gru H={hs} rhythmic {rate:.0%} frozen fwd+bwd [per-row]", fb, rfb, 1.0)
+    # B = 1, H = 8192, T = 1000, inference: cuDNN and the default B = 1 tiles
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(F, H1, batch_first=True).to(DEV)
+    x = torch.randn(B1, T1, F, device=DEV)
+    with torch.no_grad():
+        cudnn_ms = _bench(lambda: ref(x))
+    grid.ENABLED = True
+    su = su_neuro.SUGRU.from_torch(ref, gate=rhythmic, backend="triton")
+    with torch.no_grad():
+        plan = su.gates[0].plan(0, T1, device=x.device, dtype=x.dtype)
+        k = int(plan.values.sum().item())
+        su_ms = _bench(lambda: su(x))
+    grid.ENABLED = False
+    bw = 3 * k * H1 * 4 / (su_ms * 1e-3) / 1e9
+    row(f"gru B={B1} H={H1} rhythmic {k / (H1 * T1):.0%} inference vs cuDNN", su_ms, cudnn_ms, 8.0,
+        f"{bw:.0f} GB/s on open weights = {bw / copy:.0%} of copy (need 60%)")
+    targets.append({"target": f"gru B={B1} H={H1} open-weight bandwidth", "of_copy": bw / copy,
+                    "met": bw / copy >= 0.6})
+    # feed-forward LIF at the default tiles
+    lif_rows = sweep_lif(BL, HL, TL, [None], copy)
+    frac = lif_rows[0].get("of_copy", 0.0)
+    targets.append({"target": f"feed-forward LIF B={BL} H={HL} T={TL} bandwidth", "of_copy": frac,
+                    "met": frac >= 0.6, "ms": lif_rows[0].get("ms")})
+    report["best"] = best
+    report["seconds"] = time.time() - t_start
+    save()
+
+    print(f"\n# targets on {card} (copy {copy:.0f} GB/s, barrier {report['barrier_us']} us/step), "
+          f"{report['seconds']:.0f} s")
+    for t in targets:
+        mark = "met   " if t["met"] else "MISSED"
+        if "ratio" in t:
+            print(f"{mark} {t['target']:<58} su {t['su_ms']:8.2f} ms  ref {t['ref_ms']:8.2f} ms  "
+                  f"{t['ratio']:5.2f}x (need {t['need']}x) {t['extra']}")
+        else:
+            print(f"{mark} {t['target']:<58} {t['of_copy']:.0%} of copy bandwidth (need 60%)")
+    return 0
+
+
+def _parse(label: str):
+    """Tiles back from a sweep label ("bb16 bh16 bk64 w4 s2 fma" / "... dot-tf32x3")."""
+    from su_neuro.kernels.triton.grid import Tiles
+
+    parts = label.split()
+    num = {p[:2] if p[0] == "b" else p[0]: int(p[2:] if p[0] == "b" else p[1:]) for p in parts[:5]}
+    return Tiles(num["bb"], num["bh"], num["bk"], num["w"], num["s"], parts[5] == "fma")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
