@@ -75,6 +75,8 @@ def stack(cell, x, h0, weights, *, dropout: float, training: bool, record: bool)
     has_b = weights[0][2] is not None
     flat = [w for layer in weights for w in (layer if has_b else layer[:2])]
     L = len(weights)
+    if x.is_cuda:
+        _flatten_for_cudnn(cell, flat, has_b, x.shape[2], h0.shape[2], L)
     if not record:
         out, hT = _call(op, x, h0, flat, has_b, L, dropout, training)
         return out, hT, None
@@ -89,10 +91,28 @@ def stack(cell, x, h0, weights, *, dropout: float, training: bool, record: bool)
     return out, torch.stack(hs), records
 
 
+def _flatten_for_cudnn(cell, flat, has_b, input_size, hidden, layers) -> None:
+    """Make the parameters views into one buffer in cuDNN's layout, as
+    ``torch.nn.RNN.flatten_parameters`` does for its own (cuDNN then reads them in place; else
+    it copies them into such a buffer at every call and scatters the gradient back). Done
+    once: the parameters then share one storage, which in-place optimiser steps keep; a move
+    to another device or dtype makes new storages, and the next call flattens again."""
+    if len({w.untyped_storage().data_ptr() for w in flat}) == 1:
+        return
+    if len({w.data_ptr() for w in flat}) != len(flat) or len({w.dtype for w in flat}) != 1:
+        return  # aliased or mixed parameters: cuDNN's copying path
+    if not all(torch.backends.cudnn.is_acceptable(w) for w in flat) or not torch._use_cudnn_rnn_flatten_weight():
+        return
+    from torch.backends.cudnn import rnn as cudnn_rnn
+
+    mode = cudnn_rnn.get_cudnn_mode("GRU" if cell == "gru" else "RNN_TANH")
+    with torch.no_grad(), torch.cuda.device_of(flat[0]):
+        torch._cudnn_rnn_flatten_weight(flat, 4 if has_b else 2, input_size, mode, hidden, 0, layers, True, False)
+
+
 def _call(op, x, h0, flat, has_b, layers, dropout, training):
     with warnings.catch_warnings():
-        # cuDNN copies weights that are not one contiguous buffer into one at each call
-        # (a few microseconds for the sizes here); the layer keeps torch.nn's parameter names
-        # rather than a flat buffer, so the copy is expected.
+        # parameters cuDNN could not take in place (see _flatten_for_cudnn) are copied into
+        # one buffer at each call, with a warning meant for torch.nn modules
         warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
         return op(x, h0.contiguous(), flat, has_b, layers, float(dropout), bool(training), False, True)

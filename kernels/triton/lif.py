@@ -33,8 +33,8 @@ from ._common import LAUNCH_OPTIONS
 
 __all__ = ["launch_lif_ff_fwd", "BLOCK", "T_TILE"]
 
-BLOCK = 32  # neurons per program: one warp, one neuron per thread
-T_TILE = 16  # steps whose input current one tile load fetches
+BLOCK = 64  # neurons per program: one warp, two neurons per thread
+T_TILE = 8  # steps whose input current one tile load fetches
 WARPS = 1
 #: (BLOCK, T_TILE, WARPS) to use instead of the defaults above (the benchmark's sweep sets it)
 TILES: tuple[int, int, int] | None = None
