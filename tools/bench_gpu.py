@@ -99,10 +99,12 @@ def _rhythm(T, H, rate, device, seed=0):
     return (((t + phase[None]) % period) < max(1, round(rate * period))).float()
 
 
-def _call(cell, B, H, T, rate, *, train, seed=0):
-    """A recurrence call of the Triton backend on random data (frozen rhythmic gate)."""
+def _call(cell, B, H, T, rate, *, train, seed=0, impl=None):
+    """A recurrence call of the Triton backend (or ``impl``) on random data (frozen rhythmic gate)."""
     from su_neuro.gates import GateInput
-    from su_neuro.kernels.triton.ops import recurrence
+    from su_neuro.kernels.triton.ops import recurrence as fused
+
+    recurrence = impl or fused
 
     g = torch.Generator().manual_seed(seed)
     G = 3 * H if cell == "gru" else H
@@ -243,6 +245,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--skip-sweep", action="store_true", help="only the targets, default tiles")
     ap.add_argument("--per-row", action="store_true", help="also the per-row kernels' target rows")
+    ap.add_argument("--table", action="store_true", help="only the table behind backend='auto': torch "
+                    "reference, per-row and multi-program kernels over cells, batches, widths, rates")
     ap.add_argument("--tiny", action="store_true", help="smoke run of every code path on a CPU "
                     "(TRITON_INTERPRET=1; figures meaningless)")
     args = ap.parse_args(argv)
@@ -283,6 +287,10 @@ def main(argv=None) -> int:
     report["barrier_us"] = barrier_cost()
     save()
     print("barrier us/step", report["barrier_us"], flush=True)
+    if args.table:
+        report["auto_table"] = auto_table(tiny=args.tiny, save=save)
+        save()
+        return 0
     B, H, T = sizes["target"]
     B1, H1, T1 = sizes["b1"]
     BL, HL, TL = sizes["lif"]
@@ -412,6 +420,42 @@ def _best(rows, key):
 
 
 AB_ROUNDS = 5
+
+
+def auto_table(*, tiny: bool, save) -> list[dict]:
+    """The measurements behind ``backend="auto"`` on CUDA for RNN / GRU with a rhythmic gate
+    (frozen: the forward compacts the open rows): torch reference, per-row kernels and
+    multi-program kernels at their default tiles (exact fp32), forward (no autograd) and
+    forward+backward, T = 256. Calls estimated to take over 2 s are left out (marked)."""
+    from su_neuro.kernels.reference import recurrence as reference
+    from su_neuro.kernels.triton import grid
+
+    T = 4 if tiny else 256
+    rows = []
+    batches, widths = ((1, 16), (8,)) if tiny else ((1, 16, 64, 256), (256, 1024, 4096))
+    for cell in ("gru", "rnn"):
+        for B in batches:
+            for H in widths:
+                G = 3 * H if cell == "gru" else H
+                for rate in (1.0, 0.1):
+                    fwd, fb, _ = _call(cell, B, H, T, rate, train=True)
+                    est = B * G * H * 4 * rate * T / 2e12  # per-row: L2 / HBM streaming of U per row
+                    row = {"cell": cell, "B": B, "H": H, "T": T, "rate": rate}
+                    if rate == 1.0:  # the reference's cost does not depend on the rate
+                        rf, rfb, _ = _call(cell, B, H, T, rate, train=True, impl=reference)
+                        row["torch"] = (_bench(rf, 100), _bench(rfb, 100))
+                    grid.ENABLED = False
+                    row["rows"] = (_bench(fwd, 100) if est < 2 else None, _bench(fb, 100) if 5 * est < 2 else None)
+                    grid.ENABLED = True
+                    try:
+                        row["grid"] = (_bench(fwd, 100), _bench(fb, 100))
+                    except Exception as err:
+                        row["grid"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+                    grid.ENABLED = False
+                    rows.append(row)
+                    print("  ", row, flush=True)
+                    save()
+    return rows
 
 
 def dense_ab(cls, torch_cls, B, H, T, F):

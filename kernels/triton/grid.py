@@ -352,34 +352,43 @@ def _clamp_block(rows: int) -> int:
     return max(16, min(MAX_BB, next_pow2(rows)))
 
 
-def tiles(B: int, H: int, device) -> Tiles:
-    """The tiles of a call: :data:`TILES` where set, else the default.
+def tiles(B: int, H: int, device, precision: str = "ieee") -> Tiles:
+    """The tiles of a call: :data:`TILES` where set, else the measured defaults (one H200,
+    docs/triton.md, "Tiles"):
 
-    Default: a batch of at most 8 rows is one block of ``next_pow2(B)`` rows on the FMA
-    units (a tensor-core tile would pad it to 16 rows and compute 16 / B times the products);
-    a larger batch takes blocks of 16-64 rows sized to fill the SMs beside the NH programs,
-    ``tl.dot`` on them, and a reduction tile of 1024 / BB (no spills in the sm_90 compiles,
-    docs/triton.md)."""
+    * B <= 8: one block of ``next_pow2(B)`` rows on the FMA units (a tensor-core tile would
+      pad it to 16 rows), chunks of 8 rows, a long reduction tile (2048 / BB columns, at most
+      the layer's width), 8 warps, 3 stages: many weight bytes in flight per SM, which is what
+      a B = 1 step streams (B=1, H=8192, 10 %: 37 ms, against 111 ms at 16 rows x 256);
+    * larger batches: blocks of 16 rows while every block keeps 16 programs (B = 64: four
+      blocks of 33 programs; two blocks of 32 rows took twice as long), tl.dot on chunks of
+      16 rows; reduction tile 64 at exact fp32 (IEEE dot), 32 at 3xTF32 (no spills), 128 and
+      3 stages at TF32."""
     if TILES is not None:
         return TILES
     if B <= 8:
-        return Tiles(next_pow2(B), 16, 256, 4, 2, True)
-    nh = triton.cdiv(H, 16)
+        bb = next_pow2(B)
+        return Tiles(bb, 8, max(64, min(2048 // bb, next_pow2(H))), 8, 3, True)
     sms = _sm_count(device)
-    if sms is None:
+    bb = 16
+    if sms is not None and triton.cdiv(B, 16) * 16 > sms:
+        bb = _clamp_block(triton.cdiv(B * 16, sms))
+    elif sms is None:
         bb = _clamp_block(B)
-    else:
-        bb = _clamp_block(triton.cdiv(B, max(1, sms // min(nh, sms))))
-    return Tiles(bb, 16, max(32, 1024 // bb), 8 if bb >= 64 else 4, 2, False)
+    if precision == "tf32":
+        return Tiles(bb, 16, 128, 4, 3, False)
+    if precision == "tf32x3":
+        return Tiles(bb, 16, 32, 4, 3, False)
+    return Tiles(bb, 16, max(32, 1024 // bb), 4, 2, False)
 
 
-def shape(B: int, H: int, device) -> tuple[int, int, int]:
+def shape(B: int, H: int, device, precision: str = "ieee") -> tuple[int, int, int]:
     """(BB, NH, NB): batch rows per program, programs per batch block, batch blocks.
 
     NH is one program per chunk of ``bh`` rows (at most ``MAX_NH``). On a GPU the programs
     must all be resident (a spin barrier): NH ≤ SMs // NB, so NH is 0 (not eligible) when
     the batch needs more blocks than there are SMs. The interpreter has no residency limit."""
-    t = tiles(B, H, device)
+    t = tiles(B, H, device, precision)
     nh = triton.cdiv(H, t.bh)
     if MAX_NH is not None:
         nh = max(1, min(nh, MAX_NH))
@@ -440,25 +449,27 @@ def _native(device) -> bool:
     return device.type == "cuda"
 
 
-def _setup(cfg, xp, hs):
+def _setup(cfg, xp, hs, operands):
     """What both launchers need: sizes, the grid (NH, NB), a placeholder tensor, zeroed
-    barrier counters and the compile-time arguments they share."""
+    barrier counters and the compile-time arguments they share. ``operands``: the dtype of
+    the dot operands' values (the input's forward; the fp32 gradients backward)."""
     B, T, _ = xp.shape
     H = hs.shape[2]
-    t = tiles(B, H, xp.device)
-    _, nh, nb = shape(B, H, xp.device)
+    prec = _precision(operands)
+    t = tiles(B, H, xp.device, prec)
+    _, nh, nb = shape(B, H, xp.device, prec)
     meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]], BB=t.bb, BH=t.bh,
-                BK=t.bk, FMA=t.fma, num_warps=t.warps, num_stages=t.stages, **LAUNCH_OPTIONS)
+                BK=t.bk, FMA=t.fma, PREC=prec, num_warps=t.warps, num_stages=t.stages, **LAUNCH_OPTIONS)
     return B, T, H, nh, nb, dummy(xp.device), _counters(nb, xp.device), meta
 def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
     """Fills ``hs[:, 1:]`` (and ``gh`` when ``save_gh``); ``hs[:, 0]`` holds h0."""
-    B, T, H, nh, nb, d, sync, meta = _setup(cfg, xp, hs)
+    B, T, H, nh, nb, d, sync, meta = _setup(cfg, xp, hs, xp.dtype)
     dev = xp.device
     rhythmic = cfg["gate"] == "rhythmic"
     m8 = (mask != 0).to(torch.int8).contiguous() if rhythmic else d
     args = (xp, w_hh, b_hh if b_hh is not None else d, gvals if rhythmic else d, m8, idx, off,
             hs, gh if save_gh else d, sync)
-    meta.update(HAS_B=b_hh is not None, SAVE_GH=save_gh, PREC=_precision(xp.dtype))
+    meta.update(HAS_B=b_hh is not None, SAVE_GH=save_gh)
     if _native(dev):
         k = _fwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, SYNC=True,
                                        launch_cooperative_grid=True, **meta)
@@ -471,13 +482,12 @@ def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
 def launch_bwd(cfg, xp, w_hh, gvals, dg_mask, idx, off, hs, gh, dout, ch, dirb, dxp, dgh, dg,
                need_dg):
     """Writes dxp, dgh (GRU n section), dg and leaves dL/dh0 in ``ch``."""
-    B, T, H, nh, nb, d, sync, meta = _setup(cfg, xp, hs)
+    B, T, H, nh, nb, d, sync, meta = _setup(cfg, xp, hs, torch.float32)
     dev = xp.device
     rhythmic = cfg["gate"] == "rhythmic"
     args = (xp, w_hh, gvals if rhythmic else d, dg_mask if dg_mask is not None else d, idx, off,
             hs, gh, dout, ch, dirb, dxp, dgh, dg if need_dg else d, sync)
-    meta.update(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None,
-                PREC=_precision(torch.float32))
+    meta.update(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None)
     if _native(dev):
         k = _bwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, PHASES=3, SYNC=True,
                                        launch_cooperative_grid=True, **meta)
