@@ -44,7 +44,7 @@ def unsupported(cell: str, gate_kind: str, dtype) -> str | None:
     return None
 
 
-def auto_pays(cell: str, batch: int, hidden: int, device=None) -> bool:
+def auto_pays(cell: str, batch: int, hidden: int, *, device=None, **_) -> bool:
     """Whether ``backend="auto"`` picks ``nn`` for a dense stack.
 
     On CUDA always: it is ``torch.nn.GRU`` itself (cuDNN), against which the Triton kernels

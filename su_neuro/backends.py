@@ -80,24 +80,28 @@ def _supports(name: str, cell: str, gate_kind: str, dtype) -> str | None:
     return check(cell, gate_kind, dtype) if check is not None else None
 
 
-def resolve(name: str, device, cell: str, gate_kind: str, dtype, *, batch: int, hidden: int) -> str:
+def resolve(name: str, device, cell: str, gate_kind: str, dtype, *, batch: int, hidden: int,
+            rate: float | None = None, training: bool = False) -> str:
     """The backend that runs a call: ``name`` itself, or the choice of ``"auto"``.
 
     Rule for ``"auto"`` (from the measured tables in docs/triton.md and docs/benchmarks.md):
     on CUDA tensors a dense RNN / GRU stack runs ``"nn"`` (cuDNN), everything else
     ``"triton"`` where it is installed, supports the cell, gate and dtype and its
-    ``auto_pays`` rule says it was measured faster; on CPU tensors the same with ``"nn"``
+    ``auto_pays`` rule says it was measured faster than the reference for this batch,
+    width, update rate (``rate``: the open fraction of a rhythmic gate, None if unknown)
+    and mode (``training``: a backward follows); on CPU tensors the same with ``"nn"``
     then ``"numba"``; anything else runs ``"torch"``. ``gate_kind`` is the stack's gate
     kind (``"mixed"`` where its sub-layers differ). An explicit backend that cannot run
     raises :class:`BackendUnavailableError`.
     """
     if name == "auto":
+        ctx = {"gate_kind": gate_kind, "rate": rate, "training": training, "device": device}
         for preferred in _AUTO_ORDER.get(device.type, ()):
             if not available(preferred, device):
                 continue
             try:
                 if _supports(preferred, cell, gate_kind, dtype) is None and _auto_pays(
-                    preferred, cell, batch, hidden, device
+                    preferred, cell, batch, hidden, **ctx
                 ):
                     return preferred
             except (ImportError, BackendUnavailableError):
@@ -109,16 +113,13 @@ def resolve(name: str, device, cell: str, gate_kind: str, dtype, *, batch: int, 
     return name
 
 
-def _auto_pays(name: str, cell: str, batch: int, hidden: int, device=None) -> bool:
+def _auto_pays(name: str, cell: str, batch: int, hidden: int, **ctx) -> bool:
     """Sizes where the fused backend was measured faster than the alternatives
-    (docs/benchmarks.md, docs/triton.md): the backend's ``auto_pays`` rule."""
+    (docs/benchmarks.md, docs/triton.md): the backend's ``auto_pays(cell, batch, hidden,
+    gate_kind=, rate=, training=, device=)`` rule."""
     impl = get_impl(name)
     rule = getattr(impl, "auto_pays", None)
-    if rule is None:
-        return True
-    if name == "nn":
-        return bool(rule(cell, batch, hidden, device))
-    return bool(rule(cell, batch, hidden))
+    return True if rule is None else bool(rule(cell, batch, hidden, **ctx))
 
 
 def get_impl(name: str):

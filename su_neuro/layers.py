@@ -188,9 +188,15 @@ class SULayer(nn.Module):
         B, T, _ = x.shape
         state = self._check_state(state, B, x)
         kinds = {g.kind for g in self.gates}
+        training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        rate = None
+        if self.backend == "auto" and x.device.type == "cuda" and self.gates[0].kind == "rhythmic":
+            # the open fraction decides between the reference and the kernels (docs/triton.md)
+            with torch.no_grad():
+                rate = float(self.gates[0].plan(state.t, T, device=x.device, dtype=x.dtype).values.float().mean())
         name = backends.resolve(
             self.backend, x.device, self.cell, kinds.pop() if len(kinds) == 1 else "mixed", x.dtype,
-            batch=B, hidden=self.hidden_size,
+            batch=B, hidden=self.hidden_size, rate=rate, training=training,
         )
         impl = backends.get_impl(name)
         run_stack = getattr(impl, "stack", None)

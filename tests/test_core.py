@@ -27,7 +27,7 @@ def _reference_backend(monkeypatch):
     backends are checked against it in their own test files."""
     from su_neuro import backends
 
-    monkeypatch.setattr(backends, "_auto_pays", lambda *a: False)
+    monkeypatch.setattr(backends, "_auto_pays", lambda *a, **k: False)
 
 
 def assert_close(name, ref, out, atol=1e-6, rtol=1e-5):

@@ -97,7 +97,7 @@ def test_nn_backend_refuses_what_it_cannot_run():
 def test_auto_picks_nn_only_where_measured():
     cpu = torch.device("cpu")
     cuda = torch.device("cuda")
-    pick = lambda dev, **kw: backends._auto_pays("nn", kw.get("cell", "gru"), kw["batch"], kw["hidden"], dev)  # noqa: E731
+    pick = lambda dev, **kw: backends._auto_pays("nn", kw.get("cell", "gru"), kw["batch"], kw["hidden"], device=dev)  # noqa: E731
     assert pick(cuda, batch=1, hidden=8)  # CUDA: cuDNN for every dense stack
     with torch.no_grad():
         assert pick(cpu, batch=torch_rnn.CPU_MIN_BATCH, hidden=torch_rnn.CPU_MIN_HIDDEN)

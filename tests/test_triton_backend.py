@@ -501,38 +501,47 @@ def test_grid_kernels_eligibility(tri, monkeypatch):
 
     w = torch.zeros(3, 1)
     cpu = torch.device("cpu")
-    assert not grid.eligible("gru", "rhythmic", w, 4, cpu), "off by default until timed on a GPU"
+    assert grid.ENABLED is None
+    assert not grid.eligible("gru", "rhythmic", w, 4, cpu), "the measured choice is for GPUs only"
     monkeypatch.setattr(grid, "ENABLED", True)
     assert grid.eligible("gru", "rhythmic", w, 4, cpu) and grid.eligible("rnn", "dense", w, 4, cpu)
     assert not grid.eligible("gru", "event", w, 4, cpu)
     assert not grid.eligible("lif", "rhythmic", w, 4, cpu)
     assert not grid.eligible("lif", "dense", None, 4, cpu)
-    # the default tiles: a batch of <= 8 rows is one FMA block of next_pow2(B) rows; larger
-    # batches take tl.dot blocks of 16-64 rows and a reduction tile of 1024 / BB
-    assert grid.tiles(1, 100, cpu) == grid.Tiles(1, 16, 256, 4, 2, True)
-    assert grid.tiles(5, 100, cpu).bb == 8
-    assert grid.shape(1, 100, cpu) == (1, 7, 1)
+    # the default tiles: a batch of <= 8 rows is one FMA block of next_pow2(B) rows, chunks of
+    # 8 rows, a reduction tile of 2048 / BB (at most the width); larger batches take tl.dot
+    # blocks, their reduction tile set by the precision
+    assert grid.tiles(1, 100, cpu) == grid.Tiles(1, 8, 128, 8, 3, True)
+    assert grid.tiles(1, 8192, cpu) == grid.Tiles(1, 8, 2048, 8, 3, True)
+    assert grid.tiles(5, 8192, cpu).bb == 8 and grid.tiles(5, 8192, cpu).bk == 256
+    assert grid.shape(1, 100, cpu) == (1, 13, 1)
     assert grid.shape(200, 100, cpu) == (64, 7, 4)
-    assert [grid.tiles(b, 100, cpu).bk for b in (16, 32, 64)] == [64, 32, 32]
+    assert [grid.tiles(16, 100, cpu, p).bk for p in ("ieee", "tf32x3", "tf32")] == [64, 32, 128]
     monkeypatch.setattr(grid, "MAX_NH", 3)
     assert grid.shape(200, 1000, cpu) == (64, 3, 4)
     monkeypatch.setattr(grid, "TILES", _tiles(16, 32, 64, False))
     assert grid.shape(200, 1000, cpu) == (16, 3, 13)
-    # on a GPU (132 SMs here): NH programs of 16 rows, the batch cut into the blocks that
-    # the SMs left beside them hold, every program resident or not eligible
+    # on a GPU (132 SMs here): blocks of 16 rows while each keeps 16 programs, every program
+    # resident or not eligible
     monkeypatch.setattr(grid, "MAX_NH", None)
     monkeypatch.setattr(grid, "TILES", None)
     monkeypatch.setattr(grid, "_sm_count", lambda device: 132)
     gpu = torch.device("cuda")
-    assert grid.shape(64, 1024, gpu) == (32, 64, 2)  # two blocks of 32 beside 64 programs
-    assert grid.shape(1, 1024, gpu) == (1, 64, 1)
+    assert grid.shape(64, 1024, gpu) == (16, 33, 4)  # four blocks of 16 rows, 33 programs each
+    assert grid.shape(1, 1024, gpu) == (1, 128, 1)
     assert grid.shape(1, 8192, gpu) == (1, 132, 1)  # more chunks than SMs: round robin
     assert grid.shape(64, 256, gpu) == (16, 16, 4)
-    assert grid.shape(64, 4096, gpu) == (64, 132, 1)
-    assert grid.shape(200, 1024, gpu) == (64, 33, 4)
+    assert grid.shape(256, 1024, gpu) == (32, 16, 8)
+    # the measured choice (choice.MEASURED) decides where both are eligible
+    monkeypatch.setattr(grid, "ENABLED", None)
+    w1 = torch.zeros(3 * 1024, 1024)
+    assert grid.eligible("gru", "rhythmic", w1, 1, gpu, 0.1, False)  # B = 1: 2.0 against 8.9 ms
+    assert not grid.eligible("gru", "rhythmic", w1, 64, gpu, 0.1, False)  # per-row 10.3 against 17.6
+    assert grid.eligible("gru", "rhythmic", w1, 64, gpu, 0.1, True)  # training: 26.4 against 53.6
+    monkeypatch.setattr(grid, "ENABLED", True)
     w = torch.zeros(3 * 1024, 1024)
     assert grid.eligible("gru", "dense", w, 200, gpu)
-    assert not grid.eligible("gru", "dense", w, 64 * 133, gpu), "more blocks than SMs"
+    assert not grid.eligible("gru", "dense", w, 16 * 133 * 16, gpu), "more blocks than SMs"
     # what a native launch records for the benchmark
     from types import SimpleNamespace
 
@@ -629,3 +638,34 @@ def test_aot_sync_pattern_reads_instruction_order(load_tool):
     assert aot.sync_pattern([("LDG", ".E"), ("CCTL", ".IVALL")]) == "-", "weak load"
     far = [("MEMBAR", ".ALL.GPU")] + [("IADD3", ""), ("STG", ".E")] + [("REDG", ".E.ADD.STRONG.GPU")]
     assert aot.sync_pattern(far) == "-"
+
+
+def test_measured_choice_picks_the_fastest_at_the_nearest_point():
+    from su_neuro.kernels.triton import choice
+
+    for (B, H, rate), times in choice.MEASURED.items():
+        for col, training in ((0, False), (1, True)):
+            valid = [(t[col], name) for name, t in zip(("torch", "rows", "grid"), times, strict=True)
+                     if t[col] is not None]
+            assert choice.fastest(B, H, rate, training) == min(valid)[1]
+            kernels = [v for v in valid if v[1] != "torch"]
+            assert choice.fastest(B, H, rate, training, ("rows", "grid")) == min(kernels)[1]
+    # between measured points: the nearest on log scales; rates split at 30 %
+    assert choice.fastest(2, 1000, 0.05, False) == choice.fastest(1, 1024, 0.1, False) == "grid"
+    assert choice.fastest(48, 300, 0.2, False) == "rows"
+    assert choice.fastest(64, 5000, 0.9, True) == "torch"  # cuBLAS wins dense-ish wide steps
+    assert choice.fastest(16, 4096, 1.0, True, ("rows", "grid")) == "grid"  # rows not timed there
+    with pytest.raises(ValueError, match="none of"):
+        choice.fastest(16, 4096, 1.0, True, ("rows",))
+
+
+def test_auto_on_cuda_follows_the_measured_table():
+    from su_neuro import backends
+
+    cuda = torch.device("cuda")
+    pick = lambda **kw: backends.resolve("auto", cuda, "gru", kw.pop("gate", "rhythmic"), torch.float32, **kw)  # noqa: E731
+    assert pick(batch=64, hidden=1024, gate="dense") == "nn"  # cuDNN for a dense stack
+    assert pick(batch=64, hidden=4096, rate=0.1, training=True) == "triton"  # 159.6 against 203.2 ms
+    assert pick(batch=64, hidden=4096, rate=1.0, training=True) == "torch"  # 203.2 against 1072.7 ms
+    assert pick(batch=1, hidden=8192, rate=0.1) == "triton"
+    assert pick(batch=8, hidden=64, gate="event") == "triton" and pick(batch=8, hidden=1024, gate="event") == "torch"

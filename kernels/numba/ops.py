@@ -157,7 +157,7 @@ def unsupported(cell: str, gate_kind: str, dtype) -> str | None:
     return None
 
 
-def auto_pays(cell: str, batch: int, hidden: int) -> bool:
+def auto_pays(cell: str, batch: int, hidden: int, **_) -> bool:
     """Rule of backend="auto" on CPU, from tools/bench_numba.py (docs/benchmarks.md,
     "Numba CPU backend"; forward + backward, 2 threads).
 

@@ -46,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import choice
 from ._common import (
     CELL_CODES,
     GATE_CODES,
@@ -60,10 +61,10 @@ from ._common import (
 
 __all__ = ["ENABLED", "Tiles", "eligible", "launch_fwd", "launch_bwd", "shape", "tiles"]
 
-# Off until the benchmark has timed it on a GPU against the per-row kernels (the barrier's
-# instructions are checked by tools/triton_aot.py, its execution only by a native run);
-# tools/bench_triton.py times both.
-ENABLED = False
+# None: where measured faster than the per-row kernels (choice.MEASURED, GPU only); True /
+# False: always / never (tests, benchmarks). Run natively on an H200 on 2026-12-04: the kernel
+# tests passed and tools/bench_gpu.py timed them (docs/triton.md).
+ENABLED: bool | None = None
 MAX_BB = 64  # batch rows per program
 MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
 
@@ -326,17 +327,23 @@ def _bwd_grid_kernel(
 
 
 # ------------------------------------------------------------------------- launchers
-def eligible(cell: str, gate: str, w_hh, B: int, device) -> bool:
-    """Whether the multi-program kernels run this call (``ENABLED``, RNN / GRU, dense or
-    rhythmic gate, fp32 / fp16 / bf16, and on a GPU every program resident at once)."""
-    if not ENABLED or cell not in ("rnn", "gru") or gate not in ("dense", "rhythmic"):
+def eligible(cell: str, gate: str, w_hh, B: int, device, rate: float = 1.0, training: bool = False) -> bool:
+    """Whether the multi-program kernels run this call: RNN / GRU, dense or rhythmic gate,
+    fp32 / fp16 / bf16, on a GPU every program resident at once, and ``ENABLED``: True
+    always, False never, None (the default) where ``choice.MEASURED`` timed them faster than
+    the per-row kernels for this batch, width, update rate and mode (GPU only; the
+    interpreter runs the per-row kernels unless told)."""
+    if ENABLED is False or cell not in ("rnn", "gru") or gate not in ("dense", "rhythmic"):
         return False
     if w_hh is None or w_hh.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
     sms = _sm_count(device)
     if sms is not None:
         _, nh, nb = shape(B, w_hh.shape[1], device)
-        return nh >= 1 and nh * nb <= sms
+        if not (nh >= 1 and nh * nb <= sms):
+            return False
+    if ENABLED is None:
+        return sms is not None and choice.fastest(B, w_hh.shape[1], rate, training, ("rows", "grid")) == "grid"
     return True
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import choice
 from .recurrence import recurrence_triton
 
 __all__ = ["recurrence", "unsupported", "auto_pays"]
@@ -32,8 +33,16 @@ def unsupported(cell: str, gate_kind: str, dtype) -> str | None:
     return None
 
 
-def auto_pays(cell: str, batch: int, hidden: int) -> bool:
-    """Whether ``backend="auto"`` picks Triton for these sizes (measured on an H200,
-    docs/triton.md): LIF always; RNN / GRU up to H = 512. At H = 1024 and high update
-    rates the torch reference's cuBLAS GEMMs beat the per-row kernel."""
-    return cell == "lif" or hidden <= 512
+def auto_pays(cell: str, batch: int, hidden: int, *, gate_kind: str | None = None, rate: float | None = None,
+              training: bool = False, **_) -> bool:
+    """Whether ``backend="auto"`` picks Triton over the torch reference on CUDA tensors (one
+    H200, docs/triton.md): LIF always; RNN / GRU with a rhythmic or dense gate where
+    :data:`choice.MEASURED` has a Triton kernel faster than the reference at the nearest
+    measured (batch, width, update rate, mode) — ``rate`` is the call's open fraction,
+    1.0 when unknown; with the event gate up to H = 512 (the 2026-11-28 table)."""
+    if cell == "lif":
+        return True
+    if gate_kind == "event":
+        return hidden <= 512
+    r = 1.0 if rate is None else rate
+    return choice.fastest(batch, hidden, r, training) != "torch"

@@ -339,6 +339,13 @@ def _bwd_kernel(
 
 
 # ------------------------------------------------------------------------- launchers
+def _rate(mask) -> float:
+    """Fraction of (step, neuron) rows computed: 1 without a mask (dense, event)."""
+    if mask is None or mask.numel() == 0:
+        return 1.0
+    return float((mask != 0).float().mean())
+
+
 def _open_lists(mask: torch.Tensor):
     """Compacted open set of a (T, H) mask: idx (int32, flat) and off (T+1, int32)."""
     m = mask != 0
@@ -372,7 +379,7 @@ def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, s
     gh = alloc(B, T, G, device=dev, dtype=torch.float32) if save_gh else d
     acc = torch.empty(B, G, device=dev, dtype=torch.float32) if gate == "event" else d
     idx, off = _open_lists(compute_mask) if gate == "rhythmic" else (d, d)
-    if grid.eligible(cell, gate, w_hh, B, dev):
+    if grid.eligible(cell, gate, w_hh, B, dev, _rate(compute_mask), save):
         grid.launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, compute_mask, idx, off, gh, save_gh)
         return hs, ss, (gh if save_gh else None), None
     BI, BJ = tiles(H)
@@ -408,7 +415,7 @@ def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, n
     dth = torch.zeros(B, H, **f32) if gate == "event" else dummy(dev)
     dbeta = torch.zeros(B, H, **f32) if cell == "lif" else dummy(dev)
     idx, off = _open_lists(gvals) if gate == "rhythmic" else (dummy(dev), dummy(dev))
-    if grid.eligible(cell, gate, w_hh, B, dev):
+    if grid.eligible(cell, gate, w_hh, B, dev, _rate(gvals), True):
         grid.launch_bwd(cfg, xp, w_hh, gvals, dg_mask, idx, off, hs, gh, dout, ch, dirb, dxp,
                         dgh, dg, need_dg)
     else:
