@@ -241,8 +241,8 @@ def test_feedforward_lif_split_grid(tri, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["dense", "event"])
 def test_feedforward_lif_streaming_kernel_tiles(tri, kind):
-    """Default tile sizes: H = 130 is four full blocks of 32 neurons and a partial one, T = 37
-    two full tiles of 16 steps and a partial one; both resets."""
+    """Default tile sizes: H = 130 is two full blocks of 64 neurons and a partial one, T = 37
+    four full tiles of 8 steps and a partial one; both resets."""
     check(tri, "lif", kind, 2, 130, 37, recurrent=False, spike="triangle")
     check(tri, "lif", kind, 1, 130, 37, recurrent=False, reset="zero", seed=3)
 

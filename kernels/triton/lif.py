@@ -14,10 +14,11 @@ should run at the card's memory bandwidth, and the work is arranged for that:
   them is used, so a program has T_TILE loads in flight instead of one dependent load per
   step, and v, s (and the event record) are written back as (T_TILE, BLOCK) tiles. Within
   the tile, step u takes its row out of the registers by a masked sum over the tile's
-  time axis. One warp of 32 threads per program, one neuron per thread: in fp32 each
-  thread holds its neuron's 16 steps, so that sum stays inside the thread (no shuffles,
-  no shared memory), and the 3-4 tiles a thread holds are 16 registers each (128 neurons
-  per warp would need 64 each and spill). A warp's row of 32 fp32 is one 128-byte line.
+  time axis. One warp of 32 threads per program, two neurons per thread: each thread holds
+  its neurons' 8 steps, so that sum stays inside the thread (no shuffles, no shared
+  memory). One-warp programs give the occupancy that keeps loads in flight: on an H200
+  (docs/triton.md) 64 neurons x 8 steps ran at 86 % of the copy bandwidth, 32 x 16 at
+  73 %, and two or more warps per program at 14-47 %.
 
 The membrane is rounded to the state dtype after each step (the reference keeps its
 state sequence in the input dtype); the spike is taken from the unrounded value, as in
