@@ -59,7 +59,7 @@ def auto_pays(cell: str, batch: int, hidden: int, *, device=None, **_) -> bool:
 
 
 #: CPU GRU inference sizes from which torch's RNN op beat the dense Numba kernels
-#: (tools/bench_numba.py --nn, docs/benchmarks.md)
+#: (tools/bench_dense_cpu.py, docs/benchmarks.md)
 CPU_MIN_BATCH = 32
 CPU_MIN_HIDDEN = 512
 
