@@ -594,13 +594,13 @@ def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
         assert r["regs"] > 0 and r["stg"] > 0, r
     grid_rows = [r for r in rows if "grid" in r["kernel"]]
     assert {r["meta"]["PREC"] for r in grid_rows} == {"ieee", "tf32"}
-    assert {r["meta"]["BB"] for r in grid_rows} == {16, 32}
+    assert {(r["meta"]["BB"], r["meta"]["FMA"]) for r in grid_rows} == {(16, False), (1, True)}
     for r in grid_rows:
         assert r["atom"] > 0, f"{r['case']}: not the single-launch barrier path"
         # the spin barrier compiles to a GPU-scope release (MEMBAR, then the arrival) and an
         # acquire (strong GPU load, then the L1 invalidated): the memory-model pattern
         assert r["sync"] == "rel+acq", r
-        if r["meta"]["PREC"] == "tf32":
+        if r["meta"]["PREC"] == "tf32" and not r["meta"]["FMA"]:
             assert r["mma"] > 0, r
         else:
             assert r["mma"] == 0 and r["ffma"] > 0, r
@@ -669,3 +669,22 @@ def test_auto_on_cuda_follows_the_measured_table():
     assert pick(batch=64, hidden=4096, rate=1.0, training=True) == "torch"  # 203.2 against 1072.7 ms
     assert pick(batch=1, hidden=8192, rate=0.1) == "triton"
     assert pick(batch=8, hidden=64, gate="event") == "triton" and pick(batch=8, hidden=1024, gate="event") == "torch"
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="checks the message of a GPU-less machine")
+def test_bench_gpu_needs_cuda_and_reads_its_labels(load_tool):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_gpu.py")],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert res.returncode == 2 and "needs a CUDA GPU" in res.stderr
+    bench = load_tool("bench_gpu")
+    from su_neuro.kernels.triton.grid import Tiles
+
+    assert bench._parse("bb16 bh16 bk32 w4 s3 dot-tf32x3") == (Tiles(16, 16, 32, 4, 3, False), "tf32x3")
+    assert bench._parse("bb1 bh8 bk2048 w8 s3 fma") == (Tiles(1, 8, 2048, 8, 3, True), None)
+    rows = [{"config": "per-row", "fwd_ms": 1.0, "max_diff": 0.0},
+            {"config": "a", "fwd_ms": 5.0, "max_diff": 0.0},
+            {"config": "b", "fwd_ms": 2.0, "max_diff": 7e-4},  # TF32: not fp32-accurate
+            {"config": "c", "fwd_ms": 3.0, "max_diff": 8e-7},
+            {"config": "d", "error": "OutOfResources"}]
+    assert bench._best(rows, "fwd_ms") == "c"

@@ -167,8 +167,9 @@ def cases(quick: bool) -> list[dict]:
     add = lambda **kw: out.append(dict({"dtype": "float32", "grid": False, "tf32": False,  # noqa: E731
                                         "train_gate": False, "B": 64}, **kw))
     if quick:
-        add(cell="gru", gate="rhythmic", H=256, grid=True)  # BB = 16, exact fp32
-        add(cell="gru", gate="rhythmic", H=1024, grid=True, tf32=True)  # BB = 32, TF32
+        add(cell="gru", gate="rhythmic", H=256, grid=True)  # BB = 16, exact fp32 dot
+        add(cell="gru", gate="rhythmic", H=1024, grid=True, tf32=True)  # BB = 16, TF32
+        add(cell="gru", gate="rhythmic", H=1024, B=1, grid=True)  # BB = 1, FMA products
         add(cell="gru", gate="rhythmic", H=256)
         add(cell="lif", gate="dense", H=256)
         return out
