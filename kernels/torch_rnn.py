@@ -47,21 +47,14 @@ def unsupported(cell: str, gate_kind: str, dtype) -> str | None:
 def auto_pays(cell: str, batch: int, hidden: int, *, device=None, **_) -> bool:
     """Whether ``backend="auto"`` picks ``nn`` for a dense stack.
 
-    On CUDA always: it is ``torch.nn.GRU`` itself (cuDNN), against which the Triton kernels
-    are measured (docs/triton.md). On a CPU only where docs/benchmarks.md measured it faster
-    than the dense Numba kernels: GRU inference (no autograd) with at least
-    ``CPU_MIN_BATCH`` rows and ``CPU_MIN_HIDDEN`` neurons; with autograd the Numba kernels
-    were faster at every size measured.
+    On CUDA always: it is ``torch.nn.GRU`` itself (cuDNN), as fast as the module and faster
+    than the Triton kernels for dense stacks (docs/triton.md). On a CPU never:
+    ``tools/bench_dense_cpu.py`` (docs/benchmarks.md, 2 shared AMD EPYC cores) found the dense
+    Numba kernels faster in every row it timed, forward and forward+backward (torch's RNN op
+    took 1.8-25x their time on a loaded host; in an earlier, equally loaded run its GRU
+    forward at B = 32, H = 512 was 1.9x faster once, which the alternated run did not repeat).
     """
-    if device is not None and device.type == "cuda":
-        return True
-    return cell == "gru" and not torch.is_grad_enabled() and batch >= CPU_MIN_BATCH and hidden >= CPU_MIN_HIDDEN
-
-
-#: CPU GRU inference sizes from which torch's RNN op beat the dense Numba kernels
-#: (tools/bench_dense_cpu.py, docs/benchmarks.md)
-CPU_MIN_BATCH = 32
-CPU_MIN_HIDDEN = 512
+    return device is not None and device.type == "cuda"
 
 
 def stack(cell, x, h0, weights, *, dropout: float, training: bool, record: bool):
