@@ -48,11 +48,11 @@ def main(argv=None) -> int:
             nn.load_state_dict(numba.state_dict())
             x = torch.randn(B, T, args.F, requires_grad=True)
 
-            def fwd(m):
+            def fwd(m, x=x):
                 with torch.no_grad():
                     m(x)
 
-            def fwd_bwd(m):
+            def fwd_bwd(m, x=x):
                 m(x)[0].sum().backward()
 
             for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
