@@ -302,3 +302,63 @@ def test_load_model_and_simulate_a_checkpoint(tmp_path, capsys):
     from su_neuro import traces
 
     assert traces.read(trace).num_samples == 4
+
+
+def test_bare_resume_continues_with_the_saved_config(tmp_path, cli):
+    """`su-neuro train --out DIR --resume` (docs/training.md) reads the run's own config."""
+    from conftest import one_line_error
+
+    whole = train(tiny_config(max_steps=8, checkpoint_every=3), tmp_path / "whole", progress=False)
+    out = tmp_path / "run"
+
+    def stop(step, metrics):
+        if step == 5:
+            raise KeyboardInterrupt  # killed after the checkpoint of step 3
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(max_steps=8, checkpoint_every=3), out, progress=False, on_step=stop)
+    assert load_checkpoint(out / "checkpoint.pt")["data"]["step"] == 3
+
+    changed = cli("train", "--out", out, "--resume", "--hidden-size", "13", "--no-progress")
+    line = one_line_error(changed, "train")
+    assert "hidden_size=12" in line and "hidden_size=13" in line
+    proc = cli("train", "--out", out, "--resume", "--log-every", "2", "--no-progress")  # a documented override
+    assert proc.returncode == 0, proc.stderr
+    assert "finished at step 8" in proc.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["params_sha256"] == whole["params_sha256"]
+    assert json.loads((out / "config.json").read_text())["log_every"] == 1  # the stored config stays
+
+
+def test_resume_of_an_empty_folder_without_a_task_names_the_problem(tmp_path, cli):
+    from conftest import one_line_error
+
+    line = one_line_error(cli("train", "--out", tmp_path / "nothing", "--resume", "--no-progress"), "train")
+    assert "holds no run to continue" in line and "--task" in line
+
+
+def test_failed_start_writes_nothing_and_does_not_block_the_folder(tmp_path, cli):
+    from conftest import one_line_error
+
+    out = tmp_path / "run"
+    bad = cli("train", *TINY, "--max-steps", "2", "--backend", "triton", "--out", out, env={"TRITON_INTERPRET": ""})
+    line = one_line_error(bad, "train")
+    assert "triton" in line
+    assert not out.exists() or not any(out.iterdir())
+    good = cli("train", *TINY, "--max-steps", "2", "--out", out)
+    assert good.returncode == 0, good.stderr
+    assert (out / "result.json").is_file()
+
+
+def test_folder_of_a_start_that_failed_before_its_first_step_is_reused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    (out / "metrics.jsonl").write_text(json.dumps({"event": "start", "step": 0}) + "\n")
+    result = train(tiny_config(max_steps=2), out, progress=False)
+    assert result["step"] == 2
+    events = [json.loads(x)["event"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("start") == 1 and events[-1] == "end"
+    # a run that took a step is still protected
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(tiny_config(max_steps=2), out, progress=False)
