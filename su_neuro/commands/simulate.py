@@ -25,7 +25,8 @@ def add_arguments(parser) -> None:
     src.add_argument("--recurrent", action="store_true", help="LIF: recurrent weights on spikes")
     inp = parser.add_argument_group("input")
     inp.add_argument("--task", default=None, help="run over a dataset split instead of a Poisson stream")
-    inp.add_argument("--split", default="test", choices=("train", "test"))
+    inp.add_argument("--split", default="test", choices=("train", "test"),
+                     help="with --task: the split to run over (default test)")
     inp.add_argument("--samples", type=int, default=16, help="with --task: samples to run")
     inp.add_argument("--steps", type=int, default=10_000, help="Poisson stream length T (default 10,000)")
     inp.add_argument("--input-size", type=int, default=16, help="Poisson stream inputs F (default 16)")
