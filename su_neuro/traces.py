@@ -541,7 +541,8 @@ class TraceReader:
         if isinstance(raw, np.ndarray) and raw.shape == ():
             raw = raw[()]
         if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, (int, np.integer)):
-            raise CorruptTraceError(f"{self.path}: schema_version must be an integer, got {raw!r} "
+            shown = raw.item() if isinstance(raw, np.generic) else raw
+            raise CorruptTraceError(f"{self.path}: schema_version must be an integer, got {shown!r} "
                                     "(the file is damaged or was not written by su_neuro)")
         self.schema_version = int(raw)
         if self.schema_version < 1:
