@@ -396,13 +396,15 @@ def _plots(rep: Report, reader: Any, out: Path, shape: tuple[int, int] | None,
     from . import plots
 
     names = list(rep.layers)
-    i = min(max(sample, 0), reader.num_samples - 1)
+    stream = reader.layout == "segments"
+    # a stream's sample i < stream_batch is the first segment of stream row i
+    i = min(max(sample, 0), (reader.stream_batch if stream else reader.num_samples) - 1)
     files = {}
     files["raster"] = plots.plot_raster(
         {n: reader.gates(n, i) for n in names}, out / "raster.png",
         spikes={n: reader.spikes(n, i) if "spike" in reader.encodings[n] else None
                 for n in names},
-        title=f"gate events (black) and spikes (red), sample {i}")
+        title=f"gate events (black) and spikes (red), {'stream row' if stream else 'sample'} {i}")
     if shape is not None:
         rates = {n: rep.layers[n].activity.step_update_rate for n in names}
     else:
@@ -419,5 +421,5 @@ def _plots(rep: Report, reader: Any, out: Path, shape: tuple[int, int] | None,
     files["ops"] = plots.plot_ops(
         lab, [o.dense / k for o in ops], [o.effective / k for o in ops], out / "ops.png",
         dense_energy=[e.dense_pj / k for e in en], effective_energy=[e.effective_pj / k for e in en],
-        title="per sample: dense vs effective")
+        title=f"per {'stream' if stream else 'sample'}: effective as a fraction of dense")
     return {k: str(v) for k, v in files.items()}
