@@ -714,6 +714,15 @@ def _check_backend_runs(cfg: TrainConfig, device: torch.device) -> None:
     resolve(cfg.backend, device, cfg.cell, cfg.gate, dtype, batch=cfg.batch_size, hidden=cfg.hidden_size)
 
 
+def _first_step_notice(cfg: TrainConfig, device: torch.device, batch: int, bar, main: bool):
+    """:class:`su_neuro.warmup.FirstStepNotice` of this run (prints on rank 0 only)."""
+    from .warmup import FirstStepNotice, uses_numba
+
+    numba = main and uses_numba(cfg.backend, device, cfg.cell, cfg.gate, batch=batch, hidden=cfg.hidden_size)
+    write = bar.write if bar is not None else (lambda text: print(text, flush=True))
+    return FirstStepNotice(numba, bar=bar, write=write)
+
+
 def _failed_start(out: Path) -> bool:
     """Whether ``out`` holds only what a start that failed before its first step writes:
     ``config.json`` and a log without a single training step (no checkpoint, no result)."""
@@ -912,6 +921,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, desc=desc or cfg.task, unit="step", dynamic_ncols=True)
+    first_step = _first_step_notice(cfg, device, local_batch, bar, main)
     net.train()
     try:
         while step < total_steps:
@@ -922,7 +932,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                 mine = idx[dist.rank * local_batch:(dist.rank + 1) * local_batch]
                 x, y = _collate([task.train[int(i)] for i in mine])
                 x, y = x.to(device), y.to(device)
-                stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist)
+                with first_step:  # a slow first step (compilation) is announced; the ETA restarts after it
+                    stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist)
                 step += 1
                 position += 1
                 if position == steps_per_epoch:

@@ -109,11 +109,26 @@ def _source(args, layer):
     return src, args.batch, args.steps
 
 
+class _FirstChunk:
+    """A progress bar for :func:`su_neuro.simulate.simulate` whose first chunk runs inside a
+    :class:`su_neuro.warmup.FirstStepNotice` (compilation announced, ETA restarted after it)."""
+
+    def __init__(self, bar, notice) -> None:
+        self.bar, self.notice = bar, notice
+        notice.__enter__()
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.notice.__exit__(None, None, None)
+
+
 def run(args) -> int:
+    import torch
     from tqdm import tqdm
 
     from ..backends import check_backend
     from ..simulate import simulate
+    from ..warmup import FirstStepNotice, uses_numba
 
     check_backend(args.backend)
     _check_arguments(args)
@@ -132,13 +147,17 @@ def run(args) -> int:
             run_meta={"backend": args.backend, "seed": args.seed, "command": "simulate"},
         )
     bar = tqdm(total=steps, unit="step", disable=args.no_progress, file=sys.stderr, desc="simulate")
+    numba = uses_numba(args.backend, torch.device("cpu"), layer.cell, layer.layer_meta(0)["gate"],
+                       batch=batch, hidden=layer.hidden_size)
+    progress = _FirstChunk(bar, FirstStepNotice(numba, bar=bar, write=bar.write))
     try:
         if recorder is not None:
             with recorder:
-                result = simulate(layer, source, chunk=args.chunk, callback=recorder.append_chunk, progress=bar)
+                result = simulate(layer, source, chunk=args.chunk, callback=recorder.append_chunk, progress=progress)
         else:
-            result = simulate(layer, source, chunk=args.chunk, progress=bar)
+            result = simulate(layer, source, chunk=args.chunk, progress=progress)
     finally:
+        progress.notice.__exit__(None, None, None)
         bar.close()
     print(f"steps            {result.steps:,} x batch {result.batch} x {result.neurons:,} neurons")
     print(f"time             {result.seconds:.2f} s")
