@@ -67,9 +67,9 @@ def test_info_compile_leaves_nothing_to_compile(tmp_path, cli):
     """After `su-neuro info --compile`, a fresh process's training steps and stream load every
     kernel from Numba's cache (a cache folder of its own, so the test starts cold)."""
     env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
-    first = cli("info", "--compile", "gru/rhythmic", env=env, timeout=1200)
+    first = cli("info", "--compile", "lif/rhythmic", env=env, timeout=1200)
     assert first.returncode == 0, first.stderr
-    assert "gru/rhythmic training" in first.stdout and "gru/rhythmic streaming" in first.stdout
+    assert "lif/rhythmic training" in first.stdout and "lif/rhythmic streaming" in first.stdout
     done = first.stdout.strip().splitlines()[-1]
     assert done.startswith("done: ") and int(done.split()[1]) > 0, done  # a cold cache: it compiled
     check = textwrap.dedent("""
@@ -77,10 +77,12 @@ def test_info_compile_leaves_nothing_to_compile(tmp_path, cli):
         from su_neuro.simulate import poisson_chunks, simulate
         from su_neuro.train import TrainConfig, train
         from su_neuro.warmup import numba_dispatchers
-        cfg = TrainConfig(task="copy", task_options={"delay": 6, "n_train": 64, "n_test": 16}, hidden_size=16,
-                          batch_size=8, max_steps=2, backend="numba", checkpoint_every=0)
+        cfg = TrainConfig(task="copy", task_options={"delay": 6, "n_train": 64, "n_test": 16}, cell="lif",
+                          hidden_size=16, batch_size=8, max_steps=2, backend="numba", checkpoint_every=0,
+                          layer_options={"recurrent": True})
         train(cfg, "run", progress=False)
-        layer = build_layer("gru", 4, 256, gate={"kind": "rhythmic", "init_rate": 0.2}, backend="numba")
+        layer = build_layer("lif", 4, 256, gate={"kind": "rhythmic", "init_rate": 0.2}, backend="numba",
+                            recurrent=True)
         simulate(layer, poisson_chunks(1, 2000, 4, 0.1, 1000))
         print("compiled", sum(sum(d.stats.cache_misses.values()) for d in numba_dispatchers()))
     """)
