@@ -257,11 +257,15 @@ def figure_ops(names: Sequence[str], dense: Sequence[float], effective: Sequence
         ax.axhline(1.0, color="tab:gray", ls="--", lw=1, label="dense (= 1)")
         for i in range(len(x)):
             text = "n/a" if not np.isfinite(ratio[i]) else f"{ratio[i]:.3g}\n{e[i]:.3g} / {d[i]:.3g}"
-            ax.text(x[i], np.nan_to_num(ratio[i]) + 0.02, text, ha="center", va="bottom", fontsize=7)
+            value = float(np.nan_to_num(ratio[i]))
+            if value > 0.4:  # inside the bar, clear of the dense line at 1
+                ax.text(x[i], value - 0.03, text, ha="center", va="top", fontsize=7, color="white")
+            else:
+                ax.text(x[i], value + 0.03, text, ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, max(1.25, float(np.nanmax(ratio, initial=0)) * 1.25))
+        ax.set_ylim(0, max(1.4, float(np.nanmax(ratio, initial=0)) * 1.25))
         ax.set_ylabel(f"{lab}: effective / dense")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
