@@ -151,42 +151,63 @@ def restart_eta(bar) -> None:
     bar.refresh()
 
 
+def _compiled_so_far() -> Callable[[], int]:
+    """A function returning how many kernel variants the Numba backend compiled so far in
+    this process (Numba counts a cache miss when it starts compiling)."""
+    dispatchers = numba_dispatchers()
+    return lambda: sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
+
+
 class FirstStepNotice:
-    """Around the first step of a run: says once (``write``, default stderr) that a first
-    step taking longer than ``after`` seconds is compiling the Numba kernels, and restarts
-    the ETA of ``bar`` when that step ends. Nothing is printed when the step is fast (the
-    kernels came from the cache). Later uses as a context manager do nothing.
+    """Around the first step of a run: says once (``write``, default stderr) that the Numba
+    kernels are being compiled when, ``after`` seconds into that step, Numba is compiling
+    (it counts a cache miss when it starts), and restarts the ETA of ``bar`` when the step
+    ends. Nothing is printed when the kernels come from the cache, however slow the step.
+    Later uses as a context manager do nothing.
 
     ``active``: whether the run uses the Numba kernels; ``write``: how to print (a tqdm
     bar's ``write`` keeps the bar intact).
     """
 
-    def __init__(self, active: bool, *, bar=None, after: float = 2.0,
+    def __init__(self, active: bool, *, bar=None, after: float = 2.0, poll: float = 0.5,
                  write: Callable[[str], None] | None = None):
         self.active = active
         self.bar = bar
         self.after = after
+        self.poll = poll
         self.write = write or (lambda text: print(text, file=sys.stderr, flush=True))
         self.shown = False
         self._done = False
-        self._timer: threading.Timer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _show(self) -> None:
-        self.shown = True
-        self.write(f"note: {COMPILE_NOTICE} ...")
+    def _watch(self, compiled: Callable[[], int], before: int) -> None:
+        if self._stop.wait(self.after):
+            return
+        while True:
+            if compiled() > before:
+                self.shown = True
+                self.write(f"note: {COMPILE_NOTICE} ...")
+                return
+            if self._stop.wait(self.poll):
+                return
 
     def __enter__(self) -> FirstStepNotice:
-        if self.active and not self._done:
-            self._timer = threading.Timer(self.after, self._show)
-            self._timer.daemon = True
-            self._timer.start()
+        if self.active and not self._done and self._thread is None:
+            try:
+                compiled = _compiled_so_far()
+            except ImportError:  # no numba: nothing will compile
+                return self
+            self._thread = threading.Thread(target=self._watch, args=(compiled, compiled()), daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._done:
             return
         self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         restart_eta(self.bar)
