@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -308,25 +309,38 @@ def test_bare_resume_continues_with_the_saved_config(tmp_path, cli):
     """`su-neuro train --out DIR --resume` (docs/training.md) reads the run's own config."""
     from conftest import one_line_error
 
-    whole = train(tiny_config(max_steps=8, checkpoint_every=3), tmp_path / "whole", progress=False)
+    # every run in a subprocess with one thread, so that the float sums agree bit for bit
+    one = {"OMP_NUM_THREADS": "1"}
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_train import tiny_config
+        from su_neuro.train import train
+        whole = train(tiny_config(max_steps=8, checkpoint_every=3), {str(tmp_path / "whole")!r}, progress=False)
+        def stop(step, metrics):
+            if step == 5:
+                raise KeyboardInterrupt  # killed after the checkpoint of step 3
+        try:
+            train(tiny_config(max_steps=8, checkpoint_every=3), {str(tmp_path / "run")!r}, progress=False,
+                  on_step=stop)
+        except KeyboardInterrupt:
+            print(json.dumps(whole["params_sha256"]))
+    """)
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, **one))
+    assert first.returncode == 0, first.stderr
+    whole_sha = json.loads(first.stdout.strip().splitlines()[-1])
     out = tmp_path / "run"
-
-    def stop(step, metrics):
-        if step == 5:
-            raise KeyboardInterrupt  # killed after the checkpoint of step 3
-
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(max_steps=8, checkpoint_every=3), out, progress=False, on_step=stop)
     assert load_checkpoint(out / "checkpoint.pt")["data"]["step"] == 3
 
-    changed = cli("train", "--out", out, "--resume", "--hidden-size", "13", "--no-progress")
+    changed = cli("train", "--out", out, "--resume", "--hidden-size", "13", "--no-progress", env=one)
     line = one_line_error(changed, "train")
     assert "hidden_size=12" in line and "hidden_size=13" in line
-    proc = cli("train", "--out", out, "--resume", "--log-every", "2", "--no-progress")  # a documented override
+    proc = cli("train", "--out", out, "--resume", "--log-every", "2", "--no-progress", env=one)  # an override
     assert proc.returncode == 0, proc.stderr
     assert "finished at step 8" in proc.stdout
     result = json.loads((out / "result.json").read_text())
-    assert result["params_sha256"] == whole["params_sha256"]
+    assert result["params_sha256"] == whole_sha
     assert json.loads((out / "config.json").read_text())["log_every"] == 1  # the stored config stays
 
 
