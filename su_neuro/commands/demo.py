@@ -36,7 +36,8 @@ DEMO_FILES = ("comparison.md", "comparison.json", "curves.png")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="su_neuro_demo", metavar="DIR",
                         help="output folder (default ./su_neuro_demo)")
-    parser.add_argument("--quick", action="store_true", help="a small version for tests (about 20 s once the kernels are compiled)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small version for tests (about 20 s once the kernels are compiled)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both models (default 0)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
                         help="training steps per model (default 400; --quick: 40)")
