@@ -54,11 +54,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        # Bad input and unavailable backends end with one clear line, not a traceback.
-        print(f"su-neuro {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        line = expected_error(err)
+        if line is None:
+            raise  # a bug: keep the traceback
+        # Bad input, missing packages and unavailable backends end with one line, not a traceback.
+        print(f"su-neuro {args.command}: error: {line}", file=sys.stderr)
         return 2
 
+
+def expected_error(err: BaseException) -> str | None:
+    """The one-line message of an error a user can cause and fix, or None for a bug.
+
+    Expected: bad values and files (ValueError, TypeError, OSError and the errors derived from
+    them), unavailable backends and devices (RuntimeError), a missing optional package
+    (ImportError), and every error of a damaged or foreign trace (``TraceError``).
+    """
+    if isinstance(err, ImportError):
+        text = str(err)
+        if isinstance(err, ModuleNotFoundError) and err.name and text.startswith("No module named"):
+            root = err.name.split(".")[0]
+            text = f"the package {root!r} is needed here but is not installed (pip install {root})"
+        return text.splitlines()[0] if text else type(err).__name__
+    expected = (ValueError, TypeError, OSError, RuntimeError)
+    if not isinstance(err, expected) and type(err).__module__ != "su_neuro.traces":
+        return None
+    text = str(err).strip()
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    return " ".join(text.split()) or type(err).__name__
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

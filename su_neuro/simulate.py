@@ -32,13 +32,15 @@ class Chunk:
     """One chunk of a stream, as the callback sees it.
 
     t0: absolute index of the chunk's first step; output: (B, t, H); records: one
-    :class:`StepRecord` per sub-layer (None unless recording); state: after the chunk.
+    :class:`StepRecord` per sub-layer (None unless recording); state: after the chunk;
+    input: the chunk's input (B, t, F), which trace writers count nonzero entries of.
     """
 
     t0: int
     output: torch.Tensor
     records: list[StepRecord] | None
     state: SUState
+    input: torch.Tensor | None = None
 
 
 @dataclass
@@ -117,7 +119,7 @@ def stream(
                 out, state, recs = layer(x, state, record=True)
             else:
                 (out, state), recs = layer(x, state), None
-            item = Chunk(t0, out, recs, state)
+            item = Chunk(t0, out, recs, state, x)
             if callback is not None:
                 callback(item)
             yield item

@@ -353,6 +353,8 @@ class TraceWriter:
         if nnz is not None:
             f.create_dataset("input_nnz", shape=(0, t), maxshape=(None, t), dtype=np.int32,
                              chunks=_chunks((t,), 4, max(batch, 64)), **self._comp)
+            f.create_dataset("input_binary", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                             chunks=(4096,), **self._comp)
         if self._swmr:
             f.swmr_mode = True
 
@@ -403,6 +405,8 @@ class TraceWriter:
             if x.ndim != 3 or x.shape[:2] != (batch, self._t):
                 raise ValueError(f"inputs must be (B, T, F) = ({batch}, {self._t}, F)")
             nnz = np.count_nonzero(x, axis=2).astype(np.int32)
+            # NeuroBench's rule: inputs that take only the values 0 and +-1 are spikes (ACs)
+            binary = ((x == 0) | (x == 1) | (x == -1)).reshape(batch, -1).all(axis=1).astype(np.uint8)
         f = self._f
         if not self._streams:
             self._create(recs, lab, nnz, batch)
@@ -431,6 +435,8 @@ class TraceWriter:
         if nnz is not None:
             f["input_nnz"].resize(end, axis=0)
             f["input_nnz"][start:end] = nnz
+            f["input_binary"].resize(end, axis=0)
+            f["input_binary"][start:end] = binary
         # commit: data first, then the counter readers trust
         f.flush()
         f["committed"][0] = end
@@ -467,6 +473,7 @@ class TraceChunk(NamedTuple):
     gates: dict[str, np.ndarray]            # bool (n, T, H)
     spikes: dict[str, np.ndarray | None]    # bool (n, T, H) for LIF, else None
     input_nnz: np.ndarray | None            # int (n, T) or None
+    input_binary: np.ndarray | None = None  # bool (n,): inputs only 0 / +-1, or None
 
 
 def _open_h5(path: Path) -> h5py.File:
@@ -524,10 +531,23 @@ class TraceReader:
         fmt = f.attrs.get("format")
         if isinstance(fmt, bytes):
             fmt = fmt.decode()
-        if fmt != FORMAT or "schema_version" not in f.attrs:
+        if fmt != FORMAT:
             raise NotATraceError(f"{self.path}: HDF5 file but not a su_neuro trace "
                                  f"(root attribute format={fmt!r}, expected {FORMAT!r})")
-        self.schema_version = int(f.attrs["schema_version"])
+        if "schema_version" not in f.attrs:
+            raise CorruptTraceError(f"{self.path}: a su_neuro trace without its root attribute "
+                                    "schema_version (the file is damaged or was not written by su_neuro)")
+        raw = f.attrs["schema_version"]
+        if isinstance(raw, np.ndarray) and raw.shape == ():
+            raw = raw[()]
+        if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, (int, np.integer)):
+            shown = raw.item() if isinstance(raw, np.generic) else raw
+            raise CorruptTraceError(f"{self.path}: schema_version must be an integer, got {shown!r} "
+                                    "(the file is damaged or was not written by su_neuro)")
+        self.schema_version = int(raw)
+        if self.schema_version < 1:
+            raise CorruptTraceError(f"{self.path}: schema_version {self.schema_version} is not a "
+                                    "valid version (versions start at 1)")
         if self.schema_version > SUPPORTED_SCHEMA:
             raise SchemaVersionError(
                 f"{self.path}: written by a newer su_neuro: schema {self.schema_version} > "
@@ -545,6 +565,25 @@ class TraceReader:
             self.encodings[n] = {k: str(g.attrs[f"{k}_encoding"]) for k in ("gate", "spike")
                                  if f"{k}_encoding" in g.attrs}
         self.num_steps = int(f.attrs.get("num_steps", 0))
+        self.layout = str(self.run_meta.get("layout", "samples"))
+        if self.layout == "segments":
+            self._init_stream(f)
+
+    def _init_stream(self, f: h5py.File) -> None:
+        """A streamed simulation (:class:`StreamTraceWriter`): B stream rows cut into segments."""
+        b = self.run_meta.get("stream_batch")
+        c = self.run_meta.get("segment_steps", self.num_steps)
+        if not isinstance(b, int) or b < 1 or not isinstance(c, int) or c != self.num_steps:
+            raise CorruptTraceError(f"{self.path}: stream trace with bad stream_batch {b!r} / "
+                                    f"segment_steps {c!r} (num_steps {self.num_steps})")
+        self.stream_batch = b
+        segments = self.num_samples // b
+        steps = segments * c
+        if "stream_steps" in f:  # absent in traces written before streams could end mid-segment
+            steps = min(steps, int(f["stream_steps"][0]))
+            segments = -(-steps // c) if c else 0
+        self.stream_segments = segments
+        self.stream_steps = steps
 
     # -- context manager / lifetime
     def __enter__(self) -> Self:
@@ -620,7 +659,7 @@ class TraceReader:
                         lo, hi = off[i:i + 2]
                         e = ev[int(lo):int(hi)].astype(np.int64)
                         out[j, e[:, 1], e[:, 2]] = True
-        except OSError as e:
+        except (OSError, KeyError, ValueError, IndexError) as e:
             raise CorruptTraceError(f"{self.path}: cannot read {layer}/{key} ({e})") from None
         return out[0] if squeeze else out
 
@@ -652,7 +691,7 @@ class TraceReader:
         sel, squeeze = self._index(samples)
         try:
             out = self._read_rows(g[key], sel)
-        except OSError as e:
+        except (OSError, KeyError, ValueError) as e:
             raise CorruptTraceError(f"{self.path}: cannot read {layer}/{key} ({e})") from None
         return out[0] if squeeze else out
 
@@ -670,7 +709,10 @@ class TraceReader:
         if key not in self._f:
             return None
         sel, squeeze = self._index(samples)
-        out = self._read_rows(self._f[key], sel)
+        try:
+            out = self._read_rows(self._f[key], sel)
+        except (OSError, KeyError, ValueError) as e:
+            raise CorruptTraceError(f"{self.path}: cannot read {key} ({e})") from None
         return out[0] if squeeze else out
 
     def labels(self, samples: Any = None) -> np.ndarray | None:
@@ -681,13 +723,20 @@ class TraceReader:
         """Nonzero model inputs per step ``(n, T)`` or None when not written."""
         return self._root("input_nnz", samples)
 
+    def input_binary(self, samples: Any = None) -> np.ndarray | None:
+        """Per sample, bool ``(n,)``: whether every model input was 0 or +-1 (spikes, priced
+        as ACs); None when not written (traces written without ``inputs=`` or before it)."""
+        out = self._root("input_binary", samples)
+        return None if out is None else out.astype(bool)
+
     def chunk(self, start: int, stop: int) -> TraceChunk:
         """All layers' gates and spikes for samples ``start:stop``."""
         sl = slice(start, stop)
         gates = {n: self.gates(n, sl) for n in self.layers}
         spikes = {n: (self.spikes(n, sl) if "spike" in self.encodings[n] else None)
                   for n in self.layers}
-        return TraceChunk(start, min(stop, self.num_samples), gates, spikes, self.input_nnz(sl))
+        return TraceChunk(start, min(stop, self.num_samples), gates, spikes, self.input_nnz(sl),
+                          self.input_binary(sl))
 
     def iter_chunks(self, batch_size: int | None = None,
                     max_elements: int = 1 << 24) -> Iterator[TraceChunk]:
@@ -698,6 +747,23 @@ class TraceReader:
             batch_size = max(1, max_elements // per)
         for s in range(0, self.num_samples, batch_size):
             yield self.chunk(s, min(s + batch_size, self.num_samples))
+
+
+    def iter_stream(self) -> Iterator[tuple[int, TraceChunk]]:
+        """A streamed trace (``layout == "segments"``) in time order: ``(t0, chunk)`` per
+        segment, where ``chunk`` holds the ``stream_batch`` rows over steps ``t0 .. t0 + t - 1``
+        of the stream (the padding after the last step is cut off)."""
+        if self.layout != "segments":
+            raise TraceError(f"{self.path}: not a streamed trace (layout {self.layout!r})")
+        b, c = self.stream_batch, self.num_steps
+        for j in range(self.stream_segments):
+            t0 = j * c
+            n = min(c, self.stream_steps - t0)
+            ch = self.chunk(j * b, (j + 1) * b)
+            nnz = None if ch.input_nnz is None else ch.input_nnz[:, :n]
+            yield t0, TraceChunk(ch.start, ch.stop, {k: v[:, :n] for k, v in ch.gates.items()},
+                                 {k: None if v is None else v[:, :n] for k, v in ch.spikes.items()},
+                                 nnz, ch.input_binary)
 
 
 def read(path: str | os.PathLike) -> TraceReader:
@@ -711,8 +777,13 @@ class StreamTraceWriter:
     A stream of B rows and T steps is run in chunks of C steps; each chunk is appended as B
     trace samples of C steps ("segments" layout): trace sample ``i`` holds steps
     ``(i // B) * C .. (i // B + 1) * C - 1`` of stream row ``i % B``. ``run_meta`` records
-    ``layout="segments"``, ``stream_batch=B`` and ``segment_steps=C``. Memory stays bounded
-    by one chunk; every chunk must have C steps (choose T a multiple of C).
+    ``layout="segments"``, ``stream_batch=B`` and ``segment_steps=C``; the root dataset
+    ``stream_steps`` (int64, 1) counts the steps written. The last chunk may be shorter than
+    C: it is padded with zeros (no update, no spike, no input) and ``stream_steps`` tells
+    where the stream ends. :meth:`TraceReader.iter_stream` reads it back in time order and
+    ``su_neuro.analysis.analyze`` analyses each row as one sequence. Memory stays bounded by
+    one chunk. The model inputs of each chunk (``Chunk.input``) are stored as nonzero
+    counts per step, so that operations are counted from the real input.
 
     Use ``append_chunk`` as the ``callback`` of :func:`su_neuro.simulate.simulate`.
     """
@@ -725,6 +796,8 @@ class StreamTraceWriter:
         self._args = (path, layers, config, writer_kwargs)
         self._writer: TraceWriter | None = None
         self._steps: int | None = None
+        self._total = 0
+        self._ended = False
 
     def __enter__(self) -> StreamTraceWriter:
         return self
@@ -733,7 +806,8 @@ class StreamTraceWriter:
         self.close()
 
     def append_chunk(self, chunk: Any) -> None:
-        """Append one :class:`su_neuro.simulate.Chunk` (its ``records``, one per layer)."""
+        """Append one :class:`su_neuro.simulate.Chunk` (its ``records``, one per layer, and its
+        ``input`` when present)."""
         if chunk.records is None:
             raise ValueError("the chunk carries no records: run the stream with record=True")
         steps = int(chunk.output.shape[1])
@@ -743,13 +817,39 @@ class StreamTraceWriter:
             self._meta["segment_steps"] = steps
             self._writer = TraceWriter(path, layers=layers, config=config, run_meta=self._meta, **kwargs)
             self._writer.open()
-        elif steps != self._steps:
-            raise ValueError(
-                f"chunk of {steps} steps after chunks of {self._steps}: a streamed trace needs equal chunks "
-                "(make the stream length a multiple of the chunk)"
-            )
-        self._writer.append(dict(zip(self._names, chunk.records, strict=True)))
+            # created before the first append switches the file to SWMR mode
+            self._writer._f.create_dataset("stream_steps", data=np.zeros(1, np.int64), maxshape=(1,))
+        elif self._ended:
+            raise ValueError("a chunk after a shorter chunk: only the last chunk of a stream may be shorter")
+        if steps > self._steps:
+            raise ValueError(f"chunk of {steps} steps after chunks of {self._steps}: a streamed trace "
+                             "needs chunks of equal length (the last one may be shorter)")
+        pad = self._steps - steps
+        self._ended = pad > 0
+        records = {n: _Padded(r, pad) for n, r in zip(self._names, chunk.records, strict=True)}
+        x = getattr(chunk, "input", None)
+        if x is not None:
+            x = _np(x)
+            if pad:
+                x = np.concatenate([x, np.zeros((x.shape[0], pad, *x.shape[2:]), x.dtype)], axis=1)
+        self._writer.append(records, inputs=x)
+        self._total += steps
+        f = self._writer._f
+        f["stream_steps"][0] = self._total
+        f.flush()
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+class _Padded:
+    """A step record with ``pad`` zero steps appended (gate closed, no spike, no change)."""
+
+    def __init__(self, record: Any, pad: int) -> None:
+        for key in ("gate", "delta", "spike", "state"):
+            v = getattr(record, key, None)
+            if v is not None and pad:
+                v = _np(v)
+                v = np.concatenate([v, np.zeros((v.shape[0], pad, *v.shape[2:]), v.dtype)], axis=1)
+            setattr(self, key, v)

@@ -91,10 +91,12 @@ RESULT_FILE = "result.json"
 TRACE_FILE = "trace.h5"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE, RESULT_FILE, TRACE_FILE)
 
-#: keys that may differ between a stored run and ``--resume`` (they change neither the
-#: model nor the optimisation trajectory)
+#: keys that may differ between a stored run and ``--resume``: they change neither the model
+#: nor the optimisation trajectory (``backend`` and ``device`` only its float rounding, so a
+#: resume is bit-exact only on the backend and device the run started with)
 RESUME_MUTABLE = frozenset(
-    {"checkpoint_every", "log_every", "eval_every", "trace", "trace_samples", "eval_batch_size"}
+    {"checkpoint_every", "log_every", "eval_every", "trace", "trace_samples", "eval_batch_size",
+     "backend", "device"}
 )
 
 
@@ -702,6 +704,41 @@ def _check_resume_config(stored: dict, cfg: TrainConfig, explicit: set[str] | No
     return TrainConfig(**old)
 
 
+def _check_backend_runs(cfg: TrainConfig, device: torch.device) -> None:
+    """Raise before anything is written if the configured backend cannot run here."""
+    if cfg.backend == "auto":
+        return
+    from .backends import resolve
+
+    dtype = torch.get_default_dtype()
+    resolve(cfg.backend, device, cfg.cell, cfg.gate, dtype, batch=cfg.batch_size, hidden=cfg.hidden_size)
+
+
+def _first_step_notice(cfg: TrainConfig, device: torch.device, batch: int, bar, main: bool):
+    """:class:`su_neuro.warmup.FirstStepNotice` of this run (prints on rank 0 only)."""
+    from .warmup import FirstStepNotice, uses_numba
+
+    numba = main and uses_numba(cfg.backend, device, cfg.cell, cfg.gate, batch=batch, hidden=cfg.hidden_size)
+    write = bar.write if bar is not None else (lambda text: print(text, flush=True))
+    return FirstStepNotice(numba, bar=bar, write=write)
+
+
+def _failed_start(out: Path) -> bool:
+    """Whether ``out`` holds only what a start that failed before its first step writes:
+    ``config.json`` and a log without a single training step (no checkpoint, no result)."""
+    present = {name for name in RUN_FILES if (out / name).exists()}
+    if not present or not present <= {CONFIG_FILE, LOG_FILE}:
+        return False
+    log = out / LOG_FILE
+    if not log.exists():
+        return True
+    try:
+        events = [json.loads(line).get("event") for line in log.read_text(encoding="utf-8").splitlines() if line]
+    except (ValueError, AttributeError):
+        return False
+    return all(event == "start" for event in events)
+
+
 def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if out.exists() and not out.is_dir():
@@ -752,12 +789,13 @@ def train(
     """
     t_start = time.perf_counter()
     cfg = config if isinstance(config, TrainConfig) else config_from_dict(config)
-    cfg.validate()
     out = Path(out_dir)
     dist = distributed_env()
+    if not resume and not overwrite and _failed_start(out):
+        overwrite = True  # a start that failed before its first step leaves nothing worth keeping
     _prepare_folder(out, resume, overwrite)
 
-    # Configuration of a run being resumed.
+    # Configuration of a run being resumed: the stored one, which the keys given must match.
     ckpt_path = out / CHECKPOINT_FILE
     checkpoint = None
     if resume:
@@ -768,6 +806,12 @@ def train(
             stored = _stored_config(out)
             if stored is not None:
                 cfg = _check_resume_config(stored, cfg, explicit_keys)
+            elif cfg.task is None:
+                raise RunFolderError(
+                    f"--resume: {str(out)!r} holds no run to continue (no {CONFIG_FILE} or "
+                    f"{CHECKPOINT_FILE}); check --out, or give the run's configuration (--task ...) to start it there"
+                )
+    cfg.validate()
     if cfg.batch_size % dist.world_size:
         raise ConfigError(
             f"batch_size {cfg.batch_size} (the global batch) does not divide by the "
@@ -775,6 +819,7 @@ def train(
         )
 
     device = _pick_device(cfg, dist)
+    _check_backend_runs(cfg, device)
     pg_started = False
     if dist.active and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -876,6 +921,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, desc=desc or cfg.task, unit="step", dynamic_ncols=True)
+    first_step = _first_step_notice(cfg, device, local_batch, bar, main)
     net.train()
     try:
         while step < total_steps:
@@ -886,7 +932,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                 mine = idx[dist.rank * local_batch:(dist.rank + 1) * local_batch]
                 x, y = _collate([task.train[int(i)] for i in mine])
                 x, y = x.to(device), y.to(device)
-                stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist)
+                with first_step:  # a slow first step (compilation) is announced; the ETA restarts after it
+                    stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist)
                 step += 1
                 position += 1
                 if position == steps_per_epoch:

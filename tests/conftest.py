@@ -21,3 +21,32 @@ def load_tool():
         return module
 
     return load
+
+
+def run_cli(*args: str, cwd=None, env: dict | None = None, timeout: float = 300):
+    """Runs the installed ``su-neuro`` command in a subprocess; returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("su-neuro")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "su_neuro.cli"]
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    """``cli("train", "--task", ...)`` runs the real command in a subprocess."""
+    return run_cli
+
+
+def one_line_error(proc, command: str) -> str:
+    """The stderr of a failed command, checked to be one ``su-neuro CMD: error:`` line, exit 2."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, err)
+    assert "Traceback" not in err, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"su-neuro {command}: error: "), err
+    return lines[0]

@@ -306,3 +306,145 @@ def test_analysis_import_is_cheap():
             "assert 'matplotlib' not in sys.modules, 'matplotlib'; "
             "assert 'h5py' not in sys.modules, 'h5py'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------- NeuroBench: MAC or AC from data
+def _neurobench_linear_synops(weight: np.ndarray, xs: np.ndarray) -> dict[str, float]:
+    """NeuroBench 2.3's SynapticOperations of one linear connection, per sample, computed by
+    hand from its definition (neurobench/metrics/workload/synaptic_operations.py): each
+    forward call's input is binarised (x != 0) and multiplied by the binarised weights
+    (W != 0); the call counts ACs if its input holds only 0 and +-1, else MACs; Dense uses
+    all-ones copies of both. ``xs``: (samples, T, F), one call per step of the whole batch."""
+    wb = (weight != 0).astype(np.int64)
+    ac = mac = dense = 0
+    for t in range(xs.shape[1]):
+        x = xs[:, t]
+        ops = int((wb @ (x != 0).T.astype(np.int64)).sum())
+        if np.all((x == 0) | (x == 1) | (x == -1)):
+            ac += ops
+        else:
+            mac += ops
+        dense += weight.size * x.shape[0]
+    n = xs.shape[0]
+    return {"Effective_ACs": ac / n, "Effective_MACs": mac / n, "Dense": dense / n}
+
+
+def test_sulif_fed_spikes_counts_acs_like_neurobench(tmp_path):
+    """A SULIF's metadata says input_kind "dense"; its spike input makes its ops ACs."""
+    import torch
+
+    from su_neuro import SULIF
+
+    torch.manual_seed(0)
+    layer = SULIF(10, 16, gate="dense", recurrent=False, backend="torch")
+    assert layer.layer_meta(0)["input_kind"] == "dense"
+    x = (torch.rand(4, 30, 10) < 0.2).float()
+    with torch.no_grad():
+        _, _, recs = layer(x, record=True)
+    layers = {"layers.0": layer.layer_meta(0)}
+    path = traces.write(tmp_path / "lif.h5", {"layers.0": recs[0]}, layers=layers, inputs=x)
+    nb = _neurobench_linear_synops(layer.weight_ih_l0.detach().numpy(), x.numpy())
+    for rep in (analyze(path), analyze_records({"layers.0": recs[0]}, layers, inputs=x)):
+        ps = rep.ops.per_sample()
+        assert ps["effective_acs"] == nb["Effective_ACs"] > 0
+        assert ps["effective_macs"] == nb["Effective_MACs"] == 0
+        assert ps["dense"] == nb["Dense"]
+        assert rep.energy.effective_pj == pytest.approx(rep.ops.effective_acs * DEFAULT_TABLE.ac_pj)
+    # real-valued input: the same layer's synapses are MACs, as NeuroBench counts them
+    xr = x * torch.rand(4, 30, 10)
+    with torch.no_grad():
+        _, _, recs = layer(xr, record=True)
+    nb = _neurobench_linear_synops(layer.weight_ih_l0.detach().numpy(), xr.numpy())
+    rep = analyze_records({"layers.0": recs[0]}, layers, inputs=xr)
+    assert rep.ops.per_sample()["effective_macs"] == nb["Effective_MACs"] > 0
+    assert rep.ops.effective_acs == nb["Effective_ACs"] == 0
+
+
+def test_simulated_poisson_stream_counts_acs_like_neurobench(tmp_path, cli):
+    """simulate --trace then analyze, dense feed-forward LIF, 5 % Poisson input."""
+    import torch
+
+    from su_neuro.models import build_layer
+    from su_neuro.simulate import poisson_chunks
+
+    path = tmp_path / "p.h5"
+    t, f, h = 2000, 16, 64
+    proc = cli("simulate", "--cell", "lif", "--gate", "dense", "--hidden", h, "--input-size", f,
+               "--steps", t, "--chunk", 300, "--poisson-rate", 0.05, "--seed", 0, "--backend", "torch",
+               "--trace", path, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("analyze", path, "--out", tmp_path / "rep", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    # the same weights (simulate seeds torch with --seed before building) and the same input
+    torch.manual_seed(0)
+    layer = build_layer("lif", f, h, gate={"kind": "dense"}, backend="torch", num_layers=1, recurrent=False)
+    x = torch.cat(list(poisson_chunks(1, t, f, 0.05, 300, seed=0)), 1).numpy()
+    nb = _neurobench_linear_synops(layer.weight_ih_l0.detach().numpy(), x)
+    ps = report["ops_per_sample"]
+    assert report["num_samples"] == 1 and report["num_steps"] == t  # one stream, one sequence
+    assert ps["effective_acs"] == nb["Effective_ACs"]
+    assert ps["effective_macs"] == nb["Effective_MACs"] == 0
+    assert ps["dense"] == nb["Dense"] == t * f * h
+    assert 0.03 < nb["Effective_ACs"] / nb["Dense"] < 0.07
+
+
+# ----------------------------------------------------------------------------- figures
+def test_ops_figure_draws_ratios_on_a_linear_axis_from_zero():
+    # a dense GRU at 0.88 of its dense operations must not look like a suGRU at 0.12
+    fig = plots.figure_ops(["dense GRU", "suGRU"], [1000.0, 1000.0], [880.0, 120.0],
+                           dense_energy=[4600.0, 4600.0], effective_energy=[4048.0, 552.0])
+    for ax in fig.axes[:2]:
+        assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 1
+        heights = [p.get_height() for p in ax.patches]
+        np.testing.assert_allclose(heights, [0.88, 0.12])
+        assert ax.lines[0].get_ydata()[0] == 1.0  # the dense reference
+        texts = [t.get_text() for t in ax.texts]
+        assert texts[0].startswith("0.88") and texts[1].startswith("0.12")
+
+
+def test_timescale_figure_says_how_many_neurons_and_reads_a_single_value():
+    rng = np.random.default_rng(0)
+    v = rng.random(64) * 30 + 2
+    v[:13] = np.nan  # 13 neurons never updated twice
+    fig = plots.figure_timescales({"layers.0": v})
+    ax = fig.axes[0]
+    label = ax.get_legend().get_texts()[0].get_text()
+    assert "51 of 64 neurons" in label and "13 never updated twice" in label
+    assert ax.get_xlim()[0] <= np.nanmin(v) and ax.get_xlim()[1] >= np.nanmax(v)
+    # a dense gate: every interval is 1 step -> one bar, axis from 0, value said in words
+    fig = plots.figure_timescales({"dense": np.ones(64)})
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert ax.get_xlim()[0] == 0 and ax.get_xlim()[1] > 1
+    assert [p.get_height() for p in ax.patches] == [64]
+    assert ax.xaxis.get_offset_text().get_text() == ""
+    assert any("mean interval 1 steps" in t.get_text() for t in ax.texts)
+
+
+def test_large_raster_and_heatmap_are_reduced_and_say_so():
+    rng = np.random.default_rng(1)
+    t, h = 3000, 1024
+    g = rng.random((t, h)) < 0.1
+    fig = plots.figure_raster({"layers.0": g}, spikes={"layers.0": g & (rng.random((t, h)) < 0.2)})
+    ax = fig.axes[0]
+    img = ax.images[0].get_array()
+    assert img.shape == (plots.MAX_RASTER_NEURONS, plots.MAX_RASTER_STEPS)
+    every = h // plots.MAX_RASTER_NEURONS
+    np.testing.assert_array_equal(img, g[:plots.MAX_RASTER_STEPS, ::every].T)
+    assert f"every {every}th neuron (64 of 1024), steps 0-499 of 3000" in ax.get_title(loc="right")
+    assert ax.get_xlim() == (0, plots.MAX_RASTER_STEPS)
+    # a small raster is drawn whole, without a note
+    fig = plots.figure_raster({"a": g[:100, :20]})
+    assert fig.axes[0].images[0].get_array().shape == (20, 100) and fig.axes[0].get_title(loc="right") == ""
+
+    rates = rng.random((256, h)) * 0.1
+    fig = plots.figure_update_heatmap({"layers.0": rates})
+    ax = fig.axes[0]
+    img = ax.images[0].get_array()
+    assert img.shape == (plots.MAX_HEATMAP_ROWS, 256)
+    assert "sorted by rate" in ax.get_ylabel() and "mean of 8" in ax.get_ylabel()
+    assert ax.images[0].get_clim()[0] == 0
+    order = np.argsort(rates.mean(0), kind="stable")
+    np.testing.assert_allclose(img[0], rates[:, order[:8]].mean(1))
+    np.testing.assert_allclose(img.mean(), rates.mean())

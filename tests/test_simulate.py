@@ -77,7 +77,7 @@ def test_simulate_command_writes_a_segmented_trace(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "update rate      0.2000" in out and "neuron-steps/s" in out
     r = traces.read(path)
-    assert r.num_samples == 6 and r.num_steps == 100
+    assert r.num_samples == 6 and r.num_steps == 100 and r.stream_steps == 300
     assert r.run_meta["layout"] == "segments" and r.run_meta["stream_batch"] == 2
     g = r.gates("layers.0")
     assert g.shape == (6, 100, 24) and abs(g.mean() - 0.2) < 1e-6
@@ -90,25 +90,73 @@ def test_simulate_command_writes_a_segmented_trace(tmp_path, capsys):
 def test_simulate_command_rejects_bad_arguments(tmp_path, capsys):
     from su_neuro.cli import main
 
-    assert (
-        main(
-            [
-                "simulate",
-                "--steps",
-                "250",
-                "--chunk",
-                "100",
-                "--trace",
-                str(tmp_path / "x.h5"),
-                "--backend",
-                "torch",
-                "--hidden",
-                "8",
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
-    assert "multiple of --chunk" in capsys.readouterr().err
     assert main(["simulate", "--gate", "bogus", "--hidden", "8", "--no-progress"]) == 2
     assert "unknown gate 'bogus'" in capsys.readouterr().err
+    assert main(["simulate", "--hidden", "0", "--no-progress"]) == 2
+    assert "--hidden must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["text", "hdf5"])
+def test_simulate_trace_refuses_to_overwrite(tmp_path, cli, content):
+    import h5py
+    import numpy as np
+    from conftest import one_line_error
+
+    path = tmp_path / "existing.h5"
+    if content == "text":
+        path.write_text("notes I want to keep\n")
+    else:
+        with h5py.File(path, "w") as f:
+            f["mine"] = np.arange(5)
+    before = path.read_bytes()
+    args = ["simulate", "--hidden", "8", "--steps", "20", "--chunk", "10", "--backend", "torch",
+            "--trace", path, "--no-progress"]
+    line = one_line_error(cli(*args), "simulate")
+    assert "already exists" in line and "--overwrite" in line
+    assert path.read_bytes() == before  # untouched
+    ok = cli(*args, "--overwrite")
+    assert ok.returncode == 0, ok.stderr
+    from su_neuro import traces
+
+    with traces.read(path) as r:
+        assert r.stream_steps == 20
+
+
+def test_stream_trace_is_one_sequence_with_input_counts(tmp_path, cli):
+    """--steps not a multiple of --chunk; the analysis sees one 250-step sequence per stream
+    row (intervals cross the chunk edges) and counts the real Poisson input."""
+    import numpy as np
+
+    from su_neuro import traces
+    from su_neuro.analysis import analyze
+
+    path = tmp_path / "s.h5"
+    h, f, rate = 12, 6, 0.2
+    proc = cli("simulate", "--cell", "lif", "--gate", "rhythmic", "--rate", "0.2", "--hidden", h,
+               "--input-size", f, "--poisson-rate", rate, "--steps", 250, "--chunk", 100, "--batch", 2,
+               "--backend", "torch", "--seed", 3, "--trace", path, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    with traces.read(path) as r:
+        assert r.layout == "segments" and r.stream_steps == 250 and r.stream_segments == 3
+        pieces = list(r.iter_stream())
+        assert [t0 for t0, _ in pieces] == [0, 100, 200]
+        assert [c.gates["layers.0"].shape for _, c in pieces] == [(2, 100, h), (2, 100, h), (2, 50, h)]
+        g = np.concatenate([c.gates["layers.0"] for _, c in pieces], axis=1)  # (2, 250, h)
+        nnz = np.concatenate([c.input_nnz for _, c in pieces], axis=1)
+        assert all(c.input_binary.all() for _, c in pieces)
+    # the input the command drew, regenerated
+    x = torch.cat(list(poisson_chunks(2, 250, f, rate, 100, seed=3)), 1)
+    np.testing.assert_array_equal(nnz, (x != 0).sum(2).numpy())
+
+    rep = analyze(path, tmp_path / "report", plots=False)
+    assert rep.num_samples == 2 and rep.num_steps == 250
+    act = rep.layers["layers.0"].activity
+    # period 5: every neuron opens once per 5 steps, 50 times in 250 steps -> 49 gaps of 5 per row;
+    # cutting at the chunk edges would lose 2 gaps per row and neuron
+    assert act.interval_hist[5] == 2 * 49 * h and act.interval_hist.sum() == 2 * 49 * h
+    np.testing.assert_allclose(act.mean_interval, 5.0)
+    # feed-forward LIF: effective ACs = sum_t open rows(t) * nonzero inputs(t), no MACs
+    ops = rep.layers["layers.0"].ops
+    assert ops.effective_macs == 0 and ops.dense_macs == 0
+    assert ops.effective_acs == int((g.sum(2) * nnz).sum())
+    assert ops.dense_acs == 2 * 250 * h * f

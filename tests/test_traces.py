@@ -264,3 +264,68 @@ def test_errors_are_trace_errors():
                 SchemaVersionError):
         assert issubclass(cls, TraceError)
     assert issubclass(TraceNotFoundError, FileNotFoundError)
+
+
+def _damage_first_chunk(path, name):
+    """Overwrite the stored bytes of the first chunk of dataset ``name`` with garbage."""
+    with h5py.File(path, "r") as f:
+        info = f[name].id.get_chunk_info(0)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff\x00\x13" * (info.size // 3 + 1))
+
+
+@pytest.mark.parametrize("name", ["input_nnz", "labels", "input_binary"])
+def test_damaged_root_datasets_raise_corrupt_trace_error(tmp_path, name):
+    rec, y, x = make_batch(0, b=64, t=200)
+    x = torch.rand(64, 200, 5) * (torch.rand(64, 200, 5) < 0.5)  # nonzero counts that compress
+    p = traces.write(tmp_path / "t.h5", rec, layers=LAYERS, labels=y, inputs=x)
+    _damage_first_chunk(p, name)
+    with traces.read(p) as r:
+        reader = {"input_nnz": r.input_nnz, "labels": r.labels, "input_binary": r.input_binary}[name]
+        with pytest.raises(CorruptTraceError, match=f"cannot read {name}"):
+            reader()
+        with pytest.raises(CorruptTraceError):
+            list(r.iter_chunks())
+
+
+def test_analyze_of_a_damaged_input_count_is_one_line(tmp_path, cli):
+    from conftest import one_line_error
+
+    rec, y, x = make_batch(0, b=64, t=200)
+    x = torch.rand(64, 200, 5) * (torch.rand(64, 200, 5) < 0.5)
+    p = traces.write(tmp_path / "t.h5", rec, layers=LAYERS, labels=y, inputs=x)
+    _damage_first_chunk(p, "input_nnz")
+    line = one_line_error(cli("analyze", p, "--out", tmp_path / "rep", "--no-plots"), "analyze")
+    assert "cannot read input_nnz" in line
+
+
+def test_schema_version_missing_or_not_an_integer(tmp_path):
+    rec, y, x = make_batch(0)
+    for value, message in ((None, "without its root attribute schema_version"),
+                           (1.5, "schema_version must be an integer, got 1.5"),
+                           ("1", "schema_version must be an integer"),
+                           (0, "not a valid version")):
+        p = traces.write(tmp_path / "s.h5", rec, layers=LAYERS)
+        with h5py.File(p, "r+") as f:
+            if value is None:
+                del f.attrs["schema_version"]
+            else:
+                f.attrs["schema_version"] = value
+        with pytest.raises(CorruptTraceError, match=message):
+            traces.read(p)
+    with h5py.File(p, "r+") as f:  # an integer of another width is fine
+        f.attrs["schema_version"] = np.int32(1)
+    assert traces.read(p).schema_version == 1
+
+
+def test_input_binary_follows_neurobench_rule(tmp_path):
+    rec, y, _ = make_batch(0, b=3)
+    x = torch.zeros(3, 17, 5)
+    x[0, 2, 1] = 1.0
+    x[1, 3, 0] = -1.0
+    x[2, 4, 4] = 0.5  # one non-binary value makes the sample dense
+    p = traces.write(tmp_path / "b.h5", rec, layers=LAYERS, inputs=x)
+    with traces.read(p) as r:
+        assert r.input_binary().tolist() == [True, True, False]
+        assert r.input_nnz()[:, 2:5].sum() == 3

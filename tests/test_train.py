@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -302,3 +303,76 @@ def test_load_model_and_simulate_a_checkpoint(tmp_path, capsys):
     from su_neuro import traces
 
     assert traces.read(trace).num_samples == 4
+
+
+def test_bare_resume_continues_with_the_saved_config(tmp_path, cli):
+    """`su-neuro train --out DIR --resume` (docs/training.md) reads the run's own config."""
+    from conftest import one_line_error
+
+    # every run in a subprocess with one thread, so that the float sums agree bit for bit
+    one = {"OMP_NUM_THREADS": "1"}
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_train import tiny_config
+        from su_neuro.train import train
+        whole = train(tiny_config(max_steps=8, checkpoint_every=3), {str(tmp_path / "whole")!r}, progress=False)
+        def stop(step, metrics):
+            if step == 5:
+                raise KeyboardInterrupt  # killed after the checkpoint of step 3
+        try:
+            train(tiny_config(max_steps=8, checkpoint_every=3), {str(tmp_path / "run")!r}, progress=False,
+                  on_step=stop)
+        except KeyboardInterrupt:
+            print(json.dumps(whole["params_sha256"]))
+    """)
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, **one))
+    assert first.returncode == 0, first.stderr
+    whole_sha = json.loads(first.stdout.strip().splitlines()[-1])
+    out = tmp_path / "run"
+    assert load_checkpoint(out / "checkpoint.pt")["data"]["step"] == 3
+
+    changed = cli("train", "--out", out, "--resume", "--hidden-size", "13", "--no-progress", env=one)
+    line = one_line_error(changed, "train")
+    assert "hidden_size=12" in line and "hidden_size=13" in line
+    proc = cli("train", "--out", out, "--resume", "--log-every", "2", "--no-progress", env=one)  # an override
+    assert proc.returncode == 0, proc.stderr
+    assert "finished at step 8" in proc.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["params_sha256"] == whole_sha
+    assert json.loads((out / "config.json").read_text())["log_every"] == 1  # the stored config stays
+
+
+def test_resume_of_an_empty_folder_without_a_task_names_the_problem(tmp_path, cli):
+    from conftest import one_line_error
+
+    line = one_line_error(cli("train", "--out", tmp_path / "nothing", "--resume", "--no-progress"), "train")
+    assert "holds no run to continue" in line and "--task" in line
+
+
+def test_failed_start_writes_nothing_and_does_not_block_the_folder(tmp_path, cli):
+    from conftest import one_line_error
+
+    out = tmp_path / "run"
+    bad = cli("train", *TINY, "--max-steps", "2", "--backend", "triton", "--out", out, env={"TRITON_INTERPRET": ""})
+    line = one_line_error(bad, "train")
+    assert "triton" in line
+    assert not out.exists() or not any(out.iterdir())
+    good = cli("train", *TINY, "--max-steps", "2", "--out", out)
+    assert good.returncode == 0, good.stderr
+    assert (out / "result.json").is_file()
+
+
+def test_folder_of_a_start_that_failed_before_its_first_step_is_reused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    (out / "metrics.jsonl").write_text(json.dumps({"event": "start", "step": 0}) + "\n")
+    result = train(tiny_config(max_steps=2), out, progress=False)
+    assert result["step"] == 2
+    events = [json.loads(x)["event"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("start") == 1 and events[-1] == "end"
+    # a run that took a step is still protected
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(tiny_config(max_steps=2), out, progress=False)

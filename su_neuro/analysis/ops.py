@@ -23,9 +23,12 @@ Effective:  m·rows_t·(nnz(x_t) + rec_t)
   every neuron has updated. RNN/GRU with event gate: neurons that changed at t-1 (delta
   accumulation U·h_t = U·h_{t-1} + U[:, changed]·Δh). Recurrent LIF: spikes at t-1 (ACs).
 
-Spike inputs (``input_kind == "spike"``) and LIF recurrent spikes are ACs; everything
-else is MACs. The dense baseline splits the same way (binary inputs need no multiply
-even on dense hardware).
+MAC or AC is decided from the data where it is known, as NeuroBench decides it: a sample
+whose model inputs take only the values 0 and ±1 (``input_binary``, recorded by the trace
+writers) has its input synapses counted as ACs, any other as MACs. Without that record the
+layer metadata decides (``input_kind == "spike"``: ACs). Inputs from a LIF layer below and
+LIF recurrent spikes are ACs; RNN/GRU states are MACs. The dense baseline splits the same
+way (binary inputs need no multiply even on dense hardware).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 
 from .stats import ever_updated
 
-__all__ = ["CELL_ROWS", "OpCounts", "count_layer_ops", "memory_bytes"]
+__all__ = ["CELL_ROWS", "LayerCarry", "OpCounts", "count_layer_ops", "memory_bytes"]
 
 #: candidate rows per neuron (GRU: r, z, n)
 CELL_ROWS = {"rnn": 1, "gru": 3, "lif": 1}
@@ -88,6 +91,19 @@ class OpCounts:
         return d
 
 
+@dataclass
+class LayerCarry:
+    """What counting a piece of a stream needs from the steps before it (one layer).
+
+    ``ever``: bool ``(n, H)`` neurons that updated before the piece; ``open_last`` / ``spikes_last``:
+    ``(n,)`` open neurons / spikes at the step before it. :func:`count_layer_ops` updates it.
+    """
+
+    ever: np.ndarray | None = None
+    open_last: np.ndarray | None = None
+    spikes_last: np.ndarray | None = None
+
+
 def memory_bytes(ops: OpCounts, *, bytes_per_weight: float = 4,
                  bytes_per_state: float = 4) -> tuple[float, float]:
     """Estimated memory traffic ``(dense, effective)`` in bytes.
@@ -103,7 +119,9 @@ def memory_bytes(ops: OpCounts, *, bytes_per_weight: float = 4,
 
 def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
                     input_nnz: np.ndarray | None = None,
-                    spikes: np.ndarray | None = None) -> OpCounts:
+                    spikes: np.ndarray | None = None,
+                    input_binary: np.ndarray | None = None,
+                    carry: LayerCarry | None = None) -> OpCounts:
     """Count operations of one layer for a chunk of samples.
 
     Args:
@@ -112,6 +130,10 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
         gates: bool ``(n, T, H)``.
         input_nnz: nonzero inputs per step ``(n, T)``; None means all F inputs nonzero.
         spikes: the layer's own spikes ``(n, T, H)`` (recurrent LIF needs them).
+        input_binary: bool ``(n,)``: whether each sample's inputs are only 0 / ±1 (its input
+            synapses are then ACs, else MACs); None: ``meta["input_kind"]`` decides.
+        carry: for a piece of a stream, the state left by the previous piece
+            (:class:`LayerCarry`, updated in place); None: every sample starts at step 0.
     Returns:
         :class:`OpCounts` for the chunk.
     """
@@ -122,16 +144,21 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
     if hh != h:
         raise ValueError(f"gates have {hh} neurons, metadata says {h}")
     recurrent = bool(meta.get("recurrent", True)) or cell != "lif"
-    spike_in = meta["input_kind"] == "spike"
+    if input_binary is None:
+        spike_in = np.full(n, meta["input_kind"] == "spike")
+    else:
+        spike_in = np.asarray(input_binary, bool).reshape(n)
     event = meta["gate"] == "event"
+    carry_in = carry is not None and carry.ever is not None
 
     k = gates.sum(axis=2, dtype=np.int64)                        # (n, T) open rows
     rows = np.full_like(k, h) if event else k
     x = (np.full((n, t), f, np.int64) if input_nnz is None
          else np.asarray(input_nnz, dtype=np.int64))
-    in_ops = int(m * (rows * x).sum())
+    in_ops = m * (rows * x).sum(axis=1)                          # (n,) per sample
 
     rec_mac = rec_ac = 0
+    s = None
     if cell == "lif":
         if recurrent:
             if spikes is None:
@@ -139,23 +166,33 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
             s = spikes.sum(axis=2, dtype=np.int64)
             prev = np.zeros_like(s)
             prev[:, 1:] = s[:, :-1]
+            if carry_in and t:
+                prev[:, 0] = carry.spikes_last
             rec_ac = int((rows * prev).sum())
     else:
         if event:
             prev = np.zeros_like(k)
             prev[:, 1:] = k[:, :-1]
+            if carry_in and t:
+                prev[:, 0] = carry.open_last
         else:
-            prev = ever_updated(gates, before=True)
+            prev = ever_updated(gates, before=True, initial=carry.ever if carry_in else None)
         rec_mac = int(m * (rows * prev).sum())
+    if carry is not None and t:
+        ever = gates.any(axis=1)
+        carry.ever = ever | carry.ever if carry_in else ever
+        carry.open_last = k[:, -1].copy()
+        carry.spikes_last = s[:, -1].copy() if s is not None else np.zeros(n, np.int64)
 
-    dense_in = n * t * m * h * f
+    n_spike = int(spike_in.sum())
+    dense_in_per = t * m * h * f
     dense_rec = n * t * m * h * h if recurrent else 0
     upd = int(k.sum())
     return OpCounts(
-        dense_macs=(0 if spike_in else dense_in) + (0 if cell == "lif" else dense_rec),
-        dense_acs=(dense_in if spike_in else 0) + (dense_rec if cell == "lif" else 0),
-        effective_macs=(0 if spike_in else in_ops) + rec_mac,
-        effective_acs=(in_ops if spike_in else 0) + rec_ac,
+        dense_macs=(n - n_spike) * dense_in_per + (0 if cell == "lif" else dense_rec),
+        dense_acs=n_spike * dense_in_per + (dense_rec if cell == "lif" else 0),
+        effective_macs=int(in_ops[~spike_in].sum()) + rec_mac,
+        effective_acs=int(in_ops[spike_in].sum()) + rec_ac,
         neuron_updates=upd,
         dense_neuron_updates=n * t * h,
         elementwise=3 * upd if cell == "gru" else 0,

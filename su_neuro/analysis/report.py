@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .energy import DEFAULT_TABLE, EnergyEstimate, EnergyTable, estimate_energy
-from .ops import OpCounts, count_layer_ops
+from .ops import LayerCarry, OpCounts, count_layer_ops
 from .stats import ActivityAccumulator, LayerActivity, ever_updated
 
 __all__ = ["LayerReport", "Report", "analyze", "analyze_records", "summarize"]
@@ -198,30 +198,46 @@ def _input_source(name: str, idx: int, layers: Mapping[str, Mapping[str, Any]]) 
 
 def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], num_steps: int,
               *, table: EnergyTable = DEFAULT_TABLE, source: str = "<records>",
-              meta: Mapping[str, Any] | None = None, time_bins: int = 256) -> Report:
+              meta: Mapping[str, Any] | None = None, time_bins: int = 256,
+              stream: bool = False) -> Report:
     """Build a :class:`Report` from chunks with ``gates``, ``spikes`` (dicts of bool
-    ``(n, T, H)``) and ``input_nnz`` (``(n, T)`` or None), e.g. ``reader.iter_chunks()``."""
+    ``(n, T, H)``), ``input_nnz`` (``(n, T)`` or None) and optionally ``input_binary``
+    (``(n,)`` or None), e.g. ``reader.iter_chunks()``.
+
+    ``stream=True``: the items are ``(t0, chunk)`` pieces of the same n stream rows in time
+    order (``reader.iter_stream()``), and each row is analysed as one sequence of
+    ``num_steps`` steps: intervals, nonzero states and last spikes carry across the pieces.
+    """
     layers = {k: dict(v) for k, v in layers.items()}
     accs = {n: ActivityAccumulator(num_steps, int(m["hidden_size"]), lif=m["cell"] == "lif",
                                    time_bins=time_bins) for n, m in layers.items()}
     ops = {n: OpCounts() for n in layers}
     notes: dict[str, set[str]] = {n: set() for n in layers}
+    carries = {n: LayerCarry() for n in layers} if stream else None
     total = 0
-    for ch in chunks:
-        total += next(iter(ch.gates.values())).shape[0]
+    for item in chunks:
+        t0, ch = item if stream else (None, item)
+        rows = next(iter(ch.gates.values())).shape[0]
+        total = rows if stream else total + rows
+        # states of the layers below as they were entering this piece
+        ever_in = {n: c.ever for n, c in carries.items()} if stream else {}
         for i, (name, m) in enumerate(layers.items()):
             g = ch.gates[name]
             s = ch.spikes.get(name)
-            accs[name].update(g, s)
+            accs[name].update(g, s, t0=t0)
             src = _input_source(name, i, layers)
-            nnz = None
+            nnz = binary = None
             if src is None:
                 nnz = ch.input_nnz
+                binary = getattr(ch, "input_binary", None)
                 if nnz is None:
                     notes[name].add(
                         "nonzero model inputs unknown (trace written without inputs=): all "
                         f"F={m['input_size']} inputs counted every step"
                         + (" (upper bound for spike input)" if m["input_kind"] == "spike" else ""))
+                if binary is not None and m["input_kind"] != "spike" and np.any(binary):
+                    notes[name].add("model inputs are only 0 / +-1 (spikes): their synaptic "
+                                    "operations are counted as ACs, as NeuroBench does")
             elif src not in layers:
                 notes[name].add(f"input_from {src!r} is not a recorded layer: all F inputs counted")
             elif int(layers[src]["hidden_size"]) != int(m["input_size"]):
@@ -230,8 +246,9 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
             elif layers[src]["cell"] == "lif":
                 nnz = ch.spikes[src].sum(axis=2, dtype=np.int64)
             else:
-                nnz = ever_updated(ch.gates[src], before=False)
-            ops[name] = ops[name] + count_layer_ops(m, g, input_nnz=nnz, spikes=s)
+                nnz = ever_updated(ch.gates[src], before=False, initial=ever_in.get(src))
+            ops[name] = ops[name] + count_layer_ops(m, g, input_nnz=nnz, spikes=s, input_binary=binary,
+                                                    carry=carries[name] if stream else None)
     layer_reports = {}
     for name, m in layers.items():
         ops[name].samples = total
@@ -258,8 +275,10 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
 
 
 class _Chunk:
-    def __init__(self, gates: dict, spikes: dict, input_nnz: np.ndarray | None):
+    def __init__(self, gates: dict, spikes: dict, input_nnz: np.ndarray | None,
+                 input_binary: np.ndarray | None = None):
         self.gates, self.spikes, self.input_nnz = gates, spikes, input_nnz
+        self.input_binary = input_binary
 
 
 def _as_bool(x: Any) -> np.ndarray:
@@ -272,16 +291,19 @@ def analyze_records(records: Mapping[str, Any], layers: Mapping[str, Mapping[str
                     inputs: Any = None, table: EnergyTable = DEFAULT_TABLE) -> Report:
     """Analyse in-memory records (``{name: StepRecord}`` of one batch) without a trace.
 
-    ``inputs`` (``(B, T, F)``, optional) gives the nonzero-input counts of the first layer.
+    ``inputs`` (``(B, T, F)``, optional) gives the nonzero-input counts of the first layer and
+    whether its synaptic operations are ACs (inputs only 0 / ±1) or MACs.
     """
     gates = {n: _as_bool(records[n].gate) for n in layers}
     spikes = {n: (None if getattr(records[n], "spike", None) is None
                   else _as_bool(records[n].spike)) for n in layers}
-    nnz = None
+    nnz = binary = None
     if inputs is not None:
-        nnz = np.count_nonzero(_as_bool(inputs), axis=2)
+        x = inputs.detach().cpu().numpy() if hasattr(inputs, "detach") else np.asarray(inputs)
+        nnz = np.count_nonzero(x, axis=2)
+        binary = ((x == 0) | (x == 1) | (x == -1)).reshape(x.shape[0], -1).all(axis=1)
     t = next(iter(gates.values())).shape[1]
-    return summarize([_Chunk(gates, spikes, nnz)], layers, t, table=table)
+    return summarize([_Chunk(gates, spikes, nnz, binary)], layers, t, table=table)
 
 
 def _parse_reshape(reshape: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -339,13 +361,21 @@ def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = N
     else:
         table = load_table(energy_table)
     with TraceReader(trace_path) as r:
-        if shape is not None and shape[0] * shape[1] != r.num_steps:
+        steps = r.stream_steps if r.layout == "segments" else r.num_steps
+        if shape is not None and shape[0] * shape[1] != steps:
             raise ValueError(f"--reshape {shape[0]}x{shape[1]} needs {shape[0] * shape[1]} "
-                             f"steps, the trace has {r.num_steps}")
+                             f"steps, the trace has {steps}")
         meta = {"config": r.config, "run_meta": r.run_meta, "schema_version": r.schema_version,
-                "complete": r.complete}
-        rep = summarize(_limited(r.iter_chunks(batch_size), max_samples), r.layers,
-                        r.num_steps, table=table, source=str(trace_path), meta=meta)
+                "complete": r.complete, "layout": r.layout}
+        if r.layout == "segments":
+            # a streamed simulation: each stream row is one sequence of stream_steps steps
+            rep = summarize(r.iter_stream(), r.layers, r.stream_steps, table=table,
+                            source=str(trace_path), meta=meta, stream=True)
+            rep.notes.append(f"streamed simulation: {r.stream_batch} stream(s) of {r.stream_steps} steps, "
+                             f"each analysed as one sequence (stored in segments of {r.num_steps} steps)")
+        else:
+            rep = summarize(_limited(r.iter_chunks(batch_size), max_samples), r.layers,
+                            r.num_steps, table=table, source=str(trace_path), meta=meta)
         if not r.complete:
             rep.notes.append("the writer did not close the trace (killed?): only the "
                              f"{r.num_samples} committed samples were analysed")
@@ -366,13 +396,15 @@ def _plots(rep: Report, reader: Any, out: Path, shape: tuple[int, int] | None,
     from . import plots
 
     names = list(rep.layers)
-    i = min(max(sample, 0), reader.num_samples - 1)
+    stream = reader.layout == "segments"
+    # a stream's sample i < stream_batch is the first segment of stream row i
+    i = min(max(sample, 0), (reader.stream_batch if stream else reader.num_samples) - 1)
     files = {}
     files["raster"] = plots.plot_raster(
         {n: reader.gates(n, i) for n in names}, out / "raster.png",
         spikes={n: reader.spikes(n, i) if "spike" in reader.encodings[n] else None
                 for n in names},
-        title=f"gate events (black) and spikes (red), sample {i}")
+        title=f"gate events (black) and spikes (red), {'stream row' if stream else 'sample'} {i}")
     if shape is not None:
         rates = {n: rep.layers[n].activity.step_update_rate for n in names}
     else:
@@ -389,5 +421,5 @@ def _plots(rep: Report, reader: Any, out: Path, shape: tuple[int, int] | None,
     files["ops"] = plots.plot_ops(
         lab, [o.dense / k for o in ops], [o.effective / k for o in ops], out / "ops.png",
         dense_energy=[e.dense_pj / k for e in en], effective_energy=[e.effective_pj / k for e in en],
-        title="per sample: dense vs effective")
+        title=f"per {'stream' if stream else 'sample'}: effective as a fraction of dense")
     return {k: str(v) for k, v in files.items()}

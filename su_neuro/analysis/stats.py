@@ -36,18 +36,45 @@ def inter_update_intervals(gates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return h[1:][same].astype(np.int64), (t[1:] - t[:-1])[same].astype(np.int64)
 
 
-def ever_updated(gates: np.ndarray, *, before: bool) -> np.ndarray:
+def ever_updated(gates: np.ndarray, *, before: bool, initial: np.ndarray | None = None) -> np.ndarray:
     """Number of neurons that updated at least once up to step t, ``(n, T)`` int64.
 
     With a zero initial state these are exactly the neurons whose state is nonzero:
     after step t (``before=False``) or entering step t (``before=True``, i.e. up to t-1).
+    ``initial`` (bool ``(n, H)``): neurons that updated before this chunk (a stream read in
+    pieces); None: none did.
     """
-    ever = np.logical_or.accumulate(gates, axis=1).sum(axis=2, dtype=np.int64)
+    acc = np.logical_or.accumulate(gates, axis=1)
+    if initial is not None:
+        acc = acc | initial[:, None, :]
+    ever = acc.sum(axis=2, dtype=np.int64)
     if not before:
         return ever
     out = np.zeros_like(ever)
     out[:, 1:] = ever[:, :-1]
+    if initial is not None and out.shape[1]:
+        out[:, 0] = initial.sum(axis=1)
     return out
+
+
+def _stream_intervals(gates: np.ndarray, t0: int, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`inter_update_intervals` for a piece of a stream that starts at step ``t0``:
+    the gap from each neuron's last update before the piece (``last``, ``(n, H)``, -1 for
+    none) to its first update in it is included; ``last`` is updated in place."""
+    s, h, t = np.nonzero(np.ascontiguousarray(gates.transpose(0, 2, 1)))
+    if s.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    t = t.astype(np.int64) + t0
+    first = np.ones(s.size, bool)
+    first[1:] = (s[1:] != s[:-1]) | (h[1:] != h[:-1])
+    inner = ~first
+    prev = last[s[first], h[first]]
+    seen = prev >= 0
+    nrn = np.concatenate([h[inner], h[first][seen]]).astype(np.int64)
+    gap = np.concatenate([t[inner] - t[np.flatnonzero(inner) - 1], t[first][seen] - prev[seen]])
+    end = np.append(first[1:], True)
+    last[s[end], h[end]] = t[end]
+    return nrn, gap.astype(np.int64)
 
 
 @dataclass
@@ -99,22 +126,40 @@ class ActivityAccumulator:
         nb = max(1, min(time_bins, t))
         self.bin_starts = (np.arange(nb) * t) // nb
         self.bin_len = np.diff(np.append(self.bin_starts, t))
+        self.bin_of = np.searchsorted(self.bin_starts, np.arange(t), side="right") - 1
         self.tb = np.zeros((nb, h), np.int64)
         if lif:
             self.spike_neuron = np.zeros(h, np.int64)
             self.spike_step = np.zeros(t, np.int64)
 
-    def update(self, gates: np.ndarray, spikes: np.ndarray | None = None) -> None:
-        """Add a chunk: ``gates`` (and for LIF ``spikes``) bool ``(n, T, H)``."""
-        if gates.shape[1:] != (self.t, self.h):
-            raise ValueError(f"gates must be (n, {self.t}, {self.h}), got {gates.shape}")
-        self.n += gates.shape[0]
+    def update(self, gates: np.ndarray, spikes: np.ndarray | None = None, *, t0: int | None = None) -> None:
+        """Add a chunk: ``gates`` (and for LIF ``spikes``) bool ``(n, T, H)``.
+
+        ``t0=None``: the chunk holds n further samples of T steps each. ``t0`` an int: the
+        chunk holds steps ``t0 .. t0 + t - 1`` of the same n stream rows as the other chunks
+        (pieces of one sequence per row, given in time order from ``t0 = 0``); intervals
+        then cross the pieces' edges.
+        """
+        n, t, h = gates.shape
+        a = 0 if t0 is None else t0
+        if h != self.h or (t != self.t if t0 is None else a + t > self.t):
+            raise ValueError(f"gates must be (n, {self.t}, {self.h}) or a piece of that many steps, "
+                             f"got {gates.shape} at step {a}")
+        if t0 is None:
+            self.n += n
+            nrn, gap = inter_update_intervals(gates)
+        else:
+            if a == 0:
+                self.n = n
+                self.last = np.full((n, h), -1, np.int64)
+            nrn, gap = _stream_intervals(gates, a, self.last)
         self.gate_neuron += gates.sum(axis=(0, 1), dtype=np.int64)
-        per_t = gates.sum(axis=0, dtype=np.int64)  # (T, H)
-        self.gate_step += per_t.sum(axis=1)
-        if self.t:
-            self.tb += np.add.reduceat(per_t, self.bin_starts, axis=0)
-        nrn, gap = inter_update_intervals(gates)
+        per_t = gates.sum(axis=0, dtype=np.int64)  # (t, H)
+        self.gate_step[a:a + t] += per_t.sum(axis=1)
+        if t:
+            bins = self.bin_of[a:a + t]
+            starts = np.flatnonzero(np.diff(bins, prepend=-1))
+            self.tb[bins[starts]] += np.add.reduceat(per_t, starts, axis=0)
         self.int_sum += np.bincount(nrn, weights=gap, minlength=self.h).astype(np.int64)
         self.int_cnt += np.bincount(nrn, minlength=self.h)
         self.hist += np.bincount(gap, minlength=len(self.hist))[: len(self.hist)]
@@ -122,7 +167,7 @@ class ActivityAccumulator:
             if spikes is None:
                 raise ValueError("a LIF layer needs spikes")
             self.spike_neuron += spikes.sum(axis=(0, 1), dtype=np.int64)
-            self.spike_step += spikes.sum(axis=(0, 2), dtype=np.int64)
+            self.spike_step[a:a + t] += spikes.sum(axis=(0, 2), dtype=np.int64)
 
     def result(self) -> LayerActivity:
         n, t, h = self.n, self.t, self.h

@@ -18,15 +18,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cell", default="gru", help="rnn, gru or lif (default gru)")
     parser.add_argument("--gate", default="rhythmic", help="rhythmic, event or dense (default rhythmic)")
     parser.add_argument("--rate", type=float, default=0.1, help="rhythmic gate's update rate (default 0.1)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--input-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=1, help="sequences per call (default 1)")
+    parser.add_argument("--hidden", type=int, default=256, help="neurons (default 256)")
+    parser.add_argument("--input-size", type=int, default=16, help="inputs per step (default 16)")
+    parser.add_argument("--steps", type=int, default=1000, help="time steps per call (default 1000)")
     parser.add_argument("--backends", default=None, help="comma-separated (default: all available here)")
     parser.add_argument("--backward", action="store_true", help="also time forward + backward")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed calls per backend after one warm-up call; the median is shown (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
 
 def _time(fn, repeat: int) -> float:
@@ -47,7 +48,18 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"unknown --device {args.device!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this torch build sees no CUDA device; use --device cpu "
+                         "or install a CUDA build of torch on a machine with a GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {args.device!r}: bench runs on cpu or cuda")
+    for key in ("batch", "hidden", "input_size", "steps"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
     names = args.backends.split(",") if args.backends else [b for b in BACKENDS[1:] if available(b, device)]
     for name in names:
         check_backend(name)
@@ -89,9 +101,15 @@ def run(args) -> int:
         f"{args.cell} / {args.gate} gate, B={args.batch} H={args.hidden} T={args.steps} F={args.input_size}, "
         f"device {device}, torch threads {torch.get_num_threads()}"
     )
-    print(f"{'backend':<8} {'fwd ms':>10} {'x torch':>8} {'fwd+bwd ms':>11} {'x torch':>8}")
+    if args.backward:
+        print(f"{'backend':<8} {'fwd ms':>10} {'x torch':>8} {'fwd+bwd ms':>11} {'x torch':>8}")
+    else:
+        print(f"{'backend':<8} {'fwd ms':>10} {'x torch':>8}   (forward only; --backward adds fwd+bwd)")
     for name, f, fb in rows:
         rf = f"{ref[1] / f:8.1f}" if ref else f"{'-':>8}"
-        rb = f"{ref[2] / fb:8.1f}" if ref and args.backward else f"{'-':>8}"
-        print(f"{name:<8} {f * 1e3:10.2f} {rf} {fb * 1e3:11.2f} {rb}")
+        line = f"{name:<8} {f * 1e3:10.2f} {rf}"
+        if args.backward:
+            rb = f"{ref[2] / fb:8.1f}" if ref else f"{'-':>8}"
+            line += f" {fb * 1e3:11.2f} {rb}"
+        print(line)
     return 0

@@ -17,8 +17,9 @@ from pathlib import Path
 
 HELP = "train a suGRU and a dense GRU on a long-delay copy task and compare them"
 
-# Measured on the shared 2-core CPU this was written on (docs/training.md): the full demo
-# takes about 2 minutes (both models, traces, reports), --quick about 20 seconds. With a
+# Measured on the shared 2-core AMD EPYC this was written on (docs/training.md, one row per
+# run): the full demo takes 80 s to 8 minutes (both models, traces, reports; quiet or loaded
+# cores, kernels cached or compiled during the run), --quick about 20 seconds. With a
 # delay of 400 steps the dense GRU is still at chance (1/8) after 400 steps, while the
 # rhythmic suGRU, whose neurons stay closed (state and gradient passed through unchanged)
 # through most of the delay, has learned a good part of the task.
@@ -35,7 +36,8 @@ DEMO_FILES = ("comparison.md", "comparison.json", "curves.png")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="su_neuro_demo", metavar="DIR",
                         help="output folder (default ./su_neuro_demo)")
-    parser.add_argument("--quick", action="store_true", help="a 20-second version (for tests)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small version for tests (about 20 s once the kernels are compiled)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both models (default 0)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
                         help="training steps per model (default 400; --quick: 40)")

@@ -21,22 +21,42 @@ def add_arguments(parser) -> None:
     src.add_argument("--gate", default="rhythmic", help="rhythmic, event or dense (default rhythmic)")
     src.add_argument("--rate", type=float, default=0.1, help="rhythmic gate's update rate (default 0.1)")
     src.add_argument("--hidden", type=int, default=1024, help="neurons (default 1024)")
-    src.add_argument("--layers", type=int, default=1)
+    src.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
     src.add_argument("--recurrent", action="store_true", help="LIF: recurrent weights on spikes")
     inp = parser.add_argument_group("input")
     inp.add_argument("--task", default=None, help="run over a dataset split instead of a Poisson stream")
-    inp.add_argument("--split", default="test", choices=("train", "test"))
+    inp.add_argument("--split", default="test", choices=("train", "test"),
+                     help="with --task: the split to run over (default test)")
     inp.add_argument("--samples", type=int, default=16, help="with --task: samples to run")
     inp.add_argument("--steps", type=int, default=10_000, help="Poisson stream length T (default 10,000)")
     inp.add_argument("--input-size", type=int, default=16, help="Poisson stream inputs F (default 16)")
     inp.add_argument("--poisson-rate", type=float, default=0.05, help="per-step firing probability (default 0.05)")
-    inp.add_argument("--batch", type=int, default=1)
+    inp.add_argument("--batch", type=int, default=1, help="independent Poisson streams run side by side (default 1)")
     run_ = parser.add_argument_group("run")
-    run_.add_argument("--backend", default="auto")
+    run_.add_argument("--backend", default="auto", help="auto, torch, numba or triton (default auto)")
     run_.add_argument("--chunk", type=int, default=1000, help="steps per chunk (default 1000)")
-    run_.add_argument("--seed", type=int, default=0)
-    run_.add_argument("--trace", default=None, help="write gates/spikes to this HDF5 file")
-    run_.add_argument("--no-progress", action="store_true")
+    run_.add_argument("--seed", type=int, default=0, help="seed of the weights and the Poisson input (default 0)")
+    run_.add_argument("--trace", default=None, metavar="FILE.h5",
+                      help="write gates, spikes and input counts to this HDF5 file (refused if it exists)")
+    run_.add_argument("--overwrite", action="store_true", help="with --trace: replace an existing file")
+    run_.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_arguments(args) -> None:
+    """Everything that can be checked before a population is built or a file written."""
+    from pathlib import Path
+
+    for key in ("hidden", "layers", "steps", "input_size", "batch", "chunk"):
+        value = getattr(args, key)
+        if value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {value}")
+    if args.trace:
+        path = Path(args.trace)
+        if path.is_dir():
+            raise ValueError(f"--trace {args.trace!r} is a folder; give a file name such as {args.trace}/sim.h5")
+        if path.exists() and not args.overwrite:
+            raise ValueError(f"--trace {args.trace!r} already exists; pass --overwrite to replace it "
+                             "or choose another file name")
 
 
 def _population(args):
@@ -89,18 +109,32 @@ def _source(args, layer):
     return src, args.batch, args.steps
 
 
+class _FirstChunk:
+    """A progress bar for :func:`su_neuro.simulate.simulate` whose first chunk runs inside a
+    :class:`su_neuro.warmup.FirstStepNotice` (compilation announced, ETA restarted after it)."""
+
+    def __init__(self, bar, notice) -> None:
+        self.bar, self.notice = bar, notice
+        notice.__enter__()
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.notice.__exit__(None, None, None)
+
+
 def run(args) -> int:
+    import torch
     from tqdm import tqdm
 
     from ..backends import check_backend
     from ..simulate import simulate
+    from ..warmup import FirstStepNotice, uses_numba
 
     check_backend(args.backend)
+    _check_arguments(args)
     layer = _population(args).eval()
     source, batch, steps = _source(args, layer)
     recorder = None
-    if args.trace and not args.task and args.steps % args.chunk:
-        raise ValueError(f"with --trace, --steps ({args.steps}) must be a multiple of --chunk ({args.chunk})")
     if args.trace:
         from ..traces import StreamTraceWriter
 
@@ -113,13 +147,17 @@ def run(args) -> int:
             run_meta={"backend": args.backend, "seed": args.seed, "command": "simulate"},
         )
     bar = tqdm(total=steps, unit="step", disable=args.no_progress, file=sys.stderr, desc="simulate")
+    numba = uses_numba(args.backend, torch.device("cpu"), layer.cell, layer.layer_meta(0)["gate"],
+                       batch=batch, hidden=layer.hidden_size)
+    progress = _FirstChunk(bar, FirstStepNotice(numba, bar=bar, write=bar.write))
     try:
         if recorder is not None:
             with recorder:
-                result = simulate(layer, source, chunk=args.chunk, callback=recorder.append_chunk, progress=bar)
+                result = simulate(layer, source, chunk=args.chunk, callback=recorder.append_chunk, progress=progress)
         else:
-            result = simulate(layer, source, chunk=args.chunk, progress=bar)
+            result = simulate(layer, source, chunk=args.chunk, progress=progress)
     finally:
+        progress.notice.__exit__(None, None, None)
         bar.close()
     print(f"steps            {result.steps:,} x batch {result.batch} x {result.neurons:,} neurons")
     print(f"time             {result.seconds:.2f} s")
