@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from .reference import StepRecord
 
-__all__ = ["stack", "unsupported", "auto_pays"]
+__all__ = ["stack", "unsupported", "auto_pays", "flatten_for_cudnn"]
 
 _OPS = {"rnn": _VF.rnn_tanh, "gru": _VF.gru}
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -48,18 +48,22 @@ def auto_pays(cell: str, batch: int, hidden: int, *, device=None, **_) -> bool:
     """Whether ``backend="auto"`` picks ``nn`` for a dense stack.
 
     On CUDA always: it is ``torch.nn.GRU`` itself (cuDNN), as fast as the module and faster
-    than the Triton kernels for dense stacks (docs/triton.md). On a CPU never:
-    ``tools/bench_dense_cpu.py`` (docs/benchmarks.md, 2 shared AMD EPYC cores) found the dense
-    Numba kernels faster in every row it timed, forward and forward+backward (torch's RNN op
-    took 1.8-25x their time on a loaded host; in an earlier, equally loaded run its GRU
-    forward at B = 32, H = 512 was 1.9x faster once, which the alternated run did not repeat).
+    than the Triton kernels for dense stacks (docs/triton.md). On a CPU ``auto`` asks the
+    Numba backend first (``tools/bench_dense_cpu.py``, docs/benchmarks.md: the dense Numba
+    kernels were faster in every alternated row), so ``nn`` runs what Numba does not take
+    (float64, 16-bit, sizes past Numba's rule, Numba not installed): there it beats the
+    reference's per-step loop (float64, B = 32, H = 128, T = 200, forward+backward: 470
+    against 1,890 ms on the shared 2-core host).
     """
-    return device is not None and device.type == "cuda"
+    return True
 
 
-def stack(cell, x, h0, weights, *, dropout: float, training: bool, record: bool):
+def stack(cell, x, h0, weights, *, dropout: float, training: bool, needs_grad: bool = False, record: bool):
     """Run a dense stack. x (B, T, F); h0 (L, B, H); weights: per sub-layer the tuple
     ``(weight_ih, weight_hh, bias_ih, bias_hh)`` (biases None together, as in torch.nn).
+    ``training``: the module's mode (dropout between sub-layers); ``needs_grad``: a backward
+    follows (cuDNN keeps what its backward needs only when told it trains, so a module in
+    eval mode that is differentiated still runs the op in its training mode, without dropout).
 
     Returns ``(out (B, T, H), hT (L, B, H), records)``; records is a list of
     :class:`StepRecord` (gate all ones, delta h_t - h_{t-1}) when ``record``, else None.
@@ -68,29 +72,32 @@ def stack(cell, x, h0, weights, *, dropout: float, training: bool, record: bool)
     has_b = weights[0][2] is not None
     flat = [w for layer in weights for w in (layer if has_b else layer[:2])]
     L = len(weights)
-    if x.is_cuda:
-        _flatten_for_cudnn(cell, flat, has_b, x.shape[2], h0.shape[2], L)
+    train = bool(training or needs_grad)
+    p = float(dropout) if training else 0.0
     if not record:
-        out, hT = _call(op, x, h0, flat, has_b, L, dropout, training)
+        out, hT = _call(op, x, h0, flat, has_b, L, p, train)
         return out, hT, None
     n = 4 if has_b else 2
     inp, hs, records = x, [], []
     for k in range(L):
-        out, hk = _call(op, inp, h0[k : k + 1], flat[k * n : (k + 1) * n], has_b, 1, 0.0, training)
+        out, hk = _call(op, inp, h0[k : k + 1], flat[k * n : (k + 1) * n], has_b, 1, 0.0, train)
         hs.append(hk[0])
         delta = out - torch.cat([h0[k][:, None], out[:, :-1]], 1)
         records.append(StepRecord(torch.ones_like(out), delta, None))
-        inp = F.dropout(out, dropout, training=True) if (dropout and training and k < L - 1) else out
+        inp = F.dropout(out, p, training=True) if (p and k < L - 1) else out
     return out, torch.stack(hs), records
 
 
-def _flatten_for_cudnn(cell, flat, has_b, input_size, hidden, layers) -> None:
-    """Make the parameters views into one buffer in cuDNN's layout, as
-    ``torch.nn.RNN.flatten_parameters`` does for its own (cuDNN then reads them in place; else
-    it copies them into such a buffer at every call and scatters the gradient back). Done
-    once: the parameters then share one storage, which in-place optimiser steps keep; a move
-    to another device or dtype makes new storages, and the next call flattens again."""
-    if len({w.untyped_storage().data_ptr() for w in flat}) == 1:
+def flatten_for_cudnn(cell: str, weights, input_size: int, hidden: int) -> None:
+    """Make a stack's parameters views into one buffer in cuDNN's layout, as
+    ``torch.nn.RNN.flatten_parameters`` does for its own: cuDNN then reads them in place
+    (else it copies them into such a buffer at every call and scatters the gradient back).
+    Called by the layers after a move (``_apply``: ``.cuda()``, ``.to()``), never inside a
+    forward; a no-op off CUDA, for aliased or mixed-dtype parameters, or without cuDNN.
+    ``weights``: per sub-layer ``(weight_ih, weight_hh, bias_ih, bias_hh)``."""
+    has_b = weights[0][2] is not None
+    flat = [w for layer in weights for w in (layer if has_b else layer[:2])]
+    if not all(isinstance(w, torch.Tensor) and w.is_cuda for w in flat):
         return
     if len({w.data_ptr() for w in flat}) != len(flat) or len({w.dtype for w in flat}) != 1:
         return  # aliased or mixed parameters: cuDNN's copying path
@@ -100,12 +107,13 @@ def _flatten_for_cudnn(cell, flat, has_b, input_size, hidden, layers) -> None:
 
     mode = cudnn_rnn.get_cudnn_mode("GRU" if cell == "gru" else "RNN_TANH")
     with torch.no_grad(), torch.cuda.device_of(flat[0]):
-        torch._cudnn_rnn_flatten_weight(flat, 4 if has_b else 2, input_size, mode, hidden, 0, layers, True, False)
+        torch._cudnn_rnn_flatten_weight(flat, 4 if has_b else 2, input_size, mode, hidden, 0, len(weights),
+                                        True, False)
 
 
 def _call(op, x, h0, flat, has_b, layers, dropout, training):
     with warnings.catch_warnings():
-        # parameters cuDNN could not take in place (see _flatten_for_cudnn) are copied into
+        # parameters cuDNN could not take in place (see flatten_for_cudnn) are copied into
         # one buffer at each call, with a warning meant for torch.nn modules
         warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
         return op(x, h0.contiguous(), flat, has_b, layers, float(dropout), bool(training), False, True)

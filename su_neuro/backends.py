@@ -28,7 +28,7 @@ _REGISTRY = {
     "nn": ("su_neuro.kernels.torch_rnn", None),
 }
 # what "auto" tries on each device, in order; the reference ("torch") runs anything else
-_AUTO_ORDER = {"cuda": ("nn", "triton"), "cpu": ("nn", "numba")}
+_AUTO_ORDER = {"cuda": ("nn", "triton"), "cpu": ("numba", "nn")}
 BACKENDS = ("auto", *_REGISTRY)
 
 
@@ -74,13 +74,21 @@ def available(name: str, device) -> bool:
     return _package_missing(name) is None and _device_problem(name, device) is None
 
 
-def _supports(name: str, cell: str, gate_kind: str, dtype) -> str | None:
+def _supports(name: str, cell: str, gate_kind, dtype) -> str | None:
+    """Why backend ``name`` cannot run the cell with every gate kind given (one kind, or a
+    stack's kinds), or None."""
     impl = get_impl(name)
     check = getattr(impl, "unsupported", None)
-    return check(cell, gate_kind, dtype) if check is not None else None
+    if check is None:
+        return None
+    for kind in (gate_kind,) if isinstance(gate_kind, str) else gate_kind:
+        problem = check(cell, kind, dtype)
+        if problem:
+            return problem
+    return None
 
 
-def resolve(name: str, device, cell: str, gate_kind: str, dtype, *, batch: int, hidden: int,
+def resolve(name: str, device, cell: str, gate_kind, dtype, *, batch: int, hidden: int,
             rate: float | None = None, training: bool = False) -> str:
     """The backend that runs a call: ``name`` itself, or the choice of ``"auto"``.
 
@@ -89,13 +97,14 @@ def resolve(name: str, device, cell: str, gate_kind: str, dtype, *, batch: int, 
     ``"triton"`` where it is installed, supports the cell, gate and dtype and its
     ``auto_pays`` rule says it was measured faster than the reference for this batch,
     width, update rate (``rate``: the open fraction of a rhythmic gate, None if unknown)
-    and mode (``training``: a backward follows); on CPU tensors the same with ``"nn"``
-    then ``"numba"``; anything else runs ``"torch"``. ``gate_kind`` is the stack's gate
-    kind (``"mixed"`` where its sub-layers differ). An explicit backend that cannot run
-    raises :class:`BackendUnavailableError`.
+    and mode (``training``: a backward follows); on CPU tensors ``"numba"`` then ``"nn"``;
+    anything else runs ``"torch"``. ``gate_kind`` is the stack's gate kind, or a tuple of
+    its kinds where its sub-layers differ (a backend must run each). An explicit backend
+    that cannot run raises :class:`BackendUnavailableError`.
     """
     if name == "auto":
-        ctx = {"gate_kind": gate_kind, "rate": rate, "training": training, "device": device}
+        one = gate_kind if isinstance(gate_kind, str) else "mixed"
+        ctx = {"gate_kind": one, "rate": rate, "training": training, "device": device}
         for preferred in _AUTO_ORDER.get(device.type, ()):
             if not available(preferred, device):
                 continue

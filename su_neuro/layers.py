@@ -187,15 +187,21 @@ class SULayer(nn.Module):
         _check_input(x, self.input_size, self.weight_ih_l0.dtype, self.check_finite)
         B, T, _ = x.shape
         state = self._check_state(state, B, x)
-        kinds = {g.kind for g in self.gates}
+        kinds = tuple(sorted({g.kind for g in self.gates}))
         training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        rate = None
-        if self.backend == "auto" and x.device.type == "cuda" and self.gates[0].kind == "rhythmic":
-            # the open fraction decides between the reference and the kernels (docs/triton.md)
+        plan0, rate = None, None
+        if (self.backend == "auto" and x.device.type == "cuda" and self.cell in ("rnn", "gru")
+                and kinds == ("rhythmic",) and backends.available("triton", x.device)):
+            # the fraction of rows the kernels compute decides between the reference and them
+            # (docs/triton.md, "The auto rule"); the plan is reused for sub-layer 0 below
+            plan0 = self.gates[0].plan(state.t, T, device=x.device, dtype=x.dtype)
             with torch.no_grad():
-                rate = float(self.gates[0].plan(state.t, T, device=x.device, dtype=x.dtype).values.float().mean())
+                rows = plan0.values.detach() != 0
+                if training and plan0.support is not None:
+                    rows = rows | plan0.support
+                rate = float(rows.float().mean())
         name = backends.resolve(
-            self.backend, x.device, self.cell, kinds.pop() if len(kinds) == 1 else "mixed", x.dtype,
+            self.backend, x.device, self.cell, kinds[0] if len(kinds) == 1 else kinds, x.dtype,
             batch=B, hidden=self.hidden_size, rate=rate, training=training,
         )
         impl = backends.get_impl(name)
@@ -203,7 +209,7 @@ class SULayer(nn.Module):
         if run_stack is not None:  # a whole dense stack in one library call ("nn")
             weights = [self._layer_weights(k) for k in range(self.num_layers)]
             out, hT, records = run_stack(self.cell, x, state.h, weights, dropout=self.dropout,
-                                         training=self.training, record=record)
+                                         training=self.training, needs_grad=training, record=record)
             new_state = SUState(hT, state.t + T, None)
             return (out, new_state, records) if record else (out, new_state)
         # a backend may project the input inside its kernel, for the neurons that update only
@@ -215,7 +221,10 @@ class SULayer(nn.Module):
         hs, ss, records = [], [], []
         for k in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self._layer_weights(k)
-            gate = self.gates[k].plan(state.t, T, device=x.device, dtype=x.dtype, table=table)
+            if k == 0 and plan0 is not None and not table:
+                gate = plan0
+            else:
+                gate = self.gates[k].plan(state.t, T, device=x.device, dtype=x.dtype, table=table)
             s0 = state.s[k] if state.s is not None else None
             args = (state.h[k], s0, w_hh, b_hh, gate, self._lif(k), record)
             res = fused(self.cell, inp, w_ih, b_ih, *args) if fused is not None else None
@@ -301,6 +310,23 @@ class _TorchCompatible(SULayer):
                 p.copy_(getattr(module, name))
         ref = next(module.parameters())
         return layer.to(device=ref.device, dtype=ref.dtype)
+
+
+    def _apply(self, fn, recurse=True):
+        # as torch.nn.RNN does after a move: parameters on CUDA become views into one buffer
+        # that cuDNN reads in place (backend "nn"); a no-op elsewhere
+        out = super()._apply(fn, recurse)
+        self.flatten_parameters()
+        return out
+
+    def flatten_parameters(self) -> None:
+        """Lay the parameters out as one buffer in cuDNN's order (CUDA only; see
+        ``torch.nn.RNN.flatten_parameters``). Done after every move of the layer."""
+        if self.weight_ih_l0.is_cuda:
+            from .kernels.torch_rnn import flatten_for_cudnn
+
+            weights = [self._layer_weights(k) for k in range(self.num_layers)]
+            flatten_for_cudnn(self.cell, weights, self.input_size, self.hidden_size)
 
 
 class SURNN(_TorchCompatible):

@@ -650,9 +650,17 @@ def test_measured_choice_picks_the_fastest_at_the_nearest_point():
             assert choice.fastest(B, H, rate, training) == min(valid)[1]
             kernels = [v for v in valid if v[1] != "torch"]
             assert choice.fastest(B, H, rate, training, ("rows", "grid")) == min(kernels)[1]
-    # between measured points: the nearest on log scales; rates split at 30 %
+    # read off the table by hand (run 4): a wrong entry or a wrong column fails here
+    assert choice.fastest(64, 1024, 0.1, False) == "rows"  # 10.27 against 17.55 and 65.54 ms
+    assert choice.fastest(64, 1024, 0.1, True) == "grid"  # 26.36 against 53.59 and 221.50 ms
+    assert choice.fastest(256, 1024, 1.0, False) == "torch"  # 68.86 against 91.01 and 123.62 ms
+    assert choice.fastest(1, 256, 0.1, False) == "rows" and choice.fastest(1, 256, 0.1, True) == "grid"
+    # between measured points: the nearest on log scales (rates split at 32 %), ties to the
+    # larger batch, then width
     assert choice.fastest(2, 1000, 0.05, False) == choice.fastest(1, 1024, 0.1, False) == "grid"
     assert choice.fastest(48, 300, 0.2, False) == "rows"
+    assert choice._nearest(64, 1024, 0.29) == (64, 1024, 0.1) and choice._nearest(64, 1024, 0.35) == (64, 1024, 1.0)
+    assert choice._nearest(256, 4096, 0.1) == (256, 1024, 0.1)  # tied with (64, 4096): the larger batch
     assert choice.fastest(64, 5000, 0.9, True) == "torch"  # cuBLAS wins dense-ish wide steps
     assert choice.fastest(16, 4096, 1.0, True, ("rows", "grid")) == "grid"  # rows not timed there
     with pytest.raises(ValueError, match="none of"):

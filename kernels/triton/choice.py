@@ -8,8 +8,8 @@ a backward follows. :data:`MEASURED` is the table that decides, from one H200
 (``tools/bench_gpu.py --table``, 2026-12-04, raw output in
 ``docs/gpu/h200-2026-12-04-issue20/run4``; GRU, T = 256, exact fp32, frozen rhythmic gate):
 milliseconds of (forward without autograd, forward + backward) for each implementation.
-A call takes the measured point nearest to it (batch and width on a log scale; rate 100 %
-or 10 %, split at 30 %) and runs the fastest implementation there. The RNN uses the GRU's
+A call takes the measured point nearest to it (batch, width and rate on log scales, ties to
+the larger batch, then width) and runs the fastest implementation there. The RNN uses the GRU's
 table: its one measured point (B = 64, H = 1024, 10 %: per-row 19.0 / 64.7 ms, multi-program
 27.5 / 44.0 ms) has the same winners. The torch reference's times do not depend on the rate
 (it computes every row); those at 100 % serve both rates.
@@ -51,11 +51,15 @@ _NAMES = ("torch", "rows", "grid")
 
 
 def _nearest(B: int, H: int, rate: float):
-    r = 1.0 if rate > 0.3 else 0.1
+    """The measured point nearest to a call: the sum of the distances of batch, width and
+    rate on log2 scales (the two measured rates, 100 % and 10 %, split at 32 %); of equally
+    near points the one measured with the larger batch, then the larger width (the table is
+    searched in that order), as a larger call is the costlier one to misjudge."""
 
     def dist(key):
-        b, h, kr = key
-        return (kr != r, abs(math.log2(max(B, 1) / b)) + abs(math.log2(max(H, 1) / h)))
+        b, h, r = key
+        return (abs(math.log2(max(B, 1) / b)) + abs(math.log2(max(H, 1) / h))
+                + abs(math.log2(max(rate, 1e-6) / r)), -b, -h)
 
     return min(MEASURED, key=dist)
 

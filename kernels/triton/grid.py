@@ -468,6 +468,8 @@ def _setup(cfg, xp, hs, operands):
     meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]], BB=t.bb, BH=t.bh,
                 BK=t.bk, FMA=t.fma, PREC=prec, num_warps=t.warps, num_stages=t.stages, **LAUNCH_OPTIONS)
     return B, T, H, nh, nb, dummy(xp.device), _counters(nb, xp.device), meta
+
+
 def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
     """Fills ``hs[:, 1:]`` (and ``gh`` when ``save_gh``); ``hs[:, 0]`` holds h0."""
     B, T, H, nh, nb, d, sync, meta = _setup(cfg, xp, hs, xp.dtype)

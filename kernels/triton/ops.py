@@ -39,10 +39,11 @@ def auto_pays(cell: str, batch: int, hidden: int, *, gate_kind: str | None = Non
     H200, docs/triton.md): LIF always; RNN / GRU with a rhythmic or dense gate where
     :data:`choice.MEASURED` has a Triton kernel faster than the reference at the nearest
     measured (batch, width, update rate, mode) — ``rate`` is the call's open fraction,
-    1.0 when unknown; with the event gate up to H = 512 (the 2026-11-28 table)."""
+    1.0 when unknown; with the event gate (or a stack mixing gate kinds) up to H = 512
+    (the 2026-11-28 table)."""
     if cell == "lif":
         return True
-    if gate_kind == "event":
+    if gate_kind not in ("rhythmic", "dense", None):  # event gate, or a stack of mixed kinds
         return hidden <= 512
     r = 1.0 if rate is None else rate
     return choice.fastest(batch, hidden, r, training) != "torch"

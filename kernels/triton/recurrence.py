@@ -339,22 +339,17 @@ def _bwd_kernel(
 
 
 # ------------------------------------------------------------------------- launchers
-def _rate(mask) -> float:
-    """Fraction of (step, neuron) rows computed: 1 without a mask (dense, event)."""
-    if mask is None or mask.numel() == 0:
-        return 1.0
-    return float((mask != 0).float().mean())
-
-
 def _open_lists(mask: torch.Tensor):
-    """Compacted open set of a (T, H) mask: idx (int32, flat) and off (T+1, int32)."""
+    """Compacted open set of a (T, H) mask: idx (int32, flat), off (T+1, int32) and the
+    fraction of entries set (from the size of ``nonzero``'s result: no further sync)."""
     m = mask != 0
     idx = m.nonzero()[:, 1].to(torch.int32)
+    rate = idx.numel() / max(1, m.numel())
     off = torch.zeros(m.shape[0] + 1, dtype=torch.int32, device=m.device)
     off[1:] = m.sum(1).cumsum(0).to(torch.int32)
     if idx.numel() == 0:
         idx = torch.zeros(1, dtype=torch.int32, device=m.device)
-    return idx.contiguous(), off
+    return idx.contiguous(), off, rate
 
 
 def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, save, record):
@@ -378,8 +373,8 @@ def _launch_fwd(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, compute_mask, s
     alloc = torch.zeros if gate == "rhythmic" else torch.empty
     gh = alloc(B, T, G, device=dev, dtype=torch.float32) if save_gh else d
     acc = torch.empty(B, G, device=dev, dtype=torch.float32) if gate == "event" else d
-    idx, off = _open_lists(compute_mask) if gate == "rhythmic" else (d, d)
-    if grid.eligible(cell, gate, w_hh, B, dev, _rate(compute_mask), save):
+    idx, off, rate = _open_lists(compute_mask) if gate == "rhythmic" else (d, d, 1.0)
+    if grid.eligible(cell, gate, w_hh, B, dev, rate, save):
         grid.launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, compute_mask, idx, off, gh, save_gh)
         return hs, ss, (gh if save_gh else None), None
     BI, BJ = tiles(H)
@@ -414,8 +409,8 @@ def _launch_bwd(cfg, xp, w_hh, gvals, theta, beta, hs, ss, gh, dout, dhT, dsT, n
     dg = torch.empty(B, T, H, **f32) if need_dg else dummy(dev)
     dth = torch.zeros(B, H, **f32) if gate == "event" else dummy(dev)
     dbeta = torch.zeros(B, H, **f32) if cell == "lif" else dummy(dev)
-    idx, off = _open_lists(gvals) if gate == "rhythmic" else (dummy(dev), dummy(dev))
-    if grid.eligible(cell, gate, w_hh, B, dev, _rate(gvals), True):
+    idx, off, rate = _open_lists(gvals) if gate == "rhythmic" else (dummy(dev), dummy(dev), 1.0)
+    if grid.eligible(cell, gate, w_hh, B, dev, rate, True):
         grid.launch_bwd(cfg, xp, w_hh, gvals, dg_mask, idx, off, hs, gh, dout, ch, dirb, dxp,
                         dgh, dg, need_dg)
     else:
