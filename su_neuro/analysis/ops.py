@@ -103,7 +103,8 @@ def memory_bytes(ops: OpCounts, *, bytes_per_weight: float = 4,
 
 def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
                     input_nnz: np.ndarray | None = None,
-                    spikes: np.ndarray | None = None) -> OpCounts:
+                    spikes: np.ndarray | None = None,
+                    lengths: np.ndarray | None = None) -> OpCounts:
     """Count operations of one layer for a chunk of samples.
 
     Args:
@@ -112,6 +113,8 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
         gates: bool ``(n, T, H)``.
         input_nnz: nonzero inputs per step ``(n, T)``; None means all F inputs nonzero.
         spikes: the layer's own spikes ``(n, T, H)`` (recurrent LIF needs them).
+        lengths: valid steps per sample ``(n,)`` of padded samples (padded steps cost
+            nothing, dense or effective); None: all T steps.
     Returns:
         :class:`OpCounts` for the chunk.
     """
@@ -126,7 +129,10 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
     event = meta["gate"] == "event"
 
     k = gates.sum(axis=2, dtype=np.int64)                        # (n, T) open rows
-    rows = np.full_like(k, h) if event else k
+    valid = (np.ones((n, t), np.int64) if lengths is None
+             else (np.arange(t)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64))
+    steps = int(valid.sum())                                      # n * t without padding
+    rows = valid * h if event else k
     x = (np.full((n, t), f, np.int64) if input_nnz is None
          else np.asarray(input_nnz, dtype=np.int64))
     in_ops = int(m * (rows * x).sum())
@@ -148,8 +154,8 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
             prev = ever_updated(gates, before=True)
         rec_mac = int(m * (rows * prev).sum())
 
-    dense_in = n * t * m * h * f
-    dense_rec = n * t * m * h * h if recurrent else 0
+    dense_in = steps * m * h * f
+    dense_rec = steps * m * h * h if recurrent else 0
     upd = int(k.sum())
     return OpCounts(
         dense_macs=(0 if spike_in else dense_in) + (0 if cell == "lif" else dense_rec),
@@ -157,8 +163,8 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
         effective_macs=(0 if spike_in else in_ops) + rec_mac,
         effective_acs=(in_ops if spike_in else 0) + rec_ac,
         neuron_updates=upd,
-        dense_neuron_updates=n * t * h,
+        dense_neuron_updates=steps * h,
         elementwise=3 * upd if cell == "gru" else 0,
-        dense_elementwise=3 * n * t * h if cell == "gru" else 0,
+        dense_elementwise=3 * steps * h if cell == "gru" else 0,
         samples=n,
     )

@@ -207,12 +207,16 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
     ops = {n: OpCounts() for n in layers}
     notes: dict[str, set[str]] = {n: set() for n in layers}
     total = 0
+    steps = 0  # valid sample-steps (padded steps of variable-length samples excluded)
     for ch in chunks:
-        total += next(iter(ch.gates.values())).shape[0]
+        n_ch = next(iter(ch.gates.values())).shape[0]
+        total += n_ch
+        lengths = getattr(ch, "lengths", None)
+        steps += n_ch * num_steps if lengths is None else int(np.minimum(lengths, num_steps).sum())
         for i, (name, m) in enumerate(layers.items()):
             g = ch.gates[name]
             s = ch.spikes.get(name)
-            accs[name].update(g, s)
+            accs[name].update(g, s, lengths)
             src = _input_source(name, i, layers)
             nnz = None
             if src is None:
@@ -231,7 +235,7 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
                 nnz = ch.spikes[src].sum(axis=2, dtype=np.int64)
             else:
                 nnz = ever_updated(ch.gates[src], before=False)
-            ops[name] = ops[name] + count_layer_ops(m, g, input_nnz=nnz, spikes=s)
+            ops[name] = ops[name] + count_layer_ops(m, g, input_nnz=nnz, spikes=s, lengths=lengths)
     layer_reports = {}
     for name, m in layers.items():
         ops[name].samples = total
@@ -244,9 +248,9 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
     tot = OpCounts(samples=total)
     for o in ops.values():
         tot = tot + o
-    cells = sum(total * num_steps * int(m["hidden_size"]) for m in layers.values())
+    cells = sum(steps * int(m["hidden_size"]) for m in layers.values())
     upd = sum(lr.ops.neuron_updates for lr in layer_reports.values())
-    zeros = sum(lr.activity.activation_sparsity * total * num_steps * lr.activity.hidden_size
+    zeros = sum(lr.activity.activation_sparsity * steps * lr.activity.hidden_size
                  for lr in layer_reports.values())
     return Report(
         source=source, num_samples=total, num_steps=num_steps, layers=layer_reports, ops=tot,

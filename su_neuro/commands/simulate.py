@@ -9,6 +9,7 @@ throughput, and with ``--trace`` writes every step's gates / spikes to an HDF5 t
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 HELP = "run a population over a long input and record what it did"
@@ -34,6 +35,8 @@ def add_arguments(parser) -> None:
     run_ = parser.add_argument_group("run")
     run_.add_argument("--backend", default="auto")
     run_.add_argument("--chunk", type=int, default=1000, help="steps per chunk (default 1000)")
+    run_.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=True,
+                      help="flush denormal floats to zero on the CPU (default on)")
     run_.add_argument("--seed", type=int, default=0)
     run_.add_argument("--trace", default=None, help="write gates/spikes to this HDF5 file")
     run_.add_argument("--no-progress", action="store_true")
@@ -116,9 +119,10 @@ def run(args) -> int:
     try:
         if recorder is not None:
             with recorder:
-                result = simulate(layer, source, chunk=args.chunk, callback=recorder.append_chunk, progress=bar)
+                result = simulate(layer, source, chunk=args.chunk, callback=recorder.append_chunk, progress=bar,
+                                  flush_denormal=args.flush_denormal)
         else:
-            result = simulate(layer, source, chunk=args.chunk, progress=bar)
+            result = simulate(layer, source, chunk=args.chunk, progress=bar, flush_denormal=args.flush_denormal)
     finally:
         bar.close()
     print(f"steps            {result.steps:,} x batch {result.batch} x {result.neurons:,} neurons")
