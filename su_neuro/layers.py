@@ -287,18 +287,16 @@ class SULayer(nn.Module):
         bounds = torch.unique(lens).tolist()  # sorted ascending
         rows = torch.arange(B)  # rows running in the current segment, ascending
         h, s = state.h, state.s
-        flat_idx, pieces = [], []  # outputs: (b * T + t) and (n * L, H) per segment
+        seg_rows, pieces = [], []  # per segment: the running rows and their (n, L, H) outputs
         rec_pieces: list[list] = [[] for _ in range(self.num_layers)]
         fin_rows, fin_h, fin_s = [], [], []
         start = 0
         for end in bounds:
-            L = end - start
             idx = rows.to(dev)
             xs = x[:, start:end] if len(rows) == B else x[idx, start:end]
             out, st, recs = self._forward_full(xs, SUState(h, state.t + start, s), record)
-            steps = torch.arange(start, end, device=dev)
-            flat_idx.append((idx[:, None] * T + steps[None, :]).reshape(-1))
-            pieces.append(out.reshape(len(rows) * L, -1))
+            seg_rows.append(None if len(rows) == B else idx)
+            pieces.append(out)
             for k, rec in enumerate(recs):
                 rec_pieces[k].append(rec)
             going = lens[rows] > end
@@ -312,12 +310,15 @@ class SULayer(nn.Module):
             h = st.h[:, keep]
             s = st.s[:, keep] if st.s is not None else None
             start = end
-        flat = torch.cat(flat_idx)
+        tail = T - start  # steps after the longest sequence
 
         def assemble(parts):
-            cat = torch.cat([p.reshape(-1, p.shape[-1]) for p in parts])
-            full = cat.new_zeros(B * T, cat.shape[-1])
-            return full.index_put((flat,), cat).reshape(B, T, -1)
+            # each segment widened to all B rows (zeros for the finished ones), then joined in time
+            cols = [p if r is None else p.new_zeros(B, *p.shape[1:]).index_copy(0, r, p)
+                    for p, r in zip(parts, seg_rows, strict=True)]
+            if tail:
+                cols.append(parts[0].new_zeros(B, tail, parts[0].shape[-1]))
+            return torch.cat(cols, dim=1)
 
         out = assemble(pieces)
         order = torch.argsort(torch.cat(fin_rows)).to(dev)

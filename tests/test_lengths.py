@@ -109,8 +109,8 @@ def test_layer_final_state_and_state_gradient(backend, cls):
     """The returned state is each row's state after its own last step; gradients reach h0."""
     _backend_ready(backend)
     torch.manual_seed(2)
-    F, H, T = 4, 7, 11
-    lengths = [5, 11, 2]
+    F, H, T = 4, 7, 12
+    lengths = [5, 11, 2]  # no sequence reaches the last padded step
     layer = cls(F, H, num_layers=2, gate={"kind": "rhythmic", "init_rate": 0.4}, backend=backend).to(DEVICE)
     xs = [torch.randn(n, F) for n in lengths]
     x = _padded(xs, lengths, T).to(DEVICE)
