@@ -62,7 +62,8 @@ def _one(model: str, ftz: bool, lengths: list[int], steps: int, seed: int) -> di
     out = {}
     for T in lengths:
         seqs = [task.train[i] for i in range(64)]
-        x = torch.stack([torch.cat([s, s, s])[:T] for s, _ in seqs[:B]])  # every sequence >= 500 tokens
+        # every sequence has > 500 tokens: four copies cover T <= 2004
+        x = torch.stack([s.repeat((T + len(s) - 1) // len(s))[:T] for s, _ in seqs[:B]])
         y = torch.tensor([lab for _, lab in seqs[:B]])
         times = []
         for k in range(steps + 1):
@@ -96,7 +97,9 @@ def main(argv=None) -> dict:
         for ftz in (False, True):
             cmd = [sys.executable, __file__, "--child", f"{model}:{int(ftz)}", "--lengths", args.lengths,
                    "--steps", str(args.steps), "--seed", str(args.seed)]
-            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr}")
             results[f"{model}:{'ftz' if ftz else 'no-ftz'}"] = json.loads(res.stdout.strip().splitlines()[-1])
     base = lengths[0]
     print(f"{'model':<8} {'mode':<7} " + " ".join(f"T={T:>5} ms (x len)" for T in lengths))
