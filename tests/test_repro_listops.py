@@ -38,3 +38,12 @@ def test_repro_listops_quick(tmp_path, load_tool):
 def test_majority_baseline(load_tool):
     tool = load_tool("repro_listops")
     assert tool.majority_baseline([3, 3, 1, 9, 3]) == (3, 0.6)
+
+
+def test_thread_counts_are_restored(tmp_path, load_tool):
+    import numba
+    import torch
+
+    before = (torch.get_num_threads(), numba.get_num_threads())
+    load_tool("repro_listops").main(["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-rhythmic"])
+    assert (torch.get_num_threads(), numba.get_num_threads()) == before

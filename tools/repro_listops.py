@@ -136,13 +136,21 @@ def main(argv=None) -> dict:
     args.name = args.name or ("listops_quick" if args.quick else args.task)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads:
-        import numba
-        import torch
+    import numba
+    import torch
 
+    before = (torch.get_num_threads(), numba.get_num_threads())
+    if args.threads:
         torch.set_num_threads(args.threads)
         numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        return _main(args, out)
+    finally:  # the caller's thread counts (a test runs main in its own process)
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
 
+
+def _main(args, out: Path) -> dict:
     from su_neuro.datasets import get_task
 
     task = get_task(args.task, **_task_options(args))
