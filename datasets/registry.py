@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 
-from . import mnist, neuromorphic, synthetic
+from . import listops, mnist, neuromorphic, synthetic
 from ._common import Task
 
 _GENERATED = {
@@ -14,6 +14,8 @@ _GENERATED = {
     "adding": synthetic.adding_task,
     "smnist": mnist.smnist_task,
     "psmnist": mnist.psmnist_task,
+    "listops": listops.listops_task,
+    "listops_short": listops.listops_short_task,
 }
 
 
@@ -49,7 +51,8 @@ def _builder(name: str):
 def get_task(name: str, **options) -> Task:
     """Build task ``name`` with keyword ``options``.
 
-    Generated: ``copy``, ``selective_copy``, ``adding``, ``smnist``, ``psmnist``.
+    Generated: ``copy``, ``selective_copy``, ``adding``, ``smnist``, ``psmnist``, ``listops``,
+    ``listops_short`` (token tasks).
     Neuromorphic (tonic, offline files under ``root``): ``shd``, ``ssc``, ``nmnist``,
     ``dvsgesture``, ``tonic_smnist``. See ``docs/datasets.md`` for every option.
 

@@ -48,11 +48,14 @@ class StepRecord(NamedTuple):
     gate:  (B, T, H) 1.0 where the neuron updated (carries the surrogate gradient).
     delta: (B, T, H) h_t - h_{t-1} (zero where the gate was closed).
     spike: (B, T, H) LIF spikes, else None.
+    lengths: (B,) long valid steps per sequence of a padded batch (every entry at and after
+        step ``lengths[b]`` is zero and not part of the run), else None (all T steps valid).
     """
 
     gate: torch.Tensor
     delta: torch.Tensor
     spike: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
 
 
 def candidate(cell, p, h, s, w_hh, b_hh, lif: LIFParams | None):

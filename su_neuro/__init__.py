@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from .backends import BackendUnavailableError
+from .denormal import flush_denormal
 from .gates import DenseGate, EventGate, RhythmicGate, rate_penalty
 from .kernels.reference import StepRecord
 from .layers import SUGRU, SULIF, SURNN, SUState, update_rate
@@ -32,6 +33,7 @@ __all__ = [
     "__version__",
     "analysis",
     "datasets",
+    "flush_denormal",
     "get_surrogate",
     "rate_penalty",
     "traces",

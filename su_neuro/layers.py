@@ -25,7 +25,7 @@ from .gates import Gate, make_gate
 from .kernels.reference import GATE_ROWS, LIFParams, StepRecord
 from .surrogate import get_surrogate
 
-__all__ = ["SUGRU", "SULIF", "SURNN", "SULayer", "SUState"]
+__all__ = ["SUGRU", "SULIF", "SURNN", "SULayer", "SUState", "check_lengths", "valid_mask"]
 
 
 class SUState(NamedTuple):
@@ -64,6 +64,32 @@ def _check_input(x, input_size: int, dtype: torch.dtype, check_finite: bool) -> 
         )
     if check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError("input x contains NaN or inf")
+
+
+def check_lengths(lengths, B: int, T: int) -> torch.Tensor:
+    """``lengths`` as a CPU long tensor (B,), or an error naming the problem: not 1-D of B
+    integers, or a length outside [1, T]."""
+    if not isinstance(lengths, torch.Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"lengths must be a 1-D tensor of B = {B} integers: {err}") from None
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.shape[0] != B:
+        raise ValueError(f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
+    lens = lengths.detach().to("cpu", torch.long)
+    if B and (int(lens.min()) < 1 or int(lens.max()) > T):
+        raise ValueError(
+            f"lengths must lie in [1, T] = [1, {T}] (a sequence needs a step, and the batch has {T}); "
+            f"got min {int(lens.min())}, max {int(lens.max())}"
+        )
+    return lens
+
+
+def valid_mask(lengths: torch.Tensor, T: int, device=None) -> torch.Tensor:
+    """(B, T) bool, True on the steps t < lengths[b]."""
+    return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
 
 
 class SULayer(nn.Module):
@@ -171,7 +197,13 @@ class SULayer(nn.Module):
         return state
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, state: SUState | torch.Tensor | None = None, record: bool = False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: SUState | torch.Tensor | None = None,
+        record: bool = False,
+        lengths: torch.Tensor | Sequence[int] | None = None,
+    ):
         """Run the stack over a sequence.
 
         Args:
@@ -179,14 +211,40 @@ class SULayer(nn.Module):
             state: an :class:`SUState` from a previous call, an initial hidden tensor
                 (num_layers, B, H) (then t = 0), or None (zeros, t = 0).
             record: also return a list of :class:`StepRecord` (one per sub-layer).
+            lengths: (B,) valid steps of each sequence of a right-padded batch, each in
+                [1, T] (None: every sequence has T steps). Sequence b runs exactly its
+                first ``lengths[b]`` steps: the padded steps are never computed (the batch
+                runs in segments between the distinct lengths, each segment on the rows
+                still running, the state carried over, so every backend skips them); its
+                outputs and records are zero there, and the returned state is its state
+                after its own last step. The returned ``state.t`` is ``state.t + T``.
 
         Returns:
             ``(output, state)`` or ``(output, state, records)``; output is (B, T, H):
             the last sub-layer's states (RNN/GRU) or spikes (LIF).
+
+        Example:
+            >>> gru = SUGRU(3, 16)
+            >>> x = torch.randn(2, 10, 3)
+            >>> y, st = gru(x, lengths=torch.tensor([10, 4]))   # y[1, 4:] == 0, st.h[:, 1] = state after step 3
         """
         _check_input(x, self.input_size, self.weight_ih_l0.dtype, self.check_finite)
         B, T, _ = x.shape
         state = self._check_state(state, B, x)
+        if lengths is not None:
+            lens = check_lengths(lengths, B, T)
+            if bool((lens < T).any()):
+                return self._forward_ragged(x, state, record, lens)
+        out, new_state, records = self._forward_full(x, state, record)
+        if record:
+            if lengths is not None:
+                records = [r._replace(lengths=lens.to(x.device)) for r in records]
+            return out, new_state, records
+        return out, new_state
+
+    def _forward_full(self, x, state: SUState, record: bool):
+        """Every row over every step: (out, new state, records or [])."""
+        B, T, _ = x.shape
         kinds = tuple(sorted({g.kind for g in self.gates}))
         training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
         plan0, rate = None, None
@@ -210,8 +268,7 @@ class SULayer(nn.Module):
             weights = [self._layer_weights(k) for k in range(self.num_layers)]
             out, hT, records = run_stack(self.cell, x, state.h, weights, dropout=self.dropout,
                                          training=self.training, needs_grad=training, record=record)
-            new_state = SUState(hT, state.t + T, None)
-            return (out, new_state, records) if record else (out, new_state)
+            return out, SUState(hT, state.t + T, None), records or []
         # a backend may project the input inside its kernel, for the neurons that update only
         fused = getattr(impl, "recurrence_input", None)
         # a backend may evaluate a rhythmic gate itself from a table (no (T, H) plan)
@@ -243,9 +300,68 @@ class SULayer(nn.Module):
             if self.dropout and self.training and k < self.num_layers - 1:
                 inp = F.dropout(inp, self.dropout, training=True)
         new_state = SUState(torch.stack(hs), state.t + T, torch.stack(ss) if ss else None)
-        if record:
-            return out, new_state, records
-        return out, new_state
+        return out, new_state, records
+
+    def _forward_ragged(self, x, state: SUState, record: bool, lens: torch.Tensor):
+        """Padded batch: run the segments [l_{i-1}, l_i) between the sorted distinct lengths,
+        each on the rows that are still running, the state carried from segment to segment."""
+        B, T, _ = x.shape
+        dev = x.device
+        bounds = torch.unique(lens).tolist()  # sorted ascending
+        rows = torch.arange(B)  # rows running in the current segment, ascending
+        h, s = state.h, state.s
+        seg_rows, pieces = [], []  # per segment: the running rows and their (n, L, H) outputs
+        rec_pieces: list[list] = [[] for _ in range(self.num_layers)]
+        fin_rows, fin_h, fin_s = [], [], []
+        start = 0
+        for end in bounds:
+            idx = rows.to(dev)
+            xs = x[:, start:end] if len(rows) == B else x[idx, start:end]
+            out, st, recs = self._forward_full(xs, SUState(h, state.t + start, s), record)
+            seg_rows.append(None if len(rows) == B else idx)
+            pieces.append(out)
+            for k, rec in enumerate(recs):
+                rec_pieces[k].append(rec)
+            going = lens[rows] > end
+            done = ~going
+            fin_rows.append(rows[done])
+            fin_h.append(st.h[:, done.to(dev)])
+            if st.s is not None:
+                fin_s.append(st.s[:, done.to(dev)])
+            rows = rows[going]
+            keep = going.to(dev)
+            h = st.h[:, keep]
+            s = st.s[:, keep] if st.s is not None else None
+            start = end
+        tail = T - start  # steps after the longest sequence
+
+        def assemble(parts):
+            # each segment widened to all B rows (zeros for the finished ones), then joined in time
+            cols = [p if r is None else p.new_zeros(B, *p.shape[1:]).index_copy(0, r, p)
+                    for p, r in zip(parts, seg_rows, strict=True)]
+            if tail:
+                cols.append(parts[0].new_zeros(B, tail, parts[0].shape[-1]))
+            return torch.cat(cols, dim=1)
+
+        out = assemble(pieces)
+        order = torch.argsort(torch.cat(fin_rows)).to(dev)
+        h_fin = torch.cat(fin_h, dim=1)[:, order]
+        s_fin = torch.cat(fin_s, dim=1)[:, order] if fin_s else None
+        new_state = SUState(h_fin, state.t + T, s_fin)
+        if not record:
+            return out, new_state
+        records = []
+        for parts in rec_pieces:
+            spike = assemble([r.spike for r in parts]) if parts[0].spike is not None else None
+            records.append(
+                StepRecord(
+                    assemble([r.gate.expand_as(r.delta) for r in parts]),
+                    assemble([r.delta for r in parts]),
+                    spike,
+                    lens.to(dev),
+                )
+            )
+        return out, new_state, records
 
     # --------------------------------------------------------------- metadata
     def layer_meta(self, k: int = 0) -> dict:

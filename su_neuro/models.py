@@ -7,6 +7,12 @@
 Both return ``output`` or, with ``record=True``, ``(output, records)`` where
 ``records`` maps ``"layers.<k>"`` to the :class:`StepRecord` of sub-layer k; this is
 what :mod:`su_neuro.traces` writes.
+
+Token inputs: with ``vocab_size`` the model takes token ids (B, T) and looks them up in an
+``nn.Embedding(vocab_size, embed_dim, padding_idx)`` before the stack.
+
+Padded batches: ``forward(x, lengths=...)`` runs each sequence for its own length (see
+:meth:`su_neuro.layers.SULayer.forward`); the readouts use the valid steps only.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import SUGRU, SULIF, SURNN, SULayer
+from .layers import SUGRU, SULIF, SURNN, SULayer, check_lengths, valid_mask
 
 __all__ = ["CELL_TYPES", "READOUTS", "Seq2Seq", "SequenceClassifier", "build_layer"]
 
@@ -29,20 +35,62 @@ def build_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> SULay
     return CELL_TYPES[cell](input_size, hidden_size, **kwargs)
 
 
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 class _StackModel(nn.Module):
-    def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int, **layer_kwargs):
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        vocab_size: int | None = None,
+        embed_dim: int | None = None,
+        padding_idx: int | None = None,
+        **layer_kwargs,
+    ):
         super().__init__()
         if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
             raise ValueError(f"output size must be a positive integer, got {output_size!r}")
         self.cell = cell
+        self.embed = None
+        if vocab_size is not None:
+            _positive("vocab_size", vocab_size)
+            embed_dim = input_size if embed_dim is None else _positive("embed_dim", embed_dim)
+            if padding_idx is not None and not (
+                isinstance(padding_idx, int) and not isinstance(padding_idx, bool) and 0 <= padding_idx < vocab_size
+            ):
+                raise ValueError(f"padding_idx must be an id in [0, vocab_size = {vocab_size}), got {padding_idx!r}")
+            self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+            input_size = embed_dim
+        elif embed_dim is not None or padding_idx is not None:
+            raise ValueError("embed_dim and padding_idx need vocab_size (token inputs)")
         self.rnn = build_layer(cell, input_size, hidden_size, **layer_kwargs)
         self.head = nn.Linear(hidden_size, output_size)
 
-    def _run(self, x, state, record):
+    def _embed(self, x):
+        if self.embed is None:
+            return x
+        if not isinstance(x, torch.Tensor) or x.dim() != 2:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"a token model takes token ids of shape (batch, time), got {shape}")
+        if x.dtype.is_floating_point or x.dtype == torch.bool:
+            raise TypeError(f"token ids must be an integer tensor, got dtype {x.dtype}")
+        V = self.embed.num_embeddings
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= V):
+            raise ValueError(f"token ids must lie in [0, vocab_size = {V}), got [{int(x.min())}, {int(x.max())}]")
+        return self.embed(x.long())
+
+    def _run(self, x, state, record, lengths=None):
+        x = self._embed(x)
         if record:
-            out, state, recs = self.rnn(x, state, record=True)
+            out, state, recs = self.rnn(x, state, record=True, lengths=lengths)
             return out, state, {f"layers.{k}": r for k, r in enumerate(recs)}
-        out, state = self.rnn(x, state)
+        out, state = self.rnn(x, state, lengths=lengths)
         return out, state, None
 
     def layer_meta(self) -> dict:
@@ -57,13 +105,18 @@ class SequenceClassifier(_StackModel):
         cell: "rnn", "gru" or "lif".
         input_size, hidden_size, num_classes: sizes.
         readout: "last" (state at the last step), "mean" (mean over steps) or
-            "spike_count" (LIF: spikes summed over steps).
+            "spike_count" (LIF: spikes summed over steps); with ``lengths``, over each
+            sequence's own valid steps.
+        vocab_size, embed_dim, padding_idx: token inputs (B, T) through an embedding of
+            ``embed_dim`` (default ``input_size``) features; None: float features (B, T, F).
         **layer_kwargs: passed to the layer (num_layers, gate, backend, beta, ...).
 
     Example:
         >>> model = SequenceClassifier("gru", 1, 64, 10, gate={"kind": "rhythmic", "init_rate": 0.2})
         >>> logits = model(torch.randn(4, 784, 1))                 # (4, 10)
         >>> logits, records = model(torch.randn(4, 784, 1), record=True)
+        >>> tok = SequenceClassifier("gru", 32, 64, 10, vocab_size=16, padding_idx=0)
+        >>> logits = tok(torch.randint(1, 16, (2, 50)), lengths=torch.tensor([50, 31]))
     """
 
     def __init__(
@@ -76,14 +129,23 @@ class SequenceClassifier(_StackModel):
         super().__init__(cell, input_size, hidden_size, num_classes, **layer_kwargs)
         self.readout = readout
 
-    def forward(self, x: torch.Tensor, state=None, record: bool = False):
-        out, _, recs = self._run(x, state, record)
-        if self.readout == "last":
-            feat = out[:, -1]
-        elif self.readout == "mean":
-            feat = out.mean(1)
+    def forward(self, x: torch.Tensor, state=None, record: bool = False, lengths=None):
+        out, _, recs = self._run(x, state, record, lengths)
+        if lengths is None:
+            if self.readout == "last":
+                feat = out[:, -1]
+            elif self.readout == "mean":
+                feat = out.mean(1)
+            else:
+                feat = out.sum(1)
         else:
-            feat = out.sum(1)
+            B, T = out.shape[:2]
+            lens = check_lengths(lengths, B, T).to(out.device)
+            if self.readout == "last":
+                feat = out[torch.arange(B, device=out.device), lens - 1]
+            else:
+                summed = (out * valid_mask(lens, T, out.device).unsqueeze(-1).to(out.dtype)).sum(1)
+                feat = summed / lens.to(out.dtype).unsqueeze(-1) if self.readout == "mean" else summed
         logits = self.head(feat)
         return (logits, recs) if record else logits
 
@@ -91,12 +153,15 @@ class SequenceClassifier(_StackModel):
 class Seq2Seq(_StackModel):
     """A selective-update stack with a per-step linear readout: (B, T, F) -> (B, T, C).
 
+    With ``lengths`` the logits of padded steps are the head's bias (score them with
+    ``IGNORE_INDEX`` targets, as :func:`su_neuro.datasets.pad_collate` pads them).
+
     Example:
         >>> model = Seq2Seq("gru", 10, 128, 10, gate="rhythmic")
         >>> logits = model(torch.randn(2, 120, 10))                # (2, 120, 10)
     """
 
-    def forward(self, x: torch.Tensor, state=None, record: bool = False):
-        out, _, recs = self._run(x, state, record)
+    def forward(self, x: torch.Tensor, state=None, record: bool = False, lengths=None):
+        out, _, recs = self._run(x, state, record, lengths)
         logits = self.head(out)
         return (logits, recs) if record else logits

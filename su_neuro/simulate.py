@@ -134,11 +134,21 @@ def simulate(
     callback: Callable[[Chunk], None] | None = None,
     count_updates: bool = True,
     progress=None,
+    flush_denormal: bool = True,
 ) -> SimulationResult:
     """Run ``layer`` over the whole source; returns the final state and throughput.
 
     ``progress`` (e.g. a tqdm bar) is advanced by the steps of each chunk.
+    ``flush_denormal``: denormal floats flushed to zero during the run (default on; see
+    :mod:`su_neuro.denormal`).
     """
+    from .denormal import flush_denormal as _ftz
+
+    with _ftz(flush_denormal):
+        return _simulate(layer, source, state, chunk, callback, count_updates, progress)
+
+
+def _simulate(layer, source, state, chunk, callback, count_updates, progress) -> SimulationResult:
     steps, batch, updates = 0, 0, 0.0
     start = time.perf_counter()
     for item in stream(layer, source, state, chunk=chunk, record=count_updates, callback=callback):

@@ -250,6 +250,9 @@ class TraceWriter:
     ``(B, ...)``, ``inputs`` the model input ``(B, T, F)`` of which only the number of
     nonzero entries per step is stored (for operation counts). Every batch must have the
     same T and supply the same optional fields as the first one.
+    ``lengths`` (B,) (or the records' ``lengths``): valid steps of each sample of a padded
+    batch, stored as the root dataset ``lengths`` (absent: every sample has T steps); a
+    batch without lengths in a trace that has them stores T.
     """
 
     def __init__(self, path: str | os.PathLike, *, layers: Mapping[str, Mapping[str, Any]],
@@ -326,7 +329,7 @@ class TraceWriter:
         return self._n
 
     def _create(self, recs: dict[str, dict[str, np.ndarray | None]], labels: np.ndarray | None,
-                nnz: np.ndarray | None, batch: int) -> None:
+                nnz: np.ndarray | None, batch: int, lengths: np.ndarray | None = None) -> None:
         f = self._f
         t = self._t
         f.attrs["num_steps"] = np.int64(t)
@@ -350,6 +353,9 @@ class TraceWriter:
                              maxshape=(None, *labels.shape[1:]), dtype=labels.dtype,
                              chunks=_chunks(labels.shape[1:], labels.dtype.itemsize,
                                             max(batch, 1024)), **self._comp)
+        if lengths is not None:
+            f.create_dataset("lengths", shape=(0,), maxshape=(None,), dtype=np.int64,
+                             chunks=(max(batch, 1024),))
         if nnz is not None:
             f.create_dataset("input_nnz", shape=(0, t), maxshape=(None, t), dtype=np.int32,
                              chunks=_chunks((t,), 4, max(batch, 64)), **self._comp)
@@ -358,7 +364,8 @@ class TraceWriter:
         if self._swmr:
             f.swmr_mode = True
 
-    def append(self, records: Mapping[str, Any], labels: Any = None, inputs: Any = None) -> None:
+    def append(self, records: Mapping[str, Any], labels: Any = None, inputs: Any = None,
+               lengths: Any = None) -> None:
         """Append one batch (see the class docstring)."""
         if self._f is None:
             raise RuntimeError("TraceWriter is not open (use it as a context manager)")
@@ -407,9 +414,16 @@ class TraceWriter:
             nnz = np.count_nonzero(x, axis=2).astype(np.int32)
             # NeuroBench's rule: inputs that take only the values 0 and +-1 are spikes (ACs)
             binary = ((x == 0) | (x == 1) | (x == -1)).reshape(batch, -1).all(axis=1).astype(np.uint8)
+        if lengths is None:
+            lengths = next((getattr(records[n], "lengths", None) for n in self.layers), None)
+        lens = None if lengths is None else _np(lengths).astype(np.int64).reshape(-1)
+        if lens is not None and (lens.shape[0] != batch or lens.min() < 1 or lens.max() > self._t):
+            raise ValueError(f"lengths must be (B,) = ({batch},) values in [1, {self._t}]")
         f = self._f
         if not self._streams:
-            self._create(recs, lab, nnz, batch)
+            self._create(recs, lab, nnz, batch, lens)
+        elif lens is not None and "lengths" not in f:
+            raise ValueError("lengths given after the first batch; give them with the first batch")
         else:
             if ("labels" in f) != (lab is not None) or ("input_nnz" in f) != (nnz is not None):
                 raise ValueError("every batch must supply labels / inputs like the first batch")
@@ -437,6 +451,9 @@ class TraceWriter:
             f["input_nnz"][start:end] = nnz
             f["input_binary"].resize(end, axis=0)
             f["input_binary"][start:end] = binary
+        if "lengths" in f:
+            f["lengths"].resize(end, axis=0)
+            f["lengths"][start:end] = lens if lens is not None else self._t
         # commit: data first, then the counter readers trust
         f.flush()
         f["committed"][0] = end
@@ -474,6 +491,7 @@ class TraceChunk(NamedTuple):
     spikes: dict[str, np.ndarray | None]    # bool (n, T, H) for LIF, else None
     input_nnz: np.ndarray | None            # int (n, T) or None
     input_binary: np.ndarray | None = None  # bool (n,): inputs only 0 / +-1, or None
+    lengths: np.ndarray | None = None       # int (n,) valid steps per sample, or None (all T)
 
 
 def _open_h5(path: Path) -> h5py.File:
@@ -719,6 +737,10 @@ class TraceReader:
         """Labels ``(n, ...)`` or None when none were written."""
         return self._root("labels", samples)
 
+    def lengths(self, samples: Any = None) -> np.ndarray | None:
+        """Valid steps per sample ``(n,)`` of a trace of padded batches, else None (all T)."""
+        return self._root("lengths", samples)
+
     def input_nnz(self, samples: Any = None) -> np.ndarray | None:
         """Nonzero model inputs per step ``(n, T)`` or None when not written."""
         return self._root("input_nnz", samples)
@@ -736,7 +758,7 @@ class TraceReader:
         spikes = {n: (self.spikes(n, sl) if "spike" in self.encodings[n] else None)
                   for n in self.layers}
         return TraceChunk(start, min(stop, self.num_samples), gates, spikes, self.input_nnz(sl),
-                          self.input_binary(sl))
+                          self.input_binary(sl), self.lengths(sl))
 
     def iter_chunks(self, batch_size: int | None = None,
                     max_elements: int = 1 << 24) -> Iterator[TraceChunk]:

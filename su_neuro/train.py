@@ -81,6 +81,7 @@ CHECKPOINT_VERSION = 1
 IGNORE_INDEX = -100
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+DEFAULT_EMBED_DIM = 32
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -96,7 +97,7 @@ RUN_FILES = (CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE, RESULT_FILE, TRACE_FILE)
 #: resume is bit-exact only on the backend and device the run started with)
 RESUME_MUTABLE = frozenset(
     {"checkpoint_every", "log_every", "eval_every", "trace", "trace_samples", "eval_batch_size",
-     "backend", "device"}
+     "backend", "device", "flush_denormal"}
 )
 
 
@@ -122,16 +123,19 @@ class TrainConfig:
     Model: ``cell`` (rnn / gru / lif), ``gate`` (rhythmic / event / dense), ``init_rate``
     and ``period`` (rhythmic gate), ``gate_options`` (other gate keywords),
     ``backend``, ``hidden_size``, ``num_layers``, ``readout`` (classify / regress tasks),
-    ``layer_options`` (other layer keywords, e.g. ``{"beta": 0.9}`` for LIF).
+    ``layer_options`` (other layer keywords, e.g. ``{"beta": 0.9}`` for LIF), ``embed_dim``
+    (token tasks: the width of the embedding in front of the stack; default 32).
     Optimisation: ``optimizer`` (adam / adamw / sgd), ``lr``, ``weight_decay``,
     ``momentum`` (sgd), ``schedule`` (constant / cosine), ``warmup_steps``, ``epochs``,
     ``max_steps`` (number of steps, overriding ``epochs``; None: ``epochs`` full passes), ``batch_size`` (the
     global batch), ``grad_clip`` (max gradient norm, None: off), ``rate_target`` and
-    ``rate_weight`` (update-rate regulariser).
+    ``rate_weight`` (update-rate regulariser), ``bucket_pool`` (0: batches in random order;
+    N > 0: length bucketing, see :func:`bucket_order`).
     Run: ``seed``, ``device`` (auto / cpu / cuda), ``deterministic``, ``checkpoint_every``
     (steps; 0: only at the end), ``log_every`` (steps), ``eval_every`` (steps; 0: only
     at the end), ``eval_batch_size``, ``trace`` (write ``trace.h5`` at the end),
-    ``trace_samples`` (test samples in the trace).
+    ``trace_samples`` (test samples in the trace), ``flush_denormal`` (flush denormal
+    floats to zero on the CPU during the run, default on; see :func:`flush_denormal`).
     """
 
     task: str | None = None
@@ -146,6 +150,7 @@ class TrainConfig:
     num_layers: int = 1
     readout: str = "last"
     layer_options: dict = field(default_factory=dict)
+    embed_dim: int | None = None
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -159,6 +164,7 @@ class TrainConfig:
     grad_clip: float | None = None
     rate_target: float | None = None
     rate_weight: float = 0.0
+    bucket_pool: int = 0
     seed: int = 0
     device: str = "auto"
     deterministic: bool = True
@@ -167,6 +173,7 @@ class TrainConfig:
     eval_every: int = 0
     trace: bool = False
     trace_samples: int = 64
+    flush_denormal: bool = True
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,7 +198,9 @@ class TrainConfig:
         for key in ("hidden_size", "num_layers", "epochs", "batch_size", "eval_batch_size", "trace_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
-        for key in ("warmup_steps", "seed", "checkpoint_every", "eval_every"):
+        if self.embed_dim is not None and self.embed_dim < 1:
+            raise ConfigError(f"embed_dim must be a positive integer or null, got {self.embed_dim}")
+        for key in ("warmup_steps", "seed", "checkpoint_every", "eval_every", "bucket_pool"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.log_every < 1:
@@ -217,7 +226,7 @@ class TrainConfig:
         return self
 
 
-_OPTIONAL = {"task", "init_rate", "period", "max_steps", "grad_clip", "rate_target"}
+_OPTIONAL = {"task", "init_rate", "period", "max_steps", "grad_clip", "rate_target", "embed_dim"}
 
 
 def _field_types() -> dict[str, type]:
@@ -228,7 +237,7 @@ def _field_types() -> dict[str, type]:
             types[f.name] = str
         elif f.name in ("init_rate", "period", "grad_clip", "rate_target"):
             types[f.name] = float
-        elif f.name == "max_steps":
+        elif f.name in ("max_steps", "embed_dim"):
             types[f.name] = int
         else:
             types[f.name] = type(default)
@@ -353,11 +362,17 @@ def build_model(cfg: TrainConfig, task) -> nn.Module:
         if key in kwargs:
             raise ConfigError(f"layer_options may not set {key!r}; use the config key {key!r}")
     kwargs.update(num_layers=cfg.num_layers, gate=gate_spec(cfg), backend=cfg.backend)
+    input_size = task.input_size
+    if getattr(task, "vocab_size", None) is not None:
+        input_size = cfg.embed_dim or DEFAULT_EMBED_DIM
+        kwargs.update(vocab_size=task.vocab_size, embed_dim=input_size, padding_idx=task.pad_id)
+    elif cfg.embed_dim is not None:
+        raise ConfigError(f"embed_dim applies to token tasks only; task {cfg.task!r} has float features")
     try:
         if task.kind == "seq2seq":
-            return Seq2Seq(cfg.cell, task.input_size, cfg.hidden_size, task.output_size, **kwargs)
+            return Seq2Seq(cfg.cell, input_size, cfg.hidden_size, task.output_size, **kwargs)
         return SequenceClassifier(
-            cfg.cell, task.input_size, cfg.hidden_size, task.output_size, readout=cfg.readout, **kwargs
+            cfg.cell, input_size, cfg.hidden_size, task.output_size, readout=cfg.readout, **kwargs
         )
     except TypeError as err:
         raise ConfigError(f"layer_options / gate_options: {err}") from None
@@ -595,20 +610,58 @@ def epoch_order(sampler_seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([sampler_seed, epoch]).permutation(n)
 
 
-def _collate(items):
+def bucket_order(sampler_seed: int, epoch: int, lengths: np.ndarray, batch_size: int, pool: int) -> np.ndarray:
+    """The sample order of ``epoch`` with length bucketing: a permutation of ``range(n)``
+    whose consecutive ``batch_size`` slices hold sequences of similar length.
+
+    The epoch's random permutation (:func:`epoch_order`) is cut into pools of ``pool``
+    batches; each pool is sorted by length (stable) and cut into batches; the batches of
+    the epoch are then shuffled (same generator). Padding, and with it the work and the
+    segments of a padded batch, shrinks; every sample is still seen once per epoch, and the
+    order is a function of (seed, epoch), so a resumed run sees the same batches.
+    """
+    n = len(lengths)
+    rng = np.random.default_rng([sampler_seed, epoch])
+    perm = rng.permutation(n)
+    span = batch_size * pool
+    for start in range(0, n, span):
+        block = perm[start:start + span]
+        perm[start:start + span] = block[np.argsort(lengths[block], kind="stable")]
+    full = n // batch_size
+    batches = perm[: full * batch_size].reshape(full, batch_size)
+    batches = batches[rng.permutation(full)]
+    return np.concatenate([batches.reshape(-1), perm[full * batch_size:]])
+
+
+def _dataset_lengths(dataset) -> np.ndarray:
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is None:
+        lengths = [dataset[i][0].shape[0] for i in range(len(dataset))]
+    return np.asarray(lengths, dtype=np.int64)
+
+
+def _collate(items, pad_id: int = 0):
+    """(x, y, lengths): lengths (B,) long when the items differ in length (right padded),
+    else None."""
     xs = [it[0] for it in items]
     ys = [it[1] for it in items]
     if len({x.shape[0] for x in xs}) > 1:
         from .datasets import pad_collate
 
-        x, y, _ = pad_collate(items)
-        return x, y
+        return pad_collate(items, pad_id=pad_id)
     x = torch.stack(xs)
     if isinstance(ys[0], torch.Tensor):
         y = torch.stack(ys)
     else:
         y = torch.tensor(ys)
-    return x, y
+    return x, y, None
+
+
+def _valid_count(record) -> float:
+    """Neuron-steps of a record that belong to a sequence (padded steps excluded)."""
+    B, T, H = record.gate.shape
+    lengths = getattr(record, "lengths", None)
+    return float(B * T * H) if lengths is None else float(lengths.sum()) * H
 
 
 def _batch_stats(out: torch.Tensor, y: torch.Tensor, kind: str):
@@ -634,23 +687,25 @@ def _gate_tensors(records) -> list[torch.Tensor]:
 
 # ------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, kind: str, batch_size: int, device) -> dict:
-    """Loss, accuracy (classify / seq2seq) and update rate of ``model`` on ``dataset``."""
+def evaluate(model: nn.Module, dataset, kind: str, batch_size: int, device, *, pad_id: int = 0) -> dict:
+    """Loss, accuracy (classify / seq2seq) and update rate (over the valid steps) of
+    ``model`` on ``dataset``; variable-length items are right padded with ``pad_id``."""
     was_training = model.training
     model.eval()
     loss_sum = count = correct = gates = gate_n = 0.0
     try:
         for start in range(0, len(dataset), batch_size):
-            x, y = _collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+            x, y, lengths = _collate(items, pad_id)
             x, y = x.to(device), y.to(device)
-            out, records = model(x, record=True)
+            out, records = _forward(model, x, lengths)
             loss, n, c = _batch_stats(out, y, kind)
             loss_sum += float(loss)
             count += n
             correct += c
-            for g in _gate_tensors(records):
-                gates += float(g.sum())
-                gate_n += g.numel()
+            for r in records.values():
+                gates += float(r.gate.sum())
+                gate_n += _valid_count(r)
     finally:
         model.train(was_training)
     result = {"loss": loss_sum / max(count, 1.0), "rate": gates / max(gate_n, 1.0)}
@@ -828,7 +883,10 @@ def train(
         torch.distributed.init_process_group(backend=backend)
         pg_started = True
     try:
-        return _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start)
+        from .denormal import flush_denormal
+
+        with flush_denormal(cfg.flush_denormal):
+            return _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start)
     finally:
         if pg_started:
             torch.distributed.destroy_process_group()
@@ -846,7 +904,9 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     torch.manual_seed(cfg.seed)
 
     task = load_task(cfg)
+    pad_id = getattr(task, "pad_id", 0)
     n_train = len(task.train)
+    train_lengths = _dataset_lengths(task.train) if cfg.bucket_pool else None
     local_batch = cfg.batch_size // dist.world_size
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
@@ -926,14 +986,17 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     try:
         while step < total_steps:
             order_epoch = epoch
-            order = epoch_order(sampler_seed, epoch, n_train)
+            if train_lengths is not None:
+                order = bucket_order(sampler_seed, epoch, train_lengths, cfg.batch_size, cfg.bucket_pool)
+            else:
+                order = epoch_order(sampler_seed, epoch, n_train)
             while epoch == order_epoch and step < total_steps:
                 idx = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
                 mine = idx[dist.rank * local_batch:(dist.rank + 1) * local_batch]
-                x, y = _collate([task.train[int(i)] for i in mine])
+                x, y, lengths = _collate([task.train[int(i)] for i in mine], pad_id)
                 x, y = x.to(device), y.to(device)
                 with first_step:  # a slow first step (compilation) is announced; the ETA restarts after it
-                    stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist)
+                    stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist, lengths)
                 step += 1
                 position += 1
                 if position == steps_per_epoch:
@@ -949,7 +1012,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                     log.write({"event": "train", **last_train})
                     window = dict.fromkeys(window, 0.0)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps and main:
-                    ev = evaluate(model, task.test, task.kind, cfg.eval_batch_size, device)
+                    ev = evaluate(model, task.test, task.kind, cfg.eval_batch_size, device, pad_id=pad_id)
                     rec = {"step": step, "epoch": epoch, **{f"test_{k}": v for k, v in ev.items()}}
                     history.append(rec)
                     log.write({"event": "eval", **rec})
@@ -968,7 +1031,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     result: dict[str, Any] = {"step": step, "epoch": epoch}
     result.update({f"train_{k}": v for k, v in last_train.items() if k in ("loss", "acc", "rate")})
     if main:
-        ev = evaluate(model, task.test, task.kind, cfg.eval_batch_size, device)
+        ev = evaluate(model, task.test, task.kind, cfg.eval_batch_size, device, pad_id=pad_id)
         rec = {"step": step, "epoch": epoch, **{f"test_{k}": v for k, v in ev.items()}}
         if not history or history[-1].get("step") != step:
             history.append(rec)
@@ -987,13 +1050,21 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     return result
 
 
-def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist) -> dict:
-    out, records = net(x, record=True)
+def _forward(net, x, lengths):
+    if lengths is None:
+        return net(x, record=True)
+    return net(x, record=True, lengths=lengths)
+
+
+def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths=None) -> dict:
+    out, records = _forward(net, x, lengths)
     loss_sum, count, correct = _batch_stats(out, y, kind)
     gates = _gate_tensors(records)
-    local_means = torch.stack([g.detach().float().mean() for g in gates])
+    # padded steps are not part of any sequence: means over the valid steps only
+    valid = [_valid_count(r) for r in records.values()]
+    local_means = torch.stack([g.detach().float().sum() / n for g, n in zip(gates, valid, strict=True)])
     gate_sum = float(sum(float(g.detach().sum()) for g in gates))
-    gate_n = float(sum(g.numel() for g in gates))
+    gate_n = float(sum(valid))
     totals = torch.tensor(
         [float(loss_sum.detach()), count, correct, gate_sum, gate_n], dtype=torch.float64, device=x.device
     )
@@ -1010,14 +1081,14 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist) -> dict
             # gradient is 2 (mean_global - r) d mean_global, as for one process.
             penalty = sum(
                 (float(m) - cfg.rate_target) ** 2
-                + 2.0 * (float(m) - cfg.rate_target) * (g.float().mean() - g.detach().float().mean())
-                for m, g in zip(means, gates, strict=True)
+                + 2.0 * (float(m) - cfg.rate_target) * (g.float().sum() - g.detach().float().sum()) / n
+                for m, g, n in zip(means, gates, valid, strict=True)
             )
             loss = loss + cfg.rate_weight * penalty
         else:
-            from .gates import rate_penalty
-
-            loss = loss + cfg.rate_weight * sum(rate_penalty(g, cfg.rate_target) for g in gates)
+            loss = loss + cfg.rate_weight * sum(
+                (g.float().sum() / n - cfg.rate_target) ** 2 for g, n in zip(gates, valid, strict=True)
+            )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip is not None:
@@ -1087,21 +1158,45 @@ def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=No
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     model_was_training = model.training
     model.eval()
+    pad_id = getattr(task, "pad_id", 0)
+    items = [task.test[i] for i in range(n)]
+    longest = max(it[0].shape[0] for it in items)
+    ragged = any(it[0].shape[0] != longest for it in items)
     try:
         with torch.no_grad(), TraceWriter(
             tmp, layers=model.layer_meta(), config=cfg.to_dict(), run_meta=meta
         ) as writer:
             for start in range(0, n, cfg.eval_batch_size):
-                x, y = _collate([task.test[i] for i in range(start, min(n, start + cfg.eval_batch_size))])
+                batch = items[start:start + cfg.eval_batch_size]
+                if ragged:
+                    # every batch padded to the longest exported sample: one T for the trace
+                    from .datasets import pad_collate
+
+                    x, y, lengths = pad_collate(batch + [_pad_item(items, longest)], pad_id=pad_id)
+                    x, y, lengths = x[:-1], y[:-1], lengths[:-1]
+                else:
+                    x, y, lengths = _collate(batch, pad_id)
                 x = x.to(device)
-                _, records = model(x, record=True)
-                writer.append(records, labels=y.cpu(), inputs=x.cpu())
+                _, records = _forward(model, x, lengths)
+                # the inputs the stack sees (token models: the embedding; zero on padded steps)
+                inputs = model.embed(x) if getattr(model, "embed", None) is not None else x
+                if lengths is not None:
+                    from .layers import valid_mask
+
+                    inputs = inputs * valid_mask(lengths, inputs.shape[1], inputs.device).unsqueeze(-1)
+                writer.append(records, labels=y.cpu(), inputs=inputs.cpu(), lengths=lengths)
         os.replace(tmp, path)
     finally:
         model.train(model_was_training)
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _pad_item(items, longest: int):
+    """A throw-away item of ``longest`` steps that makes pad_collate pad to that length."""
+    x, y = next(it for it in items if it[0].shape[0] == longest)
+    return x, y
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, TrainConfig]:

@@ -13,6 +13,8 @@ EXPECTED = [
     "adding",
     "smnist",
     "psmnist",
+    "listops",
+    "listops_short",
     "shd",
     "ssc",
     "nmnist",

@@ -121,7 +121,8 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
                     input_nnz: np.ndarray | None = None,
                     spikes: np.ndarray | None = None,
                     input_binary: np.ndarray | None = None,
-                    carry: LayerCarry | None = None) -> OpCounts:
+                    carry: LayerCarry | None = None,
+                    lengths: np.ndarray | None = None) -> OpCounts:
     """Count operations of one layer for a chunk of samples.
 
     Args:
@@ -134,6 +135,8 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
             synapses are then ACs, else MACs); None: ``meta["input_kind"]`` decides.
         carry: for a piece of a stream, the state left by the previous piece
             (:class:`LayerCarry`, updated in place); None: every sample starts at step 0.
+        lengths: valid steps per sample ``(n,)`` of padded samples (padded steps cost
+            nothing, dense or effective); None: all T steps.
     Returns:
         :class:`OpCounts` for the chunk.
     """
@@ -152,7 +155,10 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
     carry_in = carry is not None and carry.ever is not None
 
     k = gates.sum(axis=2, dtype=np.int64)                        # (n, T) open rows
-    rows = np.full_like(k, h) if event else k
+    valid = (np.ones((n, t), np.int64) if lengths is None
+             else (np.arange(t)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64))
+    steps = valid.sum(axis=1)                                     # (n,) steps without padding
+    rows = valid * h if event else k
     x = (np.full((n, t), f, np.int64) if input_nnz is None
          else np.asarray(input_nnz, dtype=np.int64))
     in_ops = m * (rows * x).sum(axis=1)                          # (n,) per sample
@@ -184,18 +190,19 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
         carry.open_last = k[:, -1].copy()
         carry.spikes_last = s[:, -1].copy() if s is not None else np.zeros(n, np.int64)
 
-    n_spike = int(spike_in.sum())
-    dense_in_per = t * m * h * f
-    dense_rec = n * t * m * h * h if recurrent else 0
+    all_steps = int(steps.sum())
+    spike_steps = int(steps[spike_in].sum())
+    dense_in_per_step = m * h * f
+    dense_rec = all_steps * m * h * h if recurrent else 0
     upd = int(k.sum())
     return OpCounts(
-        dense_macs=(n - n_spike) * dense_in_per + (0 if cell == "lif" else dense_rec),
-        dense_acs=n_spike * dense_in_per + (dense_rec if cell == "lif" else 0),
+        dense_macs=(all_steps - spike_steps) * dense_in_per_step + (0 if cell == "lif" else dense_rec),
+        dense_acs=spike_steps * dense_in_per_step + (dense_rec if cell == "lif" else 0),
         effective_macs=int(in_ops[~spike_in].sum()) + rec_mac,
         effective_acs=int(in_ops[spike_in].sum()) + rec_ac,
         neuron_updates=upd,
-        dense_neuron_updates=n * t * h,
+        dense_neuron_updates=all_steps * h,
         elementwise=3 * upd if cell == "gru" else 0,
-        dense_elementwise=3 * n * t * h if cell == "gru" else 0,
+        dense_elementwise=3 * all_steps * h if cell == "gru" else 0,
         samples=n,
     )

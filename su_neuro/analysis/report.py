@@ -215,16 +215,22 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
     notes: dict[str, set[str]] = {n: set() for n in layers}
     carries = {n: LayerCarry() for n in layers} if stream else None
     total = 0
+    steps = 0  # valid sample-steps (padded steps of variable-length samples excluded)
     for item in chunks:
         t0, ch = item if stream else (None, item)
         rows = next(iter(ch.gates.values())).shape[0]
         total = rows if stream else total + rows
+        lengths = None if stream else getattr(ch, "lengths", None)
+        if stream:
+            steps = rows * num_steps
+        else:
+            steps += rows * num_steps if lengths is None else int(np.minimum(lengths, num_steps).sum())
         # states of the layers below as they were entering this piece
         ever_in = {n: c.ever for n, c in carries.items()} if stream else {}
         for i, (name, m) in enumerate(layers.items()):
             g = ch.gates[name]
             s = ch.spikes.get(name)
-            accs[name].update(g, s, t0=t0)
+            accs[name].update(g, s, lengths, t0=t0)
             src = _input_source(name, i, layers)
             nnz = binary = None
             if src is None:
@@ -248,7 +254,7 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
             else:
                 nnz = ever_updated(ch.gates[src], before=False, initial=ever_in.get(src))
             ops[name] = ops[name] + count_layer_ops(m, g, input_nnz=nnz, spikes=s, input_binary=binary,
-                                                    carry=carries[name] if stream else None)
+                                                    carry=carries[name] if stream else None, lengths=lengths)
     layer_reports = {}
     for name, m in layers.items():
         ops[name].samples = total
@@ -261,9 +267,9 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
     tot = OpCounts(samples=total)
     for o in ops.values():
         tot = tot + o
-    cells = sum(total * num_steps * int(m["hidden_size"]) for m in layers.values())
+    cells = sum(steps * int(m["hidden_size"]) for m in layers.values())
     upd = sum(lr.ops.neuron_updates for lr in layer_reports.values())
-    zeros = sum(lr.activity.activation_sparsity * total * num_steps * lr.activity.hidden_size
+    zeros = sum(lr.activity.activation_sparsity * steps * lr.activity.hidden_size
                  for lr in layer_reports.values())
     return Report(
         source=source, num_samples=total, num_steps=num_steps, layers=layer_reports, ops=tot,

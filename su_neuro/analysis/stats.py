@@ -118,6 +118,7 @@ class ActivityAccumulator:
         t, h = num_steps, hidden_size
         self.t, self.h, self.lif = t, h, lif
         self.n = 0
+        self.valid_step = np.zeros(t, np.int64)  # samples whose sequence reaches step t
         self.gate_neuron = np.zeros(h, np.int64)
         self.gate_step = np.zeros(t, np.int64)
         self.int_sum = np.zeros(h, np.int64)
@@ -132,8 +133,10 @@ class ActivityAccumulator:
             self.spike_neuron = np.zeros(h, np.int64)
             self.spike_step = np.zeros(t, np.int64)
 
-    def update(self, gates: np.ndarray, spikes: np.ndarray | None = None, *, t0: int | None = None) -> None:
-        """Add a chunk: ``gates`` (and for LIF ``spikes``) bool ``(n, T, H)``.
+    def update(self, gates: np.ndarray, spikes: np.ndarray | None = None,
+               lengths: np.ndarray | None = None, *, t0: int | None = None) -> None:
+        """Add a chunk: ``gates`` (and for LIF ``spikes``) bool ``(n, T, H)``; ``lengths``
+        (n,) valid steps of padded samples (rates count only those steps; None: all T).
 
         ``t0=None``: the chunk holds n further samples of T steps each. ``t0`` an int: the
         chunk holds steps ``t0 .. t0 + t - 1`` of the same n stream rows as the other chunks
@@ -153,6 +156,11 @@ class ActivityAccumulator:
                 self.n = n
                 self.last = np.full((n, h), -1, np.int64)
             nrn, gap = _stream_intervals(gates, a, self.last)
+        if lengths is None:
+            self.valid_step[a:a + t] += n
+        else:
+            lengths = np.asarray(lengths, np.int64)
+            self.valid_step[a:a + t] += (np.arange(a, a + t)[None, :] < lengths[:, None]).sum(axis=0)
         self.gate_neuron += gates.sum(axis=(0, 1), dtype=np.int64)
         per_t = gates.sum(axis=0, dtype=np.int64)  # (t, H)
         self.gate_step[a:a + t] += per_t.sum(axis=1)
@@ -171,7 +179,8 @@ class ActivityAccumulator:
 
     def result(self) -> LayerActivity:
         n, t, h = self.n, self.t, self.h
-        total = max(n * t * h, 1)
+        steps = int(self.valid_step.sum())  # valid sample-steps (n * t without padding)
+        total = max(steps * h, 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_int = np.where(self.int_cnt > 0, self.int_sum / np.maximum(self.int_cnt, 1),
                                 np.nan)
@@ -179,15 +188,21 @@ class ActivityAccumulator:
         act = LayerActivity(
             num_samples=n, num_steps=t, hidden_size=h,
             update_rate=float(self.gate_neuron.sum() / total),
-            neuron_update_rate=self.gate_neuron / max(n * t, 1),
-            step_update_rate=self.gate_step / max(n * h, 1),
-            time_neuron_rate=self.tb / np.maximum(self.bin_len[:, None] * n, 1),
+            neuron_update_rate=self.gate_neuron / max(steps, 1),
+            step_update_rate=self.gate_step / np.maximum(self.valid_step * h, 1),
+            time_neuron_rate=self.tb / np.maximum(self._bin_valid()[:, None], 1),
             mean_interval=mean_int,
             interval_hist=self.hist.copy(),
             activation_sparsity=float(1.0 - events / total),
         )
         if self.lif:
             act.firing_rate = float(self.spike_neuron.sum() / total)
-            act.neuron_firing_rate = self.spike_neuron / max(n * t, 1)
-            act.step_firing_rate = self.spike_step / max(n * h, 1)
+            act.neuron_firing_rate = self.spike_neuron / max(steps, 1)
+            act.step_firing_rate = self.spike_step / np.maximum(self.valid_step * h, 1)
         return act
+
+    def _bin_valid(self) -> np.ndarray:
+        """Valid sample-steps in each time bin."""
+        if not self.t:
+            return np.zeros(len(self.bin_starts), np.int64)
+        return np.add.reduceat(self.valid_step, self.bin_starts)

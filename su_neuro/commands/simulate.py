@@ -9,6 +9,7 @@ throughput, and with ``--trace`` writes every step's gates / spikes to an HDF5 t
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 HELP = "run a population over a long input and record what it did"
@@ -33,8 +34,10 @@ def add_arguments(parser) -> None:
     inp.add_argument("--poisson-rate", type=float, default=0.05, help="per-step firing probability (default 0.05)")
     inp.add_argument("--batch", type=int, default=1, help="independent Poisson streams run side by side (default 1)")
     run_ = parser.add_argument_group("run")
-    run_.add_argument("--backend", default="auto", help="auto, torch, numba or triton (default auto)")
+    run_.add_argument("--backend", default="auto", help="auto, torch, numba, triton or nn (default auto)")
     run_.add_argument("--chunk", type=int, default=1000, help="steps per chunk (default 1000)")
+    run_.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=True,
+                      help="flush denormal floats to zero on the CPU (default on)")
     run_.add_argument("--seed", type=int, default=0, help="seed of the weights and the Poisson input (default 0)")
     run_.add_argument("--trace", default=None, metavar="FILE.h5",
                       help="write gates, spikes and input counts to this HDF5 file (refused if it exists)")
@@ -153,9 +156,10 @@ def run(args) -> int:
     try:
         if recorder is not None:
             with recorder:
-                result = simulate(layer, source, chunk=args.chunk, callback=recorder.append_chunk, progress=progress)
+                result = simulate(layer, source, chunk=args.chunk, callback=recorder.append_chunk, progress=progress,
+                                  flush_denormal=args.flush_denormal)
         else:
-            result = simulate(layer, source, chunk=args.chunk, progress=progress)
+            result = simulate(layer, source, chunk=args.chunk, progress=progress, flush_denormal=args.flush_denormal)
     finally:
         progress.notice.__exit__(None, None, None)
         bar.close()

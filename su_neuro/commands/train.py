@@ -37,6 +37,8 @@ _FLAGS = {
     "grad_clip": (float, "NORM", "clip the gradient norm to NORM (default off)"),
     "rate_target": (float, "R", "update rate the regulariser aims for"),
     "rate_weight": (float, "W", "weight of the update-rate regulariser (default 0)"),
+    "embed_dim": (int, "E", "token tasks (listops): embedding width in front of the stack (default 32)"),
+    "bucket_pool": (int, "N", "length bucketing: sort pools of N batches by length (default 0: off)"),
     "seed": (int, "S", "random seed of initialisation and data order (default 0)"),
     "device": (str, "DEV", "auto, cpu or cuda (default auto)"),
     "checkpoint_every": (int, "N", "checkpoint every N steps, 0: only at the end (default 100)"),
@@ -63,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help=f"one entry of {key} (repeatable; VALUE is read as JSON, else as a string)")
     cfg.add_argument("--deterministic", dest="deterministic", action=argparse.BooleanOptionalAction,
                      default=argparse.SUPPRESS, help="deterministic algorithms (default on)")
+    cfg.add_argument("--flush-denormal", dest="flush_denormal", action=argparse.BooleanOptionalAction,
+                     default=argparse.SUPPRESS, help="flush denormal floats to zero on the CPU (default on)")
     cfg.add_argument("--trace", dest="trace", action="store_true", default=argparse.SUPPRESS,
                      help="write trace.h5 of test samples at the end")
 

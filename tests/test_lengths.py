@@ -1,0 +1,181 @@
+"""Padded batches with lengths: the same outputs, final states, records and every parameter's
+gradient as each sequence run alone, on every backend (Triton under its interpreter on a CPU).
+
+TRITON_INTERPRET is set before anything imports the Triton kernels (as in test_triton_backend).
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from su_neuro import SUGRU, SULIF, SURNN  # noqa: E402
+from su_neuro.models import Seq2Seq, SequenceClassifier  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKENDS = ["torch", "numba", pytest.param("triton", marks=pytest.mark.triton)]
+PAD_VALUE = 7.5  # garbage in the padded steps: it must not reach anything
+
+
+def assert_close(name, ref, out, tol):
+    assert out is not None and ref is not None, f"{name}: missing"
+    ref, out = ref.detach().double().cpu(), out.detach().double().cpu()
+    assert ref.shape == out.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    err = (ref - out).abs().max().item() if ref.numel() else 0.0
+    scale = max(1.0, ref.abs().max().item())
+    assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol:g} * {scale:.3g}"
+
+
+def _backend_ready(backend):
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            pytest.skip("triton not installed")
+        from su_neuro.kernels.triton import recurrence
+
+        if DEVICE == "cpu" and type(recurrence._fwd_kernel).__name__ != "InterpretedFunction":
+            pytest.skip("su_neuro.kernels.triton was imported before TRITON_INTERPRET=1 was set")
+
+
+def _padded(xs, lengths, T):
+    x = torch.full((len(xs), T, xs[0].shape[-1]), PAD_VALUE)
+    for b, seq in enumerate(xs):
+        x[b, : len(seq)] = seq
+    return x
+
+
+def _gate(kind, H):
+    if kind == "rhythmic":
+        return {"kind": "rhythmic", "init_rate": 0.35}
+    if kind == "event":
+        return {"kind": "event", "surrogate": "triangle"}
+    return "dense"
+
+
+CASES = [
+    ("gru", "rhythmic", "last"),
+    ("gru", "dense", "mean"),
+    ("rnn", "event", "last"),
+    ("rnn", "rhythmic", "mean"),
+    ("lif", "rhythmic", "spike_count"),
+    ("lif", "dense", "mean"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell,gate,readout", CASES)
+def test_padded_batch_equals_each_sequence_alone(backend, cell, gate, readout):
+    _backend_ready(backend)
+    torch.manual_seed(1)
+    F, H, T = 3, 9, 13
+    lengths = [13, 4, 9, 1, 13, 4]
+    kw = {"beta": 0.8, "recurrent": True, "threshold": 0.3} if cell == "lif" else {}
+    model = SequenceClassifier(
+        cell, F, H, 5, readout=readout, num_layers=2, gate=_gate(gate, H), backend=backend, **kw
+    ).to(DEVICE)
+    xs = [torch.randn(n, F) for n in lengths]
+    x = _padded(xs, lengths, T).to(DEVICE)
+    lens = torch.tensor(lengths)
+    w = torch.randn(len(lengths), 5).to(DEVICE)  # a random gradient on each logit
+
+    out, recs = model(x, lengths=lens, record=True)
+    (out * w).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    for b, seq in enumerate(xs):
+        o, r = model(seq.unsqueeze(0).to(DEVICE), record=True)
+        (o * w[b]).sum().backward()
+        assert_close(f"logits[{b}]", o[0], out[b], 2e-5)
+        for name, rec in r.items():
+            n = lengths[b]
+            assert_close(f"{name}.gate[{b}]", rec.gate[0], recs[name].gate[b, :n], 1e-6)
+            assert_close(f"{name}.delta[{b}]", rec.delta[0], recs[name].delta[b, :n], 2e-5)
+            assert float(recs[name].gate[b, n:].detach().abs().sum()) == 0.0
+            assert float(recs[name].delta[b, n:].detach().abs().sum()) == 0.0
+            assert torch.equal(recs[name].lengths.cpu(), lens)
+    named = dict(model.named_parameters())
+    assert set(grads) == {n for n, p in named.items() if p.grad is not None}
+    for name, p in named.items():
+        assert p.grad is not None, f"{name}: no gradient alone"
+        assert_close(f"grad {name}", p.grad, grads[name], 5e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", [SUGRU, SURNN, SULIF])
+def test_layer_final_state_and_state_gradient(backend, cls):
+    """The returned state is each row's state after its own last step; gradients reach h0."""
+    _backend_ready(backend)
+    torch.manual_seed(2)
+    F, H, T = 4, 7, 12
+    lengths = [5, 11, 2]  # no sequence reaches the last padded step
+    layer = cls(F, H, num_layers=2, gate={"kind": "rhythmic", "init_rate": 0.4}, backend=backend).to(DEVICE)
+    xs = [torch.randn(n, F) for n in lengths]
+    x = _padded(xs, lengths, T).to(DEVICE)
+    h0 = torch.randn(2, 3, H, device=DEVICE, requires_grad=True)
+    state = h0 if cls is not SULIF else None
+    out, st = layer(x, state, lengths=torch.tensor(lengths))
+    gh = torch.randn_like(st.h)
+    go = torch.randn_like(out)
+    loss = (st.h * gh).sum() + (out * go).sum()
+    loss.backward()
+    assert st.t == T
+    for b, seq in enumerate(xs):
+        n = lengths[b]
+        s0 = h0[:, b:b + 1].detach().clone().requires_grad_(True) if cls is not SULIF else None
+        o, sb = layer(seq.unsqueeze(0).to(DEVICE), s0)
+        assert_close(f"out[{b}]", o[0], out[b, :n], 2e-5)
+        assert float(out[b, n:].abs().sum()) == 0.0
+        assert_close(f"h[{b}]", sb.h[:, 0], st.h[:, b], 2e-5)
+        if cls is SULIF:
+            assert_close(f"s[{b}]", sb.s[:, 0], st.s[:, b], 0)
+        else:
+            ((sb.h * gh[:, b:b + 1]).sum() + (o * go[b:b + 1, :n]).sum()).backward()
+            assert_close(f"dh0[{b}]", s0.grad[:, 0], h0.grad[:, b], 5e-5)
+
+
+def test_full_lengths_change_nothing():
+    torch.manual_seed(3)
+    model = SequenceClassifier("gru", 2, 6, 3, gate={"kind": "rhythmic", "init_rate": 0.3}, backend="torch")
+    x = torch.randn(4, 10, 2)
+    assert torch.equal(model(x), model(x, lengths=torch.full((4,), 10)))
+    _, recs = model(x, record=True)
+    assert recs["layers.0"].lengths is None
+
+
+def test_seq2seq_and_tokens_with_lengths():
+    torch.manual_seed(4)
+    model = Seq2Seq("gru", 5, 8, 4, vocab_size=12, padding_idx=0, backend="numba")
+    seqs = [torch.randint(1, 12, (n,)) for n in (6, 3)]
+    x = torch.zeros(2, 6, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        x[b, : len(s)] = s
+    out = model(x, lengths=torch.tensor([6, 3]))
+    alone = model(seqs[1].unsqueeze(0))
+    assert_close("seq2seq tokens", alone[0], out[1, :3], 2e-5)
+
+
+def test_bad_lengths_are_refused():
+    layer = SUGRU(2, 4, backend="torch")
+    x = torch.randn(3, 5, 2)
+    with pytest.raises(ValueError, match=r"shape \(B,\) = \(3,\)"):
+        layer(x, lengths=torch.tensor([5, 5]))
+    with pytest.raises(ValueError, match=r"\[1, T\] = \[1, 5\]"):
+        layer(x, lengths=torch.tensor([5, 6, 1]))
+    with pytest.raises(ValueError, match=r"\[1, T\]"):
+        layer(x, lengths=torch.tensor([5, 0, 1]))
+    with pytest.raises(TypeError, match="integers"):
+        layer(x, lengths=torch.tensor([5.0, 2.0, 1.0]))
+    model = SequenceClassifier("gru", 4, 4, 2, vocab_size=10, backend="torch")
+    with pytest.raises(ValueError, match="vocab_size = 10"):
+        model(torch.tensor([[1, 10]]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        model(torch.randn(1, 3))
+    with pytest.raises(ValueError, match=r"\(batch, time\)"):
+        model(torch.randint(0, 9, (1, 3, 4)))
+    with pytest.raises(ValueError, match="padding_idx"):
+        SequenceClassifier("gru", 4, 4, 2, vocab_size=10, padding_idx=10)
+    with pytest.raises(ValueError, match="need vocab_size"):
+        SequenceClassifier("gru", 4, 4, 2, embed_dim=8)

@@ -1,0 +1,49 @@
+"""tools/repro_listops.py --quick: both models train, the report holds every figure it promises."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+
+def test_repro_listops_quick(tmp_path, load_tool):
+    tool = load_tool("repro_listops")
+    result = tool.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
+    on_disk = json.loads((tmp_path / "listops_quick.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert (tmp_path / "listops_quick.md").read_text().count("|") > 20
+    assert [r["model"] for r in result["runs"]] == ["gru-rhythmic", "gru-dense"]
+    assert result["references"] == {"lra_transformer": 0.3637, "paper_sugru": 0.4493}
+    assert result["sizes"] == {"train": 256, "valid": 32, "test": 64}
+    assert 10 < result["train_lengths"]["min"] <= result["train_lengths"]["max"] < 500
+    # the majority baseline is the most frequent test label's share, recomputed here
+    from su_neuro.datasets import get_task
+
+    task = get_task("listops_short", n_train=256, n_valid=32, n_test=64)
+    labels = np.array([task.test[i][1] for i in range(64)])
+    assert result["majority"]["test_acc"] == pytest.approx(np.bincount(labels).max() / 64)
+    for run in result["runs"]:
+        assert run["steps"] == 8 and run["epochs"] == 1
+        assert 0.0 <= run["test_acc"] <= 1.0 and math.isfinite(run["test_loss"])
+        assert run["trace_samples"] == 32
+        assert 0 < run["effective_macs_per_sample"] <= run["dense_macs_per_sample"]
+        if run["gate"] == "dense":
+            assert run["update_rate"] == 1.0
+        else:
+            assert 0.1 < run["update_rate"] < 0.4  # init_rate 0.25 after 8 steps
+            assert run["ops_ratio"] < 0.5
+
+
+def test_majority_baseline(load_tool):
+    tool = load_tool("repro_listops")
+    assert tool.majority_baseline([3, 3, 1, 9, 3]) == (3, 0.6)
+
+
+def test_thread_counts_are_restored(tmp_path, load_tool):
+    import numba
+    import torch
+
+    before = (torch.get_num_threads(), numba.get_num_threads())
+    load_tool("repro_listops").main(["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-rhythmic"])
+    assert (torch.get_num_threads(), numba.get_num_threads()) == before
