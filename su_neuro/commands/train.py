@@ -20,7 +20,7 @@ _FLAGS = {
     "gate": (str, "GATE", "rhythmic, event or dense (default rhythmic)"),
     "init_rate": (float, "R", "rhythmic gate: initial update rate in [0, 1]"),
     "period": (float, "P", "rhythmic gate: base period in steps (default 1/init_rate)"),
-    "backend": (str, "NAME", "auto, torch, numba or triton (default auto)"),
+    "backend": (str, "NAME", "auto, torch, numba, triton or nn (default auto)"),
     "hidden_size": (int, "H", "neurons per layer (default 64)"),
     "num_layers": (int, "L", "stacked layers (default 1)"),
     "readout": (str, "KIND", "classify/regress tasks: last, mean or spike_count (default last)"),
