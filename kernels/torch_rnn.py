@@ -69,8 +69,7 @@ def stack(cell, x, h0, weights, *, dropout: float, training: bool, needs_grad: b
     :class:`StepRecord` (gate all ones, delta h_t - h_{t-1}) when ``record``, else None.
     """
     op = _OPS[cell]
-    has_b = weights[0][2] is not None
-    flat = [w for layer in weights for w in (layer if has_b else layer[:2])]
+    flat, has_b = _flat(weights)
     L = len(weights)
     train = bool(training or needs_grad)
     p = float(dropout) if training else 0.0
@@ -95,8 +94,7 @@ def flatten_for_cudnn(cell: str, weights, input_size: int, hidden: int) -> None:
     Called by the layers after a move (``_apply``: ``.cuda()``, ``.to()``), never inside a
     forward; a no-op off CUDA, for aliased or mixed-dtype parameters, or without cuDNN.
     ``weights``: per sub-layer ``(weight_ih, weight_hh, bias_ih, bias_hh)``."""
-    has_b = weights[0][2] is not None
-    flat = [w for layer in weights for w in (layer if has_b else layer[:2])]
+    flat, has_b = _flat(weights)
     if not all(isinstance(w, torch.Tensor) and w.is_cuda for w in flat):
         return
     if len({w.data_ptr() for w in flat}) != len(flat) or len({w.dtype for w in flat}) != 1:
@@ -109,6 +107,13 @@ def flatten_for_cudnn(cell: str, weights, input_size: int, hidden: int) -> None:
     with torch.no_grad(), torch.cuda.device_of(flat[0]):
         torch._cudnn_rnn_flatten_weight(flat, 4 if has_b else 2, input_size, mode, hidden, 0, len(weights),
                                         True, False)
+
+
+def _flat(weights):
+    """The parameters in torch.nn's flat order (``w_ih, w_hh, b_ih, b_hh`` per sub-layer;
+    without biases the first two) and whether biases are there."""
+    has_b = weights[0][2] is not None
+    return [w for layer in weights for w in (layer if has_b else layer[:2])], has_b
 
 
 def _call(op, x, h0, flat, has_b, layers, dropout, training):

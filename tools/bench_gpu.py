@@ -26,8 +26,12 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_triton import rhythm  # noqa: E402  (the benchmarks' shared rhythmic gate)
 
 TARGET_B, TARGET_H, TARGET_T, TARGET_F = 64, 1024, 1024, 32
 # sizes: (B, H, T) of the GRU/RNN targets, of the B = 1 row, of the LIF row, and the H of the
@@ -88,17 +92,6 @@ def barrier_cost(T: int = 4096) -> dict:
 
 
 # ----------------------------------------------------------------------- recurrence calls
-def _rhythm(T, H, rate, device, seed=0):
-    """(T, H) batch-uniform rhythm: each neuron open `rate` of a period, random phases."""
-    g = torch.Generator().manual_seed(seed)
-    if rate >= 1.0:
-        return torch.ones(T, H, device=device)
-    period = max(1, round(1.0 / rate))
-    phase = torch.randint(0, period, (H,), generator=g).to(device)
-    t = torch.arange(T, device=device)[:, None]
-    return (((t + phase[None]) % period) < max(1, round(rate * period))).float()
-
-
 def _call(cell, B, H, T, rate, *, train, seed=0, impl=None):
     """A recurrence call of the Triton backend (or ``impl``) on random data (frozen rhythmic gate)."""
     from su_neuro.gates import GateInput
@@ -112,7 +105,7 @@ def _call(cell, B, H, T, rate, *, train, seed=0, impl=None):
     h0 = torch.zeros(B, H, device=DEV, requires_grad=train)
     w = (torch.randn(G, H, generator=g) / math.sqrt(H)).to(DEV).requires_grad_(train)
     b = (torch.randn(G, generator=g) * 0.1).to(DEV).requires_grad_(train)
-    gate = GateInput("rhythmic", _rhythm(T, H, rate, DEV, seed))
+    gate = GateInput("rhythmic", rhythm(T, H, rate, DEV, torch.Generator().manual_seed(seed)))
 
     def fwd():
         with torch.no_grad():
@@ -211,15 +204,12 @@ def sweep_lif(B, H, T, configs, copy_gbs):
 _REF_CACHE: dict = {}
 
 
-def _api_pair(cls, torch_cls, B, H, T, F, gate, *, backend, frozen=False):
-    """(su fwd ms, su fwd+bwd ms, torch fwd ms, torch fwd+bwd ms, update rate) on one input;
-    the torch module's times are measured once per (module, B, H, T)."""
+def _module_pair(cls, torch_cls, B, H, T, F, gate, backend):
+    """A torch module and the su_neuro layer built from it (``from_torch``), one input, and
+    the two calls timed on either: forward without autograd, forward + backward."""
     torch.manual_seed(0)
     ref = torch_cls(F, H, batch_first=True).to(DEV)
     su = cls.from_torch(ref, gate=gate, backend=backend)
-    if frozen:
-        for p in su.gates.parameters():
-            p.requires_grad_(False)
     x = torch.randn(B, T, F, device=DEV, requires_grad=True)
 
     def f(m):
@@ -227,9 +217,18 @@ def _api_pair(cls, torch_cls, B, H, T, F, gate, *, backend, frozen=False):
             m(x)
 
     def fb(m):
-        y = m(x)[0]
-        y.sum().backward()
+        m(x)[0].sum().backward()
 
+    return ref, su, x, f, fb
+
+
+def _api_pair(cls, torch_cls, B, H, T, F, gate, *, backend, frozen=False):
+    """(su fwd ms, su fwd+bwd ms, torch fwd ms, torch fwd+bwd ms, update rate) on one input;
+    the torch module's times are measured once per (module, B, H, T)."""
+    ref, su, x, f, fb = _module_pair(cls, torch_cls, B, H, T, F, gate, backend)
+    if frozen:
+        for p in su.gates.parameters():
+            p.requires_grad_(False)
     with torch.no_grad():
         _, _, recs = su(x, record=True)
     rate = float(sum(r.gate.float().mean().item() for r in recs) / len(recs))
@@ -461,18 +460,7 @@ def auto_table(*, tiny: bool, save) -> list[dict]:
 def dense_ab(cls, torch_cls, B, H, T, F):
     """A dense stack through backend auto (cuDNN via "nn") against the torch module, timed in
     AB_ROUNDS alternated rounds (medians), and their agreement (outputs and weight gradients)."""
-    torch.manual_seed(0)
-    ref = torch_cls(F, H, batch_first=True).to(DEV)
-    su = cls.from_torch(ref, gate="dense", backend="auto")
-    x = torch.randn(B, T, F, device=DEV, requires_grad=True)
-
-    def f(m):
-        with torch.no_grad():
-            m(x)
-
-    def fb(m):
-        m(x)[0].sum().backward()
-
+    ref, su, x, f, fb = _module_pair(cls, torch_cls, B, H, T, F, "dense", "auto")
     y_ref = ref(x)[0]
     y = su(x)[0]
     g = torch.randn_like(y)

@@ -52,12 +52,12 @@ class _AtanSpike:
         return _Spike.apply(x)
 
 
-def rhythm(T: int, H: int, rate: float, device) -> torch.Tensor:
+def rhythm(T: int, H: int, rate: float, device, generator=None) -> torch.Tensor:
     """(T, H) batch-uniform gate: each neuron open for a fraction `rate` of a period."""
     if rate >= 1.0:
         return torch.ones(T, H, device=device)
     period = max(1, round(1.0 / rate))
-    phase = torch.randint(0, period, (H,), device=device)
+    phase = torch.randint(0, period, (H,), generator=generator).to(device)
     t = torch.arange(T, device=device)[:, None]
     return (((t + phase[None]) % period) < max(1, round(rate * period))).float()
 
