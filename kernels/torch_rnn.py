@@ -51,9 +51,9 @@ def auto_pays(cell: str, batch: int, hidden: int, *, device=None, **_) -> bool:
     than the Triton kernels for dense stacks (docs/triton.md). On a CPU ``auto`` asks the
     Numba backend first (``tools/bench_dense_cpu.py``, docs/benchmarks.md: the dense Numba
     kernels were faster in every alternated row), so ``nn`` runs what Numba does not take
-    (float64, 16-bit, sizes past Numba's rule, Numba not installed): there it beats the
-    reference's per-step loop (float64, B = 32, H = 128, T = 200, forward+backward: 470
-    against 1,890 ms on the shared 2-core host).
+    (float64, 16-bit, sizes past Numba's rule, Numba not installed) instead of the
+    reference's per-step Python loop: one native call for the whole stack. That it is the
+    faster of the two there is expected, not yet a row of a tools/ benchmark.
     """
     return True
 

@@ -427,7 +427,6 @@ class _TorchCompatible(SULayer):
         ref = next(module.parameters())
         return layer.to(device=ref.device, dtype=ref.dtype)
 
-
     def _apply(self, fn, recurse=True):
         # as torch.nn.RNN does after a move: parameters on CUDA become views into one buffer
         # that cuDNN reads in place (backend "nn"); a no-op elsewhere

@@ -698,7 +698,7 @@ def evaluate(model: nn.Module, dataset, kind: str, batch_size: int, device, *, p
             items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
             x, y, lengths = _collate(items, pad_id)
             x, y = x.to(device), y.to(device)
-            out, records = _forward(model, x, lengths)
+            out, records = model(x, record=True, lengths=lengths)
             loss, n, c = _batch_stats(out, y, kind)
             loss_sum += float(loss)
             count += n
@@ -1050,14 +1050,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     return result
 
 
-def _forward(net, x, lengths):
-    if lengths is None:
-        return net(x, record=True)
-    return net(x, record=True, lengths=lengths)
-
-
 def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths=None) -> dict:
-    out, records = _forward(net, x, lengths)
+    out, records = net(x, record=True, lengths=lengths)
     loss_sum, count, correct = _batch_stats(out, y, kind)
     gates = _gate_tensors(records)
     # padded steps are not part of any sequence: means over the valid steps only
@@ -1177,7 +1171,7 @@ def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=No
                 else:
                     x, y, lengths = _collate(batch, pad_id)
                 x = x.to(device)
-                _, records = _forward(model, x, lengths)
+                _, records = model(x, record=True, lengths=lengths)
                 # the inputs the stack sees (token models: the embedding; zero on padded steps)
                 inputs = model.embed(x) if getattr(model, "embed", None) is not None else x
                 if lengths is not None:
