@@ -22,40 +22,11 @@ with exactly this signature and must match it, forward and every gradient.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
+from .contract import CELLS, GATE_ROWS, LIFParams, StepRecord, make_record
+
 __all__ = ["CELLS", "GATE_ROWS", "LIFParams", "StepRecord", "candidate", "recurrence"]
-
-CELLS = ("rnn", "gru", "lif")
-GATE_ROWS = {"rnn": 1, "gru": 3, "lif": 1}  # G = GATE_ROWS[cell] * H
-
-
-class LIFParams(NamedTuple):
-    """LIF constants. beta: (H,) decay, clamped to [0, 1]; threshold: float;
-    reset: "subtract" | "zero"; spike: the spike's Surrogate."""
-
-    beta: torch.Tensor
-    threshold: float
-    reset: str
-    spike: object
-
-
-class StepRecord(NamedTuple):
-    """What a sub-layer did at each step, batch first.
-
-    gate:  (B, T, H) 1.0 where the neuron updated (carries the surrogate gradient).
-    delta: (B, T, H) h_t - h_{t-1} (zero where the gate was closed).
-    spike: (B, T, H) LIF spikes, else None.
-    lengths: (B,) long valid steps per sequence of a padded batch (every entry at and after
-        step ``lengths[b]`` is zero and not part of the run), else None (all T steps valid).
-    """
-
-    gate: torch.Tensor
-    delta: torch.Tensor
-    spike: torch.Tensor | None = None
-    lengths: torch.Tensor | None = None
 
 
 def candidate(cell, p, h, s, w_hh, b_hh, lif: LIFParams | None):
@@ -120,7 +91,7 @@ def recurrence(
     kind = gate.kind
     rows = gate.values.unbind(0) if kind == "rhythmic" else None
     h, s = h0, s0
-    outs, gates, deltas, spikes = [], [], [], []
+    outs, states, opened, spikes = [], [], [], []
     for t, p in enumerate(xp.unbind(1)):
         f = candidate(cell, p, h, s, w_hh, b_hh, lif)
         if kind == "dense":
@@ -135,8 +106,9 @@ def recurrence(
             if g is not None:
                 s = g * s
         if record:
-            gates.append(torch.ones_like(h) if g is None else g.expand_as(h))
-            deltas.append(h_new - h)
+            states.append(h_new)
+            if kind == "event":
+                opened.append(g)
             if cell == "lif":
                 spikes.append(s)
         h = h_new
@@ -144,9 +116,6 @@ def recurrence(
     out = torch.stack(outs, dim=1)
     rec = None
     if record:
-        rec = StepRecord(
-            torch.stack(gates, 1),
-            torch.stack(deltas, 1),
-            torch.stack(spikes, 1) if cell == "lif" else None,
-        )
+        rec = make_record(gate, h0, torch.stack(states, 1), torch.stack(opened, 1) if opened else None,
+                          torch.stack(spikes, 1) if cell == "lif" else None)
     return out, h, s, rec

@@ -24,7 +24,7 @@ import torch
 from torch import _VF
 from torch.nn import functional as F
 
-from .reference import StepRecord
+from .contract import GateInput, make_record
 
 __all__ = ["stack", "unsupported", "auto_pays", "flatten_for_cudnn"]
 
@@ -81,8 +81,7 @@ def stack(cell, x, h0, weights, *, dropout: float, training: bool, needs_grad: b
     for k in range(L):
         out, hk = _call(op, inp, h0[k : k + 1], flat[k * n : (k + 1) * n], has_b, 1, 0.0, train)
         hs.append(hk[0])
-        delta = out - torch.cat([h0[k][:, None], out[:, :-1]], 1)
-        records.append(StepRecord(torch.ones_like(out), delta, None))
+        records.append(make_record(GateInput("dense"), h0[k], out))
         inp = F.dropout(out, p, training=True) if (p and k < L - 1) else out
     return out, torch.stack(hs), records
 

@@ -11,7 +11,7 @@ import importlib
 from .backends import BackendUnavailableError
 from .denormal import flush_denormal
 from .gates import DenseGate, EventGate, RhythmicGate, rate_penalty
-from .kernels.reference import StepRecord
+from .kernels.contract import StepRecord
 from .layers import SUGRU, SULIF, SURNN, SUState, update_rate
 from .models import Seq2Seq, SequenceClassifier
 from .surrogate import get_surrogate

@@ -18,7 +18,9 @@ import importlib
 import importlib.util
 import os
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "available", "check_backend", "get_impl", "resolve"]
+from .kernels.contract import BackendImpl
+
+__all__ = ["BACKENDS", "BackendImpl", "BackendUnavailableError", "available", "check_backend", "get_impl", "resolve"]
 
 # name -> (module implementing ``recurrence``, package it needs or None)
 _REGISTRY = {
@@ -74,11 +76,10 @@ def available(name: str, device) -> bool:
     return _package_missing(name) is None and _device_problem(name, device) is None
 
 
-def _supports(name: str, cell: str, gate_kind, dtype) -> str | None:
-    """Why backend ``name`` cannot run the cell with every gate kind given (one kind, or a
+def _supports(impl: BackendImpl, cell: str, gate_kind, dtype) -> str | None:
+    """Why backend ``impl`` cannot run the cell with every gate kind given (one kind, or a
     stack's kinds), or None."""
-    impl = get_impl(name)
-    check = getattr(impl, "unsupported", None)
+    check = impl.unsupported
     if check is None:
         return None
     for kind in (gate_kind,) if isinstance(gate_kind, str) else gate_kind:
@@ -89,8 +90,10 @@ def _supports(name: str, cell: str, gate_kind, dtype) -> str | None:
 
 
 def resolve(name: str, device, cell: str, gate_kind, dtype, *, batch: int, hidden: int,
-            rate: float | None = None, training: bool = False) -> str:
-    """The backend that runs a call: ``name`` itself, or the choice of ``"auto"``.
+            rate: float | None = None, training: bool = False) -> BackendImpl:
+    """The backend that runs a call: ``name`` itself, or the choice of ``"auto"``, as its
+    :class:`BackendImpl` (``.name`` and the hooks of the ``kernels.contract.Backend``
+    protocol, looked up once).
 
     Rule for ``"auto"`` (from the measured tables in docs/triton.md and docs/benchmarks.md):
     on CUDA tensors a dense RNN / GRU stack runs ``"nn"`` (cuDNN), everything else
@@ -109,35 +112,37 @@ def resolve(name: str, device, cell: str, gate_kind, dtype, *, batch: int, hidde
             if not available(preferred, device):
                 continue
             try:
-                if _supports(preferred, cell, gate_kind, dtype) is None and _auto_pays(
-                    preferred, cell, batch, hidden, **ctx
-                ):
-                    return preferred
+                impl = get_impl(preferred)
+                if _supports(impl, cell, gate_kind, dtype) is None and _auto_pays(impl, cell, batch, hidden, **ctx):
+                    return impl
             except (ImportError, BackendUnavailableError):
                 continue
-        return "torch"
-    problem = _package_missing(name) or _device_problem(name, device) or _supports(name, cell, gate_kind, dtype)
+        return get_impl("torch")
+    problem = _package_missing(name) or _device_problem(name, device)
     if problem:
         raise BackendUnavailableError(problem)
-    return name
+    impl = get_impl(name)
+    problem = _supports(impl, cell, gate_kind, dtype)
+    if problem:
+        raise BackendUnavailableError(problem)
+    return impl
 
 
-def _auto_pays(name: str, cell: str, batch: int, hidden: int, **ctx) -> bool:
+def _auto_pays(impl: BackendImpl, cell: str, batch: int, hidden: int, **ctx) -> bool:
     """Sizes where the fused backend was measured faster than the alternatives
     (docs/benchmarks.md, docs/triton.md): the backend's ``auto_pays(cell, batch, hidden,
     gate_kind=, rate=, training=, device=)`` rule."""
-    impl = get_impl(name)
-    rule = getattr(impl, "auto_pays", None)
+    rule = impl.auto_pays
     return True if rule is None else bool(rule(cell, batch, hidden, **ctx))
 
 
-def get_impl(name: str):
-    """The module implementing ``recurrence`` for backend ``name`` (imported on first use)."""
+def get_impl(name: str) -> BackendImpl:
+    """The hooks of backend ``name`` (its module imported on first use)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
     module = _REGISTRY[name][0]
     try:
-        return importlib.import_module(module)
+        return BackendImpl.of(name, importlib.import_module(module))
     except ModuleNotFoundError as err:
         if err.name and module.startswith(err.name):
             raise BackendUnavailableError(f"backend {name!r} is not built in this installation") from err

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from . import _buffers
-from ._rhythm import RhythmTable, build, shared_phase
-from .surrogate import Surrogate, get_surrogate
+from .kernels import buffers as _buffers
+from .kernels.contract import GateInput
+from .kernels.rhythm import RhythmTable, build, shared_phase
+from .surrogate import get_surrogate
 
 __all__ = [
     "GATES",
@@ -50,39 +50,6 @@ __all__ = [
 
 #: default width of a compact surrogate on the rhythmic gate (amplitude alpha = 1)
 RHYTHMIC_WIDTH = 0.25
-
-
-class GateInput(NamedTuple):
-    """What a time loop needs from a gate for one sequence.
-
-    kind:      "rhythmic", "event" or "dense".
-    values:    rhythmic: the gate sequence g, (T, H) floats in {0, 1} carrying the
-               surrogate gradient to the gate's parameters; event: the threshold
-               theta, (H,); dense: None.
-    surrogate: the surrogate of the event gate's step (None otherwise).
-    support:   rhythmic, when the gate's parameters need a gradient: (T, H) bool, True
-               where the loop needs the candidate f for the gradient, i.e. where g = 1 or
-               the surrogate derivative is nonzero (dL/dg_{t,i} needs f - h there). With a
-               compact surrogate this is sparse, so training work stays sparse. None when
-               no gate gradient is needed (then the candidate is needed only where g = 1).
-    rhythm:    rhythmic, only from ``plan(..., table=True)``: the gate as exact
-               per-neuron points on the shared phase (:class:`su_neuro._rhythm.RhythmTable`)
-               for a kernel that evaluates it itself; ``values`` is then None
-               (``rhythm.values()`` gives the rows the plan would).
-    """
-
-    kind: str
-    values: torch.Tensor | None = None
-    surrogate: Surrogate | None = None
-    support: torch.Tensor | None = None
-    rhythm: RhythmTable | None = None
-
-    def materialized(self) -> GateInput:
-        """This input with ``values`` filled in from ``rhythm`` where only the table was
-        given (for a time loop that reads the gate rows); else itself."""
-        if self.values is None and self.rhythm is not None:
-            return self._replace(values=self.rhythm.values(), rhythm=None)
-        return self
 
 
 class Gate(nn.Module):
@@ -236,7 +203,7 @@ class RhythmicGate(Gate):
         return GateInput("rhythmic", g, support=support)
 
     def _table(self) -> torch.Tensor | None:
-        """The points of ``su_neuro._rhythm.build`` for the current parameter values, or None;
+        """The points of ``su_neuro.kernels.rhythm.build`` for the current parameter values, or None;
         cached on a copy of those values (3·H floats, compared on each call: version counters
         miss fused optimisers, edits through ``.data`` or numpy, and do not exist under
         ``torch.inference_mode``). CPU parameters only."""

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import _buffers, backends
+from . import backends
 from .gates import Gate, make_gate
-from .kernels.reference import GATE_ROWS, LIFParams, StepRecord
+from .kernels import buffers as _buffers
+from .kernels.contract import GATE_ROWS, LIFParams, StepRecord
 from .surrogate import get_surrogate
 
 __all__ = ["SUGRU", "SULIF", "SURNN", "SULayer", "SUState", "check_lengths", "valid_mask"]
@@ -258,22 +259,19 @@ class SULayer(nn.Module):
                 if training and plan0.support is not None:
                     rows = rows | plan0.support
                 rate = float(rows.float().mean())
-        name = backends.resolve(
+        impl = backends.resolve(
             self.backend, x.device, self.cell, kinds[0] if len(kinds) == 1 else kinds, x.dtype,
             batch=B, hidden=self.hidden_size, rate=rate, training=training,
         )
-        impl = backends.get_impl(name)
-        run_stack = getattr(impl, "stack", None)
-        if run_stack is not None:  # a whole dense stack in one library call ("nn")
+        if impl.stack is not None:  # a whole dense stack in one library call ("nn")
             weights = [self._layer_weights(k) for k in range(self.num_layers)]
-            out, hT, records = run_stack(self.cell, x, state.h, weights, dropout=self.dropout,
+            out, hT, records = impl.stack(self.cell, x, state.h, weights, dropout=self.dropout,
                                          training=self.training, needs_grad=training, record=record)
             return out, SUState(hT, state.t + T, None), records or []
         # a backend may project the input inside its kernel, for the neurons that update only
-        fused = getattr(impl, "recurrence_input", None)
+        fused = impl.recurrence_input
         # a backend may evaluate a rhythmic gate itself from a table (no (T, H) plan)
-        wants_table = getattr(impl, "rhythm_table", None)
-        table = wants_table is not None and wants_table(self.cell, B, record)
+        table = impl.rhythm_table is not None and impl.rhythm_table(self.cell, B, record)
         inp = x
         hs, ss, records = [], [], []
         for k in range(self.num_layers):
@@ -288,10 +286,6 @@ class SULayer(nn.Module):
             if res is None:
                 res = impl.recurrence(self.cell, _buffers.linear(inp, w_ih, b_ih), *args)
             out, hT, sT, rec = res
-            if rec is not None and gate.kind == "rhythmic" and not rec.gate.requires_grad:
-                # fused backends record detached gates; the rhythmic gate's sequence is
-                # batch uniform, so the differentiable one is at hand
-                rec = rec._replace(gate=gate.values.unsqueeze(0).expand(B, -1, -1))
             hs.append(hT)
             if sT is not None:
                 ss.append(sT)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels.reference import StepRecord
+from .kernels.contract import StepRecord
 from .layers import SULayer, SUState
 
 __all__ = ["Chunk", "SimulationResult", "poisson_chunks", "simulate", "split_chunks", "stream"]

@@ -32,18 +32,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .kernels.contract import SURROGATE_CODES
+
 __all__ = ["SURROGATES", "Surrogate", "get_surrogate"]
 
-# Integer codes shared with the Numba and Triton kernels (kernels/_surrogate_codes.py
-# mirrors this table); internal, never part of the public API.
-_CODES = {
-    "atan": 0,
-    "fast_sigmoid": 1,
-    "sigmoid": 2,
-    "straight_through": 3,
-    "triangle": 4,
-    "rectangle": 5,
-}
+# the kernels' integer code of each formula (one table: kernels/contract.py)
+_CODES = SURROGATE_CODES
 
 _DEFAULTS: dict[str, dict[str, float]] = {
     "atan": {"alpha": 2.0},

@@ -40,7 +40,7 @@ def uses_numba(backend: str, device, cell: str, gate: str, *, batch: int, hidden
     from .backends import BackendUnavailableError, resolve
 
     try:
-        return resolve(backend, device, cell, gate, torch.float32, batch=batch, hidden=hidden) == "numba"
+        return resolve(backend, device, cell, gate, torch.float32, batch=batch, hidden=hidden).name == "numba"
     except (BackendUnavailableError, ImportError, ValueError):
         return False
 

@@ -259,7 +259,7 @@ def test_inplace_edit_of_an_output_is_caught_before_backward():
 
 # ------------------------------------------- B = 1 streaming forward split over neurons
 def test_huge_copy_is_an_aligned_reused_copy():
-    from su_neuro import _buffers
+    from su_neuro.kernels import buffers as _buffers
 
     a = np.random.default_rng(0).standard_normal((300, 37)).astype(np.float32)
     c = _buffers.huge_copy(a)
@@ -275,14 +275,14 @@ def test_huge_copy_is_an_aligned_reused_copy():
 
 
 def test_pooled_buffers_are_reused_only_when_nothing_holds_them(monkeypatch):
-    """su_neuro._buffers.pooled: a large buffer comes back once no tensor, view or array of
+    """su_neuro.kernels.buffers.pooled: a large buffer comes back once no tensor, view or array of
     it is alive, never while one is; small ones are never pooled; the pool is bounded and
     kept per thread."""
     import threading
 
     import torch
 
-    from su_neuro import _buffers
+    from su_neuro.kernels import buffers as _buffers
 
     _buffers.release()
     shape = (_buffers.LARGE // 4 // 100 + 1, 100)  # just over LARGE bytes of float32

@@ -1,4 +1,4 @@
-"""The rhythmic gate as a table of points on the shared phase (su_neuro/_rhythm.py): its
+"""The rhythmic gate as a table of points on the shared phase (kernels/rhythm.py): its
 rows equal the plan's bit for bit, wherever a stream goes; it is refused where its bound
 does not hold; the numba split kernel that evaluates it equals the kernels reading rows."""
 
@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from su_neuro import SUGRU, SURNN, SUState, _rhythm
+from su_neuro import SUGRU, SURNN, SUState
 from su_neuro.gates import GateInput, RhythmicGate
+from su_neuro.kernels import rhythm as _rhythm
 
 
 def _gate(H, rate, seed, shift=0.0, flip=0.0, zeros=0, period=None):

@@ -671,7 +671,7 @@ def test_auto_on_cuda_follows_the_measured_table():
     from su_neuro import backends
 
     cuda = torch.device("cuda")
-    pick = lambda **kw: backends.resolve("auto", cuda, "gru", kw.pop("gate", "rhythmic"), torch.float32, **kw)  # noqa: E731
+    pick = lambda **kw: backends.resolve("auto", cuda, "gru", kw.pop("gate", "rhythmic"), torch.float32, **kw).name  # noqa: E731
     assert pick(batch=64, hidden=1024, gate="dense") == "nn"  # cuDNN for a dense stack
     assert pick(batch=64, hidden=4096, rate=0.1, training=True) == "triton"  # 159.6 against 203.2 ms
     assert pick(batch=64, hidden=4096, rate=1.0, training=True) == "torch"  # 203.2 against 1072.7 ms

@@ -76,7 +76,7 @@ def resolve_backend(name: str, cell: str, gate: str, batch: int, hidden: int) ->
     """The backend a layer built with ``backend=name`` runs on this machine (raises if unavailable)."""
     backends.check_backend(name)
     kind = "dense" if gate == "dense" else "rhythmic"
-    return backends.resolve(name, torch.device("cpu"), cell, kind, torch.float32, batch=batch, hidden=hidden)
+    return backends.resolve(name, torch.device("cpu"), cell, kind, torch.float32, batch=batch, hidden=hidden).name
 
 
 def batch_of(split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

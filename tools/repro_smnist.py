@@ -191,7 +191,7 @@ def main(argv=None) -> dict:
     try:
         backends.check_backend(args.backend)
         used = backends.resolve(args.backend, torch.device("cpu"), "gru", args.gate, torch.float32,
-                                batch=args.batch, hidden=args.hidden)
+                                batch=args.batch, hidden=args.hidden).name
     except (su_neuro.BackendUnavailableError, ValueError) as err:
         raise SystemExit(f"repro_smnist: backend {args.backend!r} cannot run here: {err}") from None
     task = get_task(args.task, downsample=args.downsample)

@@ -82,8 +82,8 @@ import numba as nb
 import numpy as np
 import torch
 
-from ..._buffers import huge_copy, pooled
-from ..reference import StepRecord
+from ..buffers import huge_copy, pooled
+from ..contract import make_record
 from . import cell as _cell
 from . import lif as _lif
 from . import split as _split
@@ -109,7 +109,7 @@ SPLIT_MIN_WORK = 1024
 SPLIT_WORK_PER_NEURON = 3.75
 _SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work for the rule
 #: the B = 1 inference kernels (split and one-thread) read W_hh from a copy in huge pages
-#: (``su_neuro._buffers.huge_copy``, ``_stream_weights``)
+#: (``kernels.buffers.huge_copy``, ``_stream_weights``)
 #: on streams of at least this many steps, where the copy costs under ~5 % of the run, and
 #: for weights of at most SPLIT_HUGE_MAX_BYTES (the copy's buffer stays with the thread).
 #: A GRU's copy is packed per neuron (cell.packed_gru: the r, z, n rows of a neuron in
@@ -606,14 +606,6 @@ def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj):
     out, hT, sT, hseq, gsave = _Recurrence.apply(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, x, w_ih, b_ih)
     rec = None
     if record:
-        B, T, H = out.shape
-        if kind == "rhythmic":
-            g_rec = gvals.unsqueeze(0).expand(B, T, H)
-        elif kind == "dense":
-            g_rec = torch.ones(B, T, H, dtype=out.dtype)
-        else:
-            g_rec = gsave
         states = hseq if cell == "lif" else out.detach()
-        prev = torch.cat([h0.detach().unsqueeze(1), states[:, :-1]], 1)
-        rec = StepRecord(g_rec, states - prev, out.detach() if cell == "lif" else None)
+        rec = make_record(gate, h0.detach(), states, gsave, out.detach() if cell == "lif" else None)
     return out, hT, (sT if cell == "lif" else None), rec

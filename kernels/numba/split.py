@@ -150,7 +150,7 @@ def cpu_yield(typingctx):
 
 def rhythm_args(table=None) -> tuple:
     """The kernels' ``rh`` argument: (tabled, base (T,), points (M, H), one (1,)) of a
-    ``su_neuro._rhythm.RhythmTable``, or the placeholder (tabled False: the gate rows
+    ``su_neuro.kernels.rhythm.RhythmTable``, or the placeholder (tabled False: the gate rows
     ``gvals`` are read). ``one`` is the gate value of an open neuron, read from memory so
     that the blend stays h + 1 (f - h) as in every other kernel."""
     one = np.ones(1, np.float32)
@@ -277,7 +277,7 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, 
             loc[n] = j
             n += 1
     elif tabled:
-        # the gate from its table (``su_neuro._rhythm``): open where an odd number of the
+        # the gate from its table (``kernels/rhythm.py``): open where an odd number of the
         # neuron's points are <= the step's shared phase, the task's open list updated by
         # the points passed since the last step (comparisons of stored values only: the bits
         # of the plan under fastmath too); the block's state copied forward in a plain loop

@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..contract import make_record
 from . import grid
 from ._common import (
     CELL_CODES,
@@ -526,13 +527,9 @@ def recurrence_triton(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False
         >>> from su_neuro.gates import GateInput
         >>> out, hT, _, _ = recurrence_triton("rnn", xp, h0, None, w, b, GateInput("dense"))
     """
-    from su_neuro.kernels.reference import StepRecord
-
     gate = gate.materialized()  # a rhythm table: its rows
     _check(cell, xp, h0, s0, w_hh, b_hh, gate, lif)
     kind = gate.kind
-    B, T, G = xp.shape
-    H = h0.shape[1]
     surr = gate.surrogate if kind == "event" else None
     cfg = {
         "cell": cell,
@@ -559,18 +556,9 @@ def recurrence_triton(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False
         sT = None
     rec = None
     if record:
-        if cell == "lif":
-            vs = res[3]
-            delta = vs[:, 1:] - vs[:, :-1]
-        else:
-            delta = out - torch.cat([h0[:, None], out[:, :-1]], 1)
-        if kind == "rhythmic":
-            g = gate.values[None].expand(B, T, H)
-        elif kind == "event":
-            g = res[-1]
-        else:
-            g = torch.ones(B, T, H, device=xp.device, dtype=xp.dtype)
-        rec = StepRecord(g, delta, out if cell == "lif" else None)
+        vs = res[3] if cell == "lif" else torch.cat([h0[:, None], out], 1)  # (B, T + 1, H)
+        rec = make_record(gate, vs[:, 0], vs[:, 1:], res[-1] if kind == "event" else None,
+                          out if cell == "lif" else None)
     return out, hT, sT, rec
 
 
