@@ -249,7 +249,7 @@ class TokenClassification(Dataset):
     """Variable-length token sequences with one class each.
 
     Items: ``(tokens (T_i,) long, label int)``. ``lengths`` (N,) holds every T_i (for
-    length bucketing, :class:`su_neuro.train.BucketSampler`).
+    length bucketing, :func:`su_neuro.train.bucket_order`).
     """
 
     def __init__(self, tokens: np.ndarray, offsets: np.ndarray, labels: np.ndarray):

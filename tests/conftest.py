@@ -1,4 +1,4 @@
-"""Shared test fixtures."""
+"""Shared test fixtures and helpers (`one_line_error`, `assert_close`)."""
 
 from __future__ import annotations
 
@@ -50,3 +50,23 @@ def one_line_error(proc, command: str) -> str:
     lines = [x for x in err.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"su-neuro {command}: error: "), err
     return lines[0]
+
+
+def assert_close(name: str, ref, out, atol: float, rtol: float | None = None) -> None:
+    """Asserts that tensor ``out`` equals ``ref`` within a tolerance; both are compared as
+    float64 on the CPU, and ``name`` labels the failure.
+
+    ``rtol`` None: ``max|ref - out| <= atol * max(1, max|ref|)`` (absolute below 1, relative above).
+    ``rtol`` a number: ``max|ref - out| <= atol + rtol * max|ref|``.
+    ``ref`` None (the reference has no such gradient): ``out`` must be None or all zero.
+    """
+    if ref is None:
+        assert out is None or float(out.abs().max()) == 0.0, f"{name}: reference has no gradient"
+        return
+    assert out is not None, f"{name}: missing"
+    ref, out = ref.detach().double().cpu(), out.detach().double().cpu()
+    assert ref.shape == out.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    err = (ref - out).abs().max().item() if ref.numel() else 0.0
+    peak = ref.abs().max().item() if ref.numel() else 0.0
+    bound = atol * max(1.0, peak) if rtol is None else atol + rtol * peak
+    assert err <= bound, f"{name}: max abs error {err:.3e} > {bound:.3e} (max|ref| {peak:.3g})"

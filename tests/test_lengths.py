@@ -12,6 +12,7 @@ import importlib.util  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import assert_close  # noqa: E402
 
 from su_neuro import SUGRU, SULIF, SURNN  # noqa: E402
 from su_neuro.models import Seq2Seq, SequenceClassifier  # noqa: E402
@@ -19,15 +20,6 @@ from su_neuro.models import Seq2Seq, SequenceClassifier  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["torch", "numba", pytest.param("triton", marks=pytest.mark.triton)]
 PAD_VALUE = 7.5  # garbage in the padded steps: it must not reach anything
-
-
-def assert_close(name, ref, out, tol):
-    assert out is not None and ref is not None, f"{name}: missing"
-    ref, out = ref.detach().double().cpu(), out.detach().double().cpu()
-    assert ref.shape == out.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    err = (ref - out).abs().max().item() if ref.numel() else 0.0
-    scale = max(1.0, ref.abs().max().item())
-    assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol:g} * {scale:.3g}"
 
 
 def _backend_ready(backend):

@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close
 
 pytest.importorskip("numba")
 
@@ -24,14 +25,6 @@ CELLS = ("rnn", "gru", "lif")
 GATES = ("rhythmic", "event", "dense")
 FWD_TOL = (1e-5, 1e-5)
 GRAD_TOL = (1e-4, 1e-4)
-
-
-def assert_close(name, ref, out, atol, rtol):
-    assert out is not None, f"{name}: missing"
-    assert ref.shape == out.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    err = (ref - out).abs().max().item() if ref.numel() else 0.0
-    tol = atol + rtol * (ref.abs().max().item() if ref.numel() else 0.0)
-    assert err <= tol, f"{name}: max abs error {err:.3e} > {tol:.3e}"
 
 
 def _layer(cell, gate, F, H, surrogate="triangle", **kw):

@@ -17,6 +17,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import assert_close  # noqa: E402
 
 pytestmark = [
     pytest.mark.triton,
@@ -34,18 +35,6 @@ def tri():
     if DEVICE == "cpu" and type(recurrence._fwd_kernel).__name__ != "InterpretedFunction":
         pytest.skip("su_neuro.kernels.triton was imported before TRITON_INTERPRET=1 was set")
     return ops
-
-
-def assert_close(name, ref, out, tol):
-    if ref is None:
-        assert out is None or float(out.abs().max()) == 0.0, f"{name}: reference has no gradient"
-        return
-    assert out is not None, f"{name}: missing"
-    ref, out = ref.detach().double().cpu(), out.detach().double().cpu()
-    assert ref.shape == out.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    err = (ref - out).abs().max().item() if ref.numel() else 0.0
-    scale = max(1.0, ref.abs().max().item())
-    assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol:g} * {scale:.3g}"
 
 
 def _make(cell, kind, B, H, *, recurrent=True, bias=True, reset="subtract", seed=0,

@@ -1,0 +1,401 @@
+"""The training loop: :func:`train` and one optimisation step.
+
+Holds :func:`train` (checks the run folder, resumes from a checkpoint, starts torch.distributed)
+and the loop over steps with its logging, evaluation and checkpoint cadence; one training step
+computes the loss below, steps the optimiser and returns the sums a log line averages.
+
+Loss. With a global batch of B samples split over W processes, every process computes
+the *sum* of its per-sample (per-token) losses and divides it by the global count N
+(summed over processes) times 1/W; DistributedDataParallel averages gradients over the
+W processes, so the gradient is exactly that of ``sum / N`` over the global batch, the
+same as one process with batch B. Sequence targets equal to -100 are not scored.
+
+Update-rate regulariser: ``rate_weight * (mean gate - rate_target)^2`` over all layers
+(:func:`su_neuro.gates.rate_penalty`); under several processes the mean is the global
+one (an all-reduce of the detached local means, with a first-order term that carries the
+local gradient), so the penalty and its gradient match one process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .build import build_model, build_optimizer, build_scheduler, load_task
+from .checkpoint import (
+    CheckpointError,
+    _atomic_write_json,
+    _rng_state,
+    _set_rng_state,
+    _signature_mismatch,
+    load_checkpoint,
+    model_signature,
+    params_digest,
+    save_checkpoint,
+)
+from .config import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    RESULT_FILE,
+    RUN_FILES,
+    TRACE_FILE,
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+)
+from .data import (
+    _batch_stats,
+    _collate,
+    _dataset_lengths,
+    _gate_tensors,
+    _valid_count,
+    bucket_order,
+    epoch_order,
+    evaluate,
+    export_trace,
+)
+from .dist import _pick_device, distributed_env
+from .folder import RunFolderError, _check_resume_config, _failed_start, _Log, _prepare_folder, _stored_config
+
+
+def _check_backend_runs(cfg: TrainConfig, device: torch.device) -> None:
+    """Raise before anything is written if the configured backend cannot run here."""
+    if cfg.backend == "auto":
+        return
+    from ..backends import resolve
+
+    dtype = torch.get_default_dtype()
+    resolve(cfg.backend, device, cfg.cell, cfg.gate, dtype, batch=cfg.batch_size, hidden=cfg.hidden_size)
+
+
+def _first_step_notice(cfg: TrainConfig, device: torch.device, batch: int, bar, main: bool):
+    """:class:`su_neuro.warmup.FirstStepNotice` of this run (prints on rank 0 only)."""
+    from ..warmup import FirstStepNotice, uses_numba
+
+    numba = main and uses_numba(cfg.backend, device, cfg.cell, cfg.gate, batch=batch, hidden=cfg.hidden_size)
+    write = bar.write if bar is not None else (lambda text: print(text, flush=True))
+    return FirstStepNotice(numba, bar=bar, write=write)
+
+
+def train(
+    config: TrainConfig | dict,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    explicit_keys: set[str] | None = None,
+    desc: str | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train (or resume) one run into ``out_dir``; returns the final metrics.
+
+    Args:
+        config: a :class:`TrainConfig` or a dict of its keys.
+        out_dir: the run folder (created). A folder that already holds a run is refused
+            unless ``resume`` (continue from its checkpoint) or ``overwrite`` (delete
+            the run's files first).
+        resume: continue from ``out_dir/checkpoint.pt``; the stored configuration is
+            used, and keys of ``config`` named in ``explicit_keys`` must agree with it
+            (except the logging / checkpoint cadence keys). Without a checkpoint the
+            run starts at step 0.
+        progress: show a tqdm bar (rank 0 only).
+        explicit_keys: the keys the user set (default: all, i.e. ``config`` must agree
+            with the stored run).
+        desc: label of the progress bar.
+        on_step: called as ``on_step(step, metrics)`` after every step (rank 0).
+
+    Returns:
+        ``{"step", "epoch", "train_loss", "test_loss", "test_acc", "test_rate",
+        "params_sha256", "time_s", ...}`` (rank 0; other ranks get the same keys
+        without test metrics).
+
+    Under torchrun (``WORLD_SIZE`` > 1) the run uses DistributedDataParallel (gloo on
+    CPU, nccl on CUDA), ``batch_size`` is the global batch and must divide by the
+    number of processes; only rank 0 writes files or progress.
+    """
+    t_start = time.perf_counter()
+    cfg = config if isinstance(config, TrainConfig) else config_from_dict(config)
+    out = Path(out_dir)
+    dist = distributed_env()
+    if not resume and not overwrite and _failed_start(out):
+        overwrite = True  # a start that failed before its first step leaves nothing worth keeping
+    _prepare_folder(out, resume, overwrite)
+
+    # Configuration of a run being resumed: the stored one, which the keys given must match.
+    ckpt_path = out / CHECKPOINT_FILE
+    checkpoint = None
+    if resume:
+        if ckpt_path.exists():
+            checkpoint = load_checkpoint(ckpt_path)
+            cfg = _check_resume_config(checkpoint["config"], cfg, explicit_keys)
+        else:
+            stored = _stored_config(out)
+            if stored is not None:
+                cfg = _check_resume_config(stored, cfg, explicit_keys)
+            elif cfg.task is None:
+                raise RunFolderError(
+                    f"--resume: {str(out)!r} holds no run to continue (no {CONFIG_FILE} or "
+                    f"{CHECKPOINT_FILE}); check --out, or give the run's configuration (--task ...) to start it there"
+                )
+    cfg.validate()
+    if cfg.batch_size % dist.world_size:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} (the global batch) does not divide by the "
+            f"{dist.world_size} processes"
+        )
+
+    device = _pick_device(cfg, dist)
+    _check_backend_runs(cfg, device)
+    pg_started = False
+    if dist.active and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=backend)
+        pg_started = True
+    try:
+        from ..denormal import flush_denormal
+
+        with flush_denormal(cfg.flush_denormal):
+            return _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start)
+    finally:
+        if pg_started:
+            torch.distributed.destroy_process_group()
+
+
+def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start) -> dict:
+    if dist.active:
+        torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = False
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.manual_seed(cfg.seed)
+
+    task = load_task(cfg)
+    pad_id = getattr(task, "pad_id", 0)
+    n_train = len(task.train)
+    train_lengths = _dataset_lengths(task.train) if cfg.bucket_pool else None
+    local_batch = cfg.batch_size // dist.world_size
+    steps_per_epoch = n_train // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is larger than the {n_train} training samples of task {cfg.task!r}"
+        )
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = cfg.max_steps
+
+    model = build_model(cfg, task).to(device)
+    optimizer = build_optimizer(cfg, model.parameters())
+    scheduler = build_scheduler(cfg, optimizer, total_steps)
+    step, epoch, position = 0, 0, 0
+    sampler_seed = cfg.seed
+    history: list[dict] = []
+    last_train: dict = {}
+    window = {"loss": 0.0, "count": 0.0, "correct": 0.0, "gates": 0.0, "gate_n": 0.0}
+
+    if checkpoint is not None:
+        sig = model_signature(model)
+        if checkpoint.get("signature") != sig:
+            raise CheckpointError(_signature_mismatch(checkpoint.get("signature") or {}, sig))
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        _set_rng_state(checkpoint["rng"])
+        data = checkpoint["data"]
+        step, epoch, position, sampler_seed = data["step"], data["epoch"], data["position"], data["sampler_seed"]
+        history = list(checkpoint.get("metrics", []))
+        last_train = dict(checkpoint.get("last_train", {}))
+        window = dict(checkpoint.get("window", window))
+
+    main = dist.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        if not (out / CONFIG_FILE).exists() or not resume:
+            _atomic_write_json(out / CONFIG_FILE, cfg.to_dict())
+    log = _Log(out / LOG_FILE if main else None)
+    if resume and main and (checkpoint is not None or (out / LOG_FILE).stat().st_size > 0):
+        log.write({"event": "resume", "step": step, "epoch": epoch})
+    elif main:
+        log.write({"event": "start", "step": 0, "world_size": dist.world_size, "config": cfg.to_dict()})
+
+    net: nn.Module = model
+    if dist.active:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    def checkpoint_state() -> dict:
+        return {
+            "config": cfg.to_dict(),
+            "signature": model_signature(model),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "data": {"step": step, "epoch": epoch, "position": position, "sampler_seed": sampler_seed},
+            "metrics": history,
+            "last_train": last_train,
+            "window": window,
+            "world_size": dist.world_size,
+            "torch_version": str(torch.__version__),
+        }
+
+    bar = None
+    if main and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc=desc or cfg.task, unit="step", dynamic_ncols=True)
+    first_step = _first_step_notice(cfg, device, local_batch, bar, main)
+    net.train()
+    try:
+        while step < total_steps:
+            order_epoch = epoch
+            if train_lengths is not None:
+                order = bucket_order(sampler_seed, epoch, train_lengths, cfg.batch_size, cfg.bucket_pool)
+            else:
+                order = epoch_order(sampler_seed, epoch, n_train)
+            while epoch == order_epoch and step < total_steps:
+                idx = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
+                mine = idx[dist.rank * local_batch:(dist.rank + 1) * local_batch]
+                x, y, lengths = _collate([task.train[int(i)] for i in mine], pad_id)
+                x, y = x.to(device), y.to(device)
+                with first_step:  # a slow first step (compilation) is announced; the ETA restarts after it
+                    stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist, lengths)
+                step += 1
+                position += 1
+                if position == steps_per_epoch:
+                    epoch, position = epoch + 1, 0
+                for key in window:
+                    window[key] += stats[key]
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(_postfix(stats, task.kind), refresh=False)
+                if step % cfg.log_every == 0 or step == total_steps:
+                    last_train = _summarise(window, task.kind)
+                    last_train.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
+                    log.write({"event": "train", **last_train})
+                    window = dict.fromkeys(window, 0.0)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps and main:
+                    ev = evaluate(model, task.test, task.kind, cfg.eval_batch_size, device, pad_id=pad_id)
+                    rec = {"step": step, "epoch": epoch, **{f"test_{k}": v for k, v in ev.items()}}
+                    history.append(rec)
+                    log.write({"event": "eval", **rec})
+                    if bar is not None:
+                        bar.write(f"step {step}: test loss {ev['loss']:.4f}" + _acc_text(ev))
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps and main:
+                    save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
+                    msg = f"checkpoint: step {step} -> {out / CHECKPOINT_FILE}"
+                    (bar.write(msg) if bar is not None else print(msg, flush=True))
+                if on_step is not None and main:
+                    on_step(step, stats)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    result: dict[str, Any] = {"step": step, "epoch": epoch}
+    result.update({f"train_{k}": v for k, v in last_train.items() if k in ("loss", "acc", "rate")})
+    if main:
+        ev = evaluate(model, task.test, task.kind, cfg.eval_batch_size, device, pad_id=pad_id)
+        rec = {"step": step, "epoch": epoch, **{f"test_{k}": v for k, v in ev.items()}}
+        if not history or history[-1].get("step") != step:
+            history.append(rec)
+        log.write({"event": "eval", **rec})
+        result.update({f"test_{k}": v for k, v in ev.items()})
+        result["params_sha256"] = params_digest(model)
+        save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
+        if cfg.trace:
+            result["trace"] = str(export_trace(model, task, cfg, out / TRACE_FILE, device))
+        result["time_s"] = round(time.perf_counter() - t_start, 3)
+        _atomic_write_json(out / RESULT_FILE, result)
+        log.write({"event": "end", **{k: v for k, v in result.items() if k != "time_s"}})
+    log.close()
+    if dist.active:
+        torch.distributed.barrier()
+    return result
+
+
+def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths=None) -> dict:
+    out, records = net(x, record=True, lengths=lengths)
+    loss_sum, count, correct = _batch_stats(out, y, kind)
+    gates = _gate_tensors(records)
+    # padded steps are not part of any sequence: means over the valid steps only
+    valid = [_valid_count(r) for r in records.values()]
+    local_means = torch.stack([g.detach().float().sum() / n for g, n in zip(gates, valid, strict=True)])
+    gate_sum = float(sum(float(g.detach().sum()) for g in gates))
+    gate_n = float(sum(valid))
+    totals = torch.tensor(
+        [float(loss_sum.detach()), count, correct, gate_sum, gate_n], dtype=torch.float64, device=x.device
+    )
+    means = local_means.double().clone()
+    if dist.active:
+        packed = torch.cat([totals, means])
+        torch.distributed.all_reduce(packed)
+        totals, means = packed[:5], packed[5:] / dist.world_size
+    n_global = float(totals[1])
+    loss = loss_sum * (dist.world_size / max(n_global, 1.0))
+    if cfg.rate_weight > 0:
+        if dist.active:
+            # (mean_global - r)^2 with the local first-order term: after DDP's averaging the
+            # gradient is 2 (mean_global - r) d mean_global, as for one process.
+            penalty = sum(
+                (float(m) - cfg.rate_target) ** 2
+                + 2.0 * (float(m) - cfg.rate_target) * (g.float().sum() - g.detach().float().sum()) / n
+                for m, g, n in zip(means, gates, valid, strict=True)
+            )
+            loss = loss + cfg.rate_weight * penalty
+        else:
+            loss = loss + cfg.rate_weight * sum(
+                (g.float().sum() / n - cfg.rate_target) ** 2 for g, n in zip(gates, valid, strict=True)
+            )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    if not math.isfinite(float(totals[0])):
+        raise RuntimeError("the training loss is NaN or inf; lower lr or set grad_clip")
+    return {
+        "loss": float(totals[0]),
+        "count": float(totals[1]),
+        "correct": float(totals[2]),
+        "gates": float(totals[3]),
+        "gate_n": float(totals[4]),
+    }
+
+
+def _summarise(window: dict, kind: str) -> dict:
+    res = {"loss": window["loss"] / max(window["count"], 1.0), "rate": window["gates"] / max(window["gate_n"], 1.0)}
+    res["acc"] = None if kind == "regress" else window["correct"] / max(window["count"], 1.0)
+    return res
+
+
+def _postfix(stats: dict, kind: str) -> dict:
+    s = _summarise(stats, kind)
+    post = {"loss": f"{s['loss']:.4f}"}
+    if s["acc"] is not None:
+        post["acc"] = f"{s['acc']:.3f}"
+    post["rate"] = f"{s['rate']:.3f}"
+    return post
+
+
+def _acc_text(ev: dict) -> str:
+    return f", accuracy {ev['acc']:.4f}" if ev.get("acc") is not None else ""
