@@ -26,9 +26,9 @@ def _backend_ready(backend):
     if backend == "triton":
         if importlib.util.find_spec("triton") is None:
             pytest.skip("triton not installed")
-        from su_neuro.kernels.triton import recurrence
+        from su_neuro.kernels.triton import rows
 
-        if DEVICE == "cpu" and type(recurrence._fwd_kernel).__name__ != "InterpretedFunction":
+        if DEVICE == "cpu" and type(rows._fwd_kernel).__name__ != "InterpretedFunction":
             pytest.skip("su_neuro.kernels.triton was imported before TRITON_INTERPRET=1 was set")
 
 

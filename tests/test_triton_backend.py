@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tri():
-    from su_neuro.kernels.triton import ops, recurrence
+    from su_neuro.kernels.triton import ops, rows
 
-    if DEVICE == "cpu" and type(recurrence._fwd_kernel).__name__ != "InterpretedFunction":
+    if DEVICE == "cpu" and type(rows._fwd_kernel).__name__ != "InterpretedFunction":
         pytest.skip("su_neuro.kernels.triton was imported before TRITON_INTERPRET=1 was set")
     return ops
 
@@ -159,16 +159,16 @@ def test_frozen_rhythmic_gate_compacts(tri, cell):
 
 
 def _spy_masks(monkeypatch):
-    from su_neuro.kernels.triton import recurrence
+    from su_neuro.kernels.triton import ops
 
     seen = []
-    real = recurrence._open_lists
+    real = ops._open_lists
 
     def spy(mask):
         seen.append((mask != 0).detach().cpu().clone())
         return real(mask)
 
-    monkeypatch.setattr(recurrence, "_open_lists", spy)
+    monkeypatch.setattr(ops, "_open_lists", spy)
     return seen
 
 
@@ -217,13 +217,13 @@ def test_event_surrogates(tri, surrogate):
 
 
 def test_feedforward_lif_split_grid(tri, monkeypatch):
-    from su_neuro.kernels.triton import lif, recurrence
+    from su_neuro.kernels.triton import lif_feedforward, rows
 
-    monkeypatch.setattr(recurrence, "SPLIT", 4)  # backward: 3 programs per batch row at H = 10
-    # forward (kernels/triton/lif.py, dense and event gates): 3 programs per batch row, the
-    # input current in tiles of 4 steps, the last one partial (T = 6)
-    monkeypatch.setattr(lif, "BLOCK", 4)
-    monkeypatch.setattr(lif, "T_TILE", 4)
+    monkeypatch.setattr(rows, "SPLIT", 4)  # backward: 3 programs per batch row at H = 10
+    # forward (kernels/triton/lif_feedforward.py, dense and event gates): 3 programs per batch
+    # row, the input current in tiles of 4 steps, the last one partial (T = 6)
+    monkeypatch.setattr(lif_feedforward, "BLOCK", 4)
+    monkeypatch.setattr(lif_feedforward, "T_TILE", 4)
     for kind in GATES:
         check(tri, "lif", kind, 2, 10, 6, recurrent=False)
 
@@ -293,9 +293,9 @@ def test_no_bias(tri):
 
 
 def test_event_delta_accumulation_refresh(tri, monkeypatch):
-    from su_neuro.kernels.triton import recurrence
+    from su_neuro.kernels.triton import rows
 
-    monkeypatch.setattr(recurrence, "REFRESH", 3)  # exact U h at t = 0, 3, 6, ...
+    monkeypatch.setattr(rows, "REFRESH", 3)  # exact U h at t = 0, 3, 6, ...
     for threshold in (0.0, 0.3, 10.0):  # everything / some / nothing changes
         check(tri, "gru", "event", 2, 12, 8, threshold=threshold)
         check(tri, "rnn", "event", 2, 12, 8, threshold=threshold)
@@ -375,7 +375,7 @@ def grid_on(tri, monkeypatch):
 
 
 def _tiles(bb, bh, bk, fma):
-    from su_neuro.kernels.triton.grid import Tiles
+    from su_neuro.kernels.triton.grid_tiles import Tiles
 
     return Tiles(bb, bh, bk, 4, 2, fma)
 
@@ -398,10 +398,12 @@ GRID_CASES = [
 @pytest.mark.parametrize("kind", ["dense", "rhythmic"])
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_grid_kernels_match_reference(tri, grid_on, monkeypatch, cell, kind, case):
+    from su_neuro.kernels.triton import grid_tiles
+
     grid, calls = grid_on
     B, H, T, over = GRID_CASES[case]
     for k, v in over.items():
-        monkeypatch.setattr(grid, k, v)
+        monkeypatch.setattr(grid_tiles, k, v)
     runs = [{}] if kind == "dense" else [{}, {"gate_grad": False}, {"support": False}]
     for kw in runs:
         check(tri, cell, kind, B, H, T, **kw)
@@ -412,10 +414,12 @@ def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
     # the GPU path: all T steps in one launch, both backward phases in it, the barrier on
     # (one program per batch block, so the interpreter's serial programs cannot wait for
     # each other; the counter must reach one arrival per step and program)
+    from su_neuro.kernels.triton import grid_tiles
+
     grid, calls = grid_on
     monkeypatch.setattr(grid, "_native", lambda device: True)
-    monkeypatch.setattr(grid, "MAX_NH", 1)
-    monkeypatch.setattr(grid, "TILES", _tiles(16, 16, 64, False))
+    monkeypatch.setattr(grid_tiles, "MAX_NH", 1)
+    monkeypatch.setattr(grid_tiles, "TILES", _tiles(16, 16, 64, False))
     counters = []
     real = grid._counters
 
@@ -438,7 +442,7 @@ def test_grid_kernels_long_run_match_the_per_row_kernels(tri, monkeypatch, cell)
     # many steps with several programs per batch block: on a GPU the place where a wrong
     # barrier shows (T = 2000, 16 programs); under the interpreter a shorter run of the
     # same comparison (forward, final state and every gradient)
-    from su_neuro.kernels.triton import grid
+    from su_neuro.kernels.triton import grid, grid_tiles
 
     B, H, T = (5, 256, 2000) if DEVICE == "cuda" else (3, 48, 40)
     p, _, gate, G = _make(cell, "rhythmic", B, H, seed=3)
@@ -453,7 +457,7 @@ def test_grid_kernels_long_run_match_the_per_row_kernels(tri, monkeypatch, cell)
         monkeypatch.setattr(grid, "ENABLED", on)
         runs.append(_run(tri.recurrence, cell, T, p, None, gate, xp, weights))
     (o_row, h_row, _, _, d_row), (o_grid, h_grid, _, _, d_grid) = runs
-    assert grid.shape(B, H, torch.device(DEVICE))[1] >= 3
+    assert grid_tiles.shape(B, H, torch.device(DEVICE))[1] >= 3
     assert_close("out", o_row, o_grid, 1e-4)
     assert_close("h_T", h_row, h_grid, 1e-4)
     for name in d_row:
@@ -486,7 +490,7 @@ def test_grid_kernels_no_bias_and_low_precision(tri, grid_on):
 
 
 def test_grid_kernels_eligibility(tri, monkeypatch):
-    from su_neuro.kernels.triton import grid
+    from su_neuro.kernels.triton import grid, grid_tiles
 
     w = torch.zeros(3, 1)
     cpu = torch.device("cpu")
@@ -500,28 +504,28 @@ def test_grid_kernels_eligibility(tri, monkeypatch):
     # the default tiles: a batch of <= 8 rows is one FMA block of next_pow2(B) rows, chunks of
     # 8 rows, a reduction tile of 2048 / BB (at most the width); larger batches take tl.dot
     # blocks, their reduction tile set by the precision
-    assert grid.tiles(1, 100, cpu) == grid.Tiles(1, 8, 128, 8, 3, True)
-    assert grid.tiles(1, 8192, cpu) == grid.Tiles(1, 8, 2048, 8, 3, True)
-    assert grid.tiles(5, 8192, cpu).bb == 8 and grid.tiles(5, 8192, cpu).bk == 256
-    assert grid.shape(1, 100, cpu) == (1, 13, 1)
-    assert grid.shape(200, 100, cpu) == (64, 7, 4)
-    assert [grid.tiles(16, 100, cpu, p).bk for p in ("ieee", "tf32x3", "tf32")] == [64, 32, 128]
-    monkeypatch.setattr(grid, "MAX_NH", 3)
-    assert grid.shape(200, 1000, cpu) == (64, 3, 4)
-    monkeypatch.setattr(grid, "TILES", _tiles(16, 32, 64, False))
-    assert grid.shape(200, 1000, cpu) == (16, 3, 13)
+    assert grid_tiles.tiles(1, 100, cpu) == grid_tiles.Tiles(1, 8, 128, 8, 3, True)
+    assert grid_tiles.tiles(1, 8192, cpu) == grid_tiles.Tiles(1, 8, 2048, 8, 3, True)
+    assert grid_tiles.tiles(5, 8192, cpu).bb == 8 and grid_tiles.tiles(5, 8192, cpu).bk == 256
+    assert grid_tiles.shape(1, 100, cpu) == (1, 13, 1)
+    assert grid_tiles.shape(200, 100, cpu) == (64, 7, 4)
+    assert [grid_tiles.tiles(16, 100, cpu, p).bk for p in ("ieee", "tf32x3", "tf32")] == [64, 32, 128]
+    monkeypatch.setattr(grid_tiles, "MAX_NH", 3)
+    assert grid_tiles.shape(200, 1000, cpu) == (64, 3, 4)
+    monkeypatch.setattr(grid_tiles, "TILES", _tiles(16, 32, 64, False))
+    assert grid_tiles.shape(200, 1000, cpu) == (16, 3, 13)
     # on a GPU (132 SMs here): blocks of 16 rows while each keeps 16 programs, every program
     # resident or not eligible
-    monkeypatch.setattr(grid, "MAX_NH", None)
-    monkeypatch.setattr(grid, "TILES", None)
-    monkeypatch.setattr(grid, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(grid_tiles, "MAX_NH", None)
+    monkeypatch.setattr(grid_tiles, "TILES", None)
+    monkeypatch.setattr(grid_tiles, "sm_count", lambda device: 132)
     gpu = torch.device("cuda")
-    assert grid.shape(64, 1024, gpu) == (16, 33, 4)  # four blocks of 16 rows, 33 programs each
-    assert grid.shape(1, 1024, gpu) == (1, 128, 1)
-    assert grid.shape(1, 8192, gpu) == (1, 132, 1)  # more chunks than SMs: round robin
-    assert grid.shape(64, 256, gpu) == (16, 16, 4)
-    assert grid.shape(256, 1024, gpu) == (32, 16, 8)
-    # the measured choice (choice.MEASURED) decides where both are eligible
+    assert grid_tiles.shape(64, 1024, gpu) == (16, 33, 4)  # four blocks of 16 rows, 33 programs each
+    assert grid_tiles.shape(1, 1024, gpu) == (1, 128, 1)
+    assert grid_tiles.shape(1, 8192, gpu) == (1, 132, 1)  # more chunks than SMs: round robin
+    assert grid_tiles.shape(64, 256, gpu) == (16, 16, 4)
+    assert grid_tiles.shape(256, 1024, gpu) == (32, 16, 8)
+    # the measured choice (choose.MEASURED) decides where both are eligible
     monkeypatch.setattr(grid, "ENABLED", None)
     w1 = torch.zeros(3 * 1024, 1024)
     assert grid.eligible("gru", "rhythmic", w1, 1, gpu, 0.1, False)  # B = 1: 2.0 against 8.9 ms
@@ -630,31 +634,44 @@ def test_aot_sync_pattern_reads_instruction_order(load_tool):
 
 
 def test_measured_choice_picks_the_fastest_at_the_nearest_point():
-    from su_neuro.kernels.triton import choice
+    from su_neuro.kernels.triton import choose
 
-    for (B, H, rate), times in choice.MEASURED.items():
+    for (B, H, rate), times in choose.MEASURED.items():
         for col, training in ((0, False), (1, True)):
             valid = [(t[col], name) for name, t in zip(("torch", "rows", "grid"), times, strict=True)
                      if t[col] is not None]
-            assert choice.fastest(B, H, rate, training) == min(valid)[1]
+            assert choose.fastest(B, H, rate, training) == min(valid)[1]
             kernels = [v for v in valid if v[1] != "torch"]
-            assert choice.fastest(B, H, rate, training, ("rows", "grid")) == min(kernels)[1]
+            assert choose.fastest(B, H, rate, training, ("rows", "grid")) == min(kernels)[1]
     # read off the table by hand (run 4): a wrong entry or a wrong column fails here
-    assert choice.fastest(64, 1024, 0.1, False) == "rows"  # 10.27 against 17.55 and 65.54 ms
-    assert choice.fastest(64, 1024, 0.1, True) == "grid"  # 26.36 against 53.59 and 221.50 ms
-    assert choice.fastest(256, 1024, 1.0, False) == "torch"  # 68.86 against 91.01 and 123.62 ms
-    assert choice.fastest(1, 256, 0.1, False) == "rows" and choice.fastest(1, 256, 0.1, True) == "grid"
+    assert choose.fastest(64, 1024, 0.1, False) == "rows"  # 10.27 against 17.55 and 65.54 ms
+    assert choose.fastest(64, 1024, 0.1, True) == "grid"  # 26.36 against 53.59 and 221.50 ms
+    assert choose.fastest(256, 1024, 1.0, False) == "torch"  # 68.86 against 91.01 and 123.62 ms
+    assert choose.fastest(1, 256, 0.1, False) == "rows" and choose.fastest(1, 256, 0.1, True) == "grid"
     # between measured points: the nearest on log scales (rates split at 32 %), ties to the
     # larger batch, then width
-    assert choice.fastest(2, 1000, 0.05, False) == choice.fastest(1, 1024, 0.1, False) == "grid"
-    assert choice.fastest(48, 300, 0.2, False) == "rows"
-    assert choice._nearest(64, 1024, 0.29) == (64, 1024, 0.1) and choice._nearest(64, 1024, 0.35) == (64, 1024, 1.0)
-    assert choice._nearest(256, 4096, 0.1) == (256, 1024, 0.1)  # tied with (64, 4096): the larger batch
-    assert choice.fastest(64, 5000, 0.9, True) == "torch"  # cuBLAS wins dense-ish wide steps
-    assert choice.fastest(16, 4096, 1.0, True, ("rows", "grid")) == "grid"  # rows not timed there
+    assert choose.fastest(2, 1000, 0.05, False) == choose.fastest(1, 1024, 0.1, False) == "grid"
+    assert choose.fastest(48, 300, 0.2, False) == "rows"
+    assert choose._nearest(64, 1024, 0.29) == (64, 1024, 0.1) and choose._nearest(64, 1024, 0.35) == (64, 1024, 1.0)
+    assert choose._nearest(256, 4096, 0.1) == (256, 1024, 0.1)  # tied with (64, 4096): the larger batch
+    assert choose.fastest(64, 5000, 0.9, True) == "torch"  # cuBLAS wins dense-ish wide steps
+    assert choose.fastest(16, 4096, 1.0, True, ("rows", "grid")) == "grid"  # rows not timed there
     with pytest.raises(ValueError, match="none of"):
-        choice.fastest(16, 4096, 1.0, True, ("rows",))
+        choose.fastest(16, 4096, 1.0, True, ("rows",))
 
+
+
+def test_kernel_choice():
+    from su_neuro.kernels.triton import choose
+
+    # a LIF without recurrent weights streams its forward (dense or event gate); a rhythmic
+    # one keeps the generic row loop (its open lists)
+    assert choose.kernels("lif", "dense", False, False) == "lif_feedforward"
+    assert choose.kernels("lif", "event", False, True) == "lif_feedforward"
+    assert choose.kernels("lif", "rhythmic", False, False) == "rows"
+    assert choose.kernels("lif", "dense", True, False) == "rows"
+    assert choose.kernels("gru", "rhythmic", True, True) == "grid"
+    assert choose.kernels("rnn", "dense", True, False) == "rows"
 
 def test_auto_on_cuda_follows_the_measured_table():
     from su_neuro import backends
@@ -675,7 +692,7 @@ def test_bench_gpu_needs_cuda_and_reads_its_labels(load_tool):
                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
     assert res.returncode == 2 and "needs a CUDA GPU" in res.stderr
     bench = load_tool("bench_gpu")
-    from su_neuro.kernels.triton.grid import Tiles
+    from su_neuro.kernels.triton.grid_tiles import Tiles
 
     assert bench._parse("bb16 bh16 bk32 w4 s3 dot-tf32x3") == (Tiles(16, 16, 32, 4, 3, False), "tf32x3")
     assert bench._parse("bb1 bh8 bk2048 w8 s3 fma") == (Tiles(1, 8, 2048, 8, 3, True), None)

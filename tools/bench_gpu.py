@@ -11,7 +11,7 @@ timed repetitions after a warm-up, `triton.testing.do_bench`):
 2. a sweep of the multi-program kernels' tiles (kernels/triton/grid.py: batch block, chunk
    rows, reduction tile, warps, stages, tl.dot or FMA, dot precision) on the targets'
    rhythmic GRU (B=64, H=1024, T=1024, 10 %, frozen gate) and on B=1, H=8192, T=1000, and of
-   the feed-forward LIF kernel's tiles (kernels/triton/lif.py);
+   the feed-forward LIF kernel's tiles (kernels/triton/lif_feedforward.py);
 3. the targets through the public API (`SUGRU`, `SURNN`, `SULIF`), against `torch.nn.GRU` /
    `torch.nn.RNN` (cuDNN, torch's defaults: TF32 allowed for cuDNN) on the same inputs.
 
@@ -85,7 +85,7 @@ def barrier_cost(T: int = 4096) -> dict:
     for nh, nb in ((sms, 1), (sms // 4, 4), (1, 1)):
         def run(nh=nh, nb=nb):
             sync = torch.zeros(nb, dtype=torch.int32, device=DEV)
-            _sync_only[(nh, nb)](sync, T, launch_cooperative_grid=True)
+            _sync_only[(nh, nb)](sync_ptr=sync, T=T, launch_cooperative_grid=True)
 
         out[f"{nh}x{nb}"] = _bench(run) * 1e3 / T
     return out
@@ -119,14 +119,14 @@ def _call(cell, B, H, T, rate, *, train, seed=0, impl=None):
 
 
 def _with_grid(tiles, precision, fn):
-    from su_neuro.kernels.triton import grid
+    from su_neuro.kernels.triton import grid, grid_tiles
 
-    saved = grid.ENABLED, grid.TILES, grid.PRECISION
-    grid.ENABLED, grid.TILES, grid.PRECISION = True, tiles, precision
+    saved = grid.ENABLED, grid_tiles.TILES, grid_tiles.PRECISION
+    grid.ENABLED, grid_tiles.TILES, grid_tiles.PRECISION = True, tiles, precision
     try:
         return fn()
     finally:
-        grid.ENABLED, grid.TILES, grid.PRECISION = saved
+        grid.ENABLED, grid_tiles.TILES, grid_tiles.PRECISION = saved
 
 
 def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None):
@@ -166,7 +166,7 @@ def _label(t, prec):
 def sweep_lif(B, H, T, configs, copy_gbs):
     from su_neuro.gates import GateInput
     from su_neuro.kernels.reference import LIFParams
-    from su_neuro.kernels.triton import lif as lif_mod
+    from su_neuro.kernels.triton import lif_feedforward as lif_mod
     from su_neuro.kernels.triton.ops import recurrence
     from su_neuro.surrogate import get_surrogate
 
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     import triton
 
     import su_neuro
-    from su_neuro.kernels.triton import grid
+    from su_neuro.kernels.triton import grid, grid_tiles
 
     t_start = time.time()
     torch.backends.cuda.matmul.allow_tf32 = False  # torch's defaults (cuDNN: TF32 allowed)
@@ -345,14 +345,14 @@ def main(argv=None) -> int:
         variants = ([None] if args.per_row else []) + ([best[f"{cell}_b64"]] if best.get(f"{cell}_b64") else [])
         for tiles in variants:
             grid.ENABLED = tiles is not None
-            grid.TILES, grid.PRECISION = _parse(tiles) if tiles else (None, None)
+            grid_tiles.TILES, grid_tiles.PRECISION = _parse(tiles) if tiles else (None, None)
             tag = f"grid {tiles}" if tiles else "per-row"
             f, fb, rf, rfb, rate = _api_pair(cls, tcls, B, H, T, F, rhythmic, backend="triton", frozen=True)
             row(f"{cell} rhythmic {rate:.0%} frozen fwd [{tag}]", f, rf, 3.0)
             row(f"{cell} rhythmic {rate:.0%} frozen fwd+bwd [{tag}]", fb, rfb, 2.0)
             f, fb, rf, rfb, rate = _api_pair(cls, tcls, B, H, T, F, rhythmic, backend="triton")
             row(f"{cell} rhythmic {rate:.0%} trainable fwd+bwd [{tag}]", fb, rfb, 1.5)
-        grid.ENABLED, grid.TILES, grid.PRECISION = False, None, None
+        grid.ENABLED, grid_tiles.TILES, grid_tiles.PRECISION = False, None, None
     # H = 256: the per-row kernels' lead over cuDNN
     hs = sizes["small_h"]
     f, fb, rf, rfb, rate = _api_pair(su_neuro.SUGRU, torch.nn.GRU, B, hs, T, F, rhythmic, backend="triton",
@@ -367,13 +367,13 @@ def main(argv=None) -> int:
         cudnn_ms = _bench(lambda: ref(x))
     grid.ENABLED = True
     if best.get("gru_b1"):
-        grid.TILES, grid.PRECISION = _parse(best["gru_b1"])
+        grid_tiles.TILES, grid_tiles.PRECISION = _parse(best["gru_b1"])
     su = su_neuro.SUGRU.from_torch(ref, gate=rhythmic, backend="triton")
     with torch.no_grad():
         plan = su.gates[0].plan(0, T1, device=x.device, dtype=x.dtype)
         k = int(plan.values.sum().item())
         su_ms = _bench(lambda: su(x))
-    grid.ENABLED, grid.TILES, grid.PRECISION = False, None, None
+    grid.ENABLED, grid_tiles.TILES, grid_tiles.PRECISION = False, None, None
     bw = 3 * k * H1 * 4 / (su_ms * 1e-3) / 1e9
     row(f"gru B={B1} H={H1} rhythmic {k / (H1 * T1):.0%} inference vs cuDNN [{best.get('gru_b1')}]", su_ms,
         cudnn_ms, 8.0,
@@ -403,7 +403,7 @@ def main(argv=None) -> int:
 
 def _parse(label: str):
     """(Tiles, precision) back from a sweep label ("bb16 bh16 bk64 w4 s2 fma" / "... dot-tf32x3")."""
-    from su_neuro.kernels.triton.grid import Tiles
+    from su_neuro.kernels.triton.grid_tiles import Tiles
 
     parts = label.split()
     num = {p[:2] if p[0] == "b" else p[0]: int(p[2:] if p[0] == "b" else p[1:]) for p in parts[:5]}
@@ -479,7 +479,7 @@ def dense_ab(cls, torch_cls, B, H, T, F):
 
 
 def _sweeps():
-    from su_neuro.kernels.triton.grid import Tiles as T
+    from su_neuro.kernels.triton.grid_tiles import Tiles as T
 
     b64 = [
         (T(16, 16, 64, 4, 2, False), "ieee"),  # exact; the reference of max_diff

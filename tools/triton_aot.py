@@ -112,10 +112,10 @@ class Capture:
         from triton.runtime.driver import driver
         from triton.runtime.jit import JITFunction
 
-        from su_neuro.kernels.triton import grid
+        from su_neuro.kernels.triton import grid, grid_tiles
 
-        self._driver, self._jit, self._grid = driver, JITFunction, grid
-        self._saved = (JITFunction.run, grid._native, grid._sm_count, grid.ENABLED)
+        self._driver, self._jit, self._grid, self._tiles = driver, JITFunction, grid, grid_tiles
+        self._saved = (JITFunction.run, grid._native, grid_tiles.sm_count, grid.ENABLED)
         self._launched = dict(grid.LAUNCHED)
         self._fns = []
         self._active = driver._active  # None until something asked for the driver
@@ -126,6 +126,7 @@ class Capture:
         def compile_only(fn, *args, grid, warmup, **kwargs):
             t0 = time.perf_counter()
             cap._fns.append(fn)
+            constexprs = {p.name for p in fn.params if p.is_constexpr}  # the launches name every argument
             try:
                 kernel = run(fn, *args, grid=grid, warmup=True, **kwargs)
                 error = text = None
@@ -136,7 +137,7 @@ class Capture:
                 kernel, error = None, f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"
             cap.launches.append({
                 "label": cap.label, "kernel": fn.__name__, "grid": tuple(grid),
-                "meta": {k: v for k, v in kwargs.items() if k.isupper() or k in ("num_warps", "num_stages")},
+                "meta": {k: v for k, v in kwargs.items() if k in constexprs or k in ("num_warps", "num_stages")},
                 "compiled": kernel, "seconds": time.perf_counter() - t0, "error": error, "error_text": text,
             })
             if error is not None:
@@ -146,11 +147,11 @@ class Capture:
         JITFunction.run = compile_only
         grid.ENABLED = False  # the per-row kernels unless a case asks for the grid (run_case)
         grid._native = lambda device: True  # the single launch with the barrier on
-        grid._sm_count = lambda device: self.sms
+        grid_tiles.sm_count = lambda device: self.sms
         return self
 
     def __exit__(self, *exc):
-        self._jit.run, self._grid._native, self._grid._sm_count, self._grid.ENABLED = self._saved
+        self._jit.run, self._grid._native, self._tiles.sm_count, self._grid.ENABLED = self._saved
         self._grid.LAUNCHED.clear()
         self._grid.LAUNCHED.update(self._launched)  # what bench_triton prints as native launches
         for fn in self._fns:  # the stand-in's compiled kernels leave Triton's per-device cache

@@ -1,22 +1,39 @@
-"""Triton device helpers shared by the recurrence kernels (layout comments only).
+"""What the Triton kernels share: the contract's codes as compile-time constants, device
+helpers (layout comments only) and the bundles the launchers take.
 
-Integer codes: cells RNN=0, GRU=1, LIF=2; gates DENSE=0, RHYTHMIC=1, EVENT=2; surrogate
-codes are ``su_neuro.surrogate.Surrogate.code`` (atan 0, fast_sigmoid 1, sigmoid 2,
-straight_through 3, triangle 4, rectangle 5).
+The codes are ``kernels/contract.py``'s (cells RNN, GRU, LIF; gates DENSE, RHYTHMIC, EVENT;
+the surrogates' formulas), held here as ``tl.constexpr`` globals so that JIT code compares
+``CELL == GRU`` rather than a literal. Launches take their integer codes from the contract's
+tables (:attr:`Config.cell_code`, :attr:`Config.gate_code`, ``Surrogate.code``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-CELL_CODES = {"rnn": 0, "gru": 1, "lif": 2}
-GATE_CODES = {"dense": 0, "rhythmic": 1, "event": 2}
+from .. import contract
+
+# ------------------------------------------------------------------------------ codes
+RNN = tl.constexpr(contract.RNN)
+GRU = tl.constexpr(contract.GRU)
+LIF = tl.constexpr(contract.LIF)
+DENSE = tl.constexpr(contract.DENSE)
+RHYTHMIC = tl.constexpr(contract.RHYTHMIC)
+EVENT = tl.constexpr(contract.EVENT)
+ATAN = tl.constexpr(contract.SURROGATE_CODES["atan"])
+FAST_SIGMOID = tl.constexpr(contract.SURROGATE_CODES["fast_sigmoid"])
+SIGMOID = tl.constexpr(contract.SURROGATE_CODES["sigmoid"])
+STRAIGHT_THROUGH = tl.constexpr(contract.SURROGATE_CODES["straight_through"])
+TRIANGLE = tl.constexpr(contract.SURROGATE_CODES["triangle"])
+RECTANGLE = tl.constexpr(contract.SURROGATE_CODES["rectangle"])
 
 
+# ------------------------------------------------------------------------ device helpers
 @triton.jit
 def _tanh(x):
     # tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}); no overflow for any x.
@@ -38,8 +55,8 @@ def _sign(x):
 @triton.jit
 def _step_range(off_ptr, t, H, GATE: tl.constexpr):
     """[start, end) of step t's rows: the compacted open list idx[off[t]:off[t+1]] of a
-    rhythmic gate (GATE 1), every row 0 .. H otherwise."""
-    if GATE == 1:
+    rhythmic gate, every row 0 .. H otherwise."""
+    if GATE == RHYTHMIC:
         start = tl.load(off_ptr + t)
         end = tl.load(off_ptr + t + 1)
     else:
@@ -49,7 +66,18 @@ def _step_range(off_ptr, t, H, GATE: tl.constexpr):
 
 
 @triton.jit
-def _gru_parts(p0, p1, p2, gh0, gh1, gh2, hp):
+def _step_rows(idx_ptr, k, km, GATE: tl.constexpr):
+    """Rows at positions k of a step's range: gathered from the compacted open list of a
+    rhythmic gate, the positions themselves otherwise."""
+    if GATE == RHYTHMIC:
+        rows = tl.load(idx_ptr + k, mask=km, other=0)
+    else:
+        rows = k
+    return rows
+
+
+@triton.jit
+def gru_candidate(p0, p1, p2, gh0, gh1, gh2, hp):
     """GRU candidate of the reference: gates r, z, n and f = (1 - z) n + z h, in fp32."""
     r = _sigmoid(p0 + gh0)
     z = _sigmoid(p1 + gh1)
@@ -58,8 +86,8 @@ def _gru_parts(p0, p1, p2, gh0, gh1, gh2, hp):
 
 
 @triton.jit
-def _gru_parts_grad(df, r, z, n, gh2, hp):
-    """Backward of :func:`_gru_parts` from dL/df: dL/d(p_r), dL/d(p_z), dL/d(p_n) and the
+def gru_candidate_grad(df, r, z, n, gh2, hp):
+    """Backward of :func:`gru_candidate` from dL/df: dL/d(p_r), dL/d(p_z), dL/d(p_n) and the
     part of dL/dh that goes through z."""
     dn = df * (1.0 - z)
     dz = df * (hp - n)
@@ -70,81 +98,113 @@ def _gru_parts_grad(df, r, z, n, gh2, hp):
 
 
 @triton.jit
-def _surrogate_grad(x, CODE: tl.constexpr, scale):
+def lif_candidate(beta, hp, cur, threshold, ZERO_RESET: tl.constexpr):
+    """LIF candidate of the reference from the clamped decay, the membrane and the input
+    current: the membrane before the gate, with the reset of a spike at the threshold."""
+    rho = tl.where(hp > threshold, 1.0, 0.0)
+    if ZERO_RESET:
+        f = beta * (1.0 - rho) * hp + cur
+    else:
+        f = beta * hp + cur - rho * threshold
+    return rho, f
+
+
+@triton.jit
+def surrogate_grad(x, CODE: tl.constexpr, scale):
     """sigma'(x) of su_neuro.surrogate.surrogate_derivative, in fp32."""
-    if CODE == 0:  # atan
+    if CODE == ATAN:
         u = 1.5707963267948966 * scale * x
         y = (scale * 0.5) / (1.0 + u * u)
-    elif CODE == 1:  # fast_sigmoid
+    elif CODE == FAST_SIGMOID:
         u = scale * tl.abs(x) + 1.0
         y = 1.0 / (u * u)
-    elif CODE == 2:  # sigmoid: s e^{-sx} / (1 + e^{-sx})^2 = s sig(sx) (1 - sig(sx))
+    elif CODE == SIGMOID:  # s e^{-sx} / (1 + e^{-sx})^2 = s sig(sx) (1 - sig(sx))
         sg = _sigmoid(scale * x)
         y = scale * sg * (1.0 - sg)
-    elif CODE == 3:  # straight_through
+    elif CODE == STRAIGHT_THROUGH:
         y = x * 0.0 + 1.0
-    elif CODE == 4:  # triangle
+    elif CODE == TRIANGLE:
         y = tl.maximum(1.0 - tl.abs(x) / scale, 0.0) / scale
-    else:  # rectangle
+    else:  # RECTANGLE
         y = tl.where(tl.abs(x) < 0.5 * scale, 1.0, 0.0) / scale
     return y
 
 
-@triton.jit
-def _rows_matvec(w_ptr, wrow, rmask, v_ptr, v2_ptr, use_v2, H,
-                 SKIP: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
-    """acc[i] = sum_j W[wrow[i], j] * (v[j] - use_v2 * v2[j])  for one tile of BI rows.
-
-    W is row-major (*, H). The vector is streamed in column tiles of BJ; with SKIP a
-    column tile whose vector entries are all zero (no spike / no change) is not loaded.
-    """
-    acc = tl.zeros([BI], dtype=tl.float32)
-    for j0 in range(0, H, BJ):
-        j = j0 + tl.arange(0, BJ)
-        jm = j < H
-        v = tl.load(v_ptr + j, mask=jm, other=0.0).to(tl.float32)
-        v = v - tl.load(v2_ptr + j, mask=jm & use_v2, other=0.0).to(tl.float32)
-        wmask = rmask[:, None] & jm[None, :]
-        if SKIP:
-            if tl.max(tl.abs(v), axis=0) > 0:
-                w = tl.load(w_ptr + wrow[:, None] * H + j[None, :], mask=wmask, other=0.0)
-                acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
-        else:
-            w = tl.load(w_ptr + wrow[:, None] * H + j[None, :], mask=wmask, other=0.0)
-            acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
-    return acc
-
-
-@triton.jit
-def _rows_matvec3(w_ptr, wrow, rmask, v_ptr, H, BI: tl.constexpr, BJ: tl.constexpr):
-    """The three GRU sections at once: acc_s[i] = sum_j W[s*H + wrow[i], j] * v[j], s = 0, 1, 2.
-
-    Same tiles and the same order of additions as three ``_rows_matvec`` calls (so the same
-    bits), but one column loop issues the three sections' tile loads together: three loads
-    in flight per step of the loop instead of one behind each reduction.
-    """
-    acc0 = tl.zeros([BI], dtype=tl.float32)
-    acc1 = tl.zeros([BI], dtype=tl.float32)
-    acc2 = tl.zeros([BI], dtype=tl.float32)
-    for j0 in range(0, H, BJ):
-        j = j0 + tl.arange(0, BJ)
-        jm = j < H
-        v = tl.load(v_ptr + j, mask=jm, other=0.0).to(tl.float32)
-        wmask = rmask[:, None] & jm[None, :]
-        base = w_ptr + wrow[:, None] * H + j[None, :]
-        w0 = tl.load(base, mask=wmask, other=0.0)
-        w1 = tl.load(base + H * H, mask=wmask, other=0.0)
-        w2 = tl.load(base + 2 * H * H, mask=wmask, other=0.0)
-        acc0 += tl.sum(w0.to(tl.float32) * v[None, :], axis=1)
-        acc1 += tl.sum(w1.to(tl.float32) * v[None, :], axis=1)
-        acc2 += tl.sum(w2.to(tl.float32) * v[None, :], axis=1)
-    return acc0, acc1, acc2
-
-
+# ------------------------------------------------------------------------------- host side
 #: compile options every launch passes. FMA contraction is on, the default of every Triton
 #: up to 3.9 and the setting of the native GPU runs; fixed here because Triton 3.10 turns the
 #: default off, and tools/triton_aot.py then compiles what a GPU runs on any version.
 LAUNCH_OPTIONS = {"enable_fp_fusion": True}
+
+
+class Config(NamedTuple):
+    """A call's constants: cell ("rnn", "gru", "lif") and gate kind; whether it records;
+    LIF threshold and reset (``zero_reset``); the surrogates' codes and scales (``s_``: the
+    LIF spike, ``g_``: the event gate; 0 where the call has none)."""
+
+    cell: str
+    gate: str
+    record: bool
+    threshold: float
+    zero_reset: bool
+    s_code: int
+    s_scale: float
+    g_code: int
+    g_scale: float
+
+    @property
+    def cell_code(self) -> int:
+        return contract.CELL_CODES[self.cell]
+
+    @property
+    def gate_code(self) -> int:
+        return contract.GATE_CODES[self.gate]
+
+
+class Operands(NamedTuple):
+    """What the kernels read of a call, None where it has none: xp (B, T, G); w_hh (G, H);
+    b_hh (G,); gvals (T, H) rhythmic gate; theta (H,) event threshold; beta (H,) LIF decay."""
+
+    xp: torch.Tensor
+    w_hh: torch.Tensor | None
+    b_hh: torch.Tensor | None
+    gvals: torch.Tensor | None
+    theta: torch.Tensor | None
+    beta: torch.Tensor | None
+
+
+class Sequences(NamedTuple):
+    """What the forward writes and the backward reads: hs (B, T+1, H) states, row 0 = h0 (LIF:
+    the membrane); ss (B, T+1, H) LIF spikes, row 0 = s0, else None; gh (B, T, G) fp32 the
+    recurrent pre-activation U h + b, None where not saved."""
+
+    hs: torch.Tensor
+    ss: torch.Tensor | None
+    gh: torch.Tensor | None
+
+
+class OpenLists(NamedTuple):
+    """A (T, H) mask compacted: idx (int32) the set columns of every row, off (T+1,) int32
+    where each row's start in idx."""
+
+    idx: torch.Tensor
+    off: torch.Tensor
+
+
+class Grads(NamedTuple):
+    """The backward's buffers, fp32: ch (B, H) dL/dh_T in, dL/dh0 out; cs (B, H) the same for
+    the LIF spikes (else None); dirb (B, H) scratch; dxp, dgh (B, T, G) (dgh is dxp but for
+    the GRU n section); dg (B, T, H) dL/dg of a trainable rhythmic gate, else None; dth,
+    dbeta (B, H) per-row dL/dtheta (event gate), dL/dbeta (LIF), else None."""
+
+    ch: torch.Tensor
+    cs: torch.Tensor | None
+    dirb: torch.Tensor
+    dxp: torch.Tensor
+    dgh: torch.Tensor
+    dg: torch.Tensor | None
+    dth: torch.Tensor | None
+    dbeta: torch.Tensor | None
 
 
 def dummy(device) -> torch.Tensor:
@@ -152,14 +212,12 @@ def dummy(device) -> torch.Tensor:
     return torch.zeros(1, dtype=torch.float32, device=device)
 
 
+def filled(bundle, placeholder: torch.Tensor):
+    """``bundle`` (a NamedTuple of tensors, or None) with the placeholder where it holds None."""
+    if bundle is None:
+        return None
+    return type(bundle)._make(placeholder if v is None else v for v in bundle)
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, n))))
-
-
-def tiles(hidden: int) -> tuple[int, int]:
-    """(BI, BJ): rows per tile of the recurrent matrix and columns per streamed vector tile.
-
-    A BI x BJ fp32 tile is at most 4096 values (32 registers per thread at 4 warps).
-    """
-    hp = next_pow2(hidden)
-    return max(2, min(32, hp)), max(2, min(128, hp))

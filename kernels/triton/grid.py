@@ -1,6 +1,6 @@
 r"""Multi-program Triton recurrence for RNN / GRU with a dense or rhythmic gate.
 
-The kernels of ``recurrence.py`` give a batch row one program: at B = 1 one SM does all
+The kernels of ``rows.py`` give a batch row one program: at B = 1 one SM does all
 the work, and every batch row streams the whole recurrent matrix U on its own. Here a
 step is shared by a grid of programs, ``grid = (NH, NB)``:
 
@@ -33,66 +33,49 @@ would wait for ever: there (``SYNC`` off) the launchers start one launch per ste
 one per phase in backward. The arithmetic is the same code; the native test run on a GPU
 is what checks the barrier.
 
-The equations are ``kernels/reference.py``'s; ``recurrence.py`` has the layouts (gh,
-dxp, dgh, the backward mask) that these kernels share with the per-row ones, and its
-``_Recurrence`` calls :func:`launch_fwd` / :func:`launch_bwd` when :func:`eligible`.
+The equations are ``kernels/reference.py``'s; ``rows.py`` has the layouts (gh, dxp, dgh,
+the backward mask) that these kernels share with the per-row ones, and ``ops.py`` calls
+:func:`launch_fwd` / :func:`launch_bwd` when :func:`eligible`. How a launch cuts the work
+(tiles, grid shape, dot precision) is ``grid_tiles.py``.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from . import choice
+from . import choose, grid_tiles
 from ._common import (
-    CELL_CODES,
-    GATE_CODES,
+    GRU,
     LAUNCH_OPTIONS,
-    _gru_parts,
-    _gru_parts_grad,
+    RHYTHMIC,
+    Config,
+    Grads,
+    OpenLists,
+    Operands,
+    Sequences,
     _step_range,
+    _step_rows,
     _tanh,
     dummy,
-    next_pow2,
+    filled,
+    gru_candidate,
+    gru_candidate_grad,
 )
 
-__all__ = ["ENABLED", "Tiles", "eligible", "launch_fwd", "launch_bwd", "shape", "tiles"]
+__all__ = ["ENABLED", "LAUNCHED", "eligible", "launch_bwd", "launch_fwd"]
 
-# None: where measured faster than the per-row kernels (choice.MEASURED, GPU only); True /
+# None: where measured faster than the per-row kernels (choose.MEASURED, GPU only); True /
 # False: always / never (tests, benchmarks). Run natively on an H200 on 2026-12-04: the kernel
 # tests passed and tools/bench_gpu.py timed them (docs/triton.md).
 ENABLED: bool | None = None
-MAX_BB = 64  # batch rows per program
-MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
 
-
-class Tiles(NamedTuple):
-    """How a launch cuts the work (docs/triton.md, "Cost model").
-
-    bb: batch rows per program (a batch block); 1-64, powers of two; below 16 needs ``fma``.
-    bh: rows of U per forward chunk (columns per backward slice); the chunks of a step are
-        shared round robin by the NH programs of a batch block.
-    bk: reduction tile (columns of U per forward iteration, rows per backward iteration).
-    warps, stages: Triton's num_warps and num_stages.
-    fma: products on the FMA units as broadcasts summed over the reduction axis (exact fp32,
-        any bb / bh) instead of ``tl.dot`` (bb, bh >= 16; tensor cores at TF32 precision).
-    """
-
-    bb: int
-    bh: int
-    bk: int
-    warps: int
-    stages: int
-    fma: bool
-
-
-#: tiles to use instead of :func:`tiles`' choice (the benchmark's sweep sets it)
-TILES: Tiles | None = None
-#: tl.dot precision instead of the one torch's flags give ("ieee", "tf32", "tf32x3")
-PRECISION: str | None = None
+# the backward's PHASES: phase 1 or phase 2 alone (the interpreter's launches), or both with
+# the barrier between them
+PHASE_1 = tl.constexpr(1)
+PHASE_2 = tl.constexpr(2)
+BOTH_PHASES = tl.constexpr(3)
 
 
 @triton.jit
@@ -128,14 +111,15 @@ def _mac_t(acc, v, w, FMA: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def _chunk_rows(idx_ptr, k, km, GATE: tl.constexpr):
-    # rows k of the step's range (int64: row * H offsets): gathered from the compacted open
-    # list of a rhythmic gate, the positions themselves otherwise
-    if GATE == 1:
-        rows = tl.load(idx_ptr + k, mask=km, other=0).to(tl.int64)
-    else:
-        rows = k.to(tl.int64)
-    return rows
+def _program(B, H, NSEC: tl.constexpr, BB: tl.constexpr):
+    # program (p, q) of nh per batch block; G = NSEC * H, the width of a pre-activation row;
+    # the rows of batch block q (int64: offsets) and their mask
+    p = tl.program_id(0)
+    q = tl.program_id(1)
+    nh = tl.num_programs(0)
+    G = NSEC * H
+    bb = (q * BB + tl.arange(0, BB)).to(tl.int64)
+    return p, q, nh, G, bb, bb < B
 
 
 @triton.jit
@@ -150,19 +134,14 @@ def _fwd_grid_kernel(
     # else tl.dot (BB, BH >= 16) at precision PREC.
     # xp (B, T, G); hs (B, T+1, H), row 0 = h0; gh (B, T, G) fp32; mask (T, H) int8: rows
     # whose candidate is computed (idx / off: its compacted lists); sync (NB,) int32 zeros.
-    p = tl.program_id(0)
-    q = tl.program_id(1)
-    nh = tl.num_programs(0)
-    NSEC: tl.constexpr = 3 if CELL == 1 else 1
-    G = NSEC * H
-    bb = (q * BB + tl.arange(0, BB)).to(tl.int64)
-    bm = bb < B
+    NSEC: tl.constexpr = 3 if CELL == GRU else 1
+    p, q, nh, G, bb, bm = _program(B, H, NSEC, BB)
     for t in range(t0, t1):
         prev = (bb * (T + 1) + t) * H
         new = prev + H
         xrow = (bb * T + t) * G
         trow = tl.cast(t, tl.int64) * H  # row t of the (T, H) gate and mask
-        if GATE == 1:  # closed neurons keep their state
+        if GATE == RHYTHMIC:  # closed neurons keep their state
             for j0 in range(p * BH, H, nh * BH):
                 j = j0 + tl.arange(0, BH)
                 jm = j < H
@@ -174,7 +153,7 @@ def _fwd_grid_kernel(
         for c0 in range(start + p * BH, end, nh * BH):
             k = c0 + tl.arange(0, BH)
             km = k < end
-            rows = _chunk_rows(idx_ptr, k, km, GATE)
+            rows = _step_rows(idx_ptr, k, km, GATE).to(tl.int64)
             a0 = tl.zeros([BB, BH], tl.float32)
             a1 = tl.zeros([BB, BH], tl.float32)
             a2 = tl.zeros([BB, BH], tl.float32)
@@ -187,14 +166,14 @@ def _fwd_grid_kernel(
                 wo = rows[:, None] * H + kk[None, :]
                 w0 = tl.load(w_ptr + wo, mask=wm, other=0.0).to(tl.float32)
                 a0 = _mac(a0, hk, w0, FMA, PREC)
-                if CELL == 1:
+                if CELL == GRU:
                     w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(tl.float32)
                     w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0).to(tl.float32)
                     a1 = _mac(a1, hk, w1, FMA, PREC)
                     a2 = _mac(a2, hk, w2, FMA, PREC)
             if HAS_B:
                 a0 += tl.load(b_ptr + rows, mask=km, other=0.0).to(tl.float32)[None, :]
-                if CELL == 1:
+                if CELL == GRU:
                     a1 += tl.load(b_ptr + H + rows, mask=km, other=0.0).to(tl.float32)[None, :]
                     a2 += tl.load(b_ptr + 2 * H + rows, mask=km, other=0.0).to(tl.float32)[None, :]
             om = bm[:, None] & km[None, :]
@@ -202,13 +181,13 @@ def _fwd_grid_kernel(
             xo = xrow[:, None] + rows[None, :]
             hp = tl.load(hs_ptr + ho, mask=om, other=0.0, cache_modifier=".cg").to(tl.float32)
             p0 = tl.load(xp_ptr + xo, mask=om, other=0.0).to(tl.float32)
-            if CELL == 1:
+            if CELL == GRU:
                 p1 = tl.load(xp_ptr + xo + H, mask=om, other=0.0).to(tl.float32)
                 p2 = tl.load(xp_ptr + xo + 2 * H, mask=om, other=0.0).to(tl.float32)
-                _r, _z, _n, f = _gru_parts(p0, p1, p2, a0, a1, a2, hp)
+                _r, _z, _n, f = gru_candidate(p0, p1, p2, a0, a1, a2, hp)
             else:
                 f = _tanh(p0 + a0)
-            if GATE == 1:
+            if GATE == RHYTHMIC:
                 g = tl.load(gate_ptr + trow + rows, mask=km, other=0.0).to(tl.float32)[None, :]
                 # a closed row is computed only for dL/dg (f - h): it keeps its state
                 hn = tl.where(g != 0, hp + g * (f - hp), hp)
@@ -217,7 +196,7 @@ def _fwd_grid_kernel(
             tl.store(hs_ptr + ho + H, hn, mask=om)
             if SAVE_GH:
                 tl.store(gh_ptr + xo, a0, mask=om)
-                if CELL == 1:
+                if CELL == GRU:
                     tl.store(gh_ptr + xo + H, a1, mask=om)
                     tl.store(gh_ptr + xo + 2 * H, a2, mask=om)
         _grid_sync(sync_ptr, q, (t - t0 + 1) * nh, SYNC)
@@ -232,25 +211,20 @@ def _bwd_grid_kernel(
     PHASES: tl.constexpr, SYNC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
 ):
-    # Steps t = T-1-tt for tt in [t0, t1). PHASES: 3 both phases (with SYNC, a barrier
-    # between them), 1 or 2 one of them (the interpreter's per-phase launches).
+    # Steps t = T-1-tt for tt in [t0, t1). PHASES: BOTH_PHASES (with SYNC, a barrier
+    # between them), PHASE_1 or PHASE_2 one of them (the interpreter's per-phase launches).
     # ch (B, H) fp32 in: dL/dh_T, out: dL/dh0; dir (B, H) fp32 scratch; dxp, dgh (B, T, G)
     # fp32 (dgh written only for the GRU n section); dg (B, T, H); sup (T, H) int8 (DG_MASK);
     # idx / off: rows with g != 0 per step.
-    p = tl.program_id(0)
-    q = tl.program_id(1)
-    nh = tl.num_programs(0)
-    NSEC: tl.constexpr = 3 if CELL == 1 else 1
-    G = NSEC * H
-    bb = (q * BB + tl.arange(0, BB)).to(tl.int64)
-    bm = bb < B
+    NSEC: tl.constexpr = 3 if CELL == GRU else 1
+    p, q, nh, G, bb, bm = _program(B, H, NSEC, BB)
     for tt in range(t0, t1):
         t = T - 1 - tt
         prev = (bb * (T + 1) + t) * H
         xrow = (bb * T + t) * G
         orow = (bb * T + t) * H
         trow = tl.cast(t, tl.int64) * H
-        if PHASES != 2:  # ---- phase 1, elementwise over the program's neuron slices
+        if PHASES != PHASE_2:  # ---- phase 1, elementwise over the program's neuron slices
             for j0 in range(p * BH, H, nh * BH):
                 j = j0 + tl.arange(0, BH)
                 jm = j < H
@@ -263,15 +237,15 @@ def _bwd_grid_kernel(
                 a += tl.load(dout_ptr + orow[:, None] + j[None, :], mask=m, other=0.0).to(tl.float32)
                 gh0 = tl.load(gh_ptr + xo, mask=m, other=0.0)
                 p0 = tl.load(xp_ptr + xo, mask=m, other=0.0).to(tl.float32)
-                if CELL == 1:
+                if CELL == GRU:
                     gh1 = tl.load(gh_ptr + xo + H, mask=m, other=0.0)
                     gh2 = tl.load(gh_ptr + xo + 2 * H, mask=m, other=0.0)
                     p1 = tl.load(xp_ptr + xo + H, mask=m, other=0.0).to(tl.float32)
                     p2 = tl.load(xp_ptr + xo + 2 * H, mask=m, other=0.0).to(tl.float32)
-                    r, z, n, f = _gru_parts(p0, p1, p2, gh0, gh1, gh2, hp)
+                    r, z, n, f = gru_candidate(p0, p1, p2, gh0, gh1, gh2, hp)
                 else:
                     f = _tanh(p0 + gh0)
-                if GATE == 1:
+                if GATE == RHYTHMIC:
                     g = tl.load(gate_ptr + trow + j, mask=jm, other=0.0).to(tl.float32)[None, :]
                     df = tl.where(g != 0, g * a, 0.0)
                     dh = (1.0 - g) * a
@@ -284,8 +258,8 @@ def _bwd_grid_kernel(
                 else:
                     df = a
                     dh = tl.zeros([BB, BH], tl.float32)
-                if CELL == 1:
-                    drp, dzp, dnp, dhz = _gru_parts_grad(df, r, z, n, gh2, hp)
+                if CELL == GRU:
+                    drp, dzp, dnp, dhz = gru_candidate_grad(df, r, z, n, gh2, hp)
                     dh += dhz
                     tl.store(dxp_ptr + xo, drp, mask=m)
                     tl.store(dxp_ptr + xo + H, dzp, mask=m)
@@ -294,9 +268,9 @@ def _bwd_grid_kernel(
                 else:
                     tl.store(dxp_ptr + xo, df * (1.0 - f * f), mask=m)
                 tl.store(dir_ptr + so, dh, mask=m)
-        if PHASES == 3:
+        if PHASES == BOTH_PHASES:
             _grid_sync(sync_ptr, q, (tt - t0 + 1) * nh, SYNC)
-        if PHASES != 1:  # ---- phase 2, dL/dh_{t-1} = dir + U^T dgh over the open rows
+        if PHASES != PHASE_1:  # ---- phase 2, dL/dh_{t-1} = dir + U^T dgh over the open rows
             start, end = _step_range(off_ptr, t, H, GATE)
             for j0 in range(p * BH, H, nh * BH):
                 j = j0 + tl.arange(0, BH)
@@ -305,11 +279,11 @@ def _bwd_grid_kernel(
                 for c0 in range(start, end, BK):
                     k = c0 + tl.arange(0, BK)
                     km = k < end
-                    rows = _chunk_rows(idx_ptr, k, km, GATE)
+                    rows = _step_rows(idx_ptr, k, km, GATE).to(tl.int64)
                     vm = bm[:, None] & km[None, :]
                     wm = km[:, None] & jm[None, :]
                     for sec in tl.static_range(NSEC):
-                        if CELL == 1 and sec == 2:
+                        if CELL == GRU and sec == 2:
                             src = dgh_ptr
                         else:
                             src = dxp_ptr
@@ -321,7 +295,7 @@ def _bwd_grid_kernel(
                 so = (bb * H)[:, None] + j[None, :]
                 m = bm[:, None] & jm[None, :]
                 tl.store(ch_ptr + so, tl.load(dir_ptr + so, mask=m, other=0.0) + acc, mask=m)
-        if PHASES == 3:
+        if PHASES == BOTH_PHASES:
             # phase 1 of the next step reads the slices' ch in another thread layout
             tl.debug_barrier()
 
@@ -330,104 +304,21 @@ def _bwd_grid_kernel(
 def eligible(cell: str, gate: str, w_hh, B: int, device, rate: float = 1.0, training: bool = False) -> bool:
     """Whether the multi-program kernels run this call: RNN / GRU, dense or rhythmic gate,
     fp32 / fp16 / bf16, on a GPU every program resident at once, and ``ENABLED``: True
-    always, False never, None (the default) where ``choice.MEASURED`` timed them faster than
+    always, False never, None (the default) where ``choose.MEASURED`` timed them faster than
     the per-row kernels for this batch, width, update rate and mode (GPU only; the
     interpreter runs the per-row kernels unless told)."""
     if ENABLED is False or cell not in ("rnn", "gru") or gate not in ("dense", "rhythmic"):
         return False
     if w_hh is None or w_hh.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
-    sms = _sm_count(device)
+    sms = grid_tiles.sm_count(device)
     if sms is not None:
-        _, nh, nb = shape(B, w_hh.shape[1], device)
+        _, nh, nb = grid_tiles.shape(B, w_hh.shape[1], device)
         if not (nh >= 1 and nh * nb <= sms):
             return False
     if ENABLED is None:
-        return sms is not None and choice.fastest(B, w_hh.shape[1], rate, training, ("rows", "grid")) == "grid"
+        return sms is not None and choose.fastest(B, w_hh.shape[1], rate, training, ("rows", "grid")) == "grid"
     return True
-
-
-def _sm_count(device) -> int | None:
-    """The GPU's SM count; None off a GPU (the interpreter: no residency limit).
-    tools/triton_aot.py stands in a card's count to compile the GPU's grid shapes."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _clamp_block(rows: int) -> int:
-    return max(16, min(MAX_BB, next_pow2(rows)))
-
-
-def tiles(B: int, H: int, device, precision: str = "ieee") -> Tiles:
-    """The tiles of a call: :data:`TILES` where set, else the measured defaults (one H200,
-    docs/triton.md, "Tiles"):
-
-    * B <= 8: one block of ``next_pow2(B)`` rows on the FMA units (a tensor-core tile would
-      pad it to 16 rows), chunks of 8 rows, a long reduction tile (2048 / BB columns, at most
-      the layer's width), 8 warps, 3 stages: many weight bytes in flight per SM, which is what
-      a B = 1 step streams (B=1, H=8192, 10 %: 37 ms, against 111 ms at 16 rows x 256);
-    * larger batches: blocks of 16 rows while every block keeps 16 programs (B = 64: four
-      blocks of 33 programs; two blocks of 32 rows took twice as long), tl.dot on chunks of
-      16 rows; reduction tile 64 at exact fp32 (IEEE dot), 32 at 3xTF32 (no spills), 128 and
-      3 stages at TF32."""
-    if TILES is not None:
-        return TILES
-    if B <= 8:
-        bb = next_pow2(B)
-        return Tiles(bb, 8, max(64, min(2048 // bb, next_pow2(H))), 8, 3, True)
-    sms = _sm_count(device)
-    bb = 16
-    if sms is not None and triton.cdiv(B, 16) * 16 > sms:
-        bb = _clamp_block(triton.cdiv(B * 16, sms))
-    elif sms is None:
-        bb = _clamp_block(B)
-    if precision == "tf32":
-        return Tiles(bb, 16, 128, 4, 3, False)
-    if precision == "tf32x3":
-        return Tiles(bb, 16, 32, 4, 3, False)
-    return Tiles(bb, 16, max(32, 1024 // bb), 4, 2, False)
-
-
-def shape(B: int, H: int, device, precision: str = "ieee") -> tuple[int, int, int]:
-    """(BB, NH, NB): batch rows per program, programs per batch block, batch blocks.
-
-    NH is one program per chunk of ``bh`` rows (at most ``MAX_NH``). On a GPU the programs
-    must all be resident (a spin barrier): NH ≤ SMs // NB, so NH is 0 (not eligible) when
-    the batch needs more blocks than there are SMs. The interpreter has no residency limit."""
-    t = tiles(B, H, device, precision)
-    nh = triton.cdiv(H, t.bh)
-    if MAX_NH is not None:
-        nh = max(1, min(nh, MAX_NH))
-    nb = triton.cdiv(B, t.bb)
-    sms = _sm_count(device)
-    if sms is not None:
-        nh = min(nh, sms // nb)
-    return t.bb, nh, nb
-
-
-def _precision(dtype) -> str:
-    # The dot operands are fp32 (16-bit inputs are widened after the load). fp16 and bf16
-    # values are exact in TF32, so for them TF32 tensor cores compute the fp32 products
-    # exactly; fp32 inputs use TF32 only where torch allows it for matmuls.
-    if PRECISION is not None:
-        return PRECISION
-    if dtype in (torch.float16, torch.bfloat16) or _tf32_matmuls():
-        return "tf32"
-    return "ieee"
-
-
-def _tf32_matmuls() -> bool:
-    """torch's switch for TF32 fp32 matmuls: ``fp32_precision`` where it is set (newer
-    torch raises on the legacy flag once it is), else ``allow_tf32``."""
-    m = torch.backends.cuda.matmul
-    prec = getattr(m, "fp32_precision", None)
-    if prec not in (None, "none"):
-        return prec == "tf32"
-    try:
-        return bool(m.allow_tf32)
-    except RuntimeError:
-        return False
 
 
 #: the last native launch of each kernel: programs and the compiler's resource figures
@@ -456,53 +347,56 @@ def _native(device) -> bool:
     return device.type == "cuda"
 
 
-def _setup(cfg, xp, hs, operands):
-    """What both launchers need: sizes, the grid (NH, NB), a placeholder tensor, zeroed
-    barrier counters and the compile-time arguments they share. ``operands``: the dtype of
-    the dot operands' values (the input's forward; the fp32 gradients backward)."""
+def _setup(cfg: Config, xp, hs, operands):
+    """What both launchers need: the grid (NH, NB), a placeholder tensor and the arguments
+    they share (sizes, zeroed barrier counters, compile-time switches). ``operands``: the
+    dtype of the dot operands' values (the input's forward; the fp32 gradients backward)."""
     B, T, _ = xp.shape
     H = hs.shape[2]
-    prec = _precision(operands)
-    t = tiles(B, H, xp.device, prec)
-    _, nh, nb = shape(B, H, xp.device, prec)
-    meta = dict(CELL=CELL_CODES[cfg["cell"]], GATE=GATE_CODES[cfg["gate"]], BB=t.bb, BH=t.bh,
-                BK=t.bk, FMA=t.fma, PREC=prec, num_warps=t.warps, num_stages=t.stages, **LAUNCH_OPTIONS)
-    return B, T, H, nh, nb, dummy(xp.device), _counters(nb, xp.device), meta
+    prec = grid_tiles.dot_precision(operands)
+    t = grid_tiles.tiles(B, H, xp.device, prec)
+    _, nh, nb = grid_tiles.shape(B, H, xp.device, prec)
+    shared = dict(sync_ptr=_counters(nb, xp.device), B=B, T=T, H=H, CELL=cfg.cell_code, GATE=cfg.gate_code,
+                  BB=t.bb, BH=t.bh, BK=t.bk, FMA=t.fma, PREC=prec, num_warps=t.warps, num_stages=t.stages,
+                  **LAUNCH_OPTIONS)
+    return (nh, nb), dummy(xp.device), shared
 
 
-def launch_fwd(cfg, xp, hs, w_hh, b_hh, gvals, mask, idx, off, gh, save_gh):
-    """Fills ``hs[:, 1:]`` (and ``gh`` when ``save_gh``); ``hs[:, 0]`` holds h0."""
-    B, T, H, nh, nb, d, sync, meta = _setup(cfg, xp, hs, xp.dtype)
-    dev = xp.device
-    rhythmic = cfg["gate"] == "rhythmic"
-    m8 = (mask != 0).to(torch.int8).contiguous() if rhythmic else d
-    args = (xp, w_hh, b_hh if b_hh is not None else d, gvals if rhythmic else d, m8, idx, off,
-            hs, gh if save_gh else d, sync)
-    meta.update(HAS_B=b_hh is not None, SAVE_GH=save_gh)
-    if _native(dev):
-        k = _fwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, SYNC=True,
-                                       launch_cooperative_grid=True, **meta)
-        _note("fwd", k, nh, nb)
+def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists | None) -> None:
+    """Fills ``seq.hs[:, 1:]`` (and ``seq.gh`` where given); ``seq.hs[:, 0]`` holds h0. ``mask``
+    (T, H): a rhythmic gate's rows to compute, ``lists`` the same compacted."""
+    grid, d, shared = _setup(cfg, x.xp, seq.hs, x.xp.dtype)
+    T = x.xp.shape[1]
+    m8 = (mask != 0).to(torch.int8).contiguous() if cfg.gate == "rhythmic" else d
+    flags = dict(HAS_B=x.b_hh is not None, SAVE_GH=seq.gh is not None)
+    x, seq, lists = filled(x, d), filled(seq, d), lists if lists is not None else OpenLists(d, d)
+    args = dict(xp_ptr=x.xp, w_ptr=x.w_hh, b_ptr=x.b_hh, gate_ptr=x.gvals, mask_ptr=m8, idx_ptr=lists.idx,
+                off_ptr=lists.off, hs_ptr=seq.hs, gh_ptr=seq.gh, **flags, **shared)
+    if _native(x.xp.device):
+        k = _fwd_grid_kernel[grid](t0=0, t1=T, SYNC=True, launch_cooperative_grid=True, **args)
+        _note("fwd", k, *grid)
     else:
         for t in range(T):
-            _fwd_grid_kernel[(nh, nb)](*args, t, t + 1, B, T, H, SYNC=False, **meta)
+            _fwd_grid_kernel[grid](t0=t, t1=t + 1, SYNC=False, **args)
 
 
-def launch_bwd(cfg, xp, w_hh, gvals, dg_mask, idx, off, hs, gh, dout, ch, dirb, dxp, dgh, dg,
-               need_dg):
-    """Writes dxp, dgh (GRU n section), dg and leaves dL/dh0 in ``ch``."""
-    B, T, H, nh, nb, d, sync, meta = _setup(cfg, xp, hs, torch.float32)
-    dev = xp.device
-    rhythmic = cfg["gate"] == "rhythmic"
-    args = (xp, w_hh, gvals if rhythmic else d, dg_mask if dg_mask is not None else d, idx, off,
-            hs, gh, dout, ch, dirb, dxp, dgh, dg if need_dg else d, sync)
-    meta.update(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None)
-    if _native(dev):
-        k = _bwd_grid_kernel[(nh, nb)](*args, 0, T, B, T, H, PHASES=3, SYNC=True,
-                                       launch_cooperative_grid=True, **meta)
-        _note("bwd", k, nh, nb)
+def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists | None, dg_mask,
+               grads: Grads) -> None:
+    """Writes ``grads.dxp``, ``grads.dgh`` (GRU n section) and ``grads.dg``, and leaves dL/dh0
+    in ``grads.ch`` (arguments as :func:`rows.launch_bwd`'s)."""
+    grid, d, shared = _setup(cfg, x.xp, seq.hs, torch.float32)
+    T = x.xp.shape[1]
+    need_dg = grads.dg is not None
+    flags = dict(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None)
+    x, g, lists = filled(x, d), filled(grads, d), lists if lists is not None else OpenLists(d, d)
+    args = dict(xp_ptr=x.xp, w_ptr=x.w_hh, gate_ptr=x.gvals, sup_ptr=dg_mask if dg_mask is not None else d,
+                idx_ptr=lists.idx, off_ptr=lists.off, hs_ptr=seq.hs, gh_ptr=seq.gh, dout_ptr=dout, ch_ptr=g.ch,
+                dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh, dg_ptr=g.dg, **flags, **shared)
+    if _native(x.xp.device):
+        k = _bwd_grid_kernel[grid](t0=0, t1=T, PHASES=BOTH_PHASES.value, SYNC=True,
+                                   launch_cooperative_grid=True, **args)
+        _note("bwd", k, *grid)
     else:
         for tt in range(T):
-            for phase in (1, 2):
-                _bwd_grid_kernel[(nh, nb)](*args, tt, tt + 1, B, T, H, PHASES=phase,
-                                           SYNC=False, **meta)
+            for phase in (PHASE_1, PHASE_2):
+                _bwd_grid_kernel[grid](t0=tt, t1=tt + 1, PHASES=phase.value, SYNC=False, **args)

@@ -1,8 +1,8 @@
-"""Which implementation runs a rhythmic RNN / GRU call on CUDA: measured, not guessed.
+"""Which implementation runs a call: measured, not guessed (pure functions of the call's sizes).
 
-Three ways to run the same call: the torch reference (cuBLAS GEMMs, a launch or ten per
-step), the per-row kernels (``recurrence.py``: one program per batch row, U streamed per
-row) and the multi-program kernels (``grid.py``: a step shared by the SMs, U shared by a
+Three ways to run the same rhythmic RNN / GRU call on CUDA: the torch reference (cuBLAS
+GEMMs, a launch or ten per step), the per-row kernels (``rows.py``: one program per batch
+row, U streamed per row) and the multi-program kernels (``grid.py``: a step shared by the SMs, U shared by a
 batch block). Which is fastest depends on the batch, the width, the update rate and whether
 a backward follows. :data:`MEASURED` is the table that decides, from one H200
 (``tools/bench_gpu.py --table``, 2026-12-04, raw output in
@@ -13,13 +13,15 @@ the larger batch, then width) and runs the fastest implementation there. The RNN
 table: its one measured point (B = 64, H = 1024, 10 %: per-row 19.0 / 64.7 ms, multi-program
 27.5 / 44.0 ms) has the same winners. The torch reference's times do not depend on the rate
 (it computes every row); those at 100 % serve both rates.
+
+:func:`kernels` names the Triton kernels that run a call once the backend runs it.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["MEASURED", "fastest"]
+__all__ = ["MEASURED", "fastest", "kernels"]
 
 #: (B, H, rate): ((torch fwd, fwd+bwd), (per-row fwd, fwd+bwd), (multi-program fwd, fwd+bwd)) ms;
 #: None: left out of the measurement (estimated over 2 s)
@@ -78,3 +80,14 @@ def fastest(B: int, H: int, rate: float, training: bool, among=_NAMES) -> str:
     if best is None:
         raise ValueError(f"none of {among} was measured at B={B}, H={H}, rate={rate}")
     return best[0]
+
+
+def kernels(cell: str, gate: str, recurrent: bool, grid: bool) -> str:
+    """The Triton kernels that run a call's forward: "lif_feedforward" (the streaming kernel of
+    ``lif_feedforward.py``) for a LIF without recurrent weights and a dense or event gate;
+    "grid" (``grid.py``) where the multi-program kernels are eligible (``grid``:
+    ``grid.eligible``'s answer); "rows" (``rows.py``) otherwise. A backward runs "grid" where
+    eligible, else "rows" (the feed-forward LIF's included)."""
+    if cell == "lif" and not recurrent and gate != "rhythmic":
+        return "lif_feedforward"
+    return "grid" if grid else "rows"

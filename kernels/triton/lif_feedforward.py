@@ -3,7 +3,7 @@ r"""Feed-forward LIF forward (no recurrent weights; dense or event gate) as a st
 Without recurrent weights the neurons do not interact, so the whole population is an
 elementwise recurrence over time: per neuron and step, read the input current I_t,
 update the membrane, write v_t and the spike s_t (the equations of
-``kernels/reference.py``; ``recurrence._fwd_kernel`` computes the same with its generic
+``kernels/reference.py``; ``rows._fwd_kernel`` computes the same with its generic
 row loop). That is 12 bytes of compulsory traffic per neuron-step in fp32, so the kernel
 should run at the card's memory bandwidth, and the work is arranged for that:
 
@@ -30,9 +30,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import LAUNCH_OPTIONS
+from ._common import DENSE, EVENT, LAUNCH_OPTIONS, Config, Operands, Sequences, dummy, lif_candidate
 
-__all__ = ["launch_lif_ff_fwd", "BLOCK", "T_TILE"]
+__all__ = ["BLOCK", "T_TILE", "launch_fwd"]
 
 BLOCK = 64  # neurons per program: one warp, two neurons per thread
 T_TILE = 8  # steps whose input current one tile load fetches
@@ -57,7 +57,7 @@ def _lif_ff_fwd_kernel(
     beta = tl.load(beta_ptr + j, mask=jm, other=0.0).to(tl.float32)
     beta = tl.minimum(tl.maximum(beta, 0.0), 1.0)
     theta = tl.zeros([BLOCK], tl.float32)
-    if GATE == 2:
+    if GATE == EVENT:
         theta = tl.load(theta_ptr + j, mask=jm, other=0.0).to(tl.float32)
     v = tl.load(hs_ptr + b * (T + 1) * H + j, mask=jm, other=0.0).to(tl.float32)
     for t0 in range(0, T, T_TILE):
@@ -71,12 +71,8 @@ def _lif_ff_fwd_kernel(
         for u in tl.static_range(T_TILE):
             sel = (r == u)[:, None]
             i = tl.sum(tl.where(sel, cur, 0.0), axis=0)
-            rho = tl.where(v > threshold, 1.0, 0.0)
-            if ZERO_RESET:
-                f = beta * (1.0 - rho) * v + i
-            else:
-                f = beta * v + i - rho * threshold
-            if GATE == 0:
+            _rho, f = lif_candidate(beta, v, i, threshold, ZERO_RESET)
+            if GATE == DENSE:
                 g = tl.full([BLOCK], 1.0, tl.float32)
                 hn = f
             else:
@@ -96,17 +92,17 @@ def _lif_ff_fwd_kernel(
             tl.store(grec_ptr + x_off, g_tile, mask=m2)
 
 
-def launch_lif_ff_fwd(cfg, xp, hs, ss, theta, beta, grec, record, dummy):
-    """Fills hs[:, 1:], ss[:, 1:] (and grec for a recorded event gate) from xp and hs[:, 0]."""
-    B, T, H = xp.shape
-    event = cfg["gate"] == "event"
+def launch_fwd(cfg: Config, x: Operands, seq: Sequences, grec) -> None:
+    """Fills ``seq.hs[:, 1:]``, ``seq.ss[:, 1:]`` (and ``grec`` (B, T, H), the record of an event
+    gate, where given) from ``x.xp`` and ``seq.hs[:, 0]``."""
+    B, T, H = x.xp.shape
     if T == 0:
         return
+    d = dummy(x.xp.device)
     block, t_tile, warps = TILES if TILES is not None else (BLOCK, T_TILE, WARPS)
     _lif_ff_fwd_kernel[(B, triton.cdiv(H, block))](
-        xp, theta if event else dummy, beta, hs, ss, grec if (record and event) else dummy,
-        T, H, cfg["threshold"],
-        GATE=2 if event else 0, RECORD=record and event, ZERO_RESET=cfg["zero_reset"],
-        BLOCK=block, T_TILE=t_tile, num_warps=warps, **LAUNCH_OPTIONS,
-    )  # fmt: skip
-
+        xp_ptr=x.xp, theta_ptr=x.theta if x.theta is not None else d, beta_ptr=x.beta, hs_ptr=seq.hs,
+        ss_ptr=seq.ss, grec_ptr=grec if grec is not None else d, T=T, H=H, threshold=cfg.threshold,
+        GATE=cfg.gate_code, RECORD=grec is not None, ZERO_RESET=cfg.zero_reset, BLOCK=block, T_TILE=t_tile,
+        num_warps=warps, **LAUNCH_OPTIONS,
+    )

@@ -1,0 +1,130 @@
+"""How a launch of the multi-program kernels (``grid.py``) cuts the work: the tiles, the
+grid shape and the precision of its dot products, chosen from the call's sizes and the GPU
+(the measured defaults of docs/triton.md, "Tiles"); the module's globals override them (the
+benchmark's sweeps and the tests set them).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+
+from ._common import next_pow2
+
+__all__ = ["MAX_BB", "MAX_NH", "PRECISION", "TILES", "Tiles", "dot_precision", "shape", "sm_count", "tiles"]
+
+MAX_BB = 64  # batch rows per program
+MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
+
+
+class Tiles(NamedTuple):
+    """How a launch cuts the work (docs/triton.md, "Cost model").
+
+    bb: batch rows per program (a batch block); 1-64, powers of two; below 16 needs ``fma``.
+    bh: rows of U per forward chunk (columns per backward slice); the chunks of a step are
+        shared round robin by the NH programs of a batch block.
+    bk: reduction tile (columns of U per forward iteration, rows per backward iteration).
+    warps, stages: Triton's num_warps and num_stages.
+    fma: products on the FMA units as broadcasts summed over the reduction axis (exact fp32,
+        any bb / bh) instead of ``tl.dot`` (bb, bh >= 16; tensor cores at TF32 precision).
+    """
+
+    bb: int
+    bh: int
+    bk: int
+    warps: int
+    stages: int
+    fma: bool
+
+
+#: tiles to use instead of :func:`tiles`' choice (the benchmark's sweep sets it)
+TILES: Tiles | None = None
+#: tl.dot precision instead of the one torch's flags give ("ieee", "tf32", "tf32x3")
+PRECISION: str | None = None
+
+
+def sm_count(device) -> int | None:
+    """The GPU's SM count; None off a GPU (the interpreter: no residency limit).
+    tools/triton_aot.py stands in a card's count to compile the GPU's grid shapes."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _clamp_block(rows: int) -> int:
+    return max(16, min(MAX_BB, next_pow2(rows)))
+
+
+def tiles(B: int, H: int, device, precision: str = "ieee") -> Tiles:
+    """The tiles of a call: :data:`TILES` where set, else the measured defaults (one H200,
+    docs/triton.md, "Tiles"):
+
+    * B <= 8: one block of ``next_pow2(B)`` rows on the FMA units (a tensor-core tile would
+      pad it to 16 rows), chunks of 8 rows, a long reduction tile (2048 / BB columns, at most
+      the layer's width), 8 warps, 3 stages: many weight bytes in flight per SM, which is what
+      a B = 1 step streams (B=1, H=8192, 10 %: 37 ms, against 111 ms at 16 rows x 256);
+    * larger batches: blocks of 16 rows while every block keeps 16 programs (B = 64: four
+      blocks of 33 programs; two blocks of 32 rows took twice as long), tl.dot on chunks of
+      16 rows; reduction tile 64 at exact fp32 (IEEE dot), 32 at 3xTF32 (no spills), 128 and
+      3 stages at TF32."""
+    if TILES is not None:
+        return TILES
+    if B <= 8:
+        bb = next_pow2(B)
+        return Tiles(bb, 8, max(64, min(2048 // bb, next_pow2(H))), 8, 3, True)
+    sms = sm_count(device)
+    bb = 16
+    if sms is not None and triton.cdiv(B, 16) * 16 > sms:
+        bb = _clamp_block(triton.cdiv(B * 16, sms))
+    elif sms is None:
+        bb = _clamp_block(B)
+    if precision == "tf32":
+        return Tiles(bb, 16, 128, 4, 3, False)
+    if precision == "tf32x3":
+        return Tiles(bb, 16, 32, 4, 3, False)
+    return Tiles(bb, 16, max(32, 1024 // bb), 4, 2, False)
+
+
+def shape(B: int, H: int, device, precision: str = "ieee") -> tuple[int, int, int]:
+    """(BB, NH, NB): batch rows per program, programs per batch block, batch blocks.
+
+    NH is one program per chunk of ``bh`` rows (at most ``MAX_NH``). On a GPU the programs
+    must all be resident (a spin barrier): NH ≤ SMs // NB, so NH is 0 (not eligible) when
+    the batch needs more blocks than there are SMs. The interpreter has no residency limit."""
+    t = tiles(B, H, device, precision)
+    nh = triton.cdiv(H, t.bh)
+    if MAX_NH is not None:
+        nh = max(1, min(nh, MAX_NH))
+    nb = triton.cdiv(B, t.bb)
+    sms = sm_count(device)
+    if sms is not None:
+        nh = min(nh, sms // nb)
+    return t.bb, nh, nb
+
+
+def dot_precision(dtype) -> str:
+    """The ``tl.dot`` precision for operands from ``dtype`` inputs: :data:`PRECISION` where
+    set, else "tf32" or "ieee". The dot operands are fp32 (16-bit inputs are widened after
+    the load). fp16 and bf16 values are exact in TF32, so for them TF32 tensor cores compute
+    the fp32 products exactly; fp32 inputs use TF32 only where torch allows it for matmuls."""
+    if PRECISION is not None:
+        return PRECISION
+    if dtype in (torch.float16, torch.bfloat16) or _tf32_matmuls():
+        return "tf32"
+    return "ieee"
+
+
+def _tf32_matmuls() -> bool:
+    """torch's switch for TF32 fp32 matmuls: ``fp32_precision`` where it is set (newer
+    torch raises on the legacy flag once it is), else ``allow_tf32``."""
+    m = torch.backends.cuda.matmul
+    prec = getattr(m, "fp32_precision", None)
+    if prec not in (None, "none"):
+        return prec == "tf32"
+    try:
+        return bool(m.allow_tf32)
+    except RuntimeError:
+        return False
+
