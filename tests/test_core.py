@@ -471,11 +471,12 @@ def test_unavailable_backend_is_an_error_not_a_fallback(monkeypatch):
         SUGRU(2, 4, backend="numba")
     layer = SUGRU(2, 4, backend="auto")
     layer(torch.randn(1, 3, 2))  # auto still runs, on torch
-    assert backends.resolve("auto", torch.device("cpu"), "gru", "rhythmic", torch.float32, batch=1, hidden=4).name == "torch"
+    cpu = torch.device("cpu")
+    assert backends.resolve("auto", cpu, "gru", "rhythmic", torch.float32, batch=1, hidden=4).name == "torch"
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if importlib.util.find_spec("triton") is not None:
         with pytest.raises(su_neuro.BackendUnavailableError, match="needs CUDA tensors"):
-            backends.resolve("triton", torch.device("cpu"), "gru", "dense", torch.float32, batch=1, hidden=4).name
+            backends.resolve("triton", torch.device("cpu"), "gru", "dense", torch.float32, batch=1, hidden=4)
 
 
 def test_import_is_cheap():

@@ -19,6 +19,11 @@ from su_neuro.kernels import torch_rnn
 PAIRS = [(SUGRU, torch.nn.GRU), (SURNN, torch.nn.RNN)]
 
 
+def _resolved(*args, **kw) -> str:
+    """The name of the backend ``backends.resolve`` picks."""
+    return backends.resolve(*args, **kw).name
+
+
 def _grads(out, hT, params, g, gh):
     return torch.autograd.grad((out * g).sum() + (hT * gh).sum(), params)
 
@@ -107,8 +112,8 @@ def test_mixed_gate_stacks_still_run_on_the_per_layer_backends():
         layer.load_state_dict(ref.state_dict())
         torch.testing.assert_close(layer(x)[0], out_ref, atol=1e-5, rtol=1e-5)
     cpu = torch.device("cpu")
-    assert backends.resolve("numba", cpu, "gru", ("dense", "rhythmic"), torch.float32, batch=2, hidden=6).name == "numba"
-    assert backends.resolve("auto", cpu, "gru", ("dense", "rhythmic"), torch.float32, batch=2, hidden=6).name == "numba"
+    assert _resolved("numba", cpu, "gru", ("dense", "rhythmic"), torch.float32, batch=2, hidden=6) == "numba"
+    assert _resolved("auto", cpu, "gru", ("dense", "rhythmic"), torch.float32, batch=2, hidden=6) == "numba"
 
 
 @pytest.mark.parametrize("cls,module", PAIRS)
@@ -151,10 +156,10 @@ def test_auto_picks_nn_only_where_measured():
     cpu = torch.device("cpu")
     cuda = torch.device("cuda")
     assert backends._auto_pays(backends.get_impl("nn"), "gru", 1, 8, device=cuda)  # CUDA: cuDNN for every dense stack
-    assert backends.resolve("auto", cuda, "rnn", "dense", torch.float32, batch=64, hidden=1024).name == "nn"
-    assert backends.resolve("auto", cuda, "gru", ("dense", "rhythmic"), torch.float32, batch=64, hidden=1024).name != "nn"
+    assert _resolved("auto", cuda, "rnn", "dense", torch.float32, batch=64, hidden=1024) == "nn"
+    assert _resolved("auto", cuda, "gru", ("dense", "rhythmic"), torch.float32, batch=64, hidden=1024) != "nn"
     # CPU: Numba first (faster in every measured row), nn for what Numba does not take
-    assert backends.resolve("auto", cpu, "gru", "dense", torch.float32, batch=1, hidden=32).name == "numba"
-    assert backends.resolve("auto", cpu, "gru", "dense", torch.float32, batch=32, hidden=512).name == "nn"
-    assert backends.resolve("auto", cpu, "gru", "dense", torch.float64, batch=1, hidden=32).name == "nn"
-    assert backends.resolve("auto", cpu, "gru", "rhythmic", torch.float32, batch=32, hidden=512).name == "torch"
+    assert _resolved("auto", cpu, "gru", "dense", torch.float32, batch=1, hidden=32) == "numba"
+    assert _resolved("auto", cpu, "gru", "dense", torch.float32, batch=32, hidden=512) == "nn"
+    assert _resolved("auto", cpu, "gru", "dense", torch.float64, batch=1, hidden=32) == "nn"
+    assert _resolved("auto", cpu, "gru", "rhythmic", torch.float32, batch=32, hidden=512) == "torch"
