@@ -268,10 +268,9 @@ def _task(k, t, job, hp, q, seq, scratch):
     over padding, scratch ``sc`` has H + 16 columns), then the blend into seq[t]. At H = 512,
     10 % open, the candidates took ~16 ns a neuron in the dot loop and take ~2.5 here.
 
-    ``job`` = (ntasks, is_gru, src, weights, gate, rh, ev): the run's constants (``forward``);
-    ``scratch`` = (acc, xb, loc, sc): the worker's own buffers."""
-    ntasks, is_gru, src, weights, gate, rh, ev = job
-    W, bias, gkind, gvals = weights.W, weights.bias, gate.kind, gate.gvals
+    ``job`` = (ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev): the run's constants
+    (``forward``); ``scratch`` = (acc, xb, loc, sc): the worker's own buffers."""
+    ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev = job
     acc, xb, loc, sc = scratch
     H = seq.shape[1]
     lo = _bound(k, ntasks, H)
@@ -403,9 +402,11 @@ def forward(is_gru, src, h0, weights, gate, rh, workers, out, hT):
     for j in range(sync.shape[0]):
         sync[j] = -1
     ev = events(rh, ntasks, H)
+    # the run's constants travel to the workers as one flat tuple of what the tasks read (a
+    # parallel loop takes tuples apart one level only, and every array passed on to a task
+    # costs time at every step: measured x1.05 at H = 128 with the whole bundles passed)
+    W, bias, gkind, gvals = weights.W, weights.bias, gate.kind, gate.gvals
     for p in nb.prange(nworkers):
-        # the run's constants as one tuple, made inside the loop: a parallel loop takes
-        # tuples apart one level only (a tuple of bundles would not reach the workers)
-        _worker(p, (ntasks, is_gru, src, weights, gate, rh, ev), h0, out, sync, spin)
+        _worker(p, (ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev), h0, out, sync, spin)
     for j in range(H):
         hT[0, j] = out[0, T - 1, j] if T > 0 else h0[0, j]
