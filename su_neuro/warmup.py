@@ -66,13 +66,15 @@ def parse_selection(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def numba_dispatchers() -> list:
     """Every Numba-compiled function of the CPU backend (imports it)."""
     import importlib
+    import pkgutil
 
     from numba.core.registry import CPUDispatcher
 
+    package = importlib.import_module("su_neuro.kernels.numba")
     found = []
-    for name in ("ops", "cell", "lif", "split", "_common"):
-        module = importlib.import_module(f"su_neuro.kernels.numba.{name}")
-        found += [v for v in vars(module).values() if isinstance(v, CPUDispatcher)]
+    for info in pkgutil.iter_modules(package.__path__):  # every kernel variant's module
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        found += [v for v in vars(module).values() if isinstance(v, CPUDispatcher) and v not in found]
     return found
 
 

@@ -129,9 +129,9 @@ def test_sample_blocks(cell, gate):
 def test_gemm_path(monkeypatch, cell, gate, B, T):
     """The per-step BLAS GEMM kernels (chunks of >= GEMM_MIN_BATCH samples), forced here
     for every chunk; a rhythmic gate at rate 1 takes the no-gather (every row) branch."""
-    from su_neuro.kernels.numba import ops
+    from su_neuro.kernels.numba import choose
 
-    monkeypatch.setattr(ops, "GEMM_MIN_BATCH", 1)
+    monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
     layer = _layer(cell, gate, F=3, H=13)
     x = torch.randn(B, T, 3, generator=torch.Generator().manual_seed(B))
     _compare(layer, x)
@@ -321,19 +321,19 @@ def _split_forced(monkeypatch):
     """Forces kernels/numba/split.py at any H; returns a list that counts its calls."""
     import numba
 
-    from su_neuro.kernels.numba import ops, split
+    from su_neuro.kernels.numba import choose, split
 
     if numba.get_num_threads() < 2:
         pytest.skip("the split path needs >= 2 Numba threads")
-    monkeypatch.setattr(ops, "SPLIT_MIN_BLOCK", 1)
-    monkeypatch.setattr(ops, "SPLIT_MIN_WORK", 0)
-    monkeypatch.setattr(ops, "SPLIT_WORK_PER_NEURON", 0)
-    monkeypatch.setattr(ops, "SPLIT_HUGE_STEPS", 16)  # T >= 16 reads W_hh from its huge-page copy
+    monkeypatch.setattr(choose, "SPLIT_MIN_BLOCK", 1)
+    monkeypatch.setattr(choose, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(choose, "SPLIT_WORK_PER_NEURON", 0)
+    monkeypatch.setattr(choose, "SPLIT_HUGE_STEPS", 16)  # T >= 16 reads W_hh from its huge-page copy
     calls = []
     kernel = split.forward
 
     def counted(*args):
-        calls.append(args[8])  # ntasks
+        calls.append(args[6][0])  # workers = (ntasks, nworkers, spin)
         return kernel(*args)
 
     monkeypatch.setattr(split, "forward", counted)
@@ -351,7 +351,7 @@ def _split_forced(monkeypatch):
 def test_split_forward_matches(monkeypatch, cell, gate, H, T):
     """B = 1, no gradient: the neuron-block split equals the batch-chunk kernel bit for bit
     and the torch reference to float32 round-off (output sequence and final state)."""
-    from su_neuro.kernels.numba import ops
+    from su_neuro.kernels.numba import choose
 
     calls = _split_forced(monkeypatch)
     layer = _layer(cell, gate, F=4, H=H)
@@ -360,7 +360,7 @@ def test_split_forward_matches(monkeypatch, cell, gate, H, T):
     res = {}
     with torch.no_grad():
         for name, backend, min_block in (("split", "numba", 1), ("chunk", "numba", 10**9), ("ref", "torch", 1)):
-            monkeypatch.setattr(ops, "SPLIT_MIN_BLOCK", min_block)
+            monkeypatch.setattr(choose, "SPLIT_MIN_BLOCK", min_block)
             layer.backend = backend
             res[name] = layer(x, h0)
     assert calls == [2], calls  # the split ran once, in 2 blocks; the other numba call did not
@@ -399,8 +399,10 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
     import numba
     import numpy as np
 
-    from su_neuro.kernels.numba import cell, ops, split
-    from su_neuro.kernels.numba._common import DENSE, RHYTHMIC, compact
+    from su_neuro.kernels.contract import DENSE, RHYTHMIC
+    from su_neuro.kernels.numba import ops, rows, split
+    from su_neuro.kernels.numba._common import Gate, Saved, Source, Weights
+    from su_neuro.kernels.numba.compact import compact
 
     rng = np.random.default_rng(3)
     H, T = 70, 40
@@ -418,19 +420,20 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
     d = np.zeros((1, 1, 1), f32)
     x = rng.standard_normal((1, T, 7)).astype(f32)
     w_ih = rng.standard_normal((G, 7)).astype(f32)
-    src = (True, d, x, w_ih, b[::-1].copy()) if fused else (False, xp, d, d[0], d[0, 0])
-    cell.forward(is_gru, gk, src, h0, W, d[0], b, gv, off, idx, np.zeros(1, f32), 0, 0.0, 1, False, 1,
-                 want, want_h, d, d, d, d, d, d, d)  # fmt: skip
+    src = Source(True, d, x, w_ih, b[::-1].copy()) if fused else Source(False, xp, d, d[0], d[0, 0])
+    gate = Gate(gk, gv, off, idx, np.zeros(1, f32), 0, 0.0, 1)
+    nothing = Saved(False, d, d, d, d, d, d, d)
+    rows.forward(is_gru, src, h0, Weights(W, d[0], b), gate, 1, want, want_h, nothing)
     if fused:  # the kernels' own projection is x W_ih^T + b_ih up to float32 round-off
         ref = np.empty_like(want)
-        xp_src = (False, (x @ w_ih.T + b[::-1]).astype(f32), d, d[0], d[0, 0])
-        cell.forward(is_gru, gk, xp_src, h0, W, d[0], b, gv, off, idx, np.zeros(1, f32), 0, 0.0, 1, False, 1,
-                     ref, np.empty_like(want_h), d, d, d, d, d, d, d)  # fmt: skip
+        xp_src = Source(False, (x @ w_ih.T + b[::-1]).astype(f32), d, d[0], d[0, 0])
+        rows.forward(is_gru, xp_src, h0, Weights(W, d[0], b), gate, 1, ref, np.empty_like(want_h), nothing)
         np.testing.assert_allclose(want, ref, rtol=1e-5, atol=1e-5)
 
     def run(ntasks, nworkers, weights=W, source=src):
         out, hT = np.full((1, T, H), np.nan, f32), np.full((1, H), np.nan, f32)
-        split.forward(is_gru, gk, source, h0, weights, b, gv, split.rhythm_args(), ntasks, nworkers, 10, out, hT)
+        split.forward(is_gru, source, h0, Weights(weights, d[0], b), gate, split.rhythm_args(), (ntasks, nworkers, 10),
+                      out, hT)  # fmt: skip
         return out, hT
 
     results = {"1 worker": run(2, 1), "3 on 3": run(3, 3), "3 tasks, 2 workers": run(3, 2)}
@@ -439,7 +442,7 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
     if is_gru and fused:  # W_ih packed per neuron, (H, 3F), as ops passes it to the B = 1 kernels
         packed_ih = ops._pack_rows(w_ih, H)
         assert packed_ih.shape == (H, 21) and np.array_equal(packed_ih[5, 7:14], w_ih[H + 5])
-        results["packed w_ih"] = run(2, 2, source=src[:3] + (packed_ih, src[4]))
+        results["packed w_ih"] = run(2, 2, source=src._replace(w_ih=packed_ih))
     old = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -461,8 +464,9 @@ def test_packed_weights_same_bits_and_single_samples_only():
     or the event gate's kernel would read it with the (3H, H) layout, it is refused."""
     import numpy as np
 
-    from su_neuro.kernels.numba import cell
-    from su_neuro.kernels.numba._common import DENSE, EVENT, RHYTHMIC
+    from su_neuro.kernels.contract import DENSE, EVENT, RHYTHMIC
+    from su_neuro.kernels.numba import event, rows
+    from su_neuro.kernels.numba._common import Gate, Saved, Source, Weights
 
     f32 = np.float32
     rng = np.random.default_rng(4)
@@ -471,10 +475,14 @@ def test_packed_weights_same_bits_and_single_samples_only():
 
     def run(gk, B, T, H, W, gv, xp):
         out, hT = np.empty((B, T, H), f32), np.empty((B, H), f32)
-        src = (False, xp, d, d[0], d[0, 0])
         h0 = (0.3 * np.ones((B, H))).astype(f32)
-        cell.forward(True, gk, src, h0, W, d[0], np.full(3 * H, 0.1, f32), gv, no_off, no_idx, np.full(H, 0.05, f32),
-                     0, 0.0, 1, False, 1, out, hT, d, d, d, d, d, d, d)  # fmt: skip
+        weights = Weights(W, d[0], np.full(3 * H, 0.1, f32))
+        gate = Gate(gk, gv, no_off, no_idx, np.full(H, 0.05, f32), 0, 0.0, 1)
+        nothing = Saved(False, d, d, d, d, d, d, d)
+        if gk == EVENT:
+            event.forward(True, xp, h0, weights, gate, 1, out, hT, nothing)
+        else:
+            rows.forward(True, Source(False, xp, d, d[0], d[0, 0]), h0, weights, gate, 1, out, hT, nothing)
         return out, hT
 
     T, H = 40, 300
@@ -492,34 +500,37 @@ def test_packed_weights_same_bits_and_single_samples_only():
 
 
 def test_split_rule():
-    """Where the split pays (ops._split_tasks; measurements in its docstring)."""
+    """Where the split pays (choose.split_tasks; measurements in its docstring)."""
+    import functools
+
     import numba
 
-    from su_neuro.kernels.numba import ops
-    from su_neuro.kernels.numba._common import DENSE, EVENT, RHYTHMIC
+    from su_neuro.kernels.numba import choose
 
+    DENSE, EVENT, RHYTHMIC = "dense", "event", "rhythmic"
     n = numba.get_num_threads()
+    split_tasks = functools.partial(choose.split_tasks, threads=n)
     two = 2 if n >= 2 else 0
     T = 100
     # GRU H=512, 10 % open: 51 * (3 * 512 + 64) units per step, blocks of >= 15 * 512 units:
     # <= 10 blocks by work, 16 by size
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 51, T) == (min(n, 10) if n >= 2 else 0)
+    assert split_tasks(RHYTHMIC, False, 1, 512, 3, T * 51, T) == (min(n, 10) if n >= 2 else 0)
     # RNN H=128, dense: 24 blocks of SPLIT_MIN_WORK = 1024 by work (7.5 * 128 is less), 4 by size
-    assert ops._split_tasks(DENSE, False, 1, 128, 1, T * 128, T) == (min(n, 4) if n >= 2 else 0)
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 2, T) == 0  # GRU H=512, 0.4 %: 3.2k units
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 3, T * 5, T) == 0  # GRU H=512, 1 %: 8k < 2 * 7.7k
-    assert ops._split_tasks(RHYTHMIC, False, 1, 256, 3, T * 5, T) == 0  # GRU H=256, 2 %: 4.2k < 2 * 3.8k
-    assert ops._split_tasks(RHYTHMIC, False, 1, 256, 3, T * 13, T) == two  # GRU H=256, 5 %: 10.8k units
-    assert ops._split_tasks(RHYTHMIC, False, 1, 1024, 3, T * 10, T) == two  # GRU H=1024, 1 %: 31.4k units
-    assert ops._split_tasks(RHYTHMIC, False, 1, 1024, 1, T * 10, T) == 0  # RNN H=1024, 1 %: 10.9k < 15.4k
+    assert split_tasks(DENSE, False, 1, 128, 1, T * 128, T) == (min(n, 4) if n >= 2 else 0)
+    assert split_tasks(RHYTHMIC, False, 1, 512, 3, T * 2, T) == 0  # GRU H=512, 0.4 %: 3.2k units
+    assert split_tasks(RHYTHMIC, False, 1, 512, 3, T * 5, T) == 0  # GRU H=512, 1 %: 8k < 2 * 7.7k
+    assert split_tasks(RHYTHMIC, False, 1, 256, 3, T * 5, T) == 0  # GRU H=256, 2 %: 4.2k < 2 * 3.8k
+    assert split_tasks(RHYTHMIC, False, 1, 256, 3, T * 13, T) == two  # GRU H=256, 5 %: 10.8k units
+    assert split_tasks(RHYTHMIC, False, 1, 1024, 3, T * 10, T) == two  # GRU H=1024, 1 %: 31.4k units
+    assert split_tasks(RHYTHMIC, False, 1, 1024, 1, T * 10, T) == 0  # RNN H=1024, 1 %: 10.9k < 15.4k
     # RNN H=1024, 2 %: 21.8k units, 2 blocks of 7680
-    assert ops._split_tasks(RHYTHMIC, False, 1, 1024, 1, T * 20, T) == (min(n, 2) if n >= 2 else 0)
-    assert ops._split_tasks(RHYTHMIC, False, 1, 128, 3, T * 1, T) == 0  # GRU H=128, 1 %: under the floor
-    assert ops._split_tasks(RHYTHMIC, True, 1, 512, 3, T * 51, T) == 0  # saves for backward / records
-    assert ops._split_tasks(EVENT, False, 1, 512, 3, T * 512, T) == 0
-    assert ops._split_tasks(DENSE, False, 2, 512, 3, T * 512, T) == 0
-    assert ops._split_tasks(DENSE, False, 1, 37, 3, T * 37, T) == 0  # blocks under SPLIT_MIN_BLOCK
-    assert ops._split_tasks(RHYTHMIC, False, 1, 512, 1, 0, 0) == 0
+    assert split_tasks(RHYTHMIC, False, 1, 1024, 1, T * 20, T) == (min(n, 2) if n >= 2 else 0)
+    assert split_tasks(RHYTHMIC, False, 1, 128, 3, T * 1, T) == 0  # GRU H=128, 1 %: under the floor
+    assert split_tasks(RHYTHMIC, True, 1, 512, 3, T * 51, T) == 0  # saves for backward / records
+    assert split_tasks(EVENT, False, 1, 512, 3, T * 512, T) == 0
+    assert split_tasks(DENSE, False, 2, 512, 3, T * 512, T) == 0
+    assert split_tasks(DENSE, False, 1, 37, 3, T * 37, T) == 0  # blocks under SPLIT_MIN_BLOCK
+    assert split_tasks(RHYTHMIC, False, 1, 512, 1, 0, 0) == 0
 
 
 # ------------------------------------- inference: the input projection inside the kernel
@@ -569,7 +580,7 @@ def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
 def test_fused_input_projection_not_taken():
     """Where the kernels do not project the input themselves, recurrence_input says so (None)."""
     from su_neuro.gates import DenseGate, EventGate
-    from su_neuro.kernels.numba import ops
+    from su_neuro.kernels.numba import choose, ops
 
     H = 6
     gate = DenseGate(H).plan(0, 4)
@@ -582,14 +593,14 @@ def test_fused_input_projection_not_taken():
         assert ops.recurrence_input("lif", x[..., :H], w_ih[:H], None, h0, None, None, None, gate) is None
         event = EventGate(H).plan(0, 4)
         assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, event) is None
-        wide = torch.randn(1, 4, ops.FUSED_MAX_INPUT + 1)  # dense gate, wide input: one GEMM
+        wide = torch.randn(1, 4, choose.FUSED_MAX_INPUT + 1)  # dense gate, wide input: one GEMM
         w_wide = torch.randn(3 * H, wide.shape[2])
         assert ops.recurrence_input("gru", wide, w_wide, None, h0, None, w_hh, None, gate) is None
     w_ih.requires_grad_()
     # training: only on the GEMM path, with few input features
     assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, gate) is None
     assert ops.recurrence_input("gru", batch, w_ih, None, h0_batch, None, w_hh, None, gate) is not None
-    F = ops.FUSED_TRAIN_MAX_INPUT + 1
+    F = choose.FUSED_TRAIN_MAX_INPUT + 1
     w_f = torch.randn(3 * H, F, requires_grad=True)
     assert ops.recurrence_input("gru", torch.randn(64, 4, F), w_f, None, h0_batch, None, w_hh, None, gate) is None
 
@@ -608,9 +619,9 @@ def test_fused_input_projection_training(monkeypatch, cell, gate, B, F, T, bias)
     gradient equals the reference, the input's too; a 2-layer stack of H = 6 (<= the fused
     training limit) takes the fused path in both layers, so layer 2's input gradient (the
     kernel's dx) feeds layer 1's backward."""
-    from su_neuro.kernels.numba import ops
+    from su_neuro.kernels.numba import choose, ops
 
-    monkeypatch.setattr(ops, "GEMM_MIN_BATCH", 1)
+    monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
     calls = []
     real = ops._run
     monkeypatch.setattr(ops, "_run", lambda *a: calls.append(a[-1] is not None) or real(*a))

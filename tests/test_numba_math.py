@@ -53,7 +53,7 @@ import sys
 import numba as nb
 import numpy as np
 from su_neuro.kernels.numba._common import exp32, sigmoid32, tanh32
-from su_neuro.kernels.numba.cell import gru_candidate, rnn_candidate
+from su_neuro.kernels.numba._common import gru_candidate, rnn_candidate
 
 if sys.argv[1] == "fastmath":  # a fastmath caller compiles them first, as a kernel does
     @nb.njit(fastmath=True)
@@ -86,9 +86,9 @@ def test_helpers_bits_do_not_depend_on_the_first_caller(tmp_path):
 
 
 def test_vectorised_candidates_equal_the_scalar_ones():
-    """cell.gru_candidates / rnn_candidates (one vectorised loop) give each lane the bits of
-    cell.gru_candidate / rnn_candidate, at lane counts on and off the vector width."""
-    from su_neuro.kernels.numba.cell import gru_candidate, gru_candidates, rnn_candidate, rnn_candidates
+    """_common.gru_candidates / rnn_candidates (one vectorised loop) give each lane the bits of
+    _common.gru_candidate / rnn_candidate, at lane counts on and off the vector width."""
+    from su_neuro.kernels.numba._common import gru_candidate, gru_candidates, rnn_candidate, rnn_candidates
 
     rng = np.random.default_rng(3)
     for n in (1, 15, 16, 37, 300):

@@ -125,18 +125,18 @@ def test_split_kernel_evaluates_the_table(monkeypatch, cls):
     """B = 1 inference with the numba backend: the split kernel gets the table (no rows),
     and its outputs equal those of the rows' path bit for bit, also chunk by chunk."""
     pytest.importorskip("numba")
-    from su_neuro.kernels.numba import ops, split
+    from su_neuro.kernels.numba import choose, ops, split
 
     torch.manual_seed(0)
     layer = cls(5, 300, gate={"kind": "rhythmic", "init_rate": 0.1}, backend="numba")
     x = torch.randn(1, 2500, 5)
-    monkeypatch.setattr(ops, "SPLIT_MIN_WORK", 1)
-    monkeypatch.setattr(ops, "SPLIT_WORK_PER_NEURON", 0.0)
+    monkeypatch.setattr(choose, "SPLIT_MIN_WORK", 1)
+    monkeypatch.setattr(choose, "SPLIT_WORK_PER_NEURON", 0.0)
     tabled = []
     kernel = split.forward
 
     def spy(*args):
-        tabled.append(bool(args[7][0]))
+        tabled.append(bool(args[5][0]))  # rh = (tabled, ...)
         return kernel(*args)
 
     monkeypatch.setattr(split, "forward", spy)
@@ -193,7 +193,9 @@ def _split_table_equals_rows(tab, rows, F, seed, ntasks, nworkers):
     returns the output (1, T, H) and h0 (1, H)."""
     import numpy as np
 
+    from su_neuro.kernels.contract import RHYTHMIC
     from su_neuro.kernels.numba import split
+    from su_neuro.kernels.numba._common import Gate, Source, Weights
 
     T, H = rows.shape
     f32 = np.float32
@@ -201,12 +203,14 @@ def _split_table_equals_rows(tab, rows, F, seed, ntasks, nworkers):
     W = (rng.standard_normal((3 * H, H)) / np.sqrt(H)).astype(f32)
     b = rng.standard_normal(3 * H).astype(f32) * 0.1
     d = np.zeros((1, 1, 1), f32)
-    src = (True, d, rng.standard_normal((1, T, F)).astype(f32), rng.standard_normal((3 * H, F)).astype(f32), b)
+    src = Source(True, d, rng.standard_normal((1, T, F)).astype(f32), rng.standard_normal((3 * H, F)).astype(f32), b)
     h0 = rng.standard_normal((1, H)).astype(f32) * 0.3
     outs = []
+    no_lists = (np.zeros(1, np.int64), np.zeros(1, np.int32), np.zeros(1, f32), 0, 0.0, 1)
     for rh, gv in ((split.rhythm_args(tab), np.zeros((1, 1), f32)), (split.rhythm_args(), rows)):
         out, hT = np.full((1, T, H), np.nan, f32), np.full((1, H), np.nan, f32)
-        split.forward(True, 0, src, h0, W, b, gv, rh, ntasks, nworkers, 10, out, hT)
+        gate = Gate(RHYTHMIC, gv, *no_lists)
+        split.forward(True, src, h0, Weights(W, d[0], b), gate, rh, (ntasks, nworkers, 10), out, hT)
         outs.append((out, hT))
     assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
     return outs[0][0], h0

@@ -1,7 +1,7 @@
 """A/B of the two B = 1 streaming forward kernels of the Numba backend: the neuron-split
 kernel (kernels/numba/split.py, one block of neurons per thread) against the one-thread
-batch-chunk kernel (kernels/numba/cell.py), on the same inputs. The rule that picks one
-(``ops._split_tasks``, constants ``SPLIT_MIN_WORK`` and ``SPLIT_WORK_PER_NEURON``) was set
+batch-chunk kernel (kernels/numba/rows.py), on the same inputs. The rule that picks one
+(``choose.split_tasks``, constants ``SPLIT_MIN_WORK`` and ``SPLIT_WORK_PER_NEURON``) was set
 from this table.
 
 Usage: python tools/bench_numba_split.py [--steps T] [--repeats N]
@@ -9,7 +9,7 @@ Prints one row per cell x hidden size x open fraction: work units per step (comp
 neurons x (rows·H + 64)), both times (medians of N interleaved runs) and the speed-up. Both
 kernels find a rhythmic gate's open neurons by scanning its rows (B = 1 inference: no
 compaction of the plan into index lists) and read W_hh as ops passes it on streams of
-T >= ops.SPLIT_HUGE_STEPS (``ops._stream_weights``: a huge-page copy, a GRU's packed per
+T >= choose.SPLIT_HUGE_STEPS (``ops._stream_weights``: a huge-page copy, a GRU's packed per
 neuron).
 The input projection runs inside the kernels (as in inference), F = 16.
 """
@@ -26,12 +26,14 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "2")  # before numba is imported
 
 import numpy as np  # noqa: E402
 
-from su_neuro.kernels.numba import cell, ops, split  # noqa: E402
-from su_neuro.kernels.numba._common import DENSE, RHYTHMIC  # noqa: E402
+from su_neuro.kernels.contract import DENSE, RHYTHMIC  # noqa: E402
+from su_neuro.kernels.numba import ops, rows, split  # noqa: E402
+from su_neuro.kernels.numba._common import Gate, Saved, Source, Weights  # noqa: E402
 
 F32 = np.float32
 _D3, _D2, _D1 = np.zeros((1, 1, 1), F32), np.zeros((1, 1), F32), np.zeros(1, F32)  # unused kernel arguments
-_NO_OFF, _NO_IDX = np.zeros(1, np.int64), np.zeros(1, np.int32)
+_NO_LISTS = (np.zeros(1, np.int64), np.zeros(1, np.int32), _D1, 0, 0.0, 4096)  # off, idx, theta, ...: unused
+_NOTHING = Saved(False, *(_D3,) * 7)
 
 
 def periodic_gate(T, H, rate, rng):
@@ -41,10 +43,9 @@ def periodic_gate(T, H, rate, rng):
     return (phase[None, :] == (np.arange(T)[:, None] % period)).astype(F32)
 
 
-def one_thread(is_gru, gk, src, h0, W, b, gv, out, hT):
+def one_thread(is_gru, src, h0, weights, gate, out, hT):
     """The batch-chunk kernel on one sample, scanning the gate rows (no index lists)."""
-    no_lists = (_NO_OFF, _NO_IDX)
-    cell.forward(is_gru, gk, src, h0, W, _D2, b, gv, *no_lists, _D1, 0, 0.0, 4096, False, 1, out, hT, *(_D3,) * 7)
+    rows.forward(is_gru, src, h0, weights, gate, 1, out, hT, _NOTHING)
 
 
 def median_pair(f1, f2, repeats):
@@ -77,16 +78,19 @@ def main(argv=None):
             W = (rng.standard_normal((G, H)) / np.sqrt(H)).astype(F32)
             W = ops._stream_weights(W, is_gru, T)  # as ops passes it to both kernels
             b = np.zeros(G, F32)
-            src = (True, _D3, rng.standard_normal((1, T, F)).astype(F32), rng.standard_normal((G, F)).astype(F32), b)
+            src = Source(True, _D3, rng.standard_normal((1, T, F)).astype(F32), rng.standard_normal((G, F)).astype(F32),
+                         b)  # fmt: skip
+            weights = Weights(W, _D2, b)
             h0, out, hT = np.zeros((1, H), F32), np.empty((1, T, H), F32), np.empty((1, H), F32)
             for rate in (0.01, 0.02, 0.05, 0.1, 0.2, 1.0):
                 gk = DENSE if rate == 1.0 else RHYTHMIC
                 gv = periodic_gate(T, H, rate, rng)
+                gate = Gate(gk, gv, *_NO_LISTS)
                 units = (np.count_nonzero(gv) / T if gk == RHYTHMIC else H) * (G + 64)
 
-                sargs = (is_gru, gk, src, h0, W, b, gv, split.rhythm_args(), 2, 2, split.SPIN, out, hT)
+                sargs = (is_gru, src, h0, weights, gate, split.rhythm_args(), (2, 2, split.SPIN), out, hT)
 
-                one = functools.partial(one_thread, is_gru, gk, src, h0, W, b, gv, out, hT)
+                one = functools.partial(one_thread, is_gru, src, h0, weights, gate, out, hT)
                 two = functools.partial(split.forward, *sargs)
                 a, c = median_pair(one, two, args.repeats)
                 name = "gru" if is_gru else "rnn"

@@ -1,11 +1,15 @@
 """The Numba CPU backend (``ops`` is its entry point; see its docstring).
 
+One module per kernel variant (``event``, ``rows``, ``gemm``, ``split``, ``lif``), their
+shared device helpers and argument bundles (``_common``), the compaction of gate rows
+(``compact``) and the pure kernel choice (``choose``).
+
 Numba's on-disk cache (``cache=True``) checks only the source file of the function it
-compiled. The kernels here inline helpers from the other modules of this package
-(``split`` inlines ``cell._dots1``, ``cell.step_input``, ...), so after an edit of
-``cell.py`` a cached ``split`` kernel would go on running the old helper: seen here, a
-changed ``_dots_packed`` left the split kernel's output bits as they were until its cache
-was dropped. On import, :func:`drop_stale_cache` therefore compares one digest of every
+compiled. The kernels here inline helpers from ``_common`` (``split`` inlines
+``_common.dots1``, ``_common.step_input``, ...), so after an edit of ``_common.py`` a
+cached ``split`` kernel would go on running the old helper: seen here, a changed
+``_dots_packed`` left the split kernel's output bits as they were until its cache was
+dropped. On import, :func:`drop_stale_cache` therefore compares one digest of every
 source file of the package with the digest stored beside the cache and, where they differ,
 deletes the package's cached machine code, so that everything recompiles from the
 current sources once. An installed (unchanged) package pays one hash of ~100 KB. With

@@ -1,47 +1,73 @@
-"""Numba kernels of the LIF recurrence (forward and BPTT).
+"""LIF kernels (forward and BPTT), every gate, one sample at a time, parallel over chunks.
 
-Layouts (float32, C order): xp (B, T, H), h0 = membrane (B, H), s0 spikes (B, H),
-V (H, H) = w_hh on spikes, VT (H, H) its transpose, bias (H,), beta (H,) already
-clamped to [0, 1]; compacted compute set idx[off[t]:off[t+1]] (rhythmic).
-The recurrent current V s is rebuilt each step from the list of the previous step's
-spikes (binary, sparse): no accumulation, so no drift. out (B, T, H) must arrive zeroed.
-Saved for backward: membrane sequence hseq (B, T, H), d = f - h and the event gate (B, T, H).
+The recurrent current V s is rebuilt each step from the list of the previous step's spikes
+(binary, sparse): no accumulation, so no drift. With a rhythmic gate and few open neurons
+(fewer than H / 4 at a step) only their rows of V are gathered; otherwise V^T's columns of
+the spiking neurons are summed.
+
+Layouts (float32, C order): xp (B, T, H), h0 = membrane (B, H), s0 spikes (B, H);
+``Cell``: V (H, H) = w_hh on spikes, VT (H, H) its transpose, bias (H,), beta (H,) already
+clamped to [0, 1]; ``_common.Gate``: gvals (T, H), compacted compute sets idx[off[t]:off[t+1]]
+(rhythmic), theta (H,) and the surrogate (event). out (B, T, H) must arrive zeroed. ``Saved``
+(B, T, H): membrane sequence hseq, d = f - h and the gate g. ``Grads``: dxp (B, T, H), dh0,
+ds0 (B, H), per chunk dVT (C, H, H), db, dbeta, dth (C, H), dg (C, T, H).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba as nb
 import numpy as np
 
-from ._common import DENSE, EVENT, RHYTHMIC, chunk, sign, surrogate_grad
+from ..contract import DENSE, EVENT, RHYTHMIC
+from ._common import chunk, sign, surrogate_grad
+
+__all__ = ["Cell", "Grads", "Saved", "backward", "forward"]
+
+
+class Cell(NamedTuple):
+    """The LIF constants: recurrent (V is used), reset_zero (else subtract), thr the
+    threshold, scode / sscale the spike surrogate (``contract.SURROGATE_CODES``), V, VT,
+    bias, beta."""
+
+    recurrent: bool
+    reset_zero: bool
+    thr: float
+    scode: int
+    sscale: float
+    V: np.ndarray
+    VT: np.ndarray
+    bias: np.ndarray
+    beta: np.ndarray
+
+
+class Saved(NamedTuple):
+    """Written where ``on``: hseq (membrane), d, g (rhythmic and event gates)."""
+
+    on: bool
+    hseq: np.ndarray
+    d: np.ndarray
+    g: np.ndarray
+
+
+class Grads(NamedTuple):
+    dxp: np.ndarray
+    dh0: np.ndarray
+    ds0: np.ndarray
+    dVT: np.ndarray
+    db: np.ndarray
+    dbeta: np.ndarray
+    dg: np.ndarray
+    dth: np.ndarray
 
 
 @nb.njit(cache=True, fastmath=True)
-def _forward_chunk(
-    c,
-    gkind,
-    recurrent,
-    reset_zero,
-    xp,
-    h0,
-    s0,
-    V,
-    VT,
-    bias,
-    beta,
-    thr,
-    gvals,
-    off,
-    idx,
-    theta,
-    save,
-    nchunks,
-    out,
-    hT,
-    hseq,
-    dsave,
-    gsave,
-):
+def _forward_chunk(c, cell, xp, h0, s0, gate, nchunks, out, hT, saved):
+    recurrent, reset_zero, thr = cell.recurrent, cell.reset_zero, cell.thr
+    V, VT, bias, beta = cell.V, cell.VT, cell.bias, cell.beta
+    gkind, gvals, off, idx, theta = gate.kind, gate.gvals, gate.off, gate.idx, gate.theta
+    save, hseq, dsave, gsave = saved
     B, T, H = xp.shape
     thr32 = np.float32(thr)
     lo, hi = chunk(c, nchunks, B)
@@ -146,41 +172,14 @@ def _forward_chunk(
 
 
 @nb.njit(cache=True, fastmath=True)
-def _backward_chunk(
-    c,
-    gkind,
-    recurrent,
-    reset_zero,
-    h0,
-    s0,
-    V,
-    beta,
-    thr,
-    gvals,
-    off,
-    idx,
-    theta,
-    gcode,
-    gscale,
-    scode,
-    sscale,
-    nchunks,
-    out,
-    hseq,
-    dsave,
-    gsave,
-    dout,
-    dhT,
-    dsT,
-    dxp,
-    dh0,
-    ds0,
-    dVT,
-    db,
-    dbeta,
-    dg,
-    dth,
-):
+def _backward_chunk(c, cell, h0, s0, gate, nchunks, out, saved, upstream, grads):
+    recurrent, reset_zero, thr = cell.recurrent, cell.reset_zero, cell.thr
+    scode, sscale, V, beta = cell.scode, cell.sscale, cell.V, cell.beta
+    gkind, off, idx = gate.kind, gate.off, gate.idx
+    theta, gcode, gscale = gate.theta, gate.code, gate.scale
+    _, hseq, dsave, gsave = saved
+    dout, dhT, dsT = upstream
+    dxp, dh0, ds0, dVT, db, dbeta, dg, dth = grads
     B, T, H = dxp.shape
     thr32 = np.float32(thr)
     lo, hi = chunk(c, nchunks, B)
@@ -273,128 +272,14 @@ def _backward_chunk(
 
 
 @nb.njit(cache=True, parallel=True)
-def forward(
-    gkind,
-    recurrent,
-    reset_zero,
-    xp,
-    h0,
-    s0,
-    V,
-    VT,
-    bias,
-    beta,
-    thr,
-    gvals,
-    off,
-    idx,
-    theta,
-    save,
-    nchunks,
-    out,
-    hT,
-    hseq,
-    dsave,
-    gsave,
-):
+def forward(cell, xp, h0, s0, gate, nchunks, out, hT, saved):
     """Parallel over batch chunks; each chunk runs its own whole time loop."""
     for c in nb.prange(nchunks):
-        _forward_chunk(
-            c,
-            gkind,
-            recurrent,
-            reset_zero,
-            xp,
-            h0,
-            s0,
-            V,
-            VT,
-            bias,
-            beta,
-            thr,
-            gvals,
-            off,
-            idx,
-            theta,
-            save,
-            nchunks,
-            out,
-            hT,
-            hseq,
-            dsave,
-            gsave,
-        )
+        _forward_chunk(c, cell, xp, h0, s0, gate, nchunks, out, hT, saved)
 
 
 @nb.njit(cache=True, parallel=True)
-def backward(
-    gkind,
-    recurrent,
-    reset_zero,
-    h0,
-    s0,
-    V,
-    beta,
-    thr,
-    gvals,
-    off,
-    idx,
-    theta,
-    gcode,
-    gscale,
-    scode,
-    sscale,
-    nchunks,
-    out,
-    hseq,
-    dsave,
-    gsave,
-    dout,
-    dhT,
-    dsT,
-    dxp,
-    dh0,
-    ds0,
-    dVT,
-    db,
-    dbeta,
-    dg,
-    dth,
-):
-    """Parallel over batch chunks; each chunk runs its own whole time loop."""
+def backward(cell, h0, s0, gate, nchunks, out, saved, upstream, grads):
+    """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT, dsT (B, H))."""
     for c in nb.prange(nchunks):
-        _backward_chunk(
-            c,
-            gkind,
-            recurrent,
-            reset_zero,
-            h0,
-            s0,
-            V,
-            beta,
-            thr,
-            gvals,
-            off,
-            idx,
-            theta,
-            gcode,
-            gscale,
-            scode,
-            sscale,
-            nchunks,
-            out,
-            hseq,
-            dsave,
-            gsave,
-            dout,
-            dhT,
-            dsT,
-            dxp,
-            dh0,
-            ds0,
-            dVT,
-            db,
-            dbeta,
-            dg,
-            dth,
-        )
+        _backward_chunk(c, cell, h0, s0, gate, nchunks, out, saved, upstream, grads)

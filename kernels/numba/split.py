@@ -1,19 +1,19 @@
 """Streaming forward of the RNN and GRU with rhythmic and dense gates, B = 1, split over
 neuron blocks (forward only: nothing saved, nothing recorded).
 
-The per-sample kernels (``cell._forward_chunk_rd``) parallelise over batch chunks; with one
+The batch-chunk kernels (``rows``) parallelise over batch chunks; with one
 sample one thread does everything, and for H >= 256 (GRU: W_hh = 3H x H float32, 3 MiB at
 H = 512) the recurrent weights no longer fit one core's L2. Here the H neurons are split
 into ``ntasks`` contiguous blocks (boundaries rounded to 16 neurons, one cache line of
 float32); task k of step t computes the candidates of block k's open neurons from h_{t-1}
 and writes block k of h_t, so each thread keeps its own slice of W_hh in its own L2.
-A GRU's W_hh may come packed per neuron, (H, 3H) instead of (3H, H) (``cell.packed_gru``):
+A GRU's W_hh may come packed per neuron, (H, 3H) instead of (3H, H) (``_common.packed_gru``):
 then an open neuron's three rows are one contiguous run for the hardware prefetcher.
 
 The outputs are the state: step t reads h_{t-1} from out[0, t - 1] (h0 at t = 0) and
 writes block k of out[0, t], so no task of step t overwrites what another task of step t
 reads and no state buffer is copied. A task copies its block's closed neurons forward,
-blends the open ones (h + g (f - h), g != 0, exactly as ``cell._forward_chunk_rd``).
+blends the open ones (h + g (f - h), g != 0, exactly as ``rows``).
 
 Synchronisation (no plain barrier: a barrier deadlocks when the threading layer runs two
 prange iterations on one thread, and stalls while the OS has a thread descheduled). Each
@@ -51,8 +51,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._common import DENSE
-from .cell import _dots1, _dots_packed, gru_candidates, packed_gru, rnn_candidates, step_input
+from ..contract import DENSE
+from ._common import dots1, dots_packed, gru_candidates, packed_gru, rnn_candidates, step_input
 
 __all__ = ["forward", "rhythm_args", "SPIN"]
 
@@ -252,7 +252,7 @@ def _open_from_events(k, t, base, ev, loc):
 
 
 @nb.njit(cache=True, fastmath=True)
-def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, acc, xb, loc, sc):
+def _task(k, t, job, hp, q, seq, scratch):
     """Block k of step t: seq[t, block] = h_t from h_{t-1} = hp[q] (h0, or seq[t - 1]: the
     outputs are the state, no separate buffer). A rhythmic gate's open
     neurons come from its table (``rh``, ``rhythm_args``: no (T, H) rows at all) as the
@@ -264,9 +264,14 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, 
 
     Three passes over the open neurons: the recurrent dot products (streaming W_hh rows,
     nothing else in the loop), the candidates as one vectorised loop over the block
-    (``cell.gru_candidates``: the bits of ``cell.gru_candidate``; n rounded up to 16 lanes
+    (``_common.gru_candidates``: the bits of ``gru_candidate``; n rounded up to 16 lanes
     over padding, scratch ``sc`` has H + 16 columns), then the blend into seq[t]. At H = 512,
-    10 % open, the candidates took ~16 ns a neuron in the dot loop and take ~2.5 here."""
+    10 % open, the candidates took ~16 ns a neuron in the dot loop and take ~2.5 here.
+
+    ``job`` = (ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev): the run's constants
+    (``forward``); ``scratch`` = (acc, xb, loc, sc): the worker's own buffers."""
+    ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev = job
+    acc, xb, loc, sc = scratch
     H = seq.shape[1]
     lo = _bound(k, ntasks, H)
     hi = _bound(k + 1, ntasks, H)
@@ -286,7 +291,7 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, 
             seq[t, j] = hp[q, j]
     else:
         # one pass copies the block's state forward and lists its open neurons (branchless,
-        # as ``cell.scan_open``): x0.95 at 1 % open, x0.98-1.01 at 5-10 % against two passes
+        # as ``_common.scan_open``): x0.95 at 1 % open, x0.98-1.01 at 5-10 % against two passes
         for j in range(lo, hi):
             seq[t, j] = hp[q, j]
             loc[n] = j
@@ -299,9 +304,9 @@ def _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, 
     for p in range(n):  # sc rows in: ur (or u), uz, hn, h; out: f (GRU also r, z, n)
         i = loc[p]
         if packed:
-            _dots_packed(W, i, H, hp, q, acc)
+            dots_packed(W, i, H, hp, q, acc)
         else:
-            _dots1(is_gru, W, i, H, hp, q, acc)
+            dots1(is_gru, W, i, H, hp, q, acc)
         sc[0, p] = acc[0, 0] + bias[i]
         if is_gru:
             sc[1, p] = acc[1, 0] + bias[H + i]
@@ -330,29 +335,28 @@ def _claim(k, t, sync):
 
 
 @nb.njit(cache=True, inline="always")
-def _run_claimed(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, acc, xb, loc, sc, sync):
+def _run_claimed(k, t, job, hp, q, seq, scratch, sync):
     """Claim task k of step t and, if this worker got it, run it and mark it done."""
     if not _claim(k, t, sync):
         return False
-    _task(k, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, acc, xb, loc, sc)
+    _task(k, t, job, hp, q, seq, scratch)
     store_release(sync, (2 * k + 1) * _STRIDE, t)
     return True
 
 
 @nb.njit(cache=True, inline="always")
-def _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, acc, xb, loc, sc, sync, spin):
+def _step(p, t, job, hp, q, seq, scratch, sync, spin):
     """Worker p at step t: its own task, then wait for the others (doing one whose owner is
     late), then wait for its own task if another worker took it."""
-    _run_claimed(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, acc, xb, loc, sc, sync)
+    ntasks = job[0]
+    _run_claimed(p, t, job, hp, q, seq, scratch, sync)
     for k in range(1, ntasks):
         kk = (p + k) % ntasks
         d = (2 * kk + 1) * _STRIDE
         polls = 0
         while load_acquire(sync, d) < t:
             polls += 1
-            if polls > STEAL and _run_claimed(
-                kk, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, acc, xb, loc, sc, sync
-            ):
+            if polls > STEAL and _run_claimed(kk, t, job, hp, q, seq, scratch, sync):
                 break
             if polls > spin:
                 cpu_yield()
@@ -362,7 +366,7 @@ def _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, hp, q, seq, 
 
 
 @nb.njit(cache=True)
-def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, rh, ev, out, sync, spin):
+def _worker(p, job, h0, out, sync, spin):
     """Worker p over all steps. Step 0 reads h0, step t > 0 reads out[0, t - 1]: two call
     sites, so that no array variable is rebound and no row view is made inside the time
     loop over the shared output (each would be a reference-count update on memory that the
@@ -374,18 +378,22 @@ def _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, rh, ev, out, sync
     xb = np.zeros((1, 3 * (H + 16)), np.float32)  # padding lanes of the candidate loop: finite
     sc = np.zeros((8, H + 16), np.float32)
     loc = np.empty(H, np.int32)
+    scratch = (acc, xb, loc, sc)
     seq = out[0]
     if T > 0:
-        _step(p, 0, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, h0, 0, seq, acc, xb, loc, sc, sync, spin)
+        _step(p, 0, job, h0, 0, seq, scratch, sync, spin)
     for t in range(1, T):
-        _step(p, t, ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev, seq, t - 1, seq, acc, xb, loc, sc, sync, spin)
+        _step(p, t, job, seq, t - 1, seq, scratch, sync, spin)
 
 
 @nb.njit(cache=True, parallel=True)
-def forward(is_gru, gkind, src, h0, W, bias, gvals, rh, ntasks, nworkers, spin, out, hT):
-    """B = 1 forward (input source ``src`` of ``cell.step_input``, h0 (1, H)) split into ntasks
-    neuron blocks, run by prange(nworkers) workers (worker p owns task p; nworkers <= ntasks,
-    any of them may be absent or run late). Writes out (1, T, H) and hT (1, H)."""
+def forward(is_gru, src, h0, weights, gate, rh, workers, out, hT):
+    """B = 1 forward (input ``src``, a ``_common.Source``; h0 (1, H); ``weights`` W, bias;
+    ``gate``: kind and gvals of a ``_common.Gate``; ``rh``: ``rhythm_args``) split into
+    ``workers`` = (ntasks, nworkers, spin): ntasks neuron blocks run by prange(nworkers)
+    workers (worker p owns task p; nworkers <= ntasks, any of them may be absent or run
+    late; ``spin``: polls before a wait also yields). Writes out (1, T, H) and hT (1, H)."""
+    ntasks, nworkers, spin = workers
     if not 1 <= nworkers <= ntasks:
         raise ValueError("split.forward needs 1 <= nworkers <= ntasks")
     T = out.shape[1]
@@ -394,7 +402,11 @@ def forward(is_gru, gkind, src, h0, W, bias, gvals, rh, ntasks, nworkers, spin, 
     for j in range(sync.shape[0]):
         sync[j] = -1
     ev = events(rh, ntasks, H)
+    # the run's constants travel to the workers as one flat tuple of what the tasks read (a
+    # parallel loop takes tuples apart one level only, and every array passed on to a task
+    # costs time at every step: measured x1.05 at H = 128 with the whole bundles passed)
+    W, bias, gkind, gvals = weights.W, weights.bias, gate.kind, gate.gvals
     for p in nb.prange(nworkers):
-        _worker(p, ntasks, is_gru, gkind, src, h0, W, bias, gvals, rh, ev, out, sync, spin)
+        _worker(p, (ntasks, is_gru, gkind, src, W, bias, gvals, rh, ev), h0, out, sync, spin)
     for j in range(H):
         hT[0, j] = out[0, T - 1, j] if T > 0 else h0[0, j]

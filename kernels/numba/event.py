@@ -1,0 +1,179 @@
+r"""Event-gate kernels of the RNN and GRU (forward and BPTT), one sample at a time.
+
+Every neuron computes its candidate f at every step (the gate looks at it: open where
+|f - h| > theta), but the state changes only where the gate opened, so the recurrent input
+u = U h is carried forward by delta accumulation, ``u += U[:, j] * (h_j' - h_j)`` over the
+changed neurons only, in float64, recomputed exactly every ``gate.refresh`` steps (drift
+bound in ops' docstring). The candidates use libm (``_common.gru_candidate_libm``).
+
+Layouts (float32, C order): xp (B, T, G) projected input; h0 (B, H); ``Weights``: W (G, H),
+WT (H, G) its transpose (the columns of the changed neurons), bias (G,); ``Gate``: theta
+(H,), the surrogate's code and scale, refresh; ``Saved`` (B, T, H): d, f (RNN), r, z, n, hn
+(GRU), g; ``Grads``: dxp (B, T, G), dh0 (B, H), per chunk dW (C, G, H), db (C, G), dth (C, H).
+``forward`` / ``backward`` run prange over batch chunks.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from ._common import (
+    chunk,
+    gru_candidate_grad,
+    gru_candidate_libm,
+    packed_gru,
+    rnn_candidate_grad,
+    rnn_candidate_libm,
+    sign,
+    surrogate_grad,
+)
+
+__all__ = ["forward", "backward"]
+
+
+@nb.njit(cache=True, fastmath=True)
+def _forward_chunk(c, is_gru, xp, h0, weights, gate, nchunks, out, hT, saved):
+    B, T, G = xp.shape
+    H = h0.shape[1]
+    W, WT, bias = weights.W, weights.WT, weights.bias
+    theta, refresh, save = gate.theta, gate.refresh, saved.on
+    lo, hi = chunk(c, nchunks, B)
+    h = np.empty(H, np.float32)
+    u = np.zeros(G, np.float64)
+    chg = np.empty(H, np.int32)
+    dlt = np.empty(H, np.float64)
+    for b in range(lo, hi):
+        for j in range(H):
+            h[j] = h0[b, j]
+        for t in range(T):
+            if t % refresh == 0:
+                for r in range(G):
+                    acc = 0.0
+                    for j in range(H):
+                        acc += np.float64(W[r, j]) * np.float64(h[j])
+                    u[r] = acc
+            nchg = 0
+            for i in range(H):
+                hi_ = h[i]
+                if is_gru:
+                    # the recurrent parts first, r z n in turn, then the inputs: in this fastmath
+                    # kernel the order of the loads decides how LLVM reassociates x + (u + b)
+                    hr = np.float32(u[i]) + bias[i]
+                    hz = np.float32(u[H + i]) + bias[H + i]
+                    hn = np.float32(u[2 * H + i]) + bias[2 * H + i]
+                    r, z, n, f = gru_candidate_libm(xp[b, t, i], xp[b, t, H + i], xp[b, t, 2 * H + i], hr, hz, hn, hi_)
+                else:
+                    f = rnn_candidate_libm(xp[b, t, i], np.float32(u[i]) + bias[i])
+                d = np.float32(f - hi_)
+                g = np.float32(1.0) if abs(d) - theta[i] > 0 else np.float32(0.0)
+                if save:
+                    saved.d[b, t, i] = d
+                    saved.g[b, t, i] = g
+                    if is_gru:
+                        saved.r[b, t, i] = r
+                        saved.z[b, t, i] = z
+                        saved.n[b, t, i] = n
+                        saved.hn[b, t, i] = hn
+                    else:
+                        saved.f[b, t, i] = f
+                if g > 0:
+                    hnew = np.float32(hi_ + g * d)
+                    h[i] = hnew
+                    chg[nchg] = i
+                    dlt[nchg] = np.float64(hnew) - np.float64(hi_)
+                    nchg += 1
+            for k in range(nchg):
+                j = chg[k]
+                dj = dlt[k]
+                for r in range(G):
+                    u[r] += np.float64(WT[j, r]) * dj
+            for j in range(H):
+                out[b, t, j] = h[j]
+        for j in range(H):
+            hT[b, j] = h[j]
+
+
+@nb.njit(cache=True, fastmath=True)
+def _backward_chunk(c, is_gru, h0, W, gate, nchunks, out, saved, upstream, grads):
+    dout, dhT = upstream
+    dxp = grads.dxp
+    B, T, G = dxp.shape
+    H = h0.shape[1]
+    theta, gcode, gscale = gate.theta, gate.code, gate.scale
+    lo, hi = chunk(c, nchunks, B)
+    lam = np.empty(H, np.float32)
+    lamp = np.empty(H, np.float32)
+    rows = np.empty(3, np.int64)
+    vals = np.empty(3, np.float32)
+    dWc = grads.dW[c]
+    dbc = grads.db[c]
+    dthc = grads.dth[c]
+    for b in range(lo, hi):
+        for j in range(H):
+            lam[j] = dhT[b, j]
+        for t in range(T - 1, -1, -1):
+            for j in range(H):
+                lam[j] += dout[b, t, j]
+                lamp[j] = lam[j]
+            hp = out[b, t - 1] if t > 0 else h0[b]
+            for i in range(H):
+                li = lam[i]
+                d = saved.d[b, t, i]
+                g = saved.g[b, t, i]
+                dgi = li * d
+                x = abs(d) - theta[i]
+                sg = np.float32(surrogate_grad(gcode, gscale, x))
+                dd = g * li + dgi * sg * sign(d)
+                dthc[i] -= dgi * sg
+                if dd == 0:
+                    continue
+                lamp[i] -= dd
+                if is_gru:
+                    dar, daz, dan, dhn, dh = gru_candidate_grad(
+                        dd, saved.r[b, t, i], saved.z[b, t, i], saved.n[b, t, i], saved.hn[b, t, i], hp[i]
+                    )
+                    lamp[i] += dh
+                    dxp[b, t, i] = dar
+                    dxp[b, t, H + i] = daz
+                    dxp[b, t, 2 * H + i] = dan
+                    rows[0] = i
+                    rows[1] = H + i
+                    rows[2] = 2 * H + i
+                    vals[0] = dar
+                    vals[1] = daz
+                    vals[2] = dhn
+                    nr = 3
+                else:
+                    da = rnn_candidate_grad(dd, saved.f[b, t, i])
+                    dxp[b, t, i] = da
+                    rows[0] = i
+                    vals[0] = da
+                    nr = 1
+                for q in range(nr):
+                    row = rows[q]
+                    v = vals[q]
+                    dbc[row] += v
+                    for j in range(H):
+                        lamp[j] += W[row, j] * v
+                        dWc[row, j] += v * hp[j]
+            for j in range(H):
+                lam[j] = lamp[j]
+        for j in range(H):
+            grads.dh0[b, j] = lam[j]
+
+
+@nb.njit(cache=True, parallel=True)
+def forward(is_gru, xp, h0, weights, gate, nchunks, out, hT, saved):
+    """Parallel over batch chunks; each chunk runs its own whole time loop."""
+    if packed_gru(is_gru, weights.W, h0.shape[1]):
+        raise ValueError("a packed W_hh is for single-sample chunks of the rhythmic / dense kernel")
+    for c in nb.prange(nchunks):
+        _forward_chunk(c, is_gru, xp, h0, weights, gate, nchunks, out, hT, saved)
+
+
+@nb.njit(cache=True, parallel=True)
+def backward(is_gru, h0, W, gate, nchunks, out, saved, upstream, grads):
+    """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT (B, H))."""
+    for c in nb.prange(nchunks):
+        _backward_chunk(c, is_gru, h0, W, gate, nchunks, out, saved, upstream, grads)

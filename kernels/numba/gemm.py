@@ -1,0 +1,312 @@
+"""Rhythmic and dense gates, RNN and GRU, batched training: each step as BLAS GEMMs.
+
+For chunks of at least ``choose.GEMM_MIN_BATCH`` samples each step is two or three small
+GEMMs through BLAS (``np.dot`` on contiguous float32 buffers, scipy's OpenBLAS held to one
+thread per Numba thread by the launcher): the step's compute rows of W are gathered once (no
+gather when every row computes), the chunk's states multiply them (m x H)·(H x N), and in
+the backward the open rows' Jacobian rows V (N x m) give lambda += V^T W_rows and
+dW_rows += V h_prev. Same arithmetic as ``rows``, BLAS summation order.
+
+Layouts (float32, C order): ``Source`` (the input); h0 (B, H); ``Weights``: W (G, H), bias
+(G,); ``Gate``: gvals (T, H), off (T + 1,), idx (rhythmic); ``Saved`` compact (nnz, B): row
+off[t] + k (rhythmic) or t * H + k (dense) of step t's k-th computed neuron, one column per
+sample (d is not saved for the dense gate); ``Grads``: dxp (B, T, G) or, with the input
+projected inside the kernels, dx (B, T, F), dw_ih (C, G, F), db_ih (C, G); dh0 (B, H), per
+chunk dW (C, G, H), db (C, G), dg (C, T, H). ``forward`` / ``backward`` run prange over chunks.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from ..contract import DENSE
+from ._common import chunk, gru_candidate_grad, gru_candidates, rnn_candidate_grad, rnn_candidates
+
+__all__ = ["forward", "backward"]
+
+
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _step_input(src, lo, m, t, idx, base, n_t, dense, H, nr, xt, xb):
+    """``_common.step_input`` for the m samples lo.. of a chunk at once: xb[q, k * nr + g] is
+    row g * H + i of sample lo + q's input pre-activation, i the step's k-th computed neuron.
+    Fused, x_t of the chunk is gathered once (xt, m x F) and each row is one short dot per
+    sample (vectorised over the samples for F = 1); else the rows are gathered from xp."""
+    fused, xp, x, wih, bih = src
+    F = x.shape[2]
+    if fused:
+        for q in range(m):
+            for f in range(F):
+                xt[q, f] = x[lo + q, t, f]
+    for k in range(n_t):
+        i = k if dense else idx[base + k]
+        for g in range(nr):
+            r = g * H + i
+            c = k * nr + g
+            if fused:
+                bb = bih[r]
+                for q in range(m):
+                    s = bb
+                    for f in range(F):
+                        s += xt[q, f] * wih[r, f]
+                    xb[q, c] = s
+            else:
+                for q in range(m):
+                    xb[q, c] = xp[lo + q, t, r]
+
+
+@nb.njit(cache=True, fastmath=True)
+def _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
+    B, T, H = out.shape
+    W, bias = weights.W, weights.bias
+    gkind, gvals, off, idx = gate.kind, gate.gvals, gate.off, gate.idx
+    save = saved.on
+    G = W.shape[0]
+    lo, hi = chunk(c, nchunks, B)
+    m = hi - lo
+    nr = 3 if is_gru else 1
+    hs = np.empty((m, H), np.float32)
+    fb = np.empty((m, H), np.float32)
+    xb = np.zeros((m, nr * (H + 16)), np.float32)  # padding lanes of the candidate loops: finite
+    xt = np.empty((m, src.x.shape[2]), np.float32)
+    wg = np.empty((G, H), np.float32)
+    bt = np.empty(G, np.float32)
+    sc = np.zeros((8, H + 16), np.float32)
+    accb = np.empty(m * G, np.float32)
+    for q in range(m):
+        for j in range(H):
+            hs[q, j] = h0[lo + q, j]
+    for t in range(T):
+        n_t = H if gkind == DENSE else off[t + 1] - off[t]
+        base = 0 if gkind == DENSE else off[t]
+        N = nr * n_t
+        _step_input(src, lo, m, t, idx, base, n_t, gkind == DENSE, H, nr, xt, xb)
+        if N > 0:
+            acc = accb[: m * N].reshape((m, N))
+            if n_t == H:  # every row computes: W as it is
+                np.dot(hs, W.T, acc)
+            else:
+                for r3 in range(nr):
+                    for k in range(n_t):
+                        row = r3 * H + idx[base + k]
+                        dst = r3 * n_t + k
+                        for j in range(H):
+                            wg[dst, j] = W[row, j]
+                np.dot(hs, wg[:N].T, acc)
+            pb = t * H if gkind == DENSE else base
+            for k in range(n_t):  # the step's biases, shared by the samples
+                i = k if gkind == DENSE else idx[base + k]
+                for r3 in range(nr):
+                    bt[r3 * n_t + k] = bias[r3 * H + i]
+            lanes = min((n_t + 15) // 16 * 16, H)
+            for q in range(m):
+                b = lo + q
+                for k in range(n_t):
+                    i = k if gkind == DENSE else idx[base + k]
+                    sc[0, k] = acc[q, k] + bt[k]
+                    if is_gru:
+                        sc[1, k] = acc[q, n_t + k] + bt[n_t + k]
+                        sc[2, k] = acc[q, 2 * n_t + k] + bt[2 * n_t + k]
+                    sc[3, k] = hs[q, i]
+                if is_gru:
+                    gru_candidates(lanes, xb, q, sc)
+                else:
+                    rnn_candidates(lanes, xb, q, sc)
+                for k in range(n_t):
+                    f = sc[4, k]
+                    fb[q, k] = f
+                    if save:
+                        p = pb + k
+                        if is_gru:
+                            saved.r[p, b] = sc[5, k]
+                            saved.z[p, b] = sc[6, k]
+                            saved.n[p, b] = sc[7, k]
+                            saved.hn[p, b] = sc[2, k]
+                        else:
+                            saved.f[p, b] = f
+                        if gkind != DENSE:
+                            saved.d[p, b] = f - sc[3, k]
+            for q in range(m):
+                if gkind == DENSE:
+                    for k in range(n_t):
+                        hs[q, k] = fb[q, k]
+                else:
+                    for k in range(n_t):
+                        i = idx[base + k]
+                        g = gvals[t, i]
+                        if g != 0:
+                            hs[q, i] = hs[q, i] + g * (fb[q, k] - hs[q, i])
+        for q in range(m):
+            for j in range(H):
+                out[lo + q, t, j] = hs[q, j]
+    for q in range(m):
+        for j in range(H):
+            hT[lo + q, j] = hs[q, j]
+
+
+@nb.njit(cache=True, fastmath=True)
+def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, grads):
+    dout, dhT = upstream
+    fused, x, wih = src.fused, src.x, src.w_ih
+    dxp, dx = grads.dxp, grads.dx
+    gkind, gvals, off, idx = gate.kind, gate.gvals, gate.off, gate.idx
+    B, T, H = out.shape
+    G = W.shape[0]
+    F = x.shape[2]
+    lo, hi = chunk(c, nchunks, B)
+    m = hi - lo
+    nr = 3 if is_gru else 1
+    vx = np.empty((G, m), np.float32)  # fused: the input pre-activations' gradients (dxp)
+    dwihc = grads.dw_ih[c]
+    dbihc = grads.db_ih[c]
+    lam = np.empty((m, H), np.float32)
+    lamp = np.empty((m, H), np.float32)
+    tmp = np.empty((m, H), np.float32)
+    hp = np.empty((m, H), np.float32)
+    vt = np.empty((G, m), np.float32)
+    wg = np.empty((G, H), np.float32)
+    dwb = np.empty((G, H), np.float32)
+    act = np.empty(H, np.int64)
+    actk = np.empty(H, np.int64)
+    dWc = grads.dW[c]
+    dbc = grads.db[c]
+    dgc = grads.dg[c]
+    for q in range(m):
+        for j in range(H):
+            lam[q, j] = dhT[lo + q, j]
+    for t in range(T - 1, -1, -1):
+        for q in range(m):
+            for j in range(H):
+                lam[q, j] += dout[lo + q, t, j]
+                lamp[q, j] = lam[q, j]
+        n_t = H if gkind == DENSE else off[t + 1] - off[t]
+        base = 0 if gkind == DENSE else off[t]
+        pb = t * H if gkind == DENSE else base
+        # pass 1: the gate's gradient, and the rows whose Jacobian is needed (dd != 0)
+        na = 0
+        for k in range(n_t):
+            i = k if gkind == DENSE else idx[base + k]
+            active = False
+            for q in range(m):
+                li = lam[q, i]
+                if gkind == DENSE:
+                    dd = li
+                else:
+                    dgc[t, i] += li * saved.d[pb + k, lo + q]
+                    dd = gvals[t, i] * li
+                if dd != 0:
+                    active = True
+            if active:
+                act[na] = i
+                actk[na] = pb + k
+                na += 1
+        if na == 0:
+            for q in range(m):
+                for j in range(H):
+                    lam[q, j] = lamp[q, j]
+            continue
+        # pass 2: Jacobian rows V (row r3*na + a, column q)
+        for a in range(na):
+            i = act[a]
+            p = actk[a]
+            for q in range(m):
+                b = lo + q
+                li = lam[q, i]
+                dd = li if gkind == DENSE else gvals[t, i] * li
+                if dd == 0:
+                    for r3 in range(nr):
+                        vt[r3 * na + a, q] = 0
+                        vx[r3 * na + a, q] = 0
+                    continue
+                lamp[q, i] -= dd
+                if is_gru:
+                    hpi = out[b, t - 1, i] if t > 0 else h0[b, i]
+                    dar, daz, dan, dhn, dh = gru_candidate_grad(
+                        dd, saved.r[p, b], saved.z[p, b], saved.n[p, b], saved.hn[p, b], hpi
+                    )
+                    lamp[q, i] += dh
+                    if fused:
+                        vx[a, q] = dar
+                        vx[na + a, q] = daz
+                        vx[2 * na + a, q] = dan
+                    else:
+                        dxp[b, t, i] = dar
+                        dxp[b, t, H + i] = daz
+                        dxp[b, t, 2 * H + i] = dan
+                    vt[a, q] = dar
+                    vt[na + a, q] = daz
+                    vt[2 * na + a, q] = dhn
+                else:
+                    da = rnn_candidate_grad(dd, saved.f[p, b])
+                    if fused:
+                        vx[a, q] = da
+                    else:
+                        dxp[b, t, i] = da
+                    vt[a, q] = da
+        N = nr * na
+        if fused:
+            # input projection x_t W_ih^T + b_ih: dW_ih += dxp^T x_t, db_ih += dxp, dx_t += dxp W_ih
+            for r3 in range(nr):
+                for a in range(na):
+                    v_row = r3 * na + a
+                    row = r3 * H + act[a]
+                    sb = np.float32(0.0)
+                    for q in range(m):
+                        gq = vx[v_row, q]
+                        if gq == 0:
+                            continue
+                        sb += gq
+                        b = lo + q
+                        for f in range(F):
+                            dwihc[row, f] += gq * x[b, t, f]
+                            dx[b, t, f] += gq * wih[row, f]
+                    dbihc[row] += sb
+        v = vt[:N]
+        full = na == H
+        if full:
+            np.dot(v.T, W, tmp)
+        else:
+            for r3 in range(nr):
+                for a in range(na):
+                    row = r3 * H + act[a]
+                    dst = r3 * na + a
+                    for j in range(H):
+                        wg[dst, j] = W[row, j]
+            np.dot(v.T, wg[:N], tmp)
+        for q in range(m):
+            for j in range(H):
+                lam[q, j] = lamp[q, j] + tmp[q, j]
+        for q in range(m):
+            for j in range(H):
+                hp[q, j] = out[lo + q, t - 1, j] if t > 0 else h0[lo + q, j]
+        dws = dwb[:N]
+        np.dot(v, hp, dws)
+        for r3 in range(nr):
+            for a in range(na):
+                s = r3 * na + a
+                row = r3 * H + act[a]
+                sv = np.float32(0.0)
+                for q in range(m):
+                    sv += vt[s, q]
+                dbc[row] += sv
+                for j in range(H):
+                    dWc[row, j] += dws[s, j]
+    for q in range(m):
+        for j in range(H):
+            grads.dh0[lo + q, j] = lam[q, j]
+
+
+@nb.njit(cache=True, parallel=True)
+def forward(is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
+    """Chunks of >= GEMM_MIN_BATCH samples; compact (nnz, B) saves. ``src``: the input."""
+    for c in nb.prange(nchunks):
+        _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved)
+
+
+@nb.njit(cache=True, parallel=True)
+def backward(is_gru, src, h0, W, gate, nchunks, out, saved, upstream, grads):
+    """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT (B, H)). The input's gradient
+    goes to grads.dxp, or where ``src.fused`` to grads.dx, dw_ih, db_ih; only computed
+    entries contribute."""
+    for c in nb.prange(nchunks):
+        _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, grads)
