@@ -444,7 +444,7 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
     Returns (out (B, T, H), h_T (B, H), s_T (B, H) or None, StepRecord or None).
 
     Example:
-        >>> from su_neuro.gates import GateInput
+        >>> from su_neuro.kernels.contract import GateInput
         >>> out, hT, _, _ = recurrence("rnn", torch.randn(2, 5, 4), torch.zeros(2, 4), None,
         ...                            torch.randn(4, 4) * 0.3, None, GateInput("dense"))
     """

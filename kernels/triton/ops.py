@@ -34,7 +34,7 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
     every row (dense but exact).
 
     Example (any CUDA tensors; on a CPU only under ``TRITON_INTERPRET=1``):
-        >>> from su_neuro.gates import GateInput
+        >>> from su_neuro.kernels.contract import GateInput
         >>> out, hT, _, _ = recurrence("rnn", xp, h0, None, w, b, GateInput("dense"))
     """
     gate = gate.materialized()  # a rhythm table: its rows
