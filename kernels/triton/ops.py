@@ -65,8 +65,9 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
         sT = None
     rec = None
     if record:
-        vs = res[3] if cell == "lif" else torch.cat([h0[:, None], out], 1)  # (B, T + 1, H)
-        rec = make_record(gate, vs[:, 0], vs[:, 1:], res[-1] if kind == "event" else None,
+        # LIF: the saved membranes (B, T + 1, H), h0 first; RNN / GRU: the outputs are the states
+        first, states = (res[3][:, 0], res[3][:, 1:]) if cell == "lif" else (h0, out)
+        rec = make_record(gate, first, states, res[-1] if kind == "event" else None,
                           out if cell == "lif" else None)
     return out, hT, sT, rec
 
