@@ -27,7 +27,6 @@ __all__ = [
     "DENSE",
     "EVENT",
     "GATE_CODES",
-    "GATE_KINDS",
     "GATE_ROWS",
     "GRU",
     "HOOKS",
@@ -51,7 +50,6 @@ RNN, GRU, LIF = 0, 1, 2
 CELL_CODES = {"rnn": RNN, "gru": GRU, "lif": LIF}
 GATE_ROWS = {"rnn": 1, "gru": 3, "lif": 1}  # G = GATE_ROWS[cell] * H input rows per neuron
 
-GATE_KINDS = ("dense", "rhythmic", "event")
 DENSE, RHYTHMIC, EVENT = 0, 1, 2
 GATE_CODES = {"dense": DENSE, "rhythmic": RHYTHMIC, "event": EVENT}
 
