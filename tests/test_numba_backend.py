@@ -420,13 +420,13 @@ def test_split_kernel_serial_and_absent_workers(is_gru, dense, fused):
     d = np.zeros((1, 1, 1), f32)
     x = rng.standard_normal((1, T, 7)).astype(f32)
     w_ih = rng.standard_normal((G, 7)).astype(f32)
-    src = Source(True, d, x, w_ih, b[::-1].copy()) if fused else Source(False, xp, d, d[0], d[0, 0])
+    src = Source(1, d, x, w_ih, b[::-1].copy()) if fused else Source(0, xp, d, d[0], d[0, 0])
     gate = Gate(gk, gv, off, idx, np.zeros(1, f32), 0, 0.0, 1)
     nothing = Saved(False, d, d, d, d, d, d, d)
     rows.forward(is_gru, src, h0, Weights(W, d[0], b), gate, 1, want, want_h, nothing)
     if fused:  # the kernels' own projection is x W_ih^T + b_ih up to float32 round-off
         ref = np.empty_like(want)
-        xp_src = Source(False, (x @ w_ih.T + b[::-1]).astype(f32), d, d[0], d[0, 0])
+        xp_src = Source(0, (x @ w_ih.T + b[::-1]).astype(f32), d, d[0], d[0, 0])
         rows.forward(is_gru, xp_src, h0, Weights(W, d[0], b), gate, 1, ref, np.empty_like(want_h), nothing)
         np.testing.assert_allclose(want, ref, rtol=1e-5, atol=1e-5)
 
@@ -482,7 +482,7 @@ def test_packed_weights_same_bits_and_single_samples_only():
         if gk == EVENT:
             event.forward(True, xp, h0, weights, gate, 1, out, hT, nothing)
         else:
-            rows.forward(True, Source(False, xp, d, d[0], d[0, 0]), h0, weights, gate, 1, out, hT, nothing)
+            rows.forward(True, Source(0, xp, d, d[0], d[0, 0]), h0, weights, gate, 1, out, hT, nothing)
         return out, hT
 
     T, H = 40, 300
@@ -600,9 +600,17 @@ def test_fused_input_projection_not_taken():
     # training: only on the GEMM path, with few input features
     assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, gate) is None
     assert ops.recurrence_input("gru", batch, w_ih, None, h0_batch, None, w_hh, None, gate) is not None
-    F = choose.FUSED_TRAIN_MAX_INPUT + 1
+    F = choose.FUSED_TRAIN_MAX_INPUT_DENSE + 1  # dense gate: one GEMM over the sequence
     w_f = torch.randn(3 * H, F, requires_grad=True)
     assert ops.recurrence_input("gru", torch.randn(64, 4, F), w_f, None, h0_batch, None, w_hh, None, gate) is None
+    from su_neuro.gates import RhythmicGate
+
+    rhythmic = RhythmicGate(H, init_rate=0.2).plan(0, 4)  # a rhythmic gate trains fused at that width
+    x_f = torch.randn(64, 4, F)
+    assert ops.recurrence_input("gru", x_f, w_f, None, h0_batch, None, w_hh, None, rhythmic) is not None
+    F = choose.FUSED_TRAIN_MAX_INPUT + 1
+    w_f = torch.randn(3 * H, F, requires_grad=True)
+    assert ops.recurrence_input("gru", torch.randn(64, 4, F), w_f, None, h0_batch, None, w_hh, None, rhythmic) is None
 
 
 @pytest.mark.parametrize(
@@ -612,16 +620,24 @@ def test_fused_input_projection_not_taken():
         ("gru", "dense", 3, 3, 15, False),
         ("rnn", "rhythmic", 3, 2, 15, True),
         ("rnn", "dense", 11, 1, 1, True),
+        # F >= gemm.DOT_MIN_INPUT: the projection's products are GEMMs (layer 2, F = H = 6: loops)
+        ("gru", "rhythmic", 11, 33, 40, True),
+        ("gru", "dense", 9, 64, 5, False),
+        ("rnn", "rhythmic", 10, 9, 23, True),
+        ("rnn", "dense", 9, 12, 7, True),
     ],
 )
 def test_fused_input_projection_training(monkeypatch, cell, gate, B, F, T, bias):
-    """Training on the GEMM path with few input features (ops.recurrence_input): every
-    gradient equals the reference, the input's too; a 2-layer stack of H = 6 (<= the fused
-    training limit) takes the fused path in both layers, so layer 2's input gradient (the
-    kernel's dx) feeds layer 1's backward."""
+    """Training on the GEMM path with the input projected inside the kernels
+    (ops.recurrence_input): every gradient equals the reference, the input's too; both layers
+    of a 2-layer stack of H = 6 take the fused path (the width limits raised to F), so layer
+    2's input gradient (the kernel's dx) feeds layer 1's backward. F >= gemm.DOT_MIN_INPUT
+    runs the projection's products as GEMMs, layer 2 (F = 6) as loops."""
     from su_neuro.kernels.numba import choose, ops
 
     monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
+    for limit in ("FUSED_TRAIN_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT_DENSE"):  # the kernels at any width
+        monkeypatch.setattr(choose, limit, max(F, 6))
     calls = []
     real = ops._run
     monkeypatch.setattr(ops, "_run", lambda *a: calls.append(a[-1] is not None) or real(*a))
@@ -662,3 +678,31 @@ def test_split_benchmark_runs(capsys, monkeypatch, load_tool):
         assert int(c[1]) == 48
         one, two, speed = (float(v) for v in c[4:7])  # ms to one decimal: a tiny run may print 0.0
         assert all(math.isfinite(v) and v >= 0 for v in (one, two, speed))
+
+
+def test_fused_input_benchmark_runs(capsys, monkeypatch, load_tool):
+    """tools/bench_fused_input.py (the A/B/C behind the fused-projection rules) at a tiny size:
+    one row per cell x gate x width, all three projections timed, the rule's pick named, and
+    the rules as they were afterwards."""
+    import math
+    import os
+
+    import numba
+
+    from su_neuro.kernels.numba import choose
+
+    monkeypatch.setenv("NUMBA_NUM_THREADS", os.environ.get("NUMBA_NUM_THREADS", str(numba.config.NUMBA_NUM_THREADS)))
+    before = (choose.FUSED_TRAIN_MAX_INPUT, choose.FUSED_TRAIN_MAX_INPUT_DENSE, choose.FUSED_DOT_MIN_INPUT)
+    rows = load_tool("bench_fused_input").main(
+        ["--steps", "6", "--batch", "16", "--hidden", "8", "--features", "3,40", "--repeats", "1", "--threads", "1"]
+    )
+    assert (choose.FUSED_TRAIN_MAX_INPUT, choose.FUSED_TRAIN_MAX_INPUT_DENSE, choose.FUSED_DOT_MIN_INPUT) == before
+    assert [(r["cell"], r["gate"], r["F"]) for r in rows] == [
+        (c, g, f) for c in ("gru", "rnn") for g in ("rhythmic", "dense") for f in (3, 40)
+    ]
+    for r in rows:
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("unfused", "loops", "gemm"))
+        assert r["picks"] == choose.train_projection(r["gate"], r["F"])
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| gru", "| rnn"))]
+    assert len(printed) == len(rows)
+

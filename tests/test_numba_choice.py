@@ -127,16 +127,25 @@ def test_huge_weights_boundaries():
 
 def test_fuses_input():
     f = choose.fuses_input
-    wide, few = choose.FUSED_MAX_INPUT, choose.FUSED_TRAIN_MAX_INPUT
+    wide, few, rhythmic = choose.FUSED_MAX_INPUT, choose.FUSED_TRAIN_MAX_INPUT_DENSE, choose.FUSED_TRAIN_MAX_INPUT
     n = choose.GEMM_MIN_BATCH
     # inference: always for a rhythmic gate, for a dense one up to FUSED_MAX_INPUT features
     assert f("gru", "rhythmic", 1, 10 * wide, False, threads=2)
     assert f("rnn", "dense", 1, wide, False, threads=2) and not f("rnn", "dense", 1, wide + 1, False, threads=2)
-    # training: on the GEMM path with at most FUSED_TRAIN_MAX_INPUT features
+    # training: on the GEMM path with at most FUSED_TRAIN_MAX_INPUT(_DENSE) features
     assert f("gru", "dense", 2 * n, few, True, threads=2)
     assert not f("gru", "dense", 2 * n, few + 1, True, threads=2)
+    assert rhythmic >= 64  # an embedding of 64 features trains fused (issue 23)
+    assert f("rnn", "rhythmic", 2 * n, rhythmic, True, threads=2)
+    assert not f("rnn", "rhythmic", 2 * n, rhythmic + 1, True, threads=2)
     assert not f("gru", "dense", 2 * n - 1, 1, True, threads=2)
     assert not f("gru", "dense", 2 * n, 1, True, threads=2, blas=False)
+    # how: per-step GEMMs from FUSED_DOT_MIN_INPUT features, short dot products below
+    dots = choose.FUSED_DOT_MIN_INPUT
+    assert choose.train_projection("rhythmic", dots) == "gemm"
+    assert choose.train_projection("rhythmic", dots - 1) == "loops"
+    assert choose.train_projection("rhythmic", rhythmic + 1) == "unfused"
+    assert choose.train_projection("dense", few + 1) == "unfused"
     # LIF and the event gate: never
     assert not f("lif", "dense", 1, 1, False, threads=2)
     assert not f("gru", "event", 1, 1, False, threads=2)

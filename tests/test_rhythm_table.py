@@ -203,7 +203,7 @@ def _split_table_equals_rows(tab, rows, F, seed, ntasks, nworkers):
     W = (rng.standard_normal((3 * H, H)) / np.sqrt(H)).astype(f32)
     b = rng.standard_normal(3 * H).astype(f32) * 0.1
     d = np.zeros((1, 1, 1), f32)
-    src = Source(True, d, rng.standard_normal((1, T, F)).astype(f32), rng.standard_normal((3 * H, F)).astype(f32), b)
+    src = Source(1, d, rng.standard_normal((1, T, F)).astype(f32), rng.standard_normal((3 * H, F)).astype(f32), b)
     h0 = rng.standard_normal((1, H)).astype(f32) * 0.3
     outs = []
     no_lists = (np.zeros(1, np.int64), np.zeros(1, np.int32), np.zeros(1, f32), 0, 0.0, 1)

@@ -78,7 +78,7 @@ def main(argv=None):
             W = (rng.standard_normal((G, H)) / np.sqrt(H)).astype(F32)
             W = ops._stream_weights(W, is_gru, T)  # as ops passes it to both kernels
             b = np.zeros(G, F32)
-            src = Source(True, _D3, rng.standard_normal((1, T, F)).astype(F32), rng.standard_normal((G, F)).astype(F32),
+            src = Source(1, _D3, rng.standard_normal((1, T, F)).astype(F32), rng.standard_normal((G, F)).astype(F32),
                          b)  # fmt: skip
             weights = Weights(W, _D2, b)
             h0, out, hT = np.zeros((1, H), F32), np.empty((1, T, H), F32), np.empty((1, H), F32)

@@ -29,15 +29,21 @@ from ..contract import SURROGATE_CODES
 
 
 class Source(NamedTuple):
-    """The input pre-activations W_ih x_t + b_ih (``step_input``). fused False: xp (B, T, G),
-    projected beforehand; fused True: x (B, T, F), w_ih (G, F) (or packed per neuron,
-    (H, nr * F): row g * H + i at [i, g * F:(g + 1) * F]) and b_ih (G,)."""
+    """The input pre-activations W_ih x_t + b_ih (``step_input``). fused 0 (False): xp
+    (B, T, G), projected beforehand; else x (B, T, F), w_ih (G, F) (or packed per neuron,
+    (H, nr * F): row g * H + i at [i, g * F:(g + 1) * F]) and b_ih (G,), projected inside the
+    kernels for the computed rows only: 1 (True) by short dot products per row and sample,
+    ``FUSED_DOTS`` (GEMM path only) by per-step GEMMs against the gathered W_ih rows."""
 
-    fused: bool
+    fused: int
     xp: np.ndarray
     x: np.ndarray
     w_ih: np.ndarray
     b_ih: np.ndarray
+
+
+#: ``Source.fused``: the GEMM path projects the input with per-step GEMMs
+FUSED_DOTS = 2
 
 
 class Weights(NamedTuple):

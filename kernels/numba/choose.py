@@ -23,8 +23,10 @@ from ..contract import CELLS, GATE_CODES, GATE_ROWS
 
 __all__ = [
     "Variant", "choose_kernel", "nchunks", "use_gemm", "split_tasks", "huge_weights", "fuses_input",
+    "train_projection",
     "unsupported", "auto_pays",
-    "GEMM_MIN_BATCH", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK",
+    "GEMM_MIN_BATCH", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT",
+    "FUSED_TRAIN_MAX_INPUT_DENSE", "FUSED_DOT_MIN_INPUT", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK",
     "SPLIT_WORK_PER_NEURON", "SPLIT_SAMPLE", "SPLIT_HUGE_STEPS", "SPLIT_HUGE_MAX_BYTES",
 ]  # fmt: skip
 
@@ -49,9 +51,16 @@ SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work f
 SPLIT_HUGE_STEPS = 1024
 SPLIT_HUGE_MAX_BYTES = 16 << 20
 #: inference with a dense gate: the kernels project the input themselves (``recurrence_input``)
-#: up to this many input features; training (GEMM path, any gate): up to FUSED_TRAIN_MAX_INPUT
+#: up to this many input features; training (GEMM path): a rhythmic gate up to
+#: FUSED_TRAIN_MAX_INPUT, a dense gate up to FUSED_TRAIN_MAX_INPUT_DENSE (where every row
+#: computes, one GEMM over the whole sequence beats per-step ones; tools/bench_fused_input.py)
 FUSED_MAX_INPUT = 64
-FUSED_TRAIN_MAX_INPUT = 8
+FUSED_TRAIN_MAX_INPUT = 256
+FUSED_TRAIN_MAX_INPUT_DENSE = 8
+#: on the GEMM path, a fused projection of at least this many features runs as per-step GEMMs
+#: against the step's gathered W_ih rows (forward, dW_ih and dx); narrower ones as short dot
+#: products per row and sample (``_common.Source.fused``; tools/bench_fused_input.py)
+FUSED_DOT_MIN_INPUT = 8
 
 _NEVER = 1 << 62  # a chunk size no batch reaches
 
@@ -170,12 +179,23 @@ def fuses_input(
     """Whether the kernels project the input themselves (``ops.recurrence_input``): RNN/GRU
     with a rhythmic or dense gate; in inference unless a dense gate has more than
     FUSED_MAX_INPUT features; in training on the GEMM path with at most
-    FUSED_TRAIN_MAX_INPUT features."""
+    FUSED_TRAIN_MAX_INPUT (rhythmic) or FUSED_TRAIN_MAX_INPUT_DENSE (dense) features."""
     if cell not in ("rnn", "gru") or gate_kind not in ("rhythmic", "dense"):
         return False
     if grad:
-        return use_gemm(gate_kind, batch, nchunks(batch, threads), blas) and features <= FUSED_TRAIN_MAX_INPUT
+        gemm = use_gemm(gate_kind, batch, nchunks(batch, threads), blas)
+        return gemm and train_projection(gate_kind, features) != "unfused"
     return not (gate_kind == "dense" and features > FUSED_MAX_INPUT)
+
+
+def train_projection(gate_kind: str, features: int) -> str:
+    """How a training call on the GEMM path (RNN/GRU, rhythmic or dense gate) projects its
+    input: "unfused" (torch, beforehand, every row), or inside the kernels for the computed
+    rows only, by "loops" (short dot products) or "gemm" (per-step GEMMs)."""
+    limit = FUSED_TRAIN_MAX_INPUT_DENSE if gate_kind == "dense" else FUSED_TRAIN_MAX_INPUT
+    if features > limit:
+        return "unfused"
+    return "gemm" if features >= FUSED_DOT_MIN_INPUT else "loops"
 
 
 def unsupported(cell: str, gate_kind: str, dtype) -> str | None:

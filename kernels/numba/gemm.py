@@ -21,23 +21,52 @@ import numba as nb
 import numpy as np
 
 from ..contract import DENSE
-from ._common import chunk, gru_candidate_grad, gru_candidates, rnn_candidate_grad, rnn_candidates
+from ._common import FUSED_DOTS, chunk, gru_candidate_grad, gru_candidates, rnn_candidate_grad, rnn_candidates
 
 __all__ = ["forward", "backward"]
 
 
 @nb.njit(cache=True, fastmath=True, inline="always")
-def _step_input(src, lo, m, t, idx, base, n_t, dense, H, nr, xt, xb):
+def _gather_input_rows(wih, bih, idx, base, n_t, dense, H, nr, wx, bx):
+    """Rows g * H + i of W_ih (and b_ih) of the step's computed neurons i into wx / bx, row
+    k * nr + g for the k-th neuron: the column order of ``xb``."""
+    for k in range(n_t):
+        i = k if dense else idx[base + k]
+        for g in range(nr):
+            r = g * H + i
+            c = k * nr + g
+            bx[c] = bih[r]
+            for f in range(wih.shape[1]):
+                wx[c, f] = wih[r, f]
+
+
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _step_input(src, lo, m, t, idx, base, n_t, dense, H, nr, proj, xb):
     """``_common.step_input`` for the m samples lo.. of a chunk at once: xb[q, k * nr + g] is
     row g * H + i of sample lo + q's input pre-activation, i the step's k-th computed neuron.
-    Fused, x_t of the chunk is gathered once (xt, m x F) and each row is one short dot per
-    sample (vectorised over the samples for F = 1); else the rows are gathered from xp."""
+    Fused, x_t of the chunk is gathered once (xt, m x F); with fused == FUSED_DOTS the rows
+    are one GEMM (m x F)·(F x N) against the step's gathered W_ih rows (wx: gathered at every
+    step, or once for the dense gate, where they never change), else one short dot per row
+    and sample; unfused, the rows are gathered from xp."""
     fused, xp, x, wih, bih = src
+    xt, wx, bx, xa = proj
     F = x.shape[2]
     if fused:
         for q in range(m):
             for f in range(F):
                 xt[q, f] = x[lo + q, t, f]
+        if fused == FUSED_DOTS:
+            N = nr * n_t
+            if N == 0:
+                return
+            if not dense or t == 0:
+                _gather_input_rows(wih, bih, idx, base, n_t, dense, H, nr, wx, bx)
+            a = xa[: m * N].reshape((m, N))
+            np.dot(xt, wx[:N].T, a)
+            for q in range(m):
+                for c in range(N):
+                    xb[q, c] = a[q, c] + bx[c]
+            return
     for k in range(n_t):
         i = k if dense else idx[base + k]
         for g in range(nr):
@@ -68,7 +97,14 @@ def _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
     hs = np.empty((m, H), np.float32)
     fb = np.empty((m, H), np.float32)
     xb = np.zeros((m, nr * (H + 16)), np.float32)  # padding lanes of the candidate loops: finite
-    xt = np.empty((m, src.x.shape[2]), np.float32)
+    F = src.x.shape[2]
+    dots = src.fused == FUSED_DOTS
+    proj = (  # x_t, and for the GEMM: the gathered W_ih rows, their biases, the product
+        np.empty((m, F), np.float32),
+        np.empty((G if dots else 0, F), np.float32),
+        np.empty(G if dots else 0, np.float32),
+        np.empty(m * G if dots else 0, np.float32),
+    )
     wg = np.empty((G, H), np.float32)
     bt = np.empty(G, np.float32)
     sc = np.zeros((8, H + 16), np.float32)
@@ -80,7 +116,7 @@ def _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
         n_t = H if gkind == DENSE else off[t + 1] - off[t]
         base = 0 if gkind == DENSE else off[t]
         N = nr * n_t
-        _step_input(src, lo, m, t, idx, base, n_t, gkind == DENSE, H, nr, xt, xb)
+        _step_input(src, lo, m, t, idx, base, n_t, gkind == DENSE, H, nr, proj, xb)
         if N > 0:
             acc = accb[: m * N].reshape((m, N))
             if n_t == H:  # every row computes: W as it is
@@ -144,6 +180,59 @@ def _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
             hT[lo + q, j] = hs[q, j]
 
 
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _input_grads(vx, N, na, act, lo, m, t, H, nr, x, wih, dots, bufs, dx, dwih, dbih):
+    """The input projection's gradients at step t from the pre-activations' gradients vx
+    (row r3 * na + a of neuron act[a], column q of sample lo + q): dW_ih += vx^T x_t,
+    db_ih += vx, dx_t = vx W_ih, over the computed rows only. With ``dots`` (``Source.fused``
+    == FUSED_DOTS) the two products are GEMMs, (N x m)·(m x F) and (m x N)·(N x F) against
+    the gathered W_ih rows; else loops over the nonzero entries."""
+    F = x.shape[2]
+    if dots:
+        xt, wx, dwr, dxt = bufs
+        for q in range(m):
+            for f in range(F):
+                xt[q, f] = x[lo + q, t, f]
+        v = vx[:N]
+        for r3 in range(nr):
+            for a in range(na):
+                row = r3 * H + act[a]
+                for f in range(F):
+                    wx[r3 * na + a, f] = wih[row, f]
+        np.dot(v, xt, dwr[:N])
+        np.dot(v.T, wx[:N], dxt)
+        for r3 in range(nr):
+            for a in range(na):
+                s = r3 * na + a
+                row = r3 * H + act[a]
+                sb = np.float32(0.0)
+                for q in range(m):
+                    sb += vx[s, q]
+                dbih[row] += sb
+                for f in range(F):
+                    dwih[row, f] += dwr[s, f]
+        for q in range(m):
+            for f in range(F):
+                dx[lo + q, t, f] += dxt[q, f]
+        return
+    for r3 in range(nr):
+        for a in range(na):
+            v_row = r3 * na + a
+            row = r3 * H + act[a]
+            sb = np.float32(0.0)
+            for q in range(m):
+                gq = vx[v_row, q]
+                if gq == 0:
+                    continue
+                sb += gq
+                b = lo + q
+                for f in range(F):
+                    dwih[row, f] += gq * x[b, t, f]
+                    dx[b, t, f] += gq * wih[row, f]
+            dbih[row] += sb
+
+
+
 @nb.njit(cache=True, fastmath=True)
 def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, grads):
     dout, dhT = upstream
@@ -157,6 +246,10 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
     m = hi - lo
     nr = 3 if is_gru else 1
     vx = np.empty((G, m), np.float32)  # fused: the input pre-activations' gradients (dxp)
+    dots = fused == FUSED_DOTS
+    nd = G if dots else 0
+    bwd = (np.empty((m, F), np.float32), np.empty((nd, F), np.float32), np.empty((nd, F), np.float32),
+           np.empty((m if dots else 0, F), np.float32))  # fmt: skip
     dwihc = grads.dw_ih[c]
     dbihc = grads.db_ih[c]
     lam = np.empty((m, H), np.float32)
@@ -245,22 +338,7 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
                     vt[a, q] = da
         N = nr * na
         if fused:
-            # input projection x_t W_ih^T + b_ih: dW_ih += dxp^T x_t, db_ih += dxp, dx_t += dxp W_ih
-            for r3 in range(nr):
-                for a in range(na):
-                    v_row = r3 * na + a
-                    row = r3 * H + act[a]
-                    sb = np.float32(0.0)
-                    for q in range(m):
-                        gq = vx[v_row, q]
-                        if gq == 0:
-                            continue
-                        sb += gq
-                        b = lo + q
-                        for f in range(F):
-                            dwihc[row, f] += gq * x[b, t, f]
-                            dx[b, t, f] += gq * wih[row, f]
-                    dbihc[row] += sb
+            _input_grads(vx, N, na, act, lo, m, t, H, nr, x, wih, dots, bwd, dx, dwihc, dbihc)
         v = vt[:N]
         full = na == H
         if full:

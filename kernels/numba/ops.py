@@ -98,7 +98,7 @@ from . import gemm as _gemm
 from . import lif as _lif
 from . import rows as _rows
 from . import split as _split
-from ._common import Gate, Grads, Saved, Source, Weights
+from ._common import FUSED_DOTS, Gate, Grads, Saved, Source, Weights
 from .choose import auto_pays, unsupported
 from .compact import compact
 
@@ -222,15 +222,17 @@ def _forward_rnn(ctx, cfg, variant, gate, table, save, xp_n, h0_n, w_hh, b_hh, p
     hT = np.empty((B, H), _F32)
     nnz = T * H if gate.kind == DENSE else int(gate.off[-1])
     saved = _saves(variant, is_gru, gate.kind, B, T, H, nnz, save)
-    src = Source(False, xp_n, _dummy(3), _dummy(2), _dummy(1))
+    src = Source(0, xp_n, _dummy(3), _dummy(2), _dummy(1))
     ctx.proj = None
     if x is not None:
         assert variant.kernel == "gemm" or not save, "a fused input projection trains on the GEMM path only"
         x_n, wih_n = _np(x), _np(w_ih)
         # the B = 1 inference kernels read a GRU's W_ih packed per neuron
         wih_k = _pack_rows(wih_n, H) if is_gru and variant.stream else wih_n
-        src = Source(True, _dummy(3), x_n, wih_k, _np(b_ih, (G,)))
-        ctx.proj = Source(True, _dummy(3), x_n, wih_n, _dummy(1))  # for the backward
+        dots = variant.kernel == "gemm" and x_n.shape[2] >= choose.FUSED_DOT_MIN_INPUT
+        mode = FUSED_DOTS if dots else 1
+        src = Source(mode, _dummy(3), x_n, wih_k, _np(b_ih, (G,)))
+        ctx.proj = Source(mode, _dummy(3), x_n, wih_n, _dummy(1))  # for the backward
     weights = Weights(_stream_weights(W, is_gru, T) if variant.stream else W, WT, bias)
     C = variant.chunks
     if variant.kernel == "split":
@@ -291,7 +293,7 @@ def _backward_rnn(ctx, need, upstream, dh0, dg, dth):
     is_gru = ctx.cfg["cell"] == "gru"
     src = ctx.proj
     if src is None:
-        src = Source(False, _dummy(3), _dummy(3), _dummy(2), _dummy(1))
+        src = Source(0, _dummy(3), _dummy(3), _dummy(2), _dummy(1))
         inputs = (np.zeros((B, T, G), _F32), _dummy(3), _dummy(3), _dummy(2))
     else:
         Fin = src.x.shape[2]

@@ -1,0 +1,111 @@
+"""A/B/C of the input projection in the Numba training path (GEMM path, issue 23).
+
+One training step (forward + backward, the input needing its gradient, as behind an
+embedding) of a one-layer RNN / GRU on the numba backend, for three ways to project the input
+x_t W_ih^T + b_ih:
+
+* ``unfused``  torch projects the whole (B, T, F) input to a (B, T, G) array beforehand; the
+               backward gets its full (B, T, G) gradient and runs two GEMMs over it;
+* ``loops``    the kernels project the computed rows themselves, one short dot product per
+               row and sample (forward) and per nonzero entry (backward);
+* ``gemm``     the kernels project the computed rows themselves as per-step GEMMs against the
+               step's gathered W_ih rows (forward, dW_ih, dx).
+
+The rules that pick one (``choose.FUSED_TRAIN_MAX_INPUT``, ``FUSED_TRAIN_MAX_INPUT_DENSE``,
+``FUSED_DOT_MIN_INPUT``) were set from this table. Times are medians of ``--repeats`` rounds;
+each round runs the three in a rotated order, so that none is always first or last.
+
+Usage: python tools/bench_fused_input.py [--threads 2] [--steps 1000] [--features 8,16,32,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import time
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=0.1, help="the rhythmic gate's update rate")
+    ap.add_argument("--features", default="4,8,16,32,64,128,256")
+    ap.add_argument("--cells", default="gru,rnn")
+    ap.add_argument("--gates", default="rhythmic,dense")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))  # before numba is imported
+
+    import numba
+    import torch
+
+    from su_neuro.kernels.numba import choose
+    from su_neuro.models import build_layer
+
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_flush_denormal(True)
+    B, H, T = args.batch, args.hidden, args.steps
+    # each variant as the values of the three rules
+    variants = {
+        "unfused": dict(FUSED_TRAIN_MAX_INPUT=0, FUSED_TRAIN_MAX_INPUT_DENSE=0),
+        "loops": dict(FUSED_TRAIN_MAX_INPUT=1 << 30, FUSED_TRAIN_MAX_INPUT_DENSE=1 << 30, FUSED_DOT_MIN_INPUT=1 << 30),
+        "gemm": dict(FUSED_TRAIN_MAX_INPUT=1 << 30, FUSED_TRAIN_MAX_INPUT_DENSE=1 << 30, FUSED_DOT_MIN_INPUT=1),
+    }
+    names = list(variants)
+    @contextlib.contextmanager
+    def rules(values):
+        """choose's rules set to ``values`` for the duration, then as they were."""
+        saved = {k: getattr(choose, k) for k in values}
+        try:
+            for key, value in values.items():
+                setattr(choose, key, value)
+            yield
+        finally:
+            for key, value in saved.items():
+                setattr(choose, key, value)
+
+    def step(layer, x, up):
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        out, _ = layer(x)
+        (out * up).sum().backward()
+
+    print(f"| cell | gate | F | unfused ms | loops ms | gemm ms | unfused / gemm | loops / gemm | rule picks |"
+          f"  (B = {B}, H = {H}, T = {T}, rhythmic rate {args.rate}, {args.threads} threads, median of "
+          f"{args.repeats})")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for cell in args.cells.split(","):
+        for gate in args.gates.split(","):
+            for F in (int(f) for f in args.features.split(",")):
+                torch.manual_seed(0)
+                spec = {"kind": "rhythmic", "init_rate": args.rate} if gate == "rhythmic" else "dense"
+                layer = build_layer(cell, F, H, gate=spec, backend="numba")
+                x = torch.randn(B, T, F).requires_grad_()
+                up = torch.randn(B, T, H)
+                times = {n: [] for n in names}
+                for r in range(args.repeats + 1):  # round 0: compile and warm up, not timed
+                    for k in range(len(names)):
+                        name = names[(r + k) % len(names)]
+                        with rules(variants[name]):
+                            t0 = time.perf_counter()
+                            step(layer, x, up)
+                            if r:
+                                times[name].append(time.perf_counter() - t0)
+                ms = {n: 1e3 * statistics.median(v) for n, v in times.items()}
+                row = {"cell": cell, "gate": gate, "F": F, **ms, "picks": choose.train_projection(gate, F)}
+                rows.append(row)
+                print(f"| {cell} | {gate} | {F} | {ms['unfused']:.1f} | {ms['loops']:.1f} | {ms['gemm']:.1f} | "
+                      f"{ms['unfused'] / ms['gemm']:.2f} | {ms['loops'] / ms['gemm']:.2f} | {row['picks']} |",
+                      flush=True)  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    main()
