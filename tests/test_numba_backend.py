@@ -542,6 +542,9 @@ def test_split_rule():
         ("rnn", "rhythmic", 3, 9, 15, False),
         ("rnn", "dense", 1, 1, 1, True),
         ("gru", "rhythmic", 2, 3, 300, False),
+        # batches on the GEMM path, F >= FUSED_DOT_MIN_INPUT: the projection as per-step GEMMs
+        ("gru", "dense", 20, 12, 9, True),
+        ("rnn", "dense", 16, 40, 6, False),
     ],
 )
 def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
@@ -549,8 +552,10 @@ def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
     updating neurons only (ops.recurrence_input): outputs, final state and records equal the
     torch reference; 2-layer stack (layer 2 reads layer 1's output); with autograd on, the
     layer projects beforehand (the path every gradient test checks)."""
-    from su_neuro.kernels.numba import ops
+    from su_neuro.kernels.numba import choose, ops
 
+    if B > 3:  # the GEMM path on any number of threads
+        monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
     calls = []
     real = ops._run
     monkeypatch.setattr(ops, "_run", lambda *a: calls.append(a[-1] is not None) or real(*a))
