@@ -194,13 +194,16 @@ def _input_grads(vx, N, na, act, lo, m, t, H, nr, x, wih, dots, bufs, dx, dwih, 
             for f in range(F):
                 xt[q, f] = x[lo + q, t, f]
         v = vx[:N]
-        for r3 in range(nr):
-            for a in range(na):
-                row = r3 * H + act[a]
-                for f in range(F):
-                    wx[r3 * na + a, f] = wih[row, f]
+        if na == H:  # every neuron, in increasing order: row r3 * na + a is W_ih row r3 * H + a
+            np.dot(v.T, wih, dxt)
+        else:
+            for r3 in range(nr):
+                for a in range(na):
+                    row = r3 * H + act[a]
+                    for f in range(F):
+                        wx[r3 * na + a, f] = wih[row, f]
+            np.dot(v.T, wx[:N], dxt)
         np.dot(v, xt, dwr[:N])
-        np.dot(v.T, wx[:N], dxt)
         for r3 in range(nr):
             for a in range(na):
                 s = r3 * na + a
@@ -230,7 +233,6 @@ def _input_grads(vx, N, na, act, lo, m, t, H, nr, x, wih, dots, bufs, dx, dwih, 
                     dwih[row, f] += gq * x[b, t, f]
                     dx[b, t, f] += gq * wih[row, f]
             dbih[row] += sb
-
 
 
 @nb.njit(cache=True, fastmath=True)
