@@ -27,6 +27,33 @@ __all__ = ["forward", "backward"]
 
 
 @nb.njit(cache=True, fastmath=True, inline="always")
+def _gather_rows(M, sel, n, nr, H, dst):
+    """dst[r3 * n + k] = M[r3 * H + sel[k]]: the rows of the n selected neurons, block by
+    block (r, z, n for a GRU), in the order the per-step GEMMs use."""
+    for r3 in range(nr):
+        for k in range(n):
+            row = r3 * H + sel[k]
+            for j in range(M.shape[1]):
+                dst[r3 * n + k, j] = M[row, j]
+
+
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _scatter_rows(v, prod, sel, n, nr, H, dM, db):
+    """A weight's gradient rows from a step: dM[r3 * H + sel[k]] += prod[r3 * n + k] and
+    db[r3 * H + sel[k]] += the sum of v's row r3 * n + k (over the chunk's samples)."""
+    for r3 in range(nr):
+        for k in range(n):
+            s = r3 * n + k
+            row = r3 * H + sel[k]
+            sb = np.float32(0.0)
+            for q in range(v.shape[1]):
+                sb += v[s, q]
+            db[row] += sb
+            for j in range(dM.shape[1]):
+                dM[row, j] += prod[s, j]
+
+
+@nb.njit(cache=True, fastmath=True, inline="always")
 def _gather_input_rows(wih, bih, idx, base, n_t, dense, H, nr, wx, bx):
     """Rows g * H + i of W_ih (and b_ih) of the step's computed neurons i into wx / bx, row
     k * nr + g for the k-th neuron: the column order of ``xb``."""
@@ -122,12 +149,7 @@ def _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
             if n_t == H:  # every row computes: W as it is
                 np.dot(hs, W.T, acc)
             else:
-                for r3 in range(nr):
-                    for k in range(n_t):
-                        row = r3 * H + idx[base + k]
-                        dst = r3 * n_t + k
-                        for j in range(H):
-                            wg[dst, j] = W[row, j]
+                _gather_rows(W, idx[base : base + n_t], n_t, nr, H, wg)
                 np.dot(hs, wg[:N].T, acc)
             pb = t * H if gkind == DENSE else base
             for k in range(n_t):  # the step's biases, shared by the samples
@@ -197,23 +219,10 @@ def _input_grads(vx, N, na, act, lo, m, t, H, nr, x, wih, dots, bufs, dx, dwih, 
         if na == H:  # every neuron, in increasing order: row r3 * na + a is W_ih row r3 * H + a
             np.dot(v.T, wih, dxt)
         else:
-            for r3 in range(nr):
-                for a in range(na):
-                    row = r3 * H + act[a]
-                    for f in range(F):
-                        wx[r3 * na + a, f] = wih[row, f]
+            _gather_rows(wih, act, na, nr, H, wx)
             np.dot(v.T, wx[:N], dxt)
         np.dot(v, xt, dwr[:N])
-        for r3 in range(nr):
-            for a in range(na):
-                s = r3 * na + a
-                row = r3 * H + act[a]
-                sb = np.float32(0.0)
-                for q in range(m):
-                    sb += vx[s, q]
-                dbih[row] += sb
-                for f in range(F):
-                    dwih[row, f] += dwr[s, f]
+        _scatter_rows(v, dwr, act, na, nr, H, dwih, dbih)
         for q in range(m):
             for f in range(F):
                 dx[lo + q, t, f] += dxt[q, f]
@@ -346,12 +355,7 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
         if full:
             np.dot(v.T, W, tmp)
         else:
-            for r3 in range(nr):
-                for a in range(na):
-                    row = r3 * H + act[a]
-                    dst = r3 * na + a
-                    for j in range(H):
-                        wg[dst, j] = W[row, j]
+            _gather_rows(W, act, na, nr, H, wg)
             np.dot(v.T, wg[:N], tmp)
         for q in range(m):
             for j in range(H):
@@ -361,16 +365,7 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
                 hp[q, j] = out[lo + q, t - 1, j] if t > 0 else h0[lo + q, j]
         dws = dwb[:N]
         np.dot(v, hp, dws)
-        for r3 in range(nr):
-            for a in range(na):
-                s = r3 * na + a
-                row = r3 * H + act[a]
-                sv = np.float32(0.0)
-                for q in range(m):
-                    sv += vt[s, q]
-                dbc[row] += sv
-                for j in range(H):
-                    dWc[row, j] += dws[s, j]
+        _scatter_rows(v, dws, act, na, nr, H, dWc, dbc)
     for q in range(m):
         for j in range(H):
             grads.dh0[lo + q, j] = lam[q, j]
