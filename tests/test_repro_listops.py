@@ -26,7 +26,7 @@ def test_repro_listops_quick(tmp_path, load_tool):
     for run in result["runs"]:
         assert run["steps"] == 8 and run["epochs"] == 1
         assert 0.0 <= run["test_acc"] <= 1.0 and math.isfinite(run["test_loss"])
-        assert run["trace_samples"] == 32
+        assert run["trace_samples"] == 32 and run["config"]["readout"] == "last"
         assert 0 < run["effective_macs_per_sample"] <= run["dense_macs_per_sample"]
         if run["gate"] == "dense":
             assert run["update_rate"] == 1.0
@@ -40,10 +40,12 @@ def test_majority_baseline(load_tool):
     assert tool.majority_baseline([3, 3, 1, 9, 3]) == (3, 0.6)
 
 
-def test_thread_counts_are_restored(tmp_path, load_tool):
+def test_thread_counts_are_restored_and_readout_passed(tmp_path, load_tool):
     import numba
     import torch
 
     before = (torch.get_num_threads(), numba.get_num_threads())
-    load_tool("repro_listops").main(["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-rhythmic"])
+    argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-rhythmic", "--readout", "mean"]
+    result = load_tool("repro_listops").main(argv)
     assert (torch.get_num_threads(), numba.get_num_threads()) == before
+    assert result["runs"][0]["config"]["readout"] == "mean"
