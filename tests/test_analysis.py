@@ -273,6 +273,36 @@ def test_plots_write_pngs(tmp_path):
         plots.plot_update_heatmap({"a": g.mean(1)}, tmp_path / "x.png", reshape=(28, 27))
 
 
+def test_training_curves(tmp_path):
+    """Curves from metrics.jsonl files: each run's smoothed loss and accuracy are the lines
+    drawn; a missing, corrupt or step-less log is named in the error."""
+    logs = {}
+    for name, slope in (("a", 0.01), ("b", 0.02)):
+        recs = [{"event": "start", "step": 0}]
+        recs += [{"event": "train", "step": 10 * k, "loss": 2.0 - slope * k, "acc": 0.1 + slope * k} for k in range(30)]
+        recs.append({"event": "eval", "step": 300, "test_acc": 0.5})
+        logs[name] = tmp_path / f"{name}.jsonl"
+        logs[name].write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    fig = plots.figure_training_curves(logs, smooth=5, chance=0.17)
+    loss_ax, acc_ax = fig.axes
+    lines = [ln for ln in loss_ax.get_lines() if ln.get_label() in logs]
+    assert [ln.get_label() for ln in lines] == ["a", "b"]
+    x, y = lines[1].get_data()
+    np.testing.assert_allclose(x, 10 * np.arange(4, 30))  # a moving average of 5 starts at the 5th step
+    np.testing.assert_allclose(y, 2.0 - 0.02 * (np.arange(4, 30) - 2))
+    assert any(ln.get_label() == "chance" and ln.get_ydata()[0] == 0.17 for ln in acc_ax.get_lines())
+    png = plots.plot_training_curves(logs, tmp_path / "c.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileNotFoundError, match="no training log at .*missing"):
+        plots.plot_training_curves({"x": tmp_path / "missing.jsonl"}, tmp_path / "x.png")
+    (tmp_path / "bad.jsonl").write_text('{"event": "train", "step": 1, "loss": 1, "acc": 0}\n{oops\n')
+    with pytest.raises(ValueError, match="bad.jsonl, line 2: not JSON"):
+        plots.plot_training_curves({"x": tmp_path / "bad.jsonl"}, tmp_path / "x.png")
+    (tmp_path / "empty.jsonl").write_text('{"event": "start", "step": 0}\n')
+    with pytest.raises(ValueError, match="holds no training steps"):
+        plots.plot_training_curves({"x": tmp_path / "empty.jsonl"}, tmp_path / "x.png")
+
+
 def test_cli_writes_report(tmp_path, capsys):
     path, layers = _trace(tmp_path, t=16)
     table = tmp_path / "e.json"

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,14 @@ def test_repro_listops_quick(tmp_path, load_tool):
     on_disk = json.loads((tmp_path / "listops_quick.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
     assert (tmp_path / "listops_quick.md").read_text().count("|") > 20
+    assert (tmp_path / "listops_quick_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # the curves of finished runs, redrawn without training; a malformed pair is refused
+    runs = tmp_path / "listops_quick_runs"
+    redrawn = tool.main(["--curves", f"su={runs / 'gru-rhythmic'}", f"gru={runs / 'gru-dense'}",
+                         "--out", str(tmp_path / "again"), "--name", "both"])
+    assert Path(redrawn["curves"]) == tmp_path / "again" / "both_curves.png" and Path(redrawn["curves"]).is_file()
+    with pytest.raises(SystemExit, match="LABEL=RUN_DIR"):
+        tool.main(["--curves", str(runs), "--out", str(tmp_path / "again")])
     assert [r["model"] for r in result["runs"]] == ["gru-rhythmic", "gru-dense"]
     assert result["references"] == {"lra_transformer": 0.3637, "paper_sugru": 0.4493}
     assert result["sizes"] == {"train": 256, "valid": 32, "test": 64}

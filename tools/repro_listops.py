@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch / numba threads (default: as set)")
     p.add_argument("--out", default="docs/figures")
     p.add_argument("--name", default=None, help="output stem (default: the task name; --quick: listops_quick)")
+    p.add_argument("--curves", nargs="+", metavar="LABEL=RUN_DIR",
+                   help="only plot the training curves of finished runs (e.g. runs made in separate "
+                        "processes) into <out>/<name>_curves.png; trains nothing")
     return p
 
 
@@ -134,11 +137,27 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
     }
 
 
+def plot_curves(runs: dict[str, Path], path: Path, majority: float | None = None) -> Path:
+    """Training loss and accuracy of each run folder (label -> folder) in one PNG."""
+    from su_neuro.analysis.plots import plot_training_curves
+    from su_neuro.train.config import LOG_FILE
+
+    return plot_training_curves({k: Path(v) / LOG_FILE for k, v in runs.items()}, path, smooth=20,
+                                chance=majority, chance_label="majority class (test)")
+
+
 def main(argv=None) -> dict:
     args = apply_mode(_parser().parse_args(argv), QUICK, FULL)
     args.name = args.name or ("listops_quick" if args.quick else args.task)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.curves:
+        pairs = [c.split("=", 1) for c in args.curves]
+        if any(len(pair) != 2 or not all(pair) for pair in pairs):
+            raise SystemExit(f"--curves takes LABEL=RUN_DIR pairs, got {args.curves}")
+        path = plot_curves(dict(pairs), out / f"{args.name}_curves.png")
+        print(f"curves: {path}")
+        return {"curves": str(path)}
     import numba
     import torch
 
@@ -161,9 +180,11 @@ def _main(args, out: Path) -> dict:
     majority_class, majority_acc = majority_baseline(test_labels)
     lengths = task.train.lengths
     runs = []
+    run_dirs = {}
     for spec in args.models.split(","):
         cell, gate = spec.strip().split("-")
         runs.append(_run_model(args, cell, gate, out))
+        run_dirs[runs[-1]["model"]] = out / f"{args.name}_runs" / runs[-1]["model"]
         print(f"{spec}: test acc {runs[-1]['test_acc']:.4f}, rate {runs[-1]['update_rate']:.3f}, "
               f"{runs[-1]['train_seconds']:.0f} s", flush=True)
     result = {
@@ -176,6 +197,7 @@ def _main(args, out: Path) -> dict:
         "quick": bool(args.quick),
         "runs": runs,
     }
+    result["curves"] = str(plot_curves(run_dirs, out / f"{args.name}_curves.png", majority_acc))
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = [
         "| model | epochs | steps | test acc | valid acc | update rate | effective / dense MACs | train time |",

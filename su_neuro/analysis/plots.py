@@ -1,4 +1,4 @@
-"""PNG figures of gate activity (matplotlib, Agg backend, imported on first use).
+"""PNG figures of gate activity and training (matplotlib, Agg backend, imported on first use).
 
 Every ``plot_*`` function writes one PNG and returns its path; the matching ``figure_*``
 function returns the matplotlib ``Figure`` instead (to inspect or restyle it). Figures are
@@ -27,10 +27,12 @@ __all__ = [
     "figure_ops",
     "figure_raster",
     "figure_timescales",
+    "figure_training_curves",
     "figure_update_heatmap",
     "plot_ops",
     "plot_raster",
     "plot_timescales",
+    "plot_training_curves",
     "plot_update_heatmap",
 ]
 
@@ -280,3 +282,57 @@ def plot_ops(names: Sequence[str], dense: Sequence[float], effective: Sequence[f
     the two absolute numbers: equal ratios look equal, whatever the absolute size."""
     return _save(figure_ops(names, dense, effective, dense_energy=dense_energy,
                             effective_energy=effective_energy, title=title), path)
+
+
+def _train_records(log: str | os.PathLike) -> list[dict]:
+    """The "train" records of a run's metrics.jsonl, or an error naming the file."""
+    import json
+
+    path = Path(log)
+    if not path.is_file():
+        raise FileNotFoundError(f"no training log at {path}")
+    recs = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            rec = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {n}: not JSON ({err.msg})") from None
+        if rec.get("event") == "train":
+            recs.append(rec)
+    if not recs:
+        raise ValueError(f"{path} holds no training steps")
+    return recs
+
+
+def figure_training_curves(logs: Mapping[str, str | os.PathLike], *, smooth: int = 10,
+                           chance: float | None = None, chance_label: str = "chance",
+                           acc_label: str = "training accuracy") -> Any:
+    """The figure of :func:`plot_training_curves`."""
+    fig, axes = _figure(1, 2, (10, 3.6))
+    for label, log in logs.items():
+        recs = _train_records(log)
+        steps = np.array([r["step"] for r in recs])
+        for ax, key in zip(axes[0], ("loss", "acc"), strict=True):
+            y = np.array([r[key] for r in recs], dtype=float)
+            k = max(1, min(smooth, len(y)))
+            ax.plot(steps[k - 1:], np.convolve(y, np.ones(k) / k, mode="valid"), label=label)
+    axes[0, 0].set_ylabel("training loss")
+    axes[0, 1].set_ylabel(acc_label)
+    if chance is not None:
+        axes[0, 1].axhline(chance, color="tab:gray", ls=":", lw=1, label=chance_label)
+    for ax in axes[0]:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"moving average over {smooth} logged steps", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(logs: Mapping[str, str | os.PathLike], path: str | os.PathLike, *,
+                         smooth: int = 10, chance: float | None = None, chance_label: str = "chance",
+                         acc_label: str = "training accuracy") -> Path:
+    """Training loss and accuracy against the step for each run (label -> its
+    ``metrics.jsonl``, as ``su-neuro train`` writes it), each a moving average over
+    ``smooth`` logged steps; ``chance``: a level drawn on the accuracy panel."""
+    fig = figure_training_curves(logs, smooth=smooth, chance=chance, chance_label=chance_label, acc_label=acc_label)
+    return _save(fig, path)

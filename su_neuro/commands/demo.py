@@ -174,30 +174,7 @@ def _markdown(rows: list[dict], settings: dict, steps: int) -> str:
 
 def _plot_curves(out: Path, logs: list[tuple[str, Path]]) -> Path:
     """Training loss and accuracy of both models (moving average over 10 steps)."""
-    import matplotlib
+    from ..analysis.plots import plot_training_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label, path in logs:
-        recs = [json.loads(x) for x in path.read_text().splitlines()]
-        recs = [r for r in recs if r.get("event") == "train"]
-        steps = np.array([r["step"] for r in recs])
-        for ax, key in zip(axes, ("loss", "acc"), strict=True):
-            y = np.array([r[key] for r in recs], dtype=float)
-            k = min(10, len(y))
-            smooth = np.convolve(y, np.ones(k) / k, mode="valid")
-            ax.plot(steps[k - 1:], smooth, label=label)
-    axes[0].set_ylabel("training loss")
-    axes[1].set_ylabel("training accuracy (scored steps)")
-    axes[1].axhline(0.125, color="gray", ls=":", lw=1, label="chance")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plot_training_curves(dict(logs), out / "curves.png", chance=0.125,
+                                acc_label="training accuracy (scored steps)")
