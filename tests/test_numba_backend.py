@@ -551,7 +551,7 @@ def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
     """Inference of RNN/GRU (rhythmic, dense) projects the input inside the kernel, for the
     updating neurons only (ops.recurrence_input): outputs, final state and records equal the
     torch reference; 2-layer stack (layer 2 reads layer 1's output); with autograd on, the
-    layer projects beforehand (the path every gradient test checks)."""
+    layer projects beforehand except on the GEMM path within the training width limits."""
     from su_neuro.kernels.numba import choose, ops
 
     if B > 3:  # the GEMM path on any number of threads
@@ -578,7 +578,8 @@ def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
     calls.clear()
     layer.backend = "numba"
     out, _ = layer(x, h0)
-    assert calls == [False, False] and out.requires_grad  # training: projected by the layer
+    # training: fused on the GEMM path within the width limits only, else projected by the layer
+    assert calls == [B > 3 and choose.train_projection(gate, f) != "unfused" for f in (F, 37)] and out.requires_grad
     assert_close("out with grad", ref[0], out.detach(), *FWD_TOL)
 
 

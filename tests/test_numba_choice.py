@@ -140,10 +140,12 @@ def test_fuses_input():
     assert not f("rnn", "rhythmic", 2 * n, rhythmic + 1, True, threads=2)
     assert not f("gru", "dense", 2 * n - 1, 1, True, threads=2)
     assert not f("gru", "dense", 2 * n, 1, True, threads=2, blas=False)
-    # how: per-step GEMMs from FUSED_DOT_MIN_INPUT features, short dot products below
-    dots = choose.FUSED_DOT_MIN_INPUT
-    assert choose.train_projection("rhythmic", dots) == "gemm"
-    assert choose.train_projection("rhythmic", dots - 1) == "loops"
+    # how: per-step GEMMs from FUSED_DOT_MIN_INPUT(_DENSE) features, short dot products below
+    dots, dots_dense = choose.FUSED_DOT_MIN_INPUT, choose.FUSED_DOT_MIN_INPUT_DENSE
+    assert choose.train_projection("rhythmic", dots) == "gemm" and choose.fused_dots("rhythmic", dots)
+    assert choose.train_projection("rhythmic", dots - 1) == "loops" and not choose.fused_dots("rhythmic", dots - 1)
+    assert choose.train_projection("dense", dots_dense) == "gemm"
+    assert dots_dense == 1 or choose.train_projection("dense", dots_dense - 1) == "loops"
     assert choose.train_projection("rhythmic", rhythmic + 1) == "unfused"
     assert choose.train_projection("dense", few + 1) == "unfused"
     # LIF and the event gate: never

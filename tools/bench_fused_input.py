@@ -11,8 +11,8 @@ x_t W_ih^T + b_ih:
 * ``gemm``     the kernels project the computed rows themselves as per-step GEMMs against the
                step's gathered W_ih rows (forward, dW_ih, dx).
 
-The rules that pick one (``choose.FUSED_TRAIN_MAX_INPUT``, ``FUSED_TRAIN_MAX_INPUT_DENSE``,
-``FUSED_DOT_MIN_INPUT``) were set from this table. Times are medians of ``--repeats`` rounds;
+The rules that pick one (``choose.FUSED_TRAIN_MAX_INPUT(_DENSE)``,
+``FUSED_DOT_MIN_INPUT(_DENSE)``) were set from this table. Times are medians of ``--repeats`` rounds;
 each round runs the three in a rotated order, so that none is always first or last.
 
 Usage: python tools/bench_fused_input.py [--threads 2] [--steps 1000] [--features 8,16,32,64]
@@ -54,8 +54,10 @@ def main(argv=None) -> list[dict]:
     # each variant as the values of the three rules
     variants = {
         "unfused": dict(FUSED_TRAIN_MAX_INPUT=0, FUSED_TRAIN_MAX_INPUT_DENSE=0),
-        "loops": dict(FUSED_TRAIN_MAX_INPUT=1 << 30, FUSED_TRAIN_MAX_INPUT_DENSE=1 << 30, FUSED_DOT_MIN_INPUT=1 << 30),
-        "gemm": dict(FUSED_TRAIN_MAX_INPUT=1 << 30, FUSED_TRAIN_MAX_INPUT_DENSE=1 << 30, FUSED_DOT_MIN_INPUT=1),
+        "loops": dict(FUSED_TRAIN_MAX_INPUT=1 << 30, FUSED_TRAIN_MAX_INPUT_DENSE=1 << 30,
+                      FUSED_DOT_MIN_INPUT=1 << 30, FUSED_DOT_MIN_INPUT_DENSE=1 << 30),
+        "gemm": dict(FUSED_TRAIN_MAX_INPUT=1 << 30, FUSED_TRAIN_MAX_INPUT_DENSE=1 << 30,
+                     FUSED_DOT_MIN_INPUT=1, FUSED_DOT_MIN_INPUT_DENSE=1),
     }
     names = list(variants)
     @contextlib.contextmanager

@@ -23,10 +23,9 @@ from ..contract import CELLS, GATE_CODES, GATE_ROWS
 
 __all__ = [
     "Variant", "choose_kernel", "nchunks", "use_gemm", "split_tasks", "huge_weights", "fuses_input",
-    "train_projection",
-    "unsupported", "auto_pays",
-    "GEMM_MIN_BATCH", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT",
-    "FUSED_TRAIN_MAX_INPUT_DENSE", "FUSED_DOT_MIN_INPUT", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK",
+    "fused_dots", "train_projection", "unsupported", "auto_pays",
+    "GEMM_MIN_BATCH", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT_DENSE",
+    "FUSED_DOT_MIN_INPUT", "FUSED_DOT_MIN_INPUT_DENSE", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK",
     "SPLIT_WORK_PER_NEURON", "SPLIT_SAMPLE", "SPLIT_HUGE_STEPS", "SPLIT_HUGE_MAX_BYTES",
 ]  # fmt: skip
 
@@ -53,14 +52,16 @@ SPLIT_HUGE_MAX_BYTES = 16 << 20
 #: inference with a dense gate: the kernels project the input themselves (``recurrence_input``)
 #: up to this many input features; training (GEMM path): a rhythmic gate up to
 #: FUSED_TRAIN_MAX_INPUT, a dense gate up to FUSED_TRAIN_MAX_INPUT_DENSE (where every row
-#: computes, one GEMM over the whole sequence beats per-step ones; tools/bench_fused_input.py)
+#: computes, one GEMM over the whole sequence wins beyond; tools/bench_fused_input.py)
 FUSED_MAX_INPUT = 64
 FUSED_TRAIN_MAX_INPUT = 256
-FUSED_TRAIN_MAX_INPUT_DENSE = 8
-#: on the GEMM path, a fused projection of at least this many features runs as per-step GEMMs
-#: against the step's gathered W_ih rows (forward, dW_ih and dx); narrower ones as short dot
-#: products per row and sample (``_common.Source.fused``; tools/bench_fused_input.py)
+FUSED_TRAIN_MAX_INPUT_DENSE = 32
+#: on the GEMM path a fused projection of at least this many features (rhythmic gate) or
+#: FUSED_DOT_MIN_INPUT_DENSE (dense gate, whose W_ih rows are gathered once) runs as per-step
+#: GEMMs against the step's gathered W_ih rows (forward, dW_ih and dx); narrower ones as
+#: short dot products per row and sample (``_common.Source.fused``; tools/bench_fused_input.py)
 FUSED_DOT_MIN_INPUT = 8
+FUSED_DOT_MIN_INPUT_DENSE = 1
 
 _NEVER = 1 << 62  # a chunk size no batch reaches
 
@@ -188,6 +189,12 @@ def fuses_input(
     return not (gate_kind == "dense" and features > FUSED_MAX_INPUT)
 
 
+def fused_dots(gate_kind: str, features: int) -> bool:
+    """Whether a projection inside the GEMM-path kernels runs as per-step GEMMs (else as
+    short dot products)."""
+    return features >= (FUSED_DOT_MIN_INPUT_DENSE if gate_kind == "dense" else FUSED_DOT_MIN_INPUT)
+
+
 def train_projection(gate_kind: str, features: int) -> str:
     """How a training call on the GEMM path (RNN/GRU, rhythmic or dense gate) projects its
     input: "unfused" (torch, beforehand, every row), or inside the kernels for the computed
@@ -195,7 +202,7 @@ def train_projection(gate_kind: str, features: int) -> str:
     limit = FUSED_TRAIN_MAX_INPUT_DENSE if gate_kind == "dense" else FUSED_TRAIN_MAX_INPUT
     if features > limit:
         return "unfused"
-    return "gemm" if features >= FUSED_DOT_MIN_INPUT else "loops"
+    return "gemm" if fused_dots(gate_kind, features) else "loops"
 
 
 def unsupported(cell: str, gate_kind: str, dtype) -> str | None:

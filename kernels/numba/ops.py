@@ -229,7 +229,8 @@ def _forward_rnn(ctx, cfg, variant, gate, table, save, xp_n, h0_n, w_hh, b_hh, p
         x_n, wih_n = _np(x), _np(w_ih)
         # the B = 1 inference kernels read a GRU's W_ih packed per neuron
         wih_k = _pack_rows(wih_n, H) if is_gru and variant.stream else wih_n
-        dots = variant.kernel == "gemm" and x_n.shape[2] >= choose.FUSED_DOT_MIN_INPUT
+        gate_name = "dense" if gate.kind == DENSE else "rhythmic"
+        dots = variant.kernel == "gemm" and choose.fused_dots(gate_name, x_n.shape[2])
         mode = FUSED_DOTS if dots else 1
         src = Source(mode, _dummy(3), x_n, wih_k, _np(b_ih, (G,)))
         ctx.proj = Source(mode, _dummy(3), x_n, wih_n, _dummy(1))  # for the backward
