@@ -5,7 +5,10 @@ GEMMs through BLAS (``np.dot`` on contiguous float32 buffers, scipy's OpenBLAS h
 thread per Numba thread by the launcher): the step's compute rows of W are gathered once (no
 gather when every row computes), the chunk's states multiply them (m x H)·(H x N), and in
 the backward the open rows' Jacobian rows V (N x m) give lambda += V^T W_rows and
-dW_rows += V h_prev. Same arithmetic as ``rows``, BLAS summation order.
+dW_rows += V h_prev. Same arithmetic as ``rows``, BLAS summation order. An input projected
+inside the kernels (``Source.fused``) is the same: the step's W_ih rows gathered, x_t W_rows^T
+forward and dW_ih_rows += V_x x_t, dx_t = V_x^T W_rows backward, as GEMMs (``FUSED_DOTS``)
+or as short dot products.
 
 Layouts (float32, C order): ``Source`` (the input); h0 (B, H); ``Weights``: W (G, H), bias
 (G,); ``Gate``: gvals (T, H), off (T + 1,), idx (rhythmic); ``Saved`` compact (nnz, B): row

@@ -421,10 +421,12 @@ def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, re
       row is needed). At B = 1, H = 512, T = 10,000, F = 16 the layer's projection writes a
       61 MB (B, T, G) array (25-28 ms of a 119 ms run at 10 % open) of which 90 % is never read;
     * in training on the batched GEMM path (thread chunks of >= ``choose.GEMM_MIN_BATCH``
-      samples) with at most ``choose.FUSED_TRAIN_MAX_INPUT`` features: sequential MNIST pixel by pixel (F = 1),
-      the copy and adding tasks. The forward then skips the (B, T, G) projection and the
-      backward its (B, T, G) gradient and the two GEMMs over it: dW_ih, db_ih and dx gather
-      the computed entries only (at B = 32, H = 128, T = 784, F = 1: 38 MB each way).
+      samples) within the width limits of ``choose.train_projection`` (rhythmic gate: up to
+      256 features, e.g. an embedding in front of a suGRU; dense: up to 32). The forward then
+      skips the (B, T, G) projection and the backward its (B, T, G) gradient and the two
+      GEMMs over it: dW_ih, db_ih and dx gather the computed entries only (at B = 32,
+      H = 128, T = 784, F = 1: 38 MB each way). ``choose.fused_dots`` says whether the
+      kernels project by per-step GEMMs or by short dot products.
 
     The caller (``SULayer.forward``) projects and calls :func:`recurrence` when this returns None.
     """
