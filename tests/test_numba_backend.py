@@ -619,6 +619,7 @@ def test_fused_input_projection_not_taken():
     assert ops.recurrence_input("gru", torch.randn(64, 4, F), w_f, None, h0_batch, None, w_hh, None, rhythmic) is None
 
 
+@pytest.mark.parametrize("how", ["loops", "gemm"])
 @pytest.mark.parametrize(
     "cell,gate,B,F,T,bias",
     [
@@ -626,24 +627,27 @@ def test_fused_input_projection_not_taken():
         ("gru", "dense", 3, 3, 15, False),
         ("rnn", "rhythmic", 3, 2, 15, True),
         ("rnn", "dense", 11, 1, 1, True),
-        # F >= gemm.DOT_MIN_INPUT: the projection's products are GEMMs (layer 2, F = H = 6: loops)
         ("gru", "rhythmic", 11, 33, 40, True),
         ("gru", "dense", 9, 64, 5, False),
         ("rnn", "rhythmic", 10, 9, 23, True),
         ("rnn", "dense", 9, 12, 7, True),
     ],
 )
-def test_fused_input_projection_training(monkeypatch, cell, gate, B, F, T, bias):
+def test_fused_input_projection_training(monkeypatch, cell, gate, B, F, T, bias, how):
     """Training on the GEMM path with the input projected inside the kernels
-    (ops.recurrence_input): every gradient equals the reference, the input's too; both layers
-    of a 2-layer stack of H = 6 take the fused path (the width limits raised to F), so layer
-    2's input gradient (the kernel's dx) feeds layer 1's backward. F >= gemm.DOT_MIN_INPUT
-    runs the projection's products as GEMMs, layer 2 (F = 6) as loops."""
+    (ops.recurrence_input), by short dot products (``loops``) and by per-step GEMMs
+    (``gemm``), each forced whatever the width: every gradient equals the reference, the
+    input's too; both layers of a 2-layer stack of H = 6 take the fused path (the width
+    limits raised to F), so layer 2's input gradient (the kernel's dx) feeds layer 1's
+    backward."""
     from su_neuro.kernels.numba import choose, ops
 
     monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
     for limit in ("FUSED_TRAIN_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT_DENSE"):  # the kernels at any width
         monkeypatch.setattr(choose, limit, max(F, 6))
+    for least in ("FUSED_DOT_MIN_INPUT", "FUSED_DOT_MIN_INPUT_DENSE"):
+        monkeypatch.setattr(choose, least, 1 if how == "gemm" else 1 << 30)
+    assert all(choose.train_projection(gate, f) == how for f in (F, 6))
     calls = []
     real = ops._run
     monkeypatch.setattr(ops, "_run", lambda *a: calls.append(a[-1] is not None) or real(*a))

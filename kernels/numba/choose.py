@@ -60,7 +60,7 @@ FUSED_TRAIN_MAX_INPUT_DENSE = 32
 #: FUSED_DOT_MIN_INPUT_DENSE (dense gate, whose W_ih rows are gathered once) runs as per-step
 #: GEMMs against the step's gathered W_ih rows (forward, dW_ih and dx); narrower ones as
 #: short dot products per row and sample (``_common.Source.fused``; tools/bench_fused_input.py)
-FUSED_DOT_MIN_INPUT = 8
+FUSED_DOT_MIN_INPUT = 4
 FUSED_DOT_MIN_INPUT_DENSE = 1
 
 _NEVER = 1 << 62  # a chunk size no batch reaches
