@@ -692,8 +692,8 @@ def test_split_benchmark_runs(capsys, monkeypatch, load_tool):
 
 def test_fused_input_benchmark_runs(capsys, monkeypatch, load_tool):
     """tools/bench_fused_input.py (the A/B/C behind the fused-projection rules) at a tiny size:
-    one row per cell x gate x width, all three projections timed, the rule's pick named, and
-    the rules as they were afterwards."""
+    one row per cell x gate x width, all three projections timed, the rule's pick named; the
+    rules and the thread counts as they were afterwards."""
     import math
     import os
 
@@ -702,11 +702,14 @@ def test_fused_input_benchmark_runs(capsys, monkeypatch, load_tool):
     from su_neuro.kernels.numba import choose
 
     monkeypatch.setenv("NUMBA_NUM_THREADS", os.environ.get("NUMBA_NUM_THREADS", str(numba.config.NUMBA_NUM_THREADS)))
-    before = (choose.FUSED_TRAIN_MAX_INPUT, choose.FUSED_TRAIN_MAX_INPUT_DENSE, choose.FUSED_DOT_MIN_INPUT)
+    import torch
+
+    rules = ("FUSED_TRAIN_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT_DENSE", "FUSED_DOT_MIN_INPUT", "FUSED_DOT_MIN_INPUT_DENSE")
+    before = [getattr(choose, k) for k in rules], torch.get_num_threads(), numba.get_num_threads()
     rows = load_tool("bench_fused_input").main(
         ["--steps", "6", "--batch", "16", "--hidden", "8", "--features", "3,40", "--repeats", "1", "--threads", "1"]
     )
-    assert (choose.FUSED_TRAIN_MAX_INPUT, choose.FUSED_TRAIN_MAX_INPUT_DENSE, choose.FUSED_DOT_MIN_INPUT) == before
+    assert ([getattr(choose, k) for k in rules], torch.get_num_threads(), numba.get_num_threads()) == before
     assert [(r["cell"], r["gate"], r["F"]) for r in rows] == [
         (c, g, f) for c in ("gru", "rnn") for g in ("rhythmic", "dense") for f in (3, 40)
     ]

@@ -47,11 +47,22 @@ def main(argv=None) -> list[dict]:
     from su_neuro.kernels.numba import choose
     from su_neuro.models import build_layer
 
+    before = (torch.get_num_threads(), numba.get_num_threads())
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     torch.set_flush_denormal(True)
+    try:
+        return _bench(args, choose, build_layer)
+    finally:  # the caller's thread counts (a test calls main inside its own process)
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
+
+
+def _bench(args, choose, build_layer) -> list[dict]:
+    import torch
+
     B, H, T = args.batch, args.hidden, args.steps
-    # each variant as the values of the three rules
+    # each variant as values of choose's rules
     variants = {
         "unfused": dict(FUSED_TRAIN_MAX_INPUT=0, FUSED_TRAIN_MAX_INPUT_DENSE=0),
         "loops": dict(FUSED_TRAIN_MAX_INPUT=1 << 30, FUSED_TRAIN_MAX_INPUT_DENSE=1 << 30,
@@ -60,6 +71,7 @@ def main(argv=None) -> list[dict]:
                      FUSED_DOT_MIN_INPUT=1, FUSED_DOT_MIN_INPUT_DENSE=1),
     }
     names = list(variants)
+
     @contextlib.contextmanager
     def rules(values):
         """choose's rules set to ``values`` for the duration, then as they were."""
