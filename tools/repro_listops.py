@@ -91,6 +91,11 @@ def _task_options(args) -> dict:
     return opts
 
 
+def _run_dir(out: Path, name: str, model: str) -> Path:
+    """The run folder of ``model`` ("<cell>-<gate>") under ``out``."""
+    return out / f"{name}_runs" / model
+
+
 def _run_model(args, cell: str, gate: str, out: Path) -> dict:
     from su_neuro.analysis.report import summarize
     from su_neuro.traces import TraceReader
@@ -108,7 +113,7 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
         cfg.init_rate = args.rate
         cfg.rate_target = args.rate
         cfg.rate_weight = 1.0
-    run_dir = out / f"{args.name}_runs" / f"{cell}-{gate}"
+    run_dir = _run_dir(out, args.name, f"{cell}-{gate}")
     t0 = time.perf_counter()
     res = train(cfg, run_dir, overwrite=True, progress=False)
     seconds = time.perf_counter() - t0
@@ -184,7 +189,7 @@ def _main(args, out: Path) -> dict:
     for spec in args.models.split(","):
         cell, gate = spec.strip().split("-")
         runs.append(_run_model(args, cell, gate, out))
-        run_dirs[runs[-1]["model"]] = out / f"{args.name}_runs" / runs[-1]["model"]
+        run_dirs[runs[-1]["model"]] = _run_dir(out, args.name, runs[-1]["model"])
         print(f"{spec}: test acc {runs[-1]['test_acc']:.4f}, rate {runs[-1]['update_rate']:.3f}, "
               f"{runs[-1]['train_seconds']:.0f} s", flush=True)
     result = {

@@ -261,9 +261,9 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
     nr = 3 if is_gru else 1
     vx = np.empty((G, m), np.float32)  # fused: the input pre-activations' gradients (dxp)
     dots = fused == FUSED_DOTS
-    nd = G if dots else 0
-    bwd = (np.empty((m, F), np.float32), np.empty((nd, F), np.float32), np.empty((nd, F), np.float32),
-           np.empty((m if dots else 0, F), np.float32))  # fmt: skip
+    nd, md = (G, m) if dots else (0, 0)  # the GEMMs' buffers: x_t, W_ih rows, dW_ih rows, dx_t
+    bwd = (np.empty((md, F), np.float32), np.empty((nd, F), np.float32), np.empty((nd, F), np.float32),
+           np.empty((md, F), np.float32))  # fmt: skip
     dwihc = grads.dw_ih[c]
     dbihc = grads.db_ih[c]
     lam = np.empty((m, H), np.float32)
