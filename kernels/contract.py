@@ -40,6 +40,7 @@ __all__ = [
     "LIFParams",
     "StepRecord",
     "make_record",
+    "mask_record",
 ]
 
 # ------------------------------------------------------------------------------ codes
@@ -151,6 +152,17 @@ def make_record(gate: GateInput, h0: torch.Tensor, states: torch.Tensor,
     return StepRecord(g, states - prev, spikes)
 
 
+def mask_record(rec: StepRecord, lengths: torch.Tensor) -> StepRecord:
+    """``rec`` of a padded batch run in one call: every entry at and after step
+    ``lengths[b]`` zeroed (the gate's gradient flows through the valid entries only), and
+    ``lengths`` attached: the record the layer's segment by segment run gives."""
+    B, T = rec.delta.shape[:2]
+    lens = lengths.to(rec.delta.device)
+    valid = (torch.arange(T, device=lens.device)[None, :] < lens[:, None]).unsqueeze(-1)
+    keep = lambda a: None if a is None else a * valid.to(a.dtype)  # noqa: E731
+    return StepRecord(keep(rec.gate), keep(rec.delta), keep(rec.spike), lens)
+
+
 # ------------------------------------------------------------------------------ backends
 class Backend(Protocol):
     """What a backend module provides. Required: :meth:`recurrence` (a backend of whole
@@ -167,6 +179,9 @@ class Backend(Protocol):
       gate from its table (``GateInput.rhythm``) instead of (T, H) rows.
     - ``stack(cell, x, h0, weights, *, dropout, training, needs_grad, record)``: a whole
       dense stack in one library call; returns (out, h_T (L, B, H), records or None).
+    - ``ragged(cell, gate_kind, batch) -> bool``: whether ``recurrence`` and
+      ``recurrence_input`` take ``lengths=`` (a right-padded batch run in one call, padded
+      steps skipped) for this call; elsewhere the layer runs the batch segment by segment.
     """
 
     def recurrence(self, cell: str, xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor | None,
@@ -177,7 +192,7 @@ class Backend(Protocol):
         ...
 
 
-HOOKS = ("unsupported", "auto_pays", "recurrence_input", "rhythm_table", "stack")
+HOOKS = ("unsupported", "auto_pays", "recurrence_input", "rhythm_table", "stack", "ragged")
 
 
 class BackendImpl(NamedTuple):
@@ -190,6 +205,7 @@ class BackendImpl(NamedTuple):
     recurrence_input: Callable | None = None
     rhythm_table: Callable | None = None
     stack: Callable | None = None
+    ragged: Callable | None = None
 
     @classmethod
     def of(cls, name: str, module: Backend) -> BackendImpl:

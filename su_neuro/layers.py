@@ -214,11 +214,13 @@ class SULayer(nn.Module):
             record: also return a list of :class:`StepRecord` (one per sub-layer).
             lengths: (B,) valid steps of each sequence of a right-padded batch, each in
                 [1, T] (None: every sequence has T steps). Sequence b runs exactly its
-                first ``lengths[b]`` steps: the padded steps are never computed (the batch
-                runs in segments between the distinct lengths, each segment on the rows
-                still running, the state carried over, so every backend skips them); its
+                first ``lengths[b]`` steps: the padded steps are never computed; its
                 outputs and records are zero there, and the returned state is its state
                 after its own last step. The returned ``state.t`` is ``state.t + T``.
+                A backend that takes lengths itself (its ``ragged`` hook: numba's GEMM
+                path) runs the batch in one call, skipping each sample's padded steps;
+                elsewhere the batch runs in segments between the distinct lengths, each
+                segment on the rows still running, the state carried over.
 
         Returns:
             ``(output, state)`` or ``(output, state, records)``; output is (B, T, H):
@@ -232,19 +234,21 @@ class SULayer(nn.Module):
         _check_input(x, self.input_size, self.weight_ih_l0.dtype, self.check_finite)
         B, T, _ = x.shape
         state = self._check_state(state, B, x)
+        lens = ragged = None
         if lengths is not None:
             lens = check_lengths(lengths, B, T)
             if bool((lens < T).any()):
-                return self._forward_ragged(x, state, record, lens)
-        out, new_state, records = self._forward_full(x, state, record)
+                ragged = lens
+        out, new_state, records = self._forward_full(x, state, record, ragged)
         if record:
             if lengths is not None:
                 records = [r._replace(lengths=lens.to(x.device)) for r in records]
             return out, new_state, records
         return out, new_state
 
-    def _forward_full(self, x, state: SUState, record: bool):
-        """Every row over every step: (out, new state, records or [])."""
+    def _forward_full(self, x, state: SUState, record: bool, lens: torch.Tensor | None = None):
+        """Every row over every step, or with ``lens`` each row over its own steps: (out,
+        new state, records or [])."""
         B, T, _ = x.shape
         kinds = tuple(sorted({g.kind for g in self.gates}))
         training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
@@ -263,6 +267,8 @@ class SULayer(nn.Module):
             self.backend, x.device, self.cell, kinds[0] if len(kinds) == 1 else kinds, x.dtype,
             batch=B, hidden=self.hidden_size, rate=rate, training=training,
         )
+        if lens is not None and not (impl.ragged is not None and all(impl.ragged(self.cell, k, B) for k in kinds)):
+            return self._forward_ragged(x, state, record, lens)
         if impl.stack is not None:  # a whole dense stack in one library call ("nn")
             weights = [self._layer_weights(k) for k in range(self.num_layers)]
             out, hT, records = impl.stack(self.cell, x, state.h, weights, dropout=self.dropout,
@@ -282,9 +288,10 @@ class SULayer(nn.Module):
                 gate = self.gates[k].plan(state.t, T, device=x.device, dtype=x.dtype, table=table)
             s0 = state.s[k] if state.s is not None else None
             args = (state.h[k], s0, w_hh, b_hh, gate, self._lif(k), record)
-            res = fused(self.cell, inp, w_ih, b_ih, *args) if fused is not None else None
+            kw = {} if lens is None else {"lengths": lens}
+            res = fused(self.cell, inp, w_ih, b_ih, *args, **kw) if fused is not None else None
             if res is None:
-                res = impl.recurrence(self.cell, _buffers.linear(inp, w_ih, b_ih), *args)
+                res = impl.recurrence(self.cell, _buffers.linear(inp, w_ih, b_ih), *args, **kw)
             out, hT, sT, rec = res
             hs.append(hT)
             if sT is not None:
@@ -343,7 +350,7 @@ class SULayer(nn.Module):
         s_fin = torch.cat(fin_s, dim=1)[:, order] if fin_s else None
         new_state = SUState(h_fin, state.t + T, s_fin)
         if not record:
-            return out, new_state
+            return out, new_state, []
         records = []
         for parts in rec_pieces:
             spike = assemble([r.spike for r in parts]) if parts[0].spike is not None else None

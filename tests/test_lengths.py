@@ -171,3 +171,114 @@ def test_bad_lengths_are_refused():
         SequenceClassifier("gru", 4, 4, 2, vocab_size=10, padding_idx=10)
     with pytest.raises(ValueError, match="need vocab_size"):
         SequenceClassifier("gru", 4, 4, 2, embed_dim=8)
+
+
+# ---------------------------------------------------------------- numba: one call per batch
+NATIVE = [  # cell, gate, F, projection the rules pick (FUSED_* in kernels/numba/choose.py)
+    ("gru", "rhythmic", 2, "loops"),
+    ("gru", "rhythmic", 40, "gemm"),
+    ("gru", "dense", 3, "gemm"),
+    ("gru", "dense", 300, "unfused"),
+    ("rnn", "rhythmic", 300, "unfused"),
+    ("rnn", "dense", 5, "gemm"),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell,gate,F,projection", NATIVE)
+def test_numba_runs_a_padded_batch_in_one_call(monkeypatch, cell, gate, F, projection, threads):
+    """Numba's GEMM path takes the lengths itself (``ops.ragged``): no segments, one kernel
+    call per sub-layer; samples reordered longest first within each thread chunk. Outputs,
+    final states, records and every gradient (weights, gate, x, h0) equal the torch reference,
+    which runs the batch segment by segment. Lengths unsorted, repeated, 1 and T."""
+    import numba
+
+    from su_neuro.kernels.numba import choose, ops
+    from su_neuro.layers import SULayer
+
+    assert choose.train_projection(gate, F) == projection
+    monkeypatch.setattr(SULayer, "_forward_ragged", _no_segments_for_numba(SULayer._forward_ragged))
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        B, T, H = 19, 17, 10
+        lengths = torch.tensor([3, 17, 9, 1, 17, 9, 12, 5, 16, 2, 9, 14, 6, 11, 9, 8, 13, 4, 10])
+        assert ops.ragged(cell, gate, B)
+        torch.manual_seed(7)
+        cls = SUGRU if cell == "gru" else SURNN
+        layer = cls(F, H, num_layers=2, gate=_gate(gate, H), backend="torch")
+        xs = [torch.randn(int(n), F) for n in lengths]
+        x0 = _padded(xs, lengths, T)
+        h00 = torch.randn(2, B, H)
+        res = {}
+        for backend in ("torch", "numba"):
+            layer.backend = backend
+            layer.zero_grad()
+            x, h0 = x0.clone().requires_grad_(), h00.clone().requires_grad_()
+            out, st, recs = layer(x, h0, record=True, lengths=lengths)
+            w = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+            gate_w = torch.linspace(0.5, -0.5, recs[0].gate.numel()).reshape(recs[0].gate.shape)
+            loss = (out * w).sum() + (st.h**2).sum() + sum((r.gate * gate_w).sum() for r in recs)
+            loss.backward()
+            res[backend] = {"out": out, "h": st.h, "grad x": x.grad, "grad h0": h0.grad,
+                            **{f"gate {k}": r.gate for k, r in enumerate(recs)},
+                            **{f"delta {k}": r.delta for k, r in enumerate(recs)},
+                            **{f"grad {n}": p.grad for n, p in layer.named_parameters()}}  # fmt: skip
+            assert all(torch.equal(r.lengths.cpu(), lengths) for r in recs)
+        ref, got = res["torch"], res["numba"]
+        assert set(ref) == set(got)
+        for name in ref:
+            assert_close(name, ref[name], got[name], 1e-4 if name.startswith("grad") else 2e-5)
+        assert float(got["out"].detach()[3, 1:].abs().sum()) == 0.0  # length 1: zero after step 0
+    finally:
+        numba.set_num_threads(old)
+
+
+def _no_segments_for_numba(segments):
+    def guarded(self, *args, **kwargs):
+        assert self.backend != "numba", "numba ran the padded batch in segments"
+        return segments(self, *args, **kwargs)
+
+    return guarded
+
+
+@pytest.mark.parametrize("B,chunks", [(19, 1), (19, 2), (16, 3), (9, 4)])
+def test_ragged_order_deals_lengths_to_chunks(B, chunks):
+    """``ops._ragged_order``: a permutation; in each thread chunk (``_common.chunk`` bounds)
+    the samples come longest first; dealt round robin, chunk c's longest sample is the
+    c-th longest of the batch, so the chunks carry similar work."""
+    import numpy as np
+
+    from su_neuro.kernels.numba import ops
+
+    lens = torch.randint(1, 50, (B,), generator=torch.Generator().manual_seed(B * chunks)).numpy()
+    order = ops._ragged_order(lens, chunks)
+    assert sorted(order.tolist()) == list(range(B))
+    srt = np.sort(lens)[::-1]
+    for c in range(chunks):
+        lo, hi = (c * B) // chunks, ((c + 1) * B) // chunks
+        part = lens[order[lo:hi]].tolist()
+        assert part == sorted(part, reverse=True), (c, part)
+        assert part[0] == srt[c], (c, part)
+
+
+def test_lengths_benchmark_runs(load_tool):
+    """tools/bench_lengths.py at a tiny size: each order x mode timed, the ratios and the
+    padding statistics consistent; numba's ``ragged`` hook and the thread counts restored."""
+    import math
+
+    import numba
+
+    from su_neuro.kernels.numba import ops
+
+    before = (ops.ragged, torch.get_num_threads(), numba.get_num_threads())
+    mod = load_tool("bench_lengths")
+    res = mod.main(["--task", "listops_short", "--n", "96", "--batches", "1", "--threads", "1"])
+    assert set(res) == {f"{o}, {m}" for o in ("random", "bucketed") for m in mod.MODES}
+    for key, r in res.items():
+        assert math.isfinite(r["ms"]) and r["ms"] > 0, key
+        assert 0 < r["valid"] <= 1 and r["distinct"] >= 1, key
+    for o in ("random", "bucketed"):
+        assert res[f"{o}, no lengths"]["ratio"] == 1.0
+    assert res["bucketed, one call"]["valid"] >= res["random, one call"]["valid"]
+    assert (ops.ragged, torch.get_num_threads(), numba.get_num_threads()) == before

@@ -558,7 +558,7 @@ def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
         monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
     calls = []
     real = ops._run
-    monkeypatch.setattr(ops, "_run", lambda *a: calls.append(a[-1] is not None) or real(*a))
+    monkeypatch.setattr(ops, "_run", lambda *a, **k: calls.append(a[-1] is not None) or real(*a, **k))
     layer = _layer(cell, gate, F=F, H=37, num_layers=2, bias=bias)
     x = torch.randn(B, T, F, generator=torch.Generator().manual_seed(T))
     h0 = SUState(0.3 * torch.randn(2, B, 37, generator=torch.Generator().manual_seed(1)), 7, None)
@@ -650,7 +650,7 @@ def test_fused_input_projection_training(monkeypatch, cell, gate, B, F, T, bias,
     assert all(choose.train_projection(gate, f) == how for f in (F, 6))
     calls = []
     real = ops._run
-    monkeypatch.setattr(ops, "_run", lambda *a: calls.append(a[-1] is not None) or real(*a))
+    monkeypatch.setattr(ops, "_run", lambda *a, **k: calls.append(a[-1] is not None) or real(*a, **k))
     layer = _layer(cell, gate, F=F, H=6, num_layers=2, bias=bias)
     x0 = torch.randn(B, T, F, generator=torch.Generator().manual_seed(B + T))
     res = {}

@@ -5,16 +5,20 @@ suGRU (rhythmic, 10 %) or a dense GRU on the numba backend:
 
 * ``no lengths``  the padded batch run to its longest sequence (the padded steps computed:
   what a model without lengths does, and wrong for the ``last`` readout);
-* ``lengths``     each sequence run for its own length (segments between the distinct lengths);
+* ``segments``    each sequence run for its own length, the layer running the segments between
+  the distinct lengths (one kernel call each; what every backend without a ``ragged`` hook does);
+* ``one call``    each sequence run for its own length inside the numba GEMM kernels (``ops.ragged``:
+  one call per sub-layer each way, at step t the samples still running);
 
 each for batches in random order and from the length-bucketing order
-(``su_neuro.train.bucket_order``, pools of 50 batches). Prints the median step time over
-``--batches`` batches, the valid fraction of the padded steps and the mean number of distinct
-lengths per batch.
+(``su_neuro.train.bucket_order``, pools of 50 batches). The three run batch by batch in a
+rotated order. Prints the median step time over ``--batches`` batches, the ratios to
+``no lengths``, the valid fraction of the padded steps and the mean number of distinct lengths
+per batch.
 
 Usage::
 
-    python tools/bench_lengths.py --batches 5
+    python tools/bench_lengths.py --batches 5 --threads 1
 """
 
 from __future__ import annotations
@@ -24,46 +28,71 @@ import statistics
 import time
 
 
+MODES = ("no lengths", "segments", "one call")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batches", type=int, default=5)
     p.add_argument("--gate", default="rhythmic", choices=("rhythmic", "dense"))
     p.add_argument("--n", type=int, default=3200, help="sequences generated to draw batches from")
+    p.add_argument("--task", default="listops", choices=("listops", "listops_short"))
+    p.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: as set)")
     args = p.parse_args(argv)
 
+    import numba
     import numpy as np
     import torch
 
     torch.set_flush_denormal(True)
     from su_neuro.datasets import get_task, pad_collate
+    from su_neuro.kernels.numba import ops
     from su_neuro.models import SequenceClassifier
     from su_neuro.train import bucket_order, epoch_order
 
-    task = get_task("listops", n_train=args.n, n_valid=0, n_test=0)
+    threads = (torch.get_num_threads(), numba.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
+    ragged = ops.ragged
+    task = get_task(args.task, n_train=args.n, n_valid=0, n_test=0)
     lengths = task.train.lengths
     torch.manual_seed(0)
     gate = {"kind": "rhythmic", "init_rate": 0.1} if args.gate == "rhythmic" else "dense"
     model = SequenceClassifier("gru", 32, 128, 10, vocab_size=16, padding_idx=0, gate=gate, backend="numba")
     results = {}
-    for order_name, order in (("random", epoch_order(0, 0, args.n)),
-                              ("bucketed", bucket_order(0, 0, lengths, 32, 50))):
-        batches = [order[i * 32:(i + 1) * 32] for i in range(args.batches + 1)]
-        for use_lengths in (False, True):
-            times, distinct, valid = [], [], []
-            for k, idx in enumerate(batches):
+    try:
+        for order_name, order in (("random", epoch_order(0, 0, args.n)),
+                                  ("bucketed", bucket_order(0, 0, lengths, 32, 50))):
+            times = {m: [] for m in MODES}
+            distinct, valid = [], []
+            for k in range(args.batches + 1):  # batch 0 warms up (compiles)
+                idx = order[k * 32:(k + 1) * 32]
                 x, y, lens = pad_collate([task.train[int(i)] for i in idx], pad_id=0)
-                t0 = time.perf_counter()
-                out = model(x, lengths=lens if use_lengths else None)
-                torch.nn.functional.cross_entropy(out, y).backward()
+                for j in range(len(MODES)):
+                    mode = MODES[(j + k) % len(MODES)]
+                    ops.ragged = ragged if mode == "one call" else (lambda *a: False)
+                    t0 = time.perf_counter()
+                    out = model(x, lengths=None if mode == "no lengths" else lens)
+                    torch.nn.functional.cross_entropy(out, y).backward()
+                    if k:
+                        times[mode].append(time.perf_counter() - t0)
                 if k:
-                    times.append(time.perf_counter() - t0)
                     distinct.append(len(np.unique(lens.numpy())))
                     valid.append(float(lens.sum()) / (lens.numel() * x.shape[1]))
-            key = f"{order_name}, {'lengths' if use_lengths else 'no lengths'}"
-            results[key] = {"ms": statistics.median(times) * 1e3, "valid": float(np.mean(valid)),
-                            "distinct": float(np.mean(distinct))}
-            print(f"{key:<24} {results[key]['ms']:8.1f} ms/step   valid steps {100 * results[key]['valid']:5.1f} %"
-                  f"   distinct lengths per batch {results[key]['distinct']:.1f}", flush=True)
+            base = statistics.median(times["no lengths"])
+            for mode in MODES:
+                ms = statistics.median(times[mode]) * 1e3
+                key = f"{order_name}, {mode}"
+                results[key] = {"ms": ms, "ratio": base * 1e3 / ms, "valid": float(np.mean(valid)),
+                                "distinct": float(np.mean(distinct))}
+                print(f"{key:<22} {ms:8.1f} ms/step   x{results[key]['ratio']:.2f} vs no lengths   "
+                      f"valid steps {100 * results[key]['valid']:5.1f} %   "
+                      f"distinct lengths per batch {results[key]['distinct']:.1f}", flush=True)
+    finally:
+        ops.ragged = ragged
+        torch.set_num_threads(threads[0])
+        numba.set_num_threads(threads[1])
     return results
 
 

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--rate", type=float, help="suGRU: initial update rate and regulariser target")
+    p.add_argument("--period", type=float, default=None,
+                   help="suGRU: the rhythm's period in steps (default 1 / rate: each neuron opens one "
+                        "step per period; a longer period opens it for rate x period consecutive steps)")
     p.add_argument("--bucket-pool", dest="bucket_pool", type=int)
     p.add_argument("--trace-samples", dest="trace_samples", type=int)
     p.add_argument("--models", default="gru-rhythmic,gru-dense", help="comma list of <cell>-<gate>")
@@ -111,6 +114,7 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
     )
     if gate == "rhythmic":
         cfg.init_rate = args.rate
+        cfg.period = args.period
         cfg.rate_target = args.rate
         cfg.rate_weight = 1.0
     run_dir = _run_dir(out, args.name, f"{cell}-{gate}")

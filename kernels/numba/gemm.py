@@ -10,6 +10,13 @@ inside the kernels (``Source.fused``) is the same: the step's W_ih rows gathered
 forward and dW_ih_rows += V_x x_t, dx_t = V_x^T W_rows backward, as GEMMs (``FUSED_DOTS``)
 or as short dot products.
 
+Padded batches (``ops.ragged``) run in one call: ``ragged`` = (lens, order); chunk c runs the
+samples order[lo:hi], longest first, so the samples still running at step t are a prefix
+rows[:m_t] of the chunk (m_t shrinks forward and grows backward) and each step's GEMMs take
+those m_t rows only: a padded step costs no arithmetic. Without lengths, lens = T and order is
+the identity. The external arrays (x, xp, h0, out, hT, the gradients) are indexed by sample,
+the saves by position (column lo + q).
+
 Layouts (float32, C order): ``Source`` (the input); h0 (B, H); ``Weights``: W (G, H), bias
 (G,); ``Gate``: gvals (T, H), off (T + 1,), idx (rhythmic); ``Saved`` compact (nnz, B): row
 off[t] + k (rhythmic) or t * H + k (dense) of step t's k-th computed neuron, one column per
@@ -71,9 +78,9 @@ def _gather_input_rows(wih, bih, idx, base, n_t, dense, H, nr, wx, bx):
 
 
 @nb.njit(cache=True, fastmath=True, inline="always")
-def _step_input(src, lo, m, t, idx, base, n_t, dense, H, nr, proj, xb):
-    """``_common.step_input`` for the m samples lo.. of a chunk at once: xb[q, k * nr + g] is
-    row g * H + i of sample lo + q's input pre-activation, i the step's k-th computed neuron.
+def _step_input(src, rows, m, t, idx, base, n_t, dense, H, nr, proj, xb):
+    """``_common.step_input`` for the first m samples of a chunk at once: xb[q, k * nr + g] is
+    row g * H + i of sample rows[q]'s input pre-activation, i the step's k-th computed neuron.
     Fused, x_t of the chunk is gathered once (xt, m x F); with fused == FUSED_DOTS the rows
     are one GEMM (m x F)·(F x N) against the step's gathered W_ih rows (wx: gathered at every
     step, or once for the dense gate, where they never change), else one short dot per row
@@ -84,7 +91,7 @@ def _step_input(src, lo, m, t, idx, base, n_t, dense, H, nr, proj, xb):
     if fused:
         for q in range(m):
             for f in range(F):
-                xt[q, f] = x[lo + q, t, f]
+                xt[q, f] = x[rows[q], t, f]
         if fused == FUSED_DOTS:
             N = nr * n_t
             if N == 0:
@@ -92,7 +99,7 @@ def _step_input(src, lo, m, t, idx, base, n_t, dense, H, nr, proj, xb):
             if not dense or t == 0:
                 _gather_input_rows(wih, bih, idx, base, n_t, dense, H, nr, wx, bx)
             a = xa[: m * N].reshape((m, N))
-            np.dot(xt, wx[:N].T, a)
+            np.dot(xt[:m], wx[:N].T, a)
             for q in range(m):
                 for c in range(N):
                     xb[q, c] = a[q, c] + bx[c]
@@ -111,11 +118,11 @@ def _step_input(src, lo, m, t, idx, base, n_t, dense, H, nr, proj, xb):
                     xb[q, c] = s
             else:
                 for q in range(m):
-                    xb[q, c] = xp[lo + q, t, r]
+                    xb[q, c] = xp[rows[q], t, r]
 
 
 @nb.njit(cache=True, fastmath=True)
-def _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
+def _forward_chunk(c, is_gru, src, h0, weights, gate, ragged, nchunks, out, hT, saved):
     B, T, H = out.shape
     W, bias = weights.W, weights.bias
     gkind, gvals, off, idx = gate.kind, gate.gvals, gate.off, gate.idx
@@ -123,6 +130,8 @@ def _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
     G = W.shape[0]
     lo, hi = chunk(c, nchunks, B)
     m = hi - lo
+    lens, order = ragged
+    rows = order[lo:hi]  # the chunk's samples, longest first (saves: column lo + q)
     nr = 3 if is_gru else 1
     hs = np.empty((m, H), np.float32)
     fb = np.empty((m, H), np.float32)
@@ -141,26 +150,34 @@ def _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
     accb = np.empty(m * G, np.float32)
     for q in range(m):
         for j in range(H):
-            hs[q, j] = h0[lo + q, j]
+            hs[q, j] = h0[rows[q], j]
+    mt = m  # samples rows[:mt] run step t
     for t in range(T):
+        while mt > 0 and lens[rows[mt - 1]] <= t:
+            mt -= 1
+        for q in range(mt, m):  # past its length: the output is zero, the state holds
+            for j in range(H):
+                out[rows[q], t, j] = 0.0
+        if mt == 0:
+            continue
         n_t = H if gkind == DENSE else off[t + 1] - off[t]
         base = 0 if gkind == DENSE else off[t]
         N = nr * n_t
-        _step_input(src, lo, m, t, idx, base, n_t, gkind == DENSE, H, nr, proj, xb)
+        _step_input(src, rows, mt, t, idx, base, n_t, gkind == DENSE, H, nr, proj, xb)
         if N > 0:
-            acc = accb[: m * N].reshape((m, N))
+            acc = accb[: mt * N].reshape((mt, N))
             if n_t == H:  # every row computes: W as it is
-                np.dot(hs, W.T, acc)
+                np.dot(hs[:mt], W.T, acc)
             else:
                 _gather_rows(W, idx[base : base + n_t], n_t, nr, H, wg)
-                np.dot(hs, wg[:N].T, acc)
+                np.dot(hs[:mt], wg[:N].T, acc)
             pb = t * H if gkind == DENSE else base
             for k in range(n_t):  # the step's biases, shared by the samples
                 i = k if gkind == DENSE else idx[base + k]
                 for r3 in range(nr):
                     bt[r3 * n_t + k] = bias[r3 * H + i]
             lanes = min((n_t + 15) // 16 * 16, H)
-            for q in range(m):
+            for q in range(mt):
                 b = lo + q
                 for k in range(n_t):
                     i = k if gkind == DENSE else idx[base + k]
@@ -187,7 +204,7 @@ def _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
                             saved.f[p, b] = f
                         if gkind != DENSE:
                             saved.d[p, b] = f - sc[3, k]
-            for q in range(m):
+            for q in range(mt):
                 if gkind == DENSE:
                     for k in range(n_t):
                         hs[q, k] = fb[q, k]
@@ -197,27 +214,28 @@ def _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
                         g = gvals[t, i]
                         if g != 0:
                             hs[q, i] = hs[q, i] + g * (fb[q, k] - hs[q, i])
-        for q in range(m):
+        for q in range(mt):
             for j in range(H):
-                out[lo + q, t, j] = hs[q, j]
+                out[rows[q], t, j] = hs[q, j]
     for q in range(m):
         for j in range(H):
-            hT[lo + q, j] = hs[q, j]
+            hT[rows[q], j] = hs[q, j]
 
 
 @nb.njit(cache=True, fastmath=True, inline="always")
-def _input_grads(vx, N, na, act, lo, m, t, H, nr, x, wih, dots, bufs, dx, dwih, dbih):
+def _input_grads(vx, N, na, act, rows, m, t, H, nr, x, wih, dots, bufs, dx, dwih, dbih):
     """The input projection's gradients at step t from the pre-activations' gradients vx
-    (row r3 * na + a of neuron act[a], column q of sample lo + q): dW_ih += vx^T x_t,
+    (row r3 * na + a of neuron act[a], column q of sample rows[q]): dW_ih += vx^T x_t,
     db_ih += vx, dx_t = vx W_ih, over the computed rows only. With ``dots`` (``Source.fused``
     == FUSED_DOTS) the two products are GEMMs, (N x m)·(m x F) and (m x N)·(N x F) against
     the gathered W_ih rows; else loops over the nonzero entries."""
     F = x.shape[2]
     if dots:
         xt, wx, dwr, dxt = bufs
+        xt, dxt = xt[:m], dxt[:m]
         for q in range(m):
             for f in range(F):
-                xt[q, f] = x[lo + q, t, f]
+                xt[q, f] = x[rows[q], t, f]
         v = vx[:N]
         if na == H:  # every neuron, in increasing order: row r3 * na + a is W_ih row r3 * H + a
             np.dot(v.T, wih, dxt)
@@ -228,7 +246,7 @@ def _input_grads(vx, N, na, act, lo, m, t, H, nr, x, wih, dots, bufs, dx, dwih, 
         _scatter_rows(v, dwr, act, na, nr, H, dwih, dbih)
         for q in range(m):
             for f in range(F):
-                dx[lo + q, t, f] += dxt[q, f]
+                dx[rows[q], t, f] += dxt[q, f]
         return
     for r3 in range(nr):
         for a in range(na):
@@ -240,7 +258,7 @@ def _input_grads(vx, N, na, act, lo, m, t, H, nr, x, wih, dots, bufs, dx, dwih, 
                 if gq == 0:
                     continue
                 sb += gq
-                b = lo + q
+                b = rows[q]
                 for f in range(F):
                     dwih[row, f] += gq * x[b, t, f]
                     dx[b, t, f] += gq * wih[row, f]
@@ -248,7 +266,7 @@ def _input_grads(vx, N, na, act, lo, m, t, H, nr, x, wih, dots, bufs, dx, dwih, 
 
 
 @nb.njit(cache=True, fastmath=True)
-def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, grads):
+def _backward_chunk(c, is_gru, src, h0, W, gate, ragged, nchunks, out, saved, upstream, grads):
     dout, dhT = upstream
     fused, x, wih = src.fused, src.x, src.w_ih
     dxp, dx = grads.dxp, grads.dx
@@ -258,8 +276,13 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
     F = x.shape[2]
     lo, hi = chunk(c, nchunks, B)
     m = hi - lo
+    lens, order = ragged
+    rows = order[lo:hi]
     nr = 3 if is_gru else 1
-    vx = np.empty((G, m), np.float32)  # fused: the input pre-activations' gradients (dxp)
+    # V and, fused, V_x (the input pre-activations' gradients): row r3 * na + a, column q,
+    # (N, mt) views of flat buffers, so that the running samples' columns stay contiguous
+    vxb = np.empty(G * m, np.float32)
+    vtb = np.empty(G * m, np.float32)
     dots = fused == FUSED_DOTS
     nd, md = (G, m) if dots else (0, 0)  # the GEMMs' buffers: x_t, W_ih rows, dW_ih rows, dx_t
     bwd = (np.empty((md, F), np.float32), np.empty((nd, F), np.float32), np.empty((nd, F), np.float32),
@@ -270,7 +293,6 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
     lamp = np.empty((m, H), np.float32)
     tmp = np.empty((m, H), np.float32)
     hp = np.empty((m, H), np.float32)
-    vt = np.empty((G, m), np.float32)
     wg = np.empty((G, H), np.float32)
     dwb = np.empty((G, H), np.float32)
     act = np.empty(H, np.int64)
@@ -280,11 +302,16 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
     dgc = grads.dg[c]
     for q in range(m):
         for j in range(H):
-            lam[q, j] = dhT[lo + q, j]
+            lam[q, j] = dhT[rows[q], j]
+    mt = 0  # samples rows[:mt] ran step t; the others pass lambda on
     for t in range(T - 1, -1, -1):
-        for q in range(m):
+        while mt < m and lens[rows[mt]] > t:
+            mt += 1
+        if mt == 0:
+            continue
+        for q in range(mt):
             for j in range(H):
-                lam[q, j] += dout[lo + q, t, j]
+                lam[q, j] += dout[rows[q], t, j]
                 lamp[q, j] = lam[q, j]
         n_t = H if gkind == DENSE else off[t + 1] - off[t]
         base = 0 if gkind == DENSE else off[t]
@@ -294,7 +321,7 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
         for k in range(n_t):
             i = k if gkind == DENSE else idx[base + k]
             active = False
-            for q in range(m):
+            for q in range(mt):
                 li = lam[q, i]
                 if gkind == DENSE:
                     dd = li
@@ -308,16 +335,17 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
                 actk[na] = pb + k
                 na += 1
         if na == 0:
-            for q in range(m):
-                for j in range(H):
-                    lam[q, j] = lamp[q, j]
-            continue
+            continue  # lam == lamp
+        N = nr * na
+        vt = vtb[: N * mt].reshape((N, mt))
+        vx = vxb[: N * mt].reshape((N, mt))
         # pass 2: Jacobian rows V (row r3*na + a, column q)
         for a in range(na):
             i = act[a]
             p = actk[a]
-            for q in range(m):
-                b = lo + q
+            for q in range(mt):
+                b = lo + q  # the saves' column
+                s = rows[q]  # the sample
                 li = lam[q, i]
                 dd = li if gkind == DENSE else gvals[t, i] * li
                 if dd == 0:
@@ -327,7 +355,7 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
                     continue
                 lamp[q, i] -= dd
                 if is_gru:
-                    hpi = out[b, t - 1, i] if t > 0 else h0[b, i]
+                    hpi = out[s, t - 1, i] if t > 0 else h0[s, i]
                     dar, daz, dan, dhn, dh = gru_candidate_grad(
                         dd, saved.r[p, b], saved.z[p, b], saved.n[p, b], saved.hn[p, b], hpi
                     )
@@ -337,9 +365,9 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
                         vx[na + a, q] = daz
                         vx[2 * na + a, q] = dan
                     else:
-                        dxp[b, t, i] = dar
-                        dxp[b, t, H + i] = daz
-                        dxp[b, t, 2 * H + i] = dan
+                        dxp[s, t, i] = dar
+                        dxp[s, t, H + i] = daz
+                        dxp[s, t, 2 * H + i] = dan
                     vt[a, q] = dar
                     vt[na + a, q] = daz
                     vt[2 * na + a, q] = dhn
@@ -348,43 +376,45 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, 
                     if fused:
                         vx[a, q] = da
                     else:
-                        dxp[b, t, i] = da
+                        dxp[s, t, i] = da
                     vt[a, q] = da
-        N = nr * na
         if fused:
-            _input_grads(vx, N, na, act, lo, m, t, H, nr, x, wih, dots, bwd, dx, dwihc, dbihc)
-        v = vt[:N]
-        full = na == H
-        if full:
-            np.dot(v.T, W, tmp)
+            _input_grads(vx, N, na, act, rows, mt, t, H, nr, x, wih, dots, bwd, dx, dwihc, dbihc)
+        v = vt
+        tm = tmp[:mt]
+        if na == H:
+            np.dot(v.T, W, tm)
         else:
             _gather_rows(W, act, na, nr, H, wg)
-            np.dot(v.T, wg[:N], tmp)
-        for q in range(m):
+            np.dot(v.T, wg[:N], tm)
+        for q in range(mt):
             for j in range(H):
-                lam[q, j] = lamp[q, j] + tmp[q, j]
-        for q in range(m):
+                lam[q, j] = lamp[q, j] + tm[q, j]
+        for q in range(mt):
             for j in range(H):
-                hp[q, j] = out[lo + q, t - 1, j] if t > 0 else h0[lo + q, j]
+                hp[q, j] = out[rows[q], t - 1, j] if t > 0 else h0[rows[q], j]
         dws = dwb[:N]
-        np.dot(v, hp, dws)
+        np.dot(v, hp[:mt], dws)
         _scatter_rows(v, dws, act, na, nr, H, dWc, dbc)
     for q in range(m):
         for j in range(H):
-            grads.dh0[lo + q, j] = lam[q, j]
+            grads.dh0[rows[q], j] = lam[q, j]
 
 
 @nb.njit(cache=True, parallel=True)
-def forward(is_gru, src, h0, weights, gate, nchunks, out, hT, saved):
-    """Chunks of >= GEMM_MIN_BATCH samples; compact (nnz, B) saves. ``src``: the input."""
+def forward(is_gru, src, h0, weights, gate, ragged, nchunks, out, hT, saved):
+    """Chunks of >= GEMM_MIN_BATCH samples; compact (nnz, B) saves. ``src``: the input.
+    ``ragged`` = (lens, order), (B,) int64 each: sample b runs its first lens[b] steps (its
+    outputs after them are zero, hT its state after them); chunk c runs the samples
+    order[lo:hi] (its bounds), longest first, so at step t those still running are a prefix."""
     for c in nb.prange(nchunks):
-        _forward_chunk(c, is_gru, src, h0, weights, gate, nchunks, out, hT, saved)
+        _forward_chunk(c, is_gru, src, h0, weights, gate, ragged, nchunks, out, hT, saved)
 
 
 @nb.njit(cache=True, parallel=True)
-def backward(is_gru, src, h0, W, gate, nchunks, out, saved, upstream, grads):
+def backward(is_gru, src, h0, W, gate, ragged, nchunks, out, saved, upstream, grads):
     """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT (B, H)). The input's gradient
     goes to grads.dxp, or where ``src.fused`` to grads.dx, dw_ih, db_ih; only computed
     entries contribute."""
     for c in nb.prange(nchunks):
-        _backward_chunk(c, is_gru, src, h0, W, gate, nchunks, out, saved, upstream, grads)
+        _backward_chunk(c, is_gru, src, h0, W, gate, ragged, nchunks, out, saved, upstream, grads)

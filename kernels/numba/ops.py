@@ -91,7 +91,7 @@ import numpy as np
 import torch
 
 from ..buffers import huge_copy, pooled
-from ..contract import DENSE, EVENT, GATE_CODES, RHYTHMIC, make_record
+from ..contract import DENSE, EVENT, GATE_CODES, RHYTHMIC, make_record, mask_record
 from . import choose
 from . import event as _event
 from . import gemm as _gemm
@@ -102,7 +102,7 @@ from ._common import FUSED_DOTS, Gate, Grads, Saved, Source, Weights
 from .choose import auto_pays, unsupported
 from .compact import compact
 
-__all__ = ["recurrence", "recurrence_input", "rhythm_table", "unsupported", "auto_pays", "REFRESH"]
+__all__ = ["recurrence", "recurrence_input", "rhythm_table", "ragged", "unsupported", "auto_pays", "REFRESH"]
 
 REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH steps
 
@@ -241,7 +241,7 @@ def _forward_rnn(ctx, cfg, variant, gate, table, save, xp_n, h0_n, w_hh, b_hh, p
         _split.forward(is_gru, src, h0_n, weights, gate, _split.rhythm_args(table), workers, out, hT)
     elif variant.kernel == "gemm":
         with _BLAS.limit(limits=1):
-            _gemm.forward(is_gru, src, h0_n, weights, gate, C, out, hT, saved)
+            _gemm.forward(is_gru, src, h0_n, weights, gate, ctx.ragged, C, out, hT, saved)
     elif variant.kernel == "event":
         _event.forward(is_gru, xp_n, h0_n, weights, gate, C, out, hT, saved)
     else:
@@ -303,7 +303,7 @@ def _backward_rnn(ctx, need, upstream, dh0, dg, dth):
     grads = Grads(dxp, dh0, np.zeros((C, G, H), _F32), np.zeros((C, G), _F32), dg, dth, dx, dwih, dbih)
     if ctx.variant.kernel == "gemm":
         with _BLAS.limit(limits=1):
-            _gemm.backward(is_gru, src, h0_n, W, ctx.gate, C, out, saved, upstream, grads)
+            _gemm.backward(is_gru, src, h0_n, W, ctx.gate, ctx.ragged, C, out, saved, upstream, grads)
     elif ctx.variant.kernel == "event":
         _event.backward(is_gru, h0_n, W, ctx.gate, C, out, saved, upstream, grads)
     else:
@@ -355,6 +355,12 @@ class _Recurrence(torch.autograd.Function):
         table = cfg["rhythm"] if kind == "rhythmic" and gvals is None else None
         gv = _np(gvals) if kind == "rhythmic" and table is None else _dummy(2)
         ctx.variant = variant = _choose(cfg, B, T, H, save, gv, table)
+        lens = cfg["lengths"]  # the GEMM kernels' (lengths, sample order)
+        if lens is None:
+            ctx.ragged = (np.full(B, T, np.int64), np.arange(B, dtype=np.int64))
+        else:
+            assert variant.kernel == "gemm", "lengths run on the GEMM path only (``ragged``)"
+            ctx.ragged = (lens, _ragged_order(lens, variant.chunks))
         if table is not None and variant.kernel != "split":
             gv, table = table.values().numpy(), None
         ctx.gate = gate = _gate(cfg, variant, gv, theta, cfg["grad"] and need[6])
@@ -410,7 +416,37 @@ def rhythm_table(cell: str, batch: int, record: bool) -> bool:
     return cell in ("rnn", "gru") and batch == 1 and not record and not torch.is_grad_enabled()
 
 
-def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
+def ragged(cell: str, gate_kind: str, batch: int) -> bool:
+    """Whether :func:`recurrence` / :func:`recurrence_input` run a padded batch (``lengths``)
+    in one call: RNN/GRU with a rhythmic or dense gate on the GEMM path (thread chunks of >=
+    ``choose.GEMM_MIN_BATCH`` samples). Each thread chunk runs its samples longest first (an
+    index array; the lengths dealt round robin over the chunks, so that they carry similar
+    work, nothing copied), and step t runs as GEMMs over the prefix of samples still running:
+    a padded step costs nothing, and the batch is one kernel call each way instead of one per
+    distinct length."""
+    if cell not in ("rnn", "gru") or gate_kind not in ("rhythmic", "dense"):
+        return False
+    return choose.use_gemm(gate_kind, batch, choose.nchunks(batch, nb.get_num_threads()), _blas_ready())
+
+
+def _ragged_order(lens: np.ndarray, chunks: int) -> np.ndarray:
+    """The order (position -> sample) in which ``gemm`` with ``chunks`` thread chunks runs a
+    padded batch of lengths ``lens`` (B,): the samples dealt round robin, longest first, to
+    the chunks (``_common.chunk`` bounds), so that each chunk holds its samples longest first
+    (the samples still running at step t are a prefix) and the chunks similar lengths."""
+    B = lens.shape[0]
+    sizes = [((c + 1) * B) // chunks - (c * B) // chunks for c in range(chunks)]
+    slots: list[list[int]] = [[] for _ in range(chunks)]
+    c = 0
+    for b in np.argsort(-lens, kind="stable"):
+        while len(slots[c]) == sizes[c]:
+            c = (c + 1) % chunks
+        slots[c].append(int(b))
+        c = (c + 1) % chunks
+    return np.asarray([b for slot in slots for b in slot], np.int64)
+
+
+def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, record=False, lengths=None):
     """:func:`recurrence` of ``x @ w_ih.T + b_ih`` with the input projection done inside the
     kernels, for the neurons that compute only; or None where that path does not apply.
 
@@ -428,7 +464,8 @@ def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, re
       H = 128, T = 784, F = 1: 38 MB each way). ``choose.fused_dots`` says whether the
       kernels project by per-step GEMMs or by short dot products.
 
-    The caller (``SULayer.forward``) projects and calls :func:`recurrence` when this returns None.
+    ``lengths``: as in :func:`recurrence`. The caller (``SULayer.forward``) projects and calls
+    :func:`recurrence` when this returns None.
     """
     if x.dtype != torch.float32 or x.device.type != "cpu" or w_ih is None or x.dim() != 3:
         return None
@@ -438,14 +475,17 @@ def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, re
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if not choose.fuses_input(cell, gate.kind, B, Fin, grad, threads=nb.get_num_threads(), blas=_blas_ready()):
         return None
-    return _run(cell, torch.empty(B, T, 0), h0, s0, w_hh, b_hh, gate, lif, record, (x, w_ih, b_ih))
+    return _run(cell, torch.empty(B, T, 0), h0, s0, w_hh, b_hh, gate, lif, record, (x, w_ih, b_ih), lengths=lengths)
 
 
-def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
+def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False, lengths=None):
     """Numba implementation of :func:`su_neuro.kernels.reference.recurrence`.
 
     Args and returns as the reference: xp (B, T, G), h0 (B, H), s0 (B, H) or None,
     w_hh (G, H) or None, b_hh (G,) or None, gate a GateInput, lif LIFParams or None.
+    ``lengths`` (B,) long, each in [1, T] (only where :func:`ragged` says so; else None):
+    sample b runs its first lengths[b] steps; its outputs (and record) after them are zero
+    and h_T is its state after them.
     Returns (out (B, T, H), h_T (B, H), s_T (B, H) or None, StepRecord or None).
 
     Example:
@@ -458,10 +498,10 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
         raise ValueError(problem)
     if xp.device.type != "cpu":
         raise ValueError(f"backend 'numba' runs on CPU tensors, got {xp.device}")
-    return _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, None)
+    return _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, None, lengths=lengths)
 
 
-def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj):
+def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj, lengths=None):
     if record or cell == "lif":  # these read the gate rows
         gate = gate.materialized()
     kind = gate.kind
@@ -471,6 +511,14 @@ def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj):
     support = getattr(gate, "support", None)
     if support is not None:
         support = support.detach().cpu().numpy().astype(bool)
+    x, w_ih, b_ih = proj if proj is not None else (None, None, None)
+    lens = None
+    if lengths is not None:
+        B = h0.shape[0]
+        if not ragged(cell, kind, B):
+            raise ValueError(f"numba runs lengths in one call for RNN/GRU with a rhythmic or dense gate on its "
+                             f"GEMM path only (ops.ragged), not {cell} / {kind} at B = {B}")
+        lens = lengths.detach().cpu().numpy().astype(np.int64)
     cfg = {
         "cell": cell,
         "kind": kind,
@@ -480,13 +528,15 @@ def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj):
         "support": support,
         "grad": torch.is_grad_enabled(),
         "rhythm": gate.rhythm if kind == "rhythmic" else None,
+        "lengths": lens,
     }
     if cell != "lif":
         s0 = None
-    x, w_ih, b_ih = proj if proj is not None else (None, None, None)
     out, hT, sT, hseq, gsave = _Recurrence.apply(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, x, w_ih, b_ih)
     rec = None
     if record:
         states = hseq if cell == "lif" else out.detach()
         rec = make_record(gate, h0.detach(), states, gsave, out.detach() if cell == "lif" else None)
+        if lengths is not None:
+            rec = mask_record(rec, lengths)
     return out, hT, (sT if cell == "lif" else None), rec
