@@ -27,7 +27,6 @@ import argparse
 import statistics
 import time
 
-
 MODES = ("no lengths", "segments", "one call")
 
 
