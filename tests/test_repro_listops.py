@@ -49,12 +49,14 @@ def test_majority_baseline(load_tool):
     assert tool.majority_baseline([3, 3, 1, 9, 3]) == (3, 0.6)
 
 
-def test_thread_counts_are_restored_and_readout_passed(tmp_path, load_tool):
+def test_thread_counts_are_restored_and_readout_and_period_passed(tmp_path, load_tool):
     import numba
     import torch
 
     before = (torch.get_num_threads(), numba.get_num_threads())
-    argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-rhythmic", "--readout", "mean"]
+    argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-rhythmic", "--readout", "mean",
+            "--period", "16"]  # fmt: skip
     result = load_tool("repro_listops").main(argv)
     assert (torch.get_num_threads(), numba.get_num_threads()) == before
-    assert result["runs"][0]["config"]["readout"] == "mean"
+    cfg = result["runs"][0]["config"]
+    assert cfg["readout"] == "mean" and cfg["period"] == 16.0
