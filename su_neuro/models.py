@@ -1,7 +1,7 @@
 """Models built from a selective-update stack and a linear readout.
 
 :class:`SequenceClassifier`  one label per sequence (readout: last step, mean over
-                             steps, or spike count for LIF).
+                             steps, both side by side, or spike count for LIF).
 :class:`Seq2Seq`             one prediction per step (copy task, language modelling).
 
 Both return ``output`` or, with ``record=True``, ``(output, records)`` where
@@ -25,7 +25,7 @@ from .layers import SUGRU, SULIF, SURNN, SULayer, check_lengths, valid_mask
 __all__ = ["CELL_TYPES", "READOUTS", "Seq2Seq", "SequenceClassifier", "build_layer"]
 
 CELL_TYPES = {"rnn": SURNN, "gru": SUGRU, "lif": SULIF}
-READOUTS = ("last", "mean", "spike_count")
+READOUTS = ("last", "mean", "last_mean", "spike_count")
 
 
 def build_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> SULayer:
@@ -51,6 +51,7 @@ class _StackModel(nn.Module):
         vocab_size: int | None = None,
         embed_dim: int | None = None,
         padding_idx: int | None = None,
+        head_inputs: int | None = None,
         **layer_kwargs,
     ):
         super().__init__()
@@ -70,7 +71,7 @@ class _StackModel(nn.Module):
         elif embed_dim is not None or padding_idx is not None:
             raise ValueError("embed_dim and padding_idx need vocab_size (token inputs)")
         self.rnn = build_layer(cell, input_size, hidden_size, **layer_kwargs)
-        self.head = nn.Linear(hidden_size, output_size)
+        self.head = nn.Linear(hidden_size if head_inputs is None else head_inputs, output_size)
 
     def _embed(self, x):
         if self.embed is None:
@@ -104,7 +105,8 @@ class SequenceClassifier(_StackModel):
     Args:
         cell: "rnn", "gru" or "lif".
         input_size, hidden_size, num_classes: sizes.
-        readout: "last" (state at the last step), "mean" (mean over steps) or
+        readout: "last" (state at the last step), "mean" (mean over steps),
+            "last_mean" (both, concatenated: the head sees 2 * hidden_size features) or
             "spike_count" (LIF: spikes summed over steps); with ``lengths``, over each
             sequence's own valid steps.
         vocab_size, embed_dim, padding_idx: token inputs (B, T) through an embedding of
@@ -126,26 +128,30 @@ class SequenceClassifier(_StackModel):
             raise ValueError(f"unknown readout {readout!r}; valid readouts: {', '.join(READOUTS)}")
         if readout == "spike_count" and cell != "lif":
             raise ValueError("readout 'spike_count' needs cell='lif'")
-        super().__init__(cell, input_size, hidden_size, num_classes, **layer_kwargs)
+        width = 2 * hidden_size if readout == "last_mean" else hidden_size
+        super().__init__(cell, input_size, hidden_size, num_classes, head_inputs=width, **layer_kwargs)
         self.readout = readout
 
     def forward(self, x: torch.Tensor, state=None, record: bool = False, lengths=None):
         out, _, recs = self._run(x, state, record, lengths)
+        B, T = out.shape[:2]
         if lengths is None:
-            if self.readout == "last":
-                feat = out[:, -1]
-            elif self.readout == "mean":
-                feat = out.mean(1)
-            else:
-                feat = out.sum(1)
+            last = out[:, -1]
+            summed = out.sum(1)
+            count = torch.full((B, 1), float(T), dtype=out.dtype, device=out.device)
         else:
-            B, T = out.shape[:2]
             lens = check_lengths(lengths, B, T).to(out.device)
-            if self.readout == "last":
-                feat = out[torch.arange(B, device=out.device), lens - 1]
-            else:
-                summed = (out * valid_mask(lens, T, out.device).unsqueeze(-1).to(out.dtype)).sum(1)
-                feat = summed / lens.to(out.dtype).unsqueeze(-1) if self.readout == "mean" else summed
+            last = out[torch.arange(B, device=out.device), lens - 1]
+            summed = (out * valid_mask(lens, T, out.device).unsqueeze(-1).to(out.dtype)).sum(1)
+            count = lens.to(out.dtype).unsqueeze(-1)
+        if self.readout == "last":
+            feat = last
+        elif self.readout == "mean":
+            feat = summed / count
+        elif self.readout == "last_mean":
+            feat = torch.cat((last, summed / count), dim=-1)
+        else:
+            feat = summed
         logits = self.head(feat)
         return (logits, recs) if record else logits
 

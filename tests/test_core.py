@@ -489,7 +489,7 @@ def test_import_is_cheap():
 
 
 # ------------------------------------------------------------------------- models
-@pytest.mark.parametrize("readout", ["last", "mean", "spike_count"])
+@pytest.mark.parametrize("readout", ["last", "mean", "last_mean", "spike_count"])
 def test_classifier_trains_a_step(readout):
     torch.manual_seed(10)
     cell = "lif" if readout == "spike_count" else "gru"
@@ -507,6 +507,22 @@ def test_classifier_trains_a_step(readout):
     assert grads["rnn.gates.0.bias"].abs().sum() > 0
     meta = model.layer_meta()
     assert meta["layers.1"]["input_size"] == 12 and meta["layers.0"]["gate"] == "rhythmic"
+
+
+def test_last_mean_readout_is_the_last_state_beside_the_valid_mean():
+    torch.manual_seed(11)
+    H = 6
+    model = SequenceClassifier("gru", 3, H, 4, readout="last_mean", gate={"kind": "rhythmic", "init_rate": 0.5})
+    assert model.head.in_features == 2 * H
+    x, lens = torch.randn(3, 9, 3), torch.tensor([9, 4, 1])
+    out, _ = model.rnn(x, lengths=lens)
+    W, b = model.head.weight, model.head.bias
+    for k, n in enumerate(lens.tolist()):
+        want = W[:, :H] @ out[k, n - 1] + W[:, H:] @ out[k, :n].mean(0) + b
+        assert_close(f"logits[{k}] with lengths", model(x, lengths=lens)[k], want, 1e-6)
+    out_full, _ = model.rnn(x)
+    want = out_full[:, -1] @ W[:, :H].T + out_full.mean(1) @ W[:, H:].T + b
+    assert_close("logits without lengths", model(x), want, 1e-6)
 
 
 def test_seq2seq_shapes():

@@ -50,6 +50,7 @@ def _gate(kind, H):
 CASES = [
     ("gru", "rhythmic", "last"),
     ("gru", "dense", "mean"),
+    ("gru", "rhythmic", "last_mean"),
     ("rnn", "event", "last"),
     ("rnn", "rhythmic", "mean"),
     ("lif", "rhythmic", "spike_count"),

@@ -67,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket-pool", dest="bucket_pool", type=int)
     p.add_argument("--trace-samples", dest="trace_samples", type=int)
     p.add_argument("--models", default="gru-rhythmic,gru-dense", help="comma list of <cell>-<gate>")
-    p.add_argument("--readout", default="last", choices=("last", "mean"),
-                   help="each sequence's last valid state, or the mean over its valid steps")
+    p.add_argument("--readout", default="last", choices=("last", "mean", "last_mean"),
+                   help="each sequence's last valid state, the mean over its valid steps, or both")
     p.add_argument("--backend", default="numba")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch / numba threads (default: as set)")

@@ -23,7 +23,7 @@ _FLAGS = {
     "backend": (str, "NAME", "auto, torch, numba, triton or nn (default auto)"),
     "hidden_size": (int, "H", "neurons per layer (default 64)"),
     "num_layers": (int, "L", "stacked layers (default 1)"),
-    "readout": (str, "KIND", "classify/regress tasks: last, mean or spike_count (default last)"),
+    "readout": (str, "KIND", "classify/regress tasks: last, mean, last_mean or spike_count (default last)"),
     "optimizer": (str, "NAME", "adam, adamw or sgd (default adam)"),
     "lr": (float, "LR", "learning rate (default 1e-3)"),
     "weight_decay": (float, "WD", "weight decay (default 0)"),
