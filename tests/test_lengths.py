@@ -263,7 +263,8 @@ def test_ragged_order_deals_lengths_to_chunks(B, chunks):
         assert part[0] == srt[c], (c, part)
 
 
-def test_lengths_benchmark_runs(load_tool):
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_lengths_benchmark_runs(load_tool, readout):
     """tools/bench_lengths.py at a tiny size: each order x mode timed, the ratios and the
     padding statistics consistent; numba's ``ragged`` hook and the thread counts restored."""
     import math
@@ -274,7 +275,7 @@ def test_lengths_benchmark_runs(load_tool):
 
     before = (ops.ragged, torch.get_num_threads(), numba.get_num_threads())
     mod = load_tool("bench_lengths")
-    res = mod.main(["--task", "listops_short", "--n", "96", "--batches", "1", "--threads", "1"])
+    res = mod.main(["--task", "listops_short", "--n", "96", "--batches", "1", "--threads", "1", "--readout", readout])
     assert set(res) == {f"{o}, {m}" for o in ("random", "bucketed") for m in mod.MODES}
     for key, r in res.items():
         assert math.isfinite(r["ms"]) and r["ms"] > 0, key
