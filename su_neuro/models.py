@@ -135,23 +135,18 @@ class SequenceClassifier(_StackModel):
     def forward(self, x: torch.Tensor, state=None, record: bool = False, lengths=None):
         out, _, recs = self._run(x, state, record, lengths)
         B, T = out.shape[:2]
-        if lengths is None:
-            last = out[:, -1]
-            summed = out.sum(1)
-            count = torch.full((B, 1), float(T), dtype=out.dtype, device=out.device)
-        else:
-            lens = check_lengths(lengths, B, T).to(out.device)
-            last = out[torch.arange(B, device=out.device), lens - 1]
-            summed = (out * valid_mask(lens, T, out.device).unsqueeze(-1).to(out.dtype)).sum(1)
-            count = lens.to(out.dtype).unsqueeze(-1)
-        if self.readout == "last":
-            feat = last
-        elif self.readout == "mean":
-            feat = summed / count
-        elif self.readout == "last_mean":
-            feat = torch.cat((last, summed / count), dim=-1)
-        else:
-            feat = summed
+        lens = None if lengths is None else check_lengths(lengths, B, T).to(out.device)
+        parts = []  # only what the readout uses: "last" sums nothing, "mean" gathers nothing
+        if self.readout in ("last", "last_mean"):
+            parts.append(out[:, -1] if lens is None else out[torch.arange(B, device=out.device), lens - 1])
+        if self.readout != "last":
+            if lens is None:
+                summed, count = out.sum(1), T
+            else:
+                summed = (out * valid_mask(lens, T, out.device).unsqueeze(-1).to(out.dtype)).sum(1)
+                count = lens.to(out.dtype).unsqueeze(-1)
+            parts.append(summed if self.readout == "spike_count" else summed / count)
+        feat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         logits = self.head(feat)
         return (logits, recs) if record else logits
 
