@@ -49,14 +49,22 @@ def test_majority_baseline(load_tool):
     assert tool.majority_baseline([3, 3, 1, 9, 3]) == (3, 0.6)
 
 
-def test_thread_counts_are_restored_and_readout_and_period_passed(tmp_path, load_tool):
+def test_thread_counts_are_restored_and_readout_period_layers_harmonics_passed(tmp_path, load_tool):
     import numba
     import torch
 
     before = (torch.get_num_threads(), numba.get_num_threads())
     argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-rhythmic", "--readout", "mean",
-            "--period", "16"]  # fmt: skip
+            "--period", "16", "--layers", "2", "--harmonics", "3"]  # fmt: skip
     result = load_tool("repro_listops").main(argv)
     assert (torch.get_num_threads(), numba.get_num_threads()) == before
     cfg = result["runs"][0]["config"]
     assert cfg["readout"] == "mean" and cfg["period"] == 16.0
+    assert cfg["num_layers"] == 2 and cfg["gate_options"] == {"harmonics": 3}
+    # the trained model is built from them: two recurrent layers, each gate with 3 sinusoids
+    from su_neuro import RhythmicGate
+    from su_neuro.train import load_model
+
+    model, _ = load_model(tmp_path / "listops_quick_runs" / "gru-rhythmic")
+    gates = [m for m in model.modules() if isinstance(m, RhythmicGate)]
+    assert len(gates) == 2 and all(g.harmonics == 3 and g.period == 16.0 for g in gates)

@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", dest="n_test", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--hidden", type=int)
+    p.add_argument("--layers", type=int, default=1, help="stacked recurrent layers (default 1)")
     p.add_argument("--embed", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--period", type=float, default=None,
                    help="suGRU: the rhythm's period in steps (default 1 / rate: each neuron opens one "
                         "step per period; a longer period opens it for rate x period consecutive steps)")
+    p.add_argument("--harmonics", type=int, default=1,
+                   help="suGRU: sinusoids per neuron in the rhythm (default 1; the higher ones start silent "
+                        "and training can use them to shape each neuron's rhythm)")
     p.add_argument("--bucket-pool", dest="bucket_pool", type=int)
     p.add_argument("--trace-samples", dest="trace_samples", type=int)
     p.add_argument("--models", default="gru-rhythmic,gru-dense", help="comma list of <cell>-<gate>")
@@ -106,8 +110,8 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
 
     cfg = TrainConfig(
         task=args.task, task_options=_task_options(args), cell=cell, gate=gate, backend=args.backend,
-        readout=args.readout,
-        hidden_size=args.hidden, embed_dim=args.embed, batch_size=args.batch, epochs=args.epochs,
+        readout=args.readout, hidden_size=args.hidden, num_layers=args.layers,
+        embed_dim=args.embed, batch_size=args.batch, epochs=args.epochs,
         lr=args.lr, schedule="cosine", warmup_steps=50 if not args.quick else 0, grad_clip=1.0,
         bucket_pool=args.bucket_pool, seed=args.seed, checkpoint_every=0, log_every=50,
         eval_batch_size=64, trace=True, trace_samples=args.trace_samples,
@@ -115,6 +119,7 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
     if gate == "rhythmic":
         cfg.init_rate = args.rate
         cfg.period = args.period
+        cfg.gate_options = {"harmonics": args.harmonics}
         cfg.rate_target = args.rate
         cfg.rate_weight = 1.0
     run_dir = _run_dir(out, args.name, f"{cell}-{gate}")
