@@ -218,7 +218,8 @@ class SULayer(nn.Module):
                 outputs and records are zero there, and the returned state is its state
                 after its own last step. The returned ``state.t`` is ``state.t + T``.
                 A backend that takes lengths itself (its ``ragged`` hook: numba's GEMM
-                path) runs the batch in one call, skipping each sample's padded steps;
+                path, LIF and event-gate kernels) runs the batch in one call, skipping each
+                sample's padded steps;
                 elsewhere the batch runs in segments between the distinct lengths, each
                 segment on the rows still running, the state carried over.
 

@@ -185,19 +185,32 @@ NATIVE = [  # cell, gate, F, projection the rules pick (FUSED_* in kernels/numba
 ]
 
 
+ONE_SAMPLE = [  # the kernels that run one sample at a time (event, lif): any batch, no projection
+    ("gru", "event", 3, None),
+    ("rnn", "event", 4, None),
+    ("lif", "rhythmic", 3, None),
+    ("lif", "dense", 2, None),
+    ("lif", "event", 3, None),
+]
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("cell,gate,F,projection", NATIVE)
+@pytest.mark.parametrize("cell,gate,F,projection", NATIVE + ONE_SAMPLE)
 def test_numba_runs_a_padded_batch_in_one_call(monkeypatch, cell, gate, F, projection, threads):
-    """Numba's GEMM path takes the lengths itself (``ops.ragged``): no segments, one kernel
-    call per sub-layer; samples reordered longest first within each thread chunk. Outputs,
-    final states, records and every gradient (weights, gate, x, h0) equal the torch reference,
-    which runs the batch segment by segment. Lengths unsorted, repeated, 1 and T."""
+    """Numba takes the lengths itself (``ops.ragged``): no segments, one kernel call per
+    sub-layer. The GEMM path reorders the samples longest first within each thread chunk;
+    the event and LIF kernels run each sample for its own length. Outputs, final states
+    (LIF: membrane and spikes), records and every gradient (weights, gate, x, h0) equal the
+    torch reference, which runs the batch segment by segment. Lengths unsorted, repeated,
+    1 and T. (Numba's event-gate record carries no gradient, so the gate term of the loss is
+    left out there.)"""
     import numba
 
     from su_neuro.kernels.numba import choose, ops
     from su_neuro.layers import SULayer
 
-    assert choose.train_projection(gate, F) == projection
+    if projection is not None:
+        assert choose.train_projection(gate, F) == projection
     monkeypatch.setattr(SULayer, "_forward_ragged", _no_segments_for_numba(SULayer._forward_ragged))
     old = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -206,8 +219,11 @@ def test_numba_runs_a_padded_batch_in_one_call(monkeypatch, cell, gate, F, proje
         lengths = torch.tensor([3, 17, 9, 1, 17, 9, 12, 5, 16, 2, 9, 14, 6, 11, 9, 8, 13, 4, 10])
         assert ops.ragged(cell, gate, B)
         torch.manual_seed(7)
-        cls = SUGRU if cell == "gru" else SURNN
-        layer = cls(F, H, num_layers=2, gate=_gate(gate, H), backend="torch")
+        if cell == "lif":
+            layer = SULIF(F, H, num_layers=2, gate=_gate(gate, H), backend="torch", beta=0.8, recurrent=True,
+                          threshold=0.3)  # fmt: skip
+        else:
+            layer = (SUGRU if cell == "gru" else SURNN)(F, H, num_layers=2, gate=_gate(gate, H), backend="torch")
         xs = [torch.randn(int(n), F) for n in lengths]
         x0 = _padded(xs, lengths, T)
         h00 = torch.randn(2, B, H)
@@ -216,12 +232,15 @@ def test_numba_runs_a_padded_batch_in_one_call(monkeypatch, cell, gate, F, proje
             layer.backend = backend
             layer.zero_grad()
             x, h0 = x0.clone().requires_grad_(), h00.clone().requires_grad_()
-            out, st, recs = layer(x, h0, record=True, lengths=lengths)
+            out, st, recs = layer(x, h0 if cell != "lif" else None, record=True, lengths=lengths)
             w = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
             gate_w = torch.linspace(0.5, -0.5, recs[0].gate.numel()).reshape(recs[0].gate.shape)
-            loss = (out * w).sum() + (st.h**2).sum() + sum((r.gate * gate_w).sum() for r in recs)
+            loss = (out * w).sum() + (st.h**2).sum()
+            if gate != "event":
+                loss = loss + sum((r.gate * gate_w).sum() for r in recs)
             loss.backward()
-            res[backend] = {"out": out, "h": st.h, "grad x": x.grad, "grad h0": h0.grad,
+            res[backend] = {"out": out, "h": st.h, "grad x": x.grad,
+                            **({"grad h0": h0.grad} if cell != "lif" else {"s": st.s}),
                             **{f"gate {k}": r.gate for k, r in enumerate(recs)},
                             **{f"delta {k}": r.delta for k, r in enumerate(recs)},
                             **{f"grad {n}": p.grad for n, p in layer.named_parameters()}}  # fmt: skip
@@ -263,8 +282,9 @@ def test_ragged_order_deals_lengths_to_chunks(B, chunks):
         assert part[0] == srt[c], (c, part)
 
 
-@pytest.mark.parametrize("readout", ["last", "mean"])
-def test_lengths_benchmark_runs(load_tool, readout):
+@pytest.mark.parametrize("cell,gate,readout", [("gru", "rhythmic", "last"), ("gru", "dense", "mean"),
+                                               ("lif", "rhythmic", "spike_count"), ("rnn", "event", "mean")])
+def test_lengths_benchmark_runs(load_tool, cell, gate, readout):
     """tools/bench_lengths.py at a tiny size: each order x mode timed, the ratios and the
     padding statistics consistent; numba's ``ragged`` hook and the thread counts restored."""
     import math
@@ -275,7 +295,8 @@ def test_lengths_benchmark_runs(load_tool, readout):
 
     before = (ops.ragged, torch.get_num_threads(), numba.get_num_threads())
     mod = load_tool("bench_lengths")
-    res = mod.main(["--task", "listops_short", "--n", "96", "--batches", "1", "--threads", "1", "--readout", readout])
+    res = mod.main(["--task", "listops_short", "--n", "96", "--batches", "1", "--threads", "1", "--readout", readout,
+                    "--cell", cell, "--gate", gate])
     assert set(res) == {f"{o}, {m}" for o in ("random", "bucketed") for m in mod.MODES}
     for key, r in res.items():
         assert math.isfinite(r["ms"]) and r["ms"] > 0, key

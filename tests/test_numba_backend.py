@@ -480,7 +480,7 @@ def test_packed_weights_same_bits_and_single_samples_only():
         gate = Gate(gk, gv, no_off, no_idx, np.full(H, 0.05, f32), 0, 0.0, 1)
         nothing = Saved(False, d, d, d, d, d, d, d)
         if gk == EVENT:
-            event.forward(True, xp, h0, weights, gate, 1, out, hT, nothing)
+            event.forward(True, xp, h0, weights, gate, np.full(B, T, np.int64), 1, out, hT, nothing)
         else:
             rows.forward(True, Source(0, xp, d, d[0], d[0, 0]), h0, weights, gate, 1, out, hT, nothing)
         return out, hT

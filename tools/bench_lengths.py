@@ -1,14 +1,16 @@
 r"""Cost of padded ListOps batches: a training step (forward + backward) with and without lengths.
 
 For batches of 32 full-length ListOps sequences (500-2000 tokens), H = 128, embedding 32,
-suGRU (rhythmic, 10 %) or a dense GRU on the numba backend:
+on the numba backend: a GRU (default; ``--cell rnn`` or ``lif``, a recurrent LIF) with the
+rhythmic gate at 10 % (default), the dense gate or the event gate (``--gate``):
 
 * ``no lengths``  the padded batch run to its longest sequence (the padded steps computed:
   what a model without lengths does, and wrong for the ``last`` readout);
 * ``segments``    each sequence run for its own length, the layer running the segments between
   the distinct lengths (one kernel call each; what every backend without a ``ragged`` hook does);
-* ``one call``    each sequence run for its own length inside the numba GEMM kernels (``ops.ragged``:
-  one call per sub-layer each way, at step t the samples still running);
+* ``one call``    each sequence run for its own length inside the numba kernels (``ops.ragged``:
+  one call per sub-layer each way; the GEMM path runs at step t the samples still running,
+  the event and LIF kernels each sample for its own length);
 
 each for batches in random order and from the length-bucketing order
 (``su_neuro.train.bucket_order``, pools of 50 batches). The three run batch by batch in a
@@ -25,6 +27,7 @@ gain. ``mean`` gives every valid step a gradient, as training with that readout 
 Usage::
 
     python tools/bench_lengths.py --batches 5 --threads 1 [--gate dense] [--readout mean]
+    python tools/bench_lengths.py --batches 5 --threads 1 --cell lif --readout spike_count
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ MODES = ("no lengths", "segments", "one call")
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batches", type=int, default=5)
-    p.add_argument("--gate", default="rhythmic", choices=("rhythmic", "dense"))
+    p.add_argument("--cell", default="gru", choices=("gru", "rnn", "lif"))
+    p.add_argument("--gate", default="rhythmic", choices=("rhythmic", "dense", "event"))
     p.add_argument("--n", type=int, default=3200, help="sequences generated to draw batches from")
     p.add_argument("--task", default="listops", choices=("listops", "listops_short"))
     p.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: as set)")
-    p.add_argument("--readout", default="last", choices=("last", "mean"),
+    p.add_argument("--readout", default="last", choices=("last", "mean", "spike_count"),
                    help="the classifier's readout: with 'last' and no lengths the loss reaches one step only")
     args = p.parse_args(argv)
 
@@ -65,9 +69,10 @@ def main(argv=None) -> dict:
     task = get_task(args.task, n_train=args.n, n_valid=0, n_test=0)
     lengths = task.train.lengths
     torch.manual_seed(0)
-    gate = {"kind": "rhythmic", "init_rate": 0.1} if args.gate == "rhythmic" else "dense"
-    model = SequenceClassifier("gru", 32, 128, 10, vocab_size=16, padding_idx=0, gate=gate, backend="numba",
-                               readout=args.readout)
+    gate = {"rhythmic": {"kind": "rhythmic", "init_rate": 0.1}, "dense": "dense", "event": {"kind": "event"}}
+    lif = {"recurrent": True, "beta": 0.9, "threshold": 0.5} if args.cell == "lif" else {}
+    model = SequenceClassifier(args.cell, 32, 128, 10, vocab_size=16, padding_idx=0, gate=gate[args.gate],
+                               backend="numba", readout=args.readout, **lif)
     results = {}
     try:
         for order_name, order in (("random", epoch_order(0, 0, args.n)),

@@ -10,7 +10,8 @@ Layouts (float32, C order): xp (B, T, G) projected input; h0 (B, H); ``Weights``
 WT (H, G) its transpose (the columns of the changed neurons), bias (G,); ``Gate``: theta
 (H,), the surrogate's code and scale, refresh; ``Saved`` (B, T, H): d, f (RNN), r, z, n, hn
 (GRU), g; ``Grads``: dxp (B, T, G), dh0 (B, H), per chunk dW (C, G, H), db (C, G), dth (C, H).
-``forward`` / ``backward`` run prange over batch chunks.
+``forward`` / ``backward`` run prange over batch chunks; ``lens`` (B,) int64: sample b runs
+its first lens[b] steps (a padded batch in one call; T for every sample otherwise).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ __all__ = ["forward", "backward"]
 
 
 @nb.njit(cache=True, fastmath=True)
-def _forward_chunk(c, is_gru, xp, h0, weights, gate, nchunks, out, hT, saved):
+def _forward_chunk(c, is_gru, xp, h0, weights, gate, lens, nchunks, out, hT, saved):
     B, T, G = xp.shape
     H = h0.shape[1]
     W, WT, bias = weights.W, weights.WT, weights.bias
@@ -46,7 +47,8 @@ def _forward_chunk(c, is_gru, xp, h0, weights, gate, nchunks, out, hT, saved):
     for b in range(lo, hi):
         for j in range(H):
             h[j] = h0[b, j]
-        for t in range(T):
+        L = lens[b]
+        for t in range(L):
             if t % refresh == 0:
                 for r in range(G):
                     acc = 0.0
@@ -90,12 +92,17 @@ def _forward_chunk(c, is_gru, xp, h0, weights, gate, nchunks, out, hT, saved):
                     u[r] += np.float64(WT[j, r]) * dj
             for j in range(H):
                 out[b, t, j] = h[j]
+        for t in range(L, T):  # padding: no output, no event (the record reads g)
+            for j in range(H):
+                out[b, t, j] = 0.0
+                if save:
+                    saved.g[b, t, j] = 0.0
         for j in range(H):
             hT[b, j] = h[j]
 
 
 @nb.njit(cache=True, fastmath=True)
-def _backward_chunk(c, is_gru, h0, W, gate, nchunks, out, saved, upstream, grads):
+def _backward_chunk(c, is_gru, h0, W, gate, lens, nchunks, out, saved, upstream, grads):
     dout, dhT = upstream
     dxp = grads.dxp
     B, T, G = dxp.shape
@@ -112,7 +119,7 @@ def _backward_chunk(c, is_gru, h0, W, gate, nchunks, out, saved, upstream, grads
     for b in range(lo, hi):
         for j in range(H):
             lam[j] = dhT[b, j]
-        for t in range(T - 1, -1, -1):
+        for t in range(lens[b] - 1, -1, -1):
             for j in range(H):
                 lam[j] += dout[b, t, j]
                 lamp[j] = lam[j]
@@ -164,16 +171,17 @@ def _backward_chunk(c, is_gru, h0, W, gate, nchunks, out, saved, upstream, grads
 
 
 @nb.njit(cache=True, parallel=True)
-def forward(is_gru, xp, h0, weights, gate, nchunks, out, hT, saved):
-    """Parallel over batch chunks; each chunk runs its own whole time loop."""
+def forward(is_gru, xp, h0, weights, gate, lens, nchunks, out, hT, saved):
+    """Parallel over batch chunks; each chunk runs its own time loop, sample b for its
+    first lens[b] steps (B,) int64; its outputs after them are zero, hT its state after them."""
     if packed_gru(is_gru, weights.W, h0.shape[1]):
         raise ValueError("a packed W_hh is for single-sample chunks of the rhythmic / dense kernel")
     for c in nb.prange(nchunks):
-        _forward_chunk(c, is_gru, xp, h0, weights, gate, nchunks, out, hT, saved)
+        _forward_chunk(c, is_gru, xp, h0, weights, gate, lens, nchunks, out, hT, saved)
 
 
 @nb.njit(cache=True, parallel=True)
-def backward(is_gru, h0, W, gate, nchunks, out, saved, upstream, grads):
+def backward(is_gru, h0, W, gate, lens, nchunks, out, saved, upstream, grads):
     """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT (B, H))."""
     for c in nb.prange(nchunks):
-        _backward_chunk(c, is_gru, h0, W, gate, nchunks, out, saved, upstream, grads)
+        _backward_chunk(c, is_gru, h0, W, gate, lens, nchunks, out, saved, upstream, grads)

@@ -10,7 +10,8 @@ Layouts (float32, C order): xp (B, T, H), h0 = membrane (B, H), s0 spikes (B, H)
 clamped to [0, 1]; ``_common.Gate``: gvals (T, H), compacted compute sets idx[off[t]:off[t+1]]
 (rhythmic), theta (H,) and the surrogate (event). out (B, T, H) must arrive zeroed. ``Saved``
 (B, T, H): membrane sequence hseq, d = f - h and the gate g. ``Grads``: dxp (B, T, H), dh0,
-ds0 (B, H), per chunk dVT (C, H, H), db, dbeta, dth (C, H), dg (C, T, H).
+ds0 (B, H), per chunk dVT (C, H, H), db, dbeta, dth (C, H), dg (C, T, H). ``lens`` (B,)
+int64: sample b runs its first lens[b] steps (a padded batch in one call; T otherwise).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Grads(NamedTuple):
 
 
 @nb.njit(cache=True, fastmath=True)
-def _forward_chunk(c, cell, xp, h0, s0, gate, nchunks, out, hT, saved):
+def _forward_chunk(c, cell, xp, h0, s0, gate, lens, nchunks, out, hT, saved):
     recurrent, reset_zero, thr = cell.recurrent, cell.reset_zero, cell.thr
     V, VT, bias, beta = cell.V, cell.VT, cell.bias, cell.beta
     gkind, gvals, off, idx, theta = gate.kind, gate.gvals, gate.off, gate.idx, gate.theta
@@ -85,7 +86,8 @@ def _forward_chunk(c, cell, xp, h0, s0, gate, nchunks, out, hT, saved):
                 sl[ns] = j
                 sv[ns] = s0[b, j]
                 ns += 1
-        for t in range(T):
+        L = lens[b]
+        for t in range(L):
             if gkind == RHYTHMIC:
                 n_t = off[t + 1] - off[t]
                 base = off[t]
@@ -167,12 +169,18 @@ def _forward_chunk(c, cell, xp, h0, s0, gate, nchunks, out, hT, saved):
             if save:
                 for j in range(H):
                     hseq[b, t, j] = h[j]
+        if save:  # padding (out arrives zeroed): no membrane, no gate in the record
+            for t in range(L, T):
+                for j in range(H):
+                    hseq[b, t, j] = 0.0
+                    if gkind != DENSE:
+                        gsave[b, t, j] = 0.0
         for j in range(H):
             hT[b, j] = h[j]
 
 
 @nb.njit(cache=True, fastmath=True)
-def _backward_chunk(c, cell, h0, s0, gate, nchunks, out, saved, upstream, grads):
+def _backward_chunk(c, cell, h0, s0, gate, lens, nchunks, out, saved, upstream, grads):
     recurrent, reset_zero, thr = cell.recurrent, cell.reset_zero, cell.thr
     scode, sscale, V, beta = cell.scode, cell.sscale, cell.V, cell.beta
     gkind, off, idx = gate.kind, gate.off, gate.idx
@@ -198,7 +206,7 @@ def _backward_chunk(c, cell, h0, s0, gate, nchunks, out, saved, upstream, grads)
         for j in range(H):
             lh[j] = dhT[b, j]
             ls[j] = dsT[b, j]
-        for t in range(T - 1, -1, -1):
+        for t in range(lens[b] - 1, -1, -1):
             for j in range(H):
                 ls[j] += dout[b, t, j]
                 lhp[j] = lh[j]
@@ -272,14 +280,16 @@ def _backward_chunk(c, cell, h0, s0, gate, nchunks, out, saved, upstream, grads)
 
 
 @nb.njit(cache=True, parallel=True)
-def forward(cell, xp, h0, s0, gate, nchunks, out, hT, saved):
-    """Parallel over batch chunks; each chunk runs its own whole time loop."""
+def forward(cell, xp, h0, s0, gate, lens, nchunks, out, hT, saved):
+    """Parallel over batch chunks; each chunk runs its own time loop, sample b for its
+    first lens[b] steps (B,) int64; its spikes after them are zero, hT its membrane after them."""
     for c in nb.prange(nchunks):
-        _forward_chunk(c, cell, xp, h0, s0, gate, nchunks, out, hT, saved)
+        _forward_chunk(c, cell, xp, h0, s0, gate, lens, nchunks, out, hT, saved)
 
 
 @nb.njit(cache=True, parallel=True)
-def backward(cell, h0, s0, gate, nchunks, out, saved, upstream, grads):
-    """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT, dsT (B, H))."""
+def backward(cell, h0, s0, gate, lens, nchunks, out, saved, upstream, grads):
+    """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT, dsT (B, H)), dhT and dsT
+    taken at each sample's own last step lens[b] - 1."""
     for c in nb.prange(nchunks):
-        _backward_chunk(c, cell, h0, s0, gate, nchunks, out, saved, upstream, grads)
+        _backward_chunk(c, cell, h0, s0, gate, lens, nchunks, out, saved, upstream, grads)

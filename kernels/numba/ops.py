@@ -104,6 +104,7 @@ from .compact import compact
 
 __all__ = ["recurrence", "recurrence_input", "rhythm_table", "ragged", "unsupported", "auto_pays", "REFRESH"]
 
+RAGGED_KERNELS = ("gemm", "event", "lif")  # the kernels that take lengths (:func:`ragged`)
 REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH steps
 
 _F32 = np.float32
@@ -243,7 +244,7 @@ def _forward_rnn(ctx, cfg, variant, gate, table, save, xp_n, h0_n, w_hh, b_hh, p
         with _BLAS.limit(limits=1):
             _gemm.forward(is_gru, src, h0_n, weights, gate, ctx.ragged, C, out, hT, saved)
     elif variant.kernel == "event":
-        _event.forward(is_gru, xp_n, h0_n, weights, gate, C, out, hT, saved)
+        _event.forward(is_gru, xp_n, h0_n, weights, gate, ctx.ragged[0], C, out, hT, saved)
     else:
         _rows.forward(is_gru, src, h0_n, weights, gate, C, out, hT, saved)
     ctx.np_saved = (h0_n, out, W, saved)
@@ -271,7 +272,7 @@ def _forward_lif(ctx, cfg, gate, save, xp_n, h0_n, s0, w_hh, b_hh, beta):
     gated_or_dummy = lambda: np.empty((B, T, H), _F32) if gated else _dummy(3)  # noqa: E731
     hseq = np.empty((B, T, H), _F32) if save else _dummy(3)
     saved = _lif.Saved(bool(save), hseq, gated_or_dummy(), gated_or_dummy())
-    _lif.forward(cell, xp_n, h0_n, s0_n, gate, ctx.variant.chunks, out, hT, saved)
+    _lif.forward(cell, xp_n, h0_n, s0_n, gate, ctx.ragged[0], ctx.variant.chunks, out, hT, saved)
     ctx.np_saved = (h0_n, out, cell, s0_n, saved)
     return out, hT, hseq if save else None, saved.g if gated else None
 
@@ -305,7 +306,7 @@ def _backward_rnn(ctx, need, upstream, dh0, dg, dth):
         with _BLAS.limit(limits=1):
             _gemm.backward(is_gru, src, h0_n, W, ctx.gate, ctx.ragged, C, out, saved, upstream, grads)
     elif ctx.variant.kernel == "event":
-        _event.backward(is_gru, h0_n, W, ctx.gate, C, out, saved, upstream, grads)
+        _event.backward(is_gru, h0_n, W, ctx.gate, ctx.ragged[0], C, out, saved, upstream, grads)
     else:
         _rows.backward(is_gru, h0_n, W, ctx.gate, C, out, saved, upstream, grads)
     fused = ctx.proj is not None
@@ -327,7 +328,7 @@ def _backward_lif(ctx, need, upstream, dh0, dg, dth):
     dVT = np.zeros((C, H, H), _F32) if cell.recurrent else _dummy(3)
     grads = _lif.Grads(np.zeros((B, T, H), _F32), dh0, np.empty((B, H), _F32), dVT, np.zeros((C, H), _F32),
                        np.zeros((C, H), _F32), dg, dth)  # fmt: skip
-    _lif.backward(cell, h0_n, s0_n, ctx.gate, C, out, saved, upstream, grads)
+    _lif.backward(cell, h0_n, s0_n, ctx.gate, ctx.ragged[0], C, out, saved, upstream, grads)
     return (
         torch.from_numpy(grads.dxp) if need[1] else None,
         torch.from_numpy(grads.ds0) if need[3] and cell.recurrent else None,
@@ -355,12 +356,13 @@ class _Recurrence(torch.autograd.Function):
         table = cfg["rhythm"] if kind == "rhythmic" and gvals is None else None
         gv = _np(gvals) if kind == "rhythmic" and table is None else _dummy(2)
         ctx.variant = variant = _choose(cfg, B, T, H, save, gv, table)
-        lens = cfg["lengths"]  # the GEMM kernels' (lengths, sample order)
+        lens = cfg["lengths"]  # (lengths, sample order): the GEMM kernels reorder, the others do not
         if lens is None:
             ctx.ragged = (np.full(B, T, np.int64), np.arange(B, dtype=np.int64))
         else:
-            assert variant.kernel == "gemm", "lengths run on the GEMM path only (``ragged``)"
-            ctx.ragged = (lens, _ragged_order(lens, variant.chunks))
+            assert variant.kernel in RAGGED_KERNELS, f"lengths do not run on the {variant.kernel} kernel (``ragged``)"
+            order = _ragged_order(lens, variant.chunks) if variant.kernel == "gemm" else np.arange(B, dtype=np.int64)
+            ctx.ragged = (lens, order)
         if table is not None and variant.kernel != "split":
             gv, table = table.values().numpy(), None
         ctx.gate = gate = _gate(cfg, variant, gv, theta, cfg["grad"] and need[6])
@@ -369,7 +371,10 @@ class _Recurrence(torch.autograd.Function):
         if cell == "lif":
             out, hT, hseq, opened = _forward_lif(ctx, cfg, gate, save, xp_n, h0_n, s0, w_hh, b_hh, beta)
             out_t = torch.from_numpy(out)
-            sT = out_t[:, -1].clone()
+            if lens is None:
+                sT = out_t[:, -1].clone()
+            else:  # the spikes of each sample's own last step
+                sT = out_t[torch.arange(B), torch.from_numpy(lens - 1)]
         else:
             out, hT, opened = _forward_rnn(ctx, cfg, variant, gate, table, save, xp_n, h0_n, w_hh, b_hh,
                                            (x, w_ih, b_ih))  # fmt: skip
@@ -418,12 +423,19 @@ def rhythm_table(cell: str, batch: int, record: bool) -> bool:
 
 def ragged(cell: str, gate_kind: str, batch: int) -> bool:
     """Whether :func:`recurrence` / :func:`recurrence_input` run a padded batch (``lengths``)
-    in one call: RNN/GRU with a rhythmic or dense gate on the GEMM path (thread chunks of >=
-    ``choose.GEMM_MIN_BATCH`` samples). Each thread chunk runs its samples longest first (an
-    index array; the lengths dealt round robin over the chunks, so that they carry similar
-    work, nothing copied), and step t runs as GEMMs over the prefix of samples still running:
-    a padded step costs nothing, and the batch is one kernel call each way instead of one per
-    distinct length."""
+    in one call, one kernel call each way instead of one per distinct length, a padded step
+    costing nothing:
+
+    * LIF (every gate) and RNN/GRU with the event gate: these kernels run one sample at a
+      time, each for its own length;
+    * RNN/GRU with a rhythmic or dense gate on the GEMM path (thread chunks of >=
+      ``choose.GEMM_MIN_BATCH`` samples). Each thread chunk runs its samples longest first (an
+      index array; the lengths dealt round robin over the chunks, so that they carry similar
+      work, nothing copied), and step t runs as GEMMs over the prefix of samples still running.
+
+    Elsewhere (the rows and split kernels: small batches) the layer runs segments."""
+    if cell == "lif" or (cell in ("rnn", "gru") and gate_kind == "event"):
+        return True
     if cell not in ("rnn", "gru") or gate_kind not in ("rhythmic", "dense"):
         return False
     return choose.use_gemm(gate_kind, batch, choose.nchunks(batch, nb.get_num_threads()), _blas_ready())
@@ -516,8 +528,8 @@ def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj, lengths=None):
     if lengths is not None:
         B = h0.shape[0]
         if not ragged(cell, kind, B):
-            raise ValueError(f"numba runs lengths in one call for RNN/GRU with a rhythmic or dense gate on its "
-                             f"GEMM path only (ops.ragged), not {cell} / {kind} at B = {B}")
+            raise ValueError(f"numba runs lengths in one call for LIF, the event gate and the GEMM path of "
+                             f"RNN/GRU only (ops.ragged), not {cell} / {kind} at B = {B}")
         lens = lengths.detach().cpu().numpy().astype(np.int64)
     cfg = {
         "cell": cell,
