@@ -10,7 +10,7 @@ import importlib
 
 from .backends import BackendUnavailableError
 from .denormal import flush_denormal
-from .gates import DenseGate, EventGate, RhythmicGate, rate_penalty
+from .gates import DenseGate, EventGate, RhythmicGate, rate_floor_penalty, rate_penalty
 from .kernels.contract import StepRecord
 from .layers import SUGRU, SULIF, SURNN, SUState, update_rate
 from .models import Seq2Seq, SequenceClassifier
@@ -35,6 +35,7 @@ __all__ = [
     "datasets",
     "flush_denormal",
     "get_surrogate",
+    "rate_floor_penalty",
     "rate_penalty",
     "traces",
     "update_rate",

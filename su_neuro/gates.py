@@ -44,6 +44,8 @@ __all__ = [
     "GateInput",
     "RhythmicGate",
     "make_gate",
+    "neuron_rates",
+    "rate_floor_penalty",
     "rate_penalty",
 ]
 
@@ -348,3 +350,45 @@ def rate_penalty(gates: torch.Tensor | list, target: float) -> torch.Tensor:
     if len(gates) == 0:
         raise ValueError("rate_penalty needs at least one gate tensor")
     return sum((g.float().mean() - float(target)) ** 2 for g in gates)
+
+
+def neuron_rates(gate: torch.Tensor, count: float | None = None) -> torch.Tensor:
+    """Each neuron's update rate, (H,), from a gate tensor (..., H) (values in [0, 1],
+    carrying the surrogate gradient): its sum over every axis but the last, divided by
+    ``count``, the valid entries per neuron (default: all of them; a padded batch's record
+    is zero on its padded steps, so pass the number of valid steps there)."""
+    if gate.dim() < 1 or gate.shape[-1] == 0:
+        raise ValueError(f"neuron_rates needs a gate tensor of shape (..., H), got {tuple(gate.shape)}")
+    n = gate[..., 0].numel() if count is None else float(count)
+    if n <= 0:
+        raise ValueError(f"neuron_rates needs a positive count of entries per neuron, got {n}")
+    return gate.float().reshape(-1, gate.shape[-1]).sum(0) / n
+
+
+def rate_floor_penalty(gates: torch.Tensor | list, floor: float, counts: list | None = None) -> torch.Tensor:
+    r"""Per-neuron lower bound on the update rate:
+    :math:`\frac{1}{H}\sum_i \max(0, r_{\min} - r_i)^2` per layer, summed over layers.
+
+    Where :func:`rate_penalty` holds the population's mean rate, a learned rhythm can still
+    reach that mean by silencing some neurons (never open: they keep their initial state and
+    carry nothing) and opening others more often. This term pushes up each neuron whose own
+    rate ``r_i`` (:func:`neuron_rates`) falls below ``floor`` and leaves the others alone
+    (the lower bound of the per-neuron activity regularisers common in spiking networks).
+    ``gates``: a gate tensor (..., H) or a list of them (one per layer); ``counts``: the
+    valid entries per neuron of each (default: all).
+
+    Example:
+        >>> gate = RhythmicGate(8, init_rate=0.25)
+        >>> loss = rate_floor_penalty(gate.plan(0, 64).values, floor=0.3)
+        >>> loss.backward()   # pushes up the biases of the neurons open less than 30 % of the steps
+    """
+    if not 0.0 <= float(floor) <= 1.0:
+        raise ValueError(f"floor rate must lie in [0, 1], got {floor}")
+    if isinstance(gates, torch.Tensor):
+        gates = [gates]
+    if len(gates) == 0:
+        raise ValueError("rate_floor_penalty needs at least one gate tensor")
+    counts = [None] * len(gates) if counts is None else counts
+    return sum(
+        ((float(floor) - neuron_rates(g, n)).clamp(min=0) ** 2).mean() for g, n in zip(gates, counts, strict=True)
+    )

@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 import su_neuro
 from su_neuro import SUGRU, SULIF, SURNN, DenseGate, EventGate, RhythmicGate, SUState
-from su_neuro.gates import GateInput, make_gate, rate_penalty
+from su_neuro.gates import GateInput, make_gate, neuron_rates, rate_floor_penalty, rate_penalty
 from su_neuro.kernels.reference import LIFParams, recurrence
 from su_neuro.models import Seq2Seq, SequenceClassifier, build_layer
 from su_neuro.surrogate import SURROGATES, get_surrogate
@@ -403,6 +403,41 @@ def test_rate_penalty_pushes_towards_target():
     assert layer.gates[0].threshold.grad is not None
     with pytest.raises(ValueError, match="target"):
         rate_penalty(gate.plan(0, 5).values, 2.0)
+
+
+def test_rate_floor_penalty_pushes_up_only_the_neurons_below_the_floor():
+    """mean_i max(0, floor - r_i)^2 per layer, r_i each neuron's rate over ``count`` entries;
+    its gradient on every gate entry of neuron i is -2 max(0, floor - r_i) / (H count): zero
+    for the neurons at or above the floor. Layers sum; bad floors and shapes are refused."""
+    torch.manual_seed(0)
+    B, T, H, n = 3, 10, 6, 24.0  # 24 valid steps of 30 (a padded batch's record is zero after)
+    g = (torch.rand(B, T, H) < torch.linspace(0.05, 0.9, H)).float()
+    g[:, 8:] = 0
+    g.requires_grad_(True)
+    r = g.detach().sum((0, 1)) / n
+    short = (0.4 - r).clamp(min=0)
+    assert 0 < int((short > 0).sum()) < H  # some neurons below the floor, some above
+    loss = rate_floor_penalty(g, 0.4, [n])
+    assert loss.item() == pytest.approx(float((short**2).mean()), rel=1e-6)
+    loss.backward()
+    want = (-2 * short / (H * n)).expand(B, T, H)
+    assert torch.allclose(g.grad, want, atol=1e-7)
+    assert torch.equal(neuron_rates(g.detach(), n), r)
+    assert neuron_rates(torch.ones(2, 5, 3)).tolist() == [1.0, 1.0, 1.0]  # default count: all entries
+    # a rhythmic gate: gradient descent raises the biases of the neurons under the floor
+    # (where the surrogate reaches them: its support is |a| < 0.25) and leaves the others
+    gate = RhythmicGate(16, init_rate=0.25)
+    rates = neuron_rates(gate.plan(0, 64).values.detach())
+    rate_floor_penalty([gate.plan(0, 64).values, gate.plan(0, 64).values], 0.26).backward()
+    below = gate.bias.grad[rates < 0.26]
+    assert (below <= 0).all() and int((below < 0).sum()) >= len(below) // 2
+    assert (gate.bias.grad[rates >= 0.26] == 0).all()
+    with pytest.raises(ValueError, match="floor"):
+        rate_floor_penalty(g, -0.1)
+    with pytest.raises(ValueError, match="at least one"):
+        rate_floor_penalty([], 0.1)
+    with pytest.raises(ValueError, match=r"\(\.\.\., H\)"):
+        neuron_rates(torch.zeros(4, 0))
 
 
 def test_make_gate():

@@ -21,7 +21,8 @@ ARGS = [
     "--task-option", "n_train=96", "--task-option", "n_test=16",
     "--hidden-size", "10", "--batch-size", "12", "--max-steps", "10", "--backend", "torch",
     "--lr", "0.02", "--init-rate", "0.4", "--grad-clip", "0.5", "--rate-target", "0.2",
-    "--rate-weight", "0.5", "--schedule", "cosine", "--checkpoint-every", "4", "--no-progress",
+    "--rate-weight", "0.5", "--rate-floor", "0.45", "--rate-floor-weight", "3", "--schedule", "cosine",
+    "--checkpoint-every", "4", "--no-progress",
 ]
 
 

@@ -42,6 +42,21 @@ def test_repro_listops_quick(tmp_path, load_tool):
         else:
             assert 0.1 < run["update_rate"] < 0.4  # init_rate 0.25 after 8 steps
             assert run["ops_ratio"] < 0.5
+        # silent neurons and the per-neuron rate spread, recounted from the trace's raw gates
+        # over each sample's valid steps
+        from su_neuro.traces import TraceReader
+
+        opened, steps = 0, 0
+        with TraceReader(runs / run["model"] / "trace.h5") as reader:
+            for ch in reader.iter_chunks():
+                (g,) = ch.gates.values()
+                valid = np.arange(g.shape[1])[None, :] < ch.lengths[:, None]
+                opened = opened + (g & valid[..., None]).sum(axis=(0, 1))
+                steps += int(valid.sum())
+        rates = opened / steps
+        assert run["silent_neurons"] == pytest.approx(np.mean(rates == 0))
+        assert run["neuron_rate_q10_q50_q90"] == pytest.approx(np.quantile(rates, [0.1, 0.5, 0.9]).tolist())
+        assert run["neuron_rate_q10_q50_q90"] == sorted(run["neuron_rate_q10_q50_q90"])
 
 
 def test_majority_baseline(load_tool):
@@ -55,12 +70,13 @@ def test_thread_counts_are_restored_and_readout_period_layers_harmonics_passed(t
 
     before = (torch.get_num_threads(), numba.get_num_threads())
     argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-rhythmic", "--readout", "mean",
-            "--period", "16", "--layers", "2", "--harmonics", "3"]  # fmt: skip
+            "--period", "16", "--layers", "2", "--harmonics", "3", "--rate-floor", "0.2"]  # fmt: skip
     result = load_tool("repro_listops").main(argv)
     assert (torch.get_num_threads(), numba.get_num_threads()) == before
     cfg = result["runs"][0]["config"]
     assert cfg["readout"] == "mean" and cfg["period"] == 16.0
     assert cfg["num_layers"] == 2 and cfg["gate_options"] == {"harmonics": 3}
+    assert cfg["rate_floor"] == 0.2 and cfg["rate_floor_weight"] == 100.0
     # the trained model is built from them: two recurrent layers, each gate with 3 sinusoids
     from su_neuro import RhythmicGate
     from su_neuro.train import load_model

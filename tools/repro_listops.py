@@ -7,10 +7,11 @@ order (length bucketing), the same optimiser and epochs; they differ only in the
 ``--embed`` features (``su_neuro.models.SequenceClassifier(vocab_size=16)``); padded batches
 run each sequence for its own length.
 
-Reported per model: test accuracy (and validation accuracy), the update rate and the
-effective / dense operations from a trace of test samples (``su_neuro.analysis``), the
-training time. Reference lines: the majority class of the test split, LRA's Transformer
-36.37 %, the paper's suGRU 44.93 % (both on the full-length task, lengths 500-2000).
+Reported per model: test accuracy (and validation accuracy), the update rate, the silent
+neurons (never open) and the spread of the per-neuron rates, and the effective / dense
+operations from a trace of test samples (``su_neuro.analysis``), the training time.
+Reference lines: the majority class of the test split, LRA's Transformer 36.37 %, the
+paper's suGRU 44.93 % (both on the full-length task, lengths 500-2000).
 
 Usage::
 
@@ -68,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--harmonics", type=int, default=1,
                    help="suGRU: sinusoids per neuron in the rhythm (default 1; the higher ones start silent "
                         "and training can use them to shape each neuron's rhythm)")
+    p.add_argument("--rate-floor", dest="rate_floor", type=float, default=None,
+                   help="suGRU: a lower bound on each neuron's own update rate (su_neuro.rate_floor_penalty)")
+    p.add_argument("--rate-floor-weight", dest="rate_floor_weight", type=float, default=100.0,
+                   help="weight of the --rate-floor term (default 100)")
     p.add_argument("--bucket-pool", dest="bucket_pool", type=int)
     p.add_argument("--trace-samples", dest="trace_samples", type=int)
     p.add_argument("--models", default="gru-rhythmic,gru-dense", help="comma list of <cell>-<gate>")
@@ -88,6 +93,18 @@ def majority_baseline(labels) -> tuple[int, float]:
     """(class, accuracy) of always answering the most frequent class of ``labels``."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=10)
     return int(counts.argmax()), float(counts.max() / max(counts.sum(), 1))
+
+
+def neuron_rates(rep) -> dict:
+    """How the update rate spreads over the neurons of every layer of a trace report: the
+    fraction of silent neurons (never open on a traced valid step: their state stays the
+    initial one, so they compute nothing and carry nothing) and the 10 / 50 / 90 % quantiles
+    of the per-neuron rates. A learned rhythm under a population-rate regulariser can trade
+    silent neurons for busier ones; the mean rate alone does not show it."""
+    rates = np.concatenate([np.asarray(lr.activity.neuron_update_rate, np.float64) for lr in rep.layers.values()])
+    q10, q50, q90 = np.quantile(rates, [0.1, 0.5, 0.9])
+    return {"silent_neurons": float(np.mean(rates == 0)),
+            "neuron_rate_q10_q50_q90": [float(q10), float(q50), float(q90)]}
 
 
 def _task_options(args) -> dict:
@@ -120,6 +137,9 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
         cfg.init_rate = args.rate
         cfg.period = args.period
         cfg.gate_options = {"harmonics": args.harmonics}
+        if args.rate_floor is not None:
+            cfg.rate_floor = args.rate_floor
+            cfg.rate_floor_weight = args.rate_floor_weight
         cfg.rate_target = args.rate
         cfg.rate_weight = 1.0
     run_dir = _run_dir(out, args.name, f"{cell}-{gate}")
@@ -146,6 +166,7 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
         "effective_macs_per_sample": rep.ops.effective_macs / max(rep.num_samples, 1),
         "dense_macs_per_sample": rep.ops.dense_macs / max(rep.num_samples, 1),
         "ops_ratio": rep.ops.effective_macs / max(rep.ops.dense_macs, 1),
+        **neuron_rates(rep),
         "trace_samples": rep.num_samples,
         "train_seconds": round(seconds, 1),
     }
@@ -214,16 +235,18 @@ def _main(args, out: Path) -> dict:
     result["curves"] = str(plot_curves(run_dirs, out / f"{args.name}_curves.png", majority_acc))
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = [
-        "| model | epochs | steps | test acc | valid acc | update rate | effective / dense MACs | train time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | epochs | steps | test acc | valid acc | update rate | silent neurons | effective / dense MACs "
+        "| train time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         rows.append(
             f"| {r['model']} | {r['epochs']} | {r['steps']} | {100 * r['test_acc']:.2f} % | "
-            f"{100 * r['valid_acc']:.2f} % | {r['update_rate']:.3f} | {r['ops_ratio']:.3f} | "
+            f"{100 * r['valid_acc']:.2f} % | {r['update_rate']:.3f} | {100 * r['silent_neurons']:.1f} % | "
+            f"{r['ops_ratio']:.3f} | "
             f"{r['train_seconds'] / 60:.1f} min |"
         )
-    rows.append(f"| majority class ({majority_class}) | | | {100 * majority_acc:.2f} % | | | | |")
+    rows.append(f"| majority class ({majority_class}) | | | {100 * majority_acc:.2f} % | | | | | |")
     (out / f"{args.name}.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
     return result

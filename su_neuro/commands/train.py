@@ -37,6 +37,8 @@ _FLAGS = {
     "grad_clip": (float, "NORM", "clip the gradient norm to NORM (default off)"),
     "rate_target": (float, "R", "update rate the regulariser aims for"),
     "rate_weight": (float, "W", "weight of the update-rate regulariser (default 0)"),
+    "rate_floor": (float, "R", "lowest update rate a neuron should keep (per-neuron regulariser)"),
+    "rate_floor_weight": (float, "W", "weight of the per-neuron rate floor (default 0)"),
     "embed_dim": (int, "E", "token tasks (listops): embedding width in front of the stack (default 32)"),
     "bucket_pool": (int, "N", "length bucketing: sort pools of N batches by length (default 0: off)"),
     "seed": (int, "S", "random seed of initialisation and data order (default 0)"),

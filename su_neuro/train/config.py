@@ -55,7 +55,8 @@ class TrainConfig:
     ``momentum`` (sgd), ``schedule`` (constant / cosine), ``warmup_steps``, ``epochs``,
     ``max_steps`` (number of steps, overriding ``epochs``; None: ``epochs`` full passes), ``batch_size`` (the
     global batch), ``grad_clip`` (max gradient norm, None: off), ``rate_target`` and
-    ``rate_weight`` (update-rate regulariser), ``bucket_pool`` (0: batches in random order;
+    ``rate_weight`` (update-rate regulariser), ``rate_floor`` and ``rate_floor_weight``
+    (a lower bound on each neuron's own update rate), ``bucket_pool`` (0: batches in random order;
     N > 0: length bucketing, see :func:`su_neuro.train.bucket_order`).
     Run: ``seed``, ``device`` (auto / cpu / cuda), ``deterministic``, ``checkpoint_every``
     (steps; 0: only at the end), ``log_every`` (steps), ``eval_every`` (steps; 0: only
@@ -90,6 +91,8 @@ class TrainConfig:
     grad_clip: float | None = None
     rate_target: float | None = None
     rate_weight: float = 0.0
+    rate_floor: float | None = None
+    rate_floor_weight: float = 0.0
     bucket_pool: int = 0
     seed: int = 0
     device: str = "auto"
@@ -133,7 +136,7 @@ class TrainConfig:
             raise ConfigError(f"log_every must be a positive integer, got {self.log_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be a positive integer or null, got {self.max_steps}")
-        for key in ("lr", "weight_decay", "momentum", "rate_weight"):
+        for key in ("lr", "weight_decay", "momentum", "rate_weight", "rate_floor_weight"):
             value = getattr(self, key)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
@@ -145,6 +148,10 @@ class TrainConfig:
             raise ConfigError(f"rate_target must lie in [0, 1], got {self.rate_target}")
         if self.rate_weight > 0 and self.rate_target is None:
             raise ConfigError("rate_weight > 0 needs a rate_target (the update rate to aim for)")
+        if self.rate_floor is not None and not (math.isfinite(self.rate_floor) and 0.0 <= self.rate_floor <= 1.0):
+            raise ConfigError(f"rate_floor must lie in [0, 1], got {self.rate_floor}")
+        if self.rate_floor_weight > 0 and self.rate_floor is None:
+            raise ConfigError("rate_floor_weight > 0 needs a rate_floor (the lowest update rate of a neuron)")
         if self.gate != "rhythmic":
             for key in ("init_rate", "period"):
                 if getattr(self, key) is not None:
@@ -152,7 +159,7 @@ class TrainConfig:
         return self
 
 
-_OPTIONAL = {"task", "init_rate", "period", "max_steps", "grad_clip", "rate_target", "embed_dim"}
+_OPTIONAL = {"task", "init_rate", "period", "max_steps", "grad_clip", "rate_target", "rate_floor", "embed_dim"}
 
 
 def _field_types() -> dict[str, type]:
@@ -161,7 +168,7 @@ def _field_types() -> dict[str, type]:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         if f.name in ("task",):
             types[f.name] = str
-        elif f.name in ("init_rate", "period", "grad_clip", "rate_target"):
+        elif f.name in ("init_rate", "period", "grad_clip", "rate_target", "rate_floor"):
             types[f.name] = float
         elif f.name in ("max_steps", "embed_dim"):
             types[f.name] = int
@@ -222,7 +229,8 @@ def config_from_dict(values: dict, *, base: TrainConfig | None = None, source: s
     for key, value in merged.items():
         _check_type(key, value)
     cfg = TrainConfig(**merged)
-    for key in ("init_rate", "period", "grad_clip", "rate_target", "lr", "weight_decay", "momentum", "rate_weight"):
+    for key in ("init_rate", "period", "grad_clip", "rate_target", "rate_floor", "lr", "weight_decay", "momentum",
+                "rate_weight", "rate_floor_weight"):
         value = getattr(cfg, key)
         if isinstance(value, int):
             setattr(cfg, key, float(value))

@@ -13,7 +13,9 @@ same as one process with batch B. Sequence targets equal to -100 are not scored.
 Update-rate regulariser: ``rate_weight * (mean gate - rate_target)^2`` over all layers
 (:func:`su_neuro.gates.rate_penalty`); under several processes the mean is the global
 one (an all-reduce of the detached local means, with a first-order term that carries the
-local gradient), so the penalty and its gradient match one process.
+local gradient), so the penalty and its gradient match one process. The per-neuron floor
+``rate_floor_weight * mean_i max(0, rate_floor - r_i)^2`` per layer
+(:func:`su_neuro.gates.rate_floor_penalty`) is reduced the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..gates import neuron_rates, rate_floor_penalty
 from .build import build_model, build_optimizer, build_scheduler, load_task
 from .checkpoint import (
     CheckpointError,
@@ -332,6 +335,24 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     return result
 
 
+def _floor_penalty(gates, valid, floor: float, dist) -> torch.Tensor:
+    """:func:`su_neuro.gates.rate_floor_penalty` of the batch's records (``valid``: each
+    record's valid neuron-steps). Under several processes each neuron's rate is the mean of
+    the processes' rates (all-reduced, detached) and the local first-order term carries the
+    gradient, so that after DDP's averaging it is that of the global penalty."""
+    if not dist.active:
+        counts = [n / g.shape[-1] for g, n in zip(gates, valid, strict=True)]
+        return rate_floor_penalty(gates, floor, counts)
+    total = 0.0
+    for g, n in zip(gates, valid, strict=True):
+        r = neuron_rates(g, n / g.shape[-1])
+        m = r.detach().double().clone()
+        torch.distributed.all_reduce(m)
+        short = (floor - m / dist.world_size).clamp(min=0).to(r.dtype)
+        total = total + (short**2).mean() - 2.0 * (short * (r - r.detach())).mean()
+    return total
+
+
 def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths=None) -> dict:
     out, records = net(x, record=True, lengths=lengths)
     loss_sum, count, correct = _batch_stats(out, y, kind)
@@ -365,6 +386,8 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
             loss = loss + cfg.rate_weight * sum(
                 (g.float().sum() / n - cfg.rate_target) ** 2 for g, n in zip(gates, valid, strict=True)
             )
+    if cfg.rate_floor_weight > 0:
+        loss = loss + cfg.rate_floor_weight * _floor_penalty(gates, valid, cfg.rate_floor, dist)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip is not None:
