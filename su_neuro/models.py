@@ -86,8 +86,26 @@ class _StackModel(nn.Module):
             raise ValueError(f"token ids must lie in [0, vocab_size = {V}), got [{int(x.min())}, {int(x.max())}]")
         return self.embed(x.long())
 
-    def _run(self, x, state, record, lengths=None):
+    def stack_inputs(self, x: torch.Tensor, lengths=None):
+        """The float inputs (B, T', F) the recurrent stack sees for ``x``, and their lengths.
+
+        Token ids go through the embedding, padded steps (with ``lengths``) are zero, and a
+        :class:`SequenceClassifier` with ``settle_steps`` S appends its S zero steps (T' = T + S,
+        lengths + S). Traces store these inputs beside the records they drive.
+        """
         x = self._embed(x)
+        if lengths is not None:
+            lengths = check_lengths(lengths, x.shape[0], x.shape[1]).to(x.device)
+            x = x * valid_mask(lengths, x.shape[1], x.device).unsqueeze(-1).to(x.dtype)
+        return self._extend(x, lengths)
+
+    def _extend(self, x, lengths):
+        return x, lengths
+
+    def _run(self, x, state, record, lengths=None):
+        return self._stack(self._embed(x), state, record, lengths)
+
+    def _stack(self, x, state, record, lengths=None):
         if record:
             out, state, recs = self.rnn(x, state, record=True, lengths=lengths)
             return out, state, {f"layers.{k}": r for k, r in enumerate(recs)}
@@ -111,6 +129,12 @@ class SequenceClassifier(_StackModel):
             sequence's own valid steps.
         vocab_size, embed_dim, padding_idx: token inputs (B, T) through an embedding of
             ``embed_dim`` (default ``input_size``) features; None: float features (B, T, F).
+        settle_steps: S >= 0 steps of zero input run after each sequence's own last step
+            before the readout (default 0). Under a rhythmic gate only the neurons open at
+            the last step see the last input, and which ones they are depends on the
+            sequence's length; S = the rhythm's period gives every neuron one update after
+            it, so that the state the readout sees no longer depends on where in its
+            rhythm the sequence ended. The records then have T + S steps.
         **layer_kwargs: passed to the layer (num_layers, gate, backend, beta, ...).
 
     Example:
@@ -122,8 +146,17 @@ class SequenceClassifier(_StackModel):
     """
 
     def __init__(
-        self, cell: str, input_size: int, hidden_size: int, num_classes: int, readout: str = "last", **layer_kwargs
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_classes: int,
+        readout: str = "last",
+        settle_steps: int = 0,
+        **layer_kwargs,
     ):
+        if isinstance(settle_steps, bool) or not isinstance(settle_steps, int) or settle_steps < 0:
+            raise ValueError(f"settle_steps must be an integer >= 0, got {settle_steps!r}")
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; valid readouts: {', '.join(READOUTS)}")
         if readout == "spike_count" and cell != "lif":
@@ -131,9 +164,20 @@ class SequenceClassifier(_StackModel):
         width = 2 * hidden_size if readout == "last_mean" else hidden_size
         super().__init__(cell, input_size, hidden_size, num_classes, head_inputs=width, **layer_kwargs)
         self.readout = readout
+        self.settle_steps = settle_steps
+
+    def _extend(self, x, lengths):
+        S = self.settle_steps
+        if not S:
+            return x, lengths
+        B, _, F = x.shape
+        return torch.cat([x, x.new_zeros(B, S, F)], dim=1), None if lengths is None else lengths + S
 
     def forward(self, x: torch.Tensor, state=None, record: bool = False, lengths=None):
-        out, _, recs = self._run(x, state, record, lengths)
+        # settle steps need the padding zeroed and the lengths moved; otherwise the stack
+        # skips padded steps by itself and the input is passed as it is
+        x, lengths = self.stack_inputs(x, lengths) if self.settle_steps else (self._embed(x), lengths)
+        out, _, recs = self._stack(x, state, record, lengths)
         B, T = out.shape[:2]
         lens = None if lengths is None else check_lengths(lengths, B, T).to(out.device)
         parts = []  # only what the readout uses: "last" sums nothing, "mean" gathers nothing

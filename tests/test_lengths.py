@@ -138,6 +138,55 @@ def test_full_lengths_change_nothing():
     assert recs["layers.0"].lengths is None
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("readout", ["last", "last_mean"])
+def test_settle_steps_run_zero_inputs_after_each_sequence(backend, readout):
+    """settle_steps S: the logits of x are those of the stack run on x followed by S zero steps,
+    for a padded batch each sequence's own S steps right after its own end; gradients too."""
+    torch.manual_seed(6)
+    S, lengths = 3, [7, 4, 2]
+    model = SequenceClassifier(
+        "gru", 6, 8, 3, readout=readout, settle_steps=S, vocab_size=11, padding_idx=0,
+        gate={"kind": "rhythmic", "init_rate": 0.4}, backend=backend,
+    )
+    plain = SequenceClassifier("gru", 6, 8, 3, readout=readout, vocab_size=11, padding_idx=0, backend=backend)
+    plain.load_state_dict(model.state_dict())
+    seqs = [torch.randint(1, 11, (n,)) for n in lengths]
+    x = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
+    for b, seq in enumerate(seqs):
+        x[b, : len(seq)] = seq
+    x[2, 2:] = 5  # garbage after a sequence must not reach its settle steps
+    logits, recs = model(x, record=True, lengths=torch.tensor(lengths))
+    rec = recs["layers.0"]
+    assert rec.lengths.tolist() == [n + S for n in lengths]
+    assert rec.gate.shape[1] == max(lengths) + S
+    logits.square().sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    for b, seq in enumerate(seqs):
+        model.zero_grad()
+        emb = model.embed(seq.unsqueeze(0))
+        out, _ = model.rnn(torch.cat([emb, emb.new_zeros(1, S, emb.shape[-1])], dim=1))
+        feat = out[:, -1] if readout == "last" else torch.cat([out[:, -1], out.mean(1)], dim=-1)
+        by_hand = model.head(feat)
+        assert_close(f"logits[{b}]", by_hand[0], logits[b], 2e-5)
+        alone = model(seq.unsqueeze(0))  # without lengths: the same S steps after its end
+        assert_close(f"alone[{b}]", alone[0], logits[b], 2e-5)
+        alone.square().sum().backward()
+        grads = {k: g - p.grad for (k, g), p in zip(grads.items(), model.parameters(), strict=True)}
+    for k, g in grads.items():  # the batch's gradient is the sum of the sequences' gradients
+        assert float(g.abs().max()) < 5e-5, k
+    assert not torch.allclose(plain(x, lengths=torch.tensor(lengths)), logits)
+    inputs, lens = model.stack_inputs(x, torch.tensor(lengths))
+    assert inputs.shape == (3, max(lengths) + S, 6) and lens.tolist() == [n + S for n in lengths]
+    assert float(inputs[2, 2:].detach().abs().sum()) == 0.0
+
+
+def test_bad_settle_steps_are_refused():
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="settle_steps must be an integer >= 0"):
+            SequenceClassifier("gru", 4, 4, 2, settle_steps=bad)
+
+
 def test_seq2seq_and_tokens_with_lengths():
     torch.manual_seed(4)
     model = Seq2Seq("gru", 5, 8, 4, vocab_size=12, padding_idx=0, backend="numba")

@@ -64,19 +64,19 @@ def test_majority_baseline(load_tool):
     assert tool.majority_baseline([3, 3, 1, 9, 3]) == (3, 0.6)
 
 
-def test_thread_counts_are_restored_and_readout_period_layers_harmonics_passed(tmp_path, load_tool):
+def test_thread_counts_are_restored_and_readout_period_layers_harmonics_settle_passed(tmp_path, load_tool):
     import numba
     import torch
 
     before = (torch.get_num_threads(), numba.get_num_threads())
     argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-rhythmic", "--readout", "mean",
-            "--period", "16", "--layers", "2", "--harmonics", "3", "--rate-floor", "0.2"]  # fmt: skip
+            "--period", "16", "--layers", "2", "--harmonics", "3", "--rate-floor", "0.2", "--settle", "3"]  # fmt: skip
     result = load_tool("repro_listops").main(argv)
     assert (torch.get_num_threads(), numba.get_num_threads()) == before
     cfg = result["runs"][0]["config"]
     assert cfg["readout"] == "mean" and cfg["period"] == 16.0
     assert cfg["num_layers"] == 2 and cfg["gate_options"] == {"harmonics": 3}
-    assert cfg["rate_floor"] == 0.2 and cfg["rate_floor_weight"] == 100.0
+    assert cfg["rate_floor"] == 0.2 and cfg["rate_floor_weight"] == 100.0 and cfg["settle_steps"] == 3
     # the trained model is built from them: two recurrent layers, each gate with 3 sinusoids
     from su_neuro import RhythmicGate
     from su_neuro.train import load_model
@@ -84,3 +84,17 @@ def test_thread_counts_are_restored_and_readout_period_layers_harmonics_passed(t
     model, _ = load_model(tmp_path / "listops_quick_runs" / "gru-rhythmic")
     gates = [m for m in model.modules() if isinstance(m, RhythmicGate)]
     assert len(gates) == 2 and all(g.harmonics == 3 and g.period == 16.0 for g in gates)
+    assert model.settle_steps == 3
+    # the trace holds each sample's settle steps: lengths + 3, inputs zero on them
+    from su_neuro.datasets import get_task
+    from su_neuro.traces import TraceReader
+
+    task = get_task("listops_short", n_train=256, n_valid=32, n_test=64)
+    with TraceReader(tmp_path / "listops_quick_runs" / "gru-rhythmic" / "trace.h5") as reader:
+        chunks = list(reader.iter_chunks())
+    lengths = np.concatenate([ch.lengths for ch in chunks])
+    want = [len(task.test[i][0]) + 3 for i in range(len(lengths))]
+    assert lengths.tolist() == want and reader.num_steps == max(want)
+    for ch in chunks:
+        for b, n in enumerate(ch.lengths):
+            assert np.all(ch.input_nnz[b, : n - 3] > 0) and not np.any(ch.input_nnz[b, n - 3:])

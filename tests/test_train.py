@@ -104,6 +104,8 @@ def test_toml_config_and_flag_override(tmp_path):
         (["--task", "copy", "--rate-weight", "1"], "needs a rate_target"),
         (["--task", "copy", "--rate-floor-weight", "1"], "needs a rate_floor"),
         (["--task", "copy", "--rate-floor", "1.5"], "rate_floor must lie in [0, 1]"),
+        (["--task", "adding", "--settle-steps", "-1"], "settle_steps must be >= 0"),
+        (["--task", "copy", "--settle-steps", "2"], "settle_steps applies to classify / regress tasks"),
         (["--task", "copy", "--task-option", "dealy=3"], "unknown option(s) 'dealy'"),
         (["--task", "copy", "--task-option", "n_train=4", "--batch-size", "8"], "larger than the 4 training"),
         (["--hidden-size", "4"], "no task given"),

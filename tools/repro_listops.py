@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="gru-rhythmic,gru-dense", help="comma list of <cell>-<gate>")
     p.add_argument("--readout", default="last", choices=("last", "mean", "last_mean"),
                    help="each sequence's last valid state, the mean over its valid steps, or both")
+    p.add_argument("--settle", type=int, default=0,
+                   help="zero-input steps after each sequence before the readout (SequenceClassifier settle_steps)")
     p.add_argument("--backend", default="numba")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch / numba threads (default: as set)")
@@ -127,7 +129,7 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
 
     cfg = TrainConfig(
         task=args.task, task_options=_task_options(args), cell=cell, gate=gate, backend=args.backend,
-        readout=args.readout, hidden_size=args.hidden, num_layers=args.layers,
+        readout=args.readout, settle_steps=args.settle, hidden_size=args.hidden, num_layers=args.layers,
         embed_dim=args.embed, batch_size=args.batch, epochs=args.epochs,
         lr=args.lr, schedule="cosine", warmup_steps=50 if not args.quick else 0, grad_clip=1.0,
         bucket_pool=args.bucket_pool, seed=args.seed, checkpoint_every=0, log_every=50,

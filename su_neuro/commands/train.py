@@ -24,6 +24,7 @@ _FLAGS = {
     "hidden_size": (int, "H", "neurons per layer (default 64)"),
     "num_layers": (int, "L", "stacked layers (default 1)"),
     "readout": (str, "KIND", "classify/regress tasks: last, mean, last_mean or spike_count (default last)"),
+    "settle_steps": (int, "S", "classify/regress tasks: zero-input steps after each sequence before the readout"),
     "optimizer": (str, "NAME", "adam, adamw or sgd (default adam)"),
     "lr": (float, "LR", "learning rate (default 1e-3)"),
     "weight_decay": (float, "WD", "weight decay (default 0)"),

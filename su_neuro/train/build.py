@@ -56,9 +56,12 @@ def build_model(cfg: TrainConfig, task) -> nn.Module:
         raise ConfigError(f"embed_dim applies to token tasks only; task {cfg.task!r} has float features")
     try:
         if task.kind == "seq2seq":
+            if cfg.settle_steps:
+                raise ConfigError(f"settle_steps applies to classify / regress tasks; task {cfg.task!r} is seq2seq")
             return Seq2Seq(cfg.cell, input_size, cfg.hidden_size, task.output_size, **kwargs)
         return SequenceClassifier(
-            cfg.cell, input_size, cfg.hidden_size, task.output_size, readout=cfg.readout, **kwargs
+            cfg.cell, input_size, cfg.hidden_size, task.output_size, readout=cfg.readout,
+            settle_steps=cfg.settle_steps, **kwargs
         )
     except TypeError as err:
         raise ConfigError(f"layer_options / gate_options: {err}") from None

@@ -48,7 +48,8 @@ class TrainConfig:
     (keyword options of that task, e.g. ``{"delay": 100}``).
     Model: ``cell`` (rnn / gru / lif), ``gate`` (rhythmic / event / dense), ``init_rate``
     and ``period`` (rhythmic gate), ``gate_options`` (other gate keywords),
-    ``backend``, ``hidden_size``, ``num_layers``, ``readout`` (classify / regress tasks),
+    ``backend``, ``hidden_size``, ``num_layers``, ``readout`` and ``settle_steps`` (classify /
+    regress tasks; see :class:`su_neuro.SequenceClassifier`),
     ``layer_options`` (other layer keywords, e.g. ``{"beta": 0.9}`` for LIF), ``embed_dim``
     (token tasks: the width of the embedding in front of the stack; default 32).
     Optimisation: ``optimizer`` (adam / adamw / sgd), ``lr``, ``weight_decay``,
@@ -76,6 +77,7 @@ class TrainConfig:
     hidden_size: int = 64
     num_layers: int = 1
     readout: str = "last"
+    settle_steps: int = 0
     layer_options: dict = field(default_factory=dict)
     embed_dim: int | None = None
     optimizer: str = "adam"
@@ -129,7 +131,7 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.embed_dim is not None and self.embed_dim < 1:
             raise ConfigError(f"embed_dim must be a positive integer or null, got {self.embed_dim}")
-        for key in ("warmup_steps", "seed", "checkpoint_every", "eval_every", "bucket_pool"):
+        for key in ("warmup_steps", "seed", "checkpoint_every", "eval_every", "bucket_pool", "settle_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.log_every < 1:

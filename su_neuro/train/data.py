@@ -170,13 +170,12 @@ def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=No
                     x, y, lengths = _collate(batch, pad_id)
                 x = x.to(device)
                 _, records = model(x, record=True, lengths=lengths)
-                # the inputs the stack sees (token models: the embedding; zero on padded steps)
-                inputs = model.embed(x) if getattr(model, "embed", None) is not None else x
-                if lengths is not None:
-                    from ..layers import valid_mask
-
-                    inputs = inputs * valid_mask(lengths, inputs.shape[1], inputs.device).unsqueeze(-1)
-                writer.append(records, labels=y.cpu(), inputs=inputs.cpu(), lengths=lengths)
+                # the inputs the stack sees: the embedding of token models, zero on padded
+                # steps, settle steps appended (their lengths are then those of the records)
+                inputs, lengths = model.stack_inputs(x, lengths)
+                writer.append(
+                    records, labels=y.cpu(), inputs=inputs.cpu(), lengths=None if lengths is None else lengths.cpu()
+                )
         os.replace(tmp, path)
     finally:
         model.train(model_was_training)
