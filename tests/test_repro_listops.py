@@ -85,6 +85,14 @@ def test_thread_counts_are_restored_and_readout_period_layers_harmonics_settle_p
     gates = [m for m in model.modules() if isinstance(m, RhythmicGate)]
     assert len(gates) == 2 and all(g.harmonics == 3 and g.period == 16.0 for g in gates)
     assert model.settle_steps == 3
+    # dense-to-sparse: the gate starts at --rate-start with the period of --rate
+    argv = ["--quick", "--out", str(tmp_path / "anneal"), "--threads", "1", "--models", "gru-rhythmic",
+            "--rate-start", "0.9", "--rate-anneal", "6"]  # fmt: skip
+    cfg = load_tool("repro_listops").main(argv)["runs"][0]["config"]
+    assert (cfg["init_rate"], cfg["period"], cfg["rate_target_start"], cfg["rate_anneal_steps"]) == (0.9, 4.0, 0.9, 6)
+    assert cfg["rate_target"] == 0.25
+    with pytest.raises(SystemExit, match="go together"):
+        load_tool("repro_listops").main(["--quick", "--out", str(tmp_path), "--rate-start", "0.9"])
     # the trace holds each sample's settle steps: lengths + 3, inputs zero on them
     from su_neuro.datasets import get_task
     from su_neuro.traces import TraceReader

@@ -22,6 +22,7 @@ from su_neuro.train import (
     TrainConfig,
     config_from_dict,
     load_checkpoint,
+    rate_target_at,
     save_checkpoint,
     train,
 )
@@ -105,6 +106,11 @@ def test_toml_config_and_flag_override(tmp_path):
         (["--task", "copy", "--rate-floor-weight", "1"], "needs a rate_floor"),
         (["--task", "copy", "--rate-floor", "1.5"], "rate_floor must lie in [0, 1]"),
         (["--task", "adding", "--settle-steps", "-1"], "settle_steps must be >= 0"),
+        (["--task", "copy", "--rate-target-start", "0.9"], "go together"),
+        (["--task", "copy", "--rate-anneal-steps", "9"], "go together"),
+        (["--task", "copy", "--rate-target-start", "0.9", "--rate-anneal-steps", "9"], "needs a rate_target"),
+        (["--task", "copy", "--rate-target-start", "-0.1", "--rate-anneal-steps", "9", "--rate-target", "0.1"],
+         "rate_target_start must lie in [0, 1]"),
         (["--task", "copy", "--settle-steps", "2"], "settle_steps applies to classify / regress tasks"),
         (["--task", "copy", "--task-option", "dealy=3"], "unknown option(s) 'dealy'"),
         (["--task", "copy", "--task-option", "n_train=4", "--batch-size", "8"], "larger than the 4 training"),
@@ -152,6 +158,29 @@ def test_schedules_and_optimizers_run(tmp_path):
     evals = [json.loads(x) for x in (tmp_path / "0" / "metrics.jsonl").read_text().splitlines()
              if '"eval"' in x]
     assert [e["step"] for e in evals] == [3, 6]
+
+
+def test_annealed_rate_target_moves_linearly_and_steers_the_rate(tmp_path):
+    """rate_target_start / rate_anneal_steps: the logged target of each step follows the linear
+    path, and the regulariser uses it (a target still near the start rate barely moves the rate;
+    the constant final target pulls it down from the first step)."""
+    common = dict(init_rate=0.9, period=4.0, rate_target=0.1, rate_weight=20.0, optimizer="sgd", momentum=0.0,
+                  lr=0.5, log_every=1, max_steps=10)
+    cfg = tiny_config(rate_target_start=0.9, rate_anneal_steps=40, **common)
+    assert [rate_target_at(cfg, s) for s in (0, 20, 40, 99)] == pytest.approx([0.9, 0.5, 0.1, 0.1])
+    assert rate_target_at(tiny_config(**common), 5) == 0.1
+    train(cfg, tmp_path / "anneal", progress=False)
+    train(tiny_config(**common), tmp_path / "const", progress=False)
+
+    def log(name):
+        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [x for x in lines if x["event"] == "train"]
+
+    annealed, const = log("anneal"), log("const")
+    assert [x["rate_target"] for x in annealed] == pytest.approx([rate_target_at(cfg, s) for s in range(10)])
+    assert {x["rate_target"] for x in const} == {0.1}
+    assert annealed[0]["rate"] == pytest.approx(const[0]["rate"])  # the same model at step 0
+    assert const[-1]["rate"] < annealed[-1]["rate"] - 0.1
 
 
 def test_classify_and_regress_tasks(tmp_path):

@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--harmonics", type=int, default=1,
                    help="suGRU: sinusoids per neuron in the rhythm (default 1; the higher ones start silent "
                         "and training can use them to shape each neuron's rhythm)")
+    p.add_argument("--rate-start", dest="rate_start", type=float, default=None,
+                   help="suGRU: dense-to-sparse; the gate starts at this rate and the regulariser's target "
+                        "moves from it to --rate over --rate-anneal steps (--period defaults to 1/--rate)")
+    p.add_argument("--rate-anneal", dest="rate_anneal", type=int, default=0,
+                   help="optimiser steps of the --rate-start path (needed with --rate-start)")
     p.add_argument("--rate-floor", dest="rate_floor", type=float, default=None,
                    help="suGRU: a lower bound on each neuron's own update rate (su_neuro.rate_floor_penalty)")
     p.add_argument("--rate-floor-weight", dest="rate_floor_weight", type=float, default=100.0,
@@ -144,6 +149,11 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
             cfg.rate_floor_weight = args.rate_floor_weight
         cfg.rate_target = args.rate
         cfg.rate_weight = 1.0
+        if args.rate_start is not None:
+            cfg.init_rate = args.rate_start
+            cfg.period = args.period or 1.0 / args.rate  # the rhythm of the final rate from the start
+            cfg.rate_target_start = args.rate_start
+            cfg.rate_anneal_steps = args.rate_anneal
     run_dir = _run_dir(out, args.name, f"{cell}-{gate}")
     t0 = time.perf_counter()
     res = train(cfg, run_dir, overwrite=True, progress=False)
@@ -186,6 +196,8 @@ def plot_curves(runs: dict[str, Path], path: Path, majority: float | None = None
 def main(argv=None) -> dict:
     args = apply_mode(_parser().parse_args(argv), QUICK, FULL)
     args.name = args.name or ("listops_quick" if args.quick else args.task)
+    if (args.rate_start is None) != (args.rate_anneal == 0):
+        raise SystemExit("--rate-start and --rate-anneal N > 0 go together")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.curves:

@@ -38,6 +38,8 @@ _FLAGS = {
     "grad_clip": (float, "NORM", "clip the gradient norm to NORM (default off)"),
     "rate_target": (float, "R", "update rate the regulariser aims for"),
     "rate_weight": (float, "W", "weight of the update-rate regulariser (default 0)"),
+    "rate_target_start": (float, "R", "anneal the rate target from R to --rate-target over --rate-anneal-steps"),
+    "rate_anneal_steps": (int, "N", "steps over which the rate target moves from its start (default 0: off)"),
     "rate_floor": (float, "R", "lowest update rate a neuron should keep (per-neuron regulariser)"),
     "rate_floor_weight": (float, "W", "weight of the per-neuron rate floor (default 0)"),
     "embed_dim": (int, "E", "token tasks (listops): embedding width in front of the stack (default 32)"),

@@ -56,7 +56,9 @@ class TrainConfig:
     ``momentum`` (sgd), ``schedule`` (constant / cosine), ``warmup_steps``, ``epochs``,
     ``max_steps`` (number of steps, overriding ``epochs``; None: ``epochs`` full passes), ``batch_size`` (the
     global batch), ``grad_clip`` (max gradient norm, None: off), ``rate_target`` and
-    ``rate_weight`` (update-rate regulariser), ``rate_floor`` and ``rate_floor_weight``
+    ``rate_weight`` (update-rate regulariser), ``rate_target_start`` and ``rate_anneal_steps``
+    (the target moves linearly from ``rate_target_start`` to ``rate_target`` over the first
+    ``rate_anneal_steps`` steps: dense-to-sparse training), ``rate_floor`` and ``rate_floor_weight``
     (a lower bound on each neuron's own update rate), ``bucket_pool`` (0: batches in random order;
     N > 0: length bucketing, see :func:`su_neuro.train.bucket_order`).
     Run: ``seed``, ``device`` (auto / cpu / cuda), ``deterministic``, ``checkpoint_every``
@@ -93,6 +95,8 @@ class TrainConfig:
     grad_clip: float | None = None
     rate_target: float | None = None
     rate_weight: float = 0.0
+    rate_target_start: float | None = None
+    rate_anneal_steps: int = 0
     rate_floor: float | None = None
     rate_floor_weight: float = 0.0
     bucket_pool: int = 0
@@ -131,7 +135,8 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.embed_dim is not None and self.embed_dim < 1:
             raise ConfigError(f"embed_dim must be a positive integer or null, got {self.embed_dim}")
-        for key in ("warmup_steps", "seed", "checkpoint_every", "eval_every", "bucket_pool", "settle_steps"):
+        for key in ("warmup_steps", "seed", "checkpoint_every", "eval_every", "bucket_pool", "settle_steps",
+                    "rate_anneal_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.log_every < 1:
@@ -150,6 +155,15 @@ class TrainConfig:
             raise ConfigError(f"rate_target must lie in [0, 1], got {self.rate_target}")
         if self.rate_weight > 0 and self.rate_target is None:
             raise ConfigError("rate_weight > 0 needs a rate_target (the update rate to aim for)")
+        if self.rate_target_start is not None and not (
+            math.isfinite(self.rate_target_start) and 0.0 <= self.rate_target_start <= 1.0
+        ):
+            raise ConfigError(f"rate_target_start must lie in [0, 1], got {self.rate_target_start}")
+        if (self.rate_target_start is None) != (self.rate_anneal_steps == 0):
+            raise ConfigError("rate_target_start and rate_anneal_steps > 0 go together (the target's start and "
+                              "the steps it takes to reach rate_target)")
+        if self.rate_anneal_steps and self.rate_target is None:
+            raise ConfigError("rate_anneal_steps needs a rate_target (where the annealed target ends)")
         if self.rate_floor is not None and not (math.isfinite(self.rate_floor) and 0.0 <= self.rate_floor <= 1.0):
             raise ConfigError(f"rate_floor must lie in [0, 1], got {self.rate_floor}")
         if self.rate_floor_weight > 0 and self.rate_floor is None:
@@ -161,7 +175,8 @@ class TrainConfig:
         return self
 
 
-_OPTIONAL = {"task", "init_rate", "period", "max_steps", "grad_clip", "rate_target", "rate_floor", "embed_dim"}
+_OPTIONAL = {"task", "init_rate", "period", "max_steps", "grad_clip", "rate_target", "rate_target_start", "rate_floor",
+             "embed_dim"}
 
 
 def _field_types() -> dict[str, type]:
@@ -170,7 +185,7 @@ def _field_types() -> dict[str, type]:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         if f.name in ("task",):
             types[f.name] = str
-        elif f.name in ("init_rate", "period", "grad_clip", "rate_target", "rate_floor"):
+        elif f.name in ("init_rate", "period", "grad_clip", "rate_target", "rate_target_start", "rate_floor"):
             types[f.name] = float
         elif f.name in ("max_steps", "embed_dim"):
             types[f.name] = int
@@ -231,8 +246,8 @@ def config_from_dict(values: dict, *, base: TrainConfig | None = None, source: s
     for key, value in merged.items():
         _check_type(key, value)
     cfg = TrainConfig(**merged)
-    for key in ("init_rate", "period", "grad_clip", "rate_target", "rate_floor", "lr", "weight_decay", "momentum",
-                "rate_weight", "rate_floor_weight"):
+    for key in ("init_rate", "period", "grad_clip", "rate_target", "rate_target_start", "rate_floor", "lr",
+                "weight_decay", "momentum", "rate_weight", "rate_floor_weight"):
         value = getattr(cfg, key)
         if isinstance(value, int):
             setattr(cfg, key, float(value))

@@ -11,7 +11,8 @@ W processes, so the gradient is exactly that of ``sum / N`` over the global batc
 same as one process with batch B. Sequence targets equal to -100 are not scored.
 
 Update-rate regulariser: ``rate_weight * (mean gate - rate_target)^2`` over all layers
-(:func:`su_neuro.gates.rate_penalty`); under several processes the mean is the global
+(:func:`su_neuro.gates.rate_penalty`), the target annealed over the first steps when the
+config asks (:func:`rate_target_at`); under several processes the mean is the global
 one (an all-reduce of the detached local means, with a first-order term that carries the
 local gradient), so the penalty and its gradient match one process. The per-neuron floor
 ``rate_floor_weight * mean_i max(0, rate_floor - r_i)^2`` per layer
@@ -281,7 +282,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                 x, y, lengths = _collate([task.train[int(i)] for i in mine], pad_id)
                 x, y = x.to(device), y.to(device)
                 with first_step:  # a slow first step (compilation) is announced; the ETA restarts after it
-                    stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist, lengths)
+                    target = rate_target_at(cfg, step)
+                    stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist, lengths, target)
                 step += 1
                 position += 1
                 if position == steps_per_epoch:
@@ -294,6 +296,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                 if step % cfg.log_every == 0 or step == total_steps:
                     last_train = _summarise(window, task.kind)
                     last_train.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
+                    if cfg.rate_weight > 0:
+                        last_train["rate_target"] = target
                     log.write({"event": "train", **last_train})
                     window = dict.fromkeys(window, 0.0)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps and main:
@@ -353,7 +357,21 @@ def _floor_penalty(gates, valid, floor: float, dist) -> torch.Tensor:
     return total
 
 
-def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths=None) -> dict:
+def rate_target_at(cfg: TrainConfig, step: int) -> float | None:
+    """The update rate the regulariser aims for at optimiser step ``step`` (0 = the first).
+
+    ``cfg.rate_target`` throughout, or with ``rate_anneal_steps`` N > 0 a linear path from
+    ``rate_target_start`` (step 0) to ``rate_target`` (step N and after): a model can learn
+    the task with most neurons open and become sparse gradually, as gradual pruning does.
+    """
+    if not cfg.rate_anneal_steps or cfg.rate_target is None:
+        return cfg.rate_target
+    frac = min(step / cfg.rate_anneal_steps, 1.0)
+    return cfg.rate_target_start + frac * (cfg.rate_target - cfg.rate_target_start)
+
+
+def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths=None, target=None) -> dict:
+    target = cfg.rate_target if target is None else target
     out, records = net(x, record=True, lengths=lengths)
     loss_sum, count, correct = _batch_stats(out, y, kind)
     gates = _gate_tensors(records)
@@ -377,14 +395,14 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
             # (mean_global - r)^2 with the local first-order term: after DDP's averaging the
             # gradient is 2 (mean_global - r) d mean_global, as for one process.
             penalty = sum(
-                (float(m) - cfg.rate_target) ** 2
-                + 2.0 * (float(m) - cfg.rate_target) * (g.float().sum() - g.detach().float().sum()) / n
+                (float(m) - target) ** 2
+                + 2.0 * (float(m) - target) * (g.float().sum() - g.detach().float().sum()) / n
                 for m, g, n in zip(means, gates, valid, strict=True)
             )
             loss = loss + cfg.rate_weight * penalty
         else:
             loss = loss + cfg.rate_weight * sum(
-                (g.float().sum() / n - cfg.rate_target) ** 2 for g, n in zip(gates, valid, strict=True)
+                (g.float().sum() / n - target) ** 2 for g, n in zip(gates, valid, strict=True)
             )
     if cfg.rate_floor_weight > 0:
         loss = loss + cfg.rate_floor_weight * _floor_penalty(gates, valid, cfg.rate_floor, dist)
