@@ -106,3 +106,24 @@ def test_thread_counts_are_restored_and_readout_period_layers_harmonics_settle_p
     for ch in chunks:
         for b, n in enumerate(ch.lengths):
             assert np.all(ch.input_nnz[b, : n - 3] > 0) and not np.any(ch.input_nnz[b, n - 3:])
+
+
+def test_event_gate_gets_its_threshold_rate_target_and_weight(tmp_path, load_tool):
+    from su_neuro import EventGate
+    from su_neuro.train import load_model
+
+    argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-event,gru-dense",
+            "--threshold", "0.03", "--rate-weight", "4", "--rate", "0.3"]  # fmt: skip
+    result = load_tool("repro_listops").main(argv)
+    event, dense = result["runs"]
+    cfg = event["config"]
+    assert cfg["gate"] == "event" and cfg["gate_options"] == {"init_threshold": 0.03}
+    assert (cfg["rate_target"], cfg["rate_weight"], cfg["init_rate"]) == (0.3, 4.0, None)
+    # the dense model stays unregularised whatever the gate flags say
+    assert dense["config"]["rate_weight"] == 0.0 and dense["update_rate"] == 1.0
+    assert 0.0 < event["update_rate"] < 1.0
+    model, _ = load_model(tmp_path / "listops_quick_runs" / "gru-event")
+    (gate,) = [m for m in model.modules() if isinstance(m, EventGate)]
+    assert gate.init_threshold == 0.03
+    # the threshold trained away from its start: the regulariser reaches it through the surrogate
+    assert not np.allclose(gate.threshold.detach().numpy(), 0.03)

@@ -2,10 +2,12 @@ r"""ListOps (Long Range Arena): a suGRU against a dense GRU of the same size, sa
 
 Both models are trained with :func:`su_neuro.train.train` on the same task, the same data
 order (length bucketing), the same optimiser and epochs; they differ only in the gate:
-``rhythmic`` (the paper's suGRU, rate ``--rate``, rate regulariser towards it) or ``dense``
-(an ordinary GRU, computed by the same code). Inputs are token ids through an embedding of
-``--embed`` features (``su_neuro.models.SequenceClassifier(vocab_size=16)``); padded batches
-run each sequence for its own length.
+``rhythmic`` (the paper's suGRU, rate ``--rate``, rate regulariser towards it), ``event``
+(data-dependent: a neuron opens where its candidate moves by more than its learned threshold;
+the same regulariser) or ``dense`` (an ordinary GRU, computed by the same code). Inputs are
+token ids through an embedding of ``--embed`` features
+(``su_neuro.models.SequenceClassifier(vocab_size=16)``); padded batches run each sequence for
+its own length.
 
 Reported per model: test accuracy (and validation accuracy), the update rate, the silent
 neurons (never open) and the spread of the per-neuron rates, and the effective / dense
@@ -62,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--embed", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--rate", type=float, help="suGRU: initial update rate and regulariser target")
+    p.add_argument("--rate", type=float,
+                   help="gated models: the rate regulariser's target (rhythmic: also the initial rate)")
     p.add_argument("--period", type=float, default=None,
                    help="suGRU: the rhythm's period in steps (default 1 / rate: each neuron opens one "
                         "step per period; a longer period opens it for rate x period consecutive steps)")
@@ -74,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
                         "moves from it to --rate over --rate-anneal steps (--period defaults to 1/--rate)")
     p.add_argument("--rate-anneal", dest="rate_anneal", type=int, default=0,
                    help="optimiser steps of the --rate-start path (needed with --rate-start)")
+    p.add_argument("--rate-weight", dest="rate_weight", type=float, default=1.0,
+                   help="weight of the rate regulariser towards --rate (default 1)")
+    p.add_argument("--threshold", type=float, default=0.1,
+                   help="event gate: the initial per-neuron threshold on |candidate - state| (default 0.1)")
     p.add_argument("--rate-floor", dest="rate_floor", type=float, default=None,
                    help="suGRU: a lower bound on each neuron's own update rate (su_neuro.rate_floor_penalty)")
     p.add_argument("--rate-floor-weight", dest="rate_floor_weight", type=float, default=100.0,
@@ -85,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="each sequence's last valid state, the mean over its valid steps, or both")
     p.add_argument("--settle", type=int, default=0,
                    help="zero-input steps after each sequence before the readout (SequenceClassifier settle_steps)")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=0,
+                   help="save a checkpoint every N optimiser steps, for --resume (default 0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each model's run folder from its checkpoint (an interrupted run)")
     p.add_argument("--backend", default="numba")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch / numba threads (default: as set)")
@@ -137,26 +148,31 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
         readout=args.readout, settle_steps=args.settle, hidden_size=args.hidden, num_layers=args.layers,
         embed_dim=args.embed, batch_size=args.batch, epochs=args.epochs,
         lr=args.lr, schedule="cosine", warmup_steps=50 if not args.quick else 0, grad_clip=1.0,
-        bucket_pool=args.bucket_pool, seed=args.seed, checkpoint_every=0, log_every=50,
+        bucket_pool=args.bucket_pool, seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=50,
         eval_batch_size=64, trace=True, trace_samples=args.trace_samples,
     )
-    if gate == "rhythmic":
-        cfg.init_rate = args.rate
-        cfg.period = args.period
-        cfg.gate_options = {"harmonics": args.harmonics}
+    if gate != "dense":  # both gates: the rate regulariser (and its dense-to-sparse path)
+        cfg.rate_target = args.rate
+        cfg.rate_weight = args.rate_weight
         if args.rate_floor is not None:
             cfg.rate_floor = args.rate_floor
             cfg.rate_floor_weight = args.rate_floor_weight
-        cfg.rate_target = args.rate
-        cfg.rate_weight = 1.0
         if args.rate_start is not None:
-            cfg.init_rate = args.rate_start
-            cfg.period = args.period or 1.0 / args.rate  # the rhythm of the final rate from the start
             cfg.rate_target_start = args.rate_start
             cfg.rate_anneal_steps = args.rate_anneal
+    if gate == "rhythmic":
+        cfg.init_rate = args.rate if args.rate_start is None else args.rate_start
+        cfg.period = args.period
+        cfg.gate_options = {"harmonics": args.harmonics}
+        if args.rate_start is not None:
+            cfg.period = args.period or 1.0 / args.rate  # the rhythm of the final rate from the start
+    elif gate == "event":
+        cfg.gate_options = {"init_threshold": args.threshold}
     run_dir = _run_dir(out, args.name, f"{cell}-{gate}")
     t0 = time.perf_counter()
-    res = train(cfg, run_dir, overwrite=True, progress=False)
+    # --resume continues the run folder from its last checkpoint (same settings); the
+    # train time reported is then this process's part only
+    res = train(cfg, run_dir, resume=args.resume, overwrite=not args.resume, progress=False)
     seconds = time.perf_counter() - t0
     model, _ = load_model(run_dir)
     task = load_task(cfg)
@@ -181,6 +197,7 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
         **neuron_rates(rep),
         "trace_samples": rep.num_samples,
         "train_seconds": round(seconds, 1),
+        "resumed": bool(args.resume),
     }
 
 

@@ -155,10 +155,11 @@ def chunk(c, nchunks, n):
 # over [-87, 88] (tests/test_numba_math.py): exp <= 2.2 ulp, tanh <= 2.7 ulp, sigmoid
 # <= 5 ulp (the worst where it is below 1e-20); sigmoid and tanh <= 1e-7 absolute. Every
 # kernel gets the same bits from them (below): the neuron-split streaming kernel equals the
-# batch-chunk kernel exactly. The event-gate kernel keeps
-# libm (its gate compares |f - h| with a threshold, where a last-bit difference from the
-# reference would flip a decision more often). 2.5x faster candidate loop (measured on
-# 3.2 M GRU entries: 81 vs 202-217 ms).
+# batch-chunk kernel exactly. 2.5x faster candidate loop (measured on 3.2 M GRU entries: 81
+# vs 202-217 ms). The event-gate kernel used libm in double precision until 2026-12-06 (to
+# flip fewer threshold decisions against the reference); it uses these too now: a decision
+# flips only where |f - h| lies within a few float32 ulp of the threshold, and its candidate
+# loop became 1.5x faster (docs/benchmarks.md, "Event-gate forward").
 
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)  # 355 / 512, exact in float32; n * _LN2_HI is exact for |n| < 2^15
@@ -252,43 +253,20 @@ def tanh32(x):
 
 
 # ------------------------------------------------------------------ RNN / GRU candidates
-# Written once for two sets of nonlinearities: the float32 functions above (rhythmic and
-# dense kernels), and libm in double precision rounded to float32 (the event-gate kernel,
-# whose gate compares |f - h| with a threshold: a last-bit difference from the reference
-# there would flip decisions more often). Both are inlined into their caller.
+# Written once, with the float32 functions above; inlined into their caller.
 
 
-@nb.njit(cache=True, inline="always")
-def _sigmoid64(x):
-    return np.float32(1.0 / (1.0 + math.exp(-x)))
+@nb.njit(inline="always")
+def _gru32(xr, xz, xn, ur, uz, hn, h):
+    r = _sigmoid32(xr + ur)
+    z = _sigmoid32(xz + uz)
+    n = _tanh32(xn + r * hn)
+    return r, z, n, np.float32((1.0 - z) * n + z * h)
 
 
-@nb.njit(cache=True, inline="always")
-def _tanh64(x):
-    return np.float32(math.tanh(x))
-
-
-def _gru_with(sigmoid, tanh):
-    @nb.njit(inline="always")
-    def gru(xr, xz, xn, ur, uz, hn, h):
-        r = sigmoid(xr + ur)
-        z = sigmoid(xz + uz)
-        n = tanh(xn + r * hn)
-        return r, z, n, np.float32((1.0 - z) * n + z * h)
-
-    return gru
-
-
-def _rnn_with(tanh):
-    @nb.njit(inline="always")
-    def rnn(x, u):
-        return tanh(x + u)
-
-    return rnn
-
-
-_gru32, gru_candidate_libm = _gru_with(_sigmoid32, _tanh32), _gru_with(_sigmoid64, _tanh64)
-_rnn32, rnn_candidate_libm = _rnn_with(_tanh32), _rnn_with(_tanh64)
+@nb.njit(inline="always")
+def _rnn32(x, u):
+    return _tanh32(x + u)
 
 
 @nb.njit(**_EXACT)
