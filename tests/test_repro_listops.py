@@ -127,3 +127,34 @@ def test_event_gate_gets_its_threshold_rate_target_and_weight(tmp_path, load_too
     assert gate.init_threshold == 0.03
     # the threshold trained away from its start: the regulariser reaches it through the surrogate
     assert not np.allclose(gate.threshold.detach().numpy(), 0.03)
+
+
+def test_resume_continues_an_interrupted_run_to_the_uninterrupted_result(tmp_path, load_tool, monkeypatch):
+    """--checkpoint-every N saves checkpoints; --resume continues the run folder of an
+    interrupted run from its last one, and ends where the uninterrupted run did."""
+    import su_neuro.train as train_mod
+
+    argv = ["--quick", "--threads", "1", "--models", "gru-rhythmic", "--checkpoint-every", "2"]  # fmt: skip
+    whole = load_tool("repro_listops").main([*argv, "--out", str(tmp_path / "whole")])["runs"][0]
+    real_train = train_mod.train
+
+    def interrupted(*args, **kwargs):  # stops the quick run (8 steps) at step 5
+        def on_step(step, _):
+            if step == 5:
+                raise KeyboardInterrupt
+
+        return real_train(*args, **kwargs, on_step=on_step)
+
+    monkeypatch.setattr(train_mod, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_tool("repro_listops").main([*argv, "--out", str(tmp_path)])
+    monkeypatch.setattr(train_mod, "train", real_train)
+    run_dir = tmp_path / "listops_quick_runs" / "gru-rhythmic"
+    again = load_tool("repro_listops").main([*argv, "--out", str(tmp_path), "--resume"])["runs"][0]
+    assert again["resumed"] and not whole["resumed"] and again["config"]["checkpoint_every"] == 2
+    assert again["steps"] == whole["steps"] == 8
+    assert again["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-6)
+    assert again["test_acc"] == whole["test_acc"]
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (resume,) = [e for e in events if e.get("event") == "resume"]
+    assert 2 <= resume["step"] <= 5  # from a checkpoint of the interrupted run, not from 0 or 8
