@@ -158,8 +158,8 @@ def chunk(c, nchunks, n):
 # batch-chunk kernel exactly. 2.5x faster candidate loop (measured on 3.2 M GRU entries: 81
 # vs 202-217 ms). The event-gate kernel used libm in double precision until 2026-12-06 (to
 # flip fewer threshold decisions against the reference); it uses these too now: a decision
-# flips only where |f - h| lies within a few float32 ulp of the threshold, and its candidate
-# loop became 1.5x faster (docs/benchmarks.md, "Event-gate forward").
+# flips only where |f - h| lies within a few float32 ulp of the threshold, and its forward
+# became 1.8x faster (docs/benchmarks.md, "Event-gate forward").
 
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)  # 355 / 512, exact in float32; n * _LN2_HI is exact for |n| < 2^15
