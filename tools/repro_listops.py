@@ -73,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="suGRU: sinusoids per neuron in the rhythm (default 1; the higher ones start silent "
                         "and training can use them to shape each neuron's rhythm)")
     p.add_argument("--rate-start", dest="rate_start", type=float, default=None,
-                   help="suGRU: dense-to-sparse; the gate starts at this rate and the regulariser's target "
-                        "moves from it to --rate over --rate-anneal steps (--period defaults to 1/--rate)")
+                   help="gated models: dense-to-sparse; the regulariser's target moves from this rate to --rate "
+                        "over --rate-anneal steps (suGRU: the gate also starts at this rate and --period "
+                        "defaults to 1/--rate; event gate: start it open with --threshold 0)")
     p.add_argument("--rate-anneal", dest="rate_anneal", type=int, default=0,
                    help="optimiser steps of the --rate-start path (needed with --rate-start)")
     p.add_argument("--rate-weight", dest="rate_weight", type=float, default=1.0,
