@@ -75,6 +75,11 @@ class Gate(nn.Module):
         """A JSON-able description (stored in checkpoints and traces)."""
         return {"kind": self.kind}
 
+    def constrain_(self) -> "Gate":
+        """Project the gate's parameters back onto their valid set, in place; call it after
+        each optimiser step (``su_neuro.train`` does). A no-op for gates without constraints."""
+        return self
+
 
 class DenseGate(Gate):
     """Always open: every neuron updates at every step (the baseline)."""
@@ -263,6 +268,10 @@ class EventGate(Gate):
 
     ``threshold`` (:math:`\theta`, shape (H,)) is learnable, initialised to
     ``init_threshold``. Unlike the rhythmic gate the open set differs between samples.
+    :meth:`constrain_` keeps :math:`\theta \ge 0` (call it after each optimiser step;
+    ``su_neuro.train`` does): every threshold at or below zero opens the neuron at every
+    step, but a negative one moves the surrogate's window away from the small changes, and
+    the rate regulariser then has less gradient to close the neuron again.
 
     Example:
         >>> gate = EventGate(32, init_threshold=0.05)
@@ -292,6 +301,11 @@ class EventGate(Gate):
     def plan(self, t0: int, steps: int, *, device=None, dtype=None, table: bool = False) -> GateInput:
         theta = self.threshold if dtype is None else self.threshold.to(dtype)
         return GateInput("event", theta, self.surrogate)
+
+    def constrain_(self) -> "EventGate":
+        with torch.no_grad():
+            self.threshold.clamp_(min=0.0)
+        return self
 
     def config(self) -> dict:
         return {

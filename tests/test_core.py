@@ -440,6 +440,22 @@ def test_rate_floor_penalty_pushes_up_only_the_neurons_below_the_floor():
         neuron_rates(torch.zeros(4, 0))
 
 
+def test_constrain_keeps_event_thresholds_non_negative_and_leaves_other_gates_alone():
+    gate = EventGate(4, init_threshold=0.2)
+    with torch.no_grad():
+        gate.threshold.copy_(torch.tensor([-0.3, 0.2, -0.0, 1e-8]))
+    assert gate.constrain_() is gate
+    assert torch.equal(gate.threshold.detach(), torch.tensor([0.0, 0.2, 0.0, 1e-8]))
+    rhythm = RhythmicGate(4, init_rate=0.3)
+    with torch.no_grad():
+        for p in rhythm.parameters():
+            p.sub_(1.0)  # values no constraint of the rhythm would keep
+    before = [p.clone() for p in rhythm.parameters()]
+    rhythm.constrain_()
+    assert all(torch.equal(a, b) for a, b in zip(before, rhythm.parameters(), strict=True))
+    assert DenseGate(4).constrain_().kind == "dense"
+
+
 def test_make_gate():
     assert isinstance(make_gate("event", 4), EventGate)
     assert isinstance(make_gate({"kind": "dense"}, 4), DenseGate)

@@ -183,6 +183,23 @@ def test_annealed_rate_target_moves_linearly_and_steers_the_rate(tmp_path):
     assert const[-1]["rate"] < annealed[-1]["rate"] - 0.1
 
 
+def test_training_keeps_event_thresholds_non_negative(tmp_path, monkeypatch):
+    """After every optimiser step the loop calls each gate's constrain_: a rate target of 1 with
+    a large step drives the event thresholds down, and they stop at zero (without the
+    projection the same run ends with negative thresholds)."""
+    from su_neuro import EventGate
+    from su_neuro.train import load_model
+
+    cfg = tiny_config(gate="event", init_rate=None, gate_options={"init_threshold": 0.05}, rate_target=1.0,
+                      rate_weight=50.0, optimizer="sgd", momentum=0.0, lr=0.5, max_steps=6)
+    train(cfg, tmp_path / "projected", progress=False)
+    theta = load_model(tmp_path / "projected")[0].rnn.gates[0].threshold
+    assert float(theta.min()) == 0.0
+    monkeypatch.setattr(EventGate, "constrain_", lambda self: self)
+    train(cfg, tmp_path / "free", progress=False)
+    assert float(load_model(tmp_path / "free")[0].rnn.gates[0].threshold.min()) < 0.0
+
+
 def test_classify_and_regress_tasks(tmp_path):
     reg = train(config_from_dict(dict(
         task="adding", task_options={"length": 10, "n_train": 32, "n_test": 8}, hidden_size=8,

@@ -16,7 +16,8 @@ config asks (:func:`rate_target_at`); under several processes the mean is the gl
 one (an all-reduce of the detached local means, with a first-order term that carries the
 local gradient), so the penalty and its gradient match one process. The per-neuron floor
 ``rate_floor_weight * mean_i max(0, rate_floor - r_i)^2`` per layer
-(:func:`su_neuro.gates.rate_floor_penalty`) is reduced the same way.
+(:func:`su_neuro.gates.rate_floor_penalty`) is reduced the same way. After every optimiser
+step each gate's ``constrain_`` projects its parameters (the event gate's threshold to >= 0).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..gates import neuron_rates, rate_floor_penalty
+from ..gates import Gate, neuron_rates, rate_floor_penalty
 from .build import build_model, build_optimizer, build_scheduler, load_task
 from .checkpoint import (
     CheckpointError,
@@ -411,6 +412,9 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
     if cfg.grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
+    for module in model.modules():
+        if isinstance(module, Gate):
+            module.constrain_()
     scheduler.step()
     if not math.isfinite(float(totals[0])):
         raise RuntimeError("the training loss is NaN or inf; lower lr or set grad_clip")
