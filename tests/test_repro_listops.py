@@ -126,7 +126,11 @@ def test_event_gate_gets_its_threshold_rate_target_and_weight(tmp_path, load_too
     (gate,) = [m for m in model.modules() if isinstance(m, EventGate)]
     assert gate.init_threshold == 0.03
     # the threshold trained away from its start: the regulariser reaches it through the surrogate
-    assert not np.allclose(gate.threshold.detach().numpy(), 0.03)
+    theta = gate.threshold.detach().numpy()
+    assert not np.allclose(theta, 0.03)
+    assert event["threshold_q10_q50_q90"] == pytest.approx(np.quantile(theta, [0.1, 0.5, 0.9]))
+    assert event["zero_thresholds"] == pytest.approx(np.mean(theta <= 0)) and theta.min() >= 0
+    assert "threshold_q10_q50_q90" not in dense
 
 
 def test_resume_continues_an_interrupted_run_to_the_uninterrupted_result(tmp_path, load_tool, monkeypatch):

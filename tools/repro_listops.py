@@ -126,6 +126,20 @@ def neuron_rates(rep) -> dict:
             "neuron_rate_q10_q50_q90": [float(q10), float(q50), float(q90)]}
 
 
+def event_thresholds(model) -> dict:
+    """The learned thresholds of a model's event gates (all layers): their 10 / 50 / 90 %
+    quantiles and the fraction at zero (a neuron whose threshold is 0 opens wherever its
+    candidate moves at all). Empty for models without an event gate."""
+    from su_neuro import EventGate
+
+    gates = [m for m in model.modules() if isinstance(m, EventGate)]
+    if not gates:
+        return {}
+    theta = np.concatenate([g.threshold.detach().cpu().double().numpy() for g in gates])
+    return {"threshold_q10_q50_q90": [float(q) for q in np.quantile(theta, [0.1, 0.5, 0.9])],
+            "zero_thresholds": float(np.mean(theta <= 0))}
+
+
 def _task_options(args) -> dict:
     opts = {}
     for key in ("n_train", "n_valid", "n_test"):
@@ -196,6 +210,7 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
         "dense_macs_per_sample": rep.ops.dense_macs / max(rep.num_samples, 1),
         "ops_ratio": rep.ops.effective_macs / max(rep.ops.dense_macs, 1),
         **neuron_rates(rep),
+        **event_thresholds(model),
         "trace_samples": rep.num_samples,
         "train_seconds": round(seconds, 1),
         "resumed": bool(args.resume),
