@@ -193,11 +193,11 @@ def test_training_keeps_event_thresholds_non_negative(tmp_path, monkeypatch):
     cfg = tiny_config(gate="event", init_rate=None, gate_options={"init_threshold": 0.05}, rate_target=1.0,
                       rate_weight=50.0, optimizer="sgd", momentum=0.0, lr=0.5, max_steps=6)
     train(cfg, tmp_path / "projected", progress=False)
-    theta = load_model(tmp_path / "projected")[0].rnn.gates[0].threshold
+    theta = load_model(tmp_path / "projected")[0].rnn.gates[0].threshold.detach()
     assert float(theta.min()) == 0.0
     monkeypatch.setattr(EventGate, "constrain_", lambda self: self)
     train(cfg, tmp_path / "free", progress=False)
-    assert float(load_model(tmp_path / "free")[0].rnn.gates[0].threshold.min()) < 0.0
+    assert float(load_model(tmp_path / "free")[0].rnn.gates[0].threshold.detach().min()) < 0.0
 
 
 def test_classify_and_regress_tasks(tmp_path):
