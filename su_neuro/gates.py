@@ -268,10 +268,11 @@ class EventGate(Gate):
 
     ``threshold`` (:math:`\theta`, shape (H,)) is learnable, initialised to
     ``init_threshold``. Unlike the rhythmic gate the open set differs between samples.
-    :meth:`constrain_` keeps :math:`\theta \ge 0` (call it after each optimiser step;
-    ``su_neuro.train`` does): every threshold at or below zero opens the neuron at every
-    step, but a negative one moves the surrogate's window away from the small changes, and
-    the rate regulariser then has less gradient to close the neuron again.
+    :meth:`constrain_` keeps :math:`\theta \ge 0` (call it after each optimiser step, or
+    :func:`constrain_gates` on the model; ``su_neuro.train`` does): from zero down the
+    neuron opens wherever its candidate moves at all, so the state no longer depends on
+    :math:`\theta`, but a negative one moves the surrogate's window away from the small
+    changes, and the rate regulariser then has less gradient to close the neuron again.
 
     Example:
         >>> gate = EventGate(32, init_threshold=0.05)
@@ -342,6 +343,24 @@ def make_gate(spec: str | dict | Gate, hidden_size: int) -> Gate:
         return GATES[spec](hidden_size, **kwargs)
     except TypeError as err:
         raise TypeError(f"gate {spec!r}: {err}") from None
+
+
+def constrain_gates(module: nn.Module) -> nn.Module:
+    """Call :meth:`Gate.constrain_` on every gate inside ``module`` (a model, a layer or a
+    gate); ``su_neuro.train`` does this after each optimiser step, a hand-written training
+    loop should too. Returns ``module``.
+
+    Example:
+        >>> layer = EventGate(3)
+        >>> with torch.no_grad():
+        ...     _ = layer.threshold.fill_(-1.0)
+        >>> constrain_gates(layer).threshold.tolist()
+        [0.0, 0.0, 0.0]
+    """
+    for sub in module.modules():
+        if isinstance(sub, Gate):
+            sub.constrain_()
+    return module
 
 
 def rate_penalty(gates: torch.Tensor | list, target: float) -> torch.Tensor:

@@ -443,17 +443,25 @@ def test_rate_floor_penalty_pushes_up_only_the_neurons_below_the_floor():
 def test_constrain_keeps_event_thresholds_non_negative_and_leaves_other_gates_alone():
     gate = EventGate(4, init_threshold=0.2)
     with torch.no_grad():
-        gate.threshold.copy_(torch.tensor([-0.3, 0.2, -0.0, 1e-8]))
+        gate.threshold.copy_(torch.tensor([-0.3, 0.2, -1e-8, 1e-8]))
     assert gate.constrain_() is gate
     assert torch.equal(gate.threshold.detach(), torch.tensor([0.0, 0.2, 0.0, 1e-8]))
+    # the rhythm has no constraint: constrain_ leaves any values as they are
     rhythm = RhythmicGate(4, init_rate=0.3)
     with torch.no_grad():
         for p in rhythm.parameters():
-            p.sub_(1.0)  # values no constraint of the rhythm would keep
+            p.sub_(1.0)
     before = [p.clone() for p in rhythm.parameters()]
     rhythm.constrain_()
     assert all(torch.equal(a, b) for a, b in zip(before, rhythm.parameters(), strict=True))
     assert DenseGate(4).constrain_().kind == "dense"
+    # constrain_gates reaches gates nested in a model, layer by layer
+    model = su_neuro.SequenceClassifier("gru", 2, 3, 2, num_layers=2, gate="event", backend="torch")
+    with torch.no_grad():
+        for g in model.rnn.gates:
+            g.threshold.fill_(-1.0)
+    assert su_neuro.gates.constrain_gates(model) is model
+    assert all(torch.equal(g.threshold.detach(), torch.zeros(3)) for g in model.rnn.gates)
 
 
 def test_make_gate():

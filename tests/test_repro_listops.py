@@ -129,8 +129,24 @@ def test_event_gate_gets_its_threshold_rate_target_and_weight(tmp_path, load_too
     theta = gate.threshold.detach().numpy()
     assert not np.allclose(theta, 0.03)
     assert event["threshold_q10_q50_q90"] == pytest.approx(np.quantile(theta, [0.1, 0.5, 0.9]))
-    assert event["zero_thresholds"] == pytest.approx(np.mean(theta <= 0)) and theta.min() >= 0
     assert "threshold_q10_q50_q90" not in dense
+
+
+def test_event_thresholds_joins_the_layers(load_tool):
+    import torch
+
+    from su_neuro import SequenceClassifier
+
+    tool = load_tool("repro_listops")
+    model = SequenceClassifier("gru", 3, 4, 2, num_layers=2, gate="event", backend="torch")
+    with torch.no_grad():
+        model.rnn.gates[0].threshold.copy_(torch.tensor([0.0, -0.5, 0.1, 0.2]))
+        model.rnn.gates[1].threshold.copy_(torch.tensor([0.3, 0.4, 0.5, 0.6]))
+    stats = tool.event_thresholds(model)
+    both = [0.0, -0.5, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert stats["threshold_q10_q50_q90"] == pytest.approx(np.quantile(both, [0.1, 0.5, 0.9]))
+    assert stats["nonpositive_thresholds"] == 0.25  # 0 and -0.5 of eight
+    assert tool.event_thresholds(SequenceClassifier("gru", 3, 4, 2, gate="dense", backend="torch")) == {}
 
 
 def test_resume_continues_an_interrupted_run_to_the_uninterrupted_result(tmp_path, load_tool, monkeypatch):

@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                         "and training can use them to shape each neuron's rhythm)")
     p.add_argument("--rate-start", dest="rate_start", type=float, default=None,
                    help="gated models: dense-to-sparse; the regulariser's target moves from this rate to --rate "
-                        "over --rate-anneal steps (suGRU: the gate also starts at this rate and --period "
+                        "over --rate-anneal steps (rhythmic gate: it also starts at this rate and --period "
                         "defaults to 1/--rate; event gate: start it open with --threshold 0)")
     p.add_argument("--rate-anneal", dest="rate_anneal", type=int, default=0,
                    help="optimiser steps of the --rate-start path (needed with --rate-start)")
@@ -127,9 +127,10 @@ def neuron_rates(rep) -> dict:
 
 
 def event_thresholds(model) -> dict:
-    """The learned thresholds of a model's event gates (all layers): their 10 / 50 / 90 %
-    quantiles and the fraction at zero (a neuron whose threshold is 0 opens wherever its
-    candidate moves at all). Empty for models without an event gate."""
+    """The learned thresholds of a model's event gates (all layers together): their 10 / 50 /
+    90 % quantiles and the fraction at or below zero (such a neuron opens wherever its
+    candidate moves at all; su_neuro.train keeps thresholds >= 0 since commit 13af88a, older
+    runs could go negative). Empty for models without an event gate."""
     from su_neuro import EventGate
 
     gates = [m for m in model.modules() if isinstance(m, EventGate)]
@@ -137,7 +138,7 @@ def event_thresholds(model) -> dict:
         return {}
     theta = np.concatenate([g.threshold.detach().cpu().double().numpy() for g in gates])
     return {"threshold_q10_q50_q90": [float(q) for q in np.quantile(theta, [0.1, 0.5, 0.9])],
-            "zero_thresholds": float(np.mean(theta <= 0))}
+            "nonpositive_thresholds": float(np.mean(theta <= 0))}
 
 
 def _task_options(args) -> dict:

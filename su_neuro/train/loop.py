@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..gates import Gate, neuron_rates, rate_floor_penalty
+from ..gates import constrain_gates, neuron_rates, rate_floor_penalty
 from .build import build_model, build_optimizer, build_scheduler, load_task
 from .checkpoint import (
     CheckpointError,
@@ -412,9 +412,7 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
     if cfg.grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
-    for module in model.modules():
-        if isinstance(module, Gate):
-            module.constrain_()
+    constrain_gates(model)
     scheduler.step()
     if not math.isfinite(float(totals[0])):
         raise RuntimeError("the training loss is NaN or inf; lower lr or set grad_clip")
