@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -198,6 +199,72 @@ def test_training_keeps_event_thresholds_non_negative(tmp_path, monkeypatch):
     monkeypatch.setattr(EventGate, "constrain_", lambda self: self)
     train(cfg, tmp_path / "free", progress=False)
     assert float(load_model(tmp_path / "free")[0].rnn.gates[0].threshold.detach().min()) < 0.0
+
+
+def _nan_gradient_at(calls: list, bad_call: int, monkeypatch, models: list | None = None):
+    """Make the loop's model give the head's weight a NaN gradient on its bad_call-th backward
+    (counted over every model built in this process); the rest of the backward is the real one.
+    The models built go into ``models``."""
+    import su_neuro.train.loop as loop
+
+    real_build = loop.build_model
+
+    def build(cfg, task):
+        model = real_build(cfg, task)
+        if models is not None:
+            models.append(model)
+
+        def hook(grad):
+            calls.append(1)
+            return torch.full_like(grad, float("nan")) if len(calls) == bad_call else grad
+
+        model.head.weight.register_hook(hook)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build)
+
+
+def test_a_nan_gradient_stops_the_run_before_the_update_and_names_the_parameter(tmp_path, monkeypatch):
+    from su_neuro.train import load_checkpoint
+
+    calls: list = []
+    _nan_gradient_at(calls, 3, monkeypatch)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=r"training step 3: the gradient is NaN or inf \(head\.weight\)"):
+        train(tiny_config(max_steps=6, checkpoint_every=2), out, progress=False)
+    saved = load_checkpoint(out / "checkpoint.pt")
+    assert saved["data"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    # the same run, resumed with nonfinite_grads = "skip", meets the NaN gradient again at step 3
+    # (its first backward: two calls counted already), steps over it and ends with finite
+    # parameters; the log counts the skipped step
+    del calls[2:]
+    res = train(tiny_config(max_steps=6, checkpoint_every=2, nonfinite_grads="skip", log_every=1), out,
+                resume=True, progress=False, explicit_keys={"nonfinite_grads", "log_every"})
+    assert res["step"] == 6 and math.isfinite(res["test_loss"])
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x.get("skipped")] == [3]
+
+
+def test_skipped_step_leaves_the_parameters_unchanged(tmp_path, monkeypatch):
+    """A skipped step changes no parameter and no optimiser moment: after it, the run goes on
+    from the parameters of the step before."""
+    calls: list = []
+    models: list = []
+    _nan_gradient_at(calls, 2, monkeypatch, models)
+    seen, params = [], []
+
+    def on_step(step, stats):
+        seen.append((step, stats["skipped"]))
+        params.append([p.detach().clone() for p in models[0].parameters()])
+
+    train(tiny_config(max_steps=3, nonfinite_grads="skip", optimizer="adam"), tmp_path / "r", progress=False,
+          on_step=on_step)
+    assert seen == [(1, 0.0), (2, 1.0), (3, 0.0)]
+    assert all(torch.equal(a, b) for a, b in zip(params[0], params[1], strict=True))  # step 2 skipped
+    assert not all(torch.equal(a, b) for a, b in zip(params[1], params[2], strict=True))  # step 3 ran
+    with pytest.raises(Exception, match="nonfinite_grads"):
+        tiny_config(nonfinite_grads="ignore").validate()
 
 
 def test_classify_and_regress_tasks(tmp_path):

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                         "defaults to 1/--rate; event gate: start it open with --threshold 0)")
     p.add_argument("--rate-anneal", dest="rate_anneal", type=int, default=0,
                    help="optimiser steps of the --rate-start path (needed with --rate-start)")
+    p.add_argument("--nonfinite-grads", dest="nonfinite_grads", choices=("raise", "skip"), default="raise",
+                   help="a step whose gradient holds NaN or inf: raise (default; the run stops, --resume "
+                        "continues it) or skip it (may be changed on --resume)")
     p.add_argument("--rate-weight", dest="rate_weight", type=float, default=1.0,
                    help="weight of the rate regulariser towards --rate (default 1)")
     p.add_argument("--threshold", type=float, default=0.1,
@@ -165,7 +168,7 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
         embed_dim=args.embed, batch_size=args.batch, epochs=args.epochs,
         lr=args.lr, schedule="cosine", warmup_steps=50 if not args.quick else 0, grad_clip=1.0,
         bucket_pool=args.bucket_pool, seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=50,
-        eval_batch_size=64, trace=True, trace_samples=args.trace_samples,
+        eval_batch_size=64, trace=True, trace_samples=args.trace_samples, nonfinite_grads=args.nonfinite_grads,
     )
     if gate != "dense":  # both gates: the rate regulariser (and its dense-to-sparse path)
         cfg.rate_target = args.rate

@@ -36,6 +36,7 @@ _FLAGS = {
     "batch_size": (int, "B", "global batch size, split over processes (default 32)"),
     "eval_batch_size": (int, "B", "evaluation batch size (default 256)"),
     "grad_clip": (float, "NORM", "clip the gradient norm to NORM (default off)"),
+    "nonfinite_grads": (str, "WHAT", "a step whose gradient holds NaN or inf: raise (default) or skip"),
     "rate_target": (float, "R", "update rate the regulariser aims for"),
     "rate_weight": (float, "W", "weight of the update-rate regulariser (default 0)"),
     "rate_target_start": (float, "R", "anneal the rate target from R to --rate-target over --rate-anneal-steps"),

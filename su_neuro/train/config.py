@@ -18,6 +18,7 @@ from pathlib import Path
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEFAULT_EMBED_DIM = 32
 SCHEDULES = ("constant", "cosine")
+NONFINITE_GRADS = ("raise", "skip")
 DEVICES = ("auto", "cpu", "cuda")
 
 CONFIG_FILE = "config.json"
@@ -32,7 +33,7 @@ RUN_FILES = (CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE, RESULT_FILE, TRACE_FILE)
 #: resume is bit-exact only on the backend and device the run started with)
 RESUME_MUTABLE = frozenset(
     {"checkpoint_every", "log_every", "eval_every", "trace", "trace_samples", "eval_batch_size",
-     "backend", "device", "flush_denormal"}
+     "backend", "device", "flush_denormal", "nonfinite_grads"}
 )
 
 
@@ -55,7 +56,9 @@ class TrainConfig:
     Optimisation: ``optimizer`` (adam / adamw / sgd), ``lr``, ``weight_decay``,
     ``momentum`` (sgd), ``schedule`` (constant / cosine), ``warmup_steps``, ``epochs``,
     ``max_steps`` (number of steps, overriding ``epochs``; None: ``epochs`` full passes), ``batch_size`` (the
-    global batch), ``grad_clip`` (max gradient norm, None: off), ``rate_target`` and
+    global batch), ``grad_clip`` (max gradient norm, None: off), ``nonfinite_grads`` (a step
+    whose gradient holds NaN or inf: ``raise`` stops the run before the update, ``skip``
+    leaves the parameters as they are and counts the step), ``rate_target`` and
     ``rate_weight`` (update-rate regulariser), ``rate_target_start`` and ``rate_anneal_steps``
     (the target moves linearly from ``rate_target_start`` to ``rate_target`` over the first
     ``rate_anneal_steps`` steps: dense-to-sparse training), ``rate_floor`` and ``rate_floor_weight``
@@ -93,6 +96,7 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 256
     grad_clip: float | None = None
+    nonfinite_grads: str = "raise"
     rate_target: float | None = None
     rate_weight: float = 0.0
     rate_target_start: float | None = None
@@ -129,6 +133,7 @@ class TrainConfig:
         _check_choice("readout", self.readout, READOUTS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("nonfinite_grads", self.nonfinite_grads, NONFINITE_GRADS)
         _check_choice("device", self.device, DEVICES)
         for key in ("hidden_size", "num_layers", "epochs", "batch_size", "eval_batch_size", "trace_samples"):
             if getattr(self, key) < 1:

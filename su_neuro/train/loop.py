@@ -211,7 +211,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     sampler_seed = cfg.seed
     history: list[dict] = []
     last_train: dict = {}
-    window = {"loss": 0.0, "count": 0.0, "correct": 0.0, "gates": 0.0, "gate_n": 0.0}
+    window = {"loss": 0.0, "count": 0.0, "correct": 0.0, "gates": 0.0, "gate_n": 0.0, "skipped": 0.0}
 
     if checkpoint is not None:
         sig = model_signature(model)
@@ -225,7 +225,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         step, epoch, position, sampler_seed = data["step"], data["epoch"], data["position"], data["sampler_seed"]
         history = list(checkpoint.get("metrics", []))
         last_train = dict(checkpoint.get("last_train", {}))
-        window = dict(checkpoint.get("window", window))
+        window = {**window, **checkpoint.get("window", {})}
 
     main = dist.is_main
     if main:
@@ -284,7 +284,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                 x, y = x.to(device), y.to(device)
                 with first_step:  # a slow first step (compilation) is announced; the ETA restarts after it
                     target = rate_target_at(cfg, step)
-                    stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist, lengths, target)
+                    stats = _train_step(net, model, optimizer, scheduler, cfg, task.kind, x, y, dist, lengths, target,
+                                        step=step)
                 step += 1
                 position += 1
                 if position == steps_per_epoch:
@@ -371,7 +372,7 @@ def rate_target_at(cfg: TrainConfig, step: int) -> float | None:
     return cfg.rate_target_start + frac * (cfg.rate_target - cfg.rate_target_start)
 
 
-def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths=None, target=None) -> dict:
+def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths=None, target=None, step=0) -> dict:
     target = cfg.rate_target if target is None else target
     out, records = net(x, record=True, lengths=lengths)
     loss_sum, count, correct = _batch_stats(out, y, kind)
@@ -409,25 +410,56 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
         loss = loss + cfg.rate_floor_weight * _floor_penalty(gates, valid, cfg.rate_floor, dist)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    constrain_gates(model)
-    scheduler.step()
     if not math.isfinite(float(totals[0])):
-        raise RuntimeError("the training loss is NaN or inf; lower lr or set grad_clip")
+        raise RuntimeError(f"training step {step + 1}: the loss is NaN or inf; lower lr or set grad_clip")
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = _grad_norm(params)
+    skipped = 0.0
+    if norm is None:
+        if cfg.nonfinite_grads == "raise":
+            bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            raise RuntimeError(
+                f"training step {step + 1}: the gradient is NaN or inf "
+                f"({', '.join(bad) if bad else 'its norm overflows float32'}); the parameters were not "
+                "updated, so the last checkpoint continues the run. Gradients through many steps of a "
+                "surrogate can explode: set grad_clip, lower lr, narrow the gate's surrogate "
+                "(gate_options surrogate_params), or skip such steps with nonfinite_grads = \"skip\""
+            )
+        optimizer.zero_grad(set_to_none=True)
+        skipped = 1.0
+    else:
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm)
+        optimizer.step()
+        constrain_gates(model)
+    scheduler.step()
     return {
         "loss": float(totals[0]),
         "count": float(totals[1]),
         "correct": float(totals[2]),
         "gates": float(totals[3]),
         "gate_n": float(totals[4]),
+        "skipped": skipped,
     }
+
+
+def _grad_norm(params: list) -> torch.Tensor | None:
+    """The gradients' total 2-norm (as float32), summed in float64 so that large finite
+    gradients do not overflow it; None where a gradient holds NaN or inf or the norm exceeds
+    float32 (a step that would write NaN or inf into the parameters)."""
+    if not params:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.double()) for p in params]))
+    if not bool(torch.isfinite(total)) or float(total) > torch.finfo(torch.float32).max:
+        return None
+    return total.float()
 
 
 def _summarise(window: dict, kind: str) -> dict:
     res = {"loss": window["loss"] / max(window["count"], 1.0), "rate": window["gates"] / max(window["gate_n"], 1.0)}
     res["acc"] = None if kind == "regress" else window["correct"] / max(window["count"], 1.0)
+    if window.get("skipped"):
+        res["skipped"] = int(window["skipped"])  # steps of the window skipped for a NaN / inf gradient
     return res
 
 
