@@ -113,12 +113,13 @@ def test_event_gate_gets_its_threshold_rate_target_and_weight(tmp_path, load_too
     from su_neuro.train import load_model
 
     argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-event,gru-dense",
-            "--threshold", "0.03", "--rate-weight", "4", "--rate", "0.3"]  # fmt: skip
+            "--threshold", "0.03", "--rate-weight", "4", "--rate", "0.3", "--nonfinite-grads", "skip"]  # fmt: skip
     result = load_tool("repro_listops").main(argv)
     event, dense = result["runs"]
     cfg = event["config"]
     assert cfg["gate"] == "event" and cfg["gate_options"] == {"init_threshold": 0.03}
     assert (cfg["rate_target"], cfg["rate_weight"], cfg["init_rate"]) == (0.3, 4.0, None)
+    assert cfg["nonfinite_grads"] == "skip"
     # the dense model stays unregularised whatever the gate flags say
     assert dense["config"]["rate_weight"] == 0.0 and dense["update_rate"] == 1.0
     assert 0.0 < event["update_rate"] < 1.0
