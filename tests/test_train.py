@@ -267,6 +267,27 @@ def test_skipped_step_leaves_the_parameters_unchanged(tmp_path, monkeypatch):
         tiny_config(nonfinite_grads="ignore").validate()
 
 
+def test_grad_clip_bounds_the_update(tmp_path, monkeypatch):
+    """With plain SGD (lr 1) one clipped step moves the parameters by exactly grad_clip in norm."""
+    models: list = []
+    _nan_gradient_at([], 10**9, monkeypatch, models)  # records the model only
+    before = []
+    import su_neuro.train.loop as loop
+
+    real_step = loop._train_step
+
+    def step_and_keep(net, model, *args, **kwargs):
+        before.append([p.detach().clone() for p in model.parameters()])
+        return real_step(net, model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_step", step_and_keep)
+    train(tiny_config(max_steps=1, optimizer="sgd", momentum=0.0, lr=1.0, grad_clip=1e-3), tmp_path / "c",
+          progress=False)
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(models[0].parameters(), before[0],
+                                                                          strict=True)))
+    assert float(moved) == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_classify_and_regress_tasks(tmp_path):
     reg = train(config_from_dict(dict(
         task="adding", task_options={"length": 10, "n_train": 32, "n_test": 8}, hidden_size=8,

@@ -428,8 +428,11 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
         optimizer.zero_grad(set_to_none=True)
         skipped = 1.0
     else:
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm)
+        if cfg.grad_clip is not None:  # as nn.utils.clip_grad_norm_, with the norm computed above
+            scale = cfg.grad_clip / (float(norm) + 1e-6)
+            if scale < 1.0:
+                for p in params:
+                    p.grad.mul_(scale)
         optimizer.step()
         constrain_gates(model)
     scheduler.step()
