@@ -99,6 +99,7 @@ def test_toml_config_and_flag_override(tmp_path):
         (["--task", "copy", "--gate", "sometimes"], "unknown gate 'sometimes'"),
         (["--task", "copy", "--optimizer", "adagrad"], "unknown optimizer 'adagrad'"),
         (["--task", "copy", "--schedule", "linear"], "unknown schedule 'linear'"),
+        (["--task", "copy", "--nonfinite-grads", "ignore"], "unknown nonfinite_grads 'ignore'"),
         (["--task", "copy", "--hidden-size", "0"], "hidden_size must be a positive integer"),
         (["--task", "copy", "--batch-size", "-3"], "batch_size must be a positive integer"),
         (["--task", "copy", "--init-rate", "1.5"], "init_rate must lie in [0, 1]"),
@@ -269,22 +270,20 @@ def test_skipped_step_leaves_the_parameters_unchanged(tmp_path, monkeypatch):
 
 def test_grad_clip_bounds_the_update(tmp_path, monkeypatch):
     """With plain SGD (lr 1) one clipped step moves the parameters by exactly grad_clip in norm."""
-    models: list = []
-    _nan_gradient_at([], 10**9, monkeypatch, models)  # records the model only
-    before = []
     import su_neuro.train.loop as loop
 
     real_step = loop._train_step
+    seen = []
 
     def step_and_keep(net, model, *args, **kwargs):
-        before.append([p.detach().clone() for p in model.parameters()])
+        seen.append((model, [p.detach().clone() for p in model.parameters()]))
         return real_step(net, model, *args, **kwargs)
 
     monkeypatch.setattr(loop, "_train_step", step_and_keep)
     train(tiny_config(max_steps=1, optimizer="sgd", momentum=0.0, lr=1.0, grad_clip=1e-3), tmp_path / "c",
           progress=False)
-    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(models[0].parameters(), before[0],
-                                                                          strict=True)))
+    ((model, before),) = seen
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
     assert float(moved) == pytest.approx(1e-3, rel=1e-3)
 
 

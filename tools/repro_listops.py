@@ -52,6 +52,8 @@ FULL = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    from su_neuro.train.config import NONFINITE_GRADS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny settings for a test run")
     p.add_argument("--task", choices=("listops", "listops_short"))
@@ -78,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                         "defaults to 1/--rate; event gate: start it open with --threshold 0)")
     p.add_argument("--rate-anneal", dest="rate_anneal", type=int, default=0,
                    help="optimiser steps of the --rate-start path (needed with --rate-start)")
-    p.add_argument("--nonfinite-grads", dest="nonfinite_grads", choices=("raise", "skip"), default="raise",
+    p.add_argument("--nonfinite-grads", dest="nonfinite_grads", choices=NONFINITE_GRADS, default="raise",
                    help="a step whose gradient holds NaN or inf: raise (default; the run stops, --resume "
                         "continues it) or skip it (may be changed on --resume)")
     p.add_argument("--rate-weight", dest="rate_weight", type=float, default=1.0,
