@@ -74,7 +74,8 @@ class GateInput(NamedTuple):
                surrogate gradient to the gate's parameters; event: the threshold
                theta, (H,); dense: None.
     surrogate: the surrogate of the event gate's step (None otherwise); it has ``code``
-               (a key of :data:`SURROGATE_CODES`) and ``scale``.
+               (a value of :data:`SURROGATE_CODES`), ``scale`` and ``gain`` (the factor
+               on its derivative).
     support:   rhythmic, when the gate's parameters need a gradient: (T, H) bool, True
                where the loop needs the candidate f for the gradient, i.e. where g = 1 or
                the surrogate derivative is nonzero (dL/dg_{t,i} needs f - h there). With a

@@ -22,6 +22,13 @@ name                   surrogate derivative :math:`\sigma'(x)`          support
 
 A compact-support surrogate makes training work sparse: a closed gate needs its
 candidate only where :math:`\sigma'(a) \neq 0`.
+
+Every surrogate also takes a ``gain`` :math:`\gamma` (default 1), which multiplies its
+derivative: :math:`\gamma\,\sigma'(x)`. The forward step is unchanged. A gain below 1
+is the "dampening factor" of recurrent spiking networks trained through time (Bellec et al.,
+2018, used :math:`\gamma = 0.3`): through a recurrent gate the adjoint of the state is
+multiplied at every step by up to :math:`1 + \gamma |\Delta h| \sigma'`, and over thousands of
+steps an undamped product can overflow (docs/training.md, "NaN and inf gradients").
 """
 
 from __future__ import annotations
@@ -90,7 +97,8 @@ class Surrogate:
     """A Heaviside step with a named surrogate derivative.
 
     Call it on a tensor to get ``(x > 0)`` as a float tensor whose backward is the
-    surrogate. ``derivative(x)`` gives :math:`\\sigma'(x)` as a tensor.
+    surrogate. ``derivative(x)`` gives :math:`\\gamma \\sigma'(x)` as a tensor. ``params``
+    holds the shape parameter (given or default) and ``gain`` where one was given.
 
     Example:
         >>> s = get_surrogate("triangle", width=0.5)
@@ -109,7 +117,12 @@ class Surrogate:
     @property
     def scale(self) -> float:
         """The single shape parameter (alpha, slope or width); 0.0 if none."""
-        return float(next(iter(self.params.values()), 0.0))
+        return float(next((v for k, v in self.params.items() if k != "gain"), 0.0))
+
+    @property
+    def gain(self) -> float:
+        """The factor gamma on the derivative (1.0 unless given)."""
+        return float(self.params.get("gain", 1.0))
 
     @property
     def compact(self) -> bool:
@@ -123,10 +136,16 @@ class Surrogate:
             _FN_CACHE[(self.name, tuple(self.params.items()))] = fn
         out = fn(x)
         # snnTorch's Functions return float32 via ``.float()``; keep the input's dtype.
-        return out if out.dtype == x.dtype else out.to(x.dtype)
+        out = out if out.dtype == x.dtype else out.to(x.dtype)
+        if self.gain != 1.0:
+            # the same 0/1 values (out - out.detach() is exactly 0), gamma times the gradient
+            step = out.detach()
+            out = step + self.gain * (out - step)
+        return out
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
-        return surrogate_derivative(self.name, self.scale, x)
+        d = surrogate_derivative(self.name, self.scale, x)
+        return d if self.gain == 1.0 else self.gain * d
 
 
 def surrogate_derivative(name: str, scale: float, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +174,8 @@ def _unknown(name: object) -> str:
 
 
 def get_surrogate(name: str | Surrogate = "fast_sigmoid", **params: float) -> Surrogate:
-    """Look a surrogate up by name; keyword arguments override its shape parameter.
+    """Look a surrogate up by name; keyword arguments override its shape parameter, and
+    ``gain`` (any surrogate) multiplies its derivative.
 
     Raises ``ValueError`` listing the valid names for an unknown name, and
     ``TypeError`` for a parameter the surrogate does not take.
@@ -168,8 +188,8 @@ def get_surrogate(name: str | Surrogate = "fast_sigmoid", **params: float) -> Su
         raise ValueError(_unknown(name))
     merged = dict(_DEFAULTS[name])
     for key, value in params.items():
-        if key not in merged:
-            valid = ", ".join(merged) or "none"
+        if key not in merged and key != "gain":
+            valid = ", ".join([*merged, "gain"])
             raise TypeError(f"surrogate {name!r} takes no parameter {key!r} (takes: {valid})")
         value = float(value)
         if not math.isfinite(value) or value <= 0:

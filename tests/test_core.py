@@ -178,6 +178,36 @@ def test_each_surrogate_backward_matches_its_formula(name):
 
 
 @pytest.mark.parametrize("name", SURROGATES)
+def test_surrogate_gain_scales_the_gradient_and_keeps_the_step(name):
+    plain, damped = get_surrogate(name), get_surrogate(name, gain=0.3)
+    assert damped.gain == 0.3 and plain.gain == 1.0 and damped.scale == plain.scale
+    x = torch.linspace(-2, 2, 101, dtype=torch.float64)
+    grads = []
+    for s in (plain, damped):
+        xs = x.clone().requires_grad_()
+        y = s(xs)
+        assert torch.equal(y.detach(), (x > 0).double())  # the step is exact, not 0.3 + 0.7
+        y.backward(torch.ones_like(y))
+        assert_close(name, s.derivative(x), xs.grad, 1e-12, rtol=1e-5)
+        grads.append(xs.grad)
+    assert grads[0].abs().sum() > 0
+    assert_close(name, 0.3 * grads[0], grads[1], 1e-12, rtol=1e-6)  # snnTorch computes in float32
+
+
+def test_surrogate_gain_is_checked_and_kept_in_the_gate_config():
+    with pytest.raises(ValueError, match="gain must be a positive number"):
+        get_surrogate("atan", gain=0.0)
+    with pytest.raises(ValueError, match="gain must be a positive number"):
+        get_surrogate("triangle", gain=float("nan"))
+    with pytest.raises(TypeError, match=r"takes: width, gain"):
+        get_surrogate("triangle", alpha=2.0)
+    gate = make_gate({"kind": "event", "surrogate_params": {"gain": 0.3}}, 4)
+    assert gate.surrogate.params == {"width": 0.1, "gain": 0.3}
+    again = make_gate(gate.config(), 4)
+    assert again.surrogate.gain == 0.3 and again.surrogate.scale == 0.1
+
+
+@pytest.mark.parametrize("name", SURROGATES)
 def test_surrogates_stay_finite_in_float32(name):
     x = torch.tensor([-50.0, -4.0, -1e-3, 0.0, 1e-3, 4.0, 50.0], requires_grad=True)
     get_surrogate(name)(x).sum().backward()

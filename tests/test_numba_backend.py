@@ -156,6 +156,18 @@ def test_surrogates_event_gate_and_spike(name):
         _compare(layer, x)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_surrogate_gain(cell):
+    """A damped surrogate (gain 0.3) on the event gate and the LIF spike: the kernels scale
+    the same derivative the reference does."""
+    layer = _layer(cell, "event", F=4, H=11)
+    layer.gates[0].surrogate = get_surrogate("triangle", width=0.5, gain=0.3)
+    if cell == "lif":
+        layer.spike_grad = get_surrogate("triangle", width=0.5, gain=0.3)
+    x = torch.randn(3, 15, 4, generator=torch.Generator().manual_seed(7))
+    _compare(layer, x)
+
+
 @pytest.mark.parametrize("gate", GATES)
 def test_lif_variants(gate):
     """Zero reset with learnable beta; non-recurrent LIF; two stacked layers."""

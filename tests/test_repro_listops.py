@@ -113,11 +113,13 @@ def test_event_gate_gets_its_threshold_rate_target_and_weight(tmp_path, load_too
     from su_neuro.train import load_model
 
     argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--models", "gru-event,gru-dense",
-            "--threshold", "0.03", "--rate-weight", "4", "--rate", "0.3", "--nonfinite-grads", "skip"]  # fmt: skip
+            "--threshold", "0.03", "--rate-weight", "4", "--rate", "0.3", "--nonfinite-grads", "skip",
+            "--surrogate-gain", "0.3"]  # fmt: skip
     result = load_tool("repro_listops").main(argv)
     event, dense = result["runs"]
     cfg = event["config"]
-    assert cfg["gate"] == "event" and cfg["gate_options"] == {"init_threshold": 0.03}
+    assert cfg["gate"] == "event"
+    assert cfg["gate_options"] == {"init_threshold": 0.03, "surrogate_params": {"gain": 0.3}}
     assert (cfg["rate_target"], cfg["rate_weight"], cfg["init_rate"]) == (0.3, 4.0, None)
     assert cfg["nonfinite_grads"] == "skip"
     # the dense model stays unregularised whatever the gate flags say
@@ -125,7 +127,7 @@ def test_event_gate_gets_its_threshold_rate_target_and_weight(tmp_path, load_too
     assert 0.0 < event["update_rate"] < 1.0
     model, _ = load_model(tmp_path / "listops_quick_runs" / "gru-event")
     (gate,) = [m for m in model.modules() if isinstance(m, EventGate)]
-    assert gate.init_threshold == 0.03
+    assert gate.init_threshold == 0.03 and gate.surrogate.gain == 0.3 and gate.surrogate.scale == 0.1
     # the threshold trained away from its start: the regulariser reaches it through the surrogate
     theta = gate.threshold.detach().numpy()
     assert not np.allclose(theta, 0.03)

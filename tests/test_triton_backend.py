@@ -38,13 +38,14 @@ def tri():
 
 
 def _make(cell, kind, B, H, *, recurrent=True, bias=True, reset="subtract", seed=0,
-          event_surrogate="triangle", spike="atan", threshold=0.2, dtype=torch.float32):
+          event_surrogate="triangle", spike="atan", threshold=0.2, gain=1.0, dtype=torch.float32):
     from su_neuro.gates import DenseGate, EventGate, RhythmicGate
     from su_neuro.kernels.reference import LIFParams
     from su_neuro.surrogate import get_surrogate
 
     g = torch.Generator().manual_seed(seed)
     G = 3 * H if cell == "gru" else H
+    damp = {"gain": gain} if gain != 1.0 else {}
     rnd = lambda *s, sc=1.0: (torch.randn(*s, generator=g) * sc).to(DEVICE, dtype)  # noqa: E731
     p = {
         "h0": rnd(B, H, sc=0.5),
@@ -56,7 +57,7 @@ def _make(cell, kind, B, H, *, recurrent=True, bias=True, reset="subtract", seed
     if cell == "lif":
         beta = torch.rand(H, generator=g) * 0.9 + 0.05
         beta[0] = 1.0  # clamp edge: the gradient still passes at beta = 1
-        lif = LIFParams(beta.to(DEVICE, dtype), 1.0, reset, get_surrogate(spike))
+        lif = LIFParams(beta.to(DEVICE, dtype), 1.0, reset, get_surrogate(spike, **damp))
     if kind == "rhythmic":
         # narrow compact surrogate: the support (g = 1 or sigma'(a) != 0) is a strict
         # superset of the open rows and a strict subset of all rows (asserted in check)
@@ -67,7 +68,8 @@ def _make(cell, kind, B, H, *, recurrent=True, bias=True, reset="subtract", seed
             gate.phi[:, 0] = 2 * torch.pi * (torch.arange(H) + 0.5 * jitter) / H
     elif kind == "event":
         gate = EventGate(H, init_threshold=threshold, surrogate=event_surrogate,
-                         surrogate_params={"width": 0.5} if event_surrogate in ("triangle", "rectangle") else {})
+                         surrogate_params={"width": 0.5, **damp} if event_surrogate in ("triangle", "rectangle")
+                         else damp)
     else:
         gate = DenseGate(H)
     gate = gate.to(DEVICE, dtype)
@@ -214,6 +216,12 @@ def test_lif_variants(tri, reset, recurrent):
 @pytest.mark.parametrize("surrogate", ["atan", "fast_sigmoid", "sigmoid", "straight_through", "rectangle"])
 def test_event_surrogates(tri, surrogate):
     check(tri, "rnn", "event", 2, 5, 7, event_surrogate=surrogate, threshold=0.3)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lif"])
+def test_surrogate_gain(tri, cell):
+    """A damped surrogate (gain 0.3) on the event gate and the LIF spike."""
+    check(tri, cell, "event", 2, 6, 9, gain=0.3)
 
 
 def test_feedforward_lif_split_grid(tri, monkeypatch):

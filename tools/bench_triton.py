@@ -46,7 +46,7 @@ class _Spike(torch.autograd.Function):
 
 
 class _AtanSpike:
-    name, code, scale, compact = "atan", 0, 2.0, False
+    name, code, scale, gain, compact = "atan", 0, 2.0, 1.0, False
 
     def __call__(self, x):
         return _Spike.apply(x)

@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight of the rate regulariser towards --rate (default 1)")
     p.add_argument("--threshold", type=float, default=0.1,
                    help="event gate: the initial per-neuron threshold on |candidate - state| (default 0.1)")
+    p.add_argument("--surrogate-gain", dest="surrogate_gain", type=float, default=None,
+                   help="gated models: a factor < 1 on the gate's surrogate derivative (a dampening factor; "
+                        "default 1), against gradients that explode through many steps")
     p.add_argument("--rate-floor", dest="rate_floor", type=float, default=None,
                    help="suGRU: a lower bound on each neuron's own update rate (su_neuro.rate_floor_penalty)")
     p.add_argument("--rate-floor-weight", dest="rate_floor_weight", type=float, default=100.0,
@@ -189,6 +192,8 @@ def _run_model(args, cell: str, gate: str, out: Path) -> dict:
             cfg.period = args.period or 1.0 / args.rate  # the rhythm of the final rate from the start
     elif gate == "event":
         cfg.gate_options = {"init_threshold": args.threshold}
+    if gate != "dense" and args.surrogate_gain is not None:
+        cfg.gate_options["surrogate_params"] = {"gain": args.surrogate_gain}
     run_dir = _run_dir(out, args.name, f"{cell}-{gate}")
     t0 = time.perf_counter()
     # --resume continues the run folder from its last checkpoint (same settings); the

@@ -58,8 +58,8 @@ class Weights(NamedTuple):
 class Gate(NamedTuple):
     """The gate as the kernels see it. kind: ``contract.GATE_CODES``; gvals (T, H) rhythmic
     rows; off (T + 1,) int64 and idx (nnz,) int32: the compacted compute sets (off of length
-    1: none, the kernel scans gvals); theta (H,) event thresholds; code, scale: the event
-    gate's surrogate; refresh: steps between exact recomputes of the event kernel's U h."""
+    1: none, the kernel scans gvals); theta (H,) event thresholds; code, scale, gain: the
+    event gate's surrogate; refresh: steps between exact recomputes of the event kernel's U h."""
 
     kind: int
     gvals: np.ndarray
@@ -69,6 +69,7 @@ class Gate(NamedTuple):
     code: int
     scale: float
     refresh: int
+    gain: float = 1.0
 
 
 class Saved(NamedTuple):

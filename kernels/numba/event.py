@@ -126,7 +126,7 @@ def _backward_chunk(c, is_gru, h0, W, gate, lens, nchunks, out, saved, upstream,
     dxp = grads.dxp
     B, T, G = dxp.shape
     H = h0.shape[1]
-    theta, gcode, gscale = gate.theta, gate.code, gate.scale
+    theta, gcode, gscale, ggain = gate.theta, gate.code, gate.scale, gate.gain
     lo, hi = chunk(c, nchunks, B)
     lam = np.empty(H, np.float32)
     lamp = np.empty(H, np.float32)
@@ -149,7 +149,7 @@ def _backward_chunk(c, is_gru, h0, W, gate, lens, nchunks, out, saved, upstream,
                 g = saved.g[b, t, i]
                 dgi = li * d
                 x = abs(d) - theta[i]
-                sg = np.float32(surrogate_grad(gcode, gscale, x))
+                sg = np.float32(ggain * surrogate_grad(gcode, gscale, x))
                 dd = g * li + dgi * sg * sign(d)
                 dthc[i] -= dgi * sg
                 if dd == 0:

@@ -30,7 +30,7 @@ __all__ = ["Cell", "Grads", "Saved", "backward", "forward"]
 class Cell(NamedTuple):
     """The LIF constants: recurrent (V is used), reset_zero (else subtract), thr the
     threshold, scode / sscale the spike surrogate (``contract.SURROGATE_CODES``), V, VT,
-    bias, beta."""
+    bias, beta, sgain the spike surrogate's gain."""
 
     recurrent: bool
     reset_zero: bool
@@ -41,6 +41,7 @@ class Cell(NamedTuple):
     VT: np.ndarray
     bias: np.ndarray
     beta: np.ndarray
+    sgain: float = 1.0
 
 
 class Saved(NamedTuple):
@@ -182,9 +183,9 @@ def _forward_chunk(c, cell, xp, h0, s0, gate, lens, nchunks, out, hT, saved):
 @nb.njit(cache=True, fastmath=True)
 def _backward_chunk(c, cell, h0, s0, gate, lens, nchunks, out, saved, upstream, grads):
     recurrent, reset_zero, thr = cell.recurrent, cell.reset_zero, cell.thr
-    scode, sscale, V, beta = cell.scode, cell.sscale, cell.V, cell.beta
+    scode, sscale, sgain, V, beta = cell.scode, cell.sscale, cell.sgain, cell.V, cell.beta
     gkind, off, idx = gate.kind, gate.off, gate.idx
-    theta, gcode, gscale = gate.theta, gate.code, gate.scale
+    theta, gcode, gscale, ggain = gate.theta, gate.code, gate.scale, gate.gain
     _, hseq, dsave, gsave = saved
     dout, dhT, dsT = upstream
     dxp, dh0, ds0, dVT, db, dbeta, dg, dth = grads
@@ -221,7 +222,7 @@ def _backward_chunk(c, cell, h0, s0, gate, lens, nchunks, out, saved, upstream, 
             for k in range(n_t):
                 i = idx[base + k] if gkind == RHYTHMIC else k
                 x = hseq[b, t, i] - thr32
-                sg = np.float32(surrogate_grad(scode, sscale, x))
+                sg = np.float32(sgain * surrogate_grad(scode, sscale, x))
                 if gkind == DENSE:
                     dhn = lh[i] + ls[i] * sg
                     dd = dhn
@@ -232,7 +233,7 @@ def _backward_chunk(c, cell, h0, s0, gate, lens, nchunks, out, saved, upstream, 
                     dhn = lh[i] + ls[i] * g * sg
                     dgi += dhn * d
                     if gkind == EVENT:
-                        se = np.float32(surrogate_grad(gcode, gscale, abs(d) - theta[i]))
+                        se = np.float32(ggain * surrogate_grad(gcode, gscale, abs(d) - theta[i]))
                         dd = g * dhn + dgi * se * sign(d)
                         dthc[i] -= dgi * se
                     else:

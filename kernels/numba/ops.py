@@ -191,9 +191,9 @@ def _gate(cfg: dict, variant: choose.Variant, gv: np.ndarray, theta, gate_grad: 
                 support = np.ones(gv.shape, np.bool_)
         off, idx = compact(gv, support)
     sur = cfg["gate_surrogate"]
-    code, scale = (sur.code, sur.scale) if sur is not None else (0, 0.0)
+    code, scale, gain = (sur.code, sur.scale, sur.gain) if sur is not None else (0, 0.0, 1.0)
     th = _np(theta) if cfg["kind"] == "event" else _dummy(1)
-    return Gate(GATE_CODES[cfg["kind"]], gv, off, idx, th, code, scale, REFRESH)
+    return Gate(GATE_CODES[cfg["kind"]], gv, off, idx, th, code, scale, REFRESH, gain)
 
 
 # -------------------------------------------------------------- allocate and launch
@@ -264,7 +264,7 @@ def _forward_lif(ctx, cfg, gate, save, xp_n, h0_n, s0, w_hh, b_hh, beta):
     VT = np.ascontiguousarray(V.T) if recurrent and not rowwise else V
     bias = _np(b_hh, (H,)) if recurrent else np.zeros(H, _F32)
     cell = _lif.Cell(recurrent, lif.reset == "zero", float(lif.threshold), lif.spike.code, lif.spike.scale,
-                     V, VT, bias, _np(beta))  # fmt: skip
+                     V, VT, bias, _np(beta), lif.spike.gain)  # fmt: skip
     s0_n = _np(s0, (B, H))
     out = np.zeros((B, T, H), _F32)
     hT = np.empty((B, H), _F32)

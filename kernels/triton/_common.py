@@ -139,8 +139,8 @@ LAUNCH_OPTIONS = {"enable_fp_fusion": True}
 
 class Config(NamedTuple):
     """A call's constants: cell ("rnn", "gru", "lif") and gate kind; whether it records;
-    LIF threshold and reset (``zero_reset``); the surrogates' codes and scales (``s_``: the
-    LIF spike, ``g_``: the event gate; 0 where the call has none)."""
+    LIF threshold and reset (``zero_reset``); the surrogates' codes, scales and gains (``s_``:
+    the LIF spike, ``g_``: the event gate; code and scale 0 where the call has none)."""
 
     cell: str
     gate: str
@@ -151,6 +151,8 @@ class Config(NamedTuple):
     s_scale: float
     g_code: int
     g_scale: float
+    s_gain: float = 1.0
+    g_gain: float = 1.0
 
     @property
     def cell_code(self) -> int:

@@ -51,6 +51,8 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
         s_scale=lif.spike.scale if lif is not None else 0.0,
         g_code=surr.code if surr is not None else 0,
         g_scale=surr.scale if surr is not None else 0.0,
+        s_gain=lif.spike.gain if lif is not None else 1.0,
+        g_gain=surr.gain if surr is not None else 1.0,
     )
     c = lambda x: x.contiguous() if x is not None else None  # noqa: E731
     gvals = c(gate.values) if kind == "rhythmic" else None

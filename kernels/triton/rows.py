@@ -243,7 +243,7 @@ def _bwd_kernel(
     xp_ptr, w_ptr, gate_ptr, idx_ptr, off_ptr, theta_ptr, beta_ptr, sup_ptr,
     hs_ptr, ss_ptr, gh_ptr, dout_ptr,
     ch_ptr, cs_ptr, dir_ptr, dxp_ptr, dgh_ptr, dg_ptr, dth_ptr, dbeta_ptr,
-    T, H, threshold, g_scale, s_scale,
+    T, H, threshold, g_scale, s_scale, g_gain, s_gain,
     CELL: tl.constexpr, GATE: tl.constexpr, HAS_W: tl.constexpr,
     NEED_DG: tl.constexpr, DG_MASK: tl.constexpr, ZERO_RESET: tl.constexpr,
     G_CODE: tl.constexpr, S_CODE: tl.constexpr,
@@ -306,7 +306,7 @@ def _bwd_kernel(
                 ds = tl.load(cs_ptr + b * H + rows, mask=rm, other=0.0)
                 ds += tl.load(dout_ptr + orow + rows, mask=rm, other=0.0).to(tl.float32)
                 spk = tl.where(hn - threshold > 0, 1.0, 0.0)
-                a += ds * g * surrogate_grad(hn - threshold, S_CODE, s_scale)
+                a += ds * g * (s_gain * surrogate_grad(hn - threshold, S_CODE, s_scale))
                 dgt = a * d + ds * spk
             else:
                 a += tl.load(dout_ptr + orow + rows, mask=rm, other=0.0).to(tl.float32)
@@ -323,7 +323,7 @@ def _bwd_kernel(
                         dgt = tl.where(sup != 0, dgt, 0.0)
                     tl.store(dg_ptr + orow + rows, dgt, mask=rm)
             else:
-                sg = surrogate_grad(tl.abs(d) - theta, G_CODE, g_scale)
+                sg = g_gain * surrogate_grad(tl.abs(d) - theta, G_CODE, g_scale)
                 df = g * a + dgt * sg * _sign(d)
                 dh = a - df
                 dth = tl.load(dth_ptr + b * H + rows, mask=rm, other=0.0)
@@ -437,7 +437,8 @@ def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists 
         beta_ptr=x.beta, sup_ptr=dg_mask if dg_mask is not None else d, hs_ptr=seq.hs, ss_ptr=seq.ss,
         gh_ptr=seq.gh, dout_ptr=dout, ch_ptr=g.ch, cs_ptr=g.cs, dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh,
         dg_ptr=g.dg, dth_ptr=g.dth, dbeta_ptr=g.dbeta, T=T, H=H, threshold=cfg.threshold,
-        g_scale=cfg.g_scale, s_scale=cfg.s_scale, CELL=cfg.cell_code, GATE=cfg.gate_code,
-        ZERO_RESET=cfg.zero_reset, G_CODE=cfg.g_code, S_CODE=cfg.s_code, SPLIT=split, BI=BI, BJ=BJ,
+        g_scale=cfg.g_scale, s_scale=cfg.s_scale, g_gain=cfg.g_gain, s_gain=cfg.s_gain, CELL=cfg.cell_code,
+        GATE=cfg.gate_code, ZERO_RESET=cfg.zero_reset, G_CODE=cfg.g_code, S_CODE=cfg.s_code, SPLIT=split,
+        BI=BI, BJ=BJ,
         num_warps=4, **flags, **LAUNCH_OPTIONS,
     )

@@ -422,8 +422,9 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
                 f"training step {step + 1}: the gradient is NaN or inf "
                 f"({', '.join(bad) if bad else 'its norm overflows float32'}); the parameters were not "
                 "updated, so the last checkpoint continues the run. Gradients through many steps of a "
-                "surrogate can explode: set grad_clip, lower lr, narrow the gate's surrogate "
-                "(gate_options surrogate_params), or skip such steps with nonfinite_grads = \"skip\""
+                "surrogate can explode: set grad_clip, lower lr, damp the gate's surrogate "
+                "(gate_options surrogate_params {\"gain\": 0.3}), or skip such steps with "
+                "nonfinite_grads = \"skip\""
             )
         optimizer.zero_grad(set_to_none=True)
         skipped = 1.0
