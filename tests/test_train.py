@@ -287,6 +287,40 @@ def test_grad_clip_bounds_the_update(tmp_path, monkeypatch):
     assert float(moved) == pytest.approx(1e-3, rel=1e-3)
 
 
+def test_logged_grad_norm_is_the_unclipped_norm_and_windows_take_mean_and_max(tmp_path):
+    """With plain SGD at lr 1 and no clipping one step moves the parameters by the gradient,
+    so the logged norm can be checked against the move; clipping does not change what is
+    logged; a window of two steps logs their mean and their max."""
+    import su_neuro.train.loop as loop
+
+    seen = []
+    real_step = loop._train_step
+
+    def step_and_keep(net, model, *args, **kwargs):
+        seen.append((model, [p.detach().clone() for p in model.parameters()]))
+        return real_step(net, model, *args, **kwargs)
+
+    def log(name, **kw):
+        train(tiny_config(optimizer="sgd", momentum=0.0, lr=1.0, **kw), tmp_path / name, progress=False)
+        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [x for x in lines if x["event"] == "train"]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "_train_step", step_and_keep)
+        (first,) = log("one", max_steps=1)
+    ((model, before),) = seen
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
+    assert first["grad_norm"] == pytest.approx(float(moved), rel=1e-4) and first["grad_norm"] > 0
+    assert first["grad_norm_max"] == first["grad_norm"]
+    (clipped,) = log("clip", max_steps=1, grad_clip=1e-4)
+    assert clipped["grad_norm"] == pytest.approx(first["grad_norm"], rel=1e-6)
+    singles, pair = log("single", max_steps=2), log("pair", max_steps=2, log_every=2)
+    norms = [x["grad_norm"] for x in singles]
+    assert norms[0] != norms[1]
+    assert pair[0]["grad_norm"] == pytest.approx(sum(norms) / 2, rel=1e-6)
+    assert pair[0]["grad_norm_max"] == pytest.approx(max(norms), rel=1e-6)
+
+
 def test_classify_and_regress_tasks(tmp_path):
     reg = train(config_from_dict(dict(
         task="adding", task_options={"length": 10, "n_train": 32, "n_test": 8}, hidden_size=8,

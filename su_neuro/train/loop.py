@@ -211,7 +211,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     sampler_seed = cfg.seed
     history: list[dict] = []
     last_train: dict = {}
-    window = {"loss": 0.0, "count": 0.0, "correct": 0.0, "gates": 0.0, "gate_n": 0.0, "skipped": 0.0}
+    window = {"loss": 0.0, "count": 0.0, "correct": 0.0, "gates": 0.0, "gate_n": 0.0, "skipped": 0.0,
+              "steps": 0.0, "grad_norm": 0.0, "grad_norm_max": 0.0}
 
     if checkpoint is not None:
         sig = model_signature(model)
@@ -290,8 +291,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                 position += 1
                 if position == steps_per_epoch:
                     epoch, position = epoch + 1, 0
-                for key in window:
-                    window[key] += stats[key]
+                _accumulate(window, stats)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(_postfix(stats, task.kind), refresh=False)
@@ -444,7 +444,16 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
         "gates": float(totals[3]),
         "gate_n": float(totals[4]),
         "skipped": skipped,
+        "steps": 1.0,
+        "grad_norm": float(norm) if norm is not None else 0.0,
+        "grad_norm_max": float(norm) if norm is not None else 0.0,
     }
+
+
+def _accumulate(window: dict, stats: dict) -> None:
+    """Adds a step's stats into the log window (``grad_norm_max``: the largest)."""
+    for key in window:
+        window[key] = max(window[key], stats[key]) if key == "grad_norm_max" else window[key] + stats[key]
 
 
 def _grad_norm(params: list) -> torch.Tensor | None:
@@ -464,6 +473,10 @@ def _summarise(window: dict, kind: str) -> dict:
     res["acc"] = None if kind == "regress" else window["correct"] / max(window["count"], 1.0)
     if window.get("skipped"):
         res["skipped"] = int(window["skipped"])  # steps of the window skipped for a NaN / inf gradient
+    finite = window.get("steps", 0.0) - window.get("skipped", 0.0)
+    if finite > 0:  # the gradient's norm before clipping: mean and largest over the window's finite steps
+        res["grad_norm"] = window["grad_norm"] / finite
+        res["grad_norm_max"] = window["grad_norm_max"]
     return res
 
 
