@@ -321,6 +321,30 @@ def test_logged_grad_norm_is_the_unclipped_norm_and_windows_take_mean_and_max(tm
     assert pair[0]["grad_norm_max"] == pytest.approx(max(norms), rel=1e-6)
 
 
+def test_grad_norms_tool_measures_the_next_batches_objective_for_each_gain(tmp_path, load_tool):
+    """tools/grad_norms.py at a step-2 checkpoint, gain 1: the norm of the third batch is the one
+    the run logs at step 3 (same parameters, same batch, same objective); a damped gain changes it."""
+    common = dict(gate="event", init_rate=None, rate_target=0.3, rate_weight=2.0, schedule="constant",
+                  max_steps=2, log_every=1)
+    train(tiny_config(**common), tmp_path / "two", progress=False)
+    train(tiny_config(**{**common, "max_steps": 3}), tmp_path / "three", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "three" / "metrics.jsonl").read_text().splitlines()]
+    logged = [x["grad_norm"] for x in lines if x["event"] == "train"]
+    tool = load_tool("grad_norms")
+    res = tool.main([str(tmp_path / "two"), "--gains", "1,0.25", "--batches", "2", "--json", str(tmp_path / "n.json")])
+    assert res["step"] == 2 and [r["gain"] for r in res["rows"]] == [1.0, 0.25]
+    plain, damped = (r["norms"] for r in res["rows"])
+    assert plain[0] == pytest.approx(logged[2], rel=1e-5)
+    assert plain[0] != pytest.approx(plain[1], rel=1e-3)  # two different batches
+    assert all(a != pytest.approx(b, rel=1e-4) for a, b in zip(plain, damped, strict=True))
+    assert json.loads((tmp_path / "n.json").read_text())["rows"][1]["norms"] == damped
+    with pytest.raises(SystemExit, match="positive"):
+        tool.main([str(tmp_path / "two"), "--gains", "1,0"])
+    train(tiny_config(gate="dense", init_rate=None, max_steps=1), tmp_path / "dense", progress=False)
+    with pytest.raises(SystemExit, match="no surrogate"):
+        tool.main([str(tmp_path / "dense"), "--gains", "0.3"])
+
+
 def test_classify_and_regress_tasks(tmp_path):
     reg = train(config_from_dict(dict(
         task="adding", task_options={"length": 10, "n_train": 32, "n_test": 8}, hidden_size=8,

@@ -55,7 +55,7 @@ from .data import _batch_stats as _batch_stats  # tests/test_token_training.py i
 from .data import bucket_order, epoch_order, evaluate, export_trace
 from .dist import DistInfo, distributed_env
 from .folder import RunFolderError
-from .loop import rate_target_at, train
+from .loop import rate_target_at, step_loss, train
 
 __all__ = [
     "RUN_FILES",
@@ -83,5 +83,6 @@ __all__ = [
     "params_digest",
     "rate_target_at",
     "save_checkpoint",
+    "step_loss",
     "train",
 ]

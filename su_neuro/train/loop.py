@@ -69,7 +69,7 @@ from .data import (
     evaluate,
     export_trace,
 )
-from .dist import _pick_device, distributed_env
+from .dist import DistInfo, _pick_device, distributed_env
 from .folder import RunFolderError, _check_resume_config, _failed_start, _Log, _prepare_folder, _stored_config
 
 
@@ -372,7 +372,12 @@ def rate_target_at(cfg: TrainConfig, step: int) -> float | None:
     return cfg.rate_target_start + frac * (cfg.rate_target - cfg.rate_target_start)
 
 
-def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths=None, target=None, step=0) -> dict:
+def step_loss(net, cfg: TrainConfig, kind: str, x, y, lengths=None, target=None, dist=None):
+    """The training objective of one batch as the loop forms it: the task loss plus the
+    rate regulariser towards ``target`` (default ``cfg.rate_target``) and the rate floor.
+    Returns ``(loss, totals)``, totals a float64 tensor (loss sum, count, correct, gate sum,
+    gate count) over all processes. ``tools/grad_norms.py`` uses it on a saved model."""
+    dist = DistInfo() if dist is None else dist
     target = cfg.rate_target if target is None else target
     out, records = net(x, record=True, lengths=lengths)
     loss_sum, count, correct = _batch_stats(out, y, kind)
@@ -408,6 +413,11 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
             )
     if cfg.rate_floor_weight > 0:
         loss = loss + cfg.rate_floor_weight * _floor_penalty(gates, valid, cfg.rate_floor, dist)
+    return loss, totals
+
+
+def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths=None, target=None, step=0) -> dict:
+    loss, totals = step_loss(net, cfg, kind, x, y, lengths, target, dist)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if not math.isfinite(float(totals[0])):
