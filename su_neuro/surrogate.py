@@ -189,7 +189,7 @@ def get_surrogate(name: str | Surrogate = "fast_sigmoid", **params: float) -> Su
     merged = dict(_DEFAULTS[name])
     for key, value in params.items():
         if key not in merged and key != "gain":
-            valid = ", ".join([*merged, "gain"])
+            valid = ", ".join([*_DEFAULTS[name], "gain"])
             raise TypeError(f"surrogate {name!r} takes no parameter {key!r} (takes: {valid})")
         value = float(value)
         if not math.isfinite(value) or value <= 0:

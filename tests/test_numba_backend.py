@@ -158,12 +158,12 @@ def test_surrogates_event_gate_and_spike(name):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_surrogate_gain(cell):
-    """A damped surrogate (gain 0.3) on the event gate and the LIF spike: the kernels scale
-    the same derivative the reference does."""
+    """A damped surrogate on the event gate (gain 0.3) and the LIF spike (gain 0.6, so that
+    swapped gains fail too): the kernels scale the same derivative the reference does."""
     layer = _layer(cell, "event", F=4, H=11)
     layer.gates[0].surrogate = get_surrogate("triangle", width=0.5, gain=0.3)
     if cell == "lif":
-        layer.spike_grad = get_surrogate("triangle", width=0.5, gain=0.3)
+        layer.spike_grad = get_surrogate("triangle", width=0.5, gain=0.6)
     x = torch.randn(3, 15, 4, generator=torch.Generator().manual_seed(7))
     _compare(layer, x)
 

@@ -345,6 +345,46 @@ def test_grad_norms_tool_measures_the_next_batches_objective_for_each_gain(tmp_p
         tool.main([str(tmp_path / "dense"), "--gains", "0.3"])
 
 
+def test_grad_norms_tool_takes_the_batches_the_run_takes_next(tmp_path, load_tool, monkeypatch):
+    """Across an epoch boundary and with length buckets: the tool's batches after a step-3
+    checkpoint are the batches the same run trains on at steps 4-9 (5 batches per epoch)."""
+    import su_neuro.train.loop as loop
+    from su_neuro.train import load_task
+
+    opts = {"delay": 6, "n_memorize": 3, "n_train": 40, "n_test": 16}
+    train(tiny_config(task_options=opts, bucket_pool=2, max_steps=3, checkpoint_every=3), tmp_path / "a",
+          progress=False)
+    seen, real = [], loop._collate
+
+    def keep(items, *args, **kwargs):
+        seen.append(torch.stack([it[0] for it in items]))
+        return real(items, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_collate", keep)
+    train(tiny_config(task_options=opts, bucket_pool=2, max_steps=9), tmp_path / "b", progress=False)
+    cfg = tiny_config(task_options=opts, bucket_pool=2)
+    task = load_task(cfg)
+    sets = load_tool("grad_norms").next_batches(cfg, task, load_checkpoint(tmp_path / "a" / "checkpoint.pt")["data"], 6)
+    assert len(seen) == 9 and len(sets) == 6
+    for got, idx in zip(seen[3:], sets, strict=True):
+        assert torch.equal(got, torch.stack([task.train[int(i)][0] for i in idx]))
+
+
+def test_log_window_resumed_from_an_older_checkpoint_averages_only_its_own_norms():
+    """A window saved before grad_norm was logged (a skipped step, no norm keys) goes on with
+    the new keys at 0: it logs the mean of the norms it saw, not a sum over a wrong count."""
+    import su_neuro.train.loop as loop
+
+    old = {"loss": 2.0, "count": 8.0, "correct": 2.0, "gates": 4.0, "gate_n": 8.0, "skipped": 1.0}
+    window = {**dict.fromkeys(("norm_steps", "grad_norm", "grad_norm_max"), 0.0), **old}
+    for norm in (2.0, 4.0):
+        step = {"loss": 1.0, "count": 8.0, "correct": 1.0, "gates": 2.0, "gate_n": 8.0, "skipped": 0.0,
+                "norm_steps": 1.0, "grad_norm": norm, "grad_norm_max": norm}
+        loop._accumulate(window, step)
+    res = loop._summarise(window, "classify")
+    assert (res["grad_norm"], res["grad_norm_max"], res["skipped"]) == (3.0, 4.0, 1)
+
+
 def test_classify_and_regress_tasks(tmp_path):
     reg = train(config_from_dict(dict(
         task="adding", task_options={"length": 10, "n_train": 32, "n_test": 8}, hidden_size=8,

@@ -38,7 +38,8 @@ def tri():
 
 
 def _make(cell, kind, B, H, *, recurrent=True, bias=True, reset="subtract", seed=0,
-          event_surrogate="triangle", spike="atan", threshold=0.2, gain=1.0, dtype=torch.float32):
+          event_surrogate="triangle", spike="atan", threshold=0.2, gain=1.0, spike_gain=1.0,
+          dtype=torch.float32):
     from su_neuro.gates import DenseGate, EventGate, RhythmicGate
     from su_neuro.kernels.reference import LIFParams
     from su_neuro.surrogate import get_surrogate
@@ -57,7 +58,8 @@ def _make(cell, kind, B, H, *, recurrent=True, bias=True, reset="subtract", seed
     if cell == "lif":
         beta = torch.rand(H, generator=g) * 0.9 + 0.05
         beta[0] = 1.0  # clamp edge: the gradient still passes at beta = 1
-        lif = LIFParams(beta.to(DEVICE, dtype), 1.0, reset, get_surrogate(spike, **damp))
+        lif = LIFParams(beta.to(DEVICE, dtype), 1.0, reset,
+                        get_surrogate(spike, **({"gain": spike_gain} if spike_gain != 1.0 else {})))
     if kind == "rhythmic":
         # narrow compact surrogate: the support (g = 1 or sigma'(a) != 0) is a strict
         # superset of the open rows and a strict subset of all rows (asserted in check)
@@ -220,8 +222,9 @@ def test_event_surrogates(tri, surrogate):
 
 @pytest.mark.parametrize("cell", ["gru", "lif"])
 def test_surrogate_gain(tri, cell):
-    """A damped surrogate (gain 0.3) on the event gate and the LIF spike."""
-    check(tri, cell, "event", 2, 6, 9, gain=0.3)
+    """A damped surrogate on the event gate (gain 0.3) and the LIF spike (gain 0.6: swapped
+    gains fail too)."""
+    check(tri, cell, "event", 2, 6, 9, gain=0.3, spike_gain=0.6)
 
 
 def test_feedforward_lif_split_grid(tri, monkeypatch):

@@ -6,12 +6,17 @@
 Loads a run's checkpoint (a run folder or ``checkpoint.pt``): the model, its config and its
 place in the data. Takes the next ``--batches`` training batches the run would have seen
 (its own sample order, length buckets included) and, for each gain, sets that gain on every
-gate's surrogate and every LIF spike's, forms the run's objective at its step (the task loss
-and the rate terms towards the step's target: ``su_neuro.train.step_loss``), and measures the
-norm of its gradient before clipping. Printed per gain: the median, the 90th percentile and the
-largest norm, and how many batches gave a NaN or inf gradient. Every gain sees the same
-batches and the same parameters, so the rows differ only by the gain. Nothing is written to
-the run folder.
+gate's surrogate and every LIF spike's, forms the run's objective at each batch's step (the
+task loss and the rate terms towards that step's target: ``su_neuro.train.step_loss``), and
+measures the norm of its gradient before clipping. Printed per gain: the median, the 90th
+percentile and the largest norm, and how many batches gave a NaN or inf gradient (or a norm
+beyond float32, which the training loop treats alike). Every gain sees the same batches and
+the same parameters, so the rows differ only by the gain. It runs on the run's device, with
+its flush-to-zero setting. Nothing is written to the run folder.
+
+A run of several processes is measured as one process over the global batch: the same
+batches, but its rate terms average the gates over the whole batch, where each process
+averaged its own share (equal unless the lengths vary).
 
 Use it to decide whether a run needs a damped surrogate (docs/core.md, "Surrogate gain"):
 a gain of 1 whose largest norms are orders of magnitude above its median is a gradient that
@@ -90,9 +95,20 @@ def next_batches(cfg, task, data: dict, n: int) -> list[np.ndarray]:
     return out
 
 
+def norm_of(model: torch.nn.Module) -> float:
+    """The gradients' 2-norm, summed in float64; inf where it exceeds float32 (as the loop)."""
+    grads = [p.grad.double() for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    return math.inf if math.isfinite(total) and total > torch.finfo(torch.float32).max else total
+
+
 def measure(run: str, gains: list[float], batches: int) -> dict:
-    from su_neuro.train import load_checkpoint, load_model, load_task, rate_target_at, step_loss
+    from su_neuro.denormal import flush_denormal
+    from su_neuro.train import DistInfo, load_checkpoint, load_model, load_task, rate_target_at, step_loss
     from su_neuro.train.data import _collate
+    from su_neuro.train.dist import _pick_device
 
     path = Path(run)
     ckpt_path = path / "checkpoint.pt" if path.is_dir() else path
@@ -100,7 +116,8 @@ def measure(run: str, gains: list[float], batches: int) -> dict:
     model, cfg = load_model(ckpt_path)
     task = load_task(cfg)
     data = ckpt["data"]
-    target = rate_target_at(cfg, data["step"])
+    device = _pick_device(cfg, DistInfo())
+    model.to(device)
     pad_id = getattr(task, "pad_id", 0)
     sets = next_batches(cfg, task, data, batches)
     if set_gain(model, 1.0) == 0 and gains != [1.0]:
@@ -111,20 +128,20 @@ def measure(run: str, gains: list[float], batches: int) -> dict:
     for gain in gains:
         set_gain(model, gain)
         norms = []
-        for idx in sets:
+        for k, idx in enumerate(sets):
             x, y, lengths = _collate([task.train[int(i)] for i in idx], pad_id)
+            x, y = x.to(device), y.to(device)
             model.zero_grad(set_to_none=True)
-            loss, _ = step_loss(model, cfg, task.kind, x, y, lengths, target)
-            loss.backward()
-            grads = [p.grad.double() for p in model.parameters() if p.grad is not None]
-            total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-            norms.append(float(total))
+            with flush_denormal(cfg.flush_denormal):
+                loss, _ = step_loss(model, cfg, task.kind, x, y, lengths, rate_target_at(cfg, data["step"] + k))
+                loss.backward()
+            norms.append(norm_of(model))
         finite = np.array([v for v in norms if math.isfinite(v)])
         q = np.quantile(finite, [0.5, 0.9]) if finite.size else [math.nan, math.nan]
         rows.append({"gain": gain, "median": float(q[0]), "p90": float(q[1]),
                      "max": float(finite.max()) if finite.size else math.nan,
                      "nonfinite": len(norms) - int(finite.size), "norms": norms})
-    return {"checkpoint": str(ckpt_path), "step": data["step"], "rate_target": target, "batches": batches,
+    return {"checkpoint": str(ckpt_path), "step": data["step"], "device": str(device), "batches": batches,
             "rows": rows}
 
 
@@ -145,8 +162,10 @@ def main(argv=None) -> dict:
     print("|---|---|---|---|---|")
     for r in res["rows"]:
         print(f"| {r['gain']:g} | {r['median']:.3g} | {r['p90']:.3g} | {r['max']:.3g} | {r['nonfinite']} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    if args.json:  # strict JSON: NaN and inf as strings
+        clean = lambda v: v if not isinstance(v, float) or math.isfinite(v) else str(v)  # noqa: E731
+        rows = [{k: ([clean(n) for n in v] if k == "norms" else clean(v)) for k, v in r.items()} for r in res["rows"]]
+        Path(args.json).write_text(json.dumps({**res, "rows": rows}, indent=2, allow_nan=False))
     return res
 
 
@@ -156,6 +175,6 @@ if __name__ == "__main__":
     except Exception as err:  # noqa: BLE001 (one clear line for a bad checkpoint or folder)
         from su_neuro.train import CheckpointError
 
-        if isinstance(err, CheckpointError | FileNotFoundError):
+        if isinstance(err, CheckpointError | FileNotFoundError | RuntimeError):
             sys.exit(f"grad_norms: {err}")
         raise

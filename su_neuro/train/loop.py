@@ -212,7 +212,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     history: list[dict] = []
     last_train: dict = {}
     window = {"loss": 0.0, "count": 0.0, "correct": 0.0, "gates": 0.0, "gate_n": 0.0, "skipped": 0.0,
-              "steps": 0.0, "grad_norm": 0.0, "grad_norm_max": 0.0}
+              "norm_steps": 0.0, "grad_norm": 0.0, "grad_norm_max": 0.0}
 
     if checkpoint is not None:
         sig = model_signature(model)
@@ -432,9 +432,9 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
                 f"training step {step + 1}: the gradient is NaN or inf "
                 f"({', '.join(bad) if bad else 'its norm overflows float32'}); the parameters were not "
                 "updated, so the last checkpoint continues the run. Gradients through many steps of a "
-                "surrogate can explode: set grad_clip, lower lr, damp the gate's surrogate "
-                "(gate_options surrogate_params {\"gain\": 0.3}), or skip such steps with "
-                "nonfinite_grads = \"skip\""
+                "surrogate can explode: skip such steps with nonfinite_grads = \"skip\" (also on "
+                "--resume), or start a new run with a damped surrogate (gate_options surrogate_params "
+                "{\"gain\": 0.3}) or a lower lr"
             )
         optimizer.zero_grad(set_to_none=True)
         skipped = 1.0
@@ -454,7 +454,7 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
         "gates": float(totals[3]),
         "gate_n": float(totals[4]),
         "skipped": skipped,
-        "steps": 1.0,
+        "norm_steps": 0.0 if norm is None else 1.0,
         "grad_norm": float(norm) if norm is not None else 0.0,
         "grad_norm_max": float(norm) if norm is not None else 0.0,
     }
@@ -483,7 +483,7 @@ def _summarise(window: dict, kind: str) -> dict:
     res["acc"] = None if kind == "regress" else window["correct"] / max(window["count"], 1.0)
     if window.get("skipped"):
         res["skipped"] = int(window["skipped"])  # steps of the window skipped for a NaN / inf gradient
-    finite = window.get("steps", 0.0) - window.get("skipped", 0.0)
+    finite = window.get("norm_steps", 0.0)
     if finite > 0:  # the gradient's norm before clipping: mean and largest over the window's finite steps
         res["grad_norm"] = window["grad_norm"] / finite
         res["grad_norm_max"] = window["grad_norm_max"]
