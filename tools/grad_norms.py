@@ -95,20 +95,12 @@ def next_batches(cfg, task, data: dict, n: int) -> list[np.ndarray]:
     return out
 
 
-def norm_of(model: torch.nn.Module) -> float:
-    """The gradients' 2-norm, summed in float64; inf where it exceeds float32 (as the loop)."""
-    grads = [p.grad.double() for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return 0.0
-    total = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-    return math.inf if math.isfinite(total) and total > torch.finfo(torch.float32).max else total
-
-
 def measure(run: str, gains: list[float], batches: int) -> dict:
     from su_neuro.denormal import flush_denormal
     from su_neuro.train import DistInfo, load_checkpoint, load_model, load_task, rate_target_at, step_loss
     from su_neuro.train.data import _collate
     from su_neuro.train.dist import _pick_device
+    from su_neuro.train.loop import _grad_norm  # the loop's own norm: float64 sum, None if NaN / inf
 
     path = Path(run)
     ckpt_path = path / "checkpoint.pt" if path.is_dir() else path
@@ -135,7 +127,8 @@ def measure(run: str, gains: list[float], batches: int) -> dict:
             with flush_denormal(cfg.flush_denormal):
                 loss, _ = step_loss(model, cfg, task.kind, x, y, lengths, rate_target_at(cfg, data["step"] + k))
                 loss.backward()
-            norms.append(norm_of(model))
+            norm = _grad_norm([p for p in model.parameters() if p.grad is not None])
+            norms.append(math.nan if norm is None else float(norm))
         finite = np.array([v for v in norms if math.isfinite(v)])
         q = np.quantile(finite, [0.5, 0.9]) if finite.size else [math.nan, math.nan]
         rows.append({"gain": gain, "median": float(q[0]), "p90": float(q[1]),
