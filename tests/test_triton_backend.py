@@ -385,27 +385,35 @@ def grid_on(tri, monkeypatch):
     return grid, calls
 
 
-def _tiles(bb, bh, bk, fma):
+def _tiles(bb, bh, bk, fma, split=False):
     from su_neuro.kernels.triton.grid_tiles import Tiles
 
-    return Tiles(bb, bh, bk, 4, 2, fma)
+    return Tiles(bb, bh, bk, 4, 2, fma, split)
 
 
 # (B, H, T, overrides): one program (the default for B = 1: FMA, one row); round robin of 3
 # chunks over 2 programs with 3 column tiles, on tl.dot and on the FMA units (chunks of 8
 # rows, a batch block of 4 rows for 3); batch blocks of 16 rows (tl.dot) and of 8 rows (FMA),
-# the last one partial
+# the last one partial. Split steps (tiles' ``split``): 3 chunks x 3 column tiles = 9 units
+# cut 4 + 5 over 2 programs, so a chunk's partials come from both; 5 chunks x 3 tiles over 3
+# programs on the FMA units; 5 programs for at most 3 units (programs without a unit, a
+# rhythmic step with none); two batch blocks, the second partial
 GRID_CASES = [
     (1, 5, 1, {}),
     (3, 40, 7, {"TILES": _tiles(16, 16, 16, False), "MAX_NH": 2}),
     (3, 40, 7, {"TILES": _tiles(4, 8, 16, True), "MAX_NH": 2}),
     (17, 33, 4, {"TILES": _tiles(16, 16, 64, False)}),
     (17, 33, 4, {"TILES": _tiles(8, 16, 32, True)}),
+    (3, 40, 7, {"TILES": _tiles(16, 16, 16, False, split=True), "MAX_NH": 2}),
+    (3, 40, 7, {"TILES": _tiles(4, 8, 16, True, split=True), "MAX_NH": 3}),
+    (2, 40, 5, {"TILES": _tiles(2, 16, 16, True, split=True), "MAX_NH": 5}),
+    (17, 33, 4, {"TILES": _tiles(16, 16, 16, False, split=True), "MAX_NH": 2}),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(GRID_CASES)),
-                         ids=["one", "round_robin", "round_robin_fma", "blocks", "blocks_fma"])
+                         ids=["one", "round_robin", "round_robin_fma", "blocks", "blocks_fma", "split",
+                              "split_fma", "split_idle", "split_blocks"])
 @pytest.mark.parametrize("kind", ["dense", "rhythmic"])
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_grid_kernels_match_reference(tri, grid_on, monkeypatch, cell, kind, case):
@@ -415,10 +423,43 @@ def test_grid_kernels_match_reference(tri, grid_on, monkeypatch, cell, kind, cas
     B, H, T, over = GRID_CASES[case]
     for k, v in over.items():
         monkeypatch.setattr(grid_tiles, k, v)
+    phases = _spy_phases(grid, monkeypatch)
     runs = [{}] if kind == "dense" else [{}, {"gate_grad": False}, {"support": False}]
     for kw in runs:
         check(tri, cell, kind, B, H, T, **kw)
     assert calls == {"fwd": len(runs), "bwd": len(runs)}, calls
+    split = grid_tiles.TILES is not None and grid_tiles.TILES.split
+    assert phases["fwd"] == [split] * len(runs), "a split forward runs its steps in two phases"
+
+
+def _spy_phases(grid, monkeypatch):
+    # per launch of each kernel: whether its steps ran in two phases
+    seen = {"fwd": [], "bwd": []}
+    real = grid._launch
+
+    def spy(kernel, name, *a):
+        seen[name].append(a[-2])
+        return real(kernel, name, *a)
+
+    monkeypatch.setattr(grid, "_launch", spy)
+    return seen
+
+
+def test_grid_kernels_split_falls_back_to_whole_chunks(tri, grid_on, monkeypatch):
+    # a split forward whose scratch of partials would pass SPLIT_MAX_BYTES runs whole chunks
+    from su_neuro.kernels.triton import grid_tiles
+
+    grid, calls = grid_on
+    monkeypatch.setattr(grid_tiles, "TILES", _tiles(4, 8, 16, True, split=True))
+    monkeypatch.setattr(grid_tiles, "MAX_NH", 2)
+    B, H = 3, 40
+    assert grid.split_bytes(B, H, "gru", 16) == 3 * B * 3 * H * 4  # (cdiv(40, 16), B, 3H) fp32
+    monkeypatch.setattr(grid_tiles, "SPLIT_MAX_BYTES", grid.split_bytes(B, H, "gru", 16) - 1)
+    phases = _spy_phases(grid, monkeypatch)
+    check(tri, "gru", "rhythmic", B, H, 5)
+    monkeypatch.setattr(grid_tiles, "SPLIT_MAX_BYTES", grid.split_bytes(B, H, "gru", 16))
+    check(tri, "gru", "rhythmic", B, H, 5)
+    assert phases["fwd"] == [False, True] and calls["fwd"] == 2
 
 
 def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
@@ -442,20 +483,29 @@ def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
     B, H, T = 20, 40, 6
     check(tri, "gru", "rhythmic", B, H, T)
     check(tri, "rnn", "dense", B, H, T)
-    assert calls == {"fwd": 2, "bwd": 2}
-    assert len(counters) == 4
-    for z in counters:
+    # split steps: two arrivals per step in the forward (the backward ignores split)
+    monkeypatch.setattr(grid_tiles, "TILES", _tiles(16, 16, 16, False, split=True))
+    check(tri, "gru", "rhythmic", B, H, T)
+    assert calls == {"fwd": 3, "bwd": 3}
+    assert len(counters) == 6
+    for z in counters[:4] + counters[5:]:
         assert z.tolist() == [T, T], "one arrival per step and batch block"
+    assert counters[4].tolist() == [2 * T, 2 * T], "the split forward: two per step"
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["chunks", "split"])
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
-def test_grid_kernels_long_run_match_the_per_row_kernels(tri, monkeypatch, cell):
+def test_grid_kernels_long_run_match_the_per_row_kernels(tri, monkeypatch, cell, split):
     # many steps with several programs per batch block: on a GPU the place where a wrong
-    # barrier shows (T = 2000, 16 programs); under the interpreter a shorter run of the
-    # same comparison (forward, final state and every gradient)
+    # barrier shows (T = 2000, 16 programs; split steps: two barriers per step); under the
+    # interpreter a shorter run of the same comparison (forward, final state and every gradient)
     from su_neuro.kernels.triton import grid, grid_tiles
 
     B, H, T = (5, 256, 2000) if DEVICE == "cuda" else (3, 48, 40)
+    if split:  # several column tiles per chunk (4 on a GPU, 3 here), so partials are summed
+        bk = H // 4 if DEVICE == "cuda" else 16
+        monkeypatch.setattr(grid_tiles, "TILES", _tiles(8, 8, bk, True, split=True))
+    phases = _spy_phases(grid, monkeypatch)
     p, _, gate, G = _make(cell, "rhythmic", B, H, seed=3)
     g = torch.Generator().manual_seed(4)
     xp = (torch.randn(B, T, G, generator=g) * 0.5).to(DEVICE)
@@ -469,6 +519,7 @@ def test_grid_kernels_long_run_match_the_per_row_kernels(tri, monkeypatch, cell)
         runs.append(_run(tri.recurrence, cell, T, p, None, gate, xp, weights))
     (o_row, h_row, _, _, d_row), (o_grid, h_grid, _, _, d_grid) = runs
     assert grid_tiles.shape(B, H, torch.device(DEVICE))[1] >= 3
+    assert phases["fwd"] == [split]
     assert_close("out", o_row, o_grid, 1e-4)
     assert_close("h_T", h_row, h_grid, 1e-4)
     for name in d_row:
@@ -532,6 +583,10 @@ def test_grid_kernels_eligibility(tri, monkeypatch):
     monkeypatch.setattr(grid_tiles, "sm_count", lambda device: 132)
     gpu = torch.device("cuda")
     assert grid_tiles.shape(64, 1024, gpu) == (16, 33, 4)  # four blocks of 16 rows, 33 programs each
+    monkeypatch.setattr(grid_tiles, "TILES", _tiles(16, 16, 64, False)._replace(per_sm=2))
+    assert grid_tiles.shape(64, 1024, gpu) == (16, 64, 4)  # two per SM allow one per chunk: 64, not 33
+    assert grid.eligible("gru", "rhythmic", torch.zeros(3 * 1024, 1024), 64, gpu)
+    monkeypatch.setattr(grid_tiles, "TILES", None)
     assert grid_tiles.shape(1, 1024, gpu) == (1, 128, 1)
     assert grid_tiles.shape(1, 8192, gpu) == (1, 132, 1)  # more chunks than SMs: round robin
     assert grid_tiles.shape(64, 256, gpu) == (16, 16, 4)
@@ -609,6 +664,9 @@ def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
         else:
             assert r["mma"] == 0 and r["ffma"] > 0, r
     assert all(r["sync"] == "-" for r in rows if "grid" not in r["kernel"])
+    # a split forward arrives at two barriers per step, every other grid kernel at one
+    assert [r["case"] for r in grid_rows if r["meta"].get("SPLIT")] == ["grid gru rhythmic B=1 H=1024 split"]
+    assert all(r["atom"] == (2 if r["meta"].get("SPLIT") else 1) for r in grid_rows), grid_rows
     lif = next(r for r in rows if r["kernel"] == "_lif_ff_fwd_kernel")
     assert lif["local"] == 0 and lif["warps"] == 1, lif
     assert "sm_90" in res.stdout
@@ -707,6 +765,11 @@ def test_bench_gpu_needs_cuda_and_reads_its_labels(load_tool):
 
     assert bench._parse("bb16 bh16 bk32 w4 s3 dot-tf32x3") == (Tiles(16, 16, 32, 4, 3, False), "tf32x3")
     assert bench._parse("bb1 bh8 bk2048 w8 s3 fma") == (Tiles(1, 8, 2048, 8, 3, True), None)
+    for tiles, prec in [t for sweep in bench._sweeps() for t in sweep]:  # every swept label reads back
+        assert bench._parse(bench._label(tiles, prec)) == (tiles, None if tiles.fma else prec)
+    assert bench._parse("bb1 bh8 bk512 w8 s3 fma split") == (Tiles(1, 8, 512, 8, 3, True, True), None)
+    assert bench._parse("bb16 bh16 bk64 w4 s2 dot-ieee split x2") == (Tiles(16, 16, 64, 4, 2, False, True, 2),
+                                                                     "ieee")
     rows = [{"config": "per-row", "fwd_ms": 1.0, "max_diff": 0.0},
             {"config": "a", "fwd_ms": 5.0, "max_diff": 0.0},
             {"config": "b", "fwd_ms": 2.0, "max_diff": 7e-4},  # TF32: not fp32-accurate

@@ -77,20 +77,23 @@ def _step(call, backward: bool) -> None:
         (out.sum() + hT.sum()).backward()
 
 
-def _with_grid(fused, *args, tf32=False):
+def _with_grid(fused, *args, tf32=False, split=None):
     """The Triton backend with the multi-program kernels on (kernels/triton/grid.py); with
     ``tf32`` their fp32 dot products use TF32 tensor cores (torch's matmul switch), the
-    regime cuDNN's GRU runs in by default (``torch.backends.cudnn.allow_tf32``)."""
-    from su_neuro.kernels.triton import grid
+    regime cuDNN's GRU runs in by default (``torch.backends.cudnn.allow_tf32``); ``split``
+    (True / False) sets the forward's split steps instead of the tiles' choice."""
+    from su_neuro.kernels.triton import grid, grid_tiles
 
     matmul = torch.backends.cuda.matmul
     before, grid.ENABLED = grid.ENABLED, True
+    split_before, grid_tiles.SPLIT = grid_tiles.SPLIT, split
     tf32_before = matmul.allow_tf32
     matmul.allow_tf32 = tf32
     try:
         return fused(*args)
     finally:
         grid.ENABLED = before
+        grid_tiles.SPLIT = split_before
         matmul.allow_tf32 = tf32_before
 
 

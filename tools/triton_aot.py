@@ -166,11 +166,12 @@ def cases(quick: bool) -> list[dict]:
     gate, recurrent and feed-forward LIF. Every case runs forward and backward."""
     out = []
     add = lambda **kw: out.append(dict({"dtype": "float32", "grid": False, "tf32": False,  # noqa: E731
-                                        "train_gate": False, "B": 64}, **kw))
+                                        "train_gate": False, "B": 64, "split": False}, **kw))
     if quick:
         add(cell="gru", gate="rhythmic", H=256, grid=True)  # BB = 16, exact fp32 dot
         add(cell="gru", gate="rhythmic", H=1024, grid=True, tf32=True)  # BB = 16, TF32
         add(cell="gru", gate="rhythmic", H=1024, B=1, grid=True)  # BB = 1, FMA products
+        add(cell="gru", gate="rhythmic", H=1024, B=1, grid=True, split=True)  # split steps
         add(cell="gru", gate="rhythmic", H=256)
         add(cell="lif", gate="dense", H=256)
         return out
@@ -183,6 +184,10 @@ def cases(quick: bool) -> list[dict]:
                     add(cell=cell, gate=gate, H=H, B=B, grid=True)
                     if cell == "gru":
                         add(cell=cell, gate=gate, H=H, B=B, grid=True, tf32=True)
+            for B in (1, 64):  # split steps, the rhythmic targets' shapes
+                add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, split=True)
+                if cell == "gru" and B == 64:
+                    add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, tf32=True, split=True)
         add(cell=cell, gate="rhythmic", H=1024, B=256, grid=True)  # 64-row blocks, 8 warps
         add(cell=cell, gate="rhythmic", H=1024, grid=True, dtype="bfloat16")
         add(cell=cell, gate="rhythmic", H=1024, grid=True, train_gate=True)
@@ -196,7 +201,8 @@ def cases(quick: bool) -> list[dict]:
 
 def label(c: dict) -> str:
     kind = ("grid-tf32" if c["tf32"] else "grid") if c["grid"] else "rows"
-    extra = (" bf16" if c["dtype"] == "bfloat16" else "") + (" gate-trained" if c["train_gate"] else "")
+    extra = ((" bf16" if c["dtype"] == "bfloat16" else "") + (" gate-trained" if c["train_gate"] else "")
+             + (" split" if c["split"] else ""))
     return f"{kind} {c['cell']} {c['gate']} B={c['B']} H={c['H']}{extra}"
 
 
@@ -234,7 +240,7 @@ def run_case(cap: Capture, c: dict, T: int) -> None:
         gi = GateInput("dense")
     call = (recurrence, base, xp, h0, s0, w, b, gi, lif)
     if c["grid"]:
-        _with_grid(_step, call, True, tf32=c["tf32"])
+        _with_grid(_step, call, True, tf32=c["tf32"], split=c["split"])
     else:
         _step(call, True)
 

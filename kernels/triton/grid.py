@@ -123,83 +123,150 @@ def _program(B, H, NSEC: tl.constexpr, BB: tl.constexpr):
 
 
 @triton.jit
+def _chunk_rows(idx_ptr, c0, end, BH: tl.constexpr, GATE: tl.constexpr):
+    # the rows of the chunk at positions c0 .. c0 + BH of the step's range (end: its end)
+    k = c0 + tl.arange(0, BH)
+    km = k < end
+    return _step_rows(idx_ptr, k, km, GATE).to(tl.int64), km
+
+
+@triton.jit
+def _fwd_finish(a0, a1, a2, rows, km, bm, prev, xrow, trow, H,
+                xp_ptr, b_ptr, gate_ptr, hs_ptr, gh_ptr,
+                CELL: tl.constexpr, GATE: tl.constexpr, HAS_B: tl.constexpr, SAVE_GH: tl.constexpr):
+    # a chunk's epilogue: bias, candidate, gated state written to row t+1, gh saved;
+    # a0..a2 [BB, BH]: the sections' U h_{t-1} of the chunk's rows (a1, a2 unused for RNN)
+    if HAS_B:
+        a0 += tl.load(b_ptr + rows, mask=km, other=0.0).to(tl.float32)[None, :]
+        if CELL == GRU:
+            a1 += tl.load(b_ptr + H + rows, mask=km, other=0.0).to(tl.float32)[None, :]
+            a2 += tl.load(b_ptr + 2 * H + rows, mask=km, other=0.0).to(tl.float32)[None, :]
+    om = bm[:, None] & km[None, :]
+    ho = prev[:, None] + rows[None, :]
+    xo = xrow[:, None] + rows[None, :]
+    hp = tl.load(hs_ptr + ho, mask=om, other=0.0, cache_modifier=".cg").to(tl.float32)
+    p0 = tl.load(xp_ptr + xo, mask=om, other=0.0).to(tl.float32)
+    if CELL == GRU:
+        p1 = tl.load(xp_ptr + xo + H, mask=om, other=0.0).to(tl.float32)
+        p2 = tl.load(xp_ptr + xo + 2 * H, mask=om, other=0.0).to(tl.float32)
+        _r, _z, _n, f = gru_candidate(p0, p1, p2, a0, a1, a2, hp)
+    else:
+        f = _tanh(p0 + a0)
+    if GATE == RHYTHMIC:
+        g = tl.load(gate_ptr + trow + rows, mask=km, other=0.0).to(tl.float32)[None, :]
+        # a closed row is computed only for dL/dg (f - h): it keeps its state
+        hn = tl.where(g != 0, hp + g * (f - hp), hp)
+    else:
+        hn = f
+    tl.store(hs_ptr + ho + H, hn, mask=om)
+    if SAVE_GH:
+        tl.store(gh_ptr + xo, a0, mask=om)
+        if CELL == GRU:
+            tl.store(gh_ptr + xo + H, a1, mask=om)
+            tl.store(gh_ptr + xo + 2 * H, a2, mask=om)
+
+
+@triton.jit
 def _fwd_grid_kernel(
-    xp_ptr, w_ptr, b_ptr, gate_ptr, mask_ptr, idx_ptr, off_ptr, hs_ptr, gh_ptr, sync_ptr,
+    xp_ptr, w_ptr, b_ptr, gate_ptr, mask_ptr, idx_ptr, off_ptr, hs_ptr, gh_ptr, part_ptr, sync_ptr,
     t0, t1, B, T, H,
     CELL: tl.constexpr, GATE: tl.constexpr, HAS_B: tl.constexpr, SAVE_GH: tl.constexpr,
-    SYNC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
+    SPLIT: tl.constexpr, PHASES: tl.constexpr, SYNC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
 ):
     # FMA: products as [BB, BH, BK] broadcasts summed over K on the FMA units (any BB, BH),
     # else tl.dot (BB, BH >= 16) at precision PREC.
     # xp (B, T, G); hs (B, T+1, H), row 0 = h0; gh (B, T, G) fp32; mask (T, H) int8: rows
     # whose candidate is computed (idx / off: its compacted lists); sync (NB,) int32 zeros.
+    # SPLIT: a step in two phases with a barrier between them. Phase 1 cuts the step's
+    # units (chunk, column tile) into NH contiguous, equal runs, one per program, and writes
+    # each unit's partial products to part (NK, B, G) fp32 (NK = cdiv(H, BK)); phase 2 sums
+    # the NK partials of a chunk in order and finishes it. PHASES as in the backward (the
+    # interpreter's per-phase launches); without SPLIT always BOTH_PHASES.
     NSEC: tl.constexpr = 3 if CELL == GRU else 1
+    NSYNC: tl.constexpr = 2 if SPLIT else 1
     p, q, nh, G, bb, bm = _program(B, H, NSEC, BB)
+    nk = tl.cdiv(H, BK)
     for t in range(t0, t1):
         prev = (bb * (T + 1) + t) * H
         new = prev + H
         xrow = (bb * T + t) * G
         trow = tl.cast(t, tl.int64) * H  # row t of the (T, H) gate and mask
-        if GATE == RHYTHMIC:  # closed neurons keep their state
-            for j0 in range(p * BH, H, nh * BH):
-                j = j0 + tl.arange(0, BH)
-                jm = j < H
-                keep = tl.load(mask_ptr + trow + j, mask=jm, other=1) == 0
-                cm = bm[:, None] & (jm & keep)[None, :]
-                v = tl.load(hs_ptr + prev[:, None] + j[None, :], mask=cm, cache_modifier=".cg")
-                tl.store(hs_ptr + new[:, None] + j[None, :], v, mask=cm)
         start, end = _step_range(off_ptr, t, H, GATE)
-        for c0 in range(start + p * BH, end, nh * BH):
-            k = c0 + tl.arange(0, BH)
-            km = k < end
-            rows = _step_rows(idx_ptr, k, km, GATE).to(tl.int64)
-            a0 = tl.zeros([BB, BH], tl.float32)
-            a1 = tl.zeros([BB, BH], tl.float32)
-            a2 = tl.zeros([BB, BH], tl.float32)
-            for k0 in range(0, H, BK):
-                kk = k0 + tl.arange(0, BK)
-                kkm = kk < H
-                hk = tl.load(hs_ptr + prev[:, None] + kk[None, :], mask=bm[:, None] & kkm[None, :],
-                             other=0.0, cache_modifier=".cg").to(tl.float32)
-                wm = km[:, None] & kkm[None, :]
-                wo = rows[:, None] * H + kk[None, :]
-                w0 = tl.load(w_ptr + wo, mask=wm, other=0.0).to(tl.float32)
-                a0 = _mac(a0, hk, w0, FMA, PREC)
-                if CELL == GRU:
-                    w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(tl.float32)
-                    w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0).to(tl.float32)
-                    a1 = _mac(a1, hk, w1, FMA, PREC)
-                    a2 = _mac(a2, hk, w2, FMA, PREC)
-            if HAS_B:
-                a0 += tl.load(b_ptr + rows, mask=km, other=0.0).to(tl.float32)[None, :]
-                if CELL == GRU:
-                    a1 += tl.load(b_ptr + H + rows, mask=km, other=0.0).to(tl.float32)[None, :]
-                    a2 += tl.load(b_ptr + 2 * H + rows, mask=km, other=0.0).to(tl.float32)[None, :]
-            om = bm[:, None] & km[None, :]
-            ho = prev[:, None] + rows[None, :]
-            xo = xrow[:, None] + rows[None, :]
-            hp = tl.load(hs_ptr + ho, mask=om, other=0.0, cache_modifier=".cg").to(tl.float32)
-            p0 = tl.load(xp_ptr + xo, mask=om, other=0.0).to(tl.float32)
-            if CELL == GRU:
-                p1 = tl.load(xp_ptr + xo + H, mask=om, other=0.0).to(tl.float32)
-                p2 = tl.load(xp_ptr + xo + 2 * H, mask=om, other=0.0).to(tl.float32)
-                _r, _z, _n, f = gru_candidate(p0, p1, p2, a0, a1, a2, hp)
-            else:
-                f = _tanh(p0 + a0)
-            if GATE == RHYTHMIC:
-                g = tl.load(gate_ptr + trow + rows, mask=km, other=0.0).to(tl.float32)[None, :]
-                # a closed row is computed only for dL/dg (f - h): it keeps its state
-                hn = tl.where(g != 0, hp + g * (f - hp), hp)
-            else:
-                hn = f
-            tl.store(hs_ptr + ho + H, hn, mask=om)
-            if SAVE_GH:
-                tl.store(gh_ptr + xo, a0, mask=om)
-                if CELL == GRU:
-                    tl.store(gh_ptr + xo + H, a1, mask=om)
-                    tl.store(gh_ptr + xo + 2 * H, a2, mask=om)
-        _grid_sync(sync_ptr, q, (t - t0 + 1) * nh, SYNC)
+        if PHASES != PHASE_2:
+            if GATE == RHYTHMIC:  # closed neurons keep their state
+                for j0 in range(p * BH, H, nh * BH):
+                    j = j0 + tl.arange(0, BH)
+                    jm = j < H
+                    keep = tl.load(mask_ptr + trow + j, mask=jm, other=1) == 0
+                    cm = bm[:, None] & (jm & keep)[None, :]
+                    v = tl.load(hs_ptr + prev[:, None] + j[None, :], mask=cm, cache_modifier=".cg")
+                    tl.store(hs_ptr + new[:, None] + j[None, :], v, mask=cm)
+            if SPLIT:  # this program's run of units: partial products to part
+                n = tl.cdiv(end - start, BH) * nk
+                for u in range(p * n // nh, (p + 1) * n // nh):
+                    c = u // nk
+                    i = u - c * nk
+                    rows, km = _chunk_rows(idx_ptr, start + c * BH, end, BH, GATE)
+                    kk = i * BK + tl.arange(0, BK)
+                    kkm = kk < H
+                    hk = tl.load(hs_ptr + prev[:, None] + kk[None, :], mask=bm[:, None] & kkm[None, :],
+                                 other=0.0, cache_modifier=".cg").to(tl.float32)
+                    wm = km[:, None] & kkm[None, :]
+                    wo = rows[:, None] * H + kk[None, :]
+                    po = (i * B + bb)[:, None] * G + rows[None, :]
+                    pm = bm[:, None] & km[None, :]
+                    w0 = tl.load(w_ptr + wo, mask=wm, other=0.0).to(tl.float32)
+                    tl.store(part_ptr + po, _mac(tl.zeros([BB, BH], tl.float32), hk, w0, FMA, PREC), mask=pm)
+                    if CELL == GRU:
+                        w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(tl.float32)
+                        w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0).to(tl.float32)
+                        tl.store(part_ptr + po + H, _mac(tl.zeros([BB, BH], tl.float32), hk, w1, FMA, PREC),
+                                 mask=pm)
+                        tl.store(part_ptr + po + 2 * H,
+                                 _mac(tl.zeros([BB, BH], tl.float32), hk, w2, FMA, PREC), mask=pm)
+            else:  # whole chunks, round robin
+                for c0 in range(start + p * BH, end, nh * BH):
+                    rows, km = _chunk_rows(idx_ptr, c0, end, BH, GATE)
+                    a0 = tl.zeros([BB, BH], tl.float32)
+                    a1 = tl.zeros([BB, BH], tl.float32)
+                    a2 = tl.zeros([BB, BH], tl.float32)
+                    for k0 in range(0, H, BK):
+                        kk = k0 + tl.arange(0, BK)
+                        kkm = kk < H
+                        hk = tl.load(hs_ptr + prev[:, None] + kk[None, :], mask=bm[:, None] & kkm[None, :],
+                                     other=0.0, cache_modifier=".cg").to(tl.float32)
+                        wm = km[:, None] & kkm[None, :]
+                        wo = rows[:, None] * H + kk[None, :]
+                        w0 = tl.load(w_ptr + wo, mask=wm, other=0.0).to(tl.float32)
+                        a0 = _mac(a0, hk, w0, FMA, PREC)
+                        if CELL == GRU:
+                            w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(tl.float32)
+                            w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0).to(tl.float32)
+                            a1 = _mac(a1, hk, w1, FMA, PREC)
+                            a2 = _mac(a2, hk, w2, FMA, PREC)
+                    _fwd_finish(a0, a1, a2, rows, km, bm, prev, xrow, trow, H, xp_ptr, b_ptr, gate_ptr,
+                                hs_ptr, gh_ptr, CELL, GATE, HAS_B, SAVE_GH)
+        if SPLIT:
+            if PHASES == BOTH_PHASES:
+                _grid_sync(sync_ptr, q, ((t - t0) * NSYNC + 1) * nh, SYNC)
+            if PHASES != PHASE_1:  # the chunks, round robin: their partials summed in order
+                for c0 in range(start + p * BH, end, nh * BH):
+                    rows, km = _chunk_rows(idx_ptr, c0, end, BH, GATE)
+                    pm = bm[:, None] & km[None, :]
+                    po = bb[:, None] * G + rows[None, :]
+                    a0 = tl.zeros([BB, BH], tl.float32)
+                    a1 = tl.zeros([BB, BH], tl.float32)
+                    a2 = tl.zeros([BB, BH], tl.float32)
+                    for i in range(0, nk):
+                        pi = po + tl.cast(i, tl.int64) * B * G
+                        a0 += tl.load(part_ptr + pi, mask=pm, other=0.0, cache_modifier=".cg")
+                        if CELL == GRU:
+                            a1 += tl.load(part_ptr + pi + H, mask=pm, other=0.0, cache_modifier=".cg")
+                            a2 += tl.load(part_ptr + pi + 2 * H, mask=pm, other=0.0, cache_modifier=".cg")
+                    _fwd_finish(a0, a1, a2, rows, km, bm, prev, xrow, trow, H, xp_ptr, b_ptr, gate_ptr,
+                                hs_ptr, gh_ptr, CELL, GATE, HAS_B, SAVE_GH)
+        _grid_sync(sync_ptr, q, (t - t0 + 1) * NSYNC * nh, SYNC)
 
 
 @triton.jit
@@ -277,9 +344,7 @@ def _bwd_grid_kernel(
                 jm = j < H
                 acc = tl.zeros([BB, BH], tl.float32)
                 for c0 in range(start, end, BK):
-                    k = c0 + tl.arange(0, BK)
-                    km = k < end
-                    rows = _step_rows(idx_ptr, k, km, GATE).to(tl.int64)
+                    rows, km = _chunk_rows(idx_ptr, c0, end, BK, GATE)
                     vm = bm[:, None] & km[None, :]
                     wm = km[:, None] & jm[None, :]
                     for sec in tl.static_range(NSEC):
@@ -314,7 +379,7 @@ def eligible(cell: str, gate: str, w_hh, B: int, device, rate: float = 1.0, trai
     sms = grid_tiles.sm_count(device)
     if sms is not None:
         _, nh, nb = grid_tiles.shape(B, w_hh.shape[1], device)
-        if not (nh >= 1 and nh * nb <= sms):
+        if not (nh >= 1 and nh * nb <= grid_tiles.tiles(B, w_hh.shape[1], device).per_sm * sms):
             return False
     if ENABLED is None:
         return sms is not None and choose.fastest(B, w_hh.shape[1], rate, training, ("rows", "grid")) == "grid"
@@ -348,9 +413,10 @@ def _native(device) -> bool:
 
 
 def _setup(cfg: Config, xp, hs, operands):
-    """What both launchers need: the grid (NH, NB), a placeholder tensor and the arguments
-    they share (sizes, zeroed barrier counters, compile-time switches). ``operands``: the
-    dtype of the dot operands' values (the input's forward; the fp32 gradients backward)."""
+    """What both launchers need: the tiles, the grid (NH, NB), a placeholder tensor and the
+    arguments they share (sizes, zeroed barrier counters, compile-time switches).
+    ``operands``: the dtype of the dot operands' values (the input's forward; the fp32
+    gradients backward)."""
     B, T, _ = xp.shape
     H = hs.shape[2]
     prec = grid_tiles.dot_precision(operands)
@@ -359,32 +425,51 @@ def _setup(cfg: Config, xp, hs, operands):
     shared = dict(sync_ptr=_counters(nb, xp.device), B=B, T=T, H=H, CELL=cfg.cell_code, GATE=cfg.gate_code,
                   BB=t.bb, BH=t.bh, BK=t.bk, FMA=t.fma, PREC=prec, num_warps=t.warps, num_stages=t.stages,
                   **LAUNCH_OPTIONS)
-    return (nh, nb), dummy(xp.device), shared
+    return t, (nh, nb), dummy(xp.device), shared
+
+
+def _launch(kernel, name: str, grid, T: int, device, two_phases: bool, args: dict) -> None:
+    """All T steps in one cooperative launch with the barrier on (a GPU), else one launch
+    per step, and per phase where a step has two (the interpreter runs programs one after
+    another, so it cannot wait at a barrier)."""
+    if _native(device):
+        k = kernel[grid](t0=0, t1=T, PHASES=BOTH_PHASES.value, SYNC=True, launch_cooperative_grid=True, **args)
+        _note(name, k, *grid)
+    else:
+        for t in range(T):
+            for phase in ((PHASE_1, PHASE_2) if two_phases else (BOTH_PHASES,)):
+                kernel[grid](t0=t, t1=t + 1, PHASES=phase.value, SYNC=False, **args)
+
+
+def split_bytes(B: int, H: int, cell: str, bk: int) -> int:
+    """Bytes of the split forward's scratch of partial products: (cdiv(H, bk), B, G) fp32."""
+    return triton.cdiv(H, bk) * B * (3 * H if cell == "gru" else H) * 4
 
 
 def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists | None) -> None:
     """Fills ``seq.hs[:, 1:]`` (and ``seq.gh`` where given); ``seq.hs[:, 0]`` holds h0. ``mask``
-    (T, H): a rhythmic gate's rows to compute, ``lists`` the same compacted."""
-    grid, d, shared = _setup(cfg, x.xp, seq.hs, x.xp.dtype)
-    T = x.xp.shape[1]
+    (T, H): a rhythmic gate's rows to compute, ``lists`` the same compacted. Tiles with
+    ``split`` cut each step into equal runs of (chunk, column tile) units; where their scratch
+    would pass ``grid_tiles.SPLIT_MAX_BYTES`` the step runs as whole chunks instead."""
+    t, grid, d, shared = _setup(cfg, x.xp, seq.hs, x.xp.dtype)
+    B, T, G = x.xp.shape
+    H = seq.hs.shape[2]
+    split = t.split and split_bytes(B, H, cfg.cell, t.bk) <= grid_tiles.SPLIT_MAX_BYTES
+    part = torch.empty((triton.cdiv(H, t.bk), B, G), dtype=torch.float32, device=x.xp.device) if split else d
     m8 = (mask != 0).to(torch.int8).contiguous() if cfg.gate == "rhythmic" else d
-    flags = dict(HAS_B=x.b_hh is not None, SAVE_GH=seq.gh is not None)
+    flags = dict(HAS_B=x.b_hh is not None, SAVE_GH=seq.gh is not None, SPLIT=split)
     x, seq, lists = filled(x, d), filled(seq, d), lists if lists is not None else OpenLists(d, d)
     args = dict(xp_ptr=x.xp, w_ptr=x.w_hh, b_ptr=x.b_hh, gate_ptr=x.gvals, mask_ptr=m8, idx_ptr=lists.idx,
-                off_ptr=lists.off, hs_ptr=seq.hs, gh_ptr=seq.gh, **flags, **shared)
-    if _native(x.xp.device):
-        k = _fwd_grid_kernel[grid](t0=0, t1=T, SYNC=True, launch_cooperative_grid=True, **args)
-        _note("fwd", k, *grid)
-    else:
-        for t in range(T):
-            _fwd_grid_kernel[grid](t0=t, t1=t + 1, SYNC=False, **args)
+                off_ptr=lists.off, hs_ptr=seq.hs, gh_ptr=seq.gh, part_ptr=part, **flags, **shared)
+    _launch(_fwd_grid_kernel, "fwd", grid, T, x.xp.device, split, args)
 
 
 def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists | None, dg_mask,
                grads: Grads) -> None:
     """Writes ``grads.dxp``, ``grads.dgh`` (GRU n section) and ``grads.dg``, and leaves dL/dh0
-    in ``grads.ch`` (arguments as :func:`rows.launch_bwd`'s)."""
-    grid, d, shared = _setup(cfg, x.xp, seq.hs, torch.float32)
+    in ``grads.ch`` (arguments as :func:`rows.launch_bwd`'s). The tiles' ``split`` is the
+    forward's alone."""
+    _, grid, d, shared = _setup(cfg, x.xp, seq.hs, torch.float32)
     T = x.xp.shape[1]
     need_dg = grads.dg is not None
     flags = dict(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None)
@@ -392,11 +477,4 @@ def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists 
     args = dict(xp_ptr=x.xp, w_ptr=x.w_hh, gate_ptr=x.gvals, sup_ptr=dg_mask if dg_mask is not None else d,
                 idx_ptr=lists.idx, off_ptr=lists.off, hs_ptr=seq.hs, gh_ptr=seq.gh, dout_ptr=dout, ch_ptr=g.ch,
                 dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh, dg_ptr=g.dg, **flags, **shared)
-    if _native(x.xp.device):
-        k = _bwd_grid_kernel[grid](t0=0, t1=T, PHASES=BOTH_PHASES.value, SYNC=True,
-                                   launch_cooperative_grid=True, **args)
-        _note("bwd", k, *grid)
-    else:
-        for tt in range(T):
-            for phase in (PHASE_1, PHASE_2):
-                _bwd_grid_kernel[grid](t0=tt, t1=tt + 1, PHASES=phase.value, SYNC=False, **args)
+    _launch(_bwd_grid_kernel, "bwd", grid, T, x.xp.device, True, args)

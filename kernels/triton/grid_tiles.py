@@ -13,10 +13,12 @@ import triton
 
 from ._common import next_pow2
 
-__all__ = ["MAX_BB", "MAX_NH", "PRECISION", "TILES", "Tiles", "dot_precision", "shape", "sm_count", "tiles"]
+__all__ = ["MAX_BB", "MAX_NH", "PRECISION", "SPLIT", "SPLIT_MAX_BYTES", "TILES", "Tiles", "dot_precision",
+           "shape", "sm_count", "tiles"]
 
 MAX_BB = 64  # batch rows per program
 MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
+SPLIT_MAX_BYTES = 1 << 30  # largest scratch of a split forward (else it runs whole chunks)
 
 
 class Tiles(NamedTuple):
@@ -29,6 +31,14 @@ class Tiles(NamedTuple):
     warps, stages: Triton's num_warps and num_stages.
     fma: products on the FMA units as broadcasts summed over the reduction axis (exact fp32,
         any bb / bh) instead of ``tl.dot`` (bb, bh >= 16; tensor cores at TF32 precision).
+    split: the forward's step in two phases (docs/triton.md, "Split steps"): the step's
+        (chunk, column tile) units cut into equal runs over the NH programs, whose partial
+        products a chunk's owner sums after a second barrier; time per step follows the
+        open rows' weight bytes over all NH programs instead of whole chunks per program.
+        Not a default anywhere until a GPU has timed it; the backward ignores it.
+    per_sm: programs per SM the grid may hold (NH <= per_sm * SMs // NB). A spin barrier
+        needs every program resident: 2 needs two programs' registers and shared memory on
+        one SM, else the cooperative launch refuses the grid (an error, not a hang).
     """
 
     bb: int
@@ -37,12 +47,16 @@ class Tiles(NamedTuple):
     warps: int
     stages: int
     fma: bool
+    split: bool = False
+    per_sm: int = 1
 
 
 #: tiles to use instead of :func:`tiles`' choice (the benchmark's sweep sets it)
 TILES: Tiles | None = None
 #: tl.dot precision instead of the one torch's flags give ("ieee", "tf32", "tf32x3")
 PRECISION: str | None = None
+#: split steps (``Tiles.split``) on or off instead of the tiles' own choice
+SPLIT: bool | None = None
 
 
 def sm_count(device) -> int | None:
@@ -68,9 +82,14 @@ def tiles(B: int, H: int, device, precision: str = "ieee") -> Tiles:
     * larger batches: blocks of 16 rows while every block keeps 16 programs (B = 64: four
       blocks of 33 programs; two blocks of 32 rows took twice as long), tl.dot on chunks of
       16 rows; reduction tile 64 at exact fp32 (IEEE dot), 32 at 3xTF32 (no spills), 128 and
-      3 stages at TF32."""
-    if TILES is not None:
-        return TILES
+      3 stages at TF32.
+
+    :data:`SPLIT`, where set, replaces the tiles' ``split``."""
+    t = TILES if TILES is not None else _measured_tiles(B, H, device, precision)
+    return t if SPLIT is None else t._replace(split=SPLIT)
+
+
+def _measured_tiles(B: int, H: int, device, precision: str) -> Tiles:
     if B <= 8:
         bb = next_pow2(B)
         return Tiles(bb, 8, max(64, min(2048 // bb, next_pow2(H))), 8, 3, True)
@@ -91,8 +110,9 @@ def shape(B: int, H: int, device, precision: str = "ieee") -> tuple[int, int, in
     """(BB, NH, NB): batch rows per program, programs per batch block, batch blocks.
 
     NH is one program per chunk of ``bh`` rows (at most ``MAX_NH``). On a GPU the programs
-    must all be resident (a spin barrier): NH ≤ SMs // NB, so NH is 0 (not eligible) when
-    the batch needs more blocks than there are SMs. The interpreter has no residency limit."""
+    must all be resident (a spin barrier): NH ≤ per_sm · SMs // NB (``Tiles.per_sm``, 1 by
+    default), so NH is 0 (not eligible) when the batch needs more blocks than that. The
+    interpreter has no residency limit."""
     t = tiles(B, H, device, precision)
     nh = triton.cdiv(H, t.bh)
     if MAX_NH is not None:
@@ -100,7 +120,7 @@ def shape(B: int, H: int, device, precision: str = "ieee") -> tuple[int, int, in
     nb = triton.cdiv(B, t.bb)
     sms = sm_count(device)
     if sms is not None:
-        nh = min(nh, sms // nb)
+        nh = min(nh, t.per_sm * sms // nb)
     return t.bb, nh, nb
 
 
