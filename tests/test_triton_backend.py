@@ -395,9 +395,10 @@ def _tiles(bb, bh, bk, fma, split=False):
 # chunks over 2 programs with 3 column tiles, on tl.dot and on the FMA units (chunks of 8
 # rows, a batch block of 4 rows for 3); batch blocks of 16 rows (tl.dot) and of 8 rows (FMA),
 # the last one partial. Split steps (tiles' ``split``): 3 chunks x 3 column tiles = 9 units
-# cut 4 + 5 over 2 programs, so a chunk's partials come from both; 5 chunks x 3 tiles over 3
-# programs on the FMA units; 5 programs for at most 3 units (programs without a unit, a
-# rhythmic step with none); two batch blocks, the second partial
+# cut 4 + 5 over 2 programs, so a chunk's partials come from both; 5 chunks x 5 tiles over 3
+# programs on the FMA units (phase 2 loads the partials of 4 tiles, then of 1); two batch
+# blocks, the second partial (programs without a unit and steps without an open row:
+# test_grid_kernels_split_idle_programs)
 GRID_CASES = [
     (1, 5, 1, {}),
     (3, 40, 7, {"TILES": _tiles(16, 16, 16, False), "MAX_NH": 2}),
@@ -405,15 +406,14 @@ GRID_CASES = [
     (17, 33, 4, {"TILES": _tiles(16, 16, 64, False)}),
     (17, 33, 4, {"TILES": _tiles(8, 16, 32, True)}),
     (3, 40, 7, {"TILES": _tiles(16, 16, 16, False, split=True), "MAX_NH": 2}),
-    (3, 40, 7, {"TILES": _tiles(4, 8, 16, True, split=True), "MAX_NH": 3}),
-    (2, 40, 5, {"TILES": _tiles(2, 16, 16, True, split=True), "MAX_NH": 5}),
+    (3, 40, 7, {"TILES": _tiles(4, 8, 8, True, split=True), "MAX_NH": 3}),
     (17, 33, 4, {"TILES": _tiles(16, 16, 16, False, split=True), "MAX_NH": 2}),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(GRID_CASES)),
                          ids=["one", "round_robin", "round_robin_fma", "blocks", "blocks_fma", "split",
-                              "split_fma", "split_idle", "split_blocks"])
+                              "split_fma", "split_blocks"])
 @pytest.mark.parametrize("kind", ["dense", "rhythmic"])
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_grid_kernels_match_reference(tri, grid_on, monkeypatch, cell, kind, case):
@@ -443,6 +443,43 @@ def _spy_phases(grid, monkeypatch):
 
     monkeypatch.setattr(grid, "_launch", spy)
     return seen
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_grid_kernels_split_idle_programs(tri, grid_on, monkeypatch, cell):
+    # split steps where programs get no unit: one column tile (NK = 1), 5 programs, and a
+    # frozen rhythmic gate whose steps open 3 rows (one unit), none, 17 rows (3 units) and
+    # every row (5 units); forward, final state and every gradient against the reference
+    from su_neuro.gates import GateInput
+    from su_neuro.kernels.reference import recurrence as ref
+    from su_neuro.kernels.triton import grid_tiles
+
+    grid, calls = grid_on
+    B, H, T = 2, 40, 4
+    monkeypatch.setattr(grid_tiles, "TILES", _tiles(2, 8, 64, True, split=True))
+    monkeypatch.setattr(grid_tiles, "MAX_NH", 8)
+    assert grid_tiles.shape(B, H, torch.device(DEVICE))[1] == 5  # one program per chunk of all rows
+    gen = torch.Generator().manual_seed(11)
+    g = torch.zeros(T, H)
+    g[0, [3, 17, 38]] = 1.0
+    g[2, torch.randperm(H, generator=gen)[:17]] = torch.rand(17, generator=gen) * 0.5 + 0.5
+    g[3] = 1.0
+    gate = GateInput("rhythmic", g.to(DEVICE))
+    p, _, _, G = _make(cell, "dense", B, H, seed=5)
+    xp = (torch.randn(B, T, G, generator=gen) * 1.2).to(DEVICE)
+    wo, wh = torch.randn(B, T, H, generator=gen).to(DEVICE), torch.randn(B, H, generator=gen).to(DEVICE)
+    phases = _spy_phases(grid, monkeypatch)
+    res = []
+    for fn in (ref, tri.recurrence):
+        leaves = {k: v.clone().requires_grad_() for k, v in p.items() if v is not None}
+        x = xp.clone().requires_grad_()
+        out, hT, _, _ = fn(cell, x, leaves["h0"], None, leaves["w"], leaves["b"], gate, None)
+        grads = torch.autograd.grad((out * wo).sum() + (hT * wh).sum(), [x, leaves["h0"], leaves["w"], leaves["b"]])
+        res.append((out, hT, *grads))
+    for name, a, b in zip(("out", "h_T", "dxp", "dh0", "dw", "db"), *res, strict=True):
+        assert_close(name, a, b, 2e-4)
+    assert torch.equal(res[1][0][:, 1], res[1][0][:, 0]), "a step with no open row keeps every state"
+    assert phases["fwd"] == [True] and calls["fwd"] == 1
 
 
 def test_grid_kernels_split_falls_back_to_whole_chunks(tri, grid_on, monkeypatch):
@@ -483,7 +520,9 @@ def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
     B, H, T = 20, 40, 6
     check(tri, "gru", "rhythmic", B, H, T)
     check(tri, "rnn", "dense", B, H, T)
-    # split steps: two arrivals per step in the forward (the backward ignores split)
+    # split steps: two arrivals per step in the forward (the backward ignores split). With
+    # one program per block a target set too low cannot show here (nobody is waited for);
+    # the native long run (T = 2000, 32 programs) is where it would
     monkeypatch.setattr(grid_tiles, "TILES", _tiles(16, 16, 16, False, split=True))
     check(tri, "gru", "rhythmic", B, H, T)
     assert calls == {"fwd": 3, "bwd": 3}

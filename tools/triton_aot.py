@@ -162,11 +162,12 @@ class Capture:
 
 def cases(quick: bool) -> list[dict]:
     """The shapes to compile: the benchmark's suGRU / suRNN rows for the per-row and the
-    grid kernels (fp32 exact and TF32, bf16 inputs), a trainable rhythmic gate, the event
-    gate, recurrent and feed-forward LIF. Every case runs forward and backward."""
+    grid kernels (fp32 exact and TF32, bf16 inputs; split steps, also with 3xTF32 products),
+    a trainable rhythmic gate, the event gate, recurrent and feed-forward LIF. Every case
+    runs forward and backward."""
     out = []
     add = lambda **kw: out.append(dict({"dtype": "float32", "grid": False, "tf32": False,  # noqa: E731
-                                        "train_gate": False, "B": 64, "split": False}, **kw))
+                                        "train_gate": False, "B": 64, "split": False, "tf32x3": False}, **kw))
     if quick:
         add(cell="gru", gate="rhythmic", H=256, grid=True)  # BB = 16, exact fp32 dot
         add(cell="gru", gate="rhythmic", H=1024, grid=True, tf32=True)  # BB = 16, TF32
@@ -186,6 +187,8 @@ def cases(quick: bool) -> list[dict]:
                         add(cell=cell, gate=gate, H=H, B=B, grid=True, tf32=True)
             for B in (1, 64):  # split steps, the rhythmic targets' shapes
                 add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, split=True)
+                if B == 64:  # 3xTF32 split products (the sweep's fp32-accurate candidates)
+                    add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, tf32x3=True, split=True)
                 if cell == "gru" and B == 64:
                     add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, tf32=True, split=True)
         add(cell=cell, gate="rhythmic", H=1024, B=256, grid=True)  # 64-row blocks, 8 warps
@@ -200,7 +203,7 @@ def cases(quick: bool) -> list[dict]:
 
 
 def label(c: dict) -> str:
-    kind = ("grid-tf32" if c["tf32"] else "grid") if c["grid"] else "rows"
+    kind = ("grid-tf32" if c["tf32"] else "grid-tf32x3" if c["tf32x3"] else "grid") if c["grid"] else "rows"
     extra = ((" bf16" if c["dtype"] == "bfloat16" else "") + (" gate-trained" if c["train_gate"] else "")
              + (" split" if c["split"] else ""))
     return f"{kind} {c['cell']} {c['gate']} B={c['B']} H={c['H']}{extra}"
@@ -240,7 +243,13 @@ def run_case(cap: Capture, c: dict, T: int) -> None:
         gi = GateInput("dense")
     call = (recurrence, base, xp, h0, s0, w, b, gi, lif)
     if c["grid"]:
-        _with_grid(_step, call, True, tf32=c["tf32"], split=c["split"])
+        from su_neuro.kernels.triton import grid_tiles
+
+        before, grid_tiles.PRECISION = grid_tiles.PRECISION, ("tf32x3" if c["tf32x3"] else None)
+        try:
+            _with_grid(_step, call, True, tf32=c["tf32"], split=c["split"])
+        finally:
+            grid_tiles.PRECISION = before
     else:
         _step(call, True)
 

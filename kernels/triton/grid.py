@@ -22,6 +22,12 @@ step is shared by a grid of programs, ``grid = (NH, NB)``:
   cooperative one, which the driver refuses (an error, not a hang) when it cannot place
   every program.
 
+Split steps (``Tiles.split``, forward only): a step in two phases with a barrier between
+them. Phase 1 cuts the step's (chunk, column tile) units into equal contiguous runs, one per
+program, and writes each unit's partial products to a scratch buffer; in phase 2 each
+chunk's owner sums its partials and finishes the chunk. A step then takes the time of an
+equal share of the open rows' weights instead of one whole chunk per program.
+
 Backward, per step t from T - 1 down: phase 1 (elementwise) forms dL/d(pre-activation) of
 the program's neuron slices from the saved ``gh``; a barrier; phase 2 forms
 ``dL/dh_{t-1} = dir + U^T dgh`` for the same slices as columns, reducing over the rows
@@ -62,6 +68,7 @@ from ._common import (
     filled,
     gru_candidate,
     gru_candidate_grad,
+    next_pow2,
 )
 
 __all__ = ["ENABLED", "LAUNCHED", "eligible", "launch_bwd", "launch_fwd"]
@@ -70,6 +77,12 @@ __all__ = ["ENABLED", "LAUNCHED", "eligible", "launch_bwd", "launch_fwd"]
 # False: always / never (tests, benchmarks). Run natively on an H200 on 2026-12-04: the kernel
 # tests passed and tools/bench_gpu.py timed them (docs/triton.md).
 ENABLED: bool | None = None
+
+# phase 2 of a split step loads the partials of this many column tiles at once (powers of
+# two), per dot precision. From the sm_90 compiles on Triton 3.6 (the GRU forward at BB = 16,
+# H = 1024): 8 tiles spill in the exact and TF32 kernels (24 / 16 B of stack at 255
+# registers) and 4 do not (202 / 190); 3xTF32 takes 8 without spilling (218) and spills 8 B at 4.
+PARTIAL_TILES = {"ieee": 4, "tf32": 4, "tf32x3": 8}
 
 # the backward's PHASES: phase 1 or phase 2 alone (the interpreter's launches), or both with
 # the barrier between them
@@ -131,6 +144,23 @@ def _chunk_rows(idx_ptr, c0, end, BH: tl.constexpr, GATE: tl.constexpr):
 
 
 @triton.jit
+def _candidate(xp_ptr, xo, m, a0, a1, a2, hp, H, CELL: tl.constexpr):
+    # the candidate f at offsets xo of the input projection, from the sections' U h + b
+    # (a0..a2; a1, a2 unused for RNN): (r, z, n, f), where r, z, n are f for an RNN
+    p0 = tl.load(xp_ptr + xo, mask=m, other=0.0).to(tl.float32)
+    if CELL == GRU:
+        p1 = tl.load(xp_ptr + xo + H, mask=m, other=0.0).to(tl.float32)
+        p2 = tl.load(xp_ptr + xo + 2 * H, mask=m, other=0.0).to(tl.float32)
+        r, z, n, f = gru_candidate(p0, p1, p2, a0, a1, a2, hp)
+    else:
+        f = _tanh(p0 + a0)
+        r = f
+        z = f
+        n = f
+    return r, z, n, f
+
+
+@triton.jit
 def _fwd_finish(a0, a1, a2, rows, km, bm, prev, xrow, trow, H,
                 xp_ptr, b_ptr, gate_ptr, hs_ptr, gh_ptr,
                 CELL: tl.constexpr, GATE: tl.constexpr, HAS_B: tl.constexpr, SAVE_GH: tl.constexpr):
@@ -145,13 +175,7 @@ def _fwd_finish(a0, a1, a2, rows, km, bm, prev, xrow, trow, H,
     ho = prev[:, None] + rows[None, :]
     xo = xrow[:, None] + rows[None, :]
     hp = tl.load(hs_ptr + ho, mask=om, other=0.0, cache_modifier=".cg").to(tl.float32)
-    p0 = tl.load(xp_ptr + xo, mask=om, other=0.0).to(tl.float32)
-    if CELL == GRU:
-        p1 = tl.load(xp_ptr + xo + H, mask=om, other=0.0).to(tl.float32)
-        p2 = tl.load(xp_ptr + xo + 2 * H, mask=om, other=0.0).to(tl.float32)
-        _r, _z, _n, f = gru_candidate(p0, p1, p2, a0, a1, a2, hp)
-    else:
-        f = _tanh(p0 + a0)
+    _r, _z, _n, f = _candidate(xp_ptr, xo, om, a0, a1, a2, hp, H, CELL)
     if GATE == RHYTHMIC:
         g = tl.load(gate_ptr + trow + rows, mask=km, other=0.0).to(tl.float32)[None, :]
         # a closed row is computed only for dL/dg (f - h): it keeps its state
@@ -172,7 +196,7 @@ def _fwd_grid_kernel(
     t0, t1, B, T, H,
     CELL: tl.constexpr, GATE: tl.constexpr, HAS_B: tl.constexpr, SAVE_GH: tl.constexpr,
     SPLIT: tl.constexpr, PHASES: tl.constexpr, SYNC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PK: tl.constexpr,
 ):
     # FMA: products as [BB, BH, BK] broadcasts summed over K on the FMA units (any BB, BH),
     # else tl.dot (BB, BH >= 16) at precision PREC.
@@ -181,7 +205,7 @@ def _fwd_grid_kernel(
     # SPLIT: a step in two phases with a barrier between them. Phase 1 cuts the step's
     # units (chunk, column tile) into NH contiguous, equal runs, one per program, and writes
     # each unit's partial products to part (NK, B, G) fp32 (NK = cdiv(H, BK)); phase 2 sums
-    # the NK partials of a chunk in order and finishes it. PHASES as in the backward (the
+    # the NK partials of a chunk, PK tiles per load, and finishes it. PHASES as in the backward (the
     # interpreter's per-phase launches); without SPLIT always BOTH_PHASES.
     NSEC: tl.constexpr = 3 if CELL == GRU else 1
     NSYNC: tl.constexpr = 2 if SPLIT else 1
@@ -203,7 +227,7 @@ def _fwd_grid_kernel(
                     v = tl.load(hs_ptr + prev[:, None] + j[None, :], mask=cm, cache_modifier=".cg")
                     tl.store(hs_ptr + new[:, None] + j[None, :], v, mask=cm)
             if SPLIT:  # this program's run of units: partial products to part
-                n = tl.cdiv(end - start, BH) * nk
+                n = tl.cdiv(end - start, BH).to(tl.int64) * nk
                 for u in range(p * n // nh, (p + 1) * n // nh):
                     c = u // nk
                     i = u - c * nk
@@ -250,20 +274,23 @@ def _fwd_grid_kernel(
         if SPLIT:
             if PHASES == BOTH_PHASES:
                 _grid_sync(sync_ptr, q, ((t - t0) * NSYNC + 1) * nh, SYNC)
-            if PHASES != PHASE_1:  # the chunks, round robin: their partials summed in order
+            if PHASES != PHASE_1:  # the chunks, round robin: their partials summed
                 for c0 in range(start + p * BH, end, nh * BH):
                     rows, km = _chunk_rows(idx_ptr, c0, end, BH, GATE)
-                    pm = bm[:, None] & km[None, :]
-                    po = bb[:, None] * G + rows[None, :]
                     a0 = tl.zeros([BB, BH], tl.float32)
                     a1 = tl.zeros([BB, BH], tl.float32)
                     a2 = tl.zeros([BB, BH], tl.float32)
-                    for i in range(0, nk):
-                        pi = po + tl.cast(i, tl.int64) * B * G
-                        a0 += tl.load(part_ptr + pi, mask=pm, other=0.0, cache_modifier=".cg")
+                    # PK tiles' partials per load, all in flight at once, summed over the
+                    # tile axis (a fixed order: the same bits every run)
+                    for i0 in range(0, nk, PK):
+                        ii = i0 + tl.arange(0, PK)
+                        pm = (ii < nk)[:, None, None] & (bm[:, None] & km[None, :])[None, :, :]
+                        pi = (ii.to(tl.int64) * B)[:, None, None] * G + (bb[:, None] * G + rows[None, :])[None, :, :]
+                        a0 += tl.sum(tl.load(part_ptr + pi, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
                         if CELL == GRU:
-                            a1 += tl.load(part_ptr + pi + H, mask=pm, other=0.0, cache_modifier=".cg")
-                            a2 += tl.load(part_ptr + pi + 2 * H, mask=pm, other=0.0, cache_modifier=".cg")
+                            a1 += tl.sum(tl.load(part_ptr + pi + H, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
+                            a2 += tl.sum(tl.load(part_ptr + pi + 2 * H, mask=pm, other=0.0, cache_modifier=".cg"),
+                                         axis=0)
                     _fwd_finish(a0, a1, a2, rows, km, bm, prev, xrow, trow, H, xp_ptr, b_ptr, gate_ptr,
                                 hs_ptr, gh_ptr, CELL, GATE, HAS_B, SAVE_GH)
         _grid_sync(sync_ptr, q, (t - t0 + 1) * NSYNC * nh, SYNC)
@@ -303,15 +330,12 @@ def _bwd_grid_kernel(
                 a = tl.load(ch_ptr + so, mask=m, other=0.0)
                 a += tl.load(dout_ptr + orow[:, None] + j[None, :], mask=m, other=0.0).to(tl.float32)
                 gh0 = tl.load(gh_ptr + xo, mask=m, other=0.0)
-                p0 = tl.load(xp_ptr + xo, mask=m, other=0.0).to(tl.float32)
+                gh1 = gh0
+                gh2 = gh0
                 if CELL == GRU:
                     gh1 = tl.load(gh_ptr + xo + H, mask=m, other=0.0)
                     gh2 = tl.load(gh_ptr + xo + 2 * H, mask=m, other=0.0)
-                    p1 = tl.load(xp_ptr + xo + H, mask=m, other=0.0).to(tl.float32)
-                    p2 = tl.load(xp_ptr + xo + 2 * H, mask=m, other=0.0).to(tl.float32)
-                    r, z, n, f = gru_candidate(p0, p1, p2, gh0, gh1, gh2, hp)
-                else:
-                    f = _tanh(p0 + gh0)
+                r, z, n, f = _candidate(xp_ptr, xo, m, gh0, gh1, gh2, hp, H, CELL)
                 if GATE == RHYTHMIC:
                     g = tl.load(gate_ptr + trow + j, mask=jm, other=0.0).to(tl.float32)[None, :]
                     df = tl.where(g != 0, g * a, 0.0)
@@ -457,7 +481,8 @@ def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists 
     split = t.split and split_bytes(B, H, cfg.cell, t.bk) <= grid_tiles.SPLIT_MAX_BYTES
     part = torch.empty((triton.cdiv(H, t.bk), B, G), dtype=torch.float32, device=x.xp.device) if split else d
     m8 = (mask != 0).to(torch.int8).contiguous() if cfg.gate == "rhythmic" else d
-    flags = dict(HAS_B=x.b_hh is not None, SAVE_GH=seq.gh is not None, SPLIT=split)
+    pk = min(PARTIAL_TILES[shared["PREC"]], next_pow2(triton.cdiv(H, t.bk))) if split else 1
+    flags = dict(HAS_B=x.b_hh is not None, SAVE_GH=seq.gh is not None, SPLIT=split, PK=pk)
     x, seq, lists = filled(x, d), filled(seq, d), lists if lists is not None else OpenLists(d, d)
     args = dict(xp_ptr=x.xp, w_ptr=x.w_hh, b_ptr=x.b_hh, gate_ptr=x.gvals, mask_ptr=m8, idx_ptr=lists.idx,
                 off_ptr=lists.off, hs_ptr=seq.hs, gh_ptr=seq.gh, part_ptr=part, **flags, **shared)
