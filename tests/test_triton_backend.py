@@ -490,11 +490,15 @@ def test_grid_kernels_split_falls_back_to_whole_chunks(tri, grid_on, monkeypatch
     monkeypatch.setattr(grid_tiles, "TILES", _tiles(4, 8, 16, True, split=True))
     monkeypatch.setattr(grid_tiles, "MAX_NH", 2)
     B, H = 3, 40
-    assert grid.split_bytes(B, H, "gru", 16) == 3 * B * 3 * H * 4  # (cdiv(40, 16), B, 3H) fp32
-    monkeypatch.setattr(grid_tiles, "SPLIT_MAX_BYTES", grid.split_bytes(B, H, "gru", 16) - 1)
+    assert grid_tiles.split_bytes(B, H, "gru", 16) == 3 * B * 3 * H * 4  # (cdiv(40, 16), B, 3H) fp32
+    # phase 2 loads at most PARTIAL_TILES tiles' partials at once, a power of two
+    assert [grid_tiles.partial_tiles(40, 16, p) for p in ("ieee", "tf32x3")] == [4, 4]
+    assert [grid_tiles.partial_tiles(1024, bk, p) for bk, p in ((64, "ieee"), (32, "tf32x3"), (128, "tf32"))] \
+        == [4, 8, 4]
+    monkeypatch.setattr(grid_tiles, "SPLIT_MAX_BYTES", grid_tiles.split_bytes(B, H, "gru", 16) - 1)
     phases = _spy_phases(grid, monkeypatch)
     check(tri, "gru", "rhythmic", B, H, 5)
-    monkeypatch.setattr(grid_tiles, "SPLIT_MAX_BYTES", grid.split_bytes(B, H, "gru", 16))
+    monkeypatch.setattr(grid_tiles, "SPLIT_MAX_BYTES", grid_tiles.split_bytes(B, H, "gru", 16))
     check(tri, "gru", "rhythmic", B, H, 5)
     assert phases["fwd"] == [False, True] and calls["fwd"] == 2
 

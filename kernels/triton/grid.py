@@ -68,7 +68,6 @@ from ._common import (
     filled,
     gru_candidate,
     gru_candidate_grad,
-    next_pow2,
 )
 
 __all__ = ["ENABLED", "LAUNCHED", "eligible", "launch_bwd", "launch_fwd"]
@@ -77,12 +76,6 @@ __all__ = ["ENABLED", "LAUNCHED", "eligible", "launch_bwd", "launch_fwd"]
 # False: always / never (tests, benchmarks). Run natively on an H200 on 2026-12-04: the kernel
 # tests passed and tools/bench_gpu.py timed them (docs/triton.md).
 ENABLED: bool | None = None
-
-# phase 2 of a split step loads the partials of this many column tiles at once (powers of
-# two), per dot precision. From the sm_90 compiles on Triton 3.6 (the GRU forward at BB = 16,
-# H = 1024): 8 tiles spill in the exact and TF32 kernels (24 / 16 B of stack at 255
-# registers) and 4 do not (202 / 190); 3xTF32 takes 8 without spilling (218) and spills 8 B at 4.
-PARTIAL_TILES = {"ieee": 4, "tf32": 4, "tf32x3": 8}
 
 # the backward's PHASES: phase 1 or phase 2 alone (the interpreter's launches), or both with
 # the barrier between them
@@ -465,11 +458,6 @@ def _launch(kernel, name: str, grid, T: int, device, two_phases: bool, args: dic
                 kernel[grid](t0=t, t1=t + 1, PHASES=phase.value, SYNC=False, **args)
 
 
-def split_bytes(B: int, H: int, cell: str, bk: int) -> int:
-    """Bytes of the split forward's scratch of partial products: (cdiv(H, bk), B, G) fp32."""
-    return triton.cdiv(H, bk) * B * (3 * H if cell == "gru" else H) * 4
-
-
 def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists | None) -> None:
     """Fills ``seq.hs[:, 1:]`` (and ``seq.gh`` where given); ``seq.hs[:, 0]`` holds h0. ``mask``
     (T, H): a rhythmic gate's rows to compute, ``lists`` the same compacted. Tiles with
@@ -478,10 +466,10 @@ def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists 
     t, grid, d, shared = _setup(cfg, x.xp, seq.hs, x.xp.dtype)
     B, T, G = x.xp.shape
     H = seq.hs.shape[2]
-    split = t.split and split_bytes(B, H, cfg.cell, t.bk) <= grid_tiles.SPLIT_MAX_BYTES
+    split = t.split and grid_tiles.split_bytes(B, H, cfg.cell, t.bk) <= grid_tiles.SPLIT_MAX_BYTES
     part = torch.empty((triton.cdiv(H, t.bk), B, G), dtype=torch.float32, device=x.xp.device) if split else d
     m8 = (mask != 0).to(torch.int8).contiguous() if cfg.gate == "rhythmic" else d
-    pk = min(PARTIAL_TILES[shared["PREC"]], next_pow2(triton.cdiv(H, t.bk))) if split else 1
+    pk = grid_tiles.partial_tiles(H, t.bk, shared["PREC"]) if split else 1
     flags = dict(HAS_B=x.b_hh is not None, SAVE_GH=seq.gh is not None, SPLIT=split, PK=pk)
     x, seq, lists = filled(x, d), filled(seq, d), lists if lists is not None else OpenLists(d, d)
     args = dict(xp_ptr=x.xp, w_ptr=x.w_hh, b_ptr=x.b_hh, gate_ptr=x.gvals, mask_ptr=m8, idx_ptr=lists.idx,

@@ -1,7 +1,7 @@
 """How a launch of the multi-program kernels (``grid.py``) cuts the work: the tiles, the
-grid shape and the precision of its dot products, chosen from the call's sizes and the GPU
-(the measured defaults of docs/triton.md, "Tiles"); the module's globals override them (the
-benchmark's sweeps and the tests set them).
+grid shape, the precision of its dot products and a split step's scratch, chosen from the
+call's sizes and the GPU (the measured defaults of docs/triton.md, "Tiles"); the module's
+globals override them (the benchmark's sweeps and the tests set them).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import triton
 
 from ._common import next_pow2
 
-__all__ = ["MAX_BB", "MAX_NH", "PRECISION", "SPLIT", "SPLIT_MAX_BYTES", "TILES", "Tiles", "dot_precision",
-           "shape", "sm_count", "tiles"]
+__all__ = ["MAX_BB", "MAX_NH", "PARTIAL_TILES", "PRECISION", "SPLIT", "SPLIT_MAX_BYTES", "TILES", "Tiles",
+           "dot_precision", "partial_tiles", "shape", "sm_count", "split_bytes", "tiles"]
 
 MAX_BB = 64  # batch rows per program
 MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
@@ -122,6 +122,23 @@ def shape(B: int, H: int, device, precision: str = "ieee") -> tuple[int, int, in
     if sms is not None:
         nh = min(nh, t.per_sm * sms // nb)
     return t.bb, nh, nb
+
+
+#: phase 2 of a split step loads the partials of this many column tiles at once (powers of
+#: two), per dot precision. From the sm_90 compiles on Triton 3.6 (the GRU forward at BB = 16,
+#: H = 1024): 8 tiles spill in the exact and TF32 kernels (24 / 16 B of stack at 255
+#: registers) and 4 do not (202 / 190); 3xTF32 takes 8 without spilling (218), spills 8 B at 4.
+PARTIAL_TILES = {"ieee": 4, "tf32": 4, "tf32x3": 8}
+
+
+def partial_tiles(H: int, bk: int, precision: str) -> int:
+    """Column tiles whose partials phase 2 of a split step loads at once (``PK``)."""
+    return min(PARTIAL_TILES[precision], next_pow2(triton.cdiv(H, bk)))
+
+
+def split_bytes(B: int, H: int, cell: str, bk: int) -> int:
+    """Bytes of the split forward's scratch of partial products: (cdiv(H, bk), B, G) fp32."""
+    return triton.cdiv(H, bk) * B * (3 * H if cell == "gru" else H) * 4
 
 
 def dot_precision(dtype) -> str:
