@@ -117,6 +117,27 @@ def _mac_t(acc, v, w, FMA: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
+def _tile_mac(a0, a1, a2, hs_ptr, w_ptr, prev, bm, rows, km, k0, H,
+              CELL: tl.constexpr, FMA: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
+    # a chunk's sections a0..a2 [BB, BH] += h_{t-1}[:, k0:k0+BK] @ U[sec, rows, k0:k0+BK]^T
+    # (the state at offsets prev of hs; a1, a2 untouched for an RNN)
+    kk = k0 + tl.arange(0, BK)
+    kkm = kk < H
+    hk = tl.load(hs_ptr + prev[:, None] + kk[None, :], mask=bm[:, None] & kkm[None, :],
+                 other=0.0, cache_modifier=".cg").to(tl.float32)
+    wm = km[:, None] & kkm[None, :]
+    wo = rows[:, None] * H + kk[None, :]
+    w0 = tl.load(w_ptr + wo, mask=wm, other=0.0).to(tl.float32)
+    a0 = _mac(a0, hk, w0, FMA, PREC)
+    if CELL == GRU:
+        w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0).to(tl.float32)
+        a1 = _mac(a1, hk, w1, FMA, PREC)
+        a2 = _mac(a2, hk, w2, FMA, PREC)
+    return a0, a1, a2
+
+
+@triton.jit
 def _program(B, H, NSEC: tl.constexpr, BB: tl.constexpr):
     # program (p, q) of nh per batch block; G = NSEC * H, the width of a pre-activation row;
     # the rows of batch block q (int64: offsets) and their mask
@@ -225,23 +246,15 @@ def _fwd_grid_kernel(
                     c = u // nk
                     i = u - c * nk
                     rows, km = _chunk_rows(idx_ptr, start + c * BH, end, BH, GATE)
-                    kk = i * BK + tl.arange(0, BK)
-                    kkm = kk < H
-                    hk = tl.load(hs_ptr + prev[:, None] + kk[None, :], mask=bm[:, None] & kkm[None, :],
-                                 other=0.0, cache_modifier=".cg").to(tl.float32)
-                    wm = km[:, None] & kkm[None, :]
-                    wo = rows[:, None] * H + kk[None, :]
+                    z = tl.zeros([BB, BH], tl.float32)
+                    a0, a1, a2 = _tile_mac(z, z, z, hs_ptr, w_ptr, prev, bm, rows, km, i * BK, H,
+                                           CELL, FMA, PREC, BK)
                     po = (i * B + bb)[:, None] * G + rows[None, :]
                     pm = bm[:, None] & km[None, :]
-                    w0 = tl.load(w_ptr + wo, mask=wm, other=0.0).to(tl.float32)
-                    tl.store(part_ptr + po, _mac(tl.zeros([BB, BH], tl.float32), hk, w0, FMA, PREC), mask=pm)
+                    tl.store(part_ptr + po, a0, mask=pm)
                     if CELL == GRU:
-                        w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(tl.float32)
-                        w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0).to(tl.float32)
-                        tl.store(part_ptr + po + H, _mac(tl.zeros([BB, BH], tl.float32), hk, w1, FMA, PREC),
-                                 mask=pm)
-                        tl.store(part_ptr + po + 2 * H,
-                                 _mac(tl.zeros([BB, BH], tl.float32), hk, w2, FMA, PREC), mask=pm)
+                        tl.store(part_ptr + po + H, a1, mask=pm)
+                        tl.store(part_ptr + po + 2 * H, a2, mask=pm)
             else:  # whole chunks, round robin
                 for c0 in range(start + p * BH, end, nh * BH):
                     rows, km = _chunk_rows(idx_ptr, c0, end, BH, GATE)
@@ -249,19 +262,8 @@ def _fwd_grid_kernel(
                     a1 = tl.zeros([BB, BH], tl.float32)
                     a2 = tl.zeros([BB, BH], tl.float32)
                     for k0 in range(0, H, BK):
-                        kk = k0 + tl.arange(0, BK)
-                        kkm = kk < H
-                        hk = tl.load(hs_ptr + prev[:, None] + kk[None, :], mask=bm[:, None] & kkm[None, :],
-                                     other=0.0, cache_modifier=".cg").to(tl.float32)
-                        wm = km[:, None] & kkm[None, :]
-                        wo = rows[:, None] * H + kk[None, :]
-                        w0 = tl.load(w_ptr + wo, mask=wm, other=0.0).to(tl.float32)
-                        a0 = _mac(a0, hk, w0, FMA, PREC)
-                        if CELL == GRU:
-                            w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(tl.float32)
-                            w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0).to(tl.float32)
-                            a1 = _mac(a1, hk, w1, FMA, PREC)
-                            a2 = _mac(a2, hk, w2, FMA, PREC)
+                        a0, a1, a2 = _tile_mac(a0, a1, a2, hs_ptr, w_ptr, prev, bm, rows, km, k0, H,
+                                               CELL, FMA, PREC, BK)
                     _fwd_finish(a0, a1, a2, rows, km, bm, prev, xrow, trow, H, xp_ptr, b_ptr, gate_ptr,
                                 hs_ptr, gh_ptr, CELL, GATE, HAS_B, SAVE_GH)
         if SPLIT:
