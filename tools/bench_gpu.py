@@ -10,8 +10,9 @@ timed repetitions after a warm-up, `triton.testing.do_bench`):
    of the multi-program kernels' spin barrier alone (one per step, no work);
 2. a sweep of the multi-program kernels' tiles (kernels/triton/grid.py: batch block, chunk
    rows, reduction tile, warps, stages, tl.dot or FMA, dot precision, split steps, programs
-   per SM) on the targets' rhythmic GRU (B=64, H=1024, T=1024, 10 %, frozen gate) and on B=1, H=8192, T=1000, and of
-   the feed-forward LIF kernel's tiles (kernels/triton/lif_feedforward.py);
+   per SM) on the targets' rhythmic GRU (B=64, H=1024, T=1024, 10 %, frozen gate) and on
+   B=1, H=8192, T=1000, and of the feed-forward LIF kernel's tiles
+   (kernels/triton/lif_feedforward.py);
 3. the targets through the public API (`SUGRU`, `SURNN`, `SULIF`), against `torch.nn.GRU` /
    `torch.nn.RNN` (cuDNN, torch's defaults: TF32 allowed for cuDNN) on the same inputs.
 

@@ -77,24 +77,21 @@ def _step(call, backward: bool) -> None:
         (out.sum() + hT.sum()).backward()
 
 
-def _with_grid(fused, *args, tf32=False, split=None):
+def _with_grid(fused, *args, tf32=False, split=None, precision=None):
     """The Triton backend with the multi-program kernels on (kernels/triton/grid.py); with
     ``tf32`` their fp32 dot products use TF32 tensor cores (torch's matmul switch), the
     regime cuDNN's GRU runs in by default (``torch.backends.cudnn.allow_tf32``); ``split``
-    (True / False) sets the forward's split steps instead of the tiles' choice."""
+    (True / False) sets the forward's split steps instead of the tiles' choice, and
+    ``precision`` ("ieee", "tf32", "tf32x3") the dot precision instead of torch's flags."""
     from su_neuro.kernels.triton import grid, grid_tiles
 
     matmul = torch.backends.cuda.matmul
-    before, grid.ENABLED = grid.ENABLED, True
-    split_before, grid_tiles.SPLIT = grid_tiles.SPLIT, split
-    tf32_before = matmul.allow_tf32
-    matmul.allow_tf32 = tf32
+    saved = grid.ENABLED, grid_tiles.SPLIT, grid_tiles.PRECISION, matmul.allow_tf32
+    grid.ENABLED, grid_tiles.SPLIT, grid_tiles.PRECISION, matmul.allow_tf32 = True, split, precision, tf32
     try:
         return fused(*args)
     finally:
-        grid.ENABLED = before
-        grid_tiles.SPLIT = split_before
-        matmul.allow_tf32 = tf32_before
+        grid.ENABLED, grid_tiles.SPLIT, grid_tiles.PRECISION, matmul.allow_tf32 = saved
 
 
 def _max_diff(a, b, call) -> str:

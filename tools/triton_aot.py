@@ -243,13 +243,8 @@ def run_case(cap: Capture, c: dict, T: int) -> None:
         gi = GateInput("dense")
     call = (recurrence, base, xp, h0, s0, w, b, gi, lif)
     if c["grid"]:
-        from su_neuro.kernels.triton import grid_tiles
-
-        before, grid_tiles.PRECISION = grid_tiles.PRECISION, ("tf32x3" if c["tf32x3"] else None)
-        try:
-            _with_grid(_step, call, True, tf32=c["tf32"], split=c["split"])
-        finally:
-            grid_tiles.PRECISION = before
+        _with_grid(_step, call, True, tf32=c["tf32"], split=c["split"],
+                   precision="tf32x3" if c["tf32x3"] else None)
     else:
         _step(call, True)
 

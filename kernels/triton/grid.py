@@ -397,8 +397,9 @@ def eligible(cell: str, gate: str, w_hh, B: int, device, rate: float = 1.0, trai
         return False
     sms = grid_tiles.sm_count(device)
     if sms is not None:
-        _, nh, nb = grid_tiles.shape(B, w_hh.shape[1], device)
-        if not (nh >= 1 and nh * nb <= grid_tiles.tiles(B, w_hh.shape[1], device).per_sm * sms):
+        # shape keeps NH * NB within what the SMs hold (NH = 0 where even one program per
+        # batch block does not fit)
+        if grid_tiles.shape(B, w_hh.shape[1], device)[1] < 1:
             return False
     if ENABLED is None:
         return sms is not None and choose.fastest(B, w_hh.shape[1], rate, training, ("rows", "grid")) == "grid"
