@@ -372,23 +372,25 @@ def grid_on(tri, monkeypatch):
     """Turns the multi-program kernels (kernels/triton/grid.py) on and counts their launchers."""
     from su_neuro.kernels.triton import grid
 
-    calls = {"fwd": 0, "bwd": 0}
+    calls = {"fwd": 0, "bwd": 0, "dw": 0}  # dw: backward launches that formed dL/dU themselves
     monkeypatch.setattr(grid, "ENABLED", True)
     for name in ("fwd", "bwd"):
         real = getattr(grid, f"launch_{name}")
 
         def spy(*a, _real=real, _name=name, **k):
             calls[_name] += 1
-            return _real(*a, **k)
+            out = _real(*a, **k)
+            calls["dw"] += out is not None
+            return out
 
         monkeypatch.setattr(grid, f"launch_{name}", spy)
     return grid, calls
 
 
-def _tiles(bb, bh, bk, fma, split=False):
+def _tiles(bb, bh, bk, fma, split=False, dw=False, bwd=None):
     from su_neuro.kernels.triton.grid_tiles import Tiles
 
-    return Tiles(bb, bh, bk, 4, 2, fma, split)
+    return Tiles(bb, bh, bk, 4, 2, fma, split, dw=dw, bwd=bwd)
 
 
 # (B, H, T, overrides): one program (the default for B = 1: FMA, one row); round robin of 3
@@ -398,7 +400,12 @@ def _tiles(bb, bh, bk, fma, split=False):
 # cut 4 + 5 over 2 programs, so a chunk's partials come from both; 5 chunks x 5 tiles over 3
 # programs on the FMA units (phase 2 loads the partials of 4 tiles, then of 1); two batch
 # blocks, the second partial (programs without a unit and steps without an open row:
-# test_grid_kernels_split_idle_programs)
+# test_grid_kernels_split_idle_programs). dU in the backward kernel (tiles' ``dw``): two
+# batch blocks, the second partial (their sums added), 3 column slices over 2 programs, row
+# tiles of 16 (tl.dot); with the backward's own tiles (``bwd``) as well: slices of 32 columns
+# where the forward's chunks have 16 rows (one slice per program, a partial second one) and
+# row tiles of 32; slices of 16 and row tiles of 16 where the forward has 8 and 8 (FMA, blocks
+# of 4 rows, 2 warps)
 GRID_CASES = [
     (1, 5, 1, {}),
     (3, 40, 7, {"TILES": _tiles(16, 16, 16, False), "MAX_NH": 2}),
@@ -408,12 +415,15 @@ GRID_CASES = [
     (3, 40, 7, {"TILES": _tiles(16, 16, 16, False, split=True), "MAX_NH": 2}),
     (3, 40, 7, {"TILES": _tiles(4, 8, 8, True, split=True), "MAX_NH": 3}),
     (17, 33, 4, {"TILES": _tiles(16, 16, 16, False, split=True), "MAX_NH": 2}),
+    (17, 33, 4, {"TILES": _tiles(16, 16, 16, False, dw=True), "MAX_NH": 2}),
+    (17, 33, 4, {"TILES": _tiles(16, 16, 16, False, dw=True, bwd=(32, 32, 4)), "MAX_NH": 2}),
+    (5, 40, 7, {"TILES": _tiles(4, 8, 8, True, dw=True, bwd=(16, 16, 2)), "MAX_NH": 3}),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(GRID_CASES)),
                          ids=["one", "round_robin", "round_robin_fma", "blocks", "blocks_fma", "split",
-                              "split_fma", "split_blocks"])
+                              "split_fma", "split_blocks", "dw_blocks", "dw_bwd_tiles", "dw_bwd_tiles_fma"])
 @pytest.mark.parametrize("kind", ["dense", "rhythmic"])
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_grid_kernels_match_reference(tri, grid_on, monkeypatch, cell, kind, case):
@@ -427,18 +437,24 @@ def test_grid_kernels_match_reference(tri, grid_on, monkeypatch, cell, kind, cas
     runs = [{}] if kind == "dense" else [{}, {"gate_grad": False}, {"support": False}]
     for kw in runs:
         check(tri, cell, kind, B, H, T, **kw)
-    assert calls == {"fwd": len(runs), "bwd": len(runs)}, calls
+    dw = grid_tiles.TILES is not None and grid_tiles.TILES.dw
+    assert calls == {"fwd": len(runs), "bwd": len(runs), "dw": len(runs) if dw else 0}, calls
     split = grid_tiles.TILES is not None and grid_tiles.TILES.split
     assert phases["fwd"] == [split] * len(runs), "a split forward runs its steps in two phases"
+    if grid_tiles.TILES is not None:  # the backward's own tiles where set, else the forward's
+        t = grid_tiles.TILES
+        assert phases["fwd_tiles"] == [(t.bh, t.bk, t.warps)] * len(runs)
+        assert phases["bwd_tiles"] == [t.bwd or (t.bh, t.bk, t.warps)] * len(runs)
 
 
 def _spy_phases(grid, monkeypatch):
-    # per launch of each kernel: whether its steps ran in two phases
-    seen = {"fwd": [], "bwd": []}
+    # per launch of each kernel: whether its steps ran in two phases, and its (BH, BK, warps)
+    seen = {"fwd": [], "bwd": [], "fwd_tiles": [], "bwd_tiles": []}
     real = grid._launch
 
     def spy(kernel, name, *a):
         seen[name].append(a[-2])
+        seen[f"{name}_tiles"].append((a[-1]["BH"], a[-1]["BK"], a[-1]["num_warps"]))
         return real(kernel, name, *a)
 
     monkeypatch.setattr(grid, "_launch", spy)
@@ -482,12 +498,13 @@ def test_grid_kernels_split_idle_programs(tri, grid_on, monkeypatch, cell):
     assert phases["fwd"] == [True] and calls["fwd"] == 1
 
 
-def test_grid_kernels_split_falls_back_to_whole_chunks(tri, grid_on, monkeypatch):
-    # a split forward whose scratch of partials would pass SPLIT_MAX_BYTES runs whole chunks
+def test_grid_kernels_split_and_dw_fall_back(tri, grid_on, monkeypatch):
+    # a split forward whose scratch of partials would pass SPLIT_MAX_BYTES runs whole chunks;
+    # a backward whose per-block dU sums would pass DW_MAX_BYTES leaves dU to the GEMM
     from su_neuro.kernels.triton import grid_tiles
 
     grid, calls = grid_on
-    monkeypatch.setattr(grid_tiles, "TILES", _tiles(4, 8, 16, True, split=True))
+    monkeypatch.setattr(grid_tiles, "TILES", _tiles(4, 8, 16, True, split=True, dw=True))
     monkeypatch.setattr(grid_tiles, "MAX_NH", 2)
     B, H = 3, 40
     assert grid_tiles.split_bytes(B, H, "gru", 16) == 3 * B * 3 * H * 4  # (cdiv(40, 16), B, 3H) fp32
@@ -495,12 +512,16 @@ def test_grid_kernels_split_falls_back_to_whole_chunks(tri, grid_on, monkeypatch
     assert [grid_tiles.partial_tiles(40, 16, p) for p in ("ieee", "tf32x3")] == [4, 4]
     assert [grid_tiles.partial_tiles(1024, bk, p) for bk, p in ((64, "ieee"), (32, "tf32x3"), (128, "tf32"))] \
         == [4, 8, 4]
+    assert grid_tiles.dw_bytes(1, H, "gru") == 3 * H * H * 4  # one batch block: (1, 3H, H) fp32
     monkeypatch.setattr(grid_tiles, "SPLIT_MAX_BYTES", grid_tiles.split_bytes(B, H, "gru", 16) - 1)
+    monkeypatch.setattr(grid_tiles, "DW_MAX_BYTES", grid_tiles.dw_bytes(1, H, "gru") - 1)
     phases = _spy_phases(grid, monkeypatch)
     check(tri, "gru", "rhythmic", B, H, 5)
+    assert calls["dw"] == 0, "dU from the GEMM"
     monkeypatch.setattr(grid_tiles, "SPLIT_MAX_BYTES", grid_tiles.split_bytes(B, H, "gru", 16))
+    monkeypatch.setattr(grid_tiles, "DW_MAX_BYTES", grid_tiles.dw_bytes(1, H, "gru"))
     check(tri, "gru", "rhythmic", B, H, 5)
-    assert phases["fwd"] == [False, True] and calls["fwd"] == 2
+    assert phases["fwd"] == [False, True] and calls["fwd"] == 2 and calls["dw"] == 1
 
 
 def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
@@ -529,7 +550,7 @@ def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
     # the native long run (T = 2000, 32 programs) is where it would
     monkeypatch.setattr(grid_tiles, "TILES", _tiles(16, 16, 16, False, split=True))
     check(tri, "gru", "rhythmic", B, H, T)
-    assert calls == {"fwd": 3, "bwd": 3}
+    assert calls == {"fwd": 3, "bwd": 3, "dw": 0}
     assert len(counters) == 6
     for z in counters[:4] + counters[5:]:
         assert z.tolist() == [T, T], "one arrival per step and batch block"
@@ -708,7 +729,9 @@ def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
             assert r["mma"] == 0 and r["ffma"] > 0, r
     assert all(r["sync"] == "-" for r in rows if "grid" not in r["kernel"])
     # a split forward arrives at two barriers per step, every other grid kernel at one
-    assert [r["case"] for r in grid_rows if r["meta"].get("SPLIT")] == ["grid gru rhythmic B=1 H=1024 split"]
+    assert [r["case"] for r in grid_rows if r["meta"].get("SPLIT")] == ["grid gru rhythmic B=1 H=1024 split dw"]
+    # ... whose backward forms dU itself (a load and a store of the dU tile per row tile)
+    assert [r["case"] for r in grid_rows if r["meta"].get("DW")] == ["grid gru rhythmic B=1 H=1024 split dw"]
     assert all(r["atom"] == (2 if r["meta"].get("SPLIT") else 1) for r in grid_rows), grid_rows
     lif = next(r for r in rows if r["kernel"] == "_lif_ff_fwd_kernel")
     assert lif["local"] == 0 and lif["warps"] == 1, lif
@@ -813,6 +836,12 @@ def test_bench_gpu_needs_cuda_and_reads_its_labels(load_tool):
     assert bench._parse("bb1 bh8 bk512 w8 s3 fma split") == (Tiles(1, 8, 512, 8, 3, True, True), None)
     assert bench._parse("bb16 bh16 bk64 w4 s2 dot-ieee split x2") == (Tiles(16, 16, 64, 4, 2, False, True, 2),
                                                                      "ieee")
+    assert bench._parse("bb16 bh16 bk32 w4 s3 dot-tf32x3 split dw") == (
+        Tiles(16, 16, 32, 4, 3, False, True, dw=True), "tf32x3")
+    assert bench._parse("bb16 bh16 bk32 w4 s3 dot-tf32x3 split dw bwd32x128w8") == (
+        Tiles(16, 16, 32, 4, 3, False, True, dw=True, bwd=(32, 128, 8)), "tf32x3")
+    assert any(t.dw for sweep in bench._sweeps() for t, _ in sweep)
+    assert any(t.bwd for sweep in bench._sweeps() for t, _ in sweep)
     rows = [{"config": "per-row", "fwd_ms": 1.0, "max_diff": 0.0},
             {"config": "a", "fwd_ms": 5.0, "max_diff": 0.0},
             {"config": "b", "fwd_ms": 2.0, "max_diff": 7e-4},  # TF32: not fp32-accurate

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -162,7 +163,8 @@ def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None):
 
 def _label(t, prec):
     return (f"bb{t.bb} bh{t.bh} bk{t.bk} w{t.warps} s{t.stages} {'fma' if t.fma else 'dot-' + prec}"
-            + (" split" if t.split else "") + (f" x{t.per_sm}" if t.per_sm != 1 else ""))
+            + (" split" if t.split else "") + (f" x{t.per_sm}" if t.per_sm != 1 else "") + (" dw" if t.dw else "")
+            + (" bwd{}x{}w{}".format(*t.bwd) if t.bwd else ""))
 
 
 def sweep_lif(B, H, T, configs, copy_gbs):
@@ -412,14 +414,19 @@ def main(argv=None) -> int:
 
 def _parse(label: str):
     """(Tiles, precision) back from a sweep label ("bb16 bh16 bk64 w4 s2 fma" / "... dot-tf32x3",
-    then " split" for split steps and " x2" for two programs per SM where they apply)."""
+    then " split" for split steps, " x2" for two programs per SM, " dw" for dU formed in
+    the backward kernel and " bwd32x128w8" for the backward's own slice width, row tile and
+    warps, where they apply)."""
     from su_neuro.kernels.triton.grid_tiles import Tiles
 
     parts = label.split()
     num = {p[:2] if p[0] == "b" else p[0]: int(p[2:] if p[0] == "b" else p[1:]) for p in parts[:5]}
     fma = parts[5] == "fma"
     per_sm = next((int(p[1:]) for p in parts[6:] if p.startswith("x")), 1)
-    return (Tiles(num["bb"], num["bh"], num["bk"], num["w"], num["s"], fma, "split" in parts[6:], per_sm),
+    bwd = next((tuple(int(v) for v in re.fullmatch(r"bwd(\d+)x(\d+)w(\d+)", p).groups())
+                for p in parts[6:] if p.startswith("bwd")), None)
+    return (Tiles(num["bb"], num["bh"], num["bk"], num["w"], num["s"], fma, "split" in parts[6:], per_sm,
+                  "dw" in parts[6:], bwd),
             (None if fma else parts[5][4:]))
 
 
@@ -492,20 +499,30 @@ def dense_ab(cls, torch_cls, B, H, T, F):
 
 def _sweeps():
     """The tiles swept (the 2026-12-04 runs' best and runners-up, then split steps, whose
-    forward cuts a step's (chunk, column tile) units evenly over the programs; docs/triton.md)."""
+    forward cuts a step's (chunk, column tile) units evenly over the programs, and backwards
+    that form dU themselves over the open rows; docs/triton.md). A "dw" row's forward is the
+    same kernel as the row with the same tiles without it: the two differ in the backward."""
     from su_neuro.kernels.triton.grid_tiles import Tiles as T
 
     b64 = [
         (T(16, 16, 64, 4, 2, False), "ieee"),  # exact; the reference of max_diff
         (T(16, 16, 32, 4, 3, False), "tf32x3"),  # the fastest fp32-accurate on 2026-12-04
         (T(16, 16, 128, 4, 3, False), "tf32"),
-        (T(16, 16, 64, 4, 2, False, True), "ieee"),
-        (T(16, 16, 32, 4, 2, False, True), "ieee"),
         (T(16, 16, 32, 4, 3, False, True), "tf32x3"),
-        (T(16, 16, 128, 4, 3, False, True), "tf32"),
-        (T(16, 16, 64, 4, 3, False, True), "tf32"),
         (T(16, 16, 32, 4, 3, False, True, 2), "tf32x3"),
         (T(16, 16, 64, 4, 2, False, True, 2), "ieee"),
+        # the backward: dU in the kernel, then its own tiles (one slice of 32 columns per
+        # program; row tiles as long as the sm_90 compiles allow without spilling: 32 at
+        # 3xTF32, 128 for the ~102 open rows at TF32 and exact), with and without dU. A
+        # split row without dw but with the same tiles would time the same forward and, in
+        # its backward, the whole-chunk row's
+        (T(16, 16, 64, 4, 2, False, True, dw=True), "ieee"),
+        (T(16, 16, 32, 4, 3, False, True, dw=True), "tf32x3"),
+        (T(16, 16, 128, 4, 3, False, True, dw=True), "tf32"),
+        (T(16, 16, 64, 4, 2, False, True, bwd=(32, 128, 8)), "ieee"),
+        (T(16, 16, 32, 4, 3, False, True, bwd=(32, 32, 4)), "tf32x3"),
+        (T(16, 16, 32, 4, 3, False, True, dw=True, bwd=(32, 32, 4)), "tf32x3"),
+        (T(16, 16, 128, 4, 3, False, True, dw=True, bwd=(32, 128, 8)), "tf32"),
     ]
     b1 = [
         (T(1, 8, 2048, 8, 3, True), "ieee"),  # the default: 37 ms on 2026-12-04
@@ -523,7 +540,8 @@ def _sweeps():
         (T(16, 16, 32, 4, 3, False), "tf32x3"),
         (T(16, 16, 128, 4, 3, False), "tf32"),
         (T(16, 16, 64, 4, 2, False, True), "ieee"),
-        (T(16, 16, 32, 4, 3, False, True), "tf32x3"),
+        (T(16, 16, 32, 4, 3, False, True, dw=True), "tf32x3"),
+        (T(16, 16, 32, 4, 3, False, True, dw=True, bwd=(32, 64, 4)), "tf32x3"),
     ]
     return b64, b1, rnn
 

@@ -77,21 +77,26 @@ def _step(call, backward: bool) -> None:
         (out.sum() + hT.sum()).backward()
 
 
-def _with_grid(fused, *args, tf32=False, split=None, precision=None):
+def _with_grid(fused, *args, tf32=False, split=None, precision=None, dw=None, bwd=None):
     """The Triton backend with the multi-program kernels on (kernels/triton/grid.py); with
     ``tf32`` their fp32 dot products use TF32 tensor cores (torch's matmul switch), the
     regime cuDNN's GRU runs in by default (``torch.backends.cudnn.allow_tf32``); ``split``
-    (True / False) sets the forward's split steps instead of the tiles' choice, and
-    ``precision`` ("ieee", "tf32", "tf32x3") the dot precision instead of torch's flags."""
+    and ``dw`` (True / False) set the forward's split steps and the backward's dU, ``bwd``
+    the backward's own (bh, bk, warps), instead of the tiles' choice, and ``precision``
+    ("ieee", "tf32", "tf32x3") the dot precision instead of torch's flags."""
     from su_neuro.kernels.triton import grid, grid_tiles
 
     matmul = torch.backends.cuda.matmul
-    saved = grid.ENABLED, grid_tiles.SPLIT, grid_tiles.PRECISION, matmul.allow_tf32
-    grid.ENABLED, grid_tiles.SPLIT, grid_tiles.PRECISION, matmul.allow_tf32 = True, split, precision, tf32
+    knobs = (grid, "ENABLED", True), (grid_tiles, "SPLIT", split), (grid_tiles, "DW", dw), (grid_tiles, "BWD", bwd), \
+        (grid_tiles, "PRECISION", precision), (matmul, "allow_tf32", tf32)
+    saved = [getattr(m, name) for m, name, _ in knobs]
+    for m, name, value in knobs:
+        setattr(m, name, value)
     try:
         return fused(*args)
     finally:
-        grid.ENABLED, grid_tiles.SPLIT, grid_tiles.PRECISION, matmul.allow_tf32 = saved
+        for (m, name, _), value in zip(knobs, saved, strict=True):
+            setattr(m, name, value)
 
 
 def _max_diff(a, b, call) -> str:

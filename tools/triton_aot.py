@@ -160,19 +160,28 @@ class Capture:
         return False
 
 
+#: the backward's own tiles (``Tiles.bwd``) in tools/bench_gpu.py's sweeps, B = 64, H = 1024
+BWD_CASES = {
+    "gru": [dict(tf32x3=True, dw=True, bwd=(32, 32, 4)), dict(tf32x3=True, bwd=(32, 32, 4)),
+            dict(tf32=True, dw=True, bwd=(32, 128, 8)), dict(bwd=(32, 128, 8))],
+    "rnn": [dict(tf32x3=True, dw=True, bwd=(32, 64, 4))],
+}
+
+
 def cases(quick: bool) -> list[dict]:
     """The shapes to compile: the benchmark's suGRU / suRNN rows for the per-row and the
     grid kernels (fp32 exact and TF32, bf16 inputs; split steps, also with 3xTF32 products),
     a trainable rhythmic gate, the event gate, recurrent and feed-forward LIF. Every case
     runs forward and backward."""
     out = []
-    add = lambda **kw: out.append(dict({"dtype": "float32", "grid": False, "tf32": False,  # noqa: E731
-                                        "train_gate": False, "B": 64, "split": False, "tf32x3": False}, **kw))
+    base = {"dtype": "float32", "grid": False, "tf32": False, "train_gate": False, "B": 64, "split": False,
+            "tf32x3": False, "dw": False, "bwd": None}
+    add = lambda **kw: out.append(dict(base, **kw))  # noqa: E731
     if quick:
         add(cell="gru", gate="rhythmic", H=256, grid=True)  # BB = 16, exact fp32 dot
         add(cell="gru", gate="rhythmic", H=1024, grid=True, tf32=True)  # BB = 16, TF32
         add(cell="gru", gate="rhythmic", H=1024, B=1, grid=True)  # BB = 1, FMA products
-        add(cell="gru", gate="rhythmic", H=1024, B=1, grid=True, split=True)  # split steps
+        add(cell="gru", gate="rhythmic", H=1024, B=1, grid=True, split=True, dw=True)  # split, dU in the kernel
         add(cell="gru", gate="rhythmic", H=256)
         add(cell="lif", gate="dense", H=256)
         return out
@@ -185,12 +194,14 @@ def cases(quick: bool) -> list[dict]:
                     add(cell=cell, gate=gate, H=H, B=B, grid=True)
                     if cell == "gru":
                         add(cell=cell, gate=gate, H=H, B=B, grid=True, tf32=True)
-            for B in (1, 64):  # split steps, the rhythmic targets' shapes
-                add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, split=True)
-                if B == 64:  # 3xTF32 split products (the sweep's fp32-accurate candidates)
-                    add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, tf32x3=True, split=True)
+            for B in (1, 64):  # split forwards and dU-forming backwards, the rhythmic targets' shapes
+                add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, split=True, dw=True)
+                if B == 64:  # 3xTF32 products (the sweep's fp32-accurate candidates)
+                    add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, tf32x3=True, split=True, dw=True)
                 if cell == "gru" and B == 64:
-                    add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, tf32=True, split=True)
+                    add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, tf32=True, split=True, dw=True)
+        for kw in BWD_CASES[cell]:  # the backward's own tiles, as the sweep has them
+            add(cell=cell, gate="rhythmic", H=1024, B=64, grid=True, **kw)
         add(cell=cell, gate="rhythmic", H=1024, B=256, grid=True)  # 64-row blocks, 8 warps
         add(cell=cell, gate="rhythmic", H=1024, grid=True, dtype="bfloat16")
         add(cell=cell, gate="rhythmic", H=1024, grid=True, train_gate=True)
@@ -205,7 +216,8 @@ def cases(quick: bool) -> list[dict]:
 def label(c: dict) -> str:
     kind = ("grid-tf32" if c["tf32"] else "grid-tf32x3" if c["tf32x3"] else "grid") if c["grid"] else "rows"
     extra = ((" bf16" if c["dtype"] == "bfloat16" else "") + (" gate-trained" if c["train_gate"] else "")
-             + (" split" if c["split"] else ""))
+             + (" split" if c["split"] else "") + (" dw" if c["dw"] else "")
+             + (" bwd{}x{}w{}".format(*c["bwd"]) if c["bwd"] else ""))
     return f"{kind} {c['cell']} {c['gate']} B={c['B']} H={c['H']}{extra}"
 
 
@@ -243,7 +255,7 @@ def run_case(cap: Capture, c: dict, T: int) -> None:
         gi = GateInput("dense")
     call = (recurrence, base, xp, h0, s0, w, b, gi, lif)
     if c["grid"]:
-        _with_grid(_step, call, True, tf32=c["tf32"], split=c["split"],
+        _with_grid(_step, call, True, tf32=c["tf32"], split=c["split"], dw=c["dw"], bwd=c["bwd"],
                    precision="tf32x3" if c["tf32x3"] else None)
     else:
         _step(call, True)

@@ -117,6 +117,16 @@ def _mac_t(acc, v, w, FMA: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
+def _mac_tn(acc, v, h, FMA: tl.constexpr, PREC: tl.constexpr):
+    # acc[BK, BH] += v[BB, BK]^T @ h[BB, BH]
+    if FMA:
+        acc += tl.sum(v[:, :, None] * h[:, None, :], axis=0)
+    else:
+        acc = tl.dot(tl.trans(v), h, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
 def _tile_mac(a0, a1, a2, hs_ptr, w_ptr, prev, bm, rows, km, k0, H,
               CELL: tl.constexpr, FMA: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
     # a chunk's sections a0..a2 [BB, BH] += h_{t-1}[:, k0:k0+BK] @ U[sec, rows, k0:k0+BK]^T
@@ -219,8 +229,10 @@ def _fwd_grid_kernel(
     # SPLIT: a step in two phases with a barrier between them. Phase 1 cuts the step's
     # units (chunk, column tile) into NH contiguous, equal runs, one per program, and writes
     # each unit's partial products to part (NK, B, G) fp32 (NK = cdiv(H, BK)); phase 2 sums
-    # the NK partials of a chunk, PK tiles per load, and finishes it. PHASES as in the backward (the
-    # interpreter's per-phase launches); without SPLIT always BOTH_PHASES.
+    # the NK partials of a chunk, PK tiles per load, and finishes it. Phase 1 also copies every
+    # neuron of the program's slices, without the mask (unused then): phase 2 overwrites the
+    # computed ones after the barrier. PHASES as in the backward (the interpreter's per-phase
+    # launches); without SPLIT always BOTH_PHASES.
     NSEC: tl.constexpr = 3 if CELL == GRU else 1
     NSYNC: tl.constexpr = 2 if SPLIT else 1
     p, q, nh, G, bb, bm = _program(B, H, NSEC, BB)
@@ -236,8 +248,11 @@ def _fwd_grid_kernel(
                 for j0 in range(p * BH, H, nh * BH):
                     j = j0 + tl.arange(0, BH)
                     jm = j < H
-                    keep = tl.load(mask_ptr + trow + j, mask=jm, other=1) == 0
-                    cm = bm[:, None] & (jm & keep)[None, :]
+                    if SPLIT:  # every neuron: phase 2 overwrites the computed ones after the barrier
+                        cm = bm[:, None] & jm[None, :]
+                    else:  # the mask's closed neurons (a chunk's owner writes the others)
+                        keep = tl.load(mask_ptr + trow + j, mask=jm, other=1) == 0
+                        cm = bm[:, None] & (jm & keep)[None, :]
                     v = tl.load(hs_ptr + prev[:, None] + j[None, :], mask=cm, cache_modifier=".cg")
                     tl.store(hs_ptr + new[:, None] + j[None, :], v, mask=cm)
             if SPLIT:  # this program's run of units: partial products to part
@@ -294,9 +309,9 @@ def _fwd_grid_kernel(
 @triton.jit
 def _bwd_grid_kernel(
     xp_ptr, w_ptr, gate_ptr, sup_ptr, idx_ptr, off_ptr, hs_ptr, gh_ptr, dout_ptr,
-    ch_ptr, dir_ptr, dxp_ptr, dgh_ptr, dg_ptr, sync_ptr,
+    ch_ptr, dir_ptr, dxp_ptr, dgh_ptr, dg_ptr, du_ptr, sync_ptr,
     t0, t1, B, T, H,
-    CELL: tl.constexpr, GATE: tl.constexpr, NEED_DG: tl.constexpr, DG_MASK: tl.constexpr,
+    CELL: tl.constexpr, GATE: tl.constexpr, NEED_DG: tl.constexpr, DG_MASK: tl.constexpr, DW: tl.constexpr,
     PHASES: tl.constexpr, SYNC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
 ):
@@ -304,7 +319,10 @@ def _bwd_grid_kernel(
     # between them), PHASE_1 or PHASE_2 one of them (the interpreter's per-phase launches).
     # ch (B, H) fp32 in: dL/dh_T, out: dL/dh0; dir (B, H) fp32 scratch; dxp, dgh (B, T, G)
     # fp32 (dgh written only for the GRU n section); dg (B, T, H); sup (T, H) int8 (DG_MASK);
-    # idx / off: rows with g != 0 per step.
+    # idx / off: rows with g != 0 per step. DW: du (NB, G, H) fp32 zeros in, out: batch block
+    # q's dL/dU = sum over its rows and the steps of dgh_t^T h_{t-1}, accumulated in phase 2
+    # over the rows with g != 0 only (each (row, column) of a block is the one program's that
+    # owns the column slice: no atomics, a fixed order).
     NSEC: tl.constexpr = 3 if CELL == GRU else 1
     p, q, nh, G, bb, bm = _program(B, H, NSEC, BB)
     for tt in range(t0, t1):
@@ -362,6 +380,9 @@ def _bwd_grid_kernel(
                 j = j0 + tl.arange(0, BH)
                 jm = j < H
                 acc = tl.zeros([BB, BH], tl.float32)
+                if DW:  # h_{t-1} of the slice: dU's right factor
+                    hj = tl.load(hs_ptr + prev[:, None] + j[None, :], mask=bm[:, None] & jm[None, :],
+                                 other=0.0).to(tl.float32)
                 for c0 in range(start, end, BK):
                     rows, km = _chunk_rows(idx_ptr, c0, end, BK, GATE)
                     vm = bm[:, None] & km[None, :]
@@ -376,6 +397,10 @@ def _bwd_grid_kernel(
                         w = tl.load(w_ptr + (sec * H + rows)[:, None] * H + j[None, :], mask=wm,
                                     other=0.0)
                         acc = _mac_t(acc, v, w.to(tl.float32), FMA, PREC)
+                        if DW:  # dU[q, sec rows, slice] += dgh_t[:, rows]^T h_{t-1}[:, slice]
+                            do = (q.to(tl.int64) * G + sec * H + rows)[:, None] * H + j[None, :]
+                            du = tl.load(du_ptr + do, mask=wm, other=0.0)
+                            tl.store(du_ptr + do, _mac_tn(du, v, hj, FMA, PREC), mask=wm)
                 so = (bb * H)[:, None] + j[None, :]
                 m = bm[:, None] & jm[None, :]
                 tl.store(ch_ptr + so, tl.load(dir_ptr + so, mask=m, other=0.0) + acc, mask=m)
@@ -471,7 +496,7 @@ def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists 
     H = seq.hs.shape[2]
     split = t.split and grid_tiles.split_bytes(B, H, cfg.cell, t.bk) <= grid_tiles.SPLIT_MAX_BYTES
     part = torch.empty((triton.cdiv(H, t.bk), B, G), dtype=torch.float32, device=x.xp.device) if split else d
-    m8 = (mask != 0).to(torch.int8).contiguous() if cfg.gate == "rhythmic" else d
+    m8 = (mask != 0).to(torch.int8).contiguous() if cfg.gate == "rhythmic" and not split else d
     pk = grid_tiles.partial_tiles(H, t.bk, shared["PREC"]) if split else 1
     flags = dict(HAS_B=x.b_hh is not None, SAVE_GH=seq.gh is not None, SPLIT=split, PK=pk)
     x, seq, lists = filled(x, d), filled(seq, d), lists if lists is not None else OpenLists(d, d)
@@ -481,16 +506,28 @@ def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists 
 
 
 def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists | None, dg_mask,
-               grads: Grads) -> None:
+               grads: Grads, need_dw: bool = False) -> torch.Tensor | None:
     """Writes ``grads.dxp``, ``grads.dgh`` (GRU n section) and ``grads.dg``, and leaves dL/dh0
-    in ``grads.ch`` (arguments as :func:`rows.launch_bwd`'s). The tiles' ``split`` is the
-    forward's alone."""
-    _, grid, d, shared = _setup(cfg, x.xp, seq.hs, torch.float32)
-    T = x.xp.shape[1]
+    in ``grads.ch`` (arguments as :func:`rows.launch_bwd`'s). Returns dL/dU (G, H) fp32 where
+    ``need_dw`` and the tiles' ``dw`` have the kernel form it (summed over the batch blocks;
+    at most ``grid_tiles.DW_MAX_BYTES`` of per-block sums), else None: then the caller's
+    GEMM forms it from ``grads.dgh``, which is complete only then (the GRU's r and z
+    sections are dxp's). The tiles' ``split`` is the forward's alone; their ``bwd``, where
+    set, gives the backward its own slice width, row tile and warps."""
+    t, grid, d, shared = _setup(cfg, x.xp, seq.hs, torch.float32)
+    if t.bwd is not None:  # the backward's own slices, row tiles and warps
+        shared.update(BH=t.bwd[0], BK=t.bwd[1], num_warps=t.bwd[2])
+    B, T, G = x.xp.shape
+    H = seq.hs.shape[2]
+    dw = need_dw and t.dw and grid_tiles.dw_bytes(grid[1], H, cfg.cell) <= grid_tiles.DW_MAX_BYTES
+    du = torch.zeros((grid[1], G, H), dtype=torch.float32, device=x.xp.device) if dw else d
     need_dg = grads.dg is not None
-    flags = dict(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None)
+    flags = dict(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None, DW=dw)
     x, g, lists = filled(x, d), filled(grads, d), lists if lists is not None else OpenLists(d, d)
     args = dict(xp_ptr=x.xp, w_ptr=x.w_hh, gate_ptr=x.gvals, sup_ptr=dg_mask if dg_mask is not None else d,
                 idx_ptr=lists.idx, off_ptr=lists.off, hs_ptr=seq.hs, gh_ptr=seq.gh, dout_ptr=dout, ch_ptr=g.ch,
-                dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh, dg_ptr=g.dg, **flags, **shared)
+                dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh, dg_ptr=g.dg, du_ptr=du, **flags, **shared)
     _launch(_bwd_grid_kernel, "bwd", grid, T, x.xp.device, True, args)
+    if not dw:
+        return None
+    return du[0] if grid[1] == 1 else du.sum(0)

@@ -13,12 +13,14 @@ import triton
 
 from ._common import next_pow2
 
-__all__ = ["MAX_BB", "MAX_NH", "PARTIAL_TILES", "PRECISION", "SPLIT", "SPLIT_MAX_BYTES", "TILES", "Tiles",
-           "dot_precision", "partial_tiles", "shape", "sm_count", "split_bytes", "tiles"]
+__all__ = ["BWD", "DW", "DW_MAX_BYTES", "MAX_BB", "MAX_NH", "PARTIAL_TILES", "PRECISION", "SPLIT", "SPLIT_MAX_BYTES",
+           "TILES", "Tiles", "dot_precision", "dw_bytes", "partial_tiles", "shape", "sm_count", "split_bytes",
+           "tiles"]
 
 MAX_BB = 64  # batch rows per program
 MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
 SPLIT_MAX_BYTES = 1 << 30  # largest scratch of a split forward (else it runs whole chunks)
+DW_MAX_BYTES = 1 << 30  # largest set of per-block dU sums of the backward (else one GEMM after it)
 
 
 class Tiles(NamedTuple):
@@ -39,6 +41,14 @@ class Tiles(NamedTuple):
     per_sm: programs per SM the grid may hold (NH <= per_sm * SMs // NB). A spin barrier
         needs every program resident: 2 needs two programs' registers and shared memory on
         one SM, else the cooperative launch refuses the grid (an error, not a hang).
+    dw: the backward accumulates dL/dU in the kernel over the open rows of each step
+        (docs/triton.md, "The backward's own tiles and dU"), one fp32 copy of U's size per
+        batch block, instead of one dense GEMM over every row and step after the kernel.
+        Not a default anywhere until a GPU has timed it; the forward ignores it.
+    bwd: the backward's (bh, bk, warps) where they differ from the forward's: columns per
+        slice, rows of U per iteration, num_warps (None: the forward's). A program owns
+        its slices in both phases of a backward step, so a wider slice means fewer slices
+        per program, and a longer row tile fewer iterations over the open rows.
     """
 
     bb: int
@@ -49,6 +59,8 @@ class Tiles(NamedTuple):
     fma: bool
     split: bool = False
     per_sm: int = 1
+    dw: bool = False
+    bwd: tuple[int, int, int] | None = None
 
 
 #: tiles to use instead of :func:`tiles`' choice (the benchmark's sweep sets it)
@@ -57,6 +69,10 @@ TILES: Tiles | None = None
 PRECISION: str | None = None
 #: split steps (``Tiles.split``) on or off instead of the tiles' own choice
 SPLIT: bool | None = None
+#: dU in the backward kernel (``Tiles.dw``) on or off instead of the tiles' own choice
+DW: bool | None = None
+#: the backward's own (bh, bk, warps) (``Tiles.bwd``) instead of the tiles' own choice
+BWD: tuple[int, int, int] | None = None
 
 
 def sm_count(device) -> int | None:
@@ -84,9 +100,11 @@ def tiles(B: int, H: int, device, precision: str = "ieee") -> Tiles:
       16 rows; reduction tile 64 at exact fp32 (IEEE dot), 32 at 3xTF32 (no spills), 128 and
       3 stages at TF32.
 
-    :data:`SPLIT`, where set, replaces the tiles' ``split``."""
+    :data:`SPLIT`, :data:`DW` and :data:`BWD`, where set, replace the tiles' ``split``,
+    ``dw`` and ``bwd``."""
     t = TILES if TILES is not None else _measured_tiles(B, H, device, precision)
-    return t if SPLIT is None else t._replace(split=SPLIT)
+    over = {k: v for k, v in (("split", SPLIT), ("dw", DW), ("bwd", BWD)) if v is not None}
+    return t._replace(**over) if over else t
 
 
 def _measured_tiles(B: int, H: int, device, precision: str) -> Tiles:
@@ -139,6 +157,11 @@ def partial_tiles(H: int, bk: int, precision: str) -> int:
 def split_bytes(B: int, H: int, cell: str, bk: int) -> int:
     """Bytes of the split forward's scratch of partial products: (cdiv(H, bk), B, G) fp32."""
     return triton.cdiv(H, bk) * B * (3 * H if cell == "gru" else H) * 4
+
+
+def dw_bytes(nb: int, H: int, cell: str) -> int:
+    """Bytes of the backward's per-block dU sums (``Tiles.dw``): (nb, G, H) fp32."""
+    return nb * (3 * H if cell == "gru" else H) * H * 4
 
 
 def dot_precision(dtype) -> str:

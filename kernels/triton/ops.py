@@ -147,11 +147,17 @@ class _Recurrence(torch.autograd.Function):
         dhT = torch.zeros(B, H, device=xp.device) if dhT is None else dhT
         if cfg.cell == "lif":
             dsT = torch.zeros(B, H, device=xp.device) if dsT is None else dsT
-        g = _backward(cfg, Operands(xp, w_hh, None, gvals, theta, beta), Sequences(hs, ss, gh), dout, dhT, dsT,
-                      ctx.gate_grad, dg_mask)
         needs = ctx.needs_input_grad
-        dw = db = None
-        if w_hh is not None and (needs[4] or needs[5]):
+        g, dw = _backward(cfg, Operands(xp, w_hh, None, gvals, theta, beta), Sequences(hs, ss, gh), dout, dhT,
+                          dsT, ctx.gate_grad, dg_mask, w_hh is not None and needs[4])
+        db = None
+        if dw is not None:  # formed by the kernel over the open rows; dgh's r, z sections are dxp's
+            dw = dw.to(w_hh.dtype)
+            if needs[5]:
+                db = torch.cat([g.dxp[:, :, : G - H].sum((0, 1)), g.dgh[:, :, G - H :].sum((0, 1))]).to(w_hh.dtype)
+        elif w_hh is not None and (needs[4] or needs[5]):
+            if cfg.cell == "gru":  # the r and z sections of dgh equal dxp
+                g.dgh[:, :, : 2 * H] = g.dxp[:, :, : 2 * H]
             prev = (ss if cfg.cell == "lif" else hs)[:, :T].reshape(B * T, H).float()
             flat = g.dgh.reshape(B * T, G)
             if needs[4]:
@@ -210,11 +216,14 @@ def _forward(cfg: Config, x: Operands, h0, s0, mask, save: bool):
     return seq, grec
 
 
-def _backward(cfg: Config, x: Operands, seq: Sequences, dout, dhT, dsT, need_dg: bool, dg_mask) -> Grads:
+def _backward(cfg: Config, x: Operands, seq: Sequences, dout, dhT, dsT, need_dg: bool, dg_mask,
+              need_dw: bool = False):
     """Allocates the backward's buffers, runs the kernels that fit the call and returns them
-    (:class:`Grads`: ``ch`` then holds dL/dh0, ``cs`` dL/ds0). ``dout`` (B, T, H), ``dhT``,
-    ``dsT`` (B, H): the incoming gradients; ``need_dg``: whether the rhythmic gate's values
-    need one; ``dg_mask`` (T, H) int8: where the forward computed candidates (None: all)."""
+    (:class:`Grads`: ``ch`` then holds dL/dh0, ``cs`` dL/ds0) with dL/dU (G, H) fp32 where the
+    kernels formed it (``need_dw`` and multi-program tiles with ``dw``), else None. ``dout``
+    (B, T, H), ``dhT``, ``dsT`` (B, H): the incoming gradients; ``need_dg``: whether the
+    rhythmic gate's values need one; ``dg_mask`` (T, H) int8: where the forward computed
+    candidates (None: all). A GRU's ``dgh`` holds only the n section (r and z are dxp's)."""
     B, T, G = x.xp.shape
     H = seq.hs.shape[2]
     f32 = dict(device=x.xp.device, dtype=torch.float32)
@@ -231,12 +240,9 @@ def _backward(cfg: Config, x: Operands, seq: Sequences, dout, dhT, dsT, need_dg:
     )
     lists, rate = _open_lists(x.gvals) if cfg.gate == "rhythmic" else (None, 1.0)
     if grid.eligible(cfg.cell, cfg.gate, x.w_hh, B, x.xp.device, rate, True):
-        grid.launch_bwd(cfg, x, seq, dout, lists, dg_mask, g)
-    else:
-        rows.launch_bwd(cfg, x, seq, dout, lists, dg_mask, g)
-    if cfg.cell == "gru":  # the r and z sections of dgh equal dxp
-        g.dgh[:, :, : 2 * H] = g.dxp[:, :, : 2 * H]
-    return g
+        return g, grid.launch_bwd(cfg, x, seq, dout, lists, dg_mask, g, need_dw)
+    rows.launch_bwd(cfg, x, seq, dout, lists, dg_mask, g)
+    return g, None
 
 
 # ------------------------------------------------------------------------ arguments
