@@ -404,8 +404,9 @@ def _tiles(bb, bh, bk, fma, split=False, dw=False, bwd=None):
 # batch blocks, the second partial (their sums added), 3 column slices over 2 programs, row
 # tiles of 16 (tl.dot); with the backward's own tiles (``bwd``) as well: slices of 32 columns
 # where the forward's chunks have 16 rows (one slice per program, a partial second one) and
-# row tiles of 32; slices of 16 and row tiles of 16 where the forward has 8 and 8 (FMA, blocks
-# of 4 rows, 2 warps)
+# row tiles of 32. The backward's own tiles alone: slices of 16 and row tiles of 16 where the
+# forward has 8 and 8 (FMA, blocks of 4 rows, 2 warps). dU on the FMA units: the long run
+# and the fallback test
 GRID_CASES = [
     (1, 5, 1, {}),
     (3, 40, 7, {"TILES": _tiles(16, 16, 16, False), "MAX_NH": 2}),
@@ -417,13 +418,13 @@ GRID_CASES = [
     (17, 33, 4, {"TILES": _tiles(16, 16, 16, False, split=True), "MAX_NH": 2}),
     (17, 33, 4, {"TILES": _tiles(16, 16, 16, False, dw=True), "MAX_NH": 2}),
     (17, 33, 4, {"TILES": _tiles(16, 16, 16, False, dw=True, bwd=(32, 32, 4)), "MAX_NH": 2}),
-    (5, 40, 7, {"TILES": _tiles(4, 8, 8, True, dw=True, bwd=(16, 16, 2)), "MAX_NH": 3}),
+    (5, 40, 7, {"TILES": _tiles(4, 8, 8, True, bwd=(16, 16, 2)), "MAX_NH": 3}),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(GRID_CASES)),
                          ids=["one", "round_robin", "round_robin_fma", "blocks", "blocks_fma", "split",
-                              "split_fma", "split_blocks", "dw_blocks", "dw_bwd_tiles", "dw_bwd_tiles_fma"])
+                              "split_fma", "split_blocks", "dw_blocks", "dw_bwd_tiles", "bwd_tiles_fma"])
 @pytest.mark.parametrize("kind", ["dense", "rhythmic"])
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_grid_kernels_match_reference(tri, grid_on, monkeypatch, cell, kind, case):
@@ -524,6 +525,51 @@ def test_grid_kernels_split_and_dw_fall_back(tri, grid_on, monkeypatch):
     assert phases["fwd"] == [False, True] and calls["fwd"] == 2 and calls["dw"] == 1
 
 
+def test_grid_kernels_dw_per_block_sums(tri, grid_on, monkeypatch):
+    # the kernel's dU is one sum per batch block: each equals the reference's dU on that
+    # block's rows alone (batch rows are independent), and w's gradient is exactly their
+    # sum, i.e. the kernel's and not a GEMM's. With U frozen no dU is formed, and b's
+    # gradient is still right; past DW_MAX_BYTES (two blocks' sums) the GEMM forms dU
+    from su_neuro.kernels.reference import recurrence as ref
+    from su_neuro.kernels.triton import grid_tiles
+
+    grid, calls = grid_on
+    monkeypatch.setattr(grid_tiles, "TILES", _tiles(16, 16, 16, False, dw=True))
+    monkeypatch.setattr(grid_tiles, "MAX_NH", 2)
+    sums = []
+    real = grid.launch_bwd
+
+    def spy(*a, **k):
+        sums.append(real(*a, **k))
+        return sums[-1]
+
+    monkeypatch.setattr(grid, "launch_bwd", spy)
+    B, H, T = 19, 33, 5
+    p, _, gate, G = _make("gru", "rhythmic", B, H)
+    g = torch.Generator().manual_seed(5)
+    xp = torch.randn(B, T, G, generator=g).to(DEVICE)
+    weights = [torch.randn(B, T, H, generator=g).to(DEVICE), torch.randn(B, H, generator=g).to(DEVICE), None]
+    o = _run(tri.recurrence, "gru", T, p, None, gate, xp, weights)
+    (du,) = sums
+    assert du.shape == (2, G, H) and torch.equal(o[4]["w"], du.sum(0))
+    for q, rows in enumerate((slice(0, 16), slice(16, B))):
+        sub = {k: (v[rows] if k == "h0" else v) for k, v in p.items() if v is not None}
+        r = _run(ref, "gru", T, sub, None, gate, xp[rows], [w[rows] if w is not None else None for w in weights])
+        assert_close(f"dU of block {q}", r[4]["w"], du[q], 2e-4)
+    # U frozen, b trained: nothing to form
+    r = _run(ref, "gru", T, p, None, gate, xp, weights)
+    leaves = {k: v.clone().requires_grad_(k != "w") for k, v in p.items() if v is not None}
+    out, hT, _, _ = tri.recurrence("gru", xp, leaves["h0"], None, leaves["w"], leaves["b"], gate.plan(0, T), None)
+    ((out * weights[0]).sum() + (hT * weights[1]).sum()).backward()
+    assert sums[-1] is None and leaves["w"].grad is None
+    assert_close("db, U frozen", r[4]["b"], leaves["b"].grad, 2e-4)
+    monkeypatch.setattr(grid_tiles, "DW_MAX_BYTES", grid_tiles.dw_bytes(2, H, "gru") - 1)
+    o = _run(tri.recurrence, "gru", T, p, None, gate, xp, weights)
+    assert sums[-1] is None, "past DW_MAX_BYTES: the GEMM"
+    assert_close("dU from the GEMM", r[4]["w"], o[4]["w"], 2e-4)
+    assert calls["dw"] == 1
+
+
 def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
     # the GPU path: all T steps in one launch, both backward phases in it, the barrier on
     # (one program per batch block, so the interpreter's serial programs cannot wait for
@@ -548,9 +594,10 @@ def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
     # split steps: two arrivals per step in the forward (the backward ignores split). With
     # one program per block a target set too low cannot show here (nobody is waited for);
     # the native long run (T = 2000, 32 programs) is where it would
-    monkeypatch.setattr(grid_tiles, "TILES", _tiles(16, 16, 16, False, split=True))
+    # and a backward with dU and its own tiles: one arrival per step (two slices of 32)
+    monkeypatch.setattr(grid_tiles, "TILES", _tiles(16, 16, 16, False, split=True, dw=True, bwd=(32, 16, 4)))
     check(tri, "gru", "rhythmic", B, H, T)
-    assert calls == {"fwd": 3, "bwd": 3, "dw": 0}
+    assert calls == {"fwd": 3, "bwd": 3, "dw": 1}
     assert len(counters) == 6
     for z in counters[:4] + counters[5:]:
         assert z.tolist() == [T, T], "one arrival per step and batch block"
@@ -561,14 +608,16 @@ def test_grid_kernels_one_launch_with_the_barrier(tri, grid_on, monkeypatch):
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_grid_kernels_long_run_match_the_per_row_kernels(tri, monkeypatch, cell, split):
     # many steps with several programs per batch block: on a GPU the place where a wrong
-    # barrier shows (T = 2000, 16 programs; split steps: two barriers per step); under the
-    # interpreter a shorter run of the same comparison (forward, final state and every gradient)
+    # barrier shows (T = 2000, 32 programs; split steps: two barriers per step, and a
+    # backward that forms dU, read and written by each program at every step, in slices of
+    # 16); under the interpreter a shorter run of the same comparison (forward, final state
+    # and every gradient)
     from su_neuro.kernels.triton import grid, grid_tiles
 
     B, H, T = (5, 256, 2000) if DEVICE == "cuda" else (3, 48, 40)
     if split:  # several column tiles per chunk (4 on a GPU, 3 here), so partials are summed
         bk = H // 4 if DEVICE == "cuda" else 16
-        monkeypatch.setattr(grid_tiles, "TILES", _tiles(8, 8, bk, True, split=True))
+        monkeypatch.setattr(grid_tiles, "TILES", _tiles(8, 8, bk, True, split=True, dw=True, bwd=(16, 16, 4)))
     phases = _spy_phases(grid, monkeypatch)
     p, _, gate, G = _make(cell, "rhythmic", B, H, seed=3)
     g = torch.Generator().manual_seed(4)
@@ -590,19 +639,23 @@ def test_grid_kernels_long_run_match_the_per_row_kernels(tri, monkeypatch, cell,
         assert_close(f"d{name}", d_row[name], d_grid[name], 1e-4)
 
 
-def test_grid_kernels_no_bias_and_low_precision(tri, grid_on):
+def test_grid_kernels_no_bias_and_low_precision(tri, grid_on, monkeypatch):
+    from su_neuro.kernels.triton import grid_tiles
+
     grid, calls = grid_on
     check(tri, "gru", "rhythmic", 2, 5, 7, bias=False)
     check(tri, "rnn", "dense", 2, 5, 7, bias=False)
     check_low_precision_forward(tri)
     assert calls["fwd"] == 4
-    # 16-bit training: the same gradients as the per-row kernels (fp32 arithmetic in both)
+    # 16-bit training: the same gradients as the per-row kernels (fp32 arithmetic in both),
+    # with dU from the GEMM and from the kernel
     for dtype in (torch.bfloat16, torch.float16):
         p, _, gate, G = _make("gru", "rhythmic", 3, 20, dtype=dtype)
         xp = torch.randn(3, 6, G).to(DEVICE, dtype)
         grads = []
-        for on in (False, True):
+        for on, dw in ((False, None), (True, None), (True, True)):
             grid.ENABLED = on
+            monkeypatch.setattr(grid_tiles, "DW", dw)
             leaves = {k: v.clone().requires_grad_() for k, v in p.items() if v is not None}
             x = xp.clone().requires_grad_()
             out, hT, _, _ = tri.recurrence("gru", x, leaves["h0"], None, leaves["w"], leaves["b"],
@@ -611,8 +664,9 @@ def test_grid_kernels_no_bias_and_low_precision(tri, grid_on):
             grads.append({"out": out, "dxp": x.grad, "dw": leaves["w"].grad, "db": leaves["b"].grad,
                           "dh0": leaves["h0"].grad})
         for name in grads[0]:
-            assert_close(f"{dtype} {name}", grads[0][name].float(), grads[1][name].float(), 1e-2)
-    assert calls["bwd"] == 4
+            for other in grads[1:]:
+                assert_close(f"{dtype} {name}", grads[0][name].float(), other[name].float(), 1e-2)
+    assert calls["bwd"] == 6 and calls["dw"] == 2
 
 
 def test_grid_kernels_eligibility(tri, monkeypatch):
@@ -671,6 +725,14 @@ def test_grid_kernels_eligibility(tri, monkeypatch):
     monkeypatch.setattr(grid, "LAUNCHED", {})
     grid._note("fwd", SimpleNamespace(n_regs=96, n_spills=0, metadata=SimpleNamespace(shared=4096, num_warps=8)), 64, 1)
     assert grid.LAUNCHED == {"fwd": {"programs": "64x1", "regs": 96, "spills": 0, "shared": 4096, "warps": 8}}
+    # the backward's own tiles: three powers of two, at least 16 on tl.dot
+    grid_tiles.check_bwd(_tiles(16, 16, 32, False, bwd=(32, 16, 4)))
+    grid_tiles.check_bwd(_tiles(4, 8, 8, True, bwd=(8, 8, 2)))
+    for bad in ((24, 16, 4), (32, 16), (32, 16, 0)):
+        with pytest.raises(ValueError, match="three powers of two"):
+            grid_tiles.check_bwd(_tiles(16, 16, 32, False, bwd=bad))
+    with pytest.raises(ValueError, match="at least 16"):
+        grid_tiles.check_bwd(_tiles(16, 16, 32, False, bwd=(8, 16, 4)))
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the tiny interpreter run is for GPU-less machines")
@@ -848,3 +910,8 @@ def test_bench_gpu_needs_cuda_and_reads_its_labels(load_tool):
             {"config": "c", "fwd_ms": 3.0, "max_diff": 8e-7},
             {"config": "d", "error": "OutOfResources"}]
     assert bench._best(rows, "fwd_ms") == "c"
+    # training: the gradients must be fp32-accurate too (a wrong backward is never picked)
+    rows = [{"config": "a", "fwd_ms": 5.0, "fwd_bwd_ms": 9.0, "max_diff": 0.0, "grad_diff": 0.0},
+            {"config": "c", "fwd_ms": 3.0, "fwd_bwd_ms": 6.0, "max_diff": 8e-7, "grad_diff": 3e-6},
+            {"config": "e", "fwd_ms": 3.0, "fwd_bwd_ms": 4.0, "max_diff": 8e-7, "grad_diff": 0.2}]
+    assert bench._best(rows, "fwd_bwd_ms") == "c" and bench._best(rows, "fwd_ms") in ("c", "e")

@@ -163,7 +163,8 @@ class Capture:
 #: the backward's own tiles (``Tiles.bwd``) in tools/bench_gpu.py's sweeps, B = 64, H = 1024
 BWD_CASES = {
     "gru": [dict(tf32x3=True, dw=True, bwd=(32, 32, 4)), dict(tf32x3=True, bwd=(32, 32, 4)),
-            dict(tf32=True, dw=True, bwd=(32, 128, 8)), dict(bwd=(32, 128, 8))],
+            dict(tf32=True, dw=True, bwd=(32, 128, 8)), dict(bwd=(32, 128, 8)),
+            dict(tf32x3=True)],  # the 3xTF32 backward at the forward's tiles, without dU
     "rnn": [dict(tf32x3=True, dw=True, bwd=(32, 64, 4))],
 }
 
@@ -200,8 +201,8 @@ def cases(quick: bool) -> list[dict]:
                     add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, tf32x3=True, split=True, dw=True)
                 if cell == "gru" and B == 64:
                     add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, tf32=True, split=True, dw=True)
-        for kw in BWD_CASES[cell]:  # the backward's own tiles, as the sweep has them
-            add(cell=cell, gate="rhythmic", H=1024, B=64, grid=True, **kw)
+        for kw in BWD_CASES[cell]:  # the backward's own tiles, as the sweep has them (split forwards)
+            add(cell=cell, gate="rhythmic", H=1024, B=64, grid=True, split=True, **kw)
         add(cell=cell, gate="rhythmic", H=1024, B=256, grid=True)  # 64-row blocks, 8 warps
         add(cell=cell, gate="rhythmic", H=1024, grid=True, dtype="bfloat16")
         add(cell=cell, gate="rhythmic", H=1024, grid=True, train_gate=True)

@@ -13,7 +13,9 @@ step is shared by a grid of programs, ``grid = (NH, NB)``:
   otherwise), and the programs of a step together load each open row of U once per batch
   block;
 * the closed neurons keep their state: neuron slices ``p, p + NH, ...`` of ``BH`` are
-  copied where the step's mask is 0, so every state entry is written by one program;
+  copied where the step's mask is 0, so every state entry is written by one program (in a
+  split step, phase 1 copies every neuron of the slices and phase 2 overwrites the
+  computed ones after the barrier);
 * steps are ordered by a barrier among the ``NH`` programs of a batch block (one int32
   counter per block, release add / acquire poll at GPU scope, CTA barriers around them:
   what makes the other programs' stores visible). Loads of data written by other
@@ -168,13 +170,23 @@ def _chunk_rows(idx_ptr, c0, end, BH: tl.constexpr, GATE: tl.constexpr):
 
 
 @triton.jit
-def _candidate(xp_ptr, xo, m, a0, a1, a2, hp, H, CELL: tl.constexpr):
-    # the candidate f at offsets xo of the input projection, from the sections' U h + b
-    # (a0..a2; a1, a2 unused for RNN): (r, z, n, f), where r, z, n are f for an RNN
-    p0 = tl.load(xp_ptr + xo, mask=m, other=0.0).to(tl.float32)
+def _sections(ptr, o, m, H, CELL: tl.constexpr):
+    # the sections (r, z, n for a GRU) of a G-wide row at offsets o, in fp32 (p1, p2 = p0
+    # for an RNN)
+    p0 = tl.load(ptr + o, mask=m, other=0.0).to(tl.float32)
+    p1 = p0
+    p2 = p0
     if CELL == GRU:
-        p1 = tl.load(xp_ptr + xo + H, mask=m, other=0.0).to(tl.float32)
-        p2 = tl.load(xp_ptr + xo + 2 * H, mask=m, other=0.0).to(tl.float32)
+        p1 = tl.load(ptr + o + H, mask=m, other=0.0).to(tl.float32)
+        p2 = tl.load(ptr + o + 2 * H, mask=m, other=0.0).to(tl.float32)
+    return p0, p1, p2
+
+
+@triton.jit
+def _cell(p0, p1, p2, a0, a1, a2, hp, CELL: tl.constexpr):
+    # the candidate from the input projection's sections p0..p2 and U h + b's a0..a2 (p1,
+    # p2, a1, a2 unused for an RNN): (r, z, n, f), where r, z, n are f for an RNN
+    if CELL == GRU:
         r, z, n, f = gru_candidate(p0, p1, p2, a0, a1, a2, hp)
     else:
         f = _tanh(p0 + a0)
@@ -185,33 +197,71 @@ def _candidate(xp_ptr, xo, m, a0, a1, a2, hp, H, CELL: tl.constexpr):
 
 
 @triton.jit
-def _fwd_finish(a0, a1, a2, rows, km, bm, prev, xrow, trow, H,
-                xp_ptr, b_ptr, gate_ptr, hs_ptr, gh_ptr,
-                CELL: tl.constexpr, GATE: tl.constexpr, HAS_B: tl.constexpr, SAVE_GH: tl.constexpr):
-    # a chunk's epilogue: bias, candidate, gated state written to row t+1, gh saved;
-    # a0..a2 [BB, BH]: the sections' U h_{t-1} of the chunk's rows (a1, a2 unused for RNN)
+def _fwd_acc(rows, km, H, b_ptr, CELL: tl.constexpr, HAS_B: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr):
+    # a chunk's accumulators a0..a2 [BB, BH] for U h + b, holding the bias
+    a0 = tl.zeros([BB, BH], tl.float32)
+    a1 = a0
+    a2 = a0
     if HAS_B:
-        a0 += tl.load(b_ptr + rows, mask=km, other=0.0).to(tl.float32)[None, :]
-        if CELL == GRU:
-            a1 += tl.load(b_ptr + H + rows, mask=km, other=0.0).to(tl.float32)[None, :]
-            a2 += tl.load(b_ptr + 2 * H + rows, mask=km, other=0.0).to(tl.float32)[None, :]
+        b0, b1, b2 = _sections(b_ptr, rows, km, H, CELL)
+        a0 += b0[None, :]
+        a1 += b1[None, :]
+        a2 += b2[None, :]
+    return a0, a1, a2
+
+
+@triton.jit
+def _fwd_inputs(rows, km, bm, prev, xrow, trow, H, xp_ptr, gate_ptr, hs_ptr,
+                CELL: tl.constexpr, GATE: tl.constexpr):
+    # what a chunk's epilogue needs besides U h + b (none of it depends on the reduction):
+    # h_{t-1}, the input projection's sections and the gate's row (h_{t-1} where there is none)
     om = bm[:, None] & km[None, :]
-    ho = prev[:, None] + rows[None, :]
-    xo = xrow[:, None] + rows[None, :]
-    hp = tl.load(hs_ptr + ho, mask=om, other=0.0, cache_modifier=".cg").to(tl.float32)
-    _r, _z, _n, f = _candidate(xp_ptr, xo, om, a0, a1, a2, hp, H, CELL)
+    hp = tl.load(hs_ptr + prev[:, None] + rows[None, :], mask=om, other=0.0, cache_modifier=".cg").to(tl.float32)
+    p0, p1, p2 = _sections(xp_ptr, xrow[:, None] + rows[None, :], om, H, CELL)
+    g = hp
     if GATE == RHYTHMIC:
         g = tl.load(gate_ptr + trow + rows, mask=km, other=0.0).to(tl.float32)[None, :]
+    return hp, p0, p1, p2, g
+
+
+@triton.jit
+def _fwd_finish(a0, a1, a2, hp, p0, p1, p2, g, rows, km, bm, prev, xrow, H, hs_ptr, gh_ptr,
+                CELL: tl.constexpr, GATE: tl.constexpr, SAVE_GH: tl.constexpr):
+    # a chunk's epilogue: candidate, gated state written to row t+1, gh saved; a0..a2
+    # [BB, BH]: the sections' U h_{t-1} + b of the chunk's rows; hp, p0..p2, g as
+    # _fwd_inputs loaded them
+    om = bm[:, None] & km[None, :]
+    ho = prev[:, None] + rows[None, :]
+    _r, _z, _n, f = _cell(p0, p1, p2, a0, a1, a2, hp, CELL)
+    if GATE == RHYTHMIC:
         # a closed row is computed only for dL/dg (f - h): it keeps its state
         hn = tl.where(g != 0, hp + g * (f - hp), hp)
     else:
         hn = f
     tl.store(hs_ptr + ho + H, hn, mask=om)
     if SAVE_GH:
+        xo = xrow[:, None] + rows[None, :]
         tl.store(gh_ptr + xo, a0, mask=om)
         if CELL == GRU:
             tl.store(gh_ptr + xo + H, a1, mask=om)
             tl.store(gh_ptr + xo + 2 * H, a2, mask=om)
+
+
+@triton.jit
+def _partial_sums(a0, a1, a2, part_ptr, rows, km, bb, bm, nk, B, G, H,
+                  CELL: tl.constexpr, PK: tl.constexpr):
+    # a split step's chunk: a0..a2 += its NK column tiles' partial products from part,
+    # PK tiles per load, all in flight at once, summed over the tile axis (a fixed order:
+    # the same bits every run)
+    for i0 in range(0, nk, PK):
+        ii = i0 + tl.arange(0, PK)
+        pm = (ii < nk)[:, None, None] & (bm[:, None] & km[None, :])[None, :, :]
+        pi = (ii.to(tl.int64) * B)[:, None, None] * G + (bb[:, None] * G + rows[None, :])[None, :, :]
+        a0 += tl.sum(tl.load(part_ptr + pi, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
+        if CELL == GRU:
+            a1 += tl.sum(tl.load(part_ptr + pi + H, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
+            a2 += tl.sum(tl.load(part_ptr + pi + 2 * H, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
+    return a0, a1, a2
 
 
 @triton.jit
@@ -270,39 +320,38 @@ def _fwd_grid_kernel(
                     if CELL == GRU:
                         tl.store(part_ptr + po + H, a1, mask=pm)
                         tl.store(part_ptr + po + 2 * H, a2, mask=pm)
-            else:  # whole chunks, round robin
+            else:  # whole chunks, round robin; the epilogue's inputs loaded before the reduction
                 for c0 in range(start + p * BH, end, nh * BH):
                     rows, km = _chunk_rows(idx_ptr, c0, end, BH, GATE)
-                    a0 = tl.zeros([BB, BH], tl.float32)
-                    a1 = tl.zeros([BB, BH], tl.float32)
-                    a2 = tl.zeros([BB, BH], tl.float32)
+                    a0, a1, a2 = _fwd_acc(rows, km, H, b_ptr, CELL, HAS_B, BB, BH)
+                    hp, p0, p1, p2, g = _fwd_inputs(rows, km, bm, prev, xrow, trow, H, xp_ptr, gate_ptr, hs_ptr,
+                                                    CELL, GATE)
                     for k0 in range(0, H, BK):
                         a0, a1, a2 = _tile_mac(a0, a1, a2, hs_ptr, w_ptr, prev, bm, rows, km, k0, H,
                                                CELL, FMA, PREC, BK)
-                    _fwd_finish(a0, a1, a2, rows, km, bm, prev, xrow, trow, H, xp_ptr, b_ptr, gate_ptr,
-                                hs_ptr, gh_ptr, CELL, GATE, HAS_B, SAVE_GH)
+                    _fwd_finish(a0, a1, a2, hp, p0, p1, p2, g, rows, km, bm, prev, xrow, H, hs_ptr, gh_ptr,
+                                CELL, GATE, SAVE_GH)
         if SPLIT:
+            if PHASES != PHASE_1:
+                # phase 2's first chunk (if the program has one): its rows, loaded before the
+                # barrier (nothing in phase 1 changes them) so that they arrive while it
+                # waits. Holding its other inputs across the barrier as well spilled the
+                # 3xTF32 and TF32 kernels (sm_90, Triton 3.6)
+                c_rows, c_m = _chunk_rows(idx_ptr, start + p * BH, end, BH, GATE)
             if PHASES == BOTH_PHASES:
                 _grid_sync(sync_ptr, q, ((t - t0) * NSYNC + 1) * nh, SYNC)
             if PHASES != PHASE_1:  # the chunks, round robin: their partials summed
+                rows, km = c_rows, c_m
                 for c0 in range(start + p * BH, end, nh * BH):
-                    rows, km = _chunk_rows(idx_ptr, c0, end, BH, GATE)
-                    a0 = tl.zeros([BB, BH], tl.float32)
-                    a1 = tl.zeros([BB, BH], tl.float32)
-                    a2 = tl.zeros([BB, BH], tl.float32)
-                    # PK tiles' partials per load, all in flight at once, summed over the
-                    # tile axis (a fixed order: the same bits every run)
-                    for i0 in range(0, nk, PK):
-                        ii = i0 + tl.arange(0, PK)
-                        pm = (ii < nk)[:, None, None] & (bm[:, None] & km[None, :])[None, :, :]
-                        pi = (ii.to(tl.int64) * B)[:, None, None] * G + (bb[:, None] * G + rows[None, :])[None, :, :]
-                        a0 += tl.sum(tl.load(part_ptr + pi, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
-                        if CELL == GRU:
-                            a1 += tl.sum(tl.load(part_ptr + pi + H, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
-                            a2 += tl.sum(tl.load(part_ptr + pi + 2 * H, mask=pm, other=0.0, cache_modifier=".cg"),
-                                         axis=0)
-                    _fwd_finish(a0, a1, a2, rows, km, bm, prev, xrow, trow, H, xp_ptr, b_ptr, gate_ptr,
-                                hs_ptr, gh_ptr, CELL, GATE, HAS_B, SAVE_GH)
+                    # the next chunk's rows, while this one's loads are in flight
+                    n_rows, n_m = _chunk_rows(idx_ptr, c0 + nh * BH, end, BH, GATE)
+                    a0, a1, a2 = _fwd_acc(rows, km, H, b_ptr, CELL, HAS_B, BB, BH)
+                    a0, a1, a2 = _partial_sums(a0, a1, a2, part_ptr, rows, km, bb, bm, nk, B, G, H, CELL, PK)
+                    hp, p0, p1, p2, g = _fwd_inputs(rows, km, bm, prev, xrow, trow, H, xp_ptr, gate_ptr, hs_ptr,
+                                                    CELL, GATE)
+                    _fwd_finish(a0, a1, a2, hp, p0, p1, p2, g, rows, km, bm, prev, xrow, H, hs_ptr, gh_ptr,
+                                CELL, GATE, SAVE_GH)
+                    rows, km = n_rows, n_m
         _grid_sync(sync_ptr, q, (t - t0 + 1) * NSYNC * nh, SYNC)
 
 
@@ -342,13 +391,9 @@ def _bwd_grid_kernel(
                 hp = tl.load(hs_ptr + ho, mask=m, other=0.0).to(tl.float32)
                 a = tl.load(ch_ptr + so, mask=m, other=0.0)
                 a += tl.load(dout_ptr + orow[:, None] + j[None, :], mask=m, other=0.0).to(tl.float32)
-                gh0 = tl.load(gh_ptr + xo, mask=m, other=0.0)
-                gh1 = gh0
-                gh2 = gh0
-                if CELL == GRU:
-                    gh1 = tl.load(gh_ptr + xo + H, mask=m, other=0.0)
-                    gh2 = tl.load(gh_ptr + xo + 2 * H, mask=m, other=0.0)
-                r, z, n, f = _candidate(xp_ptr, xo, m, gh0, gh1, gh2, hp, H, CELL)
+                gh0, gh1, gh2 = _sections(gh_ptr, xo, m, H, CELL)
+                p0, p1, p2 = _sections(xp_ptr, xo, m, H, CELL)
+                r, z, n, f = _cell(p0, p1, p2, gh0, gh1, gh2, hp, CELL)
                 if GATE == RHYTHMIC:
                     g = tl.load(gate_ptr + trow + j, mask=jm, other=0.0).to(tl.float32)[None, :]
                     df = tl.where(g != 0, g * a, 0.0)
@@ -508,14 +553,15 @@ def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists 
 def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists | None, dg_mask,
                grads: Grads, need_dw: bool = False) -> torch.Tensor | None:
     """Writes ``grads.dxp``, ``grads.dgh`` (GRU n section) and ``grads.dg``, and leaves dL/dh0
-    in ``grads.ch`` (arguments as :func:`rows.launch_bwd`'s). Returns dL/dU (G, H) fp32 where
-    ``need_dw`` and the tiles' ``dw`` have the kernel form it (summed over the batch blocks;
-    at most ``grid_tiles.DW_MAX_BYTES`` of per-block sums), else None: then the caller's
-    GEMM forms it from ``grads.dgh``, which is complete only then (the GRU's r and z
-    sections are dxp's). The tiles' ``split`` is the forward's alone; their ``bwd``, where
-    set, gives the backward its own slice width, row tile and warps."""
+    in ``grads.ch`` (arguments as :func:`rows.launch_bwd`'s). Returns dL/dU as one sum per
+    batch block, (NB, G, H) fp32, where ``need_dw`` and the tiles' ``dw`` have the kernel form
+    it (at most ``grid_tiles.DW_MAX_BYTES`` of them), else None: then the caller forms it
+    from ``grads.dgh`` (the GRU's r and z sections are dxp's, which the caller copies there).
+    The tiles' ``split`` is the forward's alone; their ``bwd``, where set, gives the
+    backward its own slice width, row tile and warps (powers of two, at least 16 on tl.dot)."""
     t, grid, d, shared = _setup(cfg, x.xp, seq.hs, torch.float32)
     if t.bwd is not None:  # the backward's own slices, row tiles and warps
+        grid_tiles.check_bwd(t)
         shared.update(BH=t.bwd[0], BK=t.bwd[1], num_warps=t.bwd[2])
     B, T, G = x.xp.shape
     H = seq.hs.shape[2]
@@ -528,6 +574,4 @@ def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists 
                 idx_ptr=lists.idx, off_ptr=lists.off, hs_ptr=seq.hs, gh_ptr=seq.gh, dout_ptr=dout, ch_ptr=g.ch,
                 dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh, dg_ptr=g.dg, du_ptr=du, **flags, **shared)
     _launch(_bwd_grid_kernel, "bwd", grid, T, x.xp.device, True, args)
-    if not dw:
-        return None
-    return du[0] if grid[1] == 1 else du.sum(0)
+    return du if dw else None

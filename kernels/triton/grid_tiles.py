@@ -14,8 +14,8 @@ import triton
 from ._common import next_pow2
 
 __all__ = ["BWD", "DW", "DW_MAX_BYTES", "MAX_BB", "MAX_NH", "PARTIAL_TILES", "PRECISION", "SPLIT", "SPLIT_MAX_BYTES",
-           "TILES", "Tiles", "dot_precision", "dw_bytes", "partial_tiles", "shape", "sm_count", "split_bytes",
-           "tiles"]
+           "TILES", "Tiles", "check_bwd", "dot_precision", "dw_bytes", "partial_tiles", "shape", "sm_count",
+           "split_bytes", "tiles"]
 
 MAX_BB = 64  # batch rows per program
 MAX_NH = None  # cap on the programs per batch block (None: one per chunk, SM count on a GPU)
@@ -46,9 +46,11 @@ class Tiles(NamedTuple):
         batch block, instead of one dense GEMM over every row and step after the kernel.
         Not a default anywhere until a GPU has timed it; the forward ignores it.
     bwd: the backward's (bh, bk, warps) where they differ from the forward's: columns per
-        slice, rows of U per iteration, num_warps (None: the forward's). A program owns
-        its slices in both phases of a backward step, so a wider slice means fewer slices
-        per program, and a longer row tile fewer iterations over the open rows.
+        slice, rows of U per iteration, num_warps (None: the forward's; :func:`check_bwd`).
+        A program owns its slices in both phases of a backward step, so a wider slice means
+        fewer slices per program, and a longer row tile fewer iterations over the open rows.
+        The grid is the forward's: with ``per_sm = 2`` two backward programs must fit on an
+        SM as well, else the cooperative launch refuses it.
     """
 
     bb: int
@@ -157,6 +159,15 @@ def partial_tiles(H: int, bk: int, precision: str) -> int:
 def split_bytes(B: int, H: int, cell: str, bk: int) -> int:
     """Bytes of the split forward's scratch of partial products: (cdiv(H, bk), B, G) fp32."""
     return triton.cdiv(H, bk) * B * (3 * H if cell == "gru" else H) * 4
+
+
+def check_bwd(t: Tiles) -> None:
+    """Raises ValueError unless the backward's own tiles ``t.bwd`` are three powers of two,
+    with slices and row tiles of at least 16 where the products run on ``tl.dot``."""
+    if len(t.bwd) != 3 or not all(isinstance(v, int) and v > 0 and v & (v - 1) == 0 for v in t.bwd):
+        raise ValueError(f"Tiles.bwd must be (bh, bk, warps), three powers of two; got {t.bwd!r}")
+    if not t.fma and min(t.bwd[:2]) < 16:
+        raise ValueError(f"Tiles.bwd {t.bwd!r}: tl.dot needs slices and row tiles of at least 16 (or fma=True)")
 
 
 def dw_bytes(nb: int, H: int, cell: str) -> int:

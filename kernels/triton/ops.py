@@ -151,19 +151,15 @@ class _Recurrence(torch.autograd.Function):
         g, dw = _backward(cfg, Operands(xp, w_hh, None, gvals, theta, beta), Sequences(hs, ss, gh), dout, dhT,
                           dsT, ctx.gate_grad, dg_mask, w_hh is not None and needs[4])
         db = None
-        if dw is not None:  # formed by the kernel over the open rows; dgh's r, z sections are dxp's
-            dw = dw.to(w_hh.dtype)
-            if needs[5]:
-                db = torch.cat([g.dxp[:, :, : G - H].sum((0, 1)), g.dgh[:, :, G - H :].sum((0, 1))]).to(w_hh.dtype)
-        elif w_hh is not None and (needs[4] or needs[5]):
-            if cfg.cell == "gru":  # the r and z sections of dgh equal dxp
+        if w_hh is not None and needs[5]:  # dgh's r and z sections are dxp's
+            db = torch.cat([g.dxp[:, :, : G - H].sum((0, 1)), g.dgh[:, :, G - H :].sum((0, 1))]).to(w_hh.dtype)
+        if dw is not None:  # the kernel's per-block sums over the open rows
+            dw = dw.sum(0).to(w_hh.dtype)
+        elif w_hh is not None and needs[4]:  # one GEMM over every row and step
+            if cfg.cell == "gru":
                 g.dgh[:, :, : 2 * H] = g.dxp[:, :, : 2 * H]
             prev = (ss if cfg.cell == "lif" else hs)[:, :T].reshape(B * T, H).float()
-            flat = g.dgh.reshape(B * T, G)
-            if needs[4]:
-                dw = (flat.t() @ prev).to(w_hh.dtype)
-            if needs[5]:
-                db = flat.sum(0).to(w_hh.dtype)
+            dw = (g.dgh.reshape(B * T, G).t() @ prev).to(w_hh.dtype)
         dgv = g.dg.sum(0).to(gvals.dtype) if g.dg is not None else None
         dtheta = g.dth.sum(0).to(theta.dtype) if cfg.gate == "event" and needs[7] else None
         dbt = g.dbeta.sum(0).to(beta.dtype) if cfg.cell == "lif" and needs[8] else None
@@ -219,8 +215,9 @@ def _forward(cfg: Config, x: Operands, h0, s0, mask, save: bool):
 def _backward(cfg: Config, x: Operands, seq: Sequences, dout, dhT, dsT, need_dg: bool, dg_mask,
               need_dw: bool = False):
     """Allocates the backward's buffers, runs the kernels that fit the call and returns them
-    (:class:`Grads`: ``ch`` then holds dL/dh0, ``cs`` dL/ds0) with dL/dU (G, H) fp32 where the
-    kernels formed it (``need_dw`` and multi-program tiles with ``dw``), else None. ``dout``
+    (:class:`Grads`: ``ch`` then holds dL/dh0, ``cs`` dL/ds0) with dL/dU where the kernels
+    formed it (``need_dw`` and multi-program tiles with ``dw``: (NB, G, H) fp32, one sum per
+    batch block), else None. ``dout``
     (B, T, H), ``dhT``, ``dsT`` (B, H): the incoming gradients; ``need_dg``: whether the
     rhythmic gate's values need one; ``dg_mask`` (T, H) int8: where the forward computed
     candidates (None: all). A GRU's ``dgh`` holds only the n section (r and z are dxp's)."""
