@@ -203,6 +203,7 @@ def cases(quick: bool) -> list[dict]:
                     add(cell=cell, gate="rhythmic", H=H, B=B, grid=True, tf32=True, split=True, dw=True)
         for kw in BWD_CASES[cell]:  # the backward's own tiles, as the sweep has them (split forwards)
             add(cell=cell, gate="rhythmic", H=1024, B=64, grid=True, split=True, **kw)
+        add(cell=cell, gate="rhythmic", H=1024, B=64, grid=True, tf32x3=True)  # whole chunks at 3xTF32
         add(cell=cell, gate="rhythmic", H=1024, B=256, grid=True)  # 64-row blocks, 8 warps
         add(cell=cell, gate="rhythmic", H=1024, grid=True, dtype="bfloat16")
         add(cell=cell, gate="rhythmic", H=1024, grid=True, train_gate=True)

@@ -145,9 +145,10 @@ def shape(B: int, H: int, device, precision: str = "ieee") -> tuple[int, int, in
 
 
 #: phase 2 of a split step loads the partials of this many column tiles at once (powers of
-#: two), per dot precision. From the sm_90 compiles on Triton 3.6 (the GRU forward at BB = 16,
-#: H = 1024): 8 tiles spill in the exact and TF32 kernels (24 / 16 B of stack at 255
-#: registers) and 4 do not (202 / 190); 3xTF32 takes 8 without spilling (218), spills 8 B at 4.
+#: two), per dot precision. From the sm_90 compiles on Triton 3.6 when split steps were built
+#: (the GRU forward at BB = 16, H = 1024): 8 tiles spilled in the exact and TF32 kernels
+#: (24 / 16 B of stack at 255 registers) and 4 did not (202 / 190); 3xTF32 took 8 without
+#: spilling (218) and spilled 8 B at 4. Today's tables: docs/gpu/aot_sm90_triton36.txt.
 PARTIAL_TILES = {"ieee": 4, "tf32": 4, "tf32x3": 8}
 
 
