@@ -417,17 +417,22 @@ def _bwd_grid_kernel(
                 else:
                     tl.store(dxp_ptr + xo, df * (1.0 - f * f), mask=m)
                 tl.store(dir_ptr + so, dh, mask=m)
+        if PHASES != PHASE_1:
+            # phase 2's step range, loaded before the barrier (a read-only list) so that it
+            # arrives while the program waits
+            start, end = _step_range(off_ptr, t, H, GATE)
         if PHASES == BOTH_PHASES:
             _grid_sync(sync_ptr, q, (tt - t0 + 1) * nh, SYNC)
         if PHASES != PHASE_1:  # ---- phase 2, dL/dh_{t-1} = dir + U^T dgh over the open rows
-            start, end = _step_range(off_ptr, t, H, GATE)
             for j0 in range(p * BH, H, nh * BH):
                 j = j0 + tl.arange(0, BH)
                 jm = j < H
+                so = (bb * H)[:, None] + j[None, :]
+                m = bm[:, None] & jm[None, :]
+                dirv = tl.load(dir_ptr + so, mask=m, other=0.0)  # phase 1's, this program's own
                 acc = tl.zeros([BB, BH], tl.float32)
                 if DW:  # h_{t-1} of the slice: dU's right factor
-                    hj = tl.load(hs_ptr + prev[:, None] + j[None, :], mask=bm[:, None] & jm[None, :],
-                                 other=0.0).to(tl.float32)
+                    hj = tl.load(hs_ptr + prev[:, None] + j[None, :], mask=m, other=0.0).to(tl.float32)
                 for c0 in range(start, end, BK):
                     rows, km = _chunk_rows(idx_ptr, c0, end, BK, GATE)
                     vm = bm[:, None] & km[None, :]
@@ -446,9 +451,7 @@ def _bwd_grid_kernel(
                             do = (q.to(tl.int64) * G + sec * H + rows)[:, None] * H + j[None, :]
                             du = tl.load(du_ptr + do, mask=wm, other=0.0)
                             tl.store(du_ptr + do, _mac_tn(du, v, hj, FMA, PREC), mask=wm)
-                so = (bb * H)[:, None] + j[None, :]
-                m = bm[:, None] & jm[None, :]
-                tl.store(ch_ptr + so, tl.load(dir_ptr + so, mask=m, other=0.0) + acc, mask=m)
+                tl.store(ch_ptr + so, dirv + acc, mask=m)
         if PHASES == BOTH_PHASES:
             # phase 1 of the next step reads the slices' ch in another thread layout
             tl.debug_barrier()
