@@ -171,9 +171,9 @@ BWD_CASES = {
 
 def cases(quick: bool) -> list[dict]:
     """The shapes to compile: the benchmark's suGRU / suRNN rows for the per-row and the
-    grid kernels (fp32 exact and TF32, bf16 inputs; split steps, also with 3xTF32 products),
-    a trainable rhythmic gate, the event gate, recurrent and feed-forward LIF. Every case
-    runs forward and backward."""
+    grid kernels (fp32 exact and TF32, bf16 inputs; split steps, also with 3xTF32 products;
+    backwards that form dU or take their own tiles), a trainable rhythmic gate, the event
+    gate, recurrent and feed-forward LIF. Every case runs forward and backward."""
     out = []
     base = {"dtype": "float32", "grid": False, "tf32": False, "train_gate": False, "B": 64, "split": False,
             "tf32x3": False, "dw": False, "bwd": None}

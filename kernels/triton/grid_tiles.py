@@ -159,7 +159,7 @@ def partial_tiles(H: int, bk: int, precision: str) -> int:
 
 def split_bytes(B: int, H: int, cell: str, bk: int) -> int:
     """Bytes of the split forward's scratch of partial products: (cdiv(H, bk), B, G) fp32."""
-    return triton.cdiv(H, bk) * B * (3 * H if cell == "gru" else H) * 4
+    return triton.cdiv(H, bk) * B * _width(cell, H) * 4
 
 
 def check_bwd(t: Tiles) -> None:
@@ -173,7 +173,12 @@ def check_bwd(t: Tiles) -> None:
 
 def dw_bytes(nb: int, H: int, cell: str) -> int:
     """Bytes of the backward's per-block dU sums (``Tiles.dw``): (nb, G, H) fp32."""
-    return nb * (3 * H if cell == "gru" else H) * H * 4
+    return nb * _width(cell, H) * H * 4
+
+
+def _width(cell: str, H: int) -> int:
+    """G, the width of a pre-activation row: 3 H for a GRU, H for an RNN."""
+    return 3 * H if cell == "gru" else H
 
 
 def dot_precision(dtype) -> str:

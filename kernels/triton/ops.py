@@ -217,10 +217,10 @@ def _backward(cfg: Config, x: Operands, seq: Sequences, dout, dhT, dsT, need_dg:
     """Allocates the backward's buffers, runs the kernels that fit the call and returns them
     (:class:`Grads`: ``ch`` then holds dL/dh0, ``cs`` dL/ds0) with dL/dU where the kernels
     formed it (``need_dw`` and multi-program tiles with ``dw``: (NB, G, H) fp32, one sum per
-    batch block), else None. ``dout``
-    (B, T, H), ``dhT``, ``dsT`` (B, H): the incoming gradients; ``need_dg``: whether the
-    rhythmic gate's values need one; ``dg_mask`` (T, H) int8: where the forward computed
-    candidates (None: all). A GRU's ``dgh`` holds only the n section (r and z are dxp's)."""
+    batch block), else None. ``dout`` (B, T, H), ``dhT``, ``dsT`` (B, H): the incoming
+    gradients; ``need_dg``: whether the rhythmic gate's values need one; ``dg_mask`` (T, H)
+    int8: where the forward computed candidates (None: all). A GRU's ``dgh`` holds only the
+    n section (r and z are dxp's)."""
     B, T, G = x.xp.shape
     H = seq.hs.shape[2]
     f32 = dict(device=x.xp.device, dtype=torch.float32)
