@@ -170,6 +170,17 @@ def _chunk_rows(idx_ptr, c0, end, BH: tl.constexpr, GATE: tl.constexpr):
 
 
 @triton.jit
+def _first_rows(idx_ptr, start, end, p, nh, nk, SPLIT: tl.constexpr, GATE: tl.constexpr, BH: tl.constexpr):
+    # the rows of program p's first unit's chunk (SPLIT: the run of units p n / nh ..) or of
+    # its first whole chunk, in the step range [start, end)
+    if SPLIT:
+        c = (p * (tl.cdiv(end - start, BH).to(tl.int64) * nk) // nh) // nk
+    else:
+        c = p
+    return _chunk_rows(idx_ptr, start + c * BH, end, BH, GATE)
+
+
+@triton.jit
 def _sections(ptr, o, m, H, CELL: tl.constexpr):
     # the sections (r, z, n for a GRU) of a G-wide row at offsets o, in fp32 (p1, p2 = p0
     # for an RNN)
@@ -287,12 +298,16 @@ def _fwd_grid_kernel(
     NSYNC: tl.constexpr = 2 if SPLIT else 1
     p, q, nh, G, bb, bm = _program(B, H, NSEC, BB)
     nk = tl.cdiv(H, BK)
+    # a step's range and the rows of the program's first unit (split) or chunk: loaded
+    # before the barrier that ends the previous step (nothing a step writes changes them),
+    # so that they arrive while the program waits
+    start, end = _step_range(off_ptr, t0, H, GATE)
+    rows, km = _first_rows(idx_ptr, start, end, p, nh, nk, SPLIT, GATE, BH)
     for t in range(t0, t1):
         prev = (bb * (T + 1) + t) * H
         new = prev + H
         xrow = (bb * T + t) * G
         trow = tl.cast(t, tl.int64) * H  # row t of the (T, H) gate and mask
-        start, end = _step_range(off_ptr, t, H, GATE)
         if PHASES != PHASE_2:
             if GATE == RHYTHMIC:  # closed neurons keep their state
                 for j0 in range(p * BH, H, nh * BH):
@@ -310,7 +325,8 @@ def _fwd_grid_kernel(
                 for u in range(p * n // nh, (p + 1) * n // nh):
                     c = u // nk
                     i = u - c * nk
-                    rows, km = _chunk_rows(idx_ptr, start + c * BH, end, BH, GATE)
+                    # the next unit's rows, while this one's loads are in flight
+                    n_rows, n_m = _chunk_rows(idx_ptr, start + (u + 1) // nk * BH, end, BH, GATE)
                     z = tl.zeros([BB, BH], tl.float32)
                     a0, a1, a2 = _tile_mac(z, z, z, hs_ptr, w_ptr, prev, bm, rows, km, i * BK, H,
                                            CELL, FMA, PREC, BK)
@@ -320,9 +336,10 @@ def _fwd_grid_kernel(
                     if CELL == GRU:
                         tl.store(part_ptr + po + H, a1, mask=pm)
                         tl.store(part_ptr + po + 2 * H, a2, mask=pm)
+                    rows, km = n_rows, n_m
             else:  # whole chunks, round robin; the epilogue's inputs loaded before the reduction
                 for c0 in range(start + p * BH, end, nh * BH):
-                    rows, km = _chunk_rows(idx_ptr, c0, end, BH, GATE)
+                    n_rows, n_m = _chunk_rows(idx_ptr, c0 + nh * BH, end, BH, GATE)
                     a0, a1, a2 = _fwd_acc(rows, km, H, b_ptr, CELL, HAS_B, BB, BH)
                     hp, p0, p1, p2, g = _fwd_inputs(rows, km, bm, prev, xrow, trow, H, xp_ptr, gate_ptr, hs_ptr,
                                                     CELL, GATE)
@@ -331,6 +348,7 @@ def _fwd_grid_kernel(
                                                CELL, FMA, PREC, BK)
                     _fwd_finish(a0, a1, a2, hp, p0, p1, p2, g, rows, km, bm, prev, xrow, H, hs_ptr, gh_ptr,
                                 CELL, GATE, SAVE_GH)
+                    rows, km = n_rows, n_m
         if SPLIT:
             if PHASES != PHASE_1:
                 # phase 2's first chunk (if the program has one): its rows, loaded before the
@@ -341,17 +359,19 @@ def _fwd_grid_kernel(
             if PHASES == BOTH_PHASES:
                 _grid_sync(sync_ptr, q, ((t - t0) * NSYNC + 1) * nh, SYNC)
             if PHASES != PHASE_1:  # the chunks, round robin: their partials summed
-                rows, km = c_rows, c_m
                 for c0 in range(start + p * BH, end, nh * BH):
                     # the next chunk's rows, while this one's loads are in flight
                     n_rows, n_m = _chunk_rows(idx_ptr, c0 + nh * BH, end, BH, GATE)
-                    a0, a1, a2 = _fwd_acc(rows, km, H, b_ptr, CELL, HAS_B, BB, BH)
-                    a0, a1, a2 = _partial_sums(a0, a1, a2, part_ptr, rows, km, bb, bm, nk, B, G, H, CELL, PK)
-                    hp, p0, p1, p2, g = _fwd_inputs(rows, km, bm, prev, xrow, trow, H, xp_ptr, gate_ptr, hs_ptr,
+                    a0, a1, a2 = _fwd_acc(c_rows, c_m, H, b_ptr, CELL, HAS_B, BB, BH)
+                    a0, a1, a2 = _partial_sums(a0, a1, a2, part_ptr, c_rows, c_m, bb, bm, nk, B, G, H, CELL, PK)
+                    hp, p0, p1, p2, g = _fwd_inputs(c_rows, c_m, bm, prev, xrow, trow, H, xp_ptr, gate_ptr, hs_ptr,
                                                     CELL, GATE)
-                    _fwd_finish(a0, a1, a2, hp, p0, p1, p2, g, rows, km, bm, prev, xrow, H, hs_ptr, gh_ptr,
+                    _fwd_finish(a0, a1, a2, hp, p0, p1, p2, g, c_rows, c_m, bm, prev, xrow, H, hs_ptr, gh_ptr,
                                 CELL, GATE, SAVE_GH)
-                    rows, km = n_rows, n_m
+                    c_rows, c_m = n_rows, n_m
+        if GATE == RHYTHMIC:  # the next step's range and first rows (above)
+            start, end = _step_range(off_ptr, tl.minimum(t + 1, T - 1), H, GATE)
+        rows, km = _first_rows(idx_ptr, start, end, p, nh, nk, SPLIT, GATE, BH)
         _grid_sync(sync_ptr, q, (t - t0 + 1) * NSYNC * nh, SYNC)
 
 
