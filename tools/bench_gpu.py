@@ -14,7 +14,9 @@ timed repetitions after a warm-up, `triton.testing.do_bench`):
    B=1, H=8192, T=1000, and of the feed-forward LIF kernel's tiles
    (kernels/triton/lif_feedforward.py);
 3. the targets through the public API (`SUGRU`, `SURNN`, `SULIF`), against `torch.nn.GRU` /
-   `torch.nn.RNN` (cuDNN, torch's defaults: TF32 allowed for cuDNN) on the same inputs.
+   `torch.nn.RNN` (cuDNN, torch's defaults: TF32 allowed for cuDNN) on the same inputs;
+4. after the targets' table, the event gate (about 10 % open per row): torch reference,
+   per-row and multi-program kernels (not a target; the table a rule for ``auto`` needs).
 
 Without CUDA it exits with status 2 and says so.
 """
@@ -38,8 +40,11 @@ from bench_triton import rhythm  # noqa: E402  (the benchmarks' shared rhythmic 
 TARGET_B, TARGET_H, TARGET_T, TARGET_F = 64, 1024, 1024, 32
 # sizes: (B, H, T) of the GRU/RNN targets, of the B = 1 row, of the LIF row, and the H of the
 # per-row row; --tiny shrinks them for a smoke run under TRITON_INTERPRET=1 on a CPU
-SIZES = {"target": (64, 1024, 1024), "b1": (1, 8192, 1000), "lif": (64, 4096, 1024), "small_h": 256}
-TINY = {"target": (16, 32, 6), "b1": (1, 64, 5), "lif": (2, 64, 20), "small_h": 16}
+SIZES = {"target": (64, 1024, 1024), "b1": (1, 8192, 1000), "lif": (64, 4096, 1024), "small_h": 256,
+         "event": [("gru", 1, 1024, 1024, False), ("gru", 1, 8192, 1000, False), ("gru", 64, 1024, 1024, True),
+                   ("rnn", 64, 1024, 1024, True)]}
+TINY = {"target": (16, 32, 6), "b1": (1, 64, 5), "lif": (2, 64, 20), "small_h": 16,
+        "event": [("gru", 1, 32, 6, False), ("rnn", 16, 32, 6, True)]}
 DEV = "cuda"
 
 
@@ -94,8 +99,11 @@ def barrier_cost(T: int = 4096) -> dict:
 
 
 # ----------------------------------------------------------------------- recurrence calls
-def _call(cell, B, H, T, rate, *, train, seed=0, impl=None):
-    """A recurrence call of the Triton backend (or ``impl``) on random data (frozen rhythmic gate)."""
+def _call(cell, B, H, T, rate, *, train, seed=0, impl=None, kind="rhythmic"):
+    """A recurrence call of the Triton backend (or ``impl``) on random data: a frozen rhythmic
+    gate opening ``rate`` of the neurons per step, or an event gate (``kind="event"``) whose
+    threshold opens about ``rate`` of them on these inputs. Returns the forward, the forward
+    + backward (training), the open neuron-steps per batch row, and a call of the gradients."""
     from su_neuro.gates import GateInput
     from su_neuro.kernels.triton.ops import recurrence as fused
 
@@ -107,7 +115,12 @@ def _call(cell, B, H, T, rate, *, train, seed=0, impl=None):
     h0 = torch.zeros(B, H, device=DEV, requires_grad=train)
     w = (torch.randn(G, H, generator=g) / math.sqrt(H)).to(DEV).requires_grad_(train)
     b = (torch.randn(G, generator=g) * 0.1).to(DEV).requires_grad_(train)
-    gate = GateInput("rhythmic", rhythm(T, H, rate, DEV, torch.Generator().manual_seed(seed)))
+    if kind == "event":
+        gate, frac = _event_gate(cell, xp.detach(), h0.detach(), w.detach(), b.detach(), rate)
+        opened = frac * T * H
+    else:
+        gate = GateInput("rhythmic", rhythm(T, H, rate, DEV, torch.Generator().manual_seed(seed)))
+        opened = float(gate.values.sum().item())
 
     def fwd():
         with torch.no_grad():
@@ -123,7 +136,30 @@ def _call(cell, B, H, T, rate, *, train, seed=0, impl=None):
         fwd_bwd()
         return [t.grad.clone() for t in (xp, h0, w, b)]
 
-    return fwd, (fwd_bwd if train else None), gate.values, (grads if train else None)
+    return fwd, (fwd_bwd if train else None), opened, (grads if train else None)
+
+
+def _event_gate(cell, xp, h0, w, b, rate, steps=128):
+    """An event gate (triangle surrogate) with one threshold for every neuron, found by
+    bisection so that the reference opens about ``rate`` of the neurons over the first
+    ``steps`` steps of these inputs, and the fraction it opens over the whole sequence."""
+    from su_neuro.gates import GateInput
+    from su_neuro.kernels.reference import recurrence
+    from su_neuro.surrogate import get_surrogate
+
+    H = h0.shape[1]
+
+    def opened(theta, x):
+        gate = GateInput("event", torch.full((H,), theta, device=DEV), surrogate=get_surrogate("triangle", width=0.1))
+        with torch.no_grad():
+            rec = recurrence(cell, x, h0, None, w, b, gate, None, True)[3]
+        return gate, float(rec.gate.float().mean().item())
+
+    lo, hi = 0.0, 2.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if opened(mid, xp[:, :steps])[1] > rate else (lo, mid)
+    return opened((lo + hi) / 2, xp)
 
 
 def _with_grid(tiles, precision, fn):
@@ -137,14 +173,15 @@ def _with_grid(tiles, precision, fn):
         grid.ENABLED, grid_tiles.TILES, grid_tiles.PRECISION = saved
 
 
-def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None):
+def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None, kind="rhythmic"):
     """Time the multi-program kernels at each (tiles, precision; None: the per-row kernel);
     max_diff is each forward output's largest difference from the first config's, and in
     training grad_diff the largest relative difference of its gradients (xp, h0, U, b:
-    max |g - g_first| / max |g_first| over each) from the first config's."""
+    max |g - g_first| / max |g_first| over each) from the first config's. Returns the rows
+    and the open neuron-steps per batch row (``kind``: the gate, as :func:`_call`)."""
     from su_neuro.kernels.triton import grid
 
-    fwd, fb, gvals, grads = _call(cell, B, H, T, rate, train=train)
+    fwd, fb, opened, grads = _call(cell, B, H, T, rate, train=train, kind=kind)
     rows = []
     base = ref_out
     base_g = None
@@ -173,8 +210,7 @@ def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None):
         except Exception as err:  # a config that does not compile or launch is a result too
             rows.append({"config": label, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"})
         print("  ", rows[-1], flush=True)
-    open_rows = int(gvals.sum().item())
-    return rows, open_rows
+    return rows, opened
 
 
 def _label(t, prec):
@@ -425,7 +461,40 @@ def main(argv=None) -> int:
                   f"{t['ratio']:5.2f}x (need {t['need']}x) {t['extra']}")
         else:
             print(f"{mark} {t['target']:<58} {t['of_copy']:.0%} of copy bandwidth (need 60%)")
+    if not args.skip_sweep:  # after the targets' table: a run cut short here keeps it
+        report["sweep_event"] = sweep_event(sizes["event"], save)
+        report["seconds"] = time.time() - t_start
+        save()
     return 0
+
+
+def sweep_event(cases, save) -> list[dict]:
+    """The event gate at about 10 % open per row (:func:`_event_gate`): the torch reference,
+    the per-row kernels (up to H = 4096) and the multi-program kernels at their default tiles
+    in each dot precision, and for batches of more than 8 rows also with blocks of 4 rows
+    (a batch block reduces over the union of its rows' changed neurons), for each (cell, B,
+    H, T, training) of ``cases``."""
+    from su_neuro.kernels.reference import recurrence as reference
+    from su_neuro.kernels.triton import grid_tiles
+
+    out = []
+    for cell, B, H, T, train in cases:
+        print(f"sweep: {cell} event B={B} H={H} T={T} ~10% {'training' if train else 'inference'}", flush=True)
+        dev = torch.device(DEV)
+        configs = [(None, None)] if H <= 4096 else []
+        for prec in ("ieee", "tf32x3", "tf32"):
+            t = grid_tiles._measured_tiles(B, H, dev, prec)
+            if not (t.fma and prec != "ieee"):  # FMA products have one precision
+                configs.append((t, prec))
+        if B > 8:  # blocks of 4 rows on the FMA units: a smaller union of the rows' changed neurons
+            configs.append((grid_tiles.Tiles(4, 8, 512, 8, 3, True), "ieee"))
+        rows, opened = sweep_grid(cell, B, H, T, 0.1, configs, train=train, kind="event")
+        fwd, fb, _, _ = _call(cell, B, H, T, 0.1, train=train, impl=reference, kind="event")
+        rows.insert(0, {"config": "torch reference", "fwd_ms": _bench(fwd), "fwd_bwd_ms": _bench(fb) if fb else None})
+        print("  ", rows[0], flush=True)
+        out.append({"cell": cell, "B": B, "H": H, "T": T, "open": opened / (T * H), "rows": rows})
+        save()
+    return out
 
 
 def _parse(label: str):

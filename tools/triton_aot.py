@@ -172,8 +172,9 @@ BWD_CASES = {
 def cases(quick: bool) -> list[dict]:
     """The shapes to compile: the benchmark's suGRU / suRNN rows for the per-row and the
     grid kernels (fp32 exact and TF32, bf16 inputs; split steps, also with 3xTF32 products;
-    backwards that form dU or take their own tiles), a trainable rhythmic gate, the event
-    gate, recurrent and feed-forward LIF. Every case runs forward and backward."""
+    backwards that form dU or take their own tiles; the event gate), a trainable rhythmic
+    gate, the event gate, recurrent and feed-forward LIF. Every case runs forward and
+    backward."""
     out = []
     base = {"dtype": "float32", "grid": False, "tf32": False, "train_gate": False, "B": 64, "split": False,
             "tf32x3": False, "dw": False, "bwd": None}
@@ -183,6 +184,7 @@ def cases(quick: bool) -> list[dict]:
         add(cell="gru", gate="rhythmic", H=1024, grid=True, tf32=True)  # BB = 16, TF32
         add(cell="gru", gate="rhythmic", H=1024, B=1, grid=True)  # BB = 1, FMA products
         add(cell="gru", gate="rhythmic", H=1024, B=1, grid=True, split=True, dw=True)  # split, dU in the kernel
+        add(cell="gru", gate="event", H=256, grid=True)  # the event gate's forward, its compacted lists
         add(cell="gru", gate="rhythmic", H=256)
         add(cell="lif", gate="dense", H=256)
         return out
@@ -209,6 +211,10 @@ def cases(quick: bool) -> list[dict]:
         add(cell=cell, gate="rhythmic", H=1024, grid=True, train_gate=True)
         add(cell=cell, gate="rhythmic", H=1024, train_gate=True)
         add(cell=cell, gate="event", H=1024)
+        for B in (1, 64):  # the event gate's multi-program kernels
+            add(cell=cell, gate="event", H=1024, B=B, grid=True)
+        add(cell=cell, gate="event", H=2048, B=1, grid=True)  # B = 1's longest tile (2048), as at H = 8192
+        add(cell=cell, gate="event", H=1024, grid=True, tf32x3=True)
     for gate in ("dense", "event"):
         add(cell="lif", gate=gate, H=1024)  # feed-forward: the streaming forward
     add(cell="rlif", gate="rhythmic", H=1024)

@@ -55,6 +55,8 @@ import triton.language as tl
 
 from . import choose, grid_tiles
 from ._common import (
+    DENSE,
+    EVENT,
     GRU,
     LAUNCH_OPTIONS,
     RHYTHMIC,
@@ -63,14 +65,16 @@ from ._common import (
     OpenLists,
     Operands,
     Sequences,
+    _sign,
     _step_range,
-    _step_rows,
     _tanh,
     dummy,
     filled,
     gru_candidate,
     gru_candidate_grad,
+    surrogate_grad,
 )
+from .rows import REFRESH
 
 __all__ = ["ENABLED", "LAUNCHED", "eligible", "launch_bwd", "launch_fwd"]
 
@@ -78,6 +82,9 @@ __all__ = ["ENABLED", "LAUNCHED", "eligible", "launch_bwd", "launch_fwd"]
 # False: always / never (tests, benchmarks). Run natively on an H200 on 2026-12-04: the kernel
 # tests passed and tools/bench_gpu.py timed them (docs/triton.md).
 ENABLED: bool | None = None
+
+# flags an event-gate program compacts per load (int8)
+_BC = 1024
 
 # the backward's PHASES: phase 1 or phase 2 alone (the interpreter's launches), or both with
 # the barrier between them
@@ -162,22 +169,48 @@ def _program(B, H, NSEC: tl.constexpr, BB: tl.constexpr):
 
 
 @triton.jit
-def _chunk_rows(idx_ptr, c0, end, BH: tl.constexpr, GATE: tl.constexpr):
-    # the rows of the chunk at positions c0 .. c0 + BH of the step's range (end: its end)
+def _chunk_rows(idx_ptr, c0, end, BH: tl.constexpr, LISTED: tl.constexpr):
+    # the rows of the chunk at positions c0 .. c0 + BH of the step's range (end: its end):
+    # taken from the list idx where LISTED, else the positions themselves
     k = c0 + tl.arange(0, BH)
     km = k < end
-    return _step_rows(idx_ptr, k, km, GATE).to(tl.int64), km
+    if LISTED:
+        rows = tl.load(idx_ptr + k, mask=km, other=0)
+    else:
+        rows = k
+    return rows.to(tl.int64), km
 
 
 @triton.jit
-def _first_rows(idx_ptr, start, end, p, nh, nk, SPLIT: tl.constexpr, GATE: tl.constexpr, BH: tl.constexpr):
+def _compact(ev_ptr, lst_ptr, H, BC: tl.constexpr):
+    # the neurons j < H whose flag ev[j] (int8, written by the programs that own them before
+    # the last barrier) is set, in increasing order, to lst[0 .. n); returns n. The list is
+    # the program's own: a CTA barrier orders its stores before the loads that read it
+    n = tl.full([], 0, tl.int32)
+    for j0 in range(0, H, BC):
+        j = j0 + tl.arange(0, BC)
+        on = (tl.load(ev_ptr + j, mask=j < H, other=0, cache_modifier=".cg") != 0).to(tl.int32)
+        tl.store(lst_ptr + n + tl.cumsum(on, 0) - 1, j, mask=on != 0)
+        n += tl.sum(on, 0)
+    tl.debug_barrier()
+    return n
+
+
+@triton.jit
+def _flag(ev_ptr, j, jm, changed):
+    # ev[j] = 1 where any row of the batch block has `changed` ([BB, BH] bool) in column j
+    tl.store(ev_ptr + j, tl.max(changed.to(tl.int8), axis=0), mask=jm)
+
+
+@triton.jit
+def _first_rows(idx_ptr, start, end, p, nh, nk, SPLIT: tl.constexpr, LISTED: tl.constexpr, BH: tl.constexpr):
     # the rows of program p's first unit's chunk (SPLIT: the run of units p n / nh ..) or of
     # its first whole chunk, in the step range [start, end)
     if SPLIT:
         c = (p * (tl.cdiv(end - start, BH).to(tl.int64) * nk) // nh) // nk
     else:
         c = p
-    return _chunk_rows(idx_ptr, start + c * BH, end, BH, GATE)
+    return _chunk_rows(idx_ptr, start + c * BH, end, BH, LISTED)
 
 
 @triton.jit
@@ -296,13 +329,14 @@ def _fwd_grid_kernel(
     # launches); without SPLIT always BOTH_PHASES.
     NSEC: tl.constexpr = 3 if CELL == GRU else 1
     NSYNC: tl.constexpr = 2 if SPLIT else 1
+    LISTED: tl.constexpr = GATE == RHYTHMIC
     p, q, nh, G, bb, bm = _program(B, H, NSEC, BB)
     nk = tl.cdiv(H, BK)
     # a step's range and the rows of the program's first unit (split) or chunk: loaded
     # before the barrier that ends the previous step (nothing a step writes changes them),
     # so that they arrive while the program waits
     start, end = _step_range(off_ptr, t0, H, GATE)
-    rows, km = _first_rows(idx_ptr, start, end, p, nh, nk, SPLIT, GATE, BH)
+    rows, km = _first_rows(idx_ptr, start, end, p, nh, nk, SPLIT, LISTED, BH)
     for t in range(t0, t1):
         prev = (bb * (T + 1) + t) * H
         new = prev + H
@@ -326,7 +360,7 @@ def _fwd_grid_kernel(
                     c = u // nk
                     i = u - c * nk
                     # the next unit's rows, while this one's loads are in flight
-                    n_rows, n_m = _chunk_rows(idx_ptr, start + (u + 1) // nk * BH, end, BH, GATE)
+                    n_rows, n_m = _chunk_rows(idx_ptr, start + (u + 1) // nk * BH, end, BH, LISTED)
                     z = tl.zeros([BB, BH], tl.float32)
                     a0, a1, a2 = _tile_mac(z, z, z, hs_ptr, w_ptr, prev, bm, rows, km, i * BK, H,
                                            CELL, FMA, PREC, BK)
@@ -339,7 +373,7 @@ def _fwd_grid_kernel(
                     rows, km = n_rows, n_m
             else:  # whole chunks, round robin; the epilogue's inputs loaded before the reduction
                 for c0 in range(start + p * BH, end, nh * BH):
-                    n_rows, n_m = _chunk_rows(idx_ptr, c0 + nh * BH, end, BH, GATE)
+                    n_rows, n_m = _chunk_rows(idx_ptr, c0 + nh * BH, end, BH, LISTED)
                     a0, a1, a2 = _fwd_acc(rows, km, H, b_ptr, CELL, HAS_B, BB, BH)
                     hp, p0, p1, p2, g = _fwd_inputs(rows, km, bm, prev, xrow, trow, H, xp_ptr, gate_ptr, hs_ptr,
                                                     CELL, GATE)
@@ -355,13 +389,13 @@ def _fwd_grid_kernel(
                 # barrier (nothing in phase 1 changes them) so that they arrive while it
                 # waits. Holding its other inputs across the barrier as well spilled the
                 # 3xTF32 and TF32 kernels (sm_90, Triton 3.6)
-                c_rows, c_m = _chunk_rows(idx_ptr, start + p * BH, end, BH, GATE)
+                c_rows, c_m = _chunk_rows(idx_ptr, start + p * BH, end, BH, LISTED)
             if PHASES == BOTH_PHASES:
                 _grid_sync(sync_ptr, q, ((t - t0) * NSYNC + 1) * nh, SYNC)
             if PHASES != PHASE_1:  # the chunks, round robin: their partials summed
                 for c0 in range(start + p * BH, end, nh * BH):
                     # the next chunk's rows, while this one's loads are in flight
-                    n_rows, n_m = _chunk_rows(idx_ptr, c0 + nh * BH, end, BH, GATE)
+                    n_rows, n_m = _chunk_rows(idx_ptr, c0 + nh * BH, end, BH, LISTED)
                     a0, a1, a2 = _fwd_acc(c_rows, c_m, H, b_ptr, CELL, HAS_B, BB, BH)
                     a0, a1, a2 = _partial_sums(a0, a1, a2, part_ptr, c_rows, c_m, bb, bm, nk, B, G, H, CELL, PK)
                     hp, p0, p1, p2, g = _fwd_inputs(c_rows, c_m, bm, prev, xrow, trow, H, xp_ptr, gate_ptr, hs_ptr,
@@ -371,18 +405,102 @@ def _fwd_grid_kernel(
                     c_rows, c_m = n_rows, n_m
         if GATE == RHYTHMIC:  # the next step's range and first rows (above)
             start, end = _step_range(off_ptr, tl.minimum(t + 1, T - 1), H, GATE)
-        rows, km = _first_rows(idx_ptr, start, end, p, nh, nk, SPLIT, GATE, BH)
+        rows, km = _first_rows(idx_ptr, start, end, p, nh, nk, SPLIT, LISTED, BH)
         _grid_sync(sync_ptr, q, (t - t0 + 1) * NSYNC * nh, SYNC)
 
 
 @triton.jit
-def _bwd_grid_kernel(
-    xp_ptr, w_ptr, gate_ptr, sup_ptr, idx_ptr, off_ptr, hs_ptr, gh_ptr, dout_ptr,
-    ch_ptr, dir_ptr, dxp_ptr, dgh_ptr, dg_ptr, du_ptr, sync_ptr,
+def _fwd_event_grid_kernel(
+    xp_ptr, wt_ptr, b_ptr, theta_ptr, hs_ptr, gh_ptr, acc_ptr, ev_ptr, lst_ptr, grec_ptr, work_ptr, sync_ptr,
     t0, t1, B, T, H,
-    CELL: tl.constexpr, GATE: tl.constexpr, NEED_DG: tl.constexpr, DG_MASK: tl.constexpr, DW: tl.constexpr,
+    CELL: tl.constexpr, HAS_B: tl.constexpr, SAVE_GH: tl.constexpr, RECORD: tl.constexpr, REFRESH: tl.constexpr,
     PHASES: tl.constexpr, SYNC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
+):
+    # The event gate (RNN / GRU): every neuron's candidate is computed at every step (its
+    # gate depends on it), and U h_{t-1} is carried in acc (B, G) fp32 and updated by
+    # U (h_{t-1} - h_{t-2}) over the neurons that changed at step t-1 in any row of the batch
+    # block (exactly U h_{t-1} over every column each REFRESH steps, as the per-row kernel).
+    # Program (p, q) owns the neuron chunks p, p + NH, ... of BH neurons (their rows of every
+    # section, so also their part of acc) of batch block q. After a step's barrier each
+    # program compacts the flags ev (2, NB, H) int8 (by step parity; written by the neurons'
+    # owners) into its own list lst (NB, NH, H) int32, and reduces over those columns:
+    # tl.dot(dh[BB, BK cols], U^T[BK cols, BH rows]) from wt = U^T (H, G), whose gathered
+    # columns are rows there. grec (B, T, H): the gate's record (RECORD); work (T, NB) int32:
+    # the columns reduced per step and block. PHASES: always BOTH_PHASES (a step is one phase).
+    NSEC: tl.constexpr = 3 if CELL == GRU else 1
+    p, q, nh, G, bb, bm = _program(B, H, NSEC, BB)
+    nb = tl.num_programs(1)
+    own = lst_ptr + (q * nh + p).to(tl.int64) * H
+    for t in range(t0, t1):
+        prev = (bb * (T + 1) + t) * H
+        xrow = (bb * T + t) * G
+        delta = (t % REFRESH) != 0  # else a refresh: acc = U h_{t-1} over every column
+        if delta:
+            n = _compact(ev_ptr + (((t - 1) % 2) * nb + q).to(tl.int64) * H, own, H, BC)
+        else:
+            n = H
+        for c0 in range(p * BH, H, nh * BH):
+            j = c0 + tl.arange(0, BH)
+            jm = j < H
+            om = bm[:, None] & jm[None, :]
+            ao = (bb * G)[:, None] + j[None, :]
+            a0, a1, a2 = _sections(acc_ptr, ao, om & delta, H, CELL)
+            for k0 in range(0, n, BK):
+                k = k0 + tl.arange(0, BK)
+                km = k < n
+                cols = tl.where(delta, tl.load(own + k, mask=km & delta, other=0), k).to(tl.int64)
+                vm = bm[:, None] & km[None, :]
+                vo = prev[:, None] + cols[None, :]
+                v = tl.load(hs_ptr + vo, mask=vm, other=0.0, cache_modifier=".cg").to(tl.float32)
+                v -= tl.load(hs_ptr + vo - H, mask=vm & delta, other=0.0, cache_modifier=".cg").to(tl.float32)
+                wo = cols[:, None] * G + j[None, :]
+                wm = km[:, None] & jm[None, :]
+                a0 = _mac_t(a0, v, tl.load(wt_ptr + wo, mask=wm, other=0.0).to(tl.float32), FMA, PREC)
+                if CELL == GRU:
+                    a1 = _mac_t(a1, v, tl.load(wt_ptr + wo + H, mask=wm, other=0.0).to(tl.float32), FMA, PREC)
+                    a2 = _mac_t(a2, v, tl.load(wt_ptr + wo + 2 * H, mask=wm, other=0.0).to(tl.float32), FMA, PREC)
+            tl.store(acc_ptr + ao, a0, mask=om)
+            if CELL == GRU:
+                tl.store(acc_ptr + ao + H, a1, mask=om)
+                tl.store(acc_ptr + ao + 2 * H, a2, mask=om)
+            if HAS_B:
+                b0, b1, b2 = _sections(b_ptr, j, jm, H, CELL)
+                a0 += b0[None, :]
+                a1 += b1[None, :]
+                a2 += b2[None, :]
+            ho = prev[:, None] + j[None, :]
+            hp = tl.load(hs_ptr + ho, mask=om, other=0.0, cache_modifier=".cg").to(tl.float32)
+            p0, p1, p2 = _sections(xp_ptr, xrow[:, None] + j[None, :], om, H, CELL)
+            _r, _z, _n, f = _cell(p0, p1, p2, a0, a1, a2, hp, CELL)
+            theta = tl.load(theta_ptr + j, mask=jm, other=0.0).to(tl.float32)[None, :]
+            d = f - hp
+            g = tl.where(tl.abs(d) - theta > 0, 1.0, 0.0)
+            hn = hp + g * d
+            tl.store(hs_ptr + ho + H, hn, mask=om)
+            # the neurons whose state changed (NaN included): the next step's columns
+            _flag(ev_ptr + ((t % 2) * nb + q).to(tl.int64) * H, j, jm, om & (hn != hp))
+            if SAVE_GH:
+                xo = xrow[:, None] + j[None, :]
+                tl.store(gh_ptr + xo, a0, mask=om)
+                if CELL == GRU:
+                    tl.store(gh_ptr + xo + H, a1, mask=om)
+                    tl.store(gh_ptr + xo + 2 * H, a2, mask=om)
+            if RECORD:
+                tl.store(grec_ptr + ((bb * T + t) * H)[:, None] + j[None, :], g, mask=om)
+        if p == 0:
+            tl.store(work_ptr + t * nb + q, n)
+        _grid_sync(sync_ptr, q, (t - t0 + 1) * nh, SYNC)
+
+
+@triton.jit
+def _bwd_grid_kernel(
+    xp_ptr, w_ptr, gate_ptr, sup_ptr, idx_ptr, off_ptr, theta_ptr, hs_ptr, gh_ptr, dout_ptr,
+    ch_ptr, dir_ptr, dxp_ptr, dgh_ptr, dg_ptr, dth_ptr, du_ptr, ev_ptr, lst_ptr, work_ptr, sync_ptr,
+    t0, t1, B, T, H, g_scale, g_gain,
+    CELL: tl.constexpr, GATE: tl.constexpr, NEED_DG: tl.constexpr, DG_MASK: tl.constexpr, DW: tl.constexpr,
+    G_CODE: tl.constexpr, PHASES: tl.constexpr, SYNC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
 ):
     # Steps t = T-1-tt for tt in [t0, t1). PHASES: BOTH_PHASES (with SYNC, a barrier
     # between them), PHASE_1 or PHASE_2 one of them (the interpreter's per-phase launches).
@@ -392,8 +510,16 @@ def _bwd_grid_kernel(
     # q's dL/dU = sum over its rows and the steps of dgh_t^T h_{t-1}, accumulated in phase 2
     # over the rows with g != 0 only (each (row, column) of a block is the one program's that
     # owns the column slice: no atomics, a fixed order).
+    # Event gate: theta (H,) its thresholds, dth (B, H) fp32 dL/dtheta per batch row (summed
+    # into); phase 1 flags in ev (2, NB, H) int8 (by step parity) the neurons whose
+    # pre-activations got a gradient in any row of the block, and after the barrier each
+    # program compacts them into its own list lst (NB, NH, H) int32: phase 2's rows. work
+    # (T, NB) int32: the rows phase 2 reduced over per step and block (event gate).
     NSEC: tl.constexpr = 3 if CELL == GRU else 1
+    LISTED: tl.constexpr = GATE != DENSE
     p, q, nh, G, bb, bm = _program(B, H, NSEC, BB)
+    nb = tl.num_programs(1)
+    own = lst_ptr + (q * nh + p).to(tl.int64) * H  # the program's list (event gate)
     for tt in range(t0, t1):
         t = T - 1 - tt
         prev = (bb * (T + 1) + t) * H
@@ -424,6 +550,18 @@ def _bwd_grid_kernel(
                             sup = tl.load(sup_ptr + trow + j, mask=jm, other=0)[None, :]
                             dgt = tl.where(sup != 0, dgt, 0.0)
                         tl.store(dg_ptr + orow[:, None] + j[None, :], dgt, mask=m)
+                elif GATE == EVENT:
+                    theta = tl.load(theta_ptr + j, mask=jm, other=0.0).to(tl.float32)[None, :]
+                    d = f - hp
+                    g = tl.where(tl.abs(d) - theta > 0, 1.0, 0.0)
+                    dgt = a * d  # dL/dg through h_t = h + g d
+                    sg = g_gain * surrogate_grad(tl.abs(d) - theta, G_CODE, g_scale)
+                    df = g * a + dgt * sg * _sign(d)
+                    dh = a - df
+                    dth = tl.load(dth_ptr + so, mask=m, other=0.0)
+                    tl.store(dth_ptr + so, dth - dgt * sg, mask=m)
+                    # the neurons whose pre-activations get a gradient: phase 2's rows
+                    _flag(ev_ptr + ((t % 2) * nb + q).to(tl.int64) * H, j, jm, m & (df != 0))
                 else:
                     df = a
                     dh = tl.zeros([BB, BH], tl.float32)
@@ -444,6 +582,12 @@ def _bwd_grid_kernel(
         if PHASES == BOTH_PHASES:
             _grid_sync(sync_ptr, q, (tt - t0 + 1) * nh, SYNC)
         if PHASES != PHASE_1:  # ---- phase 2, dL/dh_{t-1} = dir + U^T dgh over the open rows
+            rows_ptr = idx_ptr
+            if GATE == EVENT:  # the rows flagged in phase 1, compacted by this program
+                end = _compact(ev_ptr + ((t % 2) * nb + q).to(tl.int64) * H, own, H, BC)
+                rows_ptr = own
+                if p == 0:
+                    tl.store(work_ptr + t * nb + q, end)
             for j0 in range(p * BH, H, nh * BH):
                 j = j0 + tl.arange(0, BH)
                 jm = j < H
@@ -454,7 +598,7 @@ def _bwd_grid_kernel(
                 if DW:  # h_{t-1} of the slice: dU's right factor
                     hj = tl.load(hs_ptr + prev[:, None] + j[None, :], mask=m, other=0.0).to(tl.float32)
                 for c0 in range(start, end, BK):
-                    rows, km = _chunk_rows(idx_ptr, c0, end, BK, GATE)
+                    rows, km = _chunk_rows(rows_ptr, c0, end, BK, LISTED)
                     vm = bm[:, None] & km[None, :]
                     wm = km[:, None] & jm[None, :]
                     for sec in tl.static_range(NSEC):
@@ -479,12 +623,15 @@ def _bwd_grid_kernel(
 
 # ------------------------------------------------------------------------- launchers
 def eligible(cell: str, gate: str, w_hh, B: int, device, rate: float = 1.0, training: bool = False) -> bool:
-    """Whether the multi-program kernels run this call: RNN / GRU, dense or rhythmic gate,
-    fp32 / fp16 / bf16, on a GPU every program resident at once, and ``ENABLED``: True
+    """Whether the multi-program kernels run this call: RNN / GRU, dense, rhythmic or event
+    gate, fp32 / fp16 / bf16, on a GPU every program resident at once, and ``ENABLED``: True
     always, False never, None (the default) where ``choose.MEASURED`` timed them faster than
     the per-row kernels for this batch, width, update rate and mode (GPU only; the
-    interpreter runs the per-row kernels unless told)."""
-    if ENABLED is False or cell not in ("rnn", "gru") or gate not in ("dense", "rhythmic"):
+    interpreter runs the per-row kernels unless told). The event gate's kernels have not
+    been timed on a GPU: only ``ENABLED = True`` runs them."""
+    if ENABLED is False or cell not in ("rnn", "gru") or gate not in ("dense", "rhythmic", "event"):
+        return False
+    if gate == "event" and ENABLED is None:
         return False
     if w_hh is None or w_hh.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
@@ -554,11 +701,48 @@ def _launch(kernel, name: str, grid, T: int, device, two_phases: bool, args: dic
                 kernel[grid](t0=t, t1=t + 1, PHASES=phase.value, SYNC=False, **args)
 
 
-def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists | None) -> None:
+#: the event gate's kernels on the FMA units reduce over at most this many gathered rows at
+#: once where the tiles have no ``bwd``: at 2048 (B = 1 from H = 2048) the GRU's forward and
+#: backward spill 16 B at 255 registers (sm_90, Triton 3.6); at 1024, 178 and 179 without a spill
+EVENT_FMA_BK = 1024
+
+
+def _own_tiles(t, shared: dict, event: bool = False) -> None:
+    """The tiles' ``bwd`` (slice width, row tile, warps), where set, for a kernel that reduces
+    over gathered rows of U into column slices: the backward, and the event gate's forward
+    (over gathered rows of U^T); else the forward's, the event gate's FMA row tile at most
+    :data:`EVENT_FMA_BK`."""
+    if t.bwd is not None:
+        grid_tiles.check_bwd(t)
+        shared.update(BH=t.bwd[0], BK=t.bwd[1], num_warps=t.bwd[2])
+    elif event and t.fma:
+        shared["BK"] = min(shared["BK"], EVENT_FMA_BK)
+
+
+def _event_lists(T: int, H: int, grid, device):
+    """The event gate's scratch: the flags (2, NB, H) int8 of one step per parity, each
+    program's compacted list (NB, NH, H) int32, and the work record (T, NB) int32."""
+    nh, nb = grid
+    return (torch.zeros((2, nb, H), dtype=torch.int8, device=device),
+            torch.empty((nb, nh, H), dtype=torch.int32, device=device),
+            torch.zeros((T, nb), dtype=torch.int32, device=device))
+
+
+#: the event gate's last launches: the columns (forward) / rows (backward) each step reduced
+#: over, (T, NB) int32 per batch block, under "fwd" / "bwd" (tests, benchmarks)
+WORK: dict[str, torch.Tensor] = {}
+
+
+def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists | None, grec=None) -> None:
     """Fills ``seq.hs[:, 1:]`` (and ``seq.gh`` where given); ``seq.hs[:, 0]`` holds h0. ``mask``
     (T, H): a rhythmic gate's rows to compute, ``lists`` the same compacted. Tiles with
     ``split`` cut each step into equal runs of (chunk, column tile) units; where their scratch
-    would pass ``grid_tiles.SPLIT_MAX_BYTES`` the step runs as whole chunks instead."""
+    would pass ``grid_tiles.SPLIT_MAX_BYTES`` the step runs as whole chunks instead. The event
+    gate runs its own kernel (with the tiles' ``bwd`` where set) and writes its record to
+    ``grec`` (B, T, H) where given."""
+    if cfg.gate == "event":
+        _launch_event_fwd(cfg, x, seq, grec)
+        return
     t, grid, d, shared = _setup(cfg, x.xp, seq.hs, x.xp.dtype)
     B, T, G = x.xp.shape
     H = seq.hs.shape[2]
@@ -573,6 +757,24 @@ def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists 
     _launch(_fwd_grid_kernel, "fwd", grid, T, x.xp.device, split, args)
 
 
+def _launch_event_fwd(cfg: Config, x: Operands, seq: Sequences, grec) -> None:
+    t, grid, d, shared = _setup(cfg, x.xp, seq.hs, x.xp.dtype)
+    _own_tiles(t, shared, event=True)
+    del shared["GATE"]  # the kernel is the event gate's alone
+    B, T, G = x.xp.shape
+    H = seq.hs.shape[2]
+    ev, lst, work = _event_lists(T, H, grid, x.xp.device)
+    acc = torch.empty((B, G), dtype=torch.float32, device=x.xp.device)
+    wt = x.w_hh.t().contiguous()  # U^T (H, G): a changed neuron's column of U is a row here
+    flags = dict(HAS_B=x.b_hh is not None, SAVE_GH=seq.gh is not None, RECORD=grec is not None)
+    x, seq = filled(x, d), filled(seq, d)
+    args = dict(xp_ptr=x.xp, wt_ptr=wt, b_ptr=x.b_hh, theta_ptr=x.theta, hs_ptr=seq.hs, gh_ptr=seq.gh,
+                acc_ptr=acc, ev_ptr=ev, lst_ptr=lst, grec_ptr=grec if grec is not None else d, work_ptr=work,
+                REFRESH=REFRESH, BC=_BC, **flags, **shared)
+    _launch(_fwd_event_grid_kernel, "fwd", grid, T, x.xp.device, False, args)
+    WORK["fwd"] = work
+
+
 def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists | None, dg_mask,
                grads: Grads, need_dw: bool = False) -> torch.Tensor | None:
     """Writes ``grads.dxp``, ``grads.dgh`` (GRU n section) and ``grads.dg``, and leaves dL/dh0
@@ -583,18 +785,22 @@ def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists 
     The tiles' ``split`` is the forward's alone; their ``bwd``, where set, gives the
     backward its own slice width, row tile and warps (powers of two, at least 16 on tl.dot)."""
     t, grid, d, shared = _setup(cfg, x.xp, seq.hs, torch.float32)
-    if t.bwd is not None:  # the backward's own slices, row tiles and warps
-        grid_tiles.check_bwd(t)
-        shared.update(BH=t.bwd[0], BK=t.bwd[1], num_warps=t.bwd[2])
+    _own_tiles(t, shared, event=cfg.gate == "event")
     B, T, G = x.xp.shape
     H = seq.hs.shape[2]
     dw = need_dw and t.dw and grid_tiles.dw_bytes(grid[1], H, cfg.cell) <= grid_tiles.DW_MAX_BYTES
     du = torch.zeros((grid[1], G, H), dtype=torch.float32, device=x.xp.device) if dw else d
+    event = cfg.gate == "event"
+    ev, lst, work = _event_lists(T, H, grid, x.xp.device) if event else (d, d, d)
     need_dg = grads.dg is not None
     flags = dict(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None, DW=dw)
     x, g, lists = filled(x, d), filled(grads, d), lists if lists is not None else OpenLists(d, d)
     args = dict(xp_ptr=x.xp, w_ptr=x.w_hh, gate_ptr=x.gvals, sup_ptr=dg_mask if dg_mask is not None else d,
-                idx_ptr=lists.idx, off_ptr=lists.off, hs_ptr=seq.hs, gh_ptr=seq.gh, dout_ptr=dout, ch_ptr=g.ch,
-                dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh, dg_ptr=g.dg, du_ptr=du, **flags, **shared)
+                idx_ptr=lists.idx, off_ptr=lists.off, theta_ptr=x.theta, hs_ptr=seq.hs, gh_ptr=seq.gh,
+                dout_ptr=dout, ch_ptr=g.ch, dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh, dg_ptr=g.dg,
+                dth_ptr=g.dth, du_ptr=du, ev_ptr=ev, lst_ptr=lst, work_ptr=work, g_scale=cfg.g_scale,
+                g_gain=cfg.g_gain, G_CODE=cfg.g_code, BC=_BC, **flags, **shared)
     _launch(_bwd_grid_kernel, "bwd", grid, T, x.xp.device, True, args)
+    if event:
+        WORK["bwd"] = work
     return du if dw else None

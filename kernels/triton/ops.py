@@ -206,7 +206,7 @@ def _forward(cfg: Config, x: Operands, h0, s0, mask, save: bool):
     if kernels == "lif_feedforward":
         lif_feedforward.launch_fwd(cfg, x, seq, grec)
     elif kernels == "grid":
-        grid.launch_fwd(cfg, x, seq, mask, lists)
+        grid.launch_fwd(cfg, x, seq, mask, lists, grec)
     else:
         rows.launch_fwd(cfg, x, seq, lists, grec)
     return seq, grec
