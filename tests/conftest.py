@@ -8,6 +8,34 @@ from pathlib import Path
 import pytest
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
+SHARD_ENV = "SU_NEURO_SHARD"
+
+
+def shard_of(value: str) -> tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) as (i, n); a clear error for anything else."""
+    try:
+        i, n = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"{SHARD_ENV}={value!r}: expected 'i/n' with integers, e.g. '0/4'") from None
+    if not 0 <= i < n:
+        raise pytest.UsageError(f"{SHARD_ENV}={value!r}: needs 0 <= i < n")
+    return i, n
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected theirs
+def pytest_collection_modifyitems(config, items):
+    """``SU_NEURO_SHARD=i/n`` keeps the selected tests i, i + n, i + 2n, ... (in collection
+    order): tools/gpu_check.sh runs the shards side by side, so that the kernels they compile
+    use several cores."""
+    import os
+
+    value = os.environ.get(SHARD_ENV)
+    if not value:
+        return
+    i, n = shard_of(value)
+    keep = items[i::n]
+    config.hook.pytest_deselected(items=[item for k, item in enumerate(items) if k % n != i])
+    items[:] = keep
 
 
 @pytest.fixture

@@ -5,19 +5,24 @@
 #      hangs, so each part runs under a timeout);
 #   2. tools/bench_gpu.py: the card's copy bandwidth and barrier cost, the tile sweeps, and the
 #      targets through the public API, each met or missed (the table comes last).
-# About 4.5 minutes on a cold H200 on 2026-12-04 (tests 2 min, benchmark 2.5 min); the split
-# steps of 2026-12-07 add about 20 grid tests and 8 sweep rows, the backward's dU and tiles 12 more
-# grid tests and 5 sweep rows (estimated 7-8 minutes in all).
-# Time limits: GRID_TEST_TIMEOUT (240 s), TEST_TIMEOUT (100 s), and BENCH_TIMEOUT, by default
-# what is left of TOTAL_TIMEOUT (570 s, inside the device tool's 600 s per command) after the
-# tests, at least 200 s.
+# About 4.5 minutes on a cold H200 on 2026-12-04 (tests 2 min, benchmark 2.5 min), with the
+# tests one after the other. Since then the split steps, the backward's dU and tiles and the
+# event gate brought the multi-program tests from 17 to 75 and the benchmark 17 sweep rows and
+# the event sweep; the tests now run as shards side by side (below), so that their
+# compilation, most of their time, uses 6 of the machine's 16 cores (estimated 6-7 minutes
+# in all; unmeasured).
+# Time limits: GRID_TEST_TIMEOUT and TEST_TIMEOUT (240 s each, per shard), and BENCH_TIMEOUT,
+# by default what is left of TOTAL_TIMEOUT (570 s, inside the device tool's 600 s per
+# command) after the tests, at least 200 s.
 # The package is assembled in a temporary folder (su_neuro/, kernels/ as su_neuro/kernels,
 # datasets/ as su_neuro/datasets) and everything runs from another temporary folder, so the
 # checkout's own ./su_neuro cannot shadow it. Wheels carried in .whl/ (snntorch: the surrogates
 # use it; see docs/triton.md for the download line) are unpacked beside the package.
 # TRITON_INTERPRET=0: the tests default it to 1 (the interpreter) otherwise.
 # Usage: tools/gpu_check.sh [OUTDIR]   (default: $OUT, else /tmp/su_neuro_gpu). Raw output for
-# docs/gpu/: device.txt, bench_gpu.txt, bench_gpu.json, test_triton_grid.txt, test_triton.txt.
+# docs/gpu/: device.txt, bench_gpu.txt, bench_gpu.json, tests_summary.txt (one line per shard),
+# test_triton_grid.txt and test_triton.txt (the shards' output, one after another; also
+# test_triton_grid.I.txt, test_triton.I.txt).
 set -uo pipefail
 start=$SECONDS
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -40,15 +45,45 @@ export PYTHONPATH="$site" PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv
     python3 -c "import torch, triton, su_neuro; print('torch', torch.__version__, 'triton', triton.__version__, 'su_neuro from', su_neuro.__file__)"
 } 2>&1 | tee "$out/device.txt"
+# The tests run as shards side by side (SU_NEURO_SHARD=i/n, tests/conftest.py): compiling
+# their kernels is most of their time and takes one core per process. GRID_SHARDS (4) for the
+# multi-program kernels' tests, TEST_SHARDS (2) for the rest; each shard under its own time
+# limit, so a hung barrier costs one shard's tests, not the run.
+shard() {  # shard NAME I N LIMIT PYTEST-ARGS...: one shard to $out/NAME.I.txt, in the background
+    local name=$1 i=$2 n=$3 limit=$4
+    shift 4
+    SU_NEURO_SHARD="$i/$n" timeout "$limit" python3 -m pytest -q -p no:cacheprovider "$@" \
+        >"$out/$name.$i.txt" 2>&1 &
+    pids+=($!)
+    names+=("$name.$i")
+}
 grid=0
 tests=0
 if [ "${TESTS:-1}" != 0 ]; then  # TESTS=0: the benchmark alone (a second run in one lease)
-    timeout "${GRID_TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_triton_backend.py -k grid_kernels 2>&1 \
-        | tee "$out/test_triton_grid.txt"
-    grid=${PIPESTATUS[0]}
-    timeout "${TEST_TIMEOUT:-100}" python3 -m pytest -q -p no:cacheprovider tests/test_triton_backend.py \
-        tests/test_nn_backend.py -k "not benchmark and not grid_kernels and not aot" 2>&1 | tee "$out/test_triton.txt"
-    tests=${PIPESTATUS[0]}
+    pids=()
+    names=()
+    for ((i = 0; i < ${GRID_SHARDS:-4}; i++)); do
+        shard test_triton_grid "$i" "${GRID_SHARDS:-4}" "${GRID_TEST_TIMEOUT:-240}" \
+            tests/test_triton_backend.py -k grid_kernels
+    done
+    for ((i = 0; i < ${TEST_SHARDS:-2}; i++)); do
+        shard test_triton "$i" "${TEST_SHARDS:-2}" "${TEST_TIMEOUT:-240}" \
+            tests/test_triton_backend.py tests/test_nn_backend.py -k "not benchmark and not grid_kernels and not aot"
+    done
+    : >"$out/tests_summary.txt"
+    for k in "${!pids[@]}"; do  # not in a pipe: a subshell cannot wait for this shell's jobs
+        wait "${pids[$k]}"
+        rc=$?
+        last=$([ $rc -eq 124 ] && echo "stopped at the time limit" || tail -n 1 "$out/${names[$k]}.txt")
+        echo "${names[$k]}: exit $rc ($last)" >>"$out/tests_summary.txt"
+        if [ $rc -ne 0 ]; then
+            case ${names[$k]} in test_triton_grid.*) grid=$rc ;; *) tests=$rc ;; esac
+        fi
+    done
+    cat "$out/tests_summary.txt"
+    for name in test_triton_grid test_triton; do  # one file per kind, shard by shard
+        for f in "$out/$name".[0-9]*.txt; do echo "== ${f##*/}"; cat "$f"; done >"$out/$name.txt"
+    done
 fi
 left=$(( ${TOTAL_TIMEOUT:-570} - (SECONDS - start) ))
 timeout "${BENCH_TIMEOUT:-$(( left > 200 ? left : 200 ))}" python3 tools/bench_gpu.py ${BENCH_ARGS:-} --json "$out/bench_gpu.json" 2>&1 | tee "$out/bench_gpu.txt"
