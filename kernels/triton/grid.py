@@ -227,6 +227,15 @@ def _sections(ptr, o, m, H, CELL: tl.constexpr):
 
 
 @triton.jit
+def _store_sections(ptr, o, a0, a1, a2, m, H, CELL: tl.constexpr):
+    # stores the sections of a G-wide row at offsets o (a1, a2 only for a GRU): _sections' inverse
+    tl.store(ptr + o, a0, mask=m)
+    if CELL == GRU:
+        tl.store(ptr + o + H, a1, mask=m)
+        tl.store(ptr + o + 2 * H, a2, mask=m)
+
+
+@triton.jit
 def _cell(p0, p1, p2, a0, a1, a2, hp, CELL: tl.constexpr):
     # the candidate from the input projection's sections p0..p2 and U h + b's a0..a2 (p1,
     # p2, a1, a2 unused for an RNN): (r, z, n, f), where r, z, n are f for an RNN
@@ -284,11 +293,7 @@ def _fwd_finish(a0, a1, a2, hp, p0, p1, p2, g, rows, km, bm, prev, xrow, H, hs_p
         hn = f
     tl.store(hs_ptr + ho + H, hn, mask=om)
     if SAVE_GH:
-        xo = xrow[:, None] + rows[None, :]
-        tl.store(gh_ptr + xo, a0, mask=om)
-        if CELL == GRU:
-            tl.store(gh_ptr + xo + H, a1, mask=om)
-            tl.store(gh_ptr + xo + 2 * H, a2, mask=om)
+        _store_sections(gh_ptr, xrow[:, None] + rows[None, :], a0, a1, a2, om, H, CELL)
 
 
 @triton.jit
@@ -366,10 +371,7 @@ def _fwd_grid_kernel(
                                            CELL, FMA, PREC, BK)
                     po = (i * B + bb)[:, None] * G + rows[None, :]
                     pm = bm[:, None] & km[None, :]
-                    tl.store(part_ptr + po, a0, mask=pm)
-                    if CELL == GRU:
-                        tl.store(part_ptr + po + H, a1, mask=pm)
-                        tl.store(part_ptr + po + 2 * H, a2, mask=pm)
+                    _store_sections(part_ptr, po, a0, a1, a2, pm, H, CELL)
                     rows, km = n_rows, n_m
             else:  # whole chunks, round robin; the epilogue's inputs loaded before the reduction
                 for c0 in range(start + p * BH, end, nh * BH):
@@ -460,10 +462,7 @@ def _fwd_event_grid_kernel(
                 if CELL == GRU:
                     a1 = _mac_t(a1, v, tl.load(wt_ptr + wo + H, mask=wm, other=0.0).to(tl.float32), FMA, PREC)
                     a2 = _mac_t(a2, v, tl.load(wt_ptr + wo + 2 * H, mask=wm, other=0.0).to(tl.float32), FMA, PREC)
-            tl.store(acc_ptr + ao, a0, mask=om)
-            if CELL == GRU:
-                tl.store(acc_ptr + ao + H, a1, mask=om)
-                tl.store(acc_ptr + ao + 2 * H, a2, mask=om)
+            _store_sections(acc_ptr, ao, a0, a1, a2, om, H, CELL)
             if HAS_B:
                 b0, b1, b2 = _sections(b_ptr, j, jm, H, CELL)
                 a0 += b0[None, :]
@@ -481,11 +480,7 @@ def _fwd_event_grid_kernel(
             # the neurons whose state changed (NaN included): the next step's columns
             _flag(ev_ptr + ((t % 2) * nb + q).to(tl.int64) * H, j, jm, om & (hn != hp))
             if SAVE_GH:
-                xo = xrow[:, None] + j[None, :]
-                tl.store(gh_ptr + xo, a0, mask=om)
-                if CELL == GRU:
-                    tl.store(gh_ptr + xo + H, a1, mask=om)
-                    tl.store(gh_ptr + xo + 2 * H, a2, mask=om)
+                _store_sections(gh_ptr, xrow[:, None] + j[None, :], a0, a1, a2, om, H, CELL)
             if RECORD:
                 tl.store(grec_ptr + ((bb * T + t) * H)[:, None] + j[None, :], g, mask=om)
         if p == 0:
@@ -568,9 +563,7 @@ def _bwd_grid_kernel(
                 if CELL == GRU:
                     drp, dzp, dnp, dhz = gru_candidate_grad(df, r, z, n, gh2, hp)
                     dh += dhz
-                    tl.store(dxp_ptr + xo, drp, mask=m)
-                    tl.store(dxp_ptr + xo + H, dzp, mask=m)
-                    tl.store(dxp_ptr + xo + 2 * H, dnp, mask=m)
+                    _store_sections(dxp_ptr, xo, drp, dzp, dnp, m, H, CELL)
                     tl.store(dgh_ptr + xo + 2 * H, dnp * r, mask=m)
                 else:
                     tl.store(dxp_ptr + xo, df * (1.0 - f * f), mask=m)
