@@ -458,13 +458,15 @@ def test_grid_kernels_match_reference(tri, grid_on, monkeypatch, cell, kind, cas
 
 
 def _spy_phases(grid, monkeypatch):
-    # per launch of each kernel: whether its steps ran in two phases, and its (BH, BK, warps)
-    seen = {"fwd": [], "bwd": [], "fwd_tiles": [], "bwd_tiles": []}
+    # per launch of each kernel: whether its steps ran in two phases, its (BH, BK, warps),
+    # and its kernel and dot precision
+    seen = {"fwd": [], "bwd": [], "fwd_tiles": [], "bwd_tiles": [], "fwd_prec": [], "bwd_prec": []}
     real = grid._launch
 
     def spy(kernel, name, *a):
         seen[name].append(a[-2])
         seen[f"{name}_tiles"].append((a[-1]["BH"], a[-1]["BK"], a[-1]["num_warps"]))
+        seen[f"{name}_prec"].append((kernel, a[-1]["PREC"]))
         return real(kernel, name, *a)
 
     monkeypatch.setattr(grid, "_launch", spy)
@@ -527,6 +529,7 @@ def test_grid_kernels_event_reduce_over_the_changed_neurons(tri, grid_on, monkey
     grid, calls = grid_on
     monkeypatch.setattr(grid_tiles, "TILES", _tiles(16, 16, 16, False, dw=dw))
     monkeypatch.setattr(grid_tiles, "MAX_NH", 2)
+    monkeypatch.setattr(grid, "_BC", 16)  # the flags compacted in 3 tiles (40 = 16 + 16 + 8)
     B, H, T = 17, 40, 70
     p, _, _, G = _make(cell, "event", B, H)
     # about half the neurons open per row, and a narrow surrogate: the backward's rows are
@@ -564,6 +567,91 @@ def test_grid_kernels_event_reduce_over_the_changed_neurons(tri, grid_on, monkey
     # the one-row block (the 16-row block's union holds almost every neuron at every step)
     assert 0 < int(fwd[1:64, 1].min()) and int(fwd[1:64, 1].max()) < H, "the forward skips unchanged neurons"
     assert int(bwd[:, 1].max()) < H, "the backward skips neurons without a gradient"
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_grid_kernels_event_steps_without_a_change_and_nan(tri, grid_on, monkeypatch, cell):
+    # thresholds no candidate reaches: every step after the first reduces over no column
+    # (forward) and no row (backward), every state stays h0, and outputs and every gradient
+    # (dL/dtheta: 0) match the reference. Then a NaN in one row's input at step 2: that
+    # neuron's state becomes NaN, the one change in its row, and at step 3 it reaches every
+    # neuron of the row through U, as in the reference; the other rows stay finite. Batch
+    # blocks of one row, so that only the NaN lists its column. The per-row kernels too: a
+    # column tile whose one non-zero is a NaN is not skipped
+    from su_neuro.gates import EventGate
+    from su_neuro.kernels.reference import recurrence as ref
+    from su_neuro.kernels.triton import grid_tiles
+
+    grid, calls = grid_on
+    monkeypatch.setattr(grid_tiles, "TILES", _tiles(1, 8, 16, True))
+    monkeypatch.setattr(grid_tiles, "MAX_NH", 2)
+    B, H, T = 3, 20, 6
+    p, _, _, G = _make(cell, "event", B, H)
+    gate = EventGate(H, init_threshold=1e6, surrogate="triangle", surrogate_params={"width": 0.5}).to(DEVICE)
+    g = torch.Generator().manual_seed(2)
+    xp = torch.randn(B, T, G, generator=g).to(DEVICE)
+    weights = [torch.randn(B, T, H, generator=g).to(DEVICE), torch.randn(B, H, generator=g).to(DEVICE), None]
+    r = _run(ref, cell, T, p, None, gate, xp, weights)
+    o = _run(tri.recurrence, cell, T, p, None, gate, xp, weights)
+    assert calls["fwd"] == 1 and calls["bwd"] == 1
+    assert torch.equal(o[0], p["h0"][:, None].expand(B, T, H)), "no neuron opens: every state stays h0"
+    assert grid.WORK["fwd"].tolist() == [[H] * B] + [[0] * B] * (T - 1)
+    assert grid.WORK["bwd"].abs().sum() == 0
+    for i, name in enumerate(("out", "h_T")):
+        assert_close(name, r[i], o[i], 2e-4)
+    for name in r[4]:
+        assert_close(f"d{name}", r[4][name], o[4][name], 2e-4)
+    assert o[4]["gate.threshold"].abs().sum() == 0
+    xp[0, 2, 1] = float("nan")
+    gi = gate.plan(0, T, device=xp.device, dtype=xp.dtype)
+    with torch.no_grad():
+        want = ref(cell, xp, p["h0"], None, p["w"], p["b"], gi, None, True)[0]
+        for on in (True, False):
+            grid.ENABLED = on
+            out = tri.recurrence(cell, xp, p["h0"], None, p["w"], p["b"], gi, None, True)[0]
+            assert torch.equal(out.isnan(), want.isnan()), on
+            assert out[0, 2].isnan().tolist() == [j == 1 for j in range(H)] and bool(out[0, 3:].isnan().all())
+            assert_close("out (rows without NaN)", want[1:], out[1:], 2e-4)
+    assert calls["fwd"] == 2
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_grid_kernels_event_long_run_is_independent_of_the_programs(tri, monkeypatch, cell):
+    # the event kernels reduce a chunk over its list in list order whatever the number of
+    # programs, so many programs sharing each step (on a GPU: T = 2000, 32 programs, one
+    # barrier per step forward, one between the backward's phases, flags double-buffered by
+    # step parity) must give bit for bit what one program per batch block gives: outputs,
+    # final state, every gradient and the work per step. A lost or early barrier, or flags
+    # overwritten while another program still compacts them, shows here
+    from su_neuro.gates import EventGate
+    from su_neuro.kernels.triton import grid, grid_tiles
+
+    B, H, T = (5, 256, 2000) if DEVICE == "cuda" else (3, 48, 24)
+    if DEVICE != "cuda":
+        monkeypatch.setattr(grid_tiles, "TILES", _tiles(4, 8, 16, True))
+    monkeypatch.setattr(grid, "ENABLED", True)
+    p, _, _, G = _make(cell, "event", B, H, seed=5)
+    gate = EventGate(H, init_threshold=0.3, surrogate="triangle", surrogate_params={"width": 0.5}).to(DEVICE)
+    g = torch.Generator().manual_seed(6)
+    xp = (torch.randn(B, T, G, generator=g) * 0.8).to(DEVICE)
+    weights = [torch.randn(B, T, H, generator=g).to(DEVICE), torch.randn(B, H, generator=g).to(DEVICE), None]
+    with torch.no_grad():
+        p["w"] /= H**0.5
+    runs, work = [], []
+    for nh in (None, 1):
+        monkeypatch.setattr(grid_tiles, "MAX_NH", nh)
+        if nh is None:
+            assert grid_tiles.shape(B, H, torch.device(DEVICE))[1] >= (16 if DEVICE == "cuda" else 6)
+        runs.append(_run(tri.recurrence, cell, T, p, None, gate, xp, weights))
+        work.append((grid.WORK["fwd"].clone(), grid.WORK["bwd"].clone()))
+    (o_many, h_many, _, rec_many, d_many), (o_one, h_one, _, rec_one, d_one) = runs
+    assert torch.equal(o_many, o_one) and torch.equal(h_many, h_one)
+    assert torch.equal(rec_many.gate, rec_one.gate)
+    for name in d_one:
+        assert torch.equal(d_many[name], d_one[name]), name
+    assert all(torch.equal(a, b) for a, b in zip(*work, strict=True))
+    opened = rec_one.gate.float().mean().item()
+    assert 0.02 < opened < 0.9, f"a run that exercises the gate ({opened:.2f} open)"
 
 
 def test_grid_kernels_split_and_dw_fall_back(tri, grid_on, monkeypatch):
@@ -717,7 +805,10 @@ def test_grid_kernels_no_bias_and_low_precision(tri, grid_on, monkeypatch):
     assert calls["fwd"] == 4
     # 16-bit training: the same gradients as the per-row kernels (fp32 arithmetic in both),
     # with dU from the GEMM and from the kernel; the rhythmic gate frozen, the event gate's
-    # thresholds trained
+    # thresholds trained. The rhythmic forward multiplies 16-bit states, which TF32 holds
+    # exactly; the event forward multiplies differences of them, which it does not, so it
+    # takes fp32's precision (the interpreter ignores it: the launch's argument is checked)
+    phases = _spy_phases(grid, monkeypatch)
     for kind in ("rhythmic", "event"):
         for dtype in (torch.bfloat16, torch.float16):
             p, _, gate, G = _make("gru", kind, 3, 20, dtype=dtype)
@@ -741,6 +832,10 @@ def test_grid_kernels_no_bias_and_low_precision(tri, grid_on, monkeypatch):
                 for other in grads[1:]:
                     assert_close(f"{kind} {dtype} {name}", grads[0][name].float(), other[name].float(), 1e-2)
     assert calls["bwd"] == 10 and calls["dw"] == 4
+    fwd = phases["fwd_prec"]
+    assert {p for k, p in fwd if k is grid._fwd_grid_kernel} == {"tf32"}
+    assert {p for k, p in fwd if k is grid._fwd_event_grid_kernel} == {grid_tiles.dot_precision(torch.float32)}
+    assert len(fwd) == 8 and grid_tiles.dot_precision(torch.float32) != "tf32"
 
 
 def test_grid_kernels_eligibility(tri, monkeypatch):

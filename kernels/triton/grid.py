@@ -751,7 +751,10 @@ def launch_fwd(cfg: Config, x: Operands, seq: Sequences, mask, lists: OpenLists 
 
 
 def _launch_event_fwd(cfg: Config, x: Operands, seq: Sequences, grec) -> None:
-    t, grid, d, shared = _setup(cfg, x.xp, seq.hs, x.xp.dtype)
+    # the dot's operand is h_{t-1} - h_{t-2} in fp32, which TF32 does not hold even where the
+    # states are 16-bit (and the error would add up over the steps between refreshes): the
+    # precision is fp32's (exact unless torch allows TF32 matmuls), as in the backward
+    t, grid, d, shared = _setup(cfg, x.xp, seq.hs, torch.float32)
     _own_tiles(t, shared, event=True)
     del shared["GATE"]  # the kernel is the event gate's alone
     B, T, G = x.xp.shape

@@ -89,7 +89,9 @@ def _rows_matvec(w_ptr, wrow, rmask, v_ptr, v2_ptr, use_v2, H,
         v = v - tl.load(v2_ptr + j, mask=jm & use_v2, other=0.0).to(tl.float32)
         wmask = rmask[:, None] & jm[None, :]
         if SKIP:
-            if tl.max(tl.abs(v), axis=0) > 0:
+            # != is unordered: a NaN counts as non-zero (a max of |v| would drop it on a GPU,
+            # whose max returns the other operand)
+            if tl.max((v != 0).to(tl.int32), axis=0) > 0:
                 w = tl.load(w_ptr + wrow[:, None] * H + j[None, :], mask=wmask, other=0.0)
                 acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
         else:
