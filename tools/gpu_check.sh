@@ -7,7 +7,7 @@
 #      targets through the public API, each met or missed (the table comes last).
 # About 4.5 minutes on a cold H200 on 2026-12-04 (tests 2 min, benchmark 2.5 min), with the
 # tests one after the other. Since then the split steps, the backward's dU and tiles and the
-# event gate brought the multi-program tests from 17 to 75 and the benchmark 17 sweep rows and
+# event gate brought the multi-program tests from 17 to 77 and the benchmark 13 sweep rows and
 # the event sweep; the tests now run as shards side by side (below), so that their
 # compilation, most of their time, uses 6 of the machine's 16 cores (estimated 6-7 minutes
 # in all; unmeasured).
