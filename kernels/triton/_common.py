@@ -66,14 +66,32 @@ def _step_range(off_ptr, t, H, GATE: tl.constexpr):
 
 
 @triton.jit
-def _step_rows(idx_ptr, k, km, GATE: tl.constexpr):
-    """Rows at positions k of a step's range: gathered from the compacted open list of a
-    rhythmic gate, the positions themselves otherwise."""
-    if GATE == RHYTHMIC:
+def _step_rows(idx_ptr, k, km, LISTED: tl.constexpr):
+    """Rows at positions k of a step's range: gathered from a compacted list (LISTED: a
+    rhythmic gate's open rows, or the event gate's flagged ones), the positions themselves
+    otherwise."""
+    if LISTED:
         rows = tl.load(idx_ptr + k, mask=km, other=0)
     else:
         rows = k
     return rows
+
+
+@triton.jit
+def event_gate(d, theta):
+    """The event gate: open (1) where the candidate moved by more than its threshold,
+    |d| > theta with d = f - h, else closed (0)."""
+    return tl.where(tl.abs(d) - theta > 0, 1.0, 0.0)
+
+
+@triton.jit
+def event_grad(a, d, g, dgt, theta, G_CODE: tl.constexpr, g_scale, g_gain):
+    """The event gate's backward through h_t = h + g d, g = event_gate(d, theta) with the
+    surrogate G_CODE: dL/df, the direct dL/dh_{t-1}, and dgt sigma' (dL/dtheta = -that;
+    dgt = dL/dg) from a = dL/dh_t."""
+    sg = g_gain * surrogate_grad(tl.abs(d) - theta, G_CODE, g_scale)
+    df = g * a + dgt * sg * _sign(d)
+    return df, a - df, dgt * sg
 
 
 @triton.jit

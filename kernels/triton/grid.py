@@ -65,14 +65,15 @@ from ._common import (
     OpenLists,
     Operands,
     Sequences,
-    _sign,
     _step_range,
+    _step_rows,
     _tanh,
     dummy,
+    event_gate,
+    event_grad,
     filled,
     gru_candidate,
     gru_candidate_grad,
-    surrogate_grad,
 )
 from .rows import REFRESH
 
@@ -174,11 +175,7 @@ def _chunk_rows(idx_ptr, c0, end, BH: tl.constexpr, LISTED: tl.constexpr):
     # taken from the list idx where LISTED, else the positions themselves
     k = c0 + tl.arange(0, BH)
     km = k < end
-    if LISTED:
-        rows = tl.load(idx_ptr + k, mask=km, other=0)
-    else:
-        rows = k
-    return rows.to(tl.int64), km
+    return _step_rows(idx_ptr, k, km, LISTED).to(tl.int64), km
 
 
 @triton.jit
@@ -474,7 +471,7 @@ def _fwd_event_grid_kernel(
             _r, _z, _n, f = _cell(p0, p1, p2, a0, a1, a2, hp, CELL)
             theta = tl.load(theta_ptr + j, mask=jm, other=0.0).to(tl.float32)[None, :]
             d = f - hp
-            g = tl.where(tl.abs(d) - theta > 0, 1.0, 0.0)
+            g = event_gate(d, theta)
             hn = hp + g * d
             tl.store(hs_ptr + ho + H, hn, mask=om)
             # the neurons whose state changed (NaN included): the next step's columns
@@ -548,13 +545,11 @@ def _bwd_grid_kernel(
                 elif GATE == EVENT:
                     theta = tl.load(theta_ptr + j, mask=jm, other=0.0).to(tl.float32)[None, :]
                     d = f - hp
-                    g = tl.where(tl.abs(d) - theta > 0, 1.0, 0.0)
+                    g = event_gate(d, theta)
                     dgt = a * d  # dL/dg through h_t = h + g d
-                    sg = g_gain * surrogate_grad(tl.abs(d) - theta, G_CODE, g_scale)
-                    df = g * a + dgt * sg * _sign(d)
-                    dh = a - df
+                    df, dh, gs = event_grad(a, d, g, dgt, theta, G_CODE, g_scale, g_gain)
                     dth = tl.load(dth_ptr + so, mask=m, other=0.0)
-                    tl.store(dth_ptr + so, dth - dgt * sg, mask=m)
+                    tl.store(dth_ptr + so, dth - gs, mask=m)
                     # the neurons whose pre-activations get a gradient: phase 2's rows
                     _flag(ev_ptr + ((t % 2) * nb + q).to(tl.int64) * H, j, jm, m & (df != 0))
                 else:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import DENSE, EVENT, LAUNCH_OPTIONS, Config, Operands, Sequences, dummy, lif_candidate
+from ._common import DENSE, EVENT, LAUNCH_OPTIONS, Config, Operands, Sequences, dummy, event_gate, lif_candidate
 
 __all__ = ["BLOCK", "T_TILE", "launch_fwd"]
 
@@ -77,7 +77,7 @@ def _lif_ff_fwd_kernel(
                 hn = f
             else:
                 d = f - v
-                g = tl.where(tl.abs(d) - theta > 0, 1.0, 0.0)
+                g = event_gate(d, theta)
                 hn = v + g * d
             s = g * tl.where(hn - threshold > 0, 1.0, 0.0)
             v = hn.to(hs_ptr.dtype.element_ty).to(tl.float32)

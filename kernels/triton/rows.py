@@ -53,11 +53,12 @@ from ._common import (
     OpenLists,
     Operands,
     Sequences,
-    _sign,
     _step_range,
     _step_rows,
     _tanh,
     dummy,
+    event_gate,
+    event_grad,
     filled,
     gru_candidate,
     gru_candidate_grad,
@@ -164,7 +165,7 @@ def _fwd_kernel(
         for c0 in range(start, end, BI):
             k = c0 + tl.arange(0, BI)
             km = k < end
-            rows = _step_rows(idx_ptr, k, km, GATE)
+            rows = _step_rows(idx_ptr, k, km, GATE == RHYTHMIC)
             hp = tl.load(hs_ptr + prev + rows, mask=km, other=0.0).to(tl.float32)
             # ---- recurrent pre-activation gh = U h_{t-1} (+ b_hh), one per section
             gh0 = tl.zeros([BI], tl.float32)
@@ -223,7 +224,7 @@ def _fwd_kernel(
             else:
                 theta = tl.load(theta_ptr + rows, mask=km, other=0.0).to(tl.float32)
                 d = f - hp
-                g = tl.where(tl.abs(d) - theta > 0, 1.0, 0.0)
+                g = event_gate(d, theta)
                 hn = hp + g * d
             tl.store(hs_ptr + new + rows, hn, mask=km)
             if CELL == LIF:
@@ -302,7 +303,7 @@ def _bwd_kernel(
                 g = tl.load(gate_ptr + t * H + rows, mask=rm, other=0.0).to(tl.float32)
             else:
                 theta = tl.load(theta_ptr + rows, mask=rm, other=0.0).to(tl.float32)
-                g = tl.where(tl.abs(d) - theta > 0, 1.0, 0.0)
+                g = event_gate(d, theta)
             dgt = a * d  # dL/dg through h_t = h + g d
             if CELL == LIF:
                 ds = tl.load(cs_ptr + b * H + rows, mask=rm, other=0.0)
@@ -325,11 +326,9 @@ def _bwd_kernel(
                         dgt = tl.where(sup != 0, dgt, 0.0)
                     tl.store(dg_ptr + orow + rows, dgt, mask=rm)
             else:
-                sg = g_gain * surrogate_grad(tl.abs(d) - theta, G_CODE, g_scale)
-                df = g * a + dgt * sg * _sign(d)
-                dh = a - df
+                df, dh, gs = event_grad(a, d, g, dgt, theta, G_CODE, g_scale, g_gain)
                 dth = tl.load(dth_ptr + b * H + rows, mask=rm, other=0.0)
-                tl.store(dth_ptr + b * H + rows, dth - dgt * sg, mask=rm)
+                tl.store(dth_ptr + b * H + rows, dth - gs, mask=rm)
             if CELL == RNN:
                 dpre = df * (1.0 - f * f)
                 tl.store(dxp_ptr + xrow + rows, dpre, mask=rm)
@@ -363,7 +362,7 @@ def _bwd_kernel(
                 for c0 in range(start, end, BI):
                     k = c0 + tl.arange(0, BI)
                     km = k < end
-                    rows = _step_rows(idx_ptr, k, km, GATE)
+                    rows = _step_rows(idx_ptr, k, km, GATE == RHYTHMIC)
                     for sec in tl.static_range(NSEC):
                         if CELL == GRU:
                             if sec == 2:
