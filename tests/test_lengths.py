@@ -62,6 +62,33 @@ CASES = [
 @pytest.mark.parametrize("cell,gate,readout", CASES)
 def test_padded_batch_equals_each_sequence_alone(backend, cell, gate, readout):
     _backend_ready(backend)
+    _check_padded_batch(backend, cell, gate, readout)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_padded_batch_on_the_multi_program_event_kernels(monkeypatch, cell):
+    """The event gate on the multi-program kernels (kernels/triton/grid.py, on where
+    ``grid.ENABLED = True``): a padded batch runs as segments of sub-batches, each a
+    launch that starts with an exact refresh, and must still equal each sequence alone."""
+    _backend_ready("triton")
+    from su_neuro.kernels.triton import grid
+
+    monkeypatch.setattr(grid, "ENABLED", True)
+    calls = {"fwd": 0, "bwd": 0}
+    for name in calls:
+        real = getattr(grid, f"launch_{name}")
+
+        def spy(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(grid, f"launch_{name}", spy)
+    _check_padded_batch("triton", cell, "event", "last")
+    assert calls["fwd"] > 0 and calls["bwd"] > 0, calls
+
+
+def _check_padded_batch(backend, cell, gate, readout):
     torch.manual_seed(1)
     F, H, T = 3, 9, 13
     lengths = [13, 4, 9, 1, 13, 4]
