@@ -52,3 +52,32 @@ def test_a_malformed_shard_is_refused_by_name(value, why):
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert f"SU_NEURO_SHARD={value!r}" in text and why in text, text
+
+
+def test_gpu_check_keeps_its_output_within_what_the_device_tool_returns(tmp_path):
+    """tools/gpu_check.sh on a machine without CUDA (the tests skip, the benchmark exits 2):
+    it still writes each part's output, and at most 8 plainly named files (the device tool
+    brings back no more than 8 files from $OUT, named in letters, digits, '.', '_', '-')."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("SU_NEURO_SHARD", "OUT")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               GRID_SHARDS="2", TEST_SHARDS="1")
+    proc = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), str(out)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["bench_gpu.txt", "device.txt", "test_triton.txt", "test_triton_grid.txt",
+                     "tests_summary.txt"], (files, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert len(files) <= 8 and all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files)
+    summary = (out / "tests_summary.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in summary] == ["test_triton_grid.0", "test_triton_grid.1", "test_triton.0"]
+    assert all(": exit 0 (" in line for line in summary), summary  # skipped without CUDA: passes
+    grid = (out / "test_triton_grid.txt").read_text()
+    assert "== test_triton_grid.0.txt" in grid and "== test_triton_grid.1.txt" in grid
+    assert "needs a CUDA GPU" in (out / "bench_gpu.txt").read_text()
+    assert "grid tests exit 0, tests exit 0, bench exit 2" in (out / "device.txt").read_text()
+    assert proc.returncode != 0  # a check whose benchmark did not run fails

@@ -1087,3 +1087,37 @@ def test_bench_gpu_needs_cuda_and_reads_its_labels(load_tool):
             {"config": "c", "fwd_ms": 3.0, "fwd_bwd_ms": 6.0, "max_diff": 8e-7, "grad_diff": 3e-6},
             {"config": "e", "fwd_ms": 3.0, "fwd_bwd_ms": 4.0, "max_diff": 8e-7, "grad_diff": 0.2}]
     assert bench._best(rows, "fwd_bwd_ms") == "c" and bench._best(rows, "fwd_ms") in ("c", "e")
+
+
+def test_bench_gpu_budget_cuts_the_sweeps_and_keeps_the_targets_time(tri, load_tool, monkeypatch):
+    """--budget: each sweep gets its share of the time left before the targets' reserve; past
+    its deadline the rows left are recorded as skipped (the first row, every other's
+    reference, runs whenever the sweep starts in time), and nothing skipped is picked."""
+    import time
+    import types
+
+    bench = load_tool("bench_gpu")
+    assert bench.shares([1, 1, 2]) == [0.25, 1 / 3, 1.0]  # what a part leaves goes to the next
+    now = time.monotonic()
+    assert bench.Budget().until(0.5) == float("inf") and bench.Budget().left() == float("inf")
+    assert now + 2.5 < bench.Budget(10, reserve=4).until(0.5) <= time.monotonic() + 3
+    assert bench.Budget(1, reserve=5).until() <= time.monotonic()  # no time before the reserve
+    configs = [(None, None), (bench._sweeps()[0][1][0], "tf32x3")]
+    labels = ["per-row", bench._label(*configs[1])]
+    # past the deadline at the start: nothing is built (without CUDA, DEV is still "cuda"
+    # here, so a tensor made for the sweep would fail)
+    rows, opened = bench.sweep_grid("gru", 2, 8, 3, 0.5, configs, train=True, until=now - 1)
+    assert opened is None and rows == [{"config": c, "skipped": "time budget"} for c in labels]
+    assert bench.sweep_event([("gru", 1, 8, 3, False)], lambda: None, bench.Budget(1.0)) == [
+        {"cell": "gru", "B": 1, "H": 8, "T": 3, "skipped": "time budget"}]
+    table = bench.auto_table(tiny=True, save=lambda: None, until=now - 1)
+    assert table and all(r["skipped"] == "time budget" for r in table)
+    # the deadline passes during the first row: it is measured, the second is skipped
+    clock = iter([now, now + 100.0])
+    monkeypatch.setattr(bench, "DEV", DEVICE)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(monotonic=lambda: next(clock),
+                                                              perf_counter=time.perf_counter))
+    rows, opened = bench.sweep_grid("gru", 2, 8, 3, 0.5, configs, train=True, until=now + 50.0)
+    assert rows[0]["config"] == "per-row" and rows[0]["fwd_ms"] > 0 and rows[0]["max_diff"] == 0.0
+    assert rows[1] == {"config": labels[1], "skipped": "time budget"} and opened > 0
+    assert bench._best([{**rows[0], "config": "a"}, rows[1]], "fwd_ms") == "a"
