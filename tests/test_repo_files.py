@@ -66,18 +66,34 @@ def test_gpu_check_keeps_its_output_within_what_the_device_tool_returns(tmp_path
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("SU_NEURO_SHARD", "OUT")}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-               GRID_SHARDS="2", TEST_SHARDS="1")
+               GRID_SHARDS="2", TEST_SHARDS="0")  # the other tests' shards are the same mechanics
     proc = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), str(out)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["bench_gpu.txt", "device.txt", "test_triton.txt", "test_triton_grid.txt",
+    assert files == ["bench_gpu.txt", "bench_warmup.txt", "device.txt", "test_triton.txt", "test_triton_grid.txt",
                      "tests_summary.txt"], (files, proc.stdout[-2000:], proc.stderr[-2000:])
     assert len(files) <= 8 and all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files)
     summary = (out / "tests_summary.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in summary] == ["test_triton_grid.0", "test_triton_grid.1", "test_triton.0"]
-    assert all(": exit 0 (" in line for line in summary), summary  # skipped without CUDA: passes
+    assert [line.split(":")[0] for line in summary] == ["test_triton_grid.0", "test_triton_grid.1", "bench warm-up"]
+    assert all(": exit 0 (" in line and " skipped" in line for line in summary[:2]), summary  # no CUDA: skipped
+    assert summary[2].startswith("bench warm-up: exit 2 (") and "needs a CUDA GPU" in summary[2]
     grid = (out / "test_triton_grid.txt").read_text()
-    assert "== test_triton_grid.0.txt" in grid and "== test_triton_grid.1.txt" in grid
+    assert grid.count("== test_triton_grid.") == 2 and grid.count(" skipped, ") == 2, grid
     assert "needs a CUDA GPU" in (out / "bench_gpu.txt").read_text()
     assert "grid tests exit 0, tests exit 0, bench exit 2" in (out / "device.txt").read_text()
     assert proc.returncode != 0  # a check whose benchmark did not run fails
+
+
+@pytest.mark.parametrize("var, value, why", [("TOTAL_TIMEOUT", "5m", "expected a whole number"),
+                                             ("GRID_SHARDS", "x", "expected a whole number"),
+                                             ("BENCH_TIMEOUT", "10", "must exceed BENCH_MARGIN=15")])
+def test_gpu_check_refuses_a_malformed_limit_before_it_starts(tmp_path, var, value, why):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env[var] = value
+    proc = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"{var}={value}: {why}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -1090,34 +1090,107 @@ def test_bench_gpu_needs_cuda_and_reads_its_labels(load_tool):
 
 
 def test_bench_gpu_budget_cuts_the_sweeps_and_keeps_the_targets_time(tri, load_tool, monkeypatch):
-    """--budget: each sweep gets its share of the time left before the targets' reserve; past
-    its deadline the rows left are recorded as skipped (the first row, every other's
-    reference, runs whenever the sweep starts in time), and nothing skipped is picked."""
+    """--budget: each sweep gets its share of the time left before the targets' reserve, and
+    runs a config only while one more fits (the first needs FIRST_ROW_S, each later one as
+    long as the longest so far); the rest are recorded as skipped, and nothing skipped is
+    picked. Where the first config (every other's reference) does not fit, nothing runs."""
+    import math
     import time
-    import types
 
     bench = load_tool("bench_gpu")
     assert bench.shares([1, 1, 2]) == [0.25, 1 / 3, 1.0]  # what a part leaves goes to the next
     now = time.monotonic()
-    assert bench.Budget().until(0.5) == float("inf") and bench.Budget().left() == float("inf")
+    assert bench.Budget().until(0.5) == math.inf and bench.Budget(reserve=math.inf).until() == math.inf
     assert now + 2.5 < bench.Budget(10, reserve=4).until(0.5) <= time.monotonic() + 3
     assert bench.Budget(1, reserve=5).until() <= time.monotonic()  # no time before the reserve
-    configs = [(None, None), (bench._sweeps()[0][1][0], "tf32x3")]
-    labels = ["per-row", bench._label(*configs[1])]
-    # past the deadline at the start: nothing is built (without CUDA, DEV is still "cuda"
-    # here, so a tensor made for the sweep would fail)
-    rows, opened = bench.sweep_grid("gru", 2, 8, 3, 0.5, configs, train=True, until=now - 1)
+    assert bench.Budget(10, start=now - 4).left() <= 6  # counted from the start given (the imports)
+    configs = [(None, None), (bench._sweeps()[0][1][0], "tf32x3"), (None, None)]
+    labels = ["per-row", bench._label(*configs[1]), "per-row"]
+    # the first config does not fit: nothing is built (without CUDA, DEV is still "cuda" here,
+    # so a tensor made for the sweep would fail)
+    full = bench.Pace(now + 5, first=10)
+    rows, opened = bench.sweep_grid("gru", 2, 8, 3, 0.5, configs, train=True, pace=full)
     assert opened is None and rows == [{"config": c, "skipped": "time budget"} for c in labels]
-    assert bench.sweep_event([("gru", 1, 8, 3, False)], lambda: None, bench.Budget(1.0)) == [
+    assert bench.sweep_event([("gru", 1, 8, 3, False)], lambda: None, bench.Pace(now - 1)) == [
         {"cell": "gru", "B": 1, "H": 8, "T": 3, "skipped": "time budget"}]
-    table = bench.auto_table(tiny=True, save=lambda: None, until=now - 1)
+    table = bench.auto_table(tiny=True, save=lambda: None, pace=bench.Pace(now - 1))
     assert table and all(r["skipped"] == "time budget" for r in table)
-    # the deadline passes during the first row: it is measured, the second is skipped
-    clock = iter([now, now + 100.0])
+    clock = {"t": 0.0}
+    pace = bench.Pace(until=100.0, first=10.0, clock=lambda: clock["t"])
+    assert pace.fits() and pace.row(lambda: clock.update(t=20.0)) is None and pace.longest == 20.0
+    assert pace.fits()  # 20 + 20 < 100
+    clock["t"] = 85.0
+    assert not pace.fits()  # 85 + 20 >= 100
+    assert not bench.Pace(until=100.0, first=10.0, clock=lambda: 95.0).fits()
+    # each forward call moves the clock by 30 s: after the first row the next would need as
+    # long again, past the deadline, so it is skipped, and every one after it
+    clock = {"t": 0.0}
+    pace = bench.Pace(until=50.0, first=10.0, clock=lambda: clock["t"])
+    fwd0 = bench._call
+
+    def slow_call(*args, **kw):
+        fwd, fb, opened, grads = fwd0(*args, **kw)
+
+        def timed_fwd():
+            clock["t"] += 30.0
+            return fwd()
+        return timed_fwd, fb, opened, grads
+
     monkeypatch.setattr(bench, "DEV", DEVICE)
-    monkeypatch.setattr(bench, "time", types.SimpleNamespace(monotonic=lambda: next(clock),
-                                                              perf_counter=time.perf_counter))
-    rows, opened = bench.sweep_grid("gru", 2, 8, 3, 0.5, configs, train=True, until=now + 50.0)
+    monkeypatch.setattr(bench, "_call", slow_call)
+    rows, opened = bench.sweep_grid("gru", 2, 8, 3, 0.5, configs, train=True, pace=pace)
     assert rows[0]["config"] == "per-row" and rows[0]["fwd_ms"] > 0 and rows[0]["max_diff"] == 0.0
-    assert rows[1] == {"config": labels[1], "skipped": "time budget"} and opened > 0
-    assert bench._best([{**rows[0], "config": "a"}, rows[1]], "fwd_ms") == "a"
+    assert rows[1:] == [{"config": c, "skipped": "time budget"} for c in labels[1:]] and opened > 0
+    assert pace.longest >= 30.0
+    assert bench._best([{**rows[0], "config": "a"}, *rows[1:]], "fwd_ms") == "a"
+
+
+def test_bench_gpu_compile_only_runs_every_swept_config_once(load_tool, monkeypatch, capsys):
+    """--compile-only (gpu_check.sh runs it beside the tests to fill Triton's cache): every
+    config of the sweeps and of the event sweep runs once, forward and, in training sweeps,
+    forward+backward, in the timed run's order; a config that fails is passed over."""
+    bench = load_tool("bench_gpu")
+    monkeypatch.setattr(bench, "DEV", DEVICE)
+    calls, current = [], {}
+
+    def fake_call(cell, B, H, T, rate, *, train, kind="rhythmic", **kw):
+        case = (cell, B, H, T, train, kind)
+
+        def fwd():
+            calls.append((case, current.get("cfg"), "fwd"))
+            if current.get("cfg") == bad:
+                raise RuntimeError("out of resources")
+
+        def fb():
+            calls.append((case, current.get("cfg"), "fwd_bwd"))
+        return fwd, (fb if train else None), 1.0, None
+
+    def fake_grid(tiles, prec, fn):
+        current["cfg"] = (tiles, prec)
+        try:
+            return fn()
+        finally:
+            current.pop("cfg")
+
+    b64, b1, rnn = bench._sweeps()
+    bad = b64[1]
+    monkeypatch.setattr(bench, "_call", fake_call)
+    monkeypatch.setattr(bench, "_with_grid", fake_grid)
+    sizes = bench.SIZES
+    n = bench.compile_only(sizes)
+    B, H, T = sizes["target"]
+    B1, H1, T1 = sizes["b1"]
+    want = []
+    for case, configs in [(("gru", B, H, T, True, "rhythmic"), b64), (("gru", B1, H1, T1, False, "rhythmic"), b1),
+                          (("rnn", B, H, T, True, "rhythmic"), rnn)] + [
+            ((c, b, h, t, tr, "event"), bench._event_configs(b, h)) for c, b, h, t, tr in sizes["event"]]:
+        for cfg in configs:
+            key = None if cfg[0] is None else cfg
+            want.append((case, key, "fwd"))
+            if case[4] and cfg != bad:  # training: the backward too, unless the forward failed
+                want.append((case, key, "fwd_bwd"))
+    assert calls == want and n == len(b64) + len(b1) + len(rnn) + sum(
+        len(bench._event_configs(b, h)) for _, b, h, _, _ in sizes["event"])
+    assert any(cfg[0] is None for cfg in bench._event_configs(1, 1024))  # the per-row kernels too
+    failed = [line for line in capsys.readouterr().out.splitlines() if "RuntimeError" in line]
+    assert len(failed) == 1 and f"[{bench._label(*bad)}]" in failed[0] and "out of resources" in failed[0]

@@ -38,7 +38,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+STARTED = time.monotonic()  # --budget counts from here, the imports included
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_triton import rhythm  # noqa: E402  (the benchmarks' shared rhythmic gate)
@@ -55,19 +57,45 @@ DEV = "cuda"
 
 
 class Budget:
-    """The seconds a run may still take (``--budget``; None: no limit). :meth:`until` gives a
-    part its deadline: ``share`` of the time left before the ``reserve`` kept for the targets."""
+    """The seconds a run may still take (``--budget``, counted from ``start``; None: no limit).
+    :meth:`until` gives a part its deadline: ``share`` of the time left before the
+    ``reserve`` kept for the targets."""
 
-    def __init__(self, seconds: float | None = None, reserve: float = 0.0):
-        self.end = math.inf if seconds is None else time.monotonic() + seconds
+    def __init__(self, seconds: float | None = None, reserve: float = 0.0, start: float | None = None):
+        start = time.monotonic() if start is None else start
+        self.end = math.inf if seconds is None else start + seconds
         self.reserve = reserve
 
     def left(self) -> float:
         return self.end - time.monotonic()
 
     def until(self, share: float = 1.0) -> float:
-        spare = self.left() - self.reserve
-        return math.inf if math.isinf(spare) else time.monotonic() + share * max(spare, 0.0)
+        if math.isinf(self.end):
+            return math.inf
+        return time.monotonic() + share * max(self.left() - self.reserve, 0.0)
+
+
+class Pace:
+    """Whether one more row fits before ``until`` (a ``clock()`` time): the first needs
+    ``first`` seconds, each later one as long as the longest row so far (:meth:`row` times
+    them). A row that has started is not stopped, so a deadline holds only as well as the
+    next row resembles the ones before it."""
+
+    def __init__(self, until: float = math.inf, first: float = 0.0, clock=time.monotonic):
+        self.until, self.first, self.clock = until, first, clock
+        self.longest: float | None = None
+
+    def fits(self) -> bool:
+        need = self.first if self.longest is None else self.longest
+        return self.clock() + need < self.until
+
+    def row(self, fn):
+        """``fn()``, timed into the longest row."""
+        t0 = self.clock()
+        try:
+            return fn()
+        finally:
+            self.longest = max(self.longest or 0.0, self.clock() - t0)
 
 
 def shares(weights: list[float]) -> list[float]:
@@ -81,8 +109,12 @@ SWEEP_WEIGHTS = [0.45, 0.2, 0.05, 0.3]
 #: seconds kept for the targets through the public API where --budget is given (not yet
 #: measured: the 2026-12-04 runs did not time them apart; their JSON does now)
 TARGETS_RESERVE_S = 75.0
-#: seconds an event case of the sweep after the table is expected to take at most (estimated)
-EVENT_CASE_S = 30.0
+#: seconds the first row of a sweep is expected to take, compilation included: a sweep does
+#: not start with less (estimated from the 2026-12-04 runs: 115 s cold for about 30 rows)
+FIRST_ROW_S = 8.0
+#: the same for the first case of the event sweep after the table (a case compiles 2-5
+#: configs, times the torch reference and finds the threshold by bisection; estimated)
+EVENT_CASE_S = 40.0
 
 
 def _skipped(label) -> dict:
@@ -214,54 +246,60 @@ def _with_grid(tiles, precision, fn):
         grid.ENABLED, grid_tiles.TILES, grid_tiles.PRECISION = saved
 
 
-def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None, kind="rhythmic", until=math.inf):
+def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None, kind="rhythmic", pace=None):
     """Time the multi-program kernels at each (tiles, precision; None: the per-row kernel);
     max_diff is each forward output's largest difference from the first config's, and in
     training grad_diff the largest relative difference of its gradients (xp, h0, U, b:
     max |g - g_first| / max |g_first| over each) from the first config's. Returns the rows
     and the open neuron-steps per batch row (``kind``: the gate, as :func:`_call`; None where
-    nothing ran). Past ``until`` (``time.monotonic()``) the configs left are skipped, the
-    first one (every other one's reference) only where the sweep starts past it."""
-    from su_neuro.kernels.triton import grid
-
+    nothing ran). From the first config that does not fit the :class:`Pace` on, the configs
+    are skipped; where the first (every other one's reference) does not fit, nothing runs."""
+    pace = pace or Pace()
     labels = ["per-row" if tiles is None else _label(tiles, prec) for tiles, prec in configs]
-    if time.monotonic() >= until:
+    if not pace.fits():
         rows = [_skipped(label) for label in labels]
         print(f"   skipped (time budget): {len(rows)} configs", flush=True)
         return rows, None
     fwd, fb, opened, grads = _call(cell, B, H, T, rate, train=train, kind=kind)
     rows = []
-    base = ref_out
-    base_g = None
-    for i, ((tiles, prec), label) in enumerate(zip(configs, labels, strict=True)):
-        if i and time.monotonic() >= until:
+    base, base_g = ref_out, None
+    for (tiles, prec), label in zip(configs, labels, strict=True):
+        if rows and ("skipped" in rows[-1] or not pace.fits()):
             rows.append(_skipped(label))
-            print("  ", rows[-1], flush=True)
-            continue
-        try:
-            out = fwd() if tiles is None else _with_grid(tiles, prec, fwd)
-            base = out if base is None else base  # the first config's output is the reference
-            d = (out.float() - base.float()).abs().max().item()
-            gd = None
-            if grads is not None:
-                gs = grads() if tiles is None else _with_grid(tiles, prec, grads)
-                base_g = gs if base_g is None else base_g
-                gd = max(((a - r).abs().max() / r.abs().max().clamp(min=1e-30)).item()
-                         for a, r in zip(gs, base_g, strict=True))
-            if tiles is None:
-                tf = _bench(fwd)
-                tb = _bench(fb) if fb else None
-            else:
-                tf = _with_grid(tiles, prec, lambda: _bench(fwd))
-                tb = _with_grid(tiles, prec, lambda: _bench(fb)) if fb else None
-            res = dict(grid.LAUNCHED.get("fwd", {})) if tiles is not None else {}
-            rows.append({"config": label, "fwd_ms": tf, "fwd_bwd_ms": tb, "max_diff": d, "grad_diff": gd,
-                         "fwd_kernel": res,
-                         "bwd_kernel": dict(grid.LAUNCHED.get("bwd", {})) if (tiles is not None and fb) else {}})
-        except Exception as err:  # a config that does not compile or launch is a result too
-            rows.append({"config": label, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"})
+        else:
+            row, out, gs = pace.row(lambda: _grid_row(tiles, prec, label, fwd, fb, grads, base, base_g))  # noqa: B023
+            rows.append(row)
+            if base is None or (base_g is None and gs is not None):  # the first config's results are the reference
+                base, base_g = (out if base is None else base), gs
         print("  ", rows[-1], flush=True)
     return rows, opened
+
+
+def _grid_row(tiles, prec, label, fwd, fb, grads, base, base_g):
+    """One config of :func:`sweep_grid`: (its row: times, differences from ``base`` /
+    ``base_g`` (from itself where None), its kernels' resources; its forward output; its
+    gradients), or (the error it raised, None, None)."""
+    from su_neuro.kernels.triton import grid
+
+    try:
+        out = fwd() if tiles is None else _with_grid(tiles, prec, fwd)
+        d = (out.float() - (out if base is None else base).float()).abs().max().item()
+        gd = gs = None
+        if grads is not None:
+            gs = grads() if tiles is None else _with_grid(tiles, prec, grads)
+            gd = max(((a - r).abs().max() / r.abs().max().clamp(min=1e-30)).item()
+                     for a, r in zip(gs, gs if base_g is None else base_g, strict=True))
+        if tiles is None:
+            tf = _bench(fwd)
+            tb = _bench(fb) if fb else None
+        else:
+            tf = _with_grid(tiles, prec, lambda: _bench(fwd))
+            tb = _with_grid(tiles, prec, lambda: _bench(fb)) if fb else None
+        res = dict(grid.LAUNCHED.get("fwd", {})) if tiles is not None else {}
+        return ({"config": label, "fwd_ms": tf, "fwd_bwd_ms": tb, "max_diff": d, "grad_diff": gd, "fwd_kernel": res,
+                 "bwd_kernel": dict(grid.LAUNCHED.get("bwd", {})) if (tiles is not None and fb) else {}}, out, gs)
+    except Exception as err:  # a config that does not compile or launch is a result too
+        return {"config": label, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}, None, None
 
 
 def _label(t, prec):
@@ -270,10 +308,10 @@ def _label(t, prec):
             + (" bwd{}x{}w{}".format(*t.bwd) if t.bwd else ""))
 
 
-def sweep_lif(B, H, T, configs, copy_gbs, until=math.inf):
+def sweep_lif(B, H, T, configs, copy_gbs, pace=None):
     """The feed-forward LIF kernel at each tile (``lif_feedforward.TILES``; None: its
     default): milliseconds, GB/s of its compulsory traffic and the share of the copy
-    bandwidth; configs after the first are skipped past ``until``."""
+    bandwidth; from the first config that does not fit the :class:`Pace` on, skipped."""
     from su_neuro.gates import GateInput
     from su_neuro.kernels.reference import LIFParams
     from su_neuro.kernels.triton import lif_feedforward as lif_mod
@@ -292,24 +330,29 @@ def sweep_lif(B, H, T, configs, copy_gbs, until=math.inf):
     rows = []
     nbytes = 3 * 4 * B * T * H
     ref = None
-    for cfg in configs:
-        if time.monotonic() >= until:
-            rows.append(_skipped(cfg))
-            print("  ", rows[-1], flush=True)
-            continue
+    pace = pace or Pace()
+
+    def one(cfg, ref):
         saved = lif_mod.TILES
         lif_mod.TILES = cfg
         try:
             out = fwd()
-            ref = out if ref is None else ref
             ms = _bench(fwd)
             gbs = nbytes / (ms * 1e-3) / 1e9
-            rows.append({"config": cfg, "ms": ms, "GB/s": gbs, "of_copy": gbs / copy_gbs,
-                         "same": bool(torch.equal(out, ref))})
+            return {"config": cfg, "ms": ms, "GB/s": gbs, "of_copy": gbs / copy_gbs,
+                    "same": bool(torch.equal(out, out if ref is None else ref))}, out
         except Exception as err:
-            rows.append({"config": cfg, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"})
+            return {"config": cfg, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}, None
         finally:
             lif_mod.TILES = saved
+
+    for cfg in configs:
+        if (rows and "skipped" in rows[-1]) or not pace.fits():
+            rows.append(_skipped(cfg))
+        else:
+            row, out = pace.row(lambda: one(cfg, ref))  # noqa: B023
+            rows.append(row)
+            ref = out if ref is None else ref
         print("  ", rows[-1], flush=True)
     return rows
 
@@ -366,11 +409,13 @@ def main(argv=None) -> int:
                     "(rows marked skipped) to keep --reserve for the targets; the event sweep runs in what is left")
     ap.add_argument("--reserve", type=float, default=TARGETS_RESERVE_S,
                     help=f"seconds kept for the targets under --budget (default {TARGETS_RESERVE_S:.0f})")
+    ap.add_argument("--compile-only", action="store_true", help="run every swept config once, untimed, "
+                    "to fill Triton's cache for a timed run (gpu_check.sh runs it beside the tests)")
     args = ap.parse_args(argv)
     if args.budget is not None and not args.budget > 0:
         ap.error(f"--budget must be a positive number of seconds, got {args.budget}")
-    if not args.reserve >= 0:
-        ap.error(f"--reserve must be at least 0 seconds, got {args.reserve}")
+    if not 0 <= args.reserve < math.inf:
+        ap.error(f"--reserve must be a finite number of seconds, at least 0; got {args.reserve}")
     sizes = SIZES
     if args.tiny:
         if os.environ.get("TRITON_INTERPRET") != "1":
@@ -388,9 +433,13 @@ def main(argv=None) -> int:
     from su_neuro.kernels.triton import grid, grid_tiles
 
     t_start = time.time()
-    budget = Budget(args.budget, args.reserve)
     torch.backends.cuda.matmul.allow_tf32 = False  # torch's defaults (cuDNN: TF32 allowed)
     torch.backends.cudnn.allow_tf32 = True
+    if args.compile_only:
+        n = compile_only(sizes)
+        print(f"compiled: {n} configs in {time.time() - t_start:.0f} s", flush=True)
+        return 0
+    budget = Budget(args.budget, 0.0 if args.table else args.reserve, start=STARTED)
     if DEV == "cuda":
         props = torch.cuda.get_device_properties(0)
         card, sms = props.name, props.multi_processor_count
@@ -403,9 +452,11 @@ def main(argv=None) -> int:
         report["part_seconds"][part] = time.time() - since
 
     def save():  # after each part: a run cut short by a timeout keeps what it measured
-        if args.json:
-            with open(args.json, "w") as fh:
+        if args.json:  # whole or not at all: a kill while writing leaves the last copy
+            tmp = f"{args.json}.partial"
+            with open(tmp, "w") as fh:
                 json.dump(report, fh, indent=1, default=str)
+            os.replace(tmp, args.json)
     print(f"# bench_gpu  {card}  SMs {sms}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
     copy = copy_bandwidth()
     report["copy_GBs"] = copy
@@ -414,7 +465,8 @@ def main(argv=None) -> int:
     save()
     print("barrier us/step", report["barrier_us"], flush=True)
     if args.table:
-        report["auto_table"] = auto_table(tiny=args.tiny, save=save, until=budget.until())
+        report["auto_table"] = []  # filled row by row: each save() keeps the rows so far
+        auto_table(tiny=args.tiny, save=save, pace=Pace(budget.until(), FIRST_ROW_S), rows=report["auto_table"])
         save()
         return 0
     B, H, T = sizes["target"]
@@ -425,10 +477,14 @@ def main(argv=None) -> int:
     SWEEP_B64, SWEEP_B1, SWEEP_RNN = _sweeps()
     if not args.skip_sweep:
         share = iter(shares(SWEEP_WEIGHTS))
+
+        def pace():  # the next sweep's: its share of the time left before the targets' reserve
+            return Pace(budget.until(next(share)), FIRST_ROW_S)
+
         # ---- B=64, H=1024, T=1024, GRU, 10 %, frozen gate: training (and its forward)
         since = time.time()
         print(f"sweep: gru B={B} H={H} T={T} 10% frozen", flush=True)
-        rows, k = sweep_grid("gru", B, H, T, 0.1, SWEEP_B64, train=True, until=budget.until(next(share)))
+        rows, k = sweep_grid("gru", B, H, T, 0.1, SWEEP_B64, train=True, pace=pace())
         report["sweep_gru_b64"] = {"rows": rows, "open_neuron_steps": k}
         best["gru_b64"] = _best(rows, "fwd_bwd_ms")
         best["gru_b64_fwd"] = _best(rows, "fwd_ms")
@@ -437,7 +493,7 @@ def main(argv=None) -> int:
         # ---- B=1, H=8192, T=1000, GRU, 10 %, inference
         since = time.time()
         print(f"sweep: gru B={B1} H={H1} T={T1} 10% inference", flush=True)
-        rows1, k1 = sweep_grid("gru", B1, H1, T1, 0.1, SWEEP_B1, train=False, until=budget.until(next(share)))
+        rows1, k1 = sweep_grid("gru", B1, H1, T1, 0.1, SWEEP_B1, train=False, pace=pace())
         report["sweep_gru_b1"] = {"rows": rows1, "open_neuron_steps": k1}
         for r in rows1:
             if "fwd_ms" in r:
@@ -448,11 +504,11 @@ def main(argv=None) -> int:
         # ---- feed-forward LIF, B=64, H=4096, T=1024
         since = time.time()
         print(f"sweep: feed-forward LIF B={BL} H={HL} T={TL}", flush=True)
-        report["sweep_lif"] = sweep_lif(BL, HL, TL, SWEEP_LIF, copy, until=budget.until(next(share)))
+        report["sweep_lif"] = sweep_lif(BL, HL, TL, SWEEP_LIF, copy, pace=pace())
         done("sweep_lif", since)
         since = time.time()
         print(f"sweep: rnn B={B} H={H} T={T} 10% frozen", flush=True)
-        rows_rnn, _ = sweep_grid("rnn", B, H, T, 0.1, SWEEP_RNN, train=True, until=budget.until(next(share)))
+        rows_rnn, _ = sweep_grid("rnn", B, H, T, 0.1, SWEEP_RNN, train=True, pace=pace())
         report["sweep_rnn_b64"] = {"rows": rows_rnn}
         best["rnn_b64"] = _best(rows_rnn, "fwd_bwd_ms")
         best["rnn_b64_fwd"] = _best(rows_rnn, "fwd_ms")
@@ -545,7 +601,9 @@ def main(argv=None) -> int:
         print(_target_line(t))
     if not args.skip_sweep:  # after the targets' table: a run cut short here keeps it
         since = time.time()
-        report["sweep_event"] = sweep_event(sizes["event"], save, budget)
+        report["sweep_event"] = []  # filled case by case: each save() keeps the cases so far
+        budget.reserve = 0.0  # nothing comes after it
+        sweep_event(sizes["event"], save, Pace(budget.until(), EVENT_CASE_S), out=report["sweep_event"])
         done("sweep_event", since)
         report["seconds"] = time.time() - t_start
         save()
@@ -564,40 +622,87 @@ def _target_line(t: dict) -> str:
     return f"{mark} {t['target']:<58} {t['of_copy']:.0%} of copy bandwidth (need 60%)"
 
 
-def sweep_event(cases, save, budget: Budget | None = None) -> list[dict]:
+def sweep_event(cases, save, pace: Pace | None = None, out: list | None = None) -> list[dict]:
     """The event gate at about 10 % open per row (:func:`_event_gate`): the torch reference,
     the per-row kernels (up to H = 4096) and the multi-program kernels at their default tiles
     in each dot precision, and for batches of more than 8 rows also with blocks of 4 rows
     (a batch block reduces over the union of its rows' changed neurons), for each (cell, B,
-    H, T, training) of ``cases``; a case is skipped where less than :data:`EVENT_CASE_S` of
-    the ``budget`` is left."""
+    H, T, training) of ``cases``, appended to ``out``. A case that does not fit the
+    :class:`Pace` is skipped, and so is every one after it."""
     from su_neuro.kernels.reference import recurrence as reference
-    from su_neuro.kernels.triton import grid_tiles
 
-    budget = budget or Budget()
-    out = []
+    pace = pace or Pace()
+    out = [] if out is None else out
     for cell, B, H, T, train in cases:
         case = {"cell": cell, "B": B, "H": H, "T": T}
-        if budget.left() < EVENT_CASE_S:
+        if (out and "skipped" in out[-1]) or not pace.fits():
             out.append({**case, "skipped": "time budget"})
             print("  ", out[-1], flush=True)
             continue
-        print(f"sweep: {cell} event B={B} H={H} T={T} ~10% {'training' if train else 'inference'}", flush=True)
-        dev = torch.device(DEV)
-        configs = [(None, None)] if H <= 4096 else []
-        for prec in ("ieee", "tf32x3", "tf32"):
-            t = grid_tiles._measured_tiles(B, H, dev, prec)
-            if not (t.fma and prec != "ieee"):  # FMA products have one precision
-                configs.append((t, prec))
-        if B > 8:  # blocks of 4 rows on the FMA units: a smaller union of the rows' changed neurons
-            configs.append((grid_tiles.Tiles(4, 8, 512, 8, 3, True), "ieee"))
-        rows, opened = sweep_grid(cell, B, H, T, 0.1, configs, train=train, kind="event")
-        fwd, fb, _, _ = _call(cell, B, H, T, 0.1, train=train, impl=reference, kind="event")
-        rows.insert(0, {"config": "torch reference", "fwd_ms": _bench(fwd), "fwd_bwd_ms": _bench(fb) if fb else None})
-        print("  ", rows[0], flush=True)
-        out.append({**case, "open": opened / (T * H), "rows": rows})
-        save()
+        pace.row(lambda: _event_case(case, train, reference, out, save))  # noqa: B023
     return out
+
+
+def _event_case(case, train, reference, out, save) -> None:
+    """One case of :func:`sweep_event`, appended to ``out``."""
+    cell, B, H, T = case["cell"], case["B"], case["H"], case["T"]
+    print(f"sweep: {cell} event B={B} H={H} T={T} ~10% {'training' if train else 'inference'}", flush=True)
+    rows, opened = sweep_grid(cell, B, H, T, 0.1, _event_configs(B, H), train=train, kind="event")
+    fwd, fb, _, _ = _call(cell, B, H, T, 0.1, train=train, impl=reference, kind="event")
+    rows.insert(0, {"config": "torch reference", "fwd_ms": _bench(fwd), "fwd_bwd_ms": _bench(fb) if fb else None})
+    print("  ", rows[0], flush=True)
+    out.append({**case, "open": opened / (T * H), "rows": rows})
+    save()
+
+
+def _event_configs(B: int, H: int) -> list:
+    """The event sweep's configs for one case: the per-row kernels (up to H = 4096), the
+    multi-program kernels' default tiles in each dot precision, and for batches of more than
+    8 rows blocks of 4 rows on the FMA units (a smaller union of the rows' changed neurons)."""
+    from su_neuro.kernels.triton import grid_tiles
+
+    configs = [(None, None)] if H <= 4096 else []
+    for prec in ("ieee", "tf32x3", "tf32"):
+        t = grid_tiles._measured_tiles(B, H, torch.device(DEV), prec)
+        if not (t.fma and prec != "ieee"):  # FMA products have one precision
+            configs.append((t, prec))
+    if B > 8:
+        configs.append((grid_tiles.Tiles(4, 8, 512, 8, 3, True), "ieee"))
+    return configs
+
+
+def compile_only(sizes) -> int:
+    """Runs every swept kernel configuration once, untimed, in the timed run's order: the
+    forward, and the forward+backward for training sweeps, so that Triton's on-disk cache
+    holds their kernels when the timed run starts (tools/gpu_check.sh runs this beside the
+    tests). The feed-forward LIF tiles are left out (small kernels, quick to compile). A
+    config that fails is reported and passed over. Returns the number of configs run."""
+    B, H, T = sizes["target"]
+    B1, H1, T1 = sizes["b1"]
+    b64, b1, rnn = _sweeps()
+    plan = [("gru", B, H, T, True, "rhythmic", b64), ("gru", B1, H1, T1, False, "rhythmic", b1),
+            ("rnn", B, H, T, True, "rhythmic", rnn)]
+    plan += [(cell, Be, He, Te, train, "event", _event_configs(Be, He)) for cell, Be, He, Te, train in sizes["event"]]
+    n = 0
+    for cell, Bx, Hx, Tx, train, kind, configs in plan:
+        fwd, fb, _, _ = _call(cell, Bx, Hx, Tx, 0.1, train=train, kind=kind)
+
+        def run(fwd=fwd, fb=fb):
+            fwd()
+            if fb is not None:
+                fb()
+
+        for tiles, prec in configs:
+            label = "per-row" if tiles is None else _label(tiles, prec)
+            t0 = time.perf_counter()
+            try:
+                run() if tiles is None else _with_grid(tiles, prec, run)
+                status = "ok"
+            except Exception as err:  # the timed run records it as the config's result
+                status = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            n += 1
+            print(f"  {cell} {kind} B={Bx} H={Hx} [{label}] {time.perf_counter() - t0:.1f} s: {status}", flush=True)
+    return n
 
 
 def _parse(label: str):
@@ -637,45 +742,52 @@ def _best(rows, key):
 AB_ROUNDS = 5
 
 
-def auto_table(*, tiny: bool, save, until: float = math.inf) -> list[dict]:
+def auto_table(*, tiny: bool, save, pace: Pace | None = None, rows: list | None = None) -> list[dict]:
     """The measurements behind ``backend="auto"`` on CUDA for RNN / GRU with a rhythmic gate
     (frozen: the forward compacts the open rows): torch reference, per-row kernels and
     multi-program kernels at their default tiles (exact fp32), forward (no autograd) and
-    forward+backward, T = 256. Calls estimated to take over 2 s are left out (marked), and
-    past ``until`` (``time.monotonic()``) the (cell, B, H) left are skipped."""
-    from su_neuro.kernels.reference import recurrence as reference
-    from su_neuro.kernels.triton import grid
-
+    forward+backward, T = 256, appended to ``rows``. Calls estimated to take over 2 s are
+    left out (marked); from the first (cell, B, H) that does not fit the :class:`Pace` on,
+    the rest are skipped (both rates or neither: the 10 % row uses the 100 % row's torch time)."""
+    pace = pace or Pace()
+    rows = [] if rows is None else rows
     T = 4 if tiny else 256
-    rows = []
     batches, widths = ((1, 16), (8,)) if tiny else ((1, 16, 64, 256), (256, 1024, 4096))
     for cell in ("gru", "rnn"):
         for B in batches:
             for H in widths:
-                G = 3 * H if cell == "gru" else H
-                if time.monotonic() >= until:  # both rates or neither: the 10 % row uses the 100 % torch time
+                if (rows and "skipped" in rows[-1]) or not pace.fits():
                     rows.append({"cell": cell, "B": B, "H": H, "T": T, "skipped": "time budget"})
                     print("  ", rows[-1], flush=True)
                     continue
-                for rate in (1.0, 0.1):
-                    fwd, fb, _, _ = _call(cell, B, H, T, rate, train=True)
-                    est = B * G * H * 4 * rate * T / 2e12  # per-row: L2 / HBM streaming of U per row
-                    row = {"cell": cell, "B": B, "H": H, "T": T, "rate": rate}
-                    if rate == 1.0:  # the reference's cost does not depend on the rate
-                        rf, rfb, _, _ = _call(cell, B, H, T, rate, train=True, impl=reference)
-                        row["torch"] = (_bench(rf, 100), _bench(rfb, 100))
-                    grid.ENABLED = False
-                    row["rows"] = (_bench(fwd, 100) if est < 2 else None, _bench(fb, 100) if 5 * est < 2 else None)
-                    grid.ENABLED = True
-                    try:
-                        row["grid"] = (_bench(fwd, 100), _bench(fb, 100))
-                    except Exception as err:
-                        row["grid"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
-                    grid.ENABLED = False
-                    rows.append(row)
-                    print("  ", row, flush=True)
-                    save()
+                pace.row(lambda: _auto_rows(cell, B, H, T, rows, save))  # noqa: B023
     return rows
+
+
+def _auto_rows(cell, B, H, T, rows, save) -> None:
+    """The two rates of one (cell, B, H) of :func:`auto_table`, appended to ``rows``."""
+    from su_neuro.kernels.reference import recurrence as reference
+    from su_neuro.kernels.triton import grid
+
+    G = 3 * H if cell == "gru" else H
+    for rate in (1.0, 0.1):
+        fwd, fb, _, _ = _call(cell, B, H, T, rate, train=True)
+        est = B * G * H * 4 * rate * T / 2e12  # per-row: L2 / HBM streaming of U per row
+        row = {"cell": cell, "B": B, "H": H, "T": T, "rate": rate}
+        if rate == 1.0:  # the reference's cost does not depend on the rate
+            rf, rfb, _, _ = _call(cell, B, H, T, rate, train=True, impl=reference)
+            row["torch"] = (_bench(rf, 100), _bench(rfb, 100))
+        grid.ENABLED = False
+        row["rows"] = (_bench(fwd, 100) if est < 2 else None, _bench(fb, 100) if 5 * est < 2 else None)
+        grid.ENABLED = True
+        try:
+            row["grid"] = (_bench(fwd, 100), _bench(fb, 100))
+        except Exception as err:
+            row["grid"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        grid.ENABLED = False
+        rows.append(row)
+        print("  ", row, flush=True)
+        save()
 
 
 def dense_ab(cls, torch_cls, B, H, T, F):
