@@ -54,6 +54,13 @@ def test_a_malformed_shard_is_refused_by_name(value, why):
     assert f"SU_NEURO_SHARD={value!r}" in text and why in text, text
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda(), reason="on a CUDA machine the script would run the whole GPU check")
 def test_gpu_check_keeps_its_output_within_what_the_device_tool_returns(tmp_path):
     """tools/gpu_check.sh on a machine without CUDA (the tests skip, the benchmark exits 2):
     it still writes each part's output, and at most 8 plainly named files (the device tool

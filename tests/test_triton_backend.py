@@ -1145,6 +1145,33 @@ def test_bench_gpu_budget_cuts_the_sweeps_and_keeps_the_targets_time(tri, load_t
     assert bench._best([{**rows[0], "config": "a"}, *rows[1:]], "fwd_ms") == "a"
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="runs the CPU smoke run (--tiny)")
+def test_bench_gpu_term_before_the_table_saves_and_exits_124(tmp_path):
+    """TERM (gpu_check.sh's time limit) ends the run with a whole JSON of what it measured and
+    status 124 while the targets' table is incomplete (0 once it is complete: the event sweep
+    after it is cut, checked by hand in the smoke run, too slow for the suite)."""
+    import signal
+    import time
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
+    out = tmp_path / "b.json"
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "bench_gpu.py"), "--tiny", "--json", str(out)],
+                                stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        deadline = time.monotonic() + 120
+        while "sweep: gru B=" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 124, log.read_text()
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["stopped"] == "TERM (time limit)" and "copy_GBs" in data and "targets" not in data
+    assert "the targets' table is incomplete; exit 124" in log.read_text()
+    assert not (tmp_path / "b.json.partial").exists()
+
+
 def test_bench_gpu_compile_only_runs_every_swept_config_once(load_tool, monkeypatch, capsys):
     """--compile-only (gpu_check.sh runs it beside the tests to fill Triton's cache): every
     config of the sweeps and of the event sweep runs once, forward and, in training sweeps,

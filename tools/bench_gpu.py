@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -248,9 +249,11 @@ def _with_grid(tiles, precision, fn):
 
 def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None, kind="rhythmic", pace=None):
     """Time the multi-program kernels at each (tiles, precision; None: the per-row kernel);
-    max_diff is each forward output's largest difference from the first config's, and in
+    max_diff is each forward output's largest difference from the reference's, and in
     training grad_diff the largest relative difference of its gradients (xp, h0, U, b:
-    max |g - g_first| / max |g_first| over each) from the first config's. Returns the rows
+    max |g - g_ref| / max |g_ref| over each) from the reference's. The reference is
+    ``ref_out`` where given, else the first config that runs through (normally the first:
+    the sweeps list an exact one first); for the gradients always the latter. Returns the rows
     and the open neuron-steps per batch row (``kind``: the gate, as :func:`_call`; None where
     nothing ran). From the first config that does not fit the :class:`Pace` on, the configs
     are skipped; where the first (every other one's reference) does not fit, nothing runs."""
@@ -451,12 +454,42 @@ def main(argv=None) -> int:
     def done(part, since):  # how long each part took, to size --budget / --reserve from
         report["part_seconds"][part] = time.time() - since
 
-    def save():  # after each part: a run cut short by a timeout keeps what it measured
-        if args.json:  # whole or not at all: a kill while writing leaves the last copy
+    def write():  # whole or not at all: a kill while writing leaves the last copy
+        if args.json:
             tmp = f"{args.json}.partial"
             with open(tmp, "w") as fh:
                 json.dump(report, fh, indent=1, default=str)
             os.replace(tmp, args.json)
+
+    # TERM (the time limit of gpu_check.sh) ends the run with what it measured: status 0 once
+    # the targets' table is complete (the event sweep after it is cut), 124 before; a TERM
+    # during a write takes effect after it
+    stop = {"writing": False, "asked": False, "table_done": args.table}
+
+    def finish():
+        report["stopped"] = "TERM (time limit)"
+        write()
+        code = 0 if stop["table_done"] else 124
+        table = "complete" if code == 0 else "incomplete"
+        print(f"bench_gpu: stopped by TERM (the time limit); the targets' table is {table}; exit {code}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(code)
+
+    def save():  # after each part: a run cut short by a timeout keeps what it measured
+        stop["writing"] = True
+        try:
+            write()
+        finally:
+            stop["writing"] = False
+        if stop["asked"]:
+            finish()
+
+    def on_term(signum, frame):
+        stop["asked"] = True
+        if not stop["writing"]:
+            finish()
+
+    signal.signal(signal.SIGTERM, on_term)
     print(f"# bench_gpu  {card}  SMs {sms}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
     copy = copy_bandwidth()
     report["copy_GBs"] = copy
@@ -591,6 +624,7 @@ def main(argv=None) -> int:
     frac = lif_rows[0].get("of_copy", 0.0)
     share_row(f"feed-forward LIF B={BL} H={HL} T={TL} bandwidth", frac, ms=lif_rows[0].get("ms"))
     report["best"] = best
+    stop["table_done"] = True
     done("targets", since_targets)
     report["seconds"] = time.time() - t_start
     save()

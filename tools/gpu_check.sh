@@ -16,8 +16,9 @@
 # TOTAL_TIMEOUT (465) for the whole check; GRID_TEST_TIMEOUT and TEST_TIMEOUT (240 each, per
 # shard); BENCH_TIMEOUT, by default what is left of TOTAL_TIMEOUT after the tests, at least
 # 200. The benchmark gets that time less BENCH_MARGIN (15) as its --budget: it cuts its
-# sweeps short to keep the time the targets need and aims to end before the limit. Every
-# process gets KILL 10 s after its limit's TERM.
+# sweeps short to keep the time the targets need and aims to end before the limit; at the
+# limit's TERM it saves what it has and exits 0 once the targets' table is complete, 124
+# before. Every process gets KILL 10 s after its limit's TERM.
 # The package is assembled in a temporary folder (su_neuro/, kernels/ as su_neuro/kernels,
 # datasets/ as su_neuro/datasets) and everything runs from another temporary folder, so the
 # checkout's own ./su_neuro cannot shadow it. Wheels carried in .whl/ (snntorch: the surrogates
@@ -33,19 +34,20 @@ set -uo pipefail
 start=$SECONDS
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 fail() { echo "gpu_check.sh: $*" >&2; exit 2; }
-whole() {  # whole NAME DEFAULT: the variable's value, a whole number, else a clear error
+whole() {  # whole NAME DEFAULT MIN: the variable's value, a whole number >= MIN, else a clear error
     local v="${!1:-$2}"
-    [[ "$v" =~ ^[0-9]+$ ]] || fail "$1=$v: expected a whole number of seconds or shards"
+    [[ "$v" =~ ^(0|[1-9][0-9]*)$ ]] || fail "$1=$v: expected a whole number (no sign, unit or leading zero)"
+    [ "$v" -ge "$3" ] || fail "$1=$v: must be at least $3 (a limit of 0 would mean none)"
     echo "$v"
 }
-total=$(whole TOTAL_TIMEOUT 465) || exit 2
-grid_limit=$(whole GRID_TEST_TIMEOUT 240) || exit 2
-test_limit=$(whole TEST_TIMEOUT 240) || exit 2
-margin=$(whole BENCH_MARGIN 15) || exit 2
-grid_shards=$(whole GRID_SHARDS 4) || exit 2
-test_shards=$(whole TEST_SHARDS 2) || exit 2
+total=$(whole TOTAL_TIMEOUT 465 1) || exit 2
+grid_limit=$(whole GRID_TEST_TIMEOUT 240 1) || exit 2
+test_limit=$(whole TEST_TIMEOUT 240 1) || exit 2
+margin=$(whole BENCH_MARGIN 15 0) || exit 2
+grid_shards=$(whole GRID_SHARDS 4 0) || exit 2
+test_shards=$(whole TEST_SHARDS 2 0) || exit 2
 if [ -n "${BENCH_TIMEOUT:-}" ]; then
-    bench_limit=$(whole BENCH_TIMEOUT 0) || exit 2
+    bench_limit=$(whole BENCH_TIMEOUT 0 1) || exit 2
     [ "$bench_limit" -gt "$margin" ] || fail "BENCH_TIMEOUT=$bench_limit: must exceed BENCH_MARGIN=$margin"
 fi
 out="${1:-${OUT:-/tmp/su_neuro_gpu}}"
@@ -71,7 +73,7 @@ export PYTHONPATH="$site" PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 # their kernels is most of their time and takes one core per process. GRID_SHARDS (4) for the
 # multi-program kernels' tests, TEST_SHARDS (2) for the rest; each shard under its own time
 # limit, so a hung barrier costs one shard's tests, not the run.
-shards="$work/shards"  # one file per shard, added to $out/NAME.txt as the shard ends
+shards="$work/shards"  # one file per shard, added to $out/NAME.txt once it has ended (in launch order)
 mkdir -p "$shards"
 shard() {  # shard NAME I N LIMIT PYTEST-ARGS...: one shard to $shards/NAME.I.txt, in the background
     local name=$1 i=$2 n=$3 limit=$4
@@ -81,9 +83,11 @@ shard() {  # shard NAME I N LIMIT PYTEST-ARGS...: one shard to $shards/NAME.I.tx
     pids+=($!)
     names+=("$name.$i")
 }
-grid=0
-tests=0
-if [ "${TESTS:-1}" != 0 ]; then  # TESTS=0: the benchmark alone (a second run in one lease)
+grid="not run"
+tests="not run"
+if [ "${TESTS:-1}" != 0 ]; then
+    grid=0
+    tests=0  # TESTS=0: the benchmark alone (a second run in one lease)
     pids=()
     names=()
     : >"$out/tests_summary.txt"
@@ -93,7 +97,7 @@ if [ "${TESTS:-1}" != 0 ]; then  # TESTS=0: the benchmark alone (a second run in
     # on-disk cache (each config run once, untimed), so that the timed run spends its budget
     # measuring; stopped when the tests end. WARMUP=0 leaves it out.
     warm=""
-    if [ "${WARMUP:-1}" != 0 ] && [[ "${BENCH_ARGS:-}" != *--table* ]]; then
+    if [ "${WARMUP:-1}" != 0 ] && [[ "${BENCH_ARGS:-}" != *--table* && "${BENCH_ARGS:-}" != *--skip-sweep* ]]; then
         timeout -k 10 "$grid_limit" python3 tools/bench_gpu.py --compile-only >"$out/bench_warmup.txt" 2>&1 &
         warm=$!
     fi
@@ -108,7 +112,7 @@ if [ "${TESTS:-1}" != 0 ]; then  # TESTS=0: the benchmark alone (a second run in
         wait "${pids[$k]}"
         rc=$?
         name=${names[$k]}
-        last=$([ $rc -eq 124 ] && echo "stopped at the time limit" || tail -n 1 "$shards/$name.txt")
+        last=$([ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "stopped at the time limit" || tail -n 1 "$shards/$name.txt")
         echo "$name: exit $rc ($last)" >>"$out/tests_summary.txt"
         { echo "== $name.txt"; cat "$shards/$name.txt"; } >>"$out/${name%.*}.txt"  # kept as each shard ends
         if [ $rc -ne 0 ]; then
@@ -125,8 +129,9 @@ if [ "${TESTS:-1}" != 0 ]; then  # TESTS=0: the benchmark alone (a second run in
 fi
 left=$(( total - (SECONDS - start) ))
 limit=${bench_limit:-$(( left > 200 ? left : 200 ))}
-timeout -k 10 "$limit" python3 tools/bench_gpu.py --budget $(( limit - margin )) ${BENCH_ARGS:-} \
+timeout --preserve-status -k 10 "$limit" python3 tools/bench_gpu.py --budget $(( limit - margin )) ${BENCH_ARGS:-} \
     --json "$out/bench_gpu.json" 2>&1 | tee "$out/bench_gpu.txt"
 bench=${PIPESTATUS[0]}
+rm -f "$out/bench_gpu.json.partial"  # left by a kill while the JSON was written; the last whole copy stays
 echo "grid tests exit $grid, tests exit $tests, bench exit $bench; $(( SECONDS - start )) s" | tee -a "$out/device.txt"
-[ "$bench" -eq 0 ] && [ "$grid" -eq 0 ] && [ "$tests" -eq 0 ]
+[ "$bench" -eq 0 ] && { [ "${TESTS:-1}" = 0 ] || { [ "$grid" = 0 ] && [ "$tests" = 0 ]; }; }
