@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+
+# Triton decides at import whether its kernels are interpreted: set the default (the
+# interpreter; tools/gpu_check.sh exports 0 on a GPU) before any test module can import
+# triton, whatever order the modules are collected in
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 SHARD_ENV = "SU_NEURO_SHARD"
@@ -27,8 +33,6 @@ def pytest_collection_modifyitems(config, items):
     """``SU_NEURO_SHARD=i/n`` keeps the selected tests i, i + n, i + 2n, ... (in collection
     order): tools/gpu_check.sh runs the shards side by side, so that the kernels they compile
     use several cores."""
-    import os
-
     value = os.environ.get(SHARD_ENV)
     if not value:
         return
@@ -53,7 +57,6 @@ def load_tool():
 
 def run_cli(*args: str, cwd=None, env: dict | None = None, timeout: float = 300):
     """Runs the installed ``su-neuro`` command in a subprocess; returns the CompletedProcess."""
-    import os
     import subprocess
     import sys
 
