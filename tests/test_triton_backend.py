@@ -1146,6 +1146,31 @@ def test_bench_gpu_budget_cuts_the_sweeps_and_keeps_the_targets_time(tri, load_t
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="runs the CPU smoke run (--tiny)")
+def test_bench_gpu_with_no_time_for_the_sweeps_still_gives_every_target(tmp_path):
+    """The whole run under a budget that leaves the sweeps nothing (each row recorded as
+    skipped, nothing picked): every target is measured at the default tiles, the event sweep
+    after the table is skipped, and the JSON says how long each part took."""
+    import json
+
+    out = tmp_path / "b.json"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_gpu.py"), "--tiny", "--budget", "30",
+                          "--reserve", "29", "--json", str(out)], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    data = json.loads(out.read_text())
+    b64, b1, rnn = (data[k]["rows"] for k in ("sweep_gru_b64", "sweep_gru_b1", "sweep_rnn_b64"))
+    assert all(r.get("skipped") == "time budget" for r in b64 + b1 + rnn + data["sweep_lif"])
+    assert set(data["best"].values()) == {None}
+    names = [t["target"] for t in data["targets"]]
+    assert len(names) == 15 and sum("[grid default tiles]" in n for n in names) == 6, names
+    assert all(c.get("skipped") == "time budget" for c in data["sweep_event"])
+    assert set(data["part_seconds"]) == {"sweep_gru_b64", "sweep_gru_b1", "sweep_lif", "sweep_rnn_b64", "targets",
+                                         "sweep_event"}
+    assert "\n# targets on CPU" in res.stdout and res.stdout.count("MISSED") + res.stdout.count("met ") >= 30
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="runs the CPU smoke run (--tiny)")
 def test_bench_gpu_term_before_the_table_saves_and_exits_124(tmp_path):
     """TERM (gpu_check.sh's time limit) ends the run with a whole JSON of what it measured and
     status 124 while the targets' table is incomplete (0 once it is complete: the event sweep
