@@ -1121,6 +1121,8 @@ def test_bench_gpu_budget_cuts_the_sweeps_and_keeps_the_targets_time(tri, load_t
     assert pace.fits()  # 20 + 20 < 100
     clock["t"] = 85.0
     assert not pace.fits()  # 85 + 20 >= 100
+    clock["t"] = 0.0
+    assert not pace.fits()  # a part's rows are cut at one point: none after it runs
     assert not bench.Pace(until=100.0, first=10.0, clock=lambda: 95.0).fits()
     # each forward call moves the clock by 30 s: after the first row the next would need as
     # long again, past the deadline, so it is skipped, and every one after it

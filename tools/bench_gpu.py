@@ -79,16 +79,19 @@ class Budget:
 class Pace:
     """Whether one more row fits before ``until`` (a ``clock()`` time): the first needs
     ``first`` seconds, each later one as long as the longest row so far (:meth:`row` times
-    them). A row that has started is not stopped, so a deadline holds only as well as the
-    next row resembles the ones before it."""
+    them); once one does not fit, no later one does (a part's rows are cut at one point). A
+    row that has started is not stopped, so a deadline holds only as well as the next row
+    resembles the ones before it."""
 
     def __init__(self, until: float = math.inf, first: float = 0.0, clock=time.monotonic):
         self.until, self.first, self.clock = until, first, clock
         self.longest: float | None = None
+        self.stopped = False
 
     def fits(self) -> bool:
         need = self.first if self.longest is None else self.longest
-        return self.clock() + need < self.until
+        self.stopped = self.stopped or self.clock() + need >= self.until
+        return not self.stopped
 
     def row(self, fn):
         """``fn()``, timed into the longest row."""
@@ -236,6 +239,16 @@ def _event_gate(cell, xp, h0, w, b, rate, steps=128):
     return opened((lo + hi) / 2, xp)
 
 
+def _config_label(tiles, prec) -> str:
+    return "per-row" if tiles is None else _label(tiles, prec)
+
+
+def _under(tiles, prec, fn):
+    """``fn()`` on the per-row kernels (``tiles`` None) or on the multi-program kernels with
+    these tiles and dot precision."""
+    return fn() if tiles is None else _with_grid(tiles, prec, fn)
+
+
 def _with_grid(tiles, precision, fn):
     from su_neuro.kernels.triton import grid, grid_tiles
 
@@ -258,7 +271,7 @@ def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None, kind="rhyth
     nothing ran). From the first config that does not fit the :class:`Pace` on, the configs
     are skipped; where the first (every other one's reference) does not fit, nothing runs."""
     pace = pace or Pace()
-    labels = ["per-row" if tiles is None else _label(tiles, prec) for tiles, prec in configs]
+    labels = [_config_label(tiles, prec) for tiles, prec in configs]
     if not pace.fits():
         rows = [_skipped(label) for label in labels]
         print(f"   skipped (time budget): {len(rows)} configs", flush=True)
@@ -267,7 +280,7 @@ def sweep_grid(cell, B, H, T, rate, configs, *, train, ref_out=None, kind="rhyth
     rows = []
     base, base_g = ref_out, None
     for (tiles, prec), label in zip(configs, labels, strict=True):
-        if rows and ("skipped" in rows[-1] or not pace.fits()):
+        if rows and not pace.fits():
             rows.append(_skipped(label))
         else:
             row, out, gs = pace.row(lambda: _grid_row(tiles, prec, label, fwd, fb, grads, base, base_g))  # noqa: B023
@@ -285,19 +298,15 @@ def _grid_row(tiles, prec, label, fwd, fb, grads, base, base_g):
     from su_neuro.kernels.triton import grid
 
     try:
-        out = fwd() if tiles is None else _with_grid(tiles, prec, fwd)
+        out = _under(tiles, prec, fwd)
         d = (out.float() - (out if base is None else base).float()).abs().max().item()
         gd = gs = None
         if grads is not None:
-            gs = grads() if tiles is None else _with_grid(tiles, prec, grads)
+            gs = _under(tiles, prec, grads)
             gd = max(((a - r).abs().max() / r.abs().max().clamp(min=1e-30)).item()
                      for a, r in zip(gs, gs if base_g is None else base_g, strict=True))
-        if tiles is None:
-            tf = _bench(fwd)
-            tb = _bench(fb) if fb else None
-        else:
-            tf = _with_grid(tiles, prec, lambda: _bench(fwd))
-            tb = _with_grid(tiles, prec, lambda: _bench(fb)) if fb else None
+        tf = _under(tiles, prec, lambda: _bench(fwd))
+        tb = _under(tiles, prec, lambda: _bench(fb)) if fb else None
         res = dict(grid.LAUNCHED.get("fwd", {})) if tiles is not None else {}
         return ({"config": label, "fwd_ms": tf, "fwd_bwd_ms": tb, "max_diff": d, "grad_diff": gd, "fwd_kernel": res,
                  "bwd_kernel": dict(grid.LAUNCHED.get("bwd", {})) if (tiles is not None and fb) else {}}, out, gs)
@@ -350,7 +359,7 @@ def sweep_lif(B, H, T, configs, copy_gbs, pace=None):
             lif_mod.TILES = saved
 
     for cfg in configs:
-        if (rows and "skipped" in rows[-1]) or not pace.fits():
+        if not pace.fits():
             rows.append(_skipped(cfg))
         else:
             row, out = pace.row(lambda: one(cfg, ref))  # noqa: B023
@@ -663,22 +672,22 @@ def sweep_event(cases, save, pace: Pace | None = None, out: list | None = None) 
     (a batch block reduces over the union of its rows' changed neurons), for each (cell, B,
     H, T, training) of ``cases``, appended to ``out``. A case that does not fit the
     :class:`Pace` is skipped, and so is every one after it."""
-    from su_neuro.kernels.reference import recurrence as reference
-
     pace = pace or Pace()
     out = [] if out is None else out
     for cell, B, H, T, train in cases:
         case = {"cell": cell, "B": B, "H": H, "T": T}
-        if (out and "skipped" in out[-1]) or not pace.fits():
+        if not pace.fits():
             out.append({**case, "skipped": "time budget"})
             print("  ", out[-1], flush=True)
             continue
-        pace.row(lambda: _event_case(case, train, reference, out, save))  # noqa: B023
+        pace.row(lambda: _event_case(case, train, out, save))  # noqa: B023
     return out
 
 
-def _event_case(case, train, reference, out, save) -> None:
+def _event_case(case, train, out, save) -> None:
     """One case of :func:`sweep_event`, appended to ``out``."""
+    from su_neuro.kernels.reference import recurrence as reference
+
     cell, B, H, T = case["cell"], case["B"], case["H"], case["T"]
     print(f"sweep: {cell} event B={B} H={H} T={T} ~10% {'training' if train else 'inference'}", flush=True)
     rows, opened = sweep_grid(cell, B, H, T, 0.1, _event_configs(B, H), train=train, kind="event")
@@ -727,10 +736,10 @@ def compile_only(sizes) -> int:
                 fb()
 
         for tiles, prec in configs:
-            label = "per-row" if tiles is None else _label(tiles, prec)
+            label = _config_label(tiles, prec)
             t0 = time.perf_counter()
             try:
-                run() if tiles is None else _with_grid(tiles, prec, run)
+                _under(tiles, prec, run)
                 status = "ok"
             except Exception as err:  # the timed run records it as the config's result
                 status = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
@@ -790,7 +799,7 @@ def auto_table(*, tiny: bool, save, pace: Pace | None = None, rows: list | None 
     for cell in ("gru", "rnn"):
         for B in batches:
             for H in widths:
-                if (rows and "skipped" in rows[-1]) or not pace.fits():
+                if not pace.fits():
                     rows.append({"cell": cell, "B": B, "H": H, "T": T, "skipped": "time budget"})
                     print("  ", rows[-1], flush=True)
                     continue
