@@ -21,6 +21,16 @@ from ._common import IGNORE_INDEX, Task, check_int
 BLANK = 0
 
 
+def _check_split_sizes(n_train, n_test) -> None:
+    """Refuse an empty split: a task without test samples would report zero loss and
+    accuracy that look like measurements, and one without training samples cannot train."""
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        if not isinstance(value, bool) and isinstance(value, int) and value == 0:
+            raise ValueError(f"{name} must be >= 1, got 0: a split without samples can be neither trained "
+                             "nor scored")
+        check_int(name, value, 1)
+
+
 def _rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     train, test = np.random.SeedSequence(seed).spawn(2)
     return np.random.default_rng(train), np.random.default_rng(test)
@@ -98,8 +108,7 @@ def copy_task(
     check_int("delay", delay, 0)
     check_int("n_symbols", n_symbols, 1)
     check_int("n_memorize", n_memorize, 1)
-    check_int("n_train", n_train, 0)
-    check_int("n_test", n_test, 0)
+    _check_split_sizes(n_train, n_test)
     check_int("seed", seed, 0)
     rng_train, rng_test = _rngs(seed)
     args = (delay, n_symbols, n_memorize, bool(blank_targets))
@@ -147,8 +156,7 @@ def selective_copy_task(
     check_int("n_memorize", n_memorize, 1)
     check_int("length", length, n_memorize)
     check_int("n_symbols", n_symbols, 1)
-    check_int("n_train", n_train, 0)
-    check_int("n_test", n_test, 0)
+    _check_split_sizes(n_train, n_test)
     check_int("seed", seed, 0)
     rng_train, rng_test = _rngs(seed)
     args = (length, n_symbols, n_memorize)
@@ -186,8 +194,7 @@ def adding_task(
     second half. Items: ``x (length, 2)`` float32, ``y (1,)`` float32 (the sum, in [0, 2)).
     """
     check_int("length", length, 2)
-    check_int("n_train", n_train, 0)
-    check_int("n_test", n_test, 0)
+    _check_split_sizes(n_train, n_test)
     check_int("seed", seed, 0)
     rng_train, rng_test = _rngs(seed)
     return Task(

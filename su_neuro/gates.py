@@ -31,6 +31,7 @@ import math
 import torch
 from torch import nn
 
+from ._checks import number, whole
 from .kernels import buffers as _buffers
 from .kernels.contract import GateInput
 from .kernels.rhythm import RhythmTable, build, shared_phase
@@ -61,9 +62,7 @@ class Gate(nn.Module):
 
     def __init__(self, hidden_size: int):
         super().__init__()
-        if not isinstance(hidden_size, int) or hidden_size < 1:
-            raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
-        self.hidden_size = hidden_size
+        self.hidden_size = whole("hidden_size", hidden_size)
 
     def plan(self, t0: int, steps: int, *, device=None, dtype=None, table: bool = False) -> GateInput:
         """The gate's input to a time loop over steps ``t0 .. t0 + steps - 1``. ``table``:
@@ -143,14 +142,13 @@ class RhythmicGate(Gate):
         surrogate_params: dict | None = None,
     ):
         super().__init__(hidden_size)
-        if not isinstance(harmonics, int) or harmonics < 1:
-            raise ValueError(f"harmonics must be a positive integer, got {harmonics!r}")
-        init_rate = float(init_rate)
+        harmonics = whole("harmonics", harmonics)
+        init_rate = number("init_rate", init_rate)
         if not 0.0 <= init_rate <= 1.0:
             raise ValueError(f"init_rate must lie in [0, 1], got {init_rate}")
         if period is None:
             period = 1.0 / init_rate if 0.0 < init_rate < 1.0 else 1.0
-        period = float(period)
+        period = number("period", period)
         if not math.isfinite(period) or period <= 0:
             raise ValueError(f"period must be a positive number of steps, got {period}")
         self.harmonics = harmonics
@@ -290,7 +288,7 @@ class EventGate(Gate):
         surrogate_params: dict | None = None,
     ):
         super().__init__(hidden_size)
-        init_threshold = float(init_threshold)
+        init_threshold = number("init_threshold", init_threshold)
         if not math.isfinite(init_threshold) or init_threshold < 0:
             raise ValueError(f"init_threshold must be a non-negative number, got {init_threshold}")
         self.init_threshold = init_threshold

@@ -13,6 +13,7 @@ of running it whole.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -21,12 +22,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import backends
+from ._checks import number, whole
 from .gates import Gate, make_gate
 from .kernels import buffers as _buffers
 from .kernels.contract import GATE_ROWS, LIFParams, StepRecord
 from .surrogate import get_surrogate
 
 __all__ = ["SUGRU", "SULIF", "SURNN", "SULayer", "SUState", "check_lengths", "valid_mask"]
+
+
+#: the largest absolute step index (``SUState.t`` plus a call's steps) a layer accepts
+MAX_STEP = 2**53
 
 
 class SUState(NamedTuple):
@@ -111,16 +117,20 @@ class SULayer(nn.Module):
         recurrent: bool = True,
     ):
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= float(dropout) < 1.0:
+        input_size = whole("input_size", input_size)
+        hidden_size = whole("hidden_size", hidden_size)
+        num_layers = whole("num_layers", num_layers)
+        dropout = number("dropout", dropout)
+        if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if not recurrent and self.cell != "lif":
+            raise ValueError(f"recurrent=False is for SULIF (a feed-forward LIF population); the {self.cell} "
+                             "cell needs its recurrent weights")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bias = bool(bias)
-        self.dropout = float(dropout)
+        self.dropout = dropout
         self.check_finite = bool(check_finite)
         self.recurrent = bool(recurrent)
         self.backend = backends.check_backend(backend)
@@ -188,11 +198,24 @@ class SULayer(nn.Module):
             )
         if state.h.dtype != x.dtype or state.h.device != x.device:
             raise TypeError(f"state.h is {state.h.dtype} on {state.h.device} but the input is {x.dtype} on {x.device}")
-        if isinstance(state.t, bool) or not isinstance(state.t, int) or state.t < 0:
+        if isinstance(state.t, bool) or not isinstance(state.t, numbers.Integral) or state.t < 0:
             raise ValueError(f"state.t must be a non-negative integer step index, got {state.t!r}")
+        state = state._replace(t=int(state.t))
+        if state.t + x.shape[1] > MAX_STEP:
+            # a rhythmic gate forms its phase from the step index in float64: whole steps are exact
+            # only up to 2^53 (beyond it, arange over the call's steps comes out empty)
+            raise ValueError(f"state.t = {state.t}: the call's last step would pass 2^53 = {MAX_STEP}, "
+                             "the largest step index a gate can place exactly")
         if self.cell == "lif":
-            if state.s is None or tuple(state.s.shape) != want:
+            if not isinstance(state.s, torch.Tensor) or tuple(state.s.shape) != want:
                 raise ValueError(f"state.s (spikes) must have shape {want} for a LIF layer")
+            if state.s.dtype != x.dtype or state.s.device != x.device:
+                raise TypeError(f"state.s is {state.s.dtype} on {state.s.device} but the input is "
+                                f"{x.dtype} on {x.device}")
+            if self.check_finite and not bool(torch.isfinite(state.s).all()):
+                raise ValueError("state.s contains NaN or inf")
+        elif state.s is not None:  # an RNN / GRU has no spikes: never handed to a backend
+            state = state._replace(s=None)
         if self.check_finite and not bool(torch.isfinite(state.h).all()):
             raise ValueError("state.h contains NaN or inf")
         return state
@@ -252,7 +275,10 @@ class SULayer(nn.Module):
         new state, records or [])."""
         B, T, _ = x.shape
         kinds = tuple(sorted({g.kind for g in self.gates}))
-        training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        # whether a backward may follow: the input, the initial state or a parameter needs a gradient
+        training = torch.is_grad_enabled() and (
+            x.requires_grad or state.h.requires_grad or (state.s is not None and state.s.requires_grad)
+            or any(p.requires_grad for p in self.parameters()))
         plan0, rate = None, None
         if (self.backend == "auto" and x.device.type == "cuda" and self.cell in ("rnn", "gru")
                 and kinds == ("rhythmic",) and backends.available("triton", x.device)):
@@ -527,7 +553,7 @@ class SULIF(SULayer):
     ):
         if reset not in ("subtract", "zero"):
             raise ValueError(f"unknown reset {reset!r}; valid resets: subtract, zero")
-        threshold = float(threshold)
+        threshold = number("threshold", threshold)
         if not math.isfinite(threshold) or threshold <= 0:
             raise ValueError(f"threshold must be a positive number, got {threshold}")
         self.threshold = threshold
@@ -567,9 +593,25 @@ class SULIF(SULayer):
 
 
 def update_rate(records: Sequence[StepRecord] | dict) -> float:
-    """Fraction of neuron-steps that updated, over all records given."""
+    """Fraction of neuron-steps that updated, over all records given (a dict name ->
+    StepRecord, as a model's ``record=True`` returns, or a sequence of StepRecords).
+
+    Only the valid steps of a padded batch count (a record's ``lengths``): its padded
+    steps never ran, so counting them as closed gates would understate the rate, and a
+    dense gate would no longer read 1.0 (docs/analysis.md: valid steps only).
+    """
     recs = list(records.values()) if isinstance(records, dict) else list(records)
-    total = sum(r.gate.numel() for r in recs)
+    opened, total = 0.0, 0
+    for r in recs:
+        g = r.gate.detach()
+        lengths = getattr(r, "lengths", None)
+        if lengths is None:
+            opened += float(g.sum())
+            total += g.numel()
+            continue
+        valid = torch.arange(g.shape[1], device=g.device)[None, :] < lengths.to(g.device).reshape(-1, 1)
+        opened += float(g[valid].sum())
+        total += int(valid.sum()) * math.prod(g.shape[2:])
     if total == 0:
         raise ValueError("no records given")
-    return float(sum(r.gate.detach().sum() for r in recs) / total)
+    return opened / total

@@ -369,9 +369,7 @@ class TraceWriter:
         """Append one batch (see the class docstring)."""
         if self._f is None:
             raise RuntimeError("TraceWriter is not open (use it as a context manager)")
-        unknown = set(records) - set(self.layers)
-        if unknown:
-            raise ValueError(f"records for undeclared layers: {sorted(unknown)}")
+        _check_records(records, self.layers)
         recs: dict[str, dict[str, np.ndarray | None]] = {}
         batch = None
         for name, meta in self.layers.items():
@@ -476,9 +474,26 @@ def write(path: str | os.PathLike, records: Mapping[str, Any], *,
           **kwargs: Any) -> Path:
     """One-shot: write one batch of ``records`` to a new trace at ``path``.
     Keyword arguments are those of :class:`TraceWriter`."""
+    _check_records(records, layers)  # before the file is created: a refused call leaves no file behind
     with TraceWriter(path, layers=layers, **kwargs) as w:
         w.append(records, labels=labels, inputs=inputs)
     return Path(path)
+
+
+def _check_records(records: Any, layers: Mapping[str, Any]) -> None:
+    """Refuse records that are not a dict layer name -> StepRecord naming declared layers.
+
+    The message names types and layer names only: a record's tensors printed in an error
+    message would bury the one line that says what is wrong.
+    """
+    if not isinstance(records, Mapping):
+        kinds = sorted({type(r).__name__ for r in records}) if isinstance(records, (list, tuple)) else []
+        held = f" of {', '.join(kinds)}" if kinds else ""
+        raise TypeError(f"records must be a dict layer name -> StepRecord (as a model's record=True returns), "
+                        f"got a {type(records).__name__}{held}; declared layers: {list(layers)}")
+    unknown = [k if isinstance(k, str) else f"<{type(k).__name__}>" for k in records if k not in layers]
+    if unknown:
+        raise ValueError(f"records for undeclared layers: {unknown}; declared layers: {list(layers)}")
 
 
 # ----------------------------------------------------------------------------- reader
@@ -583,9 +598,68 @@ class TraceReader:
             self.encodings[n] = {k: str(g.attrs[f"{k}_encoding"]) for k in ("gate", "spike")
                                  if f"{k}_encoding" in g.attrs}
         self.num_steps = int(f.attrs.get("num_steps", 0))
+        self._check_shapes(f)
         self.layout = str(self.run_meta.get("layout", "samples"))
         if self.layout == "segments":
             self._init_stream(f)
+
+    def _check_shapes(self, f: h5py.File) -> None:
+        """Check ``/committed`` against what the file stores, and every dataset's shape.
+
+        The reader trusts ``committed`` samples: a counter beyond the stored rows, a negative
+        one or a dataset of the wrong shape would otherwise surface as a sample count that
+        is not true or as a numpy broadcast error deep inside an analysis. Only shapes are
+        read here (and one offset per event list), so opening stays cheap.
+        """
+        n, t = self.num_samples, self.num_steps
+
+        def bad(name: str, problem: str) -> CorruptTraceError:
+            return CorruptTraceError(f"{self.path}: dataset {name} {problem}; the trace is damaged "
+                                     "(write it again from its run)")
+
+        if f["committed"].shape != (1,):
+            raise bad("/committed", f"has shape {f['committed'].shape}, expected (1,)")
+        if n < 0:
+            raise bad("/committed", f"holds {n} committed samples, a negative count")
+        if n and t < 1:
+            raise bad("/committed", f"holds {n} samples but the root attribute num_steps is {t}")
+
+        def rows(name: str, ds: h5py.Dataset, tail: tuple[int, ...] | None, extra: int = 0) -> None:
+            """``ds`` must be (at least n + extra, *tail) (any tail where ``tail`` is None)."""
+            if ds.ndim == 0 or (tail is not None and tuple(ds.shape[1:]) != tail):
+                expected = str((n + extra, *tail)) if tail is not None else f"({n + extra}, ...)"
+                raise bad(name, f"has shape {ds.shape}, expected {expected}")
+            if ds.shape[0] < n + extra:
+                raise bad(name, f"stores {ds.shape[0] - extra} samples but /committed says {n}")
+
+        for name in self.layers:
+            g = f["layers"][name]
+            h = int(self.layers[name]["hidden_size"])
+            for key in ("gate", "spike"):
+                enc = self.encodings[name].get(key)
+                path = f"/layers/{name}/{key}"
+                if enc is None:
+                    if key == "gate" and n:
+                        raise bad(path, "is missing (no gate encoding recorded)")
+                    continue
+                if enc == "packbits":
+                    rows(path, g[key], (t, (h + 7) // 8))
+                elif enc == "events":
+                    off, ev = g[f"{key}_offsets"], g[f"{key}_events"]
+                    rows(f"{path}_offsets", off, (), extra=1)
+                    if ev.ndim != 2 or ev.shape[1] != 3:
+                        raise bad(f"{path}_events", f"has shape {ev.shape}, expected (events, 3)")
+                    end = int(off[n])
+                    if not 0 <= end <= ev.shape[0]:
+                        raise bad(f"{path}_offsets", f"points to event {end} of {ev.shape[0]}")
+                else:
+                    raise bad(path, f"has an unknown encoding {enc!r} (packbits or events)")
+            for key in ("delta", "state"):
+                if key in g:
+                    rows(f"/layers/{name}/{key}", g[key], (t, h))
+        for key, tail in (("input_nnz", (t,)), ("input_binary", ()), ("lengths", ()), ("labels", None)):
+            if key in f:
+                rows(f"/{key}", f[key], tail)
 
     def _init_stream(self, f: h5py.File) -> None:
         """A streamed simulation (:class:`StreamTraceWriter`): B stream rows cut into segments."""
@@ -598,7 +672,11 @@ class TraceReader:
         segments = self.num_samples // b
         steps = segments * c
         if "stream_steps" in f:  # absent in traces written before streams could end mid-segment
-            steps = min(steps, int(f["stream_steps"][0]))
+            written = int(f["stream_steps"][0])
+            if written < 0:
+                raise CorruptTraceError(f"{self.path}: dataset /stream_steps holds {written}, a negative "
+                                        "step count; the trace is damaged")
+            steps = min(steps, written)
             segments = -(-steps // c) if c else 0
         self.stream_segments = segments
         self.stream_steps = steps

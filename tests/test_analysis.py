@@ -478,3 +478,58 @@ def test_large_raster_and_heatmap_are_reduced_and_say_so():
     order = np.argsort(rates.mean(0), kind="stable")
     np.testing.assert_allclose(img[0], rates[:, order[:8]].mean(1))
     np.testing.assert_allclose(img.mean(), rates.mean())
+
+
+def test_padded_batch_counts_valid_steps_only(tmp_path):
+    """A padded batch's records carry ``lengths``: its padded steps never ran, so a dense
+    gate reads update rate 1.0, and the in-memory report equals the trace's."""
+    import torch
+
+    import su_neuro
+
+    torch.manual_seed(0)
+    m = su_neuro.SequenceClassifier("rnn", 3, 4, 2, gate="dense")
+    x = torch.randn(2, 10, 3)
+    _, rec = m(x, record=True, lengths=torch.tensor([10, 4]))
+    assert su_neuro.update_rate(rec) == 1.0
+    assert su_neuro.update_rate(list(rec.values())) == 1.0
+    mem = analyze_records(rec, m.layer_meta(), inputs=x)
+    assert mem.update_rate == 1.0 and mem.layers["layers.0"].activity.update_rate == 1.0
+    assert mem.ops.dense_neuron_updates == 14 * 4  # 10 + 4 valid steps, 4 neurons
+    traces.write(tmp_path / "t.h5", rec, layers=m.layer_meta(), inputs=x)
+    assert mem.ops == analyze(tmp_path / "t.h5").ops
+    with pytest.raises(TypeError, match="dict layer name -> StepRecord"):
+        analyze_records(list(rec.values()), m.layer_meta())
+
+
+def test_analyze_validates_max_samples_and_batch_size(tmp_path, capsys):
+    """0 or a negative --max-samples / --batch-size once gave an empty report (exit 0) or a
+    Python error; --max-samples on a streamed trace was silently ignored."""
+    from su_neuro import SULIF
+    from su_neuro.simulate import simulate
+
+    path, _ = _trace(tmp_path)
+    parser = argparse.ArgumentParser()
+    analyze_cmd.add_arguments(parser)
+    for flag in ("--max-samples", "--batch-size"):
+        for value in ("0", "-2"):
+            args = parser.parse_args([str(path), "--out", str(tmp_path / "rep"), "--no-plots", flag, value])
+            assert analyze_cmd.run(args) == 2
+            assert f"{flag} must be a positive integer, got {value}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_samples must be a positive integer"):
+        analyze(path, max_samples=0)
+    assert analyze(path, batch_size=4, max_samples=4).num_samples == 4
+    stream = tmp_path / "stream.h5"
+    layer = SULIF(3, 5, backend="torch")
+    with traces.StreamTraceWriter(stream, layers={"layers.0": layer.layer_meta(0)}, batch=1) as w:
+        simulate(layer, (torch_rand_spikes(1, 30, 3)), chunk=10, callback=w.append_chunk)
+    args = parser.parse_args([str(stream), "--out", str(tmp_path / "rep2"), "--no-plots", "--max-samples", "1"])
+    assert analyze_cmd.run(args) == 2
+    assert "streamed simulation" in capsys.readouterr().err
+    assert analyze(stream).num_steps == 30
+
+
+def torch_rand_spikes(b, t, f):
+    import torch
+
+    return (torch.rand(b, t, f, generator=torch.Generator().manual_seed(0)) < 0.3).float()

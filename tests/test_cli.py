@@ -83,3 +83,35 @@ def test_expected_failures_are_one_line_with_exit_status_2(tmp_path, cli):
         line = one_line_error(cli(*args, env=env), args[0])
         assert message in line, (args, line)
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+def test_bench_default_leaves_out_backends_that_cannot_run_the_gate(capsys):
+    """The default ("all available here") once stopped at 'nn' on a rhythmic gate: 'nn' runs
+    dense stacks only, so it is left out with a note, and the other backends are timed."""
+    assert main(["bench", "--cell", "rnn", "--hidden", "16", "--steps", "50", "--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split()[0] for line in lines[2:] if not line.startswith("note:")]
+    assert "torch" in rows and "nn" not in rows
+    assert any(line.startswith("note: left out backend 'nn'") and "dense" in line for line in lines)
+
+
+def test_bench_explicit_unsupported_backend_is_a_clear_error(capsys):
+    argv = ["bench", "--backends", "torch,nn", "--cell", "rnn", "--hidden", "8", "--steps", "5", "--repeat", "1"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "--backends nn: backend 'nn' runs dense stacks only" in captured.err
+    assert captured.out == ""  # refused before anything was timed
+
+
+def test_demo_times_in_the_docs_agree_with_the_measured_table():
+    """docs/training.md once said 1.5-5 minutes and 10-20 s for --quick, while its own table,
+    the README and the command said 80 s to 8 minutes and about 20 s."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    training = (repo / "docs" / "training.md").read_text()
+    lines = training.splitlines()
+    full = next(x for x in lines if x.startswith("su-neuro demo ") and "#" in x and "--" not in x.split("#")[0])
+    quick = next(x for x in lines if x.startswith("su-neuro demo --quick"))
+    assert "80 s to 8 minutes" in full and "80 s to 8 minutes" in (repo / "README.md").read_text()
+    assert "about 20 s" in quick and "**80 s to 8 minutes**" in training

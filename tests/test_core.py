@@ -549,6 +549,68 @@ def test_bad_inputs_are_named():
         SequenceClassifier("gru", 3, 4, 2, readout="spike_count")
 
 
+def test_constructor_errors_name_the_argument_and_take_numpy_integers():
+    import numpy as np
+
+    for make, name in ((lambda: SURNN(3, 5, dropout="a"), "dropout"), (lambda: SULIF(3, 4, threshold="a"), "threshold"),
+                       (lambda: RhythmicGate(5, period="abc"), "period"),
+                       (lambda: RhythmicGate(5, init_rate=None), "init_rate"),
+                       (lambda: EventGate(5, init_threshold="x"), "init_threshold"),
+                       (lambda: SURNN(3, True), "hidden_size"), (lambda: RhythmicGate(2.0), "hidden_size")):
+        with pytest.raises(ValueError, match=f"^{name} must be"):
+            make()
+    for cls in (SURNN, SUGRU):  # no recurrent weights: only a feed-forward LIF population
+        with pytest.raises(ValueError, match="recurrent=False is for SULIF"):
+            cls(2, 3, recurrent=False)
+    layer = SURNN(np.int64(3), np.int64(5), num_layers=np.int32(2))
+    assert (layer.input_size, layer.hidden_size, layer.num_layers) == (3, 5, 2)
+    assert type(layer.hidden_size) is int and RhythmicGate(np.int64(4)).hidden_size == 4
+    _, state = layer(torch.randn(1, 2, 3), SUState(torch.zeros(2, 1, 5), np.int64(7)))
+    assert state.t == 9 and type(state.t) is int
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_state_spikes_and_step_index_are_checked(backend):
+    x = torch.randn(2, 4, 3)
+    lif = SULIF(3, 5, recurrent=True, backend=backend)
+    h = torch.zeros(1, 2, 5)
+    with pytest.raises(TypeError, match="state.s is torch.float64"):
+        lif(x, SUState(h, 0, torch.zeros(1, 2, 5, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="state.s contains NaN"):
+        lif(x, SUState(h, 0, torch.full((1, 2, 5), float("nan"))))
+    with pytest.raises(ValueError, match=r"state.s \(spikes\) must have shape"):
+        lif(x, SUState(h, 0, None))
+    # a rhythmic gate places steps exactly up to 2^53 only
+    rnn = SURNN(3, 5, gate="rhythmic", backend=backend)
+    with pytest.raises(ValueError, match="2\\^53"):
+        rnn(x, SUState(h, 2**53 - 3))
+    assert rnn(x, SUState(h, 2**53 - 4))[1].t == 2**53
+    # an RNN has no spikes: a state's s is ignored, whatever it holds
+    want = rnn(x, SUState(h, 5))[0]
+    got = rnn(x, SUState(h, 5, torch.zeros(1, 2, 5, dtype=torch.float64)))[0]
+    assert torch.equal(want, got)
+
+
+def test_a_state_that_needs_a_gradient_makes_a_training_call(monkeypatch):
+    # eval mode, frozen parameters, only h0 needs a gradient: the dense stack still runs its
+    # library op in training mode (cuDNN refuses a backward through an inference call)
+    from su_neuro.kernels import torch_rnn
+
+    seen = []
+    real = torch_rnn.stack
+
+    def spy(*args, needs_grad, **kw):
+        seen.append(needs_grad)
+        return real(*args, needs_grad=needs_grad, **kw)
+
+    monkeypatch.setattr(torch_rnn, "stack", spy)
+    layer = SUGRU(3, 4, gate="dense", backend="nn").eval().requires_grad_(False)
+    h0 = torch.zeros(1, 2, 4, requires_grad=True)
+    out, _ = layer(torch.randn(2, 5, 3), h0)
+    out.sum().backward()
+    assert seen == [True] and h0.grad is not None and h0.grad.abs().sum() > 0
+
+
 def test_unavailable_backend_is_an_error_not_a_fallback(monkeypatch):
     import importlib.util
 

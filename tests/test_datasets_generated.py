@@ -89,3 +89,14 @@ def test_pad_collate():
     loader = torch.utils.data.DataLoader(task.train, batch_size=4, collate_fn=pad_collate)
     x, y, lengths = next(iter(loader))
     assert x.shape == (4, task.seq_len, 10) and torch.all(lengths == task.seq_len)
+
+
+@pytest.mark.parametrize("name", ["copy", "selective_copy", "adding"])
+@pytest.mark.parametrize("split", ["n_train", "n_test"])
+def test_empty_split_is_an_impossible_size(name, split):
+    """docs/datasets.md: an impossible size raises ValueError naming the argument; an empty
+    split would otherwise report zero metrics that look measured."""
+    with pytest.raises(ValueError, match=f"{split} must be >= 1, got 0"):
+        get_task(name, **{**SMALL, split: 0})
+    with pytest.raises(ValueError, match=f"{split} must be >= 1, got -1"):
+        get_task(name, **{**SMALL, split: -1})

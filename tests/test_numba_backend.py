@@ -16,7 +16,7 @@ from conftest import assert_close
 
 pytest.importorskip("numba")
 
-from su_neuro import SUState  # noqa: E402
+from su_neuro import SULIF, SUState  # noqa: E402
 from su_neuro.gates import GateInput  # noqa: E402
 from su_neuro.models import build_layer  # noqa: E402
 from su_neuro.surrogate import SURROGATES, get_surrogate  # noqa: E402
@@ -731,3 +731,22 @@ def test_fused_input_benchmark_runs(capsys, monkeypatch, load_tool):
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| gru", "| rnn"))]
     assert len(printed) == len(rows)
 
+
+
+@pytest.mark.parametrize("gate", ["dense", "event"])
+def test_a_step_that_overflows_compares_as_ieee(gate):
+    # a finite input of 3e38 through weights of 1 overflows the membrane (inf, then NaN after
+    # the reset): the spike and event comparisons must give IEEE's answer (no spike, gate
+    # closed), as torch does; under fastmath's "no NaN" flags a NaN membrane fired at every step
+    torch.manual_seed(0)
+    layer = SULIF(2, 3, gate=gate, reset="zero")
+    with torch.no_grad():
+        layer.weight_ih_l0.fill_(1.0)
+    x = torch.zeros(1, 3, 2)
+    x[0, 0] = 3e38
+    spikes = {}
+    for backend in ("torch", "numba"):
+        layer.backend = backend
+        spikes[backend] = layer(x)[0]
+    assert spikes["torch"][0, 0].eq(1).all() and spikes["torch"][0, 1:].eq(0).all()
+    assert torch.equal(spikes["numba"], spikes["torch"])

@@ -160,3 +160,35 @@ def test_stream_trace_is_one_sequence_with_input_counts(tmp_path, cli):
     assert ops.effective_macs == 0 and ops.dense_macs == 0
     assert ops.effective_acs == int((g.sum(2) * nnz).sum())
     assert ops.dense_acs == 2 * 250 * h * f
+
+
+def test_simulate_refuses_token_and_ragged_tasks_with_the_way_out(monkeypatch, capsys):
+    """A token task (listops) once ended in torch.stack's size error, or named its sequence
+    length as an input count; ragged samples cannot share one stream."""
+    import su_neuro.datasets as datasets
+    from su_neuro.cli import main
+    from su_neuro.datasets import Task
+
+    real = datasets.get_task
+    small = real("listops_short", n_train=4, n_valid=0, n_test=4)
+    monkeypatch.setattr(datasets, "get_task", lambda name, **kw: small)
+    assert main(["simulate", "--task", "listops_short", "--samples", "3", "--hidden", "8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "token task" in err and "su-neuro train --task listops_short --trace" in err
+
+    ragged = [(torch.ones(3, 2), torch.zeros(1)), (torch.ones(5, 2), torch.zeros(1))]
+    task = Task("ragged", "regress", ragged, ragged, input_size=2, output_size=1, seq_len=5)
+    monkeypatch.setattr(datasets, "get_task", lambda name, **kw: task)
+    assert main(["simulate", "--task", "ragged", "--samples", "2", "--hidden", "8", "--input-size", "2",
+                 "--backend", "torch", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "differ in length (3 to 5 steps)" in err and "--samples 1" in err
+
+
+def test_simulate_names_the_flags_it_refuses(capsys):
+    from su_neuro.cli import main
+
+    assert main(["simulate", "--task", "adding", "--samples", "1", "--hidden", "8", "--no-progress"]) == 2
+    assert "population takes 16; build the population with --input-size 2" in capsys.readouterr().err
+    assert main(["simulate", "--poisson-rate", "1.5", "--hidden", "8", "--no-progress"]) == 2
+    assert "--poisson-rate must lie in [0, 1]" in capsys.readouterr().err

@@ -329,3 +329,48 @@ def test_input_binary_follows_neurobench_rule(tmp_path):
     with traces.read(p) as r:
         assert r.input_binary().tolist() == [True, True, False]
         assert r.input_nnz()[:, 2:5].sum() == 3
+
+
+@pytest.mark.parametrize("encoding", ["packbits", "events"])
+def test_committed_counter_and_dataset_shapes_are_checked(tmp_path, encoding):
+    """The reader trusts /committed: a count beyond the stored rows, a negative one or a
+    wrong-shaped dataset is a CorruptTraceError naming the file and the dataset."""
+    rec, y, x = make_batch(0, b=8)
+    good = traces.write(tmp_path / "good.h5", rec, layers=LAYERS, labels=y, inputs=x,
+                        gate_encoding=encoding, spike_encoding=encoding)
+
+    def damaged(edit):
+        p = tmp_path / "bad.h5"
+        p.write_bytes(good.read_bytes())
+        with h5py.File(p, "r+") as f:
+            edit(f)
+        return p
+
+    def set_committed(value):
+        return lambda f: f["committed"].__setitem__(0, value)
+
+    def reshape_nnz(f):
+        del f["input_nnz"]
+        f.create_dataset("input_nnz", data=np.zeros((8, 7), np.int32))
+
+    cases = ((set_committed(100), "/layers/layers.0/gate", "stores 8 samples but /committed says 100"),
+             (set_committed(-1), "/committed", "negative"),
+             (reshape_nnz, "/input_nnz", "has shape (8, 7), expected (8, 17)"))
+    for edit, dataset, message in cases:
+        p = damaged(edit)
+        with pytest.raises(CorruptTraceError) as err:
+            traces.read(p)
+        text = str(err.value)
+        assert str(p) in text and dataset in text and message in text, text
+    with traces.read(good) as r:
+        assert r.num_samples == 8
+
+
+def test_records_that_are_not_a_dict_are_named_not_dumped(tmp_path):
+    rec, _, _ = make_batch(0)
+    with pytest.raises(TypeError, match="records must be a dict layer name -> StepRecord") as err:
+        traces.write(tmp_path / "l.h5", list(rec.values()), layers=LAYERS)
+    assert "tensor(" not in str(err.value) and "SimpleNamespace" in str(err.value)
+    assert not (tmp_path / "l.h5").exists()
+    with pytest.raises(ValueError, match=r"undeclared layers: \['other'\]; declared layers"):
+        traces.write(tmp_path / "u.h5", {**rec, "other": rec["layers.0"]}, layers=LAYERS)

@@ -133,6 +133,35 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # an empty split: zero metrics that look measured, or a --trace that fails after training
+        (["--task", "copy", "--task-option", "n_test=0"], "n_test must be >= 1, got 0"),
+        (["--task", "adding", "--task-option", "n_train=0"], "n_train must be >= 1, got 0"),
+        (["--task", "listops_short", "--task-option", "n_train=8", "--task-option", "n_valid=0",
+          "--task-option", "n_test=0", "--batch-size", "4", "--trace"], "has an empty test split"),
+        # a gate kind in gate_options would replace --gate while config.json records --gate
+        (["--task", "copy", "--gate-option", "kind=event"], "gate_options may not set 'kind'"),
+        (["--task", "copy", "--gate", "event", "--gate-option", "surrogate_params={gain: 0.3}"],
+         "surrogate_params must be a JSON object"),
+        (["--task", "copy", "--gate", "event", "--gate-option", "surrogate_params=3"],
+         "surrogate_params must be a JSON object"),
+        (["--task", "copy", "--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
+        (["--task", "copy", "--lr", "0"], "lr must be a finite number > 0, got 0.0"),
+        # a readout on a seq2seq task would be ignored, as settle_steps would
+        (["--task", "copy", "--readout", "spike_count"], "readout applies to classify / regress tasks"),
+    ],
+)
+def test_refused_before_anything_is_written(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert main(["train", *argv, "--out", str(out), "--no-progress", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("su-neuro train: error:") and message in err, err
+    assert len(err.splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_config_types_are_checked():
     with pytest.raises(ConfigError, match="'hidden_size' must be a int"):
         config_from_dict({"task": "copy", "hidden_size": "64"})

@@ -97,6 +97,8 @@ def _run(fn, cell, T, p, lif, gate, xp, weights, gate_grad=True, support=True):
     loss = (out * weights[0]).sum() + (hT * weights[1]).sum()
     if sT is not None:
         loss = loss + (sT * weights[2]).sum()
+    if len(weights) > 3 and rec.gate.requires_grad:  # a penalty on the recorded gate values
+        loss = loss + (rec.gate * weights[3]).sum()
     named = {"xp": xpl, **leaves}
     if beta is not None:
         named["beta"] = beta
@@ -126,7 +128,7 @@ def check(tri, cell, kind, B, H, T, tol=2e-4, seed=0, gate_grad=True, support=Tr
     if cell == "lif":
         xp = xp.abs() * 0.8
     weights = [torch.randn(B, T, H, generator=g).to(DEVICE), torch.randn(B, H, generator=g).to(DEVICE),
-               torch.randn(B, H, generator=g).to(DEVICE)]
+               torch.randn(B, H, generator=g).to(DEVICE), torch.randn(B, T, H, generator=g).to(DEVICE)]
     r = _run(ref, cell, T, p, lif, gate, xp, weights, gate_grad)
     o = _run(tri.recurrence, cell, T, p, lif, gate, xp, weights, gate_grad, support)
     assert_close("out", r[0], o[0], tol)
@@ -538,7 +540,8 @@ def test_grid_kernels_event_reduce_over_the_changed_neurons(tri, grid_on, monkey
     gate = EventGate(H, init_threshold=0.5, surrogate="triangle", surrogate_params={"width": 0.2}).to(DEVICE)
     g = torch.Generator().manual_seed(1)
     xp = (torch.randn(B, T, G, generator=g) * 1.2).to(DEVICE)
-    weights = [torch.randn(B, T, H, generator=g).to(DEVICE), torch.randn(B, H, generator=g).to(DEVICE), None]
+    weights = [torch.randn(B, T, H, generator=g).to(DEVICE), torch.randn(B, H, generator=g).to(DEVICE), None,
+               torch.randn(B, T, H, generator=g).to(DEVICE)]  # the last: a penalty on the recorded gate
     with torch.no_grad():
         p["w"] /= H**0.5  # a recurrence whose gates do not flip on rounding over 70 steps
     r = _run(ref, cell, T, p, None, gate, xp, weights)

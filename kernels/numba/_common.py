@@ -197,6 +197,14 @@ def _f32_from_bits(typingctx, bits):
 # check (a branch with a raise, which keeps LLVM from vectorising) is never needed.
 _EXACT = {"cache": True, "fastmath": False, "error_model": "numpy"}
 
+# The fast-math flags of the kernels whose comparisons decide what a neuron does (the event
+# gate's |d| - theta > 0, a LIF spike's v - threshold > 0): every flag of fastmath=True but
+# "nnan" and "ninf". Under those two a comparison with a NaN or inf (a step that overflowed)
+# has no defined answer (seen: a NaN membrane fired a spike at every step, where the
+# reference fires none); without them it is IEEE's, as in torch. Reassociation stays, so the
+# loops still vectorise.
+FINITE_FREE = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
 
 @nb.njit(inline="always")
 def _exp32(x):

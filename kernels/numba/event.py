@@ -23,6 +23,7 @@ import numpy as np
 
 from ._common import (
     _EXACT,
+    FINITE_FREE,
     _gru32,
     _rnn32,
     chunk,
@@ -59,7 +60,7 @@ def _candidates(is_gru, xp, b, t, u, bias, h, sc):
             sc[0, i] = _rnn32(xp[b, t, i], np.float32(u[i]) + bias[i])
 
 
-@nb.njit(cache=True, fastmath=True)
+@nb.njit(cache=True, fastmath=FINITE_FREE)
 def _forward_chunk(c, is_gru, xp, h0, weights, gate, lens, nchunks, out, hT, saved):
     B, T, G = xp.shape
     H = h0.shape[1]
@@ -120,9 +121,9 @@ def _forward_chunk(c, is_gru, xp, h0, weights, gate, lens, nchunks, out, hT, sav
             hT[b, j] = h[j]
 
 
-@nb.njit(cache=True, fastmath=True)
+@nb.njit(cache=True, fastmath=FINITE_FREE)
 def _backward_chunk(c, is_gru, h0, W, gate, lens, nchunks, out, saved, upstream, grads):
-    dout, dhT = upstream
+    dout, dhT, dgrec = upstream
     dxp = grads.dxp
     B, T, G = dxp.shape
     H = h0.shape[1]
@@ -135,6 +136,7 @@ def _backward_chunk(c, is_gru, h0, W, gate, lens, nchunks, out, saved, upstream,
     dWc = grads.dW[c]
     dbc = grads.db[c]
     dthc = grads.dth[c]
+    has_dgrec = dgrec.shape == dout.shape  # else a placeholder: the record has no gradient
     for b in range(lo, hi):
         for j in range(H):
             lam[j] = dhT[b, j]
@@ -148,6 +150,8 @@ def _backward_chunk(c, is_gru, h0, W, gate, lens, nchunks, out, saved, upstream,
                 d = saved.d[b, t, i]
                 g = saved.g[b, t, i]
                 dgi = li * d
+                if has_dgrec:  # the record's own gradient (a rate penalty on rec.gate)
+                    dgi += dgrec[b, t, i]
                 x = abs(d) - theta[i]
                 sg = np.float32(ggain * surrogate_grad(gcode, gscale, x))
                 dd = g * li + dgi * sg * sign(d)
@@ -201,6 +205,8 @@ def forward(is_gru, xp, h0, weights, gate, lens, nchunks, out, hT, saved):
 
 @nb.njit(cache=True, parallel=True)
 def backward(is_gru, h0, W, gate, lens, nchunks, out, saved, upstream, grads):
-    """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT (B, H))."""
+    """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT (B, H), dgrec): dgrec (B, T, H)
+    the incoming dL/dg of the recorded gate values, or a (1, 1, 1) placeholder where the
+    record has no gradient."""
     for c in nb.prange(nchunks):
         _backward_chunk(c, is_gru, h0, W, gate, lens, nchunks, out, saved, upstream, grads)

@@ -22,7 +22,7 @@ import numba as nb
 import numpy as np
 
 from ..contract import DENSE, EVENT, RHYTHMIC
-from ._common import chunk, sign, surrogate_grad
+from ._common import FINITE_FREE, chunk, sign, surrogate_grad
 
 __all__ = ["Cell", "Grads", "Saved", "backward", "forward"]
 
@@ -64,7 +64,7 @@ class Grads(NamedTuple):
     dth: np.ndarray
 
 
-@nb.njit(cache=True, fastmath=True)
+@nb.njit(cache=True, fastmath=FINITE_FREE)
 def _forward_chunk(c, cell, xp, h0, s0, gate, lens, nchunks, out, hT, saved):
     recurrent, reset_zero, thr = cell.recurrent, cell.reset_zero, cell.thr
     V, VT, bias, beta = cell.V, cell.VT, cell.bias, cell.beta
@@ -180,14 +180,14 @@ def _forward_chunk(c, cell, xp, h0, s0, gate, lens, nchunks, out, hT, saved):
             hT[b, j] = h[j]
 
 
-@nb.njit(cache=True, fastmath=True)
+@nb.njit(cache=True, fastmath=FINITE_FREE)
 def _backward_chunk(c, cell, h0, s0, gate, lens, nchunks, out, saved, upstream, grads):
     recurrent, reset_zero, thr = cell.recurrent, cell.reset_zero, cell.thr
     scode, sscale, sgain, V, beta = cell.scode, cell.sscale, cell.sgain, cell.V, cell.beta
     gkind, off, idx = gate.kind, gate.off, gate.idx
     theta, gcode, gscale, ggain = gate.theta, gate.code, gate.scale, gate.gain
     _, hseq, dsave, gsave = saved
-    dout, dhT, dsT = upstream
+    dout, dhT, dsT, dgrec = upstream
     dxp, dh0, ds0, dVT, db, dbeta, dg, dth = grads
     B, T, H = dxp.shape
     thr32 = np.float32(thr)
@@ -203,6 +203,7 @@ def _backward_chunk(c, cell, h0, s0, gate, lens, nchunks, out, saved, upstream, 
     dbetac = dbeta[c]
     dgc = dg[c]
     dthc = dth[c]
+    has_dgrec = dgrec.shape == dout.shape  # else a placeholder: the record has no gradient
     for b in range(lo, hi):
         for j in range(H):
             lh[j] = dhT[b, j]
@@ -233,6 +234,8 @@ def _backward_chunk(c, cell, h0, s0, gate, lens, nchunks, out, saved, upstream, 
                     dhn = lh[i] + ls[i] * g * sg
                     dgi += dhn * d
                     if gkind == EVENT:
+                        if has_dgrec:  # the record's own gradient (a rate penalty on rec.gate)
+                            dgi += dgrec[b, t, i]
                         se = np.float32(ggain * surrogate_grad(gcode, gscale, abs(d) - theta[i]))
                         dd = g * dhn + dgi * se * sign(d)
                         dthc[i] -= dgi * se
@@ -290,7 +293,8 @@ def forward(cell, xp, h0, s0, gate, lens, nchunks, out, hT, saved):
 
 @nb.njit(cache=True, parallel=True)
 def backward(cell, h0, s0, gate, lens, nchunks, out, saved, upstream, grads):
-    """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT, dsT (B, H)), dhT and dsT
-    taken at each sample's own last step lens[b] - 1."""
+    """BPTT of ``forward``; ``upstream`` = (dout (B, T, H), dhT, dsT (B, H), dgrec), dhT and dsT
+    taken at each sample's own last step lens[b] - 1; dgrec (B, T, H) the incoming dL/dg of
+    the event gate's recorded values, or a (1, 1, 1) placeholder (no gradient there)."""
     for c in nb.prange(nchunks):
         _backward_chunk(c, cell, h0, s0, gate, lens, nchunks, out, saved, upstream, grads)

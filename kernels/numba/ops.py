@@ -383,11 +383,12 @@ class _Recurrence(torch.autograd.Function):
         # The numpy arrays above share memory with these tensors: saving the tensors makes
         # autograd's version counters catch an in-place edit before backward reads them.
         ctx.save_for_backward(out_t, h0, *(t for t in (w_hh, b_hh) if t is not None))
-        ctx.mark_non_differentiable(*extra)
+        # the LIF membranes are detached; the event gate's values keep their surrogate gradient
+        ctx.mark_non_differentiable(*(extra if gate.kind != EVENT else extra[:1]))
         return out_t, torch.from_numpy(hT), sT, *extra
 
     @staticmethod
-    def backward(ctx, dout, dhT, dsT, *_):
+    def backward(ctx, dout, dhT, dsT, _dhseq, dopened):
         cell = ctx.cfg["cell"]
         gk = ctx.gate.kind
         C = ctx.variant.chunks
@@ -401,11 +402,14 @@ class _Recurrence(torch.autograd.Function):
         dh0 = np.empty((B, H), _F32)
         need = ctx.needs_input_grad
         g_s0 = g_beta = g_x = g_wih = g_bih = None
+        # the event gate's record: its incoming dL/dg, else a placeholder (the kernels compare shapes)
+        dgrec = _np(dopened) if gk == EVENT and dopened is not None else _dummy(3)
         if cell == "lif":
             dsT_n = _np(dsT) if dsT is not None else np.zeros((B, H), _F32)
-            g_xp, g_s0, g_w, g_b, g_beta = _backward_lif(ctx, need, (dout_n, dhT_n, dsT_n), dh0, dg, dth)
+            g_xp, g_s0, g_w, g_b, g_beta = _backward_lif(ctx, need, (dout_n, dhT_n, dsT_n, dgrec), dh0, dg, dth)
         else:
-            g_xp, g_w, g_b, g_x, g_wih, g_bih = _backward_rnn(ctx, need, (dout_n, dhT_n), dh0, dg, dth)
+            upstream = (dout_n, dhT_n, dgrec) if gk == EVENT else (dout_n, dhT_n)
+            g_xp, g_w, g_b, g_x, g_wih, g_bih = _backward_rnn(ctx, need, upstream, dh0, dg, dth)
         g_h0 = torch.from_numpy(dh0) if need[2] else None
         g_g = _sum(dg, need[6] and gk == RHYTHMIC)
         g_th = _sum(dth, need[7] and gk == EVENT)
@@ -547,8 +551,10 @@ def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj, lengths=None):
     out, hT, sT, hseq, gsave = _Recurrence.apply(cfg, xp, h0, s0, w_hh, b_hh, gvals, theta, beta, x, w_ih, b_ih)
     rec = None
     if record:
-        states = hseq if cell == "lif" else out.detach()
-        rec = make_record(gate, h0.detach(), states, gsave, out.detach() if cell == "lif" else None)
+        # RNN / GRU: the outputs are the states, so rec.delta keeps their gradient; LIF: the
+        # membranes are the kernel's (detached), the spikes are the output (differentiable)
+        states = hseq if cell == "lif" else out
+        rec = make_record(gate, h0.detach() if cell == "lif" else h0, states, gsave, out if cell == "lif" else None)
         if lengths is not None:
             rec = mask_record(rec, lengths)
     return out, hT, (sT if cell == "lif" else None), rec

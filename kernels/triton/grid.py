@@ -487,10 +487,11 @@ def _fwd_event_grid_kernel(
 
 @triton.jit
 def _bwd_grid_kernel(
-    xp_ptr, w_ptr, gate_ptr, sup_ptr, idx_ptr, off_ptr, theta_ptr, hs_ptr, gh_ptr, dout_ptr,
+    xp_ptr, w_ptr, gate_ptr, sup_ptr, idx_ptr, off_ptr, theta_ptr, hs_ptr, gh_ptr, dout_ptr, dgrec_ptr,
     ch_ptr, dir_ptr, dxp_ptr, dgh_ptr, dg_ptr, dth_ptr, du_ptr, ev_ptr, lst_ptr, work_ptr, sync_ptr,
     t0, t1, B, T, H, g_scale, g_gain,
     CELL: tl.constexpr, GATE: tl.constexpr, NEED_DG: tl.constexpr, DG_MASK: tl.constexpr, DW: tl.constexpr,
+    DGREC: tl.constexpr,
     G_CODE: tl.constexpr, PHASES: tl.constexpr, SYNC: tl.constexpr, PREC: tl.constexpr, FMA: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
 ):
@@ -506,7 +507,8 @@ def _bwd_grid_kernel(
     # into); phase 1 flags in ev (2, NB, H) int8 (by step parity) the neurons whose
     # pre-activations got a gradient in any row of the block, and after the barrier each
     # program compacts them into its own list lst (NB, NH, H) int32: phase 2's rows. work
-    # (T, NB) int32: the rows phase 2 reduced over per step and block (event gate).
+    # (T, NB) int32: the rows phase 2 reduced over per step and block (event gate). DGREC:
+    # dgrec (B, T, H) fp32, the incoming dL/dg of the event gate's recorded values.
     NSEC: tl.constexpr = 3 if CELL == GRU else 1
     LISTED: tl.constexpr = GATE != DENSE
     p, q, nh, G, bb, bm = _program(B, H, NSEC, BB)
@@ -547,6 +549,8 @@ def _bwd_grid_kernel(
                     d = f - hp
                     g = event_gate(d, theta)
                     dgt = a * d  # dL/dg through h_t = h + g d
+                    if DGREC:  # and through the record (a rate penalty on rec.gate)
+                        dgt += tl.load(dgrec_ptr + orow[:, None] + j[None, :], mask=m, other=0.0)
                     df, dh, gs = event_grad(a, d, g, dgt, theta, G_CODE, g_scale, g_gain)
                     dth = tl.load(dth_ptr + so, mask=m, other=0.0)
                     tl.store(dth_ptr + so, dth - gs, mask=m)
@@ -767,7 +771,7 @@ def _launch_event_fwd(cfg: Config, x: Operands, seq: Sequences, grec) -> None:
 
 
 def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists | None, dg_mask,
-               grads: Grads, need_dw: bool = False) -> torch.Tensor | None:
+               grads: Grads, need_dw: bool = False, dgrec=None) -> torch.Tensor | None:
     """Writes ``grads.dxp``, ``grads.dgh`` (GRU n section) and ``grads.dg``, and leaves dL/dh0
     in ``grads.ch`` (arguments as :func:`rows.launch_bwd`'s). Returns dL/dU as one sum per
     batch block, (NB, G, H) fp32, where ``need_dw`` and the tiles' ``dw`` have the kernel form
@@ -784,11 +788,12 @@ def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists 
     event = cfg.gate == "event"
     ev, lst, work = _event_lists(T, H, grid, x.xp.device) if event else (d, d, d)
     need_dg = grads.dg is not None
-    flags = dict(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None, DW=dw)
+    flags = dict(NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None, DW=dw, DGREC=dgrec is not None)
     x, g, lists = filled(x, d), filled(grads, d), lists if lists is not None else OpenLists(d, d)
     args = dict(xp_ptr=x.xp, w_ptr=x.w_hh, gate_ptr=x.gvals, sup_ptr=dg_mask if dg_mask is not None else d,
                 idx_ptr=lists.idx, off_ptr=lists.off, theta_ptr=x.theta, hs_ptr=seq.hs, gh_ptr=seq.gh,
-                dout_ptr=dout, ch_ptr=g.ch, dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh, dg_ptr=g.dg,
+                dout_ptr=dout, dgrec_ptr=dgrec if dgrec is not None else d, ch_ptr=g.ch, dir_ptr=g.dirb,
+                dxp_ptr=g.dxp, dgh_ptr=g.dgh, dg_ptr=g.dg,
                 dth_ptr=g.dth, du_ptr=du, ev_ptr=ev, lst_ptr=lst, work_ptr=work, g_scale=cfg.g_scale,
                 g_gain=cfg.g_gain, G_CODE=cfg.g_code, BC=_BC, **flags, **shared)
     _launch(_bwd_grid_kernel, "bwd", grid, T, x.xp.device, True, args)

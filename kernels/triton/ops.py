@@ -129,14 +129,14 @@ class _Recurrence(torch.autograd.Function):
         ctx.gate_grad = gate_grad
         ctx.save_for_backward(xp, w_hh, gvals, theta, beta, seq.hs, seq.ss, seq.gh, dg_mask)
         aux = [seq.hs] if cfg.record and cfg.cell == "lif" else []
-        if grec is not None:
+        if aux:  # the LIF membranes: detached (one call: each call replaces the set marked)
+            ctx.mark_non_differentiable(*aux)
+        if grec is not None:  # the event gate's record keeps its surrogate gradient
             aux.append(grec)
-        for a in aux:
-            ctx.mark_non_differentiable(a)
         return (out, hT, sT, *aux)
 
     @staticmethod
-    def backward(ctx, dout, dhT, dsT, *_aux):
+    def backward(ctx, dout, dhT, dsT, *daux):
         cfg = ctx.cfg
         xp, w_hh, gvals, theta, beta, hs, ss, gh, dg_mask = ctx.saved_tensors
         B, T, G = xp.shape
@@ -148,8 +148,10 @@ class _Recurrence(torch.autograd.Function):
         if cfg.cell == "lif":
             dsT = torch.zeros(B, H, device=xp.device) if dsT is None else dsT
         needs = ctx.needs_input_grad
+        dgrec = daux[-1] if cfg.record and cfg.gate == "event" else None
+        dgrec = dgrec.float().contiguous() if dgrec is not None else None
         g, dw = _backward(cfg, Operands(xp, w_hh, None, gvals, theta, beta), Sequences(hs, ss, gh), dout, dhT,
-                          dsT, ctx.gate_grad, dg_mask, w_hh is not None and needs[4])
+                          dsT, ctx.gate_grad, dg_mask, w_hh is not None and needs[4], dgrec)
         db = None
         if w_hh is not None and needs[5]:  # dgh's r and z sections are dxp's
             db = torch.cat([g.dxp[:, :, : G - H].sum((0, 1)), g.dgh[:, :, G - H :].sum((0, 1))]).to(w_hh.dtype)
@@ -213,14 +215,15 @@ def _forward(cfg: Config, x: Operands, h0, s0, mask, save: bool):
 
 
 def _backward(cfg: Config, x: Operands, seq: Sequences, dout, dhT, dsT, need_dg: bool, dg_mask,
-              need_dw: bool = False):
+              need_dw: bool = False, dgrec=None):
     """Allocates the backward's buffers, runs the kernels that fit the call and returns them
     (:class:`Grads`: ``ch`` then holds dL/dh0, ``cs`` dL/ds0) with dL/dU where the kernels
     formed it (``need_dw`` and multi-program tiles with ``dw``: (NB, G, H) fp32, one sum per
     batch block), else None. ``dout`` (B, T, H), ``dhT``, ``dsT`` (B, H): the incoming
     gradients; ``need_dg``: whether the rhythmic gate's values need one; ``dg_mask`` (T, H)
-    int8: where the forward computed candidates (None: all). A GRU's ``dgh`` holds only the
-    n section (r and z are dxp's)."""
+    int8: where the forward computed candidates (None: all); ``dgrec`` (B, T, H) fp32: the
+    event gate's incoming gradient through its record, or None. A GRU's ``dgh`` holds only
+    the n section (r and z are dxp's)."""
     B, T, G = x.xp.shape
     H = seq.hs.shape[2]
     f32 = dict(device=x.xp.device, dtype=torch.float32)
@@ -237,8 +240,8 @@ def _backward(cfg: Config, x: Operands, seq: Sequences, dout, dhT, dsT, need_dg:
     )
     lists, rate = _open_lists(x.gvals) if cfg.gate == "rhythmic" else (None, 1.0)
     if grid.eligible(cfg.cell, cfg.gate, x.w_hh, B, x.xp.device, rate, True):
-        return g, grid.launch_bwd(cfg, x, seq, dout, lists, dg_mask, g, need_dw)
-    rows.launch_bwd(cfg, x, seq, dout, lists, dg_mask, g)
+        return g, grid.launch_bwd(cfg, x, seq, dout, lists, dg_mask, g, need_dw, dgrec)
+    rows.launch_bwd(cfg, x, seq, dout, lists, dg_mask, g, dgrec)
     return g, None
 
 

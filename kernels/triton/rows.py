@@ -244,11 +244,11 @@ def _fwd_kernel(
 @triton.jit
 def _bwd_kernel(
     xp_ptr, w_ptr, gate_ptr, idx_ptr, off_ptr, theta_ptr, beta_ptr, sup_ptr,
-    hs_ptr, ss_ptr, gh_ptr, dout_ptr,
+    hs_ptr, ss_ptr, gh_ptr, dout_ptr, dgrec_ptr,
     ch_ptr, cs_ptr, dir_ptr, dxp_ptr, dgh_ptr, dg_ptr, dth_ptr, dbeta_ptr,
     T, H, threshold, g_scale, s_scale, g_gain, s_gain,
     CELL: tl.constexpr, GATE: tl.constexpr, HAS_W: tl.constexpr,
-    NEED_DG: tl.constexpr, DG_MASK: tl.constexpr, ZERO_RESET: tl.constexpr,
+    NEED_DG: tl.constexpr, DG_MASK: tl.constexpr, DGREC: tl.constexpr, ZERO_RESET: tl.constexpr,
     G_CODE: tl.constexpr, S_CODE: tl.constexpr,
     SPLIT: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
 ):
@@ -258,6 +258,7 @@ def _bwd_kernel(
     # ch, cs (B, H) fp32: incoming dL/dh_t, dL/ds_t (hold dL/dh0, dL/ds0 at the end);
     # dir (B, H) scratch: the part of dL/dh_{t-1} that bypasses U; dxp, dgh (B, T, G) fp32
     # (dgh is dxp except the GRU n section); dg (B, T, H); dth, dbeta (B, H).
+    # DGREC (event gate): dgrec (B, T, H) the incoming dL/dg of the recorded gate values.
     b = tl.program_id(0).to(tl.int64)
     NSEC: tl.constexpr = 3 if CELL == GRU else 1
     G = NSEC * H
@@ -326,6 +327,8 @@ def _bwd_kernel(
                         dgt = tl.where(sup != 0, dgt, 0.0)
                     tl.store(dg_ptr + orow + rows, dgt, mask=rm)
             else:
+                if DGREC:  # the record's own gradient (a rate penalty on rec.gate)
+                    dgt += tl.load(dgrec_ptr + orow + rows, mask=rm, other=0.0)
                 df, dh, gs = event_grad(a, d, g, dgt, theta, G_CODE, g_scale, g_gain)
                 dth = tl.load(dth_ptr + b * H + rows, mask=rm, other=0.0)
                 tl.store(dth_ptr + b * H + rows, dth - gs, mask=rm)
@@ -420,23 +423,26 @@ def launch_fwd(cfg: Config, x: Operands, seq: Sequences, lists: OpenLists | None
 
 
 def launch_bwd(cfg: Config, x: Operands, seq: Sequences, dout, lists: OpenLists | None, dg_mask,
-               grads: Grads) -> None:
+               grads: Grads, dgrec=None) -> None:
     """Writes ``grads`` (see :class:`Grads`) from the forward's ``seq`` and dL/d(out) ``dout``
     (B, T, H); ``lists``: the rows with g = 1 of a rhythmic gate; ``dg_mask`` (T, H) int8: where
-    dL/dg is written (None: everywhere)."""
+    dL/dg is written (None: everywhere); ``dgrec`` (B, T, H) fp32: the event gate's incoming
+    dL/dg through its record (None: no gradient there)."""
     B, T, _ = x.xp.shape
     H = seq.hs.shape[2]
     d = dummy(x.xp.device)
     split = SPLIT if x.w_hh is None else 0
     need_dg = grads.dg is not None
-    flags = dict(HAS_W=x.w_hh is not None, NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None)
+    flags = dict(HAS_W=x.w_hh is not None, NEED_DG=need_dg, DG_MASK=need_dg and dg_mask is not None,
+                 DGREC=dgrec is not None)
     x, seq, g = filled(x, d), filled(seq, d), filled(grads, d)
     lists = lists if lists is not None else OpenLists(d, d)
     BI, BJ = tiles(H)
     _bwd_kernel[(B, triton.cdiv(H, split) if split else 1)](
         xp_ptr=x.xp, w_ptr=x.w_hh, gate_ptr=x.gvals, idx_ptr=lists.idx, off_ptr=lists.off, theta_ptr=x.theta,
         beta_ptr=x.beta, sup_ptr=dg_mask if dg_mask is not None else d, hs_ptr=seq.hs, ss_ptr=seq.ss,
-        gh_ptr=seq.gh, dout_ptr=dout, ch_ptr=g.ch, cs_ptr=g.cs, dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh,
+        gh_ptr=seq.gh, dout_ptr=dout, dgrec_ptr=dgrec if dgrec is not None else d, ch_ptr=g.ch, cs_ptr=g.cs,
+        dir_ptr=g.dirb, dxp_ptr=g.dxp, dgh_ptr=g.dgh,
         dg_ptr=g.dg, dth_ptr=g.dth, dbeta_ptr=g.dbeta, T=T, H=H, threshold=cfg.threshold,
         g_scale=cfg.g_scale, s_scale=cfg.s_scale, g_gain=cfg.g_gain, s_gain=cfg.s_gain, CELL=cfg.cell_code,
         GATE=cfg.gate_code, ZERO_RESET=cfg.zero_reset, G_CODE=cfg.g_code, S_CODE=cfg.s_code, SPLIT=split,

@@ -282,9 +282,10 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
 
 class _Chunk:
     def __init__(self, gates: dict, spikes: dict, input_nnz: np.ndarray | None,
-                 input_binary: np.ndarray | None = None):
+                 input_binary: np.ndarray | None = None, lengths: np.ndarray | None = None):
         self.gates, self.spikes, self.input_nnz = gates, spikes, input_nnz
         self.input_binary = input_binary
+        self.lengths = lengths
 
 
 def _as_bool(x: Any) -> np.ndarray:
@@ -299,7 +300,17 @@ def analyze_records(records: Mapping[str, Any], layers: Mapping[str, Mapping[str
 
     ``inputs`` (``(B, T, F)``, optional) gives the nonzero-input counts of the first layer and
     whether its synaptic operations are ACs (inputs only 0 / ±1) or MACs.
+
+    The records' ``lengths`` (a padded batch) are honoured as a trace's ``lengths`` are:
+    padded steps never ran, so they count in no rate and cost no operation, and the report
+    equals the one :func:`analyze` gives for the same records written with ``traces.write``.
     """
+    if not isinstance(records, Mapping):
+        raise TypeError(f"records must be a dict layer name -> StepRecord (as a model's record=True "
+                        f"returns), got {type(records).__name__}")
+    missing = [n for n in layers if n not in records]
+    if missing:
+        raise ValueError(f"records lack the layers {missing}; they have {sorted(records)}")
     gates = {n: _as_bool(records[n].gate) for n in layers}
     spikes = {n: (None if getattr(records[n], "spike", None) is None
                   else _as_bool(records[n].spike)) for n in layers}
@@ -309,7 +320,17 @@ def analyze_records(records: Mapping[str, Any], layers: Mapping[str, Mapping[str
         nnz = np.count_nonzero(x, axis=2)
         binary = ((x == 0) | (x == 1) | (x == -1)).reshape(x.shape[0], -1).all(axis=1)
     t = next(iter(gates.values())).shape[1]
-    return summarize([_Chunk(gates, spikes, nnz, binary)], layers, t, table=table)
+    lengths = next((getattr(records[n], "lengths", None) for n in layers
+                    if getattr(records[n], "lengths", None) is not None), None)
+    if lengths is not None:
+        lengths = np.minimum(np.asarray(_np_int(lengths)).reshape(-1), t)
+    return summarize([_Chunk(gates, spikes, nnz, binary, lengths)], layers, t, table=table)
+
+
+def _np_int(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, np.int64)
 
 
 def _parse_reshape(reshape: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -346,7 +367,8 @@ def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = N
         plots: write the figures.
         batch_size: samples per read chunk (default: bounded memory, see
             :meth:`TraceReader.iter_chunks`).
-        max_samples: analyse only the first samples (rounded up to a chunk).
+        max_samples: analyse only the first samples (rounded up to a chunk); refused for a
+            streamed simulation, whose samples are segments of its streams.
         raster_sample: sample drawn in the raster.
     Returns:
         :class:`Report`.
@@ -359,6 +381,9 @@ def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = N
     from ..traces import TraceReader
     from .energy import load_table
 
+    for name, value in (("batch_size", batch_size), ("max_samples", max_samples)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
     shape = _parse_reshape(reshape)
     if energy_table is None:
         table = DEFAULT_TABLE
@@ -374,6 +399,13 @@ def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = N
         meta = {"config": r.config, "run_meta": r.run_meta, "schema_version": r.schema_version,
                 "complete": r.complete, "layout": r.layout}
         if r.layout == "segments":
+            if max_samples is not None:
+                # its samples are segments of the stream rows: the first few would be the start of
+                # every row, a result that is not the analysis of fewer samples
+                raise ValueError(f"max_samples (--max-samples) applies to traces of samples; {trace_path} is a "
+                                 f"streamed simulation ({r.stream_batch} stream(s) of {r.stream_steps} steps), "
+                                 "which is analysed whole: leave max_samples out (simulate fewer --steps "
+                                 "to analyse less)")
             # a streamed simulation: each stream row is one sequence of stream_steps steps
             rep = summarize(r.iter_stream(), r.layers, r.stream_steps, table=table,
                             source=str(trace_path), meta=meta, stream=True)

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-operation energy costs (default: 45 nm fp32, Horowitz 2014)")
     parser.add_argument("--no-plots", action="store_true", help="write no figures")
     parser.add_argument("--max-samples", type=int, default=None,
-                        help="analyse only the first samples")
+                        help="analyse only the first N samples (rounded up to a read chunk; "
+                             "not for a streamed simulation's trace)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="samples read per chunk (default: bounded memory)")
 
@@ -29,6 +30,12 @@ def run(args: argparse.Namespace) -> int:
     from ..traces import TraceError
 
     out = Path(args.out) if args.out else Path("su_neuro_out") / "analyze" / Path(args.trace).stem
+    for flag in ("max_samples", "batch_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            print(f"su-neuro analyze: error: --{flag.replace('_', '-')} must be a positive integer, got {value}",
+                  file=sys.stderr)
+            return 2
     try:
         rep = analyze(args.trace, out, reshape=args.reshape,
                       energy_table=getattr(args, "energy_table", None),

@@ -60,7 +60,8 @@ def run(args) -> int:
     for key in ("batch", "hidden", "input_size", "steps"):
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
-    names = args.backends.split(",") if args.backends else [b for b in BACKENDS[1:] if available(b, device)]
+    explicit = args.backends.split(",") if args.backends else None
+    names = explicit or [b for b in BACKENDS[1:] if available(b, device)]
     for name in names:
         check_backend(name)
     if args.repeat < 1:
@@ -70,6 +71,7 @@ def run(args) -> int:
         gate["init_rate"] = args.rate
     torch.manual_seed(0)
     layer = build_layer(args.cell, args.input_size, args.hidden, gate=gate, backend="torch").to(device)
+    names, left_out = _runnable(names, explicit is not None, device, args, next(layer.parameters()).dtype)
     x = torch.randn(args.batch, args.steps, args.input_size, device=device)
     if args.cell == "lif":
         x = (x > 1.0).float()
@@ -112,4 +114,30 @@ def run(args) -> int:
             rb = f"{ref[2] / fb:8.1f}" if ref else f"{'-':>8}"
             line += f" {fb * 1e3:11.2f} {rb}"
         print(line)
+    for name, why in left_out:
+        print(f"note: left out backend {name!r}: {why}")
     return 0
+
+
+def _runnable(names: list[str], explicit: bool, device, args, dtype) -> tuple[list[str], list[tuple[str, str]]]:
+    """The backends of ``names`` that can run this cell and gate, and (name, reason) for
+    the others.
+
+    Checked before anything is timed, so that a backend that cannot run the chosen cell or
+    gate (``nn`` runs dense RNN / GRU stacks only) does not end the run halfway. The
+    default list ("all available here") leaves such backends out and says so; a backend
+    the user named explicitly raises its own clear error instead.
+    """
+    from ..backends import BackendUnavailableError, resolve
+
+    keep, left_out = [], []
+    for name in names:
+        try:
+            resolve(name, device, args.cell, args.gate, dtype, batch=args.batch, hidden=args.hidden)
+        except BackendUnavailableError as err:
+            if explicit:
+                raise BackendUnavailableError(f"--backends {name}: {err}") from None
+            left_out.append((name, str(err)))
+            continue
+        keep.append(name)
+    return keep, left_out

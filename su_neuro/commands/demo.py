@@ -19,7 +19,8 @@ HELP = "train a suGRU and a dense GRU on a long-delay copy task and compare them
 
 # Measured on the shared 2-core AMD EPYC this was written on (docs/training.md, one row per
 # run): the full demo takes 80 s to 8 minutes (both models, traces, reports; quiet or loaded
-# cores, kernels cached or compiled during the run), --quick about 20 seconds. With a
+# cores, kernels cached or compiled during the run), --quick about 20 seconds (about 40 s
+# when the Numba kernels compile during it). With a
 # delay of 400 steps the dense GRU is still at chance (1/8) after 400 steps, while the
 # rhythmic suGRU, whose neurons stay closed (state and gradient passed through unchanged)
 # through most of the delay, has learned a good part of the task.

@@ -47,12 +47,17 @@ def add_arguments(parser) -> None:
 
 def _check_arguments(args) -> None:
     """Everything that can be checked before a population is built or a file written."""
+    import math
     from pathlib import Path
 
     for key in ("hidden", "layers", "steps", "input_size", "batch", "chunk"):
         value = getattr(args, key)
         if value < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {value}")
+    for key, what in (("poisson_rate", "a per-step firing probability"), ("rate", "the rhythmic gate's update rate")):
+        value = getattr(args, key)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"--{key.replace('_', '-')} must lie in [0, 1] ({what}), got {value}")
     if args.trace:
         path = Path(args.trace)
         if path.is_dir():
@@ -94,15 +99,36 @@ def _source(args, layer):
     if args.task:
         from ..datasets import get_task
 
+        if args.samples < 1:
+            raise ValueError(f"--samples must be at least 1, got {args.samples}")
         task = get_task(args.task, **getattr(args, "task_options", {}))
+        if task.tokens:
+            # the items are token ids that a trained model embeds in front of its stack, and the
+            # sequences differ in length; the stream runs the bare stack on equal-length features
+            raise ValueError(
+                f"task {args.task!r} is a token task (variable-length token ids that a model embeds before its "
+                "recurrent stack); simulate streams equal-length feature inputs into the bare stack. Record a "
+                f"trained model on it with `su-neuro train --task {args.task} --trace` instead"
+            )
         data = task.train if args.split == "train" else task.test
         n = min(args.samples, len(data))
         if n < 1:
-            raise ValueError(f"--samples must be at least 1, got {args.samples}")
-        xs = torch.stack([data[i][0] for i in range(n)]).to(layer.weight_ih_l0.dtype)
-        if xs.shape[-1] != layer.input_size:
+            raise ValueError(f"task {args.task!r} has no {args.split} samples to run; choose another --split")
+        items = [data[i][0] for i in range(n)]
+        lengths = sorted({x.shape[0] for x in items})
+        if len(lengths) > 1:
             raise ValueError(
-                f"task {args.task!r} has {xs.shape[-1]} inputs but the population takes {layer.input_size}"
+                f"the first {n} {args.split} samples of task {args.task!r} differ in length ({lengths[0]} to "
+                f"{lengths[-1]} steps); simulate runs samples side by side as one stream of one length: use "
+                "--samples 1, or `su-neuro train --trace`, which pads the samples and records their lengths"
+            )
+        xs = torch.stack(items).to(layer.weight_ih_l0.dtype)
+        if xs.shape[-1] != layer.input_size:
+            fix = ("the checkpoint's model was trained on another input size" if args.checkpoint
+                   else f"build the population with --input-size {xs.shape[-1]}")
+            raise ValueError(
+                f"task {args.task!r} has {xs.shape[-1]} inputs per step but the population takes "
+                f"{layer.input_size}; {fix}"
             )
         # a dataset sample is one chunk: the trace holds whole samples
         return split_chunks(xs, xs.shape[1]), xs.shape[0], xs.shape[1]

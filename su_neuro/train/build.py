@@ -24,11 +24,24 @@ def load_task(cfg: TrainConfig):
 
 
 def gate_spec(cfg: TrainConfig):
-    """The ``gate`` argument of the layer that ``cfg`` describes."""
+    """The ``gate`` argument of the layer that ``cfg`` describes.
+
+    ``gate_options`` may not hold ``kind``: it would replace the configured gate while
+    config.json records ``gate``, so the stored run would describe another model.
+    ``surrogate_params`` must be a JSON object; anything else would reach the gate as a
+    Python error about dict updates that names neither the option nor the fix.
+    """
     from ..gates import GATES
 
     if cfg.gate not in GATES:
         raise ConfigError(f"unknown gate {cfg.gate!r}; valid gates: {', '.join(GATES)}")
+    if "kind" in cfg.gate_options:
+        raise ConfigError(f"gate_options may not set 'kind' (got {cfg.gate_options['kind']!r}); choose the gate "
+                          "with the config key 'gate' (--gate)")
+    params = cfg.gate_options.get("surrogate_params")
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError(f"gate_options surrogate_params must be a JSON object of parameters, got {params!r}; "
+                          """e.g. --gate-option 'surrogate_params={"gain": 0.3}' (keys in double quotes)""")
     spec = {"kind": cfg.gate, **cfg.gate_options}
     if cfg.init_rate is not None:
         spec["init_rate"] = cfg.init_rate
@@ -58,6 +71,9 @@ def build_model(cfg: TrainConfig, task) -> nn.Module:
         if task.kind == "seq2seq":
             if cfg.settle_steps:
                 raise ConfigError(f"settle_steps applies to classify / regress tasks; task {cfg.task!r} is seq2seq")
+            if cfg.readout != "last":
+                raise ConfigError(f"readout applies to classify / regress tasks; task {cfg.task!r} is seq2seq "
+                                  f"(its output is read at every step), so readout {cfg.readout!r} would be ignored")
             return Seq2Seq(cfg.cell, input_size, cfg.hidden_size, task.output_size, **kwargs)
         return SequenceClassifier(
             cfg.cell, input_size, cfg.hidden_size, task.output_size, readout=cfg.readout,

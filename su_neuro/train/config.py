@@ -148,12 +148,12 @@ class TrainConfig:
             raise ConfigError(f"log_every must be a positive integer, got {self.log_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be a positive integer or null, got {self.max_steps}")
-        for key in ("lr", "weight_decay", "momentum", "rate_weight", "rate_floor_weight"):
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        for key in ("weight_decay", "momentum", "rate_weight", "rate_floor_weight"):
             value = getattr(self, key)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
-        if self.lr == 0:
-            raise ConfigError("lr must be > 0")
         if self.grad_clip is not None and (not math.isfinite(self.grad_clip) or self.grad_clip <= 0):
             raise ConfigError(f"grad_clip must be a positive number or null, got {self.grad_clip}")
         if self.rate_target is not None and not 0.0 <= self.rate_target <= 1.0:

@@ -83,6 +83,16 @@ def _check_backend_runs(cfg: TrainConfig, device: torch.device) -> None:
     resolve(cfg.backend, device, cfg.cell, cfg.gate, dtype, batch=cfg.batch_size, hidden=cfg.hidden_size)
 
 
+def _check_splits(cfg: TrainConfig, task) -> None:
+    """Refuse a task with an empty train or test split before anything is written: an empty
+    test split would report a loss and accuracy of zero that look measured, and a trace
+    (``trace = true``) would fail only after the whole training run."""
+    for split in ("train", "test"):
+        if len(getattr(task, split)) == 0:
+            raise ConfigError(f"task {cfg.task!r} has an empty {split} split; give it samples "
+                              f"(e.g. --task-option n_{split}=1000)")
+
+
 def _first_step_notice(cfg: TrainConfig, device: torch.device, batch: int, bar, main: bool):
     """:class:`su_neuro.warmup.FirstStepNotice` of this run (prints on rank 0 only)."""
     from ..warmup import FirstStepNotice, uses_numba
@@ -191,6 +201,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     torch.manual_seed(cfg.seed)
 
     task = load_task(cfg)
+    _check_splits(cfg, task)
     pad_id = getattr(task, "pad_id", 0)
     n_train = len(task.train)
     train_lengths = _dataset_lengths(task.train) if cfg.bucket_pool else None
