@@ -204,8 +204,8 @@ class SULayer(nn.Module):
         if state.t + x.shape[1] > MAX_STEP:
             # a rhythmic gate forms its phase from the step index in float64: whole steps are exact
             # only up to 2^53 (beyond it, arange over the call's steps comes out empty)
-            raise ValueError(f"state.t = {state.t}: the call's last step would pass 2^53 = {MAX_STEP}, "
-                             "the largest step index a gate can place exactly")
+            raise ValueError(f"state.t = {state.t}: the call's steps [t, t + T) would end past 2^53 = {MAX_STEP}, "
+                             "beyond which a gate cannot place whole steps exactly")
         if self.cell == "lif":
             if not isinstance(state.s, torch.Tensor) or tuple(state.s.shape) != want:
                 raise ValueError(f"state.s (spikes) must have shape {want} for a LIF layer")

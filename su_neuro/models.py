@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._checks import whole
 from .layers import SUGRU, SULIF, SURNN, SULayer, check_lengths, valid_mask
 
 __all__ = ["CELL_TYPES", "READOUTS", "Seq2Seq", "SequenceClassifier", "build_layer"]
@@ -33,12 +34,6 @@ def build_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> SULay
     if cell not in CELL_TYPES:
         raise ValueError(f"unknown cell {cell!r}; valid cells: {', '.join(CELL_TYPES)}")
     return CELL_TYPES[cell](input_size, hidden_size, **kwargs)
-
-
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class _StackModel(nn.Module):
@@ -55,17 +50,16 @@ class _StackModel(nn.Module):
         **layer_kwargs,
     ):
         super().__init__()
-        if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
-            raise ValueError(f"output size must be a positive integer, got {output_size!r}")
+        output_size = whole("output_size", output_size)
         self.cell = cell
         self.embed = None
         if vocab_size is not None:
-            _positive("vocab_size", vocab_size)
-            embed_dim = input_size if embed_dim is None else _positive("embed_dim", embed_dim)
-            if padding_idx is not None and not (
-                isinstance(padding_idx, int) and not isinstance(padding_idx, bool) and 0 <= padding_idx < vocab_size
-            ):
-                raise ValueError(f"padding_idx must be an id in [0, vocab_size = {vocab_size}), got {padding_idx!r}")
+            vocab_size = whole("vocab_size", vocab_size)
+            embed_dim = input_size if embed_dim is None else whole("embed_dim", embed_dim)
+            if padding_idx is not None:
+                padding_idx = whole("padding_idx", padding_idx, 0)
+                if padding_idx >= vocab_size:
+                    raise ValueError(f"padding_idx must be an id in [0, vocab_size = {vocab_size}), got {padding_idx}")
             self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
             input_size = embed_dim
         elif embed_dim is not None or padding_idx is not None:

@@ -45,12 +45,12 @@ def _layer(cell: str, gate: str):
     return CELLS[cell](4, 6, gate=spec, **kw)
 
 
-def _grads(layer, backend: str, x: torch.Tensor):
+def _grads(layer, backend: str, x: torch.Tensor, lengths=None):
     """Each record field's gradient with respect to the input and every parameter, as one
     flat vector (None where the field is detached)."""
     layer.backend = backend
     x = x.clone().requires_grad_()
-    _, _, recs = layer(x, record=True)
+    _, _, recs = layer(x, record=True, lengths=lengths)
     rec = recs[0]
     result = {}
     for k, field in enumerate(("gate", "delta", "spike")):
@@ -68,20 +68,33 @@ def _grads(layer, backend: str, x: torch.Tensor):
     return result
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("cell", CELLS)
-def test_record_gradients_follow_the_rule(cell, gate, backend):
+def _device(backend: str) -> str:
+    """Where ``backend`` runs the test: CUDA for triton where there is one (tools/gpu_check.sh),
+    else the CPU (triton under its interpreter)."""
     if backend == "triton":
         from su_neuro.kernels.triton import rows
 
         if not torch.cuda.is_available() and type(rows._fwd_kernel).__name__ != "InterpretedFunction":
             pytest.skip("su_neuro.kernels.triton was imported before TRITON_INTERPRET=1 was set")
-    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"  # tools/gpu_check.sh
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+CASES = [(cell, gate, None) for cell in CELLS for gate in GATES]
+CASES += [(cell, "event", (5, 3)) for cell in CELLS]  # a padded batch: numba's ragged kernels
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("cell", "gate", "lengths"), CASES,
+                         ids=[f"{c}-{g}" + ("-padded" if n else "") for c, g, n in CASES])
+def test_record_gradients_follow_the_rule(cell, gate, lengths, backend):
+    device = _device(backend)
     layer = _layer(cell, gate).to(device)
     x = (torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(7)) * 2.0).to(device)
-    ref = _grads(layer, "torch", x)
-    got = _grads(layer, backend, x)
+    if lengths is not None:
+        lengths = torch.tensor(lengths)
+    ref = _grads(layer, "torch", x, lengths)
+    got = _grads(layer, backend, x, lengths)
     assert set(ref) == set(got)
     for field in ref:
         assert (ref[field] is not None) == differentiable(field, cell, gate, "torch"), field
@@ -92,3 +105,32 @@ def test_record_gradients_follow_the_rule(cell, gate, backend):
         assert_close(f"{backend} {cell}/{gate} d rec.{field} / d(x, parameters)", ref[field], got[field], 1e-4)
         if field != "gate" or gate != "dense":
             assert ref[field].abs().sum() > 0, f"rec.{field}: the test needs a non-zero gradient"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", ["gru", "lif"])
+def test_an_edited_gate_record_never_changes_the_gradients(cell, backend):
+    # rec.gate of the event gate is the kernel's own output: a backend that reads it again in
+    # its backward must refuse an in-place edit (autograd's version check), one that does not
+    # must give the unedited gradients
+    device = _device(backend)
+    layer = _layer(cell, "event").to(device)
+    layer.backend = backend
+    x = (torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(7)) * 2.0).to(device)
+
+    def grads(edit: bool):
+        layer.zero_grad(set_to_none=True)
+        out, _, recs = layer(x, record=True)
+        if edit:
+            with torch.no_grad():
+                recs[0].gate.zero_()
+        out.sum().backward()
+        return torch.cat([q.grad.flatten() for q in layer.parameters() if q.grad is not None])
+
+    want = grads(False)
+    try:
+        got = grads(True)
+    except RuntimeError as err:
+        assert "inplace" in str(err)
+        return
+    assert torch.equal(want, got)

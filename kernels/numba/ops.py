@@ -72,7 +72,9 @@ r, z, n, hn; dense (B, T, H) arrays of which only the computed entries are writt
 (compact (nnz, B) arrays on the GEMM path; no d for the dense gate there).
 
 Records: ``StepRecord.gate`` carries the rhythmic gate's gradient (it is the gate row
-expanded); the event gate's record, ``delta`` and ``spike`` are returned detached.
+expanded) and the event gate's (the backward takes the record's incoming gradient);
+RNN / GRU ``delta`` and LIF ``spike`` are the outputs' (differentiable); LIF ``delta`` is
+detached (the kernel's membranes).
 
 Layers: ``choose.choose_kernel`` picks the variant (a pure function of the sizes); the
 launchers here allocate the outputs and saves and call the variant's parallel driver with a
@@ -382,7 +384,10 @@ class _Recurrence(torch.autograd.Function):
         extra = (_tensor(hseq), _tensor(opened))
         # The numpy arrays above share memory with these tensors: saving the tensors makes
         # autograd's version counters catch an in-place edit before backward reads them.
-        ctx.save_for_backward(out_t, h0, *(t for t in (w_hh, b_hh) if t is not None))
+        # the event gate's values are rec.gate and what the backward reads as g: saved too
+        saved_g = (extra[1],) if gate.kind == EVENT and save else ()
+        ctx.save_for_backward(out_t, h0, *(t for t in (w_hh, b_hh) if t is not None), *saved_g)
+        ctx.set_materialize_grads(False)  # None, not zeros, for an output without a gradient
         # the LIF membranes are detached; the event gate's values keep their surrogate gradient
         ctx.mark_non_differentiable(*(extra if gate.kind != EVENT else extra[:1]))
         return out_t, torch.from_numpy(hT), sT, *extra

@@ -28,10 +28,10 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False):
 
     Shapes: xp (B, T, G), h0 (B, H), s0 (B, H) or None, w_hh (G, H) or None,
     b_hh (G,) or None; G = H (RNN, LIF) or 3H (GRU). Returns (out, h_T, s_T, rec) as the
-    reference does; ``rec.delta`` of a LIF population and ``rec.gate`` of an event gate
-    are detached. A rhythmic gate whose values need a gradient computes candidates only
-    where ``g = 1`` or ``gate.support`` is True; without a support (``None``) it computes
-    every row (dense but exact).
+    reference does; ``rec.delta`` of a LIF population is detached (the kernel's membranes),
+    every other record field keeps its gradient (docs/core.md). A rhythmic gate whose values
+    need a gradient computes candidates only where ``g = 1`` or ``gate.support`` is True;
+    without a support (``None``) it computes every row (dense but exact).
 
     Example (any CUDA tensors; on a CPU only under ``TRITON_INTERPRET=1``):
         >>> from su_neuro.kernels.contract import GateInput
@@ -127,6 +127,7 @@ class _Recurrence(torch.autograd.Function):
         sT = seq.ss[:, T].clone() if seq.ss is not None else None
         ctx.cfg = cfg
         ctx.gate_grad = gate_grad
+        ctx.set_materialize_grads(False)  # None, not zeros, for an output without a gradient
         ctx.save_for_backward(xp, w_hh, gvals, theta, beta, seq.hs, seq.ss, seq.gh, dg_mask)
         aux = [seq.hs] if cfg.record and cfg.cell == "lif" else []
         if aux:  # the LIF membranes: detached (one call: each call replaces the set marked)
