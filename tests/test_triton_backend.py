@@ -970,6 +970,8 @@ def test_aot_compiles_for_sm90_without_a_gpu(tmp_path):
     # ... whose backward forms dU itself (a load and a store of the dU tile per row tile)
     assert [r["case"] for r in grid_rows if r["meta"].get("DW")] == ["grid gru rhythmic B=1 H=1024 split dw"]
     assert all(r["atom"] == (2 if r["meta"].get("SPLIT") else 1) for r in grid_rows), grid_rows
+    # the event gate's backward with a penalty on its record (the record's gradient read in phase 1)
+    assert [r["case"] for r in grid_rows if r["meta"].get("DGREC")] == ["grid gru event B=64 H=256 record"]
     lif = next(r for r in rows if r["kernel"] == "_lif_ff_fwd_kernel")
     assert lif["local"] == 0 and lif["warps"] == 1, lif
     assert "sm_90" in res.stdout

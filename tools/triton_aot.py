@@ -177,7 +177,7 @@ def cases(quick: bool) -> list[dict]:
     backward."""
     out = []
     base = {"dtype": "float32", "grid": False, "tf32": False, "train_gate": False, "B": 64, "split": False,
-            "tf32x3": False, "dw": False, "bwd": None}
+            "tf32x3": False, "dw": False, "bwd": None, "record": False}
     add = lambda **kw: out.append(dict(base, **kw))  # noqa: E731
     if quick:
         add(cell="gru", gate="rhythmic", H=256, grid=True)  # BB = 16, exact fp32 dot
@@ -185,6 +185,7 @@ def cases(quick: bool) -> list[dict]:
         add(cell="gru", gate="rhythmic", H=1024, B=1, grid=True)  # BB = 1, FMA products
         add(cell="gru", gate="rhythmic", H=1024, B=1, grid=True, split=True, dw=True)  # split, dU in the kernel
         add(cell="gru", gate="event", H=256, grid=True)  # the event gate's forward, its compacted lists
+        add(cell="gru", gate="event", H=256, grid=True, record=True)  # a penalty on its record (DGREC)
         add(cell="gru", gate="rhythmic", H=256)
         add(cell="lif", gate="dense", H=256)
         return out
@@ -215,6 +216,9 @@ def cases(quick: bool) -> list[dict]:
             add(cell=cell, gate="event", H=1024, B=B, grid=True)
         add(cell=cell, gate="event", H=2048, B=1, grid=True)  # B = 1's longest tile (2048), as at H = 8192
         add(cell=cell, gate="event", H=1024, grid=True, tf32x3=True)
+        for grid in (False, True):  # a penalty on the event gate's record: its gradient in the backward
+            add(cell=cell, gate="event", H=1024, grid=grid, record=True)
+        add(cell=cell, gate="event", H=1024, grid=True, tf32x3=True, record=True)
     for gate in ("dense", "event"):
         add(cell="lif", gate=gate, H=1024)  # feed-forward: the streaming forward
     add(cell="rlif", gate="rhythmic", H=1024)
@@ -225,7 +229,7 @@ def label(c: dict) -> str:
     kind = ("grid-tf32" if c["tf32"] else "grid-tf32x3" if c["tf32x3"] else "grid") if c["grid"] else "rows"
     extra = ((" bf16" if c["dtype"] == "bfloat16" else "") + (" gate-trained" if c["train_gate"] else "")
              + (" split" if c["split"] else "") + (" dw" if c["dw"] else "")
-             + (" bwd{}x{}w{}".format(*c["bwd"]) if c["bwd"] else ""))
+             + (" bwd{}x{}w{}".format(*c["bwd"]) if c["bwd"] else "") + (" record" if c.get("record") else ""))
     return f"{kind} {c['cell']} {c['gate']} B={c['B']} H={c['H']}{extra}"
 
 
@@ -262,11 +266,20 @@ def run_case(cap: Capture, c: dict, T: int) -> None:
     else:
         gi = GateInput("dense")
     call = (recurrence, base, xp, h0, s0, w, b, gi, lif)
+    step = _record_step if c.get("record") else _step
     if c["grid"]:
-        _with_grid(_step, call, True, tf32=c["tf32"], split=c["split"], dw=c["dw"], bwd=c["bwd"],
+        _with_grid(step, call, True, tf32=c["tf32"], split=c["split"], dw=c["dw"], bwd=c["bwd"],
                    precision="tf32x3" if c["tf32x3"] else None)
     else:
-        _step(call, True)
+        step(call, True)
+
+
+def _record_step(call, backward: bool) -> None:
+    """One forward with the record and a backward through the outputs and the recorded gate
+    values (a rate penalty on them: the backward's DGREC kernels)."""
+    fn, *args = call
+    out, hT, _, rec = fn(*args, True)
+    (out.sum() + hT.sum() + rec.gate.float().sum()).backward()
 
 
 def inspect(kernel) -> dict:
