@@ -59,8 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         if line is None:
             raise  # a bug: keep the traceback
         # Bad input, missing packages and unavailable backends end with one line, not a traceback.
-        print(f"su-neuro {args.command}: error: {line}", file=sys.stderr)
+        print(f"su-neuro {args.command}: {_rank()}error: {line}", file=sys.stderr)
         return 2
+
+
+def _rank() -> str:
+    """``"[rank N] "`` in a process of a multi-process run (torchrun's RANK / WORLD_SIZE), else ``""``:
+    each process prints its own error line, and the reader must tell whose is whose."""
+    import os
+
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
+    return f"[rank {rank}] " if rank is not None and world.isdigit() and int(world) > 1 else ""
 
 
 def expected_error(err: BaseException) -> str | None:
@@ -80,6 +89,10 @@ def expected_error(err: BaseException) -> str | None:
     if not isinstance(err, expected) and type(err).__module__ != "su_neuro.traces":
         return None
     text = str(err).strip()
+    if type(err).__name__ in ("DistBackendError", "DistNetworkError") or "gloo/transport" in text:
+        # a collective broken by another process's failure: that process's line names the problem
+        return "another process of this run stopped (its error line names the problem): " + \
+            " ".join(text.split())[:200]
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         text = f"{err.filename}: {err.strerror}"
     return " ".join(text.split()) or type(err).__name__

@@ -82,7 +82,8 @@ def poisson_chunks(
 ) -> Iterator[torch.Tensor]:
     """A Poisson spike stream (B, steps, F) generated chunk by chunk (bounded memory).
 
-    Each input fires at each step with probability ``rate``.
+    Each input fires at each step with probability ``rate``. The draws run step by step
+    (time-major), so the stream is the same whatever ``chunk`` cuts it into.
     """
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must lie in [0, 1], got {rate}")
@@ -92,7 +93,8 @@ def poisson_chunks(
     gen = torch.Generator().manual_seed(seed)
     for a in range(0, steps, chunk):
         n = min(chunk, steps - a)
-        yield (torch.rand(batch, n, features, generator=gen) < rate).to(dtype=dtype, device=device)
+        draws = torch.rand(n, batch, features, generator=gen).transpose(0, 1)
+        yield (draws < rate).to(dtype=dtype, device=device)
 
 
 def stream(
@@ -104,7 +106,8 @@ def stream(
     record: bool = False,
     callback: Callable[[Chunk], None] | None = None,
 ) -> Iterator[Chunk]:
-    """Yield one :class:`Chunk` per input chunk, carrying the state along (no gradients).
+    """Yield one :class:`Chunk` per input chunk, carrying the state along (the layer runs
+    without gradients; the caller's code between chunks keeps its own grad mode).
 
     ``source`` is a (B, T, F) tensor (split into ``chunk`` steps) or any iterable of
     (B, t, F) tensors (a generator for endless input).
@@ -112,9 +115,11 @@ def stream(
     if isinstance(source, torch.Tensor):
         source = split_chunks(source, chunk)
     record = record or callback is not None
-    with torch.no_grad():
-        for x in source:
-            t0 = 0 if state is None else state.t
+    for x in source:
+        t0 = 0 if state is None else state.t
+        # no_grad around the call only: a generator suspended inside the block would hand
+        # the loop body (and, if abandoned, the rest of the process) a grad-disabled mode
+        with torch.no_grad():
             if record:
                 out, state, recs = layer(x, state, record=True)
             else:
@@ -122,7 +127,7 @@ def stream(
             item = Chunk(t0, out, recs, state, x)
             if callback is not None:
                 callback(item)
-            yield item
+        yield item
 
 
 def simulate(

@@ -299,8 +299,8 @@ class TraceWriter:
         self.open()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc: object) -> None:
+        self.close(interrupted=exc_type is not None)
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,6 +314,7 @@ class TraceWriter:
         f.attrs["layer_order"] = json.dumps(list(self.layers))
         f.create_dataset("committed", data=np.zeros(1, np.int64), maxshape=(1,))
         f.create_dataset("closed", data=np.zeros(1, np.uint8), maxshape=(1,))
+        f.create_dataset("interrupted", data=np.zeros(1, np.uint8), maxshape=(1,))
         lg = f.create_group("layers")
         for name, meta in self.layers.items():
             g = lg.create_group(name)
@@ -458,10 +459,14 @@ class TraceWriter:
         f.flush()
         self._n = end
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
+        """Marks the file closed and closes it; ``interrupted``: the run ended early (an
+        exception, Ctrl-C, inside the ``with`` block), so the trace is whole but short."""
         if self._f is None:
             return
         try:
+            if interrupted:
+                self._f["interrupted"][0] = 1
             self._f["closed"][0] = 1
             self._f.flush()
         finally:
@@ -591,7 +596,11 @@ class TraceReader:
         self.layers: dict[str, dict[str, Any]] = {
             n: json.loads(f["layers"][n].attrs["meta"]) for n in order}
         self.num_samples = int(f["committed"][0])
-        self.complete = bool(f["closed"][0])
+        #: the run ended early (the writer closed the file after an exception or Ctrl-C); absent
+        #: in traces written before 2026-12-07
+        self.interrupted = "interrupted" in f and bool(f["interrupted"][0])
+        self.complete = bool(f["closed"][0]) and not self.interrupted
+        self.closed = bool(f["closed"][0])
         self.encodings: dict[str, dict[str, str]] = {}
         for n in order:
             g = f["layers"][n]
@@ -898,18 +907,26 @@ class StreamTraceWriter:
         self._steps: int | None = None
         self._total = 0
         self._ended = False
+        self._closed = False
 
     def __enter__(self) -> StreamTraceWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc: object) -> None:
+        self.close(interrupted=exc_type is not None)
 
     def append_chunk(self, chunk: Any) -> None:
         """Append one :class:`su_neuro.simulate.Chunk` (its ``records``, one per layer, and its
         ``input`` when present)."""
+        if self._closed:
+            raise ValueError("the stream trace is closed: no chunk can be appended")
         if chunk.records is None:
             raise ValueError("the chunk carries no records: run the stream with record=True")
+        rows = int(chunk.output.shape[0])
+        if rows != self._meta["stream_batch"]:
+            # the segments layout places trace sample i at stream row i % B: another B scrambles it
+            raise ValueError(f"a chunk of {rows} stream rows, but the trace was opened with batch="
+                             f"{self._meta['stream_batch']}")
         steps = int(chunk.output.shape[1])
         if self._writer is None:
             path, layers, config, kwargs = self._args
@@ -938,9 +955,11 @@ class StreamTraceWriter:
         f["stream_steps"][0] = self._total
         f.flush()
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
+        """Closes the trace; ``interrupted``: the stream stopped early (``TraceWriter.close``)."""
+        self._closed = True
         if self._writer is not None:
-            self._writer.close()
+            self._writer.close(interrupted=interrupted)
 
 
 class _Padded:

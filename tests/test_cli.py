@@ -115,3 +115,18 @@ def test_demo_times_in_the_docs_agree_with_the_measured_table():
     quick = next(x for x in lines if x.startswith("su-neuro demo --quick"))
     assert "80 s to 8 minutes" in full and "80 s to 8 minutes" in (repo / "README.md").read_text()
     assert "about 20 s" in quick and "**80 s to 8 minutes**" in training
+
+
+def test_errors_of_a_multi_process_run_name_their_process(monkeypatch):
+    from su_neuro.cli import _rank, expected_error
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert _rank() == ""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _rank() == "[rank 1] "
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _rank() == ""
+    broken = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer")
+    assert expected_error(broken).startswith("another process of this run stopped")
+    assert expected_error(ValueError("n_test must be >= 1")) == "n_test must be >= 1"

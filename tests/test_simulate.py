@@ -192,3 +192,59 @@ def test_simulate_names_the_flags_it_refuses(capsys):
     assert "population takes 16; build the population with --input-size 2" in capsys.readouterr().err
     assert main(["simulate", "--poisson-rate", "1.5", "--hidden", "8", "--no-progress"]) == 2
     assert "--poisson-rate must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_stream_keeps_the_callers_grad_mode():
+    # the layer runs without gradients, but the loop body between chunks (a readout trained on
+    # each chunk) and the rest of the process after an abandoned stream keep theirs
+    layer = SUGRU(3, 5, backend="torch")
+    head = torch.nn.Linear(5, 1)
+    gen = stream(layer, torch.randn(2, 30, 3), chunk=10)
+    for item in gen:
+        assert torch.is_grad_enabled()
+        assert not item.output.requires_grad
+        head(item.output).sum().backward()  # would raise without a graph
+        break
+    assert torch.is_grad_enabled() and head(torch.zeros(1, 5)).requires_grad
+
+
+def test_poisson_stream_does_not_depend_on_the_chunk():
+    # drawn step by step, so cutting it differently gives the same spikes (B > 1 too)
+    whole = torch.cat(list(poisson_chunks(3, 250, 4, 0.3, chunk=250, seed=5)), 1)
+    for chunk in (1, 7, 100):
+        assert torch.equal(torch.cat(list(poisson_chunks(3, 250, 4, 0.3, chunk=chunk, seed=5)), 1), whole)
+
+
+def test_stream_trace_refuses_other_rows_and_marks_an_interrupted_run(tmp_path):
+    from su_neuro import traces
+    from su_neuro.analysis import analyze
+
+    layer = SULIF(3, 5, backend="torch")
+    meta = {"layers.0": layer.layer_meta(0)}
+    x = (torch.rand(2, 30, 3, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    with pytest.raises(ValueError, match="a chunk of 2 stream rows, but the trace was opened with batch=1"):
+        with traces.StreamTraceWriter(tmp_path / "rows.h5", layers=meta, batch=1) as w:
+            simulate(layer, x, chunk=10, callback=w.append_chunk)
+    w.close()
+    with pytest.raises(ValueError, match="closed"):
+        w.append_chunk(next(stream(layer, x, chunk=10, record=True)))
+
+    # Ctrl-C after two chunks: the trace is whole (two segments) but marked interrupted
+    path = tmp_path / "cut.h5"
+
+    def stop_after_two(item):
+        w.append_chunk(item)
+        if item.t0 == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with traces.StreamTraceWriter(path, layers=meta, batch=2) as w:
+            simulate(layer, x, chunk=10, callback=stop_after_two)
+    with traces.read(path) as r:
+        assert r.stream_steps == 20 and r.interrupted and r.closed and not r.complete
+    rep = analyze(path)
+    assert any("interrupted" in n and "20 steps" in n for n in rep.notes), rep.notes
+    with traces.StreamTraceWriter(tmp_path / "whole.h5", layers=meta, batch=2) as w:
+        simulate(layer, x, chunk=10, callback=w.append_chunk)
+    with traces.read(tmp_path / "whole.h5") as r:
+        assert r.complete and not r.interrupted and r.stream_steps == 30

@@ -414,7 +414,11 @@ def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = N
         else:
             rep = summarize(_limited(r.iter_chunks(batch_size), max_samples), r.layers,
                             r.num_steps, table=table, source=str(trace_path), meta=meta)
-        if not r.complete:
+        if r.interrupted:
+            what = (f"{r.stream_steps} steps of each stream" if r.layout == "segments"
+                    else f"{r.num_samples} samples")
+            rep.notes.append(f"the run was interrupted: the trace holds the {what} written before it stopped")
+        elif not r.complete:
             rep.notes.append("the writer did not close the trace (killed?): only the "
                              f"{r.num_samples} committed samples were analysed")
         if out_dir is not None:
