@@ -534,9 +534,10 @@ def _open_h5(path: Path) -> h5py.File:
         except OSError:
             pass
         raise CorruptTraceError(
-            f"{path}: HDF5 file left open by a writer that did not close it and did not "
-            "write in SWMR mode (swmr=False); it cannot be opened safely. `h5clear -s FILE` "
-            f"clears the flag but the content may be inconsistent ({first})") from None
+            f"{path}: HDF5 file left open by a writer that did not close it, either killed before "
+            "its first sample (before the file switches to SWMR mode) or writing with swmr=False; "
+            "it cannot be opened safely. `h5clear -s FILE` clears the flag but the content may be "
+            f"inconsistent ({first})") from None
     raise CorruptTraceError(
         f"{path}: HDF5 file cannot be opened, it is truncated or damaged ({first})") from None
 

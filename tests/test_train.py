@@ -644,3 +644,20 @@ def test_folder_of_a_start_that_failed_before_its_first_step_is_reused(tmp_path)
     # a run that took a step is still protected
     with pytest.raises(RunFolderError, match="already holds a run"):
         train(tiny_config(max_steps=2), out, progress=False)
+
+
+def test_trace_export_errors_name_the_trace_not_its_temporary_file(tmp_path):
+    # the export writes a temporary file and renames it: a failed rename names trace.h5
+    from su_neuro.train.build import build_model, load_task
+    from su_neuro.train.data import export_trace
+
+    cfg = config_from_dict({"task": "copy", "task_options": {"delay": 2, "n_memorize": 2, "n_train": 16,
+                                                             "n_test": 4}, "hidden_size": 4, "backend": "torch"})
+    task = load_task(cfg)
+    target = tmp_path / "trace.h5"
+    target.mkdir()  # cannot be replaced by a file
+    (target / "keep").write_text("x")
+    with pytest.raises(OSError) as info:
+        export_trace(build_model(cfg, task), task, cfg, target, samples=2)
+    assert info.value.filename == str(target)
+    assert not list(tmp_path.glob(".trace.h5.tmp-*")), "the temporary file is removed"

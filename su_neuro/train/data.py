@@ -176,7 +176,10 @@ def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=No
                 writer.append(
                     records, labels=y.cpu(), inputs=inputs.cpu(), lengths=None if lengths is None else lengths.cpu()
                 )
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:  # named by the file the user asked for, not the temporary one
+            raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         model.train(model_was_training)
         if tmp.exists():
