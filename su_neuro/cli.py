@@ -66,10 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 def _rank() -> str:
     """``"[rank N] "`` in a process of a multi-process run (torchrun's RANK / WORLD_SIZE), else ``""``:
     each process prints its own error line, and the reader must tell whose is whose."""
-    import os
+    from .train.dist import distributed_env
 
-    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
-    return f"[rank {rank}] " if rank is not None and world.isdigit() and int(world) > 1 else ""
+    try:
+        dist = distributed_env()
+    except RuntimeError:  # a malformed environment: its own error line says so
+        return ""
+    return f"[rank {dist.rank}] " if dist.active else ""
 
 
 def expected_error(err: BaseException) -> str | None:

@@ -609,7 +609,7 @@ def update_rate(records: Sequence[StepRecord] | dict) -> float:
             opened += float(g.sum())
             total += g.numel()
             continue
-        valid = torch.arange(g.shape[1], device=g.device)[None, :] < lengths.to(g.device).reshape(-1, 1)
+        valid = valid_mask(lengths.reshape(-1), g.shape[1], g.device)
         opened += float(g[valid].sum())
         total += int(valid.sum()) * math.prod(g.shape[2:])
     if total == 0:

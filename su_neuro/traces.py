@@ -601,7 +601,6 @@ class TraceReader:
         #: in traces written before 2026-12-07
         self.interrupted = "interrupted" in f and bool(f["interrupted"][0])
         self.complete = bool(f["closed"][0]) and not self.interrupted
-        self.closed = bool(f["closed"][0])
         self.encodings: dict[str, dict[str, str]] = {}
         for n in order:
             g = f["layers"][n]

@@ -288,10 +288,13 @@ class _Chunk:
         self.lengths = lengths
 
 
+def _numpy(x: Any) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
 def _as_bool(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x) != 0
+    return _numpy(x) != 0
 
 
 def analyze_records(records: Mapping[str, Any], layers: Mapping[str, Mapping[str, Any]], *,
@@ -316,21 +319,15 @@ def analyze_records(records: Mapping[str, Any], layers: Mapping[str, Mapping[str
                   else _as_bool(records[n].spike)) for n in layers}
     nnz = binary = None
     if inputs is not None:
-        x = inputs.detach().cpu().numpy() if hasattr(inputs, "detach") else np.asarray(inputs)
+        x = _numpy(inputs)
         nnz = np.count_nonzero(x, axis=2)
         binary = ((x == 0) | (x == 1) | (x == -1)).reshape(x.shape[0], -1).all(axis=1)
     t = next(iter(gates.values())).shape[1]
     lengths = next((getattr(records[n], "lengths", None) for n in layers
                     if getattr(records[n], "lengths", None) is not None), None)
     if lengths is not None:
-        lengths = np.minimum(np.asarray(_np_int(lengths)).reshape(-1), t)
+        lengths = np.minimum(_numpy(lengths).astype(np.int64).reshape(-1), t)
     return summarize([_Chunk(gates, spikes, nnz, binary, lengths)], layers, t, table=table)
-
-
-def _np_int(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, np.int64)
 
 
 def _parse_reshape(reshape: str | tuple[int, int] | None) -> tuple[int, int] | None:
