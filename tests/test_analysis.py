@@ -96,6 +96,13 @@ def test_event_gate_ops_by_hand():
     # every row: H * F per step = 2*3*3 = 18 ; recurrent columns = changed at t-1: 0, 1, 2
     # -> H * (0 + 1 + 2) = 6
     assert ops.effective_macs == 18 + 6
+    # every state is read every step (the gate compares each candidate with it), only the
+    # open ones are written; a GRU computes its 3 products for every row
+    assert ops.state_reads == 3 * 2 and ops.neuron_updates == 4
+    gru = count_layer_ops(meta("gru", gate="event", f=3, h=2), G)
+    assert gru.elementwise == 3 * 3 * 2 and gru.dense_elementwise == 3 * 3 * 2
+    dense_bytes, eff_bytes = memory_bytes(ops)
+    assert eff_bytes == 24 * 4 + (6 + 4) * 4 and dense_bytes == 30 * 4 + (6 + 6) * 4
 
 
 def test_lif_spike_input_ops_by_hand():
@@ -156,8 +163,10 @@ def test_dense_lif_matches_neurobench_acs():
 
 def test_memory_and_energy_by_hand():
     ops = OpCounts(dense_macs=100, dense_acs=20, effective_macs=10, effective_acs=6,
-                   neuron_updates=3, dense_neuron_updates=12, samples=1)
+                   neuron_updates=3, dense_neuron_updates=12, state_reads=3,
+                   dense_state_reads=12, samples=1)
     assert memory_bytes(ops) == (120 * 4 + 2 * 12 * 4, 16 * 4 + 2 * 3 * 4)
+    assert count_layer_ops(meta("rnn", f=3, h=2), G).state_reads == 4  # the updates
     e = estimate_energy(ops)
     assert e.dense_pj == pytest.approx(100 * 4.6 + 20 * 0.9)
     assert e.effective_pj == pytest.approx(10 * 4.6 + 6 * 0.9)
@@ -180,6 +189,15 @@ def test_energy_table_file(tmp_path):
         load_table(p)
     with pytest.raises(ValueError, match="unknown"):
         EnergyTable.from_dict({"foo": 1})
+    # JSON true, NaN and Infinity are numbers to a plain isinstance / `< 0` check
+    p.write_text('{"mac_pj": NaN}')
+    with pytest.raises(ValueError, match="'mac_pj' must be a finite number >= 0, got nan"):
+        load_table(p)
+    for bad in ({"ac_pj": float("inf")}, {"mac_pj": True}):
+        with pytest.raises(ValueError, match="must be a finite number >= 0"):
+            EnergyTable.from_dict(bad)
+    with pytest.raises(ValueError, match="'name' must be a string"):
+        EnergyTable.from_dict({"name": 5})
 
 
 # ----------------------------------------------------------------------------- driver
@@ -211,9 +229,53 @@ def test_stacked_layers_take_spikes_from_below():
     assert rep.activation_sparsity == pytest.approx(1 - 3 / 15)
 
 
+def test_layer_below_decides_mac_or_ac():
+    """A deeper layer's input synapses are ACs when the layer below is a LIF (spikes) and MACs
+    when it is an RNN / GRU (states), whatever the layer's own ``input_kind`` says."""
+    z = np.array([[[1, 0], [0, 0], [1, 1]]], bool)  # LIF spikes 1, 0, 2
+    layers = {"lif": meta("lif", "dense", f=1, h=2, recurrent=False),
+              "rnn": meta("rnn", "dense", f=2, h=1)}
+    rec = {"lif": SimpleNamespace(gate=np.ones((1, 3, 2), bool), spike=z),
+           "rnn": SimpleNamespace(gate=np.ones((1, 3, 1), bool), spike=None)}
+    o = analyze_records(rec, layers, inputs=np.full((1, 3, 1), 0.5)).layers["rnn"].ops
+    # input ACs 1 + 0 + 2; recurrent MACs over the state entering t = 0, 1, 1
+    assert (o.effective_acs, o.effective_macs, o.dense_acs, o.dense_macs) == (3, 2, 6, 3)
+    layers = {"rnn": meta("rnn", "dense", f=1, h=2),
+              "lif": meta("lif", "dense", f=2, h=1, recurrent=False, input_kind="spike")}
+    rec = {"rnn": SimpleNamespace(gate=np.ones((1, 3, 2), bool), spike=None),
+           "lif": SimpleNamespace(gate=np.ones((1, 3, 1), bool), spike=np.zeros((1, 3, 1), bool))}
+    o = analyze_records(rec, layers, inputs=np.full((1, 3, 1), 0.5)).layers["lif"].ops
+    assert (o.effective_acs, o.effective_macs, o.dense_acs, o.dense_macs) == (0, 6, 0, 6)
+
+
+def test_events_on_padded_steps_are_ignored():
+    """Records made by other code may hold open gates or spikes after a sample's length: they
+    count in no rate and cost nothing, as ``update_rate`` already had it."""
+    import torch
+
+    import su_neuro
+
+    g = np.ones((2, 4, 3), bool)
+    s = np.ones((2, 4, 3), bool)
+    lengths = np.array([4, 2])
+    rep = analyze_records({"l": SimpleNamespace(gate=g, spike=None, lengths=lengths)},
+                          {"l": meta("rnn", "dense", f=2, h=3)})
+    assert su_neuro.update_rate({"l": SimpleNamespace(gate=torch.as_tensor(g),
+                                                      lengths=torch.as_tensor(lengths))}) == 1.0
+    assert rep.update_rate == 1.0 and rep.ops.neuron_updates == rep.ops.dense_neuron_updates == 18
+    # input 6 valid steps * 3 rows * 2; recurrent 3 * 3 for (4 - 1) + (2 - 1) steps after the first
+    assert rep.ops.effective_macs == 36 + 9 * 4 and rep.ops.dense_macs == 6 * 3 * (2 + 3)
+    lif = analyze_records({"l": SimpleNamespace(gate=g, spike=s, lengths=lengths)},
+                          {"l": meta("lif", "dense", f=2, h=3)}).layers["l"]
+    # input MACs as the RNN's; recurrent ACs: 3 rows * 3 spikes at t - 1 on 4 steps
+    assert lif.activity.firing_rate == 1.0
+    assert lif.ops.effective_macs == 36 and lif.ops.effective_acs == 9 * 4
+
+
 def test_unknown_inputs_are_flagged():
     rep = analyze_records(two_layer_records(), TWO)
     assert any("upper bound" in n for n in rep.layers["layers.0"].notes)
+    assert any("analyze_records called without inputs=" in n for n in rep.layers["layers.0"].notes)
     assert rep.layers["layers.0"].ops.effective_acs == 3 * 3 * 4 + 9
 
 
@@ -322,6 +384,12 @@ def test_cli_writes_report(tmp_path, capsys):
     assert rep["num_samples"] == 12 and rep["energy_table"]["mac_pj"] == 1.0
     assert set(rep["layers"]) == set(layers)
     assert rep["ops"]["dense"] == sum(v["ops"]["dense"] for v in rep["layers"].values())
+    # energy: totals in pJ, and the same per sample (the ratios are not divided)
+    per = rep["energy_per_sample"]
+    assert per["dense_pj"] == pytest.approx(rep["energy"]["dense_pj"] / 12)
+    assert per["effective_memory_bytes"] == pytest.approx(rep["energy"]["effective_memory_bytes"] / 12)
+    assert per["ratio"] == rep["energy"]["ratio"]
+    assert rep["energy"]["dense_pj"] == pytest.approx(rep["ops"]["dense_macs"] * 1.0 + rep["ops"]["dense_acs"] * 0.5)
     assert "## Per layer" in (out / "report.md").read_text()
     # bad inputs: a clear message and exit status 2, no traceback
     bad = parser.parse_args([str(tmp_path / "missing.h5"), "--out", str(out)])
@@ -431,6 +499,8 @@ def test_ops_figure_draws_ratios_on_a_linear_axis_from_zero():
         assert ax.lines[0].get_ydata()[0] == 1.0  # the dense reference
         texts = [t.get_text() for t in ax.texts]
         assert texts[0].startswith("0.88") and texts[1].startswith("0.12")
+    assert fig.axes[1].texts[0].get_text().endswith("4.6e+03 pJ")  # energies have a unit
+    assert fig.axes[0].texts[0].get_text().endswith("880 / 1e+03")
 
 
 def test_timescale_figure_says_how_many_neurons_and_reads_a_single_value():
@@ -463,6 +533,9 @@ def test_large_raster_and_heatmap_are_reduced_and_say_so():
     every = h // plots.MAX_RASTER_NEURONS
     np.testing.assert_array_equal(img, g[:plots.MAX_RASTER_STEPS, ::every].T)
     assert f"every {every}th neuron (64 of 1024), steps 0-499 of 3000" in ax.get_title(loc="right")
+    assert "every 2nd neuron (64 of 128)" in plots.figure_raster({"a": g[:10, :128]}).axes[0].get_title(loc="right")
+    assert [plots._ordinal(k) for k in (1, 3, 11, 12, 13, 21, 22, 111)] == [
+        "1st", "3rd", "11th", "12th", "13th", "21st", "22nd", "111th"]
     assert ax.get_xlim() == (0, plots.MAX_RASTER_STEPS)
     # a small raster is drawn whole, without a note
     fig = plots.figure_raster({"a": g[:100, :20]})
@@ -519,6 +592,18 @@ def test_analyze_validates_max_samples_and_batch_size(tmp_path, capsys):
     with pytest.raises(ValueError, match="max_samples must be a positive integer"):
         analyze(path, max_samples=0)
     assert analyze(path, batch_size=4, max_samples=4).num_samples == 4
+    # exactly N samples, not rounded up to a read chunk: the same counts as a trace of those N
+    five = analyze(path, batch_size=4, max_samples=5)
+    whole = analyze(path, max_samples=5)
+    assert five.num_samples == whole.num_samples == 5 and five.ops == whole.ops
+    r = traces.read(path)
+    rec = {n: SimpleNamespace(gate=r.gates(n, slice(0, 5)),
+                              spike=r.spikes(n, slice(0, 5)) if n == "layers.0" else None)
+           for n in r.layers}
+    layers, x_nnz = r.layers, r.input_nnz(slice(0, 5))
+    r.close()
+    x = (np.arange(4)[None, None, :] < x_nnz[:, :, None]).astype(float)
+    assert analyze_records(rec, layers, inputs=x).ops == five.ops
     stream = tmp_path / "stream.h5"
     layer = SULIF(3, 5, backend="torch")
     with traces.StreamTraceWriter(stream, layers={"layers.0": layer.layer_meta(0)}, batch=1) as w:

@@ -13,6 +13,7 @@ A table is a JSON object with any of the fields of :class:`EnergyTable`, e.g.::
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -44,8 +45,13 @@ class EnergyTable:
             raise ValueError(f"unknown energy table fields {sorted(unknown)}; "
                              f"valid: {sorted(known)}")
         for k, v in d.items():
-            if k not in ("name", "source") and (not isinstance(v, (int, float)) or v < 0):
-                raise ValueError(f"energy table field {k!r} must be a number >= 0, got {v!r}")
+            if k in ("name", "source"):
+                if not isinstance(v, str):
+                    raise ValueError(f"energy table field {k!r} must be a string, got {v!r}")
+            elif (isinstance(v, bool) or not isinstance(v, (int, float))
+                  or not math.isfinite(v) or v < 0):
+                # JSON's true and Python's json NaN / Infinity would pass a plain isinstance check
+                raise ValueError(f"energy table field {k!r} must be a finite number >= 0, got {v!r}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,10 +96,16 @@ class EnergyEstimate:
         return (self.effective_pj + self.effective_memory_pj) / d if d else float("nan")
 
     def to_dict(self) -> dict[str, float]:
+        """Totals (pJ, bytes) and the two ratios."""
         d = asdict(self)
         d["ratio"] = self.ratio
         d["ratio_with_memory"] = self.ratio_with_memory
         return d
+
+    def per_sample(self, samples: int) -> dict[str, float]:
+        """:meth:`to_dict` with the totals divided by ``samples`` (at least 1)."""
+        n = max(samples, 1)
+        return {k: v if k.startswith("ratio") else v / n for k, v in self.to_dict().items()}
 
 
 def estimate_energy(ops: OpCounts, table: EnergyTable = DEFAULT_TABLE) -> EnergyEstimate:

@@ -57,7 +57,9 @@ class OpCounts:
     effective_acs: int = 0
     neuron_updates: int = 0           # open (neuron, step) pairs: state writes
     dense_neuron_updates: int = 0     # N·T·H
-    elementwise: int = 0              # GRU's 3 products per update (r⊙Uh, (1-z)⊙n, z⊙h)
+    state_reads: int = 0              # states read: the updates; event gate: all H every step
+    dense_state_reads: int = 0        # N·T·H
+    elementwise: int = 0              # GRU's 3 products per computed row (r⊙Uh, (1-z)⊙n, z⊙h)
     dense_elementwise: int = 0
     samples: int = 0
 
@@ -109,11 +111,13 @@ def memory_bytes(ops: OpCounts, *, bytes_per_weight: float = 4,
     """Estimated memory traffic ``(dense, effective)`` in bytes.
 
     Every synaptic operation reads one weight (no reuse across steps, batch-1 streaming
-    inference) and every neuron update reads and writes its state:
-    ``bytes = ops·bytes_per_weight + 2·updates·bytes_per_state``.
+    inference), every computed row reads its state and every update writes it:
+    ``bytes = ops·bytes_per_weight + (state_reads + updates)·bytes_per_state`` (the state
+    reads are the updates, except for the event gate, which reads all H states every step).
     """
-    dense = ops.dense * bytes_per_weight + 2 * ops.dense_neuron_updates * bytes_per_state
-    eff = ops.effective * bytes_per_weight + 2 * ops.neuron_updates * bytes_per_state
+    dense = (ops.dense * bytes_per_weight
+             + (ops.dense_state_reads + ops.dense_neuron_updates) * bytes_per_state)
+    eff = ops.effective * bytes_per_weight + (ops.state_reads + ops.neuron_updates) * bytes_per_state
     return float(dense), float(eff)
 
 
@@ -154,9 +158,9 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
     event = meta["gate"] == "event"
     carry_in = carry is not None and carry.ever is not None
 
-    k = gates.sum(axis=2, dtype=np.int64)                        # (n, T) open rows
     valid = (np.ones((n, t), np.int64) if lengths is None
              else (np.arange(t)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64))
+    k = gates.sum(axis=2, dtype=np.int64) * valid                # (n, T) open rows; none when padded
     steps = valid.sum(axis=1)                                     # (n,) steps without padding
     rows = valid * h if event else k
     x = (np.full((n, t), f, np.int64) if input_nnz is None
@@ -169,7 +173,7 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
         if recurrent:
             if spikes is None:
                 raise ValueError("a recurrent LIF layer needs its spikes to count operations")
-            s = spikes.sum(axis=2, dtype=np.int64)
+            s = spikes.sum(axis=2, dtype=np.int64) * valid
             prev = np.zeros_like(s)
             prev[:, 1:] = s[:, :-1]
             if carry_in and t:
@@ -195,6 +199,7 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
     dense_in_per_step = m * h * f
     dense_rec = all_steps * m * h * h if recurrent else 0
     upd = int(k.sum())
+    computed = int(rows.sum())                                     # rows whose candidate is computed
     return OpCounts(
         dense_macs=(all_steps - spike_steps) * dense_in_per_step + (0 if cell == "lif" else dense_rec),
         dense_acs=spike_steps * dense_in_per_step + (dense_rec if cell == "lif" else 0),
@@ -202,7 +207,9 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
         effective_acs=int(in_ops[spike_in].sum()) + rec_ac,
         neuron_updates=upd,
         dense_neuron_updates=all_steps * h,
-        elementwise=3 * upd if cell == "gru" else 0,
+        state_reads=computed,
+        dense_state_reads=all_steps * h,
+        elementwise=3 * computed if cell == "gru" else 0,
         dense_elementwise=3 * all_steps * h if cell == "gru" else 0,
         samples=n,
     )

@@ -61,6 +61,12 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def _ordinal(k: int) -> str:
+    """2 -> "2nd", 11 -> "11th", 23 -> "23rd"."""
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
 def _raster_view(t: int, h: int) -> tuple[int, np.ndarray, str]:
     """(steps shown, neurons shown, what was left out) for a (t, h) raster."""
     steps = min(t, MAX_RASTER_STEPS)
@@ -68,7 +74,7 @@ def _raster_view(t: int, h: int) -> tuple[int, np.ndarray, str]:
     neurons = np.arange(0, h, every)
     said = []
     if every > 1:
-        said.append(f"every {every}th neuron ({len(neurons)} of {h})")
+        said.append(f"every {_ordinal(every)} neuron ({len(neurons)} of {h})")
     if steps < t:
         said.append(f"steps 0-{steps - 1} of {t}")
     return steps, neurons, ", ".join(said)
@@ -248,17 +254,17 @@ def figure_ops(names: Sequence[str], dense: Sequence[float], effective: Sequence
     panels = 2 if dense_energy is not None else 1
     fig, axes = _figure(1, panels, (5.2 * panels, 3.8))
     x = np.arange(len(names))
-    series = [(dense, effective, "synaptic operations")]
+    series = [(dense, effective, "synaptic operations", "")]
     if dense_energy is not None:
-        series.append((dense_energy, effective_energy, "compute energy"))
-    for ax, (d, e, lab) in zip(axes[0], series, strict=True):
+        series.append((dense_energy, effective_energy, "compute energy", " pJ"))
+    for ax, (d, e, lab, unit) in zip(axes[0], series, strict=True):
         d, e = np.asarray(d, float), np.asarray(e, float)
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(d > 0, e / np.where(d > 0, d, 1), np.nan)
         ax.bar(x, np.nan_to_num(ratio), 0.6, color="tab:blue", label="effective")
         ax.axhline(1.0, color="tab:gray", ls="--", lw=1, label="dense (= 1)")
         for i in range(len(x)):
-            text = "n/a" if not np.isfinite(ratio[i]) else f"{ratio[i]:.3g}\n{e[i]:.3g} / {d[i]:.3g}"
+            text = "n/a" if not np.isfinite(ratio[i]) else f"{ratio[i]:.3g}\n{e[i]:.3g} / {d[i]:.3g}{unit}"
             value = float(np.nan_to_num(ratio[i]))
             if value > 0.4:  # inside the bar, clear of the dense line at 1
                 ax.text(x[i], value - 0.03, text, ha="center", va="top", fontsize=7, color="white")

@@ -76,6 +76,7 @@ class Report:
                 "ops": lr.ops.to_dict(),
                 "ops_per_sample": lr.ops.per_sample(),
                 "energy": {k: _num(v) for k, v in lr.energy.to_dict().items()},
+                "energy_per_sample": {k: _num(v) for k, v in lr.energy.per_sample(self.num_samples).items()},
                 "notes": lr.notes,
             }
         return {
@@ -87,6 +88,7 @@ class Report:
             "ops": self.ops.to_dict(),
             "ops_per_sample": self.ops.per_sample(),
             "energy": {k: _num(v) for k, v in self.energy.to_dict().items()},
+            "energy_per_sample": {k: _num(v) for k, v in self.energy.per_sample(self.num_samples).items()},
             "energy_table": self.table.to_dict(),
             "layers": layers,
             "meta": self.meta,
@@ -137,10 +139,11 @@ class Report:
         for n, lr in self.layers.items():
             a, ps, m = lr.activity, lr.ops.per_sample(), lr.meta
             fr = "-" if a.firing_rate is None else f"{a.firing_rate:.4f}"
+            iv = "-" if not math.isfinite(a.mean_timescale) else f"{a.mean_timescale:.2f}"
             lines.append(
                 f"| {n} | {m['cell']} | {m['gate']} | {m['input_size']} | {m['hidden_size']} | "
                 f"{a.update_rate:.4f} | {a.activation_sparsity:.4f} | {fr} | "
-                f"{a.mean_timescale:.2f} | {ps['dense']:.4g} | {ps['effective_macs']:.4g} | "
+                f"{iv} | {ps['dense']:.4g} | {ps['effective_macs']:.4g} | "
                 f"{ps['effective_acs']:.4g} | {lr.energy.ratio:.4f} | "
                 f"{lr.energy.ratio_with_memory:.4f} |")
         e, n = self.energy, _n(self)
@@ -199,10 +202,12 @@ def _input_source(name: str, idx: int, layers: Mapping[str, Mapping[str, Any]]) 
 def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], num_steps: int,
               *, table: EnergyTable = DEFAULT_TABLE, source: str = "<records>",
               meta: Mapping[str, Any] | None = None, time_bins: int = 256,
-              stream: bool = False) -> Report:
+              stream: bool = False, inputs_hint: str = "trace written without inputs=") -> Report:
     """Build a :class:`Report` from chunks with ``gates``, ``spikes`` (dicts of bool
     ``(n, T, H)``), ``input_nnz`` (``(n, T)`` or None) and optionally ``input_binary``
     (``(n,)`` or None), e.g. ``reader.iter_chunks()``.
+
+    ``inputs_hint`` says, in the note on unknown nonzero model inputs, what to pass next time.
 
     ``stream=True``: the items are ``(t0, chunk)`` pieces of the same n stream rows in time
     order (``reader.iter_stream()``), and each row is analysed as one sequence of
@@ -238,7 +243,7 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
                 binary = getattr(ch, "input_binary", None)
                 if nnz is None:
                     notes[name].add(
-                        "nonzero model inputs unknown (trace written without inputs=): all "
+                        f"nonzero model inputs unknown ({inputs_hint}): all "
                         f"F={m['input_size']} inputs counted every step"
                         + (" (upper bound for spike input)" if m["input_kind"] == "spike" else ""))
                 if binary is not None and m["input_kind"] != "spike" and np.any(binary):
@@ -250,9 +255,12 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
                 notes[name].add(f"input size {m['input_size']} != hidden size of {src}: "
                                 "all F inputs counted")
             elif layers[src]["cell"] == "lif":
+                # spikes: ACs, whatever this layer's metadata says its input is
                 nnz = ch.spikes[src].sum(axis=2, dtype=np.int64)
+                binary = np.ones(rows, bool)
             else:
                 nnz = ever_updated(ch.gates[src], before=False, initial=ever_in.get(src))
+                binary = np.zeros(rows, bool)
             ops[name] = ops[name] + count_layer_ops(m, g, input_nnz=nnz, spikes=s, input_binary=binary,
                                                     carry=carries[name] if stream else None, lengths=lengths)
     layer_reports = {}
@@ -275,7 +283,7 @@ def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], nu
         source=source, num_samples=total, num_steps=num_steps, layers=layer_reports, ops=tot,
         energy=estimate_energy(tot, table), table=table,
         update_rate=upd / cells if cells else 0.0,
-        activation_sparsity=zeros / cells if cells else 0.0,
+        activation_sparsity=zeros / cells if cells else 1.0,  # as a layer's: nothing was emitted
         meta=dict(meta or {}),
     )
 
@@ -327,7 +335,8 @@ def analyze_records(records: Mapping[str, Any], layers: Mapping[str, Mapping[str
                     if getattr(records[n], "lengths", None) is not None), None)
     if lengths is not None:
         lengths = np.minimum(_numpy(lengths).astype(np.int64).reshape(-1), t)
-    return summarize([_Chunk(gates, spikes, nnz, binary, lengths)], layers, t, table=table)
+    return summarize([_Chunk(gates, spikes, nnz, binary, lengths)], layers, t, table=table,
+                     inputs_hint="analyze_records called without inputs=")
 
 
 def _parse_reshape(reshape: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -340,13 +349,25 @@ def _parse_reshape(reshape: str | tuple[int, int] | None) -> tuple[int, int] | N
     return a, b
 
 
+def _head(a: np.ndarray | None, n: int) -> np.ndarray | None:
+    return None if a is None else a[:n]
+
+
 def _limited(it: Iterator[Any], max_samples: int | None) -> Iterator[Any]:
+    """The chunks of ``it`` cut after ``max_samples`` samples (None: all)."""
     seen = 0
     for ch in it:
         if max_samples is not None and seen >= max_samples:
             return
+        n = next(iter(ch.gates.values())).shape[0]
+        if max_samples is not None and seen + n > max_samples:
+            r = max_samples - seen
+            ch = ch._replace(stop=ch.start + r, gates={k: v[:r] for k, v in ch.gates.items()},
+                             spikes={k: _head(v, r) for k, v in ch.spikes.items()},
+                             input_nnz=_head(ch.input_nnz, r), input_binary=_head(ch.input_binary, r),
+                             lengths=_head(ch.lengths, r))
         yield ch
-        seen += next(iter(ch.gates.values())).shape[0]
+        seen += n
 
 
 def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
@@ -363,9 +384,10 @@ def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = N
         energy_table: an :class:`EnergyTable` or the path of a JSON table.
         plots: write the figures.
         batch_size: samples per read chunk (default: bounded memory, see
-            :meth:`TraceReader.iter_chunks`).
-        max_samples: analyse only the first samples (rounded up to a chunk); refused for a
-            streamed simulation, whose samples are segments of its streams.
+            :meth:`TraceReader.iter_chunks`); a streamed simulation is read one segment (all
+            its stream rows) at a time instead.
+        max_samples: analyse only the first ``max_samples`` samples; refused for a streamed
+            simulation, whose samples are segments of its streams.
         raster_sample: sample drawn in the raster.
     Returns:
         :class:`Report`.

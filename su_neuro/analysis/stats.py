@@ -136,7 +136,8 @@ class ActivityAccumulator:
     def update(self, gates: np.ndarray, spikes: np.ndarray | None = None,
                lengths: np.ndarray | None = None, *, t0: int | None = None) -> None:
         """Add a chunk: ``gates`` (and for LIF ``spikes``) bool ``(n, T, H)``; ``lengths``
-        (n,) valid steps of padded samples (rates count only those steps; None: all T).
+        (n,) valid steps of padded samples (rates count only those steps, and an event on a
+        padded step is ignored; None: all T).
 
         ``t0=None``: the chunk holds n further samples of T steps each. ``t0`` an int: the
         chunk holds steps ``t0 .. t0 + t - 1`` of the same n stream rows as the other chunks
@@ -145,6 +146,12 @@ class ActivityAccumulator:
         """
         n, t, h = gates.shape
         a = 0 if t0 is None else t0
+        if lengths is not None:
+            # an event recorded on a padded step did not happen (the layers write none there)
+            lengths = np.asarray(lengths, np.int64)
+            keep = (np.arange(a, a + t)[None, :] < lengths[:, None])[:, :, None]
+            gates = gates & keep
+            spikes = None if spikes is None else spikes & keep
         if h != self.h or (t != self.t if t0 is None else a + t > self.t):
             raise ValueError(f"gates must be (n, {self.t}, {self.h}) or a piece of that many steps, "
                              f"got {gates.shape} at step {a}")
@@ -159,7 +166,6 @@ class ActivityAccumulator:
         if lengths is None:
             self.valid_step[a:a + t] += n
         else:
-            lengths = np.asarray(lengths, np.int64)
             self.valid_step[a:a + t] += (np.arange(a, a + t)[None, :] < lengths[:, None]).sum(axis=0)
         self.gate_neuron += gates.sum(axis=(0, 1), dtype=np.int64)
         per_t = gates.sum(axis=0, dtype=np.int64)  # (t, H)

@@ -19,10 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-operation energy costs (default: 45 nm fp32, Horowitz 2014)")
     parser.add_argument("--no-plots", action="store_true", help="write no figures")
     parser.add_argument("--max-samples", type=int, default=None,
-                        help="analyse only the first N samples (rounded up to a read chunk; "
-                             "not for a streamed simulation's trace)")
+                        help="analyse only the first N samples "
+                             "(not for a streamed simulation's trace)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="samples read per chunk (default: bounded memory)")
+                        help="samples read per chunk (default: bounded memory; a streamed "
+                             "simulation's trace is read one segment at a time)")
 
 
 def run(args: argparse.Namespace) -> int:
