@@ -222,6 +222,35 @@ def test_event_surrogates(tri, surrogate):
     check(tri, "rnn", "event", 2, 5, 7, event_surrogate=surrogate, threshold=0.3)
 
 
+def test_sigmoid_surrogate_keeps_its_positive_tail(tri):
+    """sigma'(sx) far above the threshold: computed as s sig (1 - sig) it lost its digits for
+    x > 0 (1 - sig cancels) and was exactly 0 from s x ~ 17, while the reference keeps the
+    tail. One open neuron 0.76 above an event gate's threshold, one spike 0.5 above a LIF's
+    (slope 25: s x = 19 and 12.5)."""
+    import su_neuro
+
+    grads = {}
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        rnn = su_neuro.SURNN(1, 1, gate={"kind": "event", "surrogate": "sigmoid", "init_threshold": 0.0},
+                             backend=backend).to(DEVICE)
+        lif = su_neuro.SULIF(1, 1, gate="dense", spike_grad="sigmoid", bias=False, backend=backend).to(DEVICE)
+        with torch.no_grad():
+            rnn.weight_ih_l0.fill_(1.0)
+            rnn.weight_hh_l0.zero_()
+            rnn.bias_ih_l0.zero_()
+            rnn.bias_hh_l0.zero_()
+            lif.weight_ih_l0.fill_(1.0)
+        _, _, rec = rnn(torch.ones(1, 1, 1, device=DEVICE), record=True)
+        rec[0].gate.sum().backward()
+        x = torch.full((1, 1, 1), 1.5, device=DEVICE, requires_grad=True)
+        lif(x)[0].sum().backward()
+        grads[backend] = (rnn.gates[0].threshold.grad, x.grad)
+    for ref, got in zip(grads["torch"], grads["triton"], strict=True):
+        assert ref.abs().item() > 0
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lif"])
 def test_surrogate_gain(tri, cell):
     """A damped surrogate on the event gate (gain 0.3) and the LIF spike (gain 0.6: swapped

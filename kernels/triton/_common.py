@@ -136,9 +136,11 @@ def surrogate_grad(x, CODE: tl.constexpr, scale):
     elif CODE == FAST_SIGMOID:
         u = scale * tl.abs(x) + 1.0
         y = 1.0 / (u * u)
-    elif CODE == SIGMOID:  # s e^{-sx} / (1 + e^{-sx})^2 = s sig(sx) (1 - sig(sx))
-        sg = _sigmoid(scale * x)
-        y = scale * sg * (1.0 - sg)
+    elif CODE == SIGMOID:  # s sig(sx) (1 - sig(sx)) = s e / (1 + e)^2 with e = e^{-s|x|}
+        # even in x: on |x| the tail keeps its digits (1 - sig(sx) cancels for x > 0 and is
+        # exactly 0 from s x ~ 17), as in the reference and numba
+        e = tl.exp(-scale * tl.abs(x))
+        y = scale * e / ((1.0 + e) * (1.0 + e))
     elif CODE == STRAIGHT_THROUGH:
         y = x * 0.0 + 1.0
     elif CODE == TRIANGLE:
