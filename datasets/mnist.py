@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +39,23 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an idx file (``.gz`` or plain) into a numpy array of the shape its header gives."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # a truncated or damaged .gz
+        raise ValueError(f"{path}: damaged gzip file ({err})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an idx file (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: truncated idx file ({len(data)} bytes, its header alone needs {4 + 4 * ndim})")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
-    array = np.frombuffer(data, dtype, count=int(np.prod(shape)), offset=4 + 4 * ndim)
+    need = 4 + 4 * ndim + math.prod(shape) * dtype.itemsize
+    if len(data) < need:
+        raise ValueError(f"{path}: truncated idx file: its header gives shape {shape}, which needs "
+                         f"{need} bytes, the file has {len(data)}")
+    array = np.frombuffer(data, dtype, count=math.prod(shape), offset=4 + 4 * ndim)
     return array.reshape(shape).copy()  # frombuffer arrays are read-only
 
 
@@ -95,6 +106,9 @@ def load_mnist(mnist_root: str | Path | None = None):
                 f"{root}: {image_file} has shape {images.shape} and {label_file} "
                 f"{labels.shape}; expected (N, 28, 28) and (N,)"
             )
+        if labels.size and (labels.min() < 0 or labels.max() > 9):
+            raise ValueError(f"{root}: {label_file} holds labels {labels.min()}..{labels.max()}, "
+                             "MNIST's are the digits 0..9 (images and labels files swapped?)")
         out[split] = (images, labels)
     return out
 

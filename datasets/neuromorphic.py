@@ -7,23 +7,36 @@ tonic's own loaders read the files; this module only
 2. builds the loader from a same-named subclass whose ``download`` raises, so it never touches the
    network (tonic's ``_check_exists`` also wants the downloaded archive, e.g. ``shd_train.h5.zip``,
    which an offline copy need not have; our own check replaces it);
-3. bins each sample's events into ``n_time_bins`` frames with ``tonic.transforms.ToFrame`` and
-   flattens the sensor: ``x (n_time_bins, P * H * W)`` float32 event counts, ``y`` int.
+3. bins each sample's events into ``n_time_bins`` frames (:class:`EventFrames`) and flattens the
+   sensor: ``x (n_time_bins, P * H * W)`` float32 event counts, ``y`` int;
+4. puts DVS Gesture's recordings in path order (tonic lists them in the file system's order, so
+   the same seed would otherwise give another data order on another machine or copy);
+5. with ``cache_dir``, keeps the frames on disk (:class:`FrameDataset`): one file per sample,
+   written to a temporary name and renamed, so runs that share the cache, or one killed while
+   writing, never read a half-written sample.
 
 Binning. tonic's ``ToFrame(n_time_bins=n)`` floors the bin width and never counts the last event(s)
-of a recording, so :class:`EventFrames` uses ``ToFrame(time_window=w, start_time, end_time)`` with an
-integer width ``w`` chosen per sample such that exactly ``n`` bins cover every event:
+of a recording, and its frames are int16 (a pixel with more than 32,767 events in one bin wraps
+around to negative counts), so :class:`EventFrames` bins itself, into ``n`` bins of an integer
+width ``w`` starting at ``t0`` (bin ``(t - t0) // w``):
 
 - ``duration=None`` (default): the bins span the sample's own events, first to last,
-  ``w = (t_last - t_first) // n + 1``;
-- ``duration=D`` (microseconds): a fixed axis from t = 0, ``w = ceil(D / n)``; events at or after
-  ``n * w`` are dropped.
+  ``t0 = t_first``, ``w = (t_last - t_first) // n + 1``: every event is counted;
+- ``duration=D`` (microseconds): a fixed axis from ``t0 = 0``, ``w = ceil(D / n)``; events at or
+  after ``n * w`` (which is ``D`` when ``n`` divides ``D``, else up to ``n - 1`` µs later) are
+  dropped.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import operator
+import os
+import threading
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,26 +63,37 @@ class EventFrames:
         self.duration = duration
 
     def __call__(self, events) -> np.ndarray:
-        from tonic.transforms import ToFrame
-
         n = self.n_time_bins
-        features = math.prod(self.sensor_size)
+        w, h, p = self.sensor_size
+        features = w * h * p
         if len(events) == 0:
             return np.zeros((n, features), dtype=np.float32)
-        if self.duration is None:
-            start = int(events["t"][0])
-            width = (int(events["t"][-1]) - start) // n + 1
+        t = events["t"]
+        if self.duration is None:  # min / max: the timestamps need not be sorted
+            start = int(t.min())
+            width = (int(t.max()) - start) // n + 1
         else:
             start = 0
             width = -(-self.duration // n)
-        to_frame = ToFrame(
-            sensor_size=self.sensor_size,
-            time_window=width,
-            start_time=start,
-            end_time=start + n * width,
-        )
-        frames = to_frame(events)
-        return frames.reshape(n, features).astype(np.float32)
+        b = np.floor_divide(t - start, width).astype(np.int64)
+        keep = (t >= start) & (b < n)
+        names = events.dtype.names
+        x = events["x"][keep].astype(np.int64)
+        y = events["y"][keep].astype(np.int64) if "y" in names else np.zeros_like(x)
+        pol = events["p"][keep].astype(np.int64) if "p" in names else np.zeros_like(x)
+        if p == 1:
+            if np.unique(pol).size > 1:
+                raise ValueError(f"the sensor {self.sensor_size} has one polarity, the events have "
+                                 f"{np.unique(pol).size}")
+            pol = np.zeros_like(x)
+        for axis, v, size in (("x", x, w), ("y", y, h), ("polarity", pol, p)):
+            if v.size and (v.min() < 0 or v.max() >= size):
+                raise ValueError(f"event {axis} coordinates {v.min()}..{v.max()} lie outside the "
+                                 f"sensor's [0, {size})")
+        # frames (n, P, H, W), flattened; counted in float32 (exact up to 2^24 events per bin)
+        index = b[keep] * features + (pol * h + y) * w + x
+        counts = np.bincount(index, minlength=n * features)
+        return counts.astype(np.float32).reshape(n, features)
 
     def __repr__(self) -> str:
         return (
@@ -78,23 +102,105 @@ class EventFrames:
         )
 
 
+class _Chain:
+    """Transforms applied one after the other (``tonic.transforms.Compose`` stops at a
+    recording without events and returns the raw events instead of frames)."""
+
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, events):
+        for transform in self.transforms:
+            events = transform(events)
+        return events
+
+    def __repr__(self) -> str:
+        return f"_Chain({self.transforms})"
+
+
 class FrameDataset(Dataset):
     """Torch view of a tonic data set whose transform yields ``(T, F)`` float32 frames.
 
     ``tonic_dataset`` is the underlying tonic loader (``classes``, ``targets``, ... live there).
-    Items: ``(x (T, F) float32 tensor, y int)``.
+    Items: ``(x (T, F) float32 tensor, y int)``. A sample that cannot be read, or whose label
+    lies outside ``[0, n_classes)``, raises ``ValueError`` naming the data set, split, index and
+    file. All samples have ``seq_len`` steps (``lengths``).
+
+    ``cache``: a folder for the frames, one ``<index>.npz`` per sample, written under a
+    temporary name and renamed into place; a cached file that cannot be read is recomputed.
+    If the folder cannot be written, the data set warns once and goes on without the cache.
     """
 
-    def __init__(self, source, tonic_dataset):
-        self.source = source
+    def __init__(self, tonic_dataset, *, name: str, split: str, n_classes: int, seq_len: int,
+                 files: str, cache: Path | None = None):
         self.tonic_dataset = tonic_dataset
+        self.name, self.split, self.n_classes, self.seq_len = name, split, n_classes, seq_len
+        self.files = files
+        self.cache = cache
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.tonic_dataset)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Steps of every sample (all ``seq_len``), read without binning any sample."""
+        return np.full(len(self), self.seq_len, dtype=np.int64)
+
+    def _where(self, index: int) -> str:
+        data = getattr(self.tonic_dataset, "data", None)
+        if isinstance(data, list) and index < len(data) and isinstance(data[index], str):
+            return data[index]
+        return self.files
 
     def __getitem__(self, index):
-        frames, target = self.source[index]
-        return torch.from_numpy(np.asarray(frames, dtype=np.float32)), int(target)
+        index = operator.index(index)
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"{self.name} {self.split}: index {index} out of range for {n} samples")
+        index %= n
+        if self.cache is not None:
+            hit = self._load(index)
+            if hit is not None:
+                return hit
+        try:
+            frames, target = self.tonic_dataset[index]
+        except Exception as err:
+            raise ValueError(f"{self.name} {self.split} sample {index} ({self._where(index)}): cannot read "
+                             f"it: {type(err).__name__}: {err}") from err
+        target = int(target)
+        if not 0 <= target < self.n_classes:
+            raise ValueError(f"{self.name} {self.split} sample {index} ({self._where(index)}): label "
+                             f"{target} outside the {self.n_classes} classes [0, {self.n_classes})")
+        x = torch.from_numpy(np.asarray(frames, dtype=np.float32))
+        if self.cache is not None:
+            self._store(index, x, target)
+        return x, target
+
+    def _load(self, index: int):
+        try:
+            with np.load(self.cache / f"{index}.npz") as z:
+                x, target = z["x"], int(z["y"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # damaged (e.g. a disk that filled up): computed again and replaced
+        if x.dtype != np.float32 or x.shape[0] != self.seq_len:
+            return None
+        return torch.from_numpy(x), target
+
+    def _store(self, index: int, x: torch.Tensor, target: int) -> None:
+        path = self.cache / f"{index}.npz"
+        tmp = self.cache / f".{index}.npz.tmp-{os.getpid()}-{threading.get_ident()}"
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, x=x.numpy(), y=np.int64(target))
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            warnings.warn(f"{self.name}: cannot write the frame cache {self.cache} ({err}); "
+                          "going on without it", RuntimeWarning, stacklevel=3)
+            self.cache = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +351,57 @@ def _restore(class_name: str, state: dict):
     return obj
 
 
+def _sort_by_path(dataset, fields) -> None:
+    """Put a tonic loader's recordings in path order (its lists ``fields``, in step)."""
+    order = sorted(range(len(dataset.data)), key=lambda i: str(dataset.data[i]))
+    for field in fields:
+        values = getattr(dataset, field)
+        setattr(dataset, field, [values[i] for i in order])
+
+
+def _labels(dataset, base: Path, required) -> np.ndarray | None:
+    """All labels of a split without reading its events (None where tonic keeps none)."""
+    for field in ("targets", "label_data"):  # N-MNIST, DVS Gesture; tonic's sMNIST
+        values = getattr(dataset, field, None)
+        if values is not None and len(values):
+            return np.asarray(values, dtype=np.int64)
+    path = base / required[0]
+    if path.suffix == ".h5":  # SHD, SSC
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                return np.asarray(f["labels"][()], dtype=np.int64)
+        except (OSError, KeyError) as err:
+            raise ValueError(f"cannot read the labels of {path}: {err}") from err
+    return None
+
+
+def _check_labels(name: str, split: str, files: str, labels: np.ndarray | None, n_classes: int) -> None:
+    if labels is None or labels.size == 0:
+        return
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} {split} ({files}): {int(bad.sum())} label(s) outside the {n_classes} "
+                         f"classes [0, {n_classes}), the first at sample {i}: {int(labels[i])}")
+
+
+def _identity(base: Path, required, dataset) -> str:
+    """A short digest of the data a cache was filled from: the folder, the size and time of
+    each split file, and a tree's list of recordings (a cache never serves another copy's frames)."""
+    digest = hashlib.sha256(str(base.resolve()).encode())
+    for rel in required:
+        path = base / rel
+        if path.is_file():
+            st = path.stat()
+            digest.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
+    data = getattr(dataset, "data", None)
+    if isinstance(data, list) and data and isinstance(data[0], str):
+        digest.update("\n".join(data).encode())
+    return digest.hexdigest()[:16]
+
+
 def _downsampled_size(sensor_size, spatial_factor: float):
     """Sensor size after ``tonic.transforms.Downsample(spatial_factor)`` (coordinates are floored)."""
     w, h, p = sensor_size
@@ -271,6 +428,9 @@ def neuromorphic_task(
         check_int("duration", duration, 1)
     if not isinstance(spatial_factor, int | float) or not 0 < spatial_factor <= 1:
         raise ValueError(f"spatial_factor must be in (0, 1], got {spatial_factor!r}")
+    if tonic_kwargs is not None and not isinstance(tonic_kwargs, dict):
+        raise TypeError(f"tonic_kwargs must be a dict of keyword arguments for tonic's "
+                        f"{_SPECS[name].tonic_class}, got {type(tonic_kwargs).__name__} {tonic_kwargs!r}")
     spec = _SPECS[name]
     base = check_files(name, root)
 
@@ -293,18 +453,34 @@ def neuromorphic_task(
         transforms.append(T.Downsample(spatial_factor=spatial_factor))
         sensor_size = _downsampled_size(sensor_size, spatial_factor)
     transforms.append(EventFrames(sensor_size, n_time_bins, duration))
-    transform = T.Compose(transforms)
+    transform = _Chain(transforms)
 
     splits = {}
-    for split, (split_kwargs, _) in spec.splits.items():
-        tonic_dataset = cls(str(base.parent), transform=transform, **split_kwargs, **kwargs)
-        source = tonic_dataset
+    for split, (split_kwargs, required) in spec.splits.items():
+        files = ", ".join(str(base / rel) for rel in required)
+        try:
+            tonic_dataset = cls(str(base.parent), transform=transform, **split_kwargs, **kwargs)
+        except DatasetNotFoundError:
+            raise
+        except TypeError as err:
+            if not kwargs:
+                raise
+            raise TypeError(f"{name}: tonic's {spec.tonic_class} refused tonic_kwargs {kwargs}: {err}") from err
+        except Exception as err:  # tonic's own format checks are bare asserts and Exceptions
+            what = str(err) or "its format check failed"
+            raise ValueError(f"{name}: cannot read the {split} split ({files}): "
+                             f"{type(err).__name__}: {what}") from err
+        if spec.tonic_class == "DVSGesture":
+            _sort_by_path(tonic_dataset, ("data", "targets", "users", "lighting"))
+        _check_labels(name, split, files, _labels(tonic_dataset, base, required), spec.n_classes)
+        cache = None
         if cache_dir is not None:
-            key = f"T{n_time_bins}_s{spatial_factor:g}_d{duration}"
+            key = f"T{n_time_bins}_s{spatial_factor!r}_d{duration}"
             key += "".join(f"_{k}{v}" for k, v in sorted(kwargs.items()))
-            path = Path(cache_dir).expanduser() / name / split / key
-            source = tonic.DiskCachedDataset(tonic_dataset, cache_path=str(path))
-        splits[split] = FrameDataset(source, tonic_dataset)
+            key += "_" + _identity(base, required, tonic_dataset)
+            cache = Path(cache_dir).expanduser() / name / split / key
+        splits[split] = FrameDataset(tonic_dataset, name=name, split=split, n_classes=spec.n_classes,
+                                     seq_len=n_time_bins, files=files, cache=cache)
     return Task(
         name=name,
         kind="classify",

@@ -111,6 +111,8 @@ def copy_task(
     _check_split_sizes(n_train, n_test)
     check_int("seed", seed, 0)
     rng_train, rng_test = _rngs(seed)
+    if not isinstance(blank_targets, bool | np.bool_):
+        raise TypeError(f"blank_targets must be True or False, got {blank_targets!r}")
     args = (delay, n_symbols, n_memorize, bool(blank_targets))
     return Task(
         name="copy",

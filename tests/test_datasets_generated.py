@@ -1,5 +1,6 @@
 """Generated tasks: copy, selective copy, adding problem."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,6 +77,17 @@ def test_generated_tasks_are_deterministic(name):
     # The test split does not depend on the train size.
     d = get_task(name, seed=3, n_train=5, n_test=8)
     assert torch.equal(_stack(a.test)[0], _stack(d.test)[0])
+    # numpy integers are integers (a seed from a numpy generator, a size from an array)
+    e = get_task(name, seed=np.int64(3), **{k: np.int32(v) for k, v in SMALL.items()})
+    assert torch.equal(_stack(a.train)[0], _stack(e.train)[0])
+    with pytest.raises(TypeError, match="seed must be an int, got bool"):
+        get_task(name, seed=True, **SMALL)
+
+
+def test_blank_targets_must_be_a_bool():
+    """The string "False" is truthy: it gave the fully scored variant."""
+    with pytest.raises(TypeError, match="blank_targets must be True or False, got 'False'"):
+        get_task("copy", blank_targets="False", **SMALL)
 
 
 def test_pad_collate():

@@ -89,6 +89,32 @@ def test_idx_folder(tmp_path):
     assert y == 7
 
 
+def test_damaged_idx_files_name_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (4, 28, 28)), False)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(4), False)
+    assert len(get_task("smnist", mnist_root=tmp_path).train) == 4
+    images = tmp_path / "train-images-idx3-ubyte"
+    whole = images.read_bytes()
+    images.write_bytes(whole[:-10])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: truncated idx file: its header gives shape "
+                                         r"\(4, 28, 28\), which needs 3152 bytes, the file has 3142"):
+        get_task("smnist", mnist_root=tmp_path)
+    images.write_bytes(whole[:6])
+    with pytest.raises(ValueError, match="its header alone needs 16"):
+        read_idx(images)
+    images.unlink()
+    gz = tmp_path / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(whole)[:-20])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz: damaged gzip file"):
+        get_task("smnist", mnist_root=tmp_path)
+    gz.write_bytes(gzip.compress(whole))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(4) + 7, False)
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte holds labels 7..10, MNIST's are the digits 0..9"):
+        get_task("smnist", mnist_root=tmp_path)
+
+
 def test_idx_folder_missing(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="train-images-idx3-ubyte") as err:
         get_task("smnist", mnist_root=tmp_path)

@@ -187,7 +187,7 @@ def test_dvsgesture_and_cache(tmp_path):
             assert frames.shape == (6, 2048)
             got[label] = frames.sum().item()
         assert got == {4: counts[folder, 4], 10: counts[folder, 10]}
-    assert any(cache.rglob("*.hdf5"))
+    assert len(list(cache.rglob("*.npz"))) == 4 and not list(cache.rglob(".*tmp*"))
     restored = pickle.loads(pickle.dumps(task.test))  # DataLoader workers under spawn
     assert torch.equal(restored[1][0], task.test[1][0])
     first = task.train[0][0]
@@ -268,3 +268,186 @@ def test_root_from_environment(tmp_path, monkeypatch):
 def test_bad_neuromorphic_options(tmp_path, options, argument):
     with pytest.raises(ValueError, match=argument):
         get_task("shd", root=tmp_path, **options)
+
+
+def _dvs_recording(path, events):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(events, dtype=np.int64))
+
+
+def test_dvsgesture_order_is_the_path_order(tmp_path):
+    """tonic lists DVS Gesture's recordings in the file system's order: the same seed gave
+    another data order on another copy of the data."""
+    folder = tmp_path / "DVSGesture"
+    names = ["user02_led/3.npy", "user01_led/10.npy", "user01_fluorescent/2.npy", "user01_led/0.npy"]
+    for k, rel in enumerate(names):  # written in this (unsorted) order; k + 1 events each
+        _dvs_recording(folder / "ibmGestureTrain" / rel, [[1, 2, 0, 10 * t] for t in range(k + 1)])
+    _dvs_recording(folder / "ibmGestureTest/user24_led/1.npy", [[0, 0, 1, 5]])
+    task = get_task("dvsgesture", root=tmp_path, n_time_bins=2)
+    ds = task.train.tonic_dataset
+    assert ds.data == sorted(ds.data)
+    order = sorted(range(4), key=lambda k: str(folder / "ibmGestureTrain" / names[k]))
+    assert [task.train[i][1] for i in range(4)] == [int(names[k].split("/")[1][:-4]) for k in order]
+    assert [task.train[i][0].sum().item() for i in range(4)] == [k + 1.0 for k in order]
+    assert ds.users == [int(names[k][4:6]) for k in order]
+    assert ds.lighting == [names[k].split("_")[1].split("/")[0] for k in order]
+
+
+def test_event_counts_do_not_wrap_and_need_no_order(tmp_path):
+    """tonic's ToFrame counts in int16: 40,000 events on one pixel in one bin read -25,536."""
+    from su_neuro.datasets.neuromorphic import EventFrames
+
+    dtype = np.dtype([("x", np.int16), ("y", np.int16), ("p", bool), ("t", np.int64)])
+    ev = np.zeros(40_000, dtype)
+    ev["x"], ev["y"], ev["p"], ev["t"] = 3, 1, 1, np.arange(40_000)
+    frames = EventFrames((34, 34, 2), 1)(ev)
+    assert frames.sum() == 40_000 and frames[0, (1 * 34 + 1) * 34 + 3] == 40_000
+    # timestamps out of order bin as sorted ones do
+    rng = np.random.default_rng(0)
+    ev = np.zeros(500, dtype)
+    ev["x"], ev["y"], ev["p"] = rng.integers(0, 34, 500), rng.integers(0, 34, 500), rng.integers(0, 2, 500)
+    ev["t"] = rng.integers(100, 90_000, 500)
+    sorted_ev = np.sort(ev, order="t")
+    for duration in (None, 60_000):
+        binning = EventFrames((34, 34, 2), 7, duration)
+        np.testing.assert_array_equal(binning(ev), binning(sorted_ev))
+    # the fixed axis keeps the events before n * ceil(D / n) and drops the later ones
+    ev = np.zeros(3, dtype)
+    ev["t"] = [999, 1001, 1002]
+    assert EventFrames((34, 34, 2), 3, 1000)(ev).sum(1).tolist() == [0, 0, 2]
+    with pytest.raises(ValueError, match=r"event x coordinates 0\.\.40 lie outside the sensor's \[0, 34\)"):
+        ev["x"] = [0, 40, 1]
+        EventFrames((34, 34, 2), 3)(ev)
+
+
+def test_recording_without_events_gives_zero_frames(tmp_path):
+    """tonic's Compose stops at an empty recording and handed its raw events on."""
+    (tmp_path / "SHD").mkdir()
+    empty = (np.zeros(0, np.float32), np.zeros(0, np.uint16))
+    some = (np.array([0.1, 0.2], np.float32), np.array([5, 6], np.uint16))
+    for split in ("train", "test"):
+        write_hsd(tmp_path / "SHD" / f"shd_{split}.h5", [some, empty], [1, 2])
+    for factor in (1.0, 0.5):
+        task = get_task("shd", root=tmp_path, n_time_bins=4, spatial_factor=factor)
+        x, y = task.train[1]
+        assert y == 2 and x.shape == (4, task.input_size) and x.sum() == 0
+        assert task.train[0][0].sum() == 2
+
+
+def test_cache_is_keyed_by_the_data_and_survives_damage(tmp_path):
+    """A cache shared by two copies of a data set served the first copy's frames to the
+    second; a damaged cache file is computed again; a stale temporary file is ignored."""
+    roots = {}
+    for name, label, n in (("a", 1, 10), ("b", 7, 50)):
+        roots[name] = tmp_path / name
+        _write_hsd_set(roots[name], "SHD", ["train", "test"], [n], [label], seed=n)
+    cache = tmp_path / "cache"
+    a = get_task("shd", root=roots["a"], n_time_bins=5, cache_dir=cache).train
+    b = get_task("shd", root=roots["b"], n_time_bins=5, cache_dir=cache).train
+    assert (a[0][1], a[0][0].sum().item()) == (1, 10.0)
+    assert (b[0][1], b[0][0].sum().item()) == (7, 50.0)
+    assert a.cache != b.cache and (a.cache / "0.npz").is_file()
+    # a spatial factor that prints the same with %g bins otherwise
+    c = get_task("shd", root=roots["a"], n_time_bins=5, spatial_factor=0.30000001, cache_dir=cache).train
+    d = get_task("shd", root=roots["a"], n_time_bins=5, spatial_factor=0.3, cache_dir=cache).train
+    assert c.cache != d.cache
+    # a damaged file (a full disk, a killed writer) is recomputed and replaced
+    fresh = a[0][0]
+    (a.cache / "0.npz").write_bytes(b"PK\x03\x04 truncated")
+    (a.cache / ".0.npz.tmp-1-2").write_bytes(b"half")
+    assert torch.equal(a[0][0], fresh)
+    with np.load(a.cache / "0.npz") as z:
+        assert np.array_equal(z["x"], fresh.numpy()) and int(z["y"]) == 1
+    # a changed split file is another identity: its cache is another folder
+    _write_hsd_set(tmp_path / "a2", "SHD", ["train", "test"], [12], [3], seed=3)
+    (roots["a"] / "SHD" / "shd_train.h5").write_bytes((tmp_path / "a2/SHD/shd_train.h5").read_bytes())
+    again = get_task("shd", root=roots["a"], n_time_bins=5, cache_dir=cache).train
+    assert again.cache != a.cache and (again[0][1], again[0][0].sum().item()) == (3, 12.0)
+
+
+def test_cache_shared_by_two_processes(tmp_path):
+    """Two runs filling one cache at once: tonic's cache wrote HDF5 files in place (lock
+    errors, damaged files, once a wrong label); each sample is now renamed into place whole.
+    The processes build their tasks, then start reading together (a file as the barrier)."""
+    import subprocess
+    import sys
+    import time
+
+    labels = [i % 19 + 1 for i in range(64)]
+    _write_hsd_set(tmp_path, "SHD", ["train", "test"], [40] * 64, labels)
+    go = tmp_path / "go"
+    script = (
+        "import os, sys, time\n"
+        "from su_neuro.datasets import get_task\n"
+        f"t = get_task('shd', root={str(tmp_path)!r}, n_time_bins=50, cache_dir={str(tmp_path / 'cache')!r})\n"
+        "ref = get_task('shd', root=" + repr(str(tmp_path)) + ", n_time_bins=50)\n"
+        "print('ready', flush=True)\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.001)\n"
+        "for i in range(len(t.train)):\n"
+        "    x, y = t.train[i]\n"
+        "    assert y == ref.train[i][1] and x.equal(ref.train[i][0]), i\n"
+        "print('ok')\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    go.touch()
+    deadline = time.monotonic() + 300
+    for proc in procs:
+        out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        assert proc.returncode == 0 and out.strip() == "ok", err
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 64
+
+
+def _write_smnist(folder, n_train=3, n_test=2, labels_short=False):
+    rng = np.random.default_rng(3)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.arange(n - (1 if labels_short else 0)) % 10)
+
+
+def test_damaged_files_name_the_file(tmp_path):
+    # tonic's sMNIST checks its idx headers with bare asserts
+    _write_smnist(tmp_path / "smnist", labels_short=True)
+    with pytest.raises(ValueError, match=r"tonic_smnist: cannot read the train split \(.*train-images-idx3-ubyte, "
+                                         r".*train-labels-idx1-ubyte\): AssertionError: its format check failed"):
+        get_task("tonic_smnist", root=tmp_path)
+    # an HDF5 label outside the classes is found when the task is built, not mid-training
+    _write_hsd_set(tmp_path, "SHD", ["train", "test"], [3, 4], [1, 25])
+    with pytest.raises(ValueError, match=r"shd train \(.*shd_train.h5\): 1 label\(s\) outside the 20 classes "
+                                         r"\[0, 20\), the first at sample 1: 25"):
+        get_task("shd", root=tmp_path)
+    # a truncated recording names its file when it is read
+    rng = np.random.default_rng(0)
+    for folder in ("Train", "Test"):
+        t = np.sort(rng.integers(0, 300_000, 50))
+        write_nmnist_bin(tmp_path / "NMNIST" / folder / "3" / "00001.bin", t % 34, t % 33, t % 2, t)
+    bad = tmp_path / "NMNIST" / "Train" / "3" / "00001.bin"
+    bad.write_bytes(bad.read_bytes()[:-2])
+    task = get_task("nmnist", root=tmp_path, n_time_bins=3)
+    with pytest.raises(ValueError, match=r"nmnist train sample 0 \(.*NMNIST/Train/3/00001.bin\): cannot read it"):
+        task.train[0]
+    assert task.test[0][0].sum() == 50
+
+
+def test_tonic_kwargs_checked(tmp_path):
+    _write_smnist(tmp_path / "smnist")
+    with pytest.raises(TypeError, match="tonic_kwargs must be a dict"):
+        get_task("tonic_smnist", root=tmp_path, tonic_kwargs="foo")
+    with pytest.raises(TypeError, match=r"tonic's SMNIST refused tonic_kwargs \{'foo': 1\}"):
+        get_task("tonic_smnist", root=tmp_path, tonic_kwargs={"foo": 1})
+    with pytest.raises(ValueError, match="Number of neurons must be odd"):
+        get_task("tonic_smnist", root=tmp_path, tonic_kwargs={"num_neurons": 100})
+
+
+def test_lengths_without_reading_samples(tmp_path, monkeypatch):
+    """Length bucketing asks every sample's length: all n_time_bins, known without binning."""
+    from su_neuro.datasets.neuromorphic import EventFrames
+
+    _write_hsd_set(tmp_path, "SHD", ["train", "test"], [3, 4, 5], [1, 2, 3])
+    task = get_task("shd", root=tmp_path, n_time_bins=6)
+    monkeypatch.setattr(EventFrames, "__call__", lambda self, ev: pytest.fail("a sample was binned"))
+    assert task.train.lengths.tolist() == [6, 6, 6]

@@ -101,7 +101,7 @@ def test_thread_counts_are_restored_and_readout_period_layers_harmonics_settle_p
     with TraceReader(tmp_path / "listops_quick_runs" / "gru-rhythmic" / "trace.h5") as reader:
         chunks = list(reader.iter_chunks())
     lengths = np.concatenate([ch.lengths for ch in chunks])
-    want = [len(task.test[i][0]) + 3 for i in range(len(lengths))]
+    want = [len(task.test[i][0]) + 3 for i in reader.run_meta["test_indices"]]
     assert lengths.tolist() == want and reader.num_steps == max(want)
     for ch in chunks:
         for b, n in enumerate(ch.lengths):

@@ -43,6 +43,16 @@ def test_bucket_order_is_a_permutation_of_similar_lengths():
     spread = lambda o: np.mean([np.ptp(lengths[o[i:i + 32]]) for i in range(0, 992, 32)])  # noqa: E731
     random_spread = spread(epoch_order(5, 2, 1000))
     assert spread(order) < 0.2 * random_spread
+    # the samples that fill no whole batch are a random choice, not the longest of the last
+    # pool: over 20 epochs with one pool covering the set, every sample gets trained on
+    lengths = rng.integers(10, 500, size=1000)
+    trained = set()
+    for epoch in range(20):
+        order = bucket_order(0, epoch, lengths, 64, 50)
+        left = order[15 * 64:]
+        assert np.mean(lengths[left]) < np.quantile(lengths, 0.9)
+        trained.update(order[:15 * 64].tolist())
+    assert trained == set(range(1000))
 
 
 def test_train_tokens_with_bucketing_and_trace(tmp_path):
@@ -56,7 +66,10 @@ def test_train_tokens_with_bucketing_and_trace(tmp_path):
     task = load_task(cfg)
     with TraceReader(tmp_path / "run" / "trace.h5") as r:
         lengths = r.lengths()
-        want = [task.test[i][0].shape[0] for i in range(20)]
+        chosen = r.run_meta["test_indices"]
+        assert len(chosen) == len(set(chosen)) == 20 and chosen == sorted(chosen)
+        assert chosen != list(range(20)) and max(chosen) < len(task.test)
+        want = [task.test[i][0].shape[0] for i in chosen]
         assert lengths.tolist() == want
         gates = r.gates("layers.0")
         assert gates.shape[1] == max(want)

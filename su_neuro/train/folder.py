@@ -2,7 +2,8 @@
 
 Holds :class:`RunFolderError`, the refusal to overwrite a run, the recognition of a start that
 failed before its first step, the stored configuration that ``--resume`` must agree with (all
-keys but :data:`~su_neuro.train.config.RESUME_MUTABLE`), and the append-only JSONL log.
+keys but :data:`~su_neuro.train.config.RESUME_MUTABLE` and the data's folders,
+:data:`~su_neuro.train.config.RESUME_LOCATIONS`), and the append-only JSONL log.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .config import (
     CONFIG_FILE,
     CONFIG_KEYS,
     LOG_FILE,
+    RESUME_LOCATIONS,
     RESUME_MUTABLE,
     RUN_FILES,
     ConfigError,
@@ -83,8 +85,14 @@ def _check_resume_config(stored: dict, cfg: TrainConfig, explicit: set[str] | No
         elif isinstance(new[key], dict):
             # an options table: only the entries given must agree with the stored ones
             for sub, value in sorted(new[key].items()):
-                if old[key].get(sub, _MISSING) != value:
-                    raise differs(f"{key}.{sub}", old[key].get(sub, "<unset>"), value)
+                was = old[key].get(sub, _MISSING)
+                if was == value:
+                    continue
+                if (key == "task_options" and sub in RESUME_LOCATIONS
+                        and (sub != "mnist_root" or (was is not _MISSING and was is not None and value is not None))):
+                    old[key] = {**old[key], sub: value}  # the same data in another folder
+                    continue
+                raise differs(f"{key}.{sub}", old[key].get(sub, "<unset>"), value)
         elif new[key] != old[key]:
             raise differs(key, old[key], new[key])
     return TrainConfig(**old)

@@ -87,10 +87,14 @@ def _check_splits(cfg: TrainConfig, task) -> None:
     """Refuse a task with an empty train or test split before anything is written: an empty
     test split would report a loss and accuracy of zero that look measured, and a trace
     (``trace = true``) would fail only after the whole training run."""
+    from ..datasets import task_options
+
     for split in ("train", "test"):
         if len(getattr(task, split)) == 0:
-            raise ConfigError(f"task {cfg.task!r} has an empty {split} split; give it samples "
-                              f"(e.g. --task-option n_{split}=1000)")
+            option = f"n_{split}"
+            hint = (f"give it samples (e.g. --task-option {option}=1000)" if option in task_options(cfg.task)
+                    else "its files hold no samples")
+            raise ConfigError(f"task {cfg.task!r} has an empty {split} split; {hint}")
 
 
 def _first_step_notice(cfg: TrainConfig, device: torch.device, batch: int, bar, main: bool):
