@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        from .train.loop import TrainingStopped
+
+        if isinstance(err, TrainingStopped):
+            print(f"{err}; continue with --resume", file=sys.stderr)
+            return 128 + err.signum
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:

@@ -360,6 +360,14 @@ def test_training_curves(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"event": "train", "step": 1, "loss": 1, "acc": 0}\n{oops\n')
     with pytest.raises(ValueError, match="bad.jsonl, line 2: not JSON"):
         plots.plot_training_curves({"x": tmp_path / "bad.jsonl"}, tmp_path / "x.png")
+    # a resumed run logged steps 30 and 40 again after its checkpoint at 20: drawn once
+    lines = [{"event": "train", "step": k, "loss": 1.0, "acc": 0.0} for k in (10, 20, 30, 40)]
+    lines += [{"event": "resume", "step": 20}]
+    lines += [{"event": "train", "step": k, "loss": 0.5, "acc": 0.0} for k in (30, 40, 50)]
+    (tmp_path / "resumed.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    fig = plots.figure_training_curves({"r": tmp_path / "resumed.jsonl"}, smooth=1)
+    x, y = next(ln for ln in fig.axes[0].get_lines() if ln.get_label() == "r").get_data()
+    assert list(x) == [10, 20, 30, 40, 50] and list(y) == [1.0, 1.0, 0.5, 0.5, 0.5]
     (tmp_path / "empty.jsonl").write_text('{"event": "start", "step": 0}\n')
     with pytest.raises(ValueError, match="holds no training steps"):
         plots.plot_training_curves({"x": tmp_path / "empty.jsonl"}, tmp_path / "x.png")

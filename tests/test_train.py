@@ -490,7 +490,12 @@ def test_checkpoint_of_another_model(tmp_path):
     state = load_checkpoint(out / "checkpoint.pt")
     state["config"]["hidden_size"] = 16
     save_checkpoint(out / "checkpoint.pt", state)
-    with pytest.raises(CheckpointError, match="belongs to another model: .* has shape"):
+    # config.json still says 12: an edit by hand is refused, not ignored
+    with pytest.raises(RunFolderError, match=r"config.json' says hidden_size=12 but the run's checkpoint was "
+                                             r"trained with hidden_size=16 \(was config.json edited by hand\?\)"):
+        train(tiny_config(max_steps=8), out, resume=True, progress=False, explicit_keys=set())
+    (out / "config.json").write_text(json.dumps(state["config"]))
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: the checkpoint belongs to another model: .* has shape"):
         train(tiny_config(max_steps=8), out, resume=True, progress=False, explicit_keys=set())
 
 
@@ -539,6 +544,165 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
     log_after = (out / "metrics.jsonl").read_text()
     assert log_after.startswith(log_before)
     assert '"event": "resume"' in log_after[len(log_before):]
+
+
+def test_sigterm_stops_at_a_step_end_with_a_checkpoint_and_resumes_bit_exact(tmp_path):
+    """A preempted job (SIGTERM) or Ctrl-C lost up to checkpoint_every - 1 steps; the run now
+    ends the step it is in, saves a checkpoint there and exits 128 + the signal."""
+    steps = ["--max-steps", "60", "--checkpoint-every", "10", "--epochs", "9"]
+    ref = run_cli(*TINY, *steps, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    reference = json.loads((tmp_path / "ref" / "result.json").read_text())
+
+    out = tmp_path / "stopped"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "su_neuro.cli", "train", *TINY, *steps, "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        if line.startswith("checkpoint: step 10"):
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.monotonic() < deadline, "no checkpoint line from the training process"
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    stopped = events[-1]
+    assert stopped["event"] == "stopped" and stopped["signal"] == signal.SIGTERM and stopped["step"] >= 10
+    assert f"stopped by SIGTERM after step {stopped['step']}" in err and "continue with --resume" in err
+    assert load_checkpoint(out / "checkpoint.pt")["data"]["step"] == stopped["step"]
+    assert not (out / "result.json").exists()
+
+    res = run_cli(*TINY, *steps, "--out", str(out), "--resume")
+    assert res.returncode == 0, res.stderr
+    assert comparable(json.loads((out / "result.json").read_text())) == comparable(reference)
+
+
+def test_second_run_into_a_busy_folder_is_refused(tmp_path):
+    """Two runs into one folder interleaved their logs, and the second deleted the first's
+    files when it took the first for a failed start."""
+    from su_neuro.train.folder import folder_lock
+
+    out = tmp_path / "run"
+    with folder_lock(out):
+        for resume in (False, True):
+            with pytest.raises(RunFolderError, match="another process is training into .*run' .* wait for it"):
+                train(tiny_config(max_steps=2), out, resume=resume, progress=False)
+        assert not any(out.iterdir())
+    result = train(tiny_config(max_steps=2), out, progress=False)  # released
+    assert result["step"] == 2
+    # a refused run does not leave the folder it created behind
+    with pytest.raises(ConfigError):
+        train(tiny_config(max_steps=2, hidden_size=0), tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_what_is_not_a_failed_start_is_kept(tmp_path):
+    """A folder that merely holds a config.json (another tool's) or an empty log was taken
+    for a failed start and its files deleted."""
+    for files in ({"config.json": '{"my_app_setting": 42}'},
+                  {"config.json": json.dumps(tiny_config().to_dict()), "metrics.jsonl": ""},
+                  {"config.json": '{"my_app_setting": 42}',
+                   "metrics.jsonl": json.dumps({"event": "start", "config": tiny_config().to_dict()}) + "\n"}):
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        for name, text in files.items():
+            (out / name).write_text(text)
+        with pytest.raises(RunFolderError, match="already holds a run"):
+            train(tiny_config(max_steps=2), out, progress=False)
+        assert {p.name: p.read_text() for p in out.iterdir()} == files
+
+
+def test_temporaries_of_a_killed_write_are_removed(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=4), out, progress=False)
+    for name in (".checkpoint.pt.tmp-99999", ".trace.h5.tmp-12", ".config.json.tmp-7"):
+        (out / name).write_bytes(b"half")
+    (out / ".mine.tmp-1").write_text("not ours")
+    train(tiny_config(max_steps=4), out, resume=True, progress=False)
+    assert sorted(p.name for p in out.glob(".*")) == [".mine.tmp-1"]
+
+
+def test_checkpoint_files_that_are_not_checkpoints(tmp_path):
+    import pickle
+
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=4), out, progress=False)
+    good = (out / "checkpoint.pt").read_bytes()
+    cases = [
+        (b"", "is empty: not a su_neuro training checkpoint"),
+        (json.dumps({"a": 1}).encode(), "is not a torch file"),
+        (pickle.dumps({"a": 1}), "is not a torch file"),
+    ]
+    for data, message in cases:
+        (out / "checkpoint.pt").write_bytes(data)
+        with pytest.raises(CheckpointError, match=message):
+            train(tiny_config(max_steps=8), out, resume=True, progress=False, explicit_keys=set())
+    torch.save({"model": torch.nn.Linear(2, 2)}, out / "checkpoint.pt")  # a torch file of objects
+    with pytest.raises(CheckpointError, match="holds Python objects that a checkpoint never holds") as info:
+        load_checkpoint(out / "checkpoint.pt")
+    assert "weights_only" not in str(info.value)
+    (out / "checkpoint.pt").unlink()
+    (out / "checkpoint.pt").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(out / "checkpoint.pt")
+    (out / "checkpoint.pt").rmdir()
+    (out / "checkpoint.pt").write_bytes(good)
+    state = load_checkpoint(out / "checkpoint.pt")
+    del state["rng"]
+    save_checkpoint(out / "checkpoint.pt", state)
+    with pytest.raises(CheckpointError, match="lacks rng: it is not the checkpoint of a training run"):
+        train(tiny_config(max_steps=8), out, resume=True, progress=False, explicit_keys=set())
+    state["rng"], state["config"]["future_key"] = {}, 1
+    save_checkpoint(out / "checkpoint.pt", state)
+    with pytest.raises(CheckpointError, match="keys this su_neuro .* does not know: future_key; was it written by a "
+                                              "newer su_neuro"):
+        train(tiny_config(max_steps=8), out, resume=True, progress=False, explicit_keys=set())
+
+
+def test_atomic_write_errors_name_the_file(tmp_path):
+    target = tmp_path / "checkpoint.pt"
+    target.mkdir()
+    (target / "x").write_text("x")  # a non-empty folder cannot be replaced by a file
+    with pytest.raises(OSError) as info:
+        save_checkpoint(target, {"x": torch.arange(2)})
+    assert info.value.filename == str(target)
+    assert not list(tmp_path.glob(".checkpoint.pt.tmp-*"))
+
+
+def test_load_model_without_the_data_and_on_another_backend(tmp_path, monkeypatch):
+    from su_neuro.train import checkpoint as ckpt
+    from su_neuro.train import load_model
+
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=2), out, progress=False)
+    monkeypatch.setattr(ckpt, "load_task", lambda cfg: pytest.fail("the task's data was loaded"))
+    model, cfg = load_model(out, backend="auto")
+    assert cfg.backend == "auto" and model.rnn.backend == "auto"
+    x = torch.zeros(2, 5, model.rnn.input_size)
+    assert model(x).shape[0] == 2
+
+
+def test_trace_can_be_switched_off_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--max-steps", "2", "--trace", "--out", str(out)]) == 0
+    (out / "trace.h5").unlink()
+    assert main(["train", "--out", str(out), "--resume", "--no-trace", "--no-progress"]) == 0
+    assert not (out / "trace.h5").exists() and "trace" not in json.loads((out / "result.json").read_text())
+    assert json.loads((out / "config.json").read_text())["trace"] is True  # as the run started
+    capsys.readouterr()
+
+
+def test_resume_with_a_task_option_at_its_default(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=4), out, progress=False)
+    same = config_from_dict({"task": "copy", "task_options": {"delay": 6, "seed": 0}, "max_steps": 4})
+    train(same, out, resume=True, progress=False, explicit_keys={"task_options", "max_steps"})
+    other = config_from_dict({"task": "copy", "task_options": {"seed": 1}})
+    with pytest.raises(CheckpointError, match="task_options.seed=0 but this command asks for task_options.seed=1"):
+        train(other, out, resume=True, progress=False, explicit_keys={"task_options"})
 
 
 def test_resume_of_finished_run_is_idempotent(tmp_path):
@@ -605,6 +769,9 @@ def test_load_model_and_simulate_a_checkpoint(tmp_path, capsys):
     from su_neuro import traces
 
     assert traces.read(trace).num_samples == 4
+    # population flags cannot change a trained population: refused, not ignored
+    assert main(argv[:-1] + ["--hidden", "999", "--cell", "lif", "--no-progress", "--overwrite"]) == 2
+    assert "the trained population, which --cell, --hidden cannot change; leave them out" in capsys.readouterr().err
 
 
 def test_bare_resume_continues_with_the_saved_config(tmp_path, cli):
@@ -670,7 +837,8 @@ def test_folder_of_a_start_that_failed_before_its_first_step_is_reused(tmp_path)
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text(json.dumps(tiny_config().to_dict()))
-    (out / "metrics.jsonl").write_text(json.dumps({"event": "start", "step": 0}) + "\n")
+    (out / "metrics.jsonl").write_text(json.dumps({"event": "start", "step": 0, "config": tiny_config().to_dict()})
+                                       + "\n")
     result = train(tiny_config(max_steps=2), out, progress=False)
     assert result["step"] == 2
     events = [json.loads(x)["event"] for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -291,7 +291,9 @@ def plot_ops(names: Sequence[str], dense: Sequence[float], effective: Sequence[f
 
 
 def _train_records(log: str | os.PathLike) -> list[dict]:
-    """The "train" records of a run's metrics.jsonl, or an error naming the file."""
+    """The "train" records of a run's metrics.jsonl, or an error naming the file. A resumed
+    run logs the steps after its last checkpoint again: the records that a "resume" line
+    supersedes are dropped, so each step is drawn once."""
     import json
 
     path = Path(log)
@@ -305,6 +307,8 @@ def _train_records(log: str | os.PathLike) -> list[dict]:
             raise ValueError(f"{path}, line {n}: not JSON ({err.msg})") from None
         if rec.get("event") == "train":
             recs.append(rec)
+        elif rec.get("event") == "resume":
+            recs = [r for r in recs if r["step"] <= rec["step"]]
     if not recs:
         raise ValueError(f"{path} holds no training steps")
     return recs

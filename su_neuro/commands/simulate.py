@@ -18,19 +18,20 @@ HELP = "run a population over a long input and record what it did"
 def add_arguments(parser) -> None:
     src = parser.add_argument_group("population")
     src.add_argument("--checkpoint", default=None, help="a checkpoint written by su-neuro train")
-    src.add_argument("--cell", default="lif", help="rnn, gru or lif (default lif)")
-    src.add_argument("--gate", default="rhythmic", help="rhythmic, event or dense (default rhythmic)")
-    src.add_argument("--rate", type=float, default=0.1, help="rhythmic gate's update rate (default 0.1)")
-    src.add_argument("--hidden", type=int, default=1024, help="neurons (default 1024)")
-    src.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
-    src.add_argument("--recurrent", action="store_true", help="LIF: recurrent weights on spikes")
+    # defaults filled in by _check_arguments (None: not given, which --checkpoint needs)
+    src.add_argument("--cell", default=None, help="rnn, gru or lif (default lif)")
+    src.add_argument("--gate", default=None, help="rhythmic, event or dense (default rhythmic)")
+    src.add_argument("--rate", type=float, default=None, help="rhythmic gate's update rate (default 0.1)")
+    src.add_argument("--hidden", type=int, default=None, help="neurons (default 1024)")
+    src.add_argument("--layers", type=int, default=None, help="stacked layers (default 1)")
+    src.add_argument("--recurrent", action="store_true", default=None, help="LIF: recurrent weights on spikes")
     inp = parser.add_argument_group("input")
     inp.add_argument("--task", default=None, help="run over a dataset split instead of a Poisson stream")
     inp.add_argument("--split", default="test", choices=("train", "test"),
                      help="with --task: the split to run over (default test)")
     inp.add_argument("--samples", type=int, default=16, help="with --task: samples to run")
     inp.add_argument("--steps", type=int, default=10_000, help="Poisson stream length T (default 10,000)")
-    inp.add_argument("--input-size", type=int, default=16, help="Poisson stream inputs F (default 16)")
+    inp.add_argument("--input-size", type=int, default=None, help="Poisson stream inputs F (default 16)")
     inp.add_argument("--poisson-rate", type=float, default=0.05, help="per-step firing probability (default 0.05)")
     inp.add_argument("--batch", type=int, default=1, help="independent Poisson streams run side by side (default 1)")
     run_ = parser.add_argument_group("run")
@@ -45,11 +46,24 @@ def add_arguments(parser) -> None:
     run_.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+POPULATION_DEFAULTS = {"cell": "lif", "gate": "rhythmic", "rate": 0.1, "hidden": 1024, "layers": 1,
+                       "recurrent": False, "input_size": 16}
+"""The population flags and their defaults; a checkpoint's population is the trained one."""
+
+
 def _check_arguments(args) -> None:
     """Everything that can be checked before a population is built or a file written."""
     import math
     from pathlib import Path
 
+    given = [key for key in POPULATION_DEFAULTS if getattr(args, key, None) is not None]
+    if args.checkpoint and given:
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in given)
+        raise ValueError(f"--checkpoint runs the trained population, which {flags} cannot change; leave "
+                         f"{'it' if len(given) == 1 else 'them'} out")
+    for key, default in POPULATION_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, default)
     for key in ("hidden", "layers", "steps", "input_size", "batch", "chunk"):
         value = getattr(args, key)
         if value < 1:

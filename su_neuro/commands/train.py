@@ -73,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      default=argparse.SUPPRESS, help="deterministic algorithms (default on)")
     cfg.add_argument("--flush-denormal", dest="flush_denormal", action=argparse.BooleanOptionalAction,
                      default=argparse.SUPPRESS, help="flush denormal floats to zero on the CPU (default on)")
-    cfg.add_argument("--trace", dest="trace", action="store_true", default=argparse.SUPPRESS,
-                     help="write trace.h5 of test samples at the end")
+    cfg.add_argument("--trace", dest="trace", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                     help="write trace.h5 of test samples at the end (--no-trace: not, e.g. on a resume)")
 
 
 def _parse_option(flag: str, text: str) -> tuple[str, object]:

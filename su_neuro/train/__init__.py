@@ -12,13 +12,13 @@ Modules::
     checkpoint.py  save / load checkpoints, atomic writes, RNG state, load_model
     dist.py        rank, world size and device under torchrun
     data.py        batch order (bucketing), collation, batch loss, evaluate, export_trace
-    folder.py      run-folder checks, the stored config a resume must match, the metrics log
-    loop.py        train() and one training step
+    folder.py      run-folder checks and lock, the stored config a resume must match, the metrics log
+    loop.py        train(), one training step, the stop on SIGINT / SIGTERM
 
 Run folder (``out_dir``)::
 
     config.json      the resolved configuration of the run
-    metrics.jsonl    one JSON object per line: "train" steps, "eval" results, "resume" markers
+    metrics.jsonl    one JSON object per line: "train" steps, "eval" results, "resume" / "stopped" markers
     checkpoint.pt    the latest checkpoint (replaced atomically, see :func:`save_checkpoint`)
     result.json      final metrics, written when the run ends
     trace.h5         gate / spike trace of test samples (``trace = true``)
@@ -55,7 +55,7 @@ from .data import _batch_stats as _batch_stats  # tests/test_token_training.py i
 from .data import bucket_order, epoch_order, evaluate, export_trace
 from .dist import DistInfo, distributed_env
 from .folder import RunFolderError
-from .loop import rate_target_at, step_loss, train
+from .loop import TrainingStopped, rate_target_at, step_loss, train
 
 __all__ = [
     "RUN_FILES",
@@ -64,6 +64,7 @@ __all__ = [
     "DistInfo",
     "RunFolderError",
     "TrainConfig",
+    "TrainingStopped",
     "atomic_write_bytes",
     "bucket_order",
     "build_model",

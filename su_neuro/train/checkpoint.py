@@ -12,8 +12,10 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -70,6 +72,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # named by the file being written, not its temporary name
+        raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -108,10 +112,20 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        what = "is empty" if not magic else "is not a torch file (no zip archive)"
+        raise CheckpointError(f"checkpoint {str(path)!r} {what}: not a su_neuro training checkpoint")
     try:
         outer = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a torch file of other objects than tensors and plain data
+        raise CheckpointError(f"{str(path)!r} is not a su_neuro training checkpoint (it holds Python objects "
+                              "that a checkpoint never holds)") from None
     except Exception as err:  # torch raises many types for damaged zip archives
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read "
@@ -184,20 +198,57 @@ def _signature_mismatch(stored: dict, here: dict) -> str:
     return "the checkpoint belongs to another model"
 
 
-def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, TrainConfig]:
+TASK_SHAPE_KEYS = ("kind", "input_size", "output_size", "vocab_size", "pad_id")
+
+
+def task_shape(task) -> dict:
+    """What building a task's model needs of it (stored in checkpoints: a model loads without
+    the task's data)."""
+    return {key: getattr(task, key, None) for key in TASK_SHAPE_KEYS}
+
+
+def restore_model(model: nn.Module, checkpoint: dict, path: Path) -> None:
+    """Load a checkpoint's parameters into ``model``, refusing one of another model with a
+    message that names the checkpoint and the first difference."""
+    sig = model_signature(model)
+    if checkpoint.get("signature") != sig:
+        raise CheckpointError(f"{path}: " + _signature_mismatch(checkpoint.get("signature") or {}, sig))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()
+        raise CheckpointError(f"{path}: its parameters do not fit the model "
+                              f"({first[0] if first else type(err).__name__})") from None
+
+
+def load_model(path: str | os.PathLike, map_location="cpu", *, backend: str | None = None
+               ) -> tuple[nn.Module, TrainConfig]:
     """The trained model of a checkpoint (or a run folder holding ``checkpoint.pt``) and its config.
 
+    ``backend`` replaces the run's backend (``"auto"`` to run a model trained with
+    ``"triton"`` on a CPU); the model's parameters go to ``map_location``. Checkpoints
+    written since 2026-12-07 carry their task's sizes, so the model loads without the
+    task's data; older ones build the task to learn them.
+
     Example:
-        >>> model, cfg = load_model("runs/copy/checkpoint.pt")
+        >>> model, cfg = load_model("runs/copy/checkpoint.pt", backend="auto")
         >>> logits = model(x)
     """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     checkpoint = load_checkpoint(path, map_location=map_location)
-    cfg = config_from_dict(checkpoint["config"], source=str(path))
-    model = build_model(cfg, load_task(cfg))
-    if checkpoint.get("signature") != model_signature(model):
-        raise CheckpointError(_signature_mismatch(checkpoint.get("signature") or {}, model_signature(model)))
-    model.load_state_dict(checkpoint["model"])
+    for key in ("config", "model"):
+        if key not in checkpoint:
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks {key!r}: not the checkpoint of a training run")
+    stored = dict(checkpoint["config"])
+    if backend is not None:
+        stored["backend"] = backend
+    cfg = config_from_dict(stored, source=str(path))
+    shape = checkpoint.get("task")
+    task = SimpleNamespace(**shape) if isinstance(shape, dict) else load_task(cfg)
+    model = build_model(cfg, task)
+    restore_model(model, checkpoint, path)
+    if not isinstance(map_location, dict | type(None)) and not callable(map_location):
+        model.to(map_location)
     return model.eval(), cfg

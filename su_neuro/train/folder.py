@@ -8,7 +8,10 @@ keys but :data:`~su_neuro.train.config.RESUME_MUTABLE` and the data's folders,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from .checkpoint import CheckpointError
@@ -63,12 +66,21 @@ def _stored_config(out: Path) -> dict | None:
     return None
 
 
-def _check_resume_config(stored: dict, cfg: TrainConfig, explicit: set[str] | None) -> TrainConfig:
-    """The stored run's config, after checking that ``cfg`` does not contradict it."""
+def _check_resume_config(stored: dict, cfg: TrainConfig, explicit: set[str] | None,
+                         source: str = "the stored run's config") -> TrainConfig:
+    """The stored run's config, after checking that ``cfg`` does not contradict it.
+    ``source`` names where the stored config was read (a file)."""
+    unknown = sorted(set(stored) - set(CONFIG_KEYS)) if isinstance(stored, dict) else []
+    if unknown:
+        from .. import __version__
+
+        raise CheckpointError(f"the configuration in {source} has keys this su_neuro ({__version__}) does not "
+                              f"know: {', '.join(unknown)}; was it written by a newer su_neuro? Resume it with "
+                              "that one")
     try:
-        stored_cfg = config_from_dict(stored, source="the stored run's config").validate()
+        stored_cfg = config_from_dict(stored, source=source).validate()
     except ConfigError as err:
-        raise CheckpointError(f"the run's stored configuration is unusable: {err}") from None
+        raise CheckpointError(f"the run's stored configuration ({source}) is unusable: {err}") from None
     keys = explicit if explicit is not None else set(CONFIG_KEYS)
     new = cfg.to_dict()
     old = stored_cfg.to_dict()
@@ -83,35 +95,125 @@ def _check_resume_config(stored: dict, cfg: TrainConfig, explicit: set[str] | No
         if key in RESUME_MUTABLE:
             old[key] = new[key]
         elif isinstance(new[key], dict):
-            # an options table: only the entries given must agree with the stored ones
+            # an options table: only the entries given must agree with the stored ones (an
+            # unset task option is its default)
+            defaults = _task_defaults(old["task"]) if key == "task_options" else {}
             for sub, value in sorted(new[key].items()):
-                was = old[key].get(sub, _MISSING)
+                was = old[key].get(sub, defaults.get(sub, _MISSING))
                 if was == value:
                     continue
                 if (key == "task_options" and sub in RESUME_LOCATIONS
                         and (sub != "mnist_root" or (was is not _MISSING and was is not None and value is not None))):
                     old[key] = {**old[key], sub: value}  # the same data in another folder
                     continue
-                raise differs(f"{key}.{sub}", old[key].get(sub, "<unset>"), value)
+                raise differs(f"{key}.{sub}", "<unset>" if was is _MISSING else was, value)
         elif new[key] != old[key]:
             raise differs(key, old[key], new[key])
     return TrainConfig(**old)
 
 
-def _failed_start(out: Path) -> bool:
-    """Whether ``out`` holds only what a start that failed before its first step writes:
-    ``config.json`` and a log without a single training step (no checkpoint, no result)."""
-    present = {name for name in RUN_FILES if (out / name).exists()}
-    if not present or not present <= {CONFIG_FILE, LOG_FILE}:
-        return False
-    log = out / LOG_FILE
-    if not log.exists():
-        return True
+def _task_defaults(task: str | None) -> dict:
+    from ..datasets import task_options
+
     try:
-        events = [json.loads(line).get("event") for line in log.read_text(encoding="utf-8").splitlines() if line]
-    except (ValueError, AttributeError):
+        return task_options(task) if task else {}
+    except ValueError:
+        return {}
+
+
+def _failed_start(out: Path) -> bool:
+    """Whether ``out`` holds exactly what a start that failed before its first step writes:
+    the log with only ``start`` lines, the first carrying the configuration that
+    ``config.json`` holds (no checkpoint, no result). A ``config.json`` of something else,
+    or an empty log, is not one: it is kept, and the run refused."""
+    present = {name for name in RUN_FILES if (out / name).exists()}
+    if LOG_FILE not in present or not present <= {CONFIG_FILE, LOG_FILE}:
         return False
-    return all(event == "start" for event in events)
+    try:
+        lines = [json.loads(line) for line in (out / LOG_FILE).read_text(encoding="utf-8").splitlines() if line]
+        stored = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")) if CONFIG_FILE in present else None
+    except (OSError, ValueError):
+        return False
+    if not lines or not all(isinstance(line, dict) and line.get("event") == "start" for line in lines):
+        return False
+    return stored is None or lines[0].get("config") == stored
+
+
+def _check_config_file(out: Path, stored: dict) -> None:
+    """Refuse a run whose ``config.json`` disagrees with its checkpoint's configuration on a
+    key that fixes the trajectory (an edit by hand would otherwise be ignored silently)."""
+    path = out / CONFIG_FILE
+    if not path.exists():
+        return
+    try:
+        on_disk = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RunFolderError(f"{str(path)!r} is not valid JSON ({err}); cannot resume this run") from None
+    if not isinstance(on_disk, dict):
+        raise RunFolderError(f"{str(path)!r} is not a configuration (a JSON object); cannot resume this run")
+    for key in sorted(set(on_disk) | set(stored)):
+        if key in RESUME_MUTABLE:
+            continue
+        a, b = on_disk.get(key, _MISSING), stored.get(key, _MISSING)
+        if key == "task_options" and isinstance(a, dict) and isinstance(b, dict):
+            a = {k: v for k, v in a.items() if k not in RESUME_LOCATIONS}
+            b = {k: v for k, v in b.items() if k not in RESUME_LOCATIONS}
+        if a != b:
+            shown = lambda v: "<unset>" if v is _MISSING else repr(v)  # noqa: E731
+            raise RunFolderError(
+                f"{str(path)!r} says {key}={shown(a)} but the run's checkpoint was trained with {key}={shown(b)} "
+                f"(was {CONFIG_FILE} edited by hand?); a run cannot change it: restore {CONFIG_FILE}, or start a "
+                "new run in another folder")
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path, hold: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder ``out`` (created if missing) for the ``with``
+    block: a second ``su-neuro train`` into the same folder is refused instead of mixing its
+    log and checkpoints with this run's, or deleting them. The lock is ``flock`` on the folder
+    itself (no lock file), released when the process ends however it ends. A folder this
+    call created is removed again if the block leaves it empty (a refused run). ``hold=False``
+    (the other ranks of a multi-process run): nothing is locked."""
+    if not hold:
+        yield
+        return
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{str(out)!r} exists and is not a folder")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderError(
+                    f"another process is training into {str(out)!r} (it holds the folder's lock); wait for it "
+                    "to end, or choose another output folder") from None
+            except OSError:
+                pass  # a file system without flock: go on unlocked
+        yield
+    finally:
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete the temporary files (``.<run file>.tmp-<pid>``) that a run killed while writing
+    left in ``out``; call it holding :func:`folder_lock` (no other run writes there)."""
+    removed = []
+    for name in RUN_FILES:
+        for path in out.glob(f".{name}.tmp-*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:

@@ -41,11 +41,12 @@ from .checkpoint import (
     _atomic_write_json,
     _rng_state,
     _set_rng_state,
-    _signature_mismatch,
     load_checkpoint,
     model_signature,
     params_digest,
+    restore_model,
     save_checkpoint,
+    task_shape,
 )
 from .config import (
     CHECKPOINT_FILE,
@@ -70,7 +71,72 @@ from .data import (
     export_trace,
 )
 from .dist import DistInfo, _pick_device, distributed_env
-from .folder import RunFolderError, _check_resume_config, _failed_start, _Log, _prepare_folder, _stored_config
+from .folder import (
+    RunFolderError,
+    _check_config_file,
+    _check_resume_config,
+    _failed_start,
+    _Log,
+    _prepare_folder,
+    _stored_config,
+    folder_lock,
+    remove_stale_temporaries,
+)
+
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "data")
+"""What a training checkpoint must hold to be resumed."""
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """The run stopped on SIGINT / SIGTERM at the end of a step, after saving a checkpoint
+    there (``step``, ``checkpoint``); ``signum`` is the signal. A ``KeyboardInterrupt``, so
+    code that handles Ctrl-C handles it too."""
+
+    def __init__(self, step: int, checkpoint: Path, signum: int):
+        import signal
+
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}")
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM ask the loop to stop at the end of the current step (its state is then
+    whole, and a checkpoint of it resumes bit-exact); a second SIGINT stops at once. Installed
+    only in the main thread of a single-process run (the ranks of a multi-process run would
+    have to agree on the step; they stop as before and resume from the last checkpoint)."""
+
+    def __init__(self, enabled: bool, write: Callable[[str], None]):
+        import signal
+        import threading
+
+        self.signum: int | None = None
+        self._write = write
+        self._enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._old: dict[int, Any] = {}
+        self._signals = (signal.SIGINT, signal.SIGTERM)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: at once
+        self.signum = signum
+        self._write(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                    "(Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> _StopSignals:
+        import signal
+
+        if self._enabled:
+            for sig in self._signals:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _check_backend_runs(cfg: TrainConfig, device: torch.device) -> None:
@@ -142,11 +208,22 @@ def train(
     Under torchrun (``WORLD_SIZE`` > 1) the run uses DistributedDataParallel (gloo on
     CPU, nccl on CUDA), ``batch_size`` is the global batch and must divide by the
     number of processes; only rank 0 writes files or progress.
+
+    The run holds ``out_dir``'s lock (:func:`~su_neuro.train.folder.folder_lock`): a second
+    run into the same folder raises :class:`RunFolderError`. In a single-process run,
+    SIGINT / SIGTERM end the step in flight, save a checkpoint there and raise
+    :class:`TrainingStopped`.
     """
     t_start = time.perf_counter()
     cfg = config if isinstance(config, TrainConfig) else config_from_dict(config)
     out = Path(out_dir)
     dist = distributed_env()
+    # rank 0 holds the folder for the whole run: a second run into it is refused
+    with folder_lock(out, hold=dist.is_main):
+        return _train(cfg, out, dist, resume, overwrite, progress, explicit_keys, desc, on_step, t_start)
+
+
+def _train(cfg, out, dist, resume, overwrite, progress, explicit_keys, desc, on_step, t_start) -> dict:
     if not resume and not overwrite and _failed_start(out):
         overwrite = True  # a start that failed before its first step leaves nothing worth keeping
     _prepare_folder(out, resume, overwrite)
@@ -157,11 +234,16 @@ def train(
     if resume:
         if ckpt_path.exists():
             checkpoint = load_checkpoint(ckpt_path)
-            cfg = _check_resume_config(checkpoint["config"], cfg, explicit_keys)
+            missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+            if missing:
+                raise CheckpointError(f"checkpoint {str(ckpt_path)!r} lacks {', '.join(missing)}: it is not the "
+                                      "checkpoint of a training run; cannot resume")
+            cfg = _check_resume_config(checkpoint["config"], cfg, explicit_keys, source=str(ckpt_path))
+            _check_config_file(out, checkpoint["config"])
         else:
             stored = _stored_config(out)
             if stored is not None:
-                cfg = _check_resume_config(stored, cfg, explicit_keys)
+                cfg = _check_resume_config(stored, cfg, explicit_keys, source=str(out / CONFIG_FILE))
             elif cfg.task is None:
                 raise RunFolderError(
                     f"--resume: {str(out)!r} holds no run to continue (no {CONFIG_FILE} or "
@@ -230,10 +312,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
               "norm_steps": 0.0, "grad_norm": 0.0, "grad_norm_max": 0.0}
 
     if checkpoint is not None:
-        sig = model_signature(model)
-        if checkpoint.get("signature") != sig:
-            raise CheckpointError(_signature_mismatch(checkpoint.get("signature") or {}, sig))
-        model.load_state_dict(checkpoint["model"])
+        restore_model(model, checkpoint, out / CHECKPOINT_FILE)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         _set_rng_state(checkpoint["rng"])
@@ -246,6 +325,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     main = dist.is_main
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)  # of a run killed while writing (the folder's lock is ours)
         if overwrite and not resume:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
@@ -277,6 +357,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
             "window": window,
             "world_size": dist.world_size,
             "torch_version": str(torch.__version__),
+            "task": task_shape(task),
         }
 
     bar = None
@@ -286,6 +367,9 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         bar = tqdm(total=total_steps, initial=step, desc=desc or cfg.task, unit="step", dynamic_ncols=True)
     first_step = _first_step_notice(cfg, device, local_batch, bar, main)
     net.train()
+    stop = _StopSignals(main and not dist.active,
+                        bar.write if bar is not None else (lambda text: print(text, flush=True)))
+    stop.__enter__()
     try:
         while step < total_steps:
             order_epoch = epoch
@@ -324,13 +408,21 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                     log.write({"event": "eval", **rec})
                     if bar is not None:
                         bar.write(f"step {step}: test loss {ev['loss']:.4f}" + _acc_text(ev))
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps and main:
+                saved = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps and main
+                if saved:
                     save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
                     msg = f"checkpoint: step {step} -> {out / CHECKPOINT_FILE}"
                     (bar.write(msg) if bar is not None else print(msg, flush=True))
                 if on_step is not None and main:
                     on_step(step, stats)
+                if stop.signum is not None:  # SIGINT / SIGTERM during the step: its state is whole now
+                    if not saved:
+                        save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
+                    log.write({"event": "stopped", "step": step, "epoch": epoch, "signal": stop.signum})
+                    log.close()
+                    raise TrainingStopped(step, out / CHECKPOINT_FILE, stop.signum)
     finally:
+        stop.__exit__(None, None, None)
         if bar is not None:
             bar.close()
 
