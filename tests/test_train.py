@@ -508,31 +508,39 @@ def test_atomic_checkpoint_leaves_no_temp_files(tmp_path):
 
 
 # ----------------------------------------------------------------- kill -9, resume
-def test_resume_after_sigkill_is_bit_exact(tmp_path):
-    steps = ["--max-steps", "60", "--checkpoint-every", "10", "--epochs", "9"]
-    ref = run_cli(*TINY, *steps, "--out", str(tmp_path / "ref"))
+KILL_STEPS = ["--max-steps", "60", "--checkpoint-every", "10", "--epochs", "9"]
+
+
+def _signalled_run(tmp_path, name: str, at: str, sig: int) -> tuple[dict, Path, int, str]:
+    """The result of an uninterrupted reference run, and a run of the same command sent
+    ``sig`` when it prints the line starting with ``at``: ``(reference, out, status, stderr)``."""
+    ref = run_cli(*TINY, *KILL_STEPS, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     reference = json.loads((tmp_path / "ref" / "result.json").read_text())
-
-    out = tmp_path / "killed"
+    out = tmp_path / name
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "su_neuro.cli", "train", *TINY, *steps, "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO,
+        [sys.executable, "-m", "su_neuro.cli", "train", *TINY, *KILL_STEPS, "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
     )
     deadline = time.monotonic() + 120
     for line in proc.stdout:
-        if line.startswith("checkpoint: step 20"):
-            proc.send_signal(signal.SIGKILL)
+        if line.startswith(at):
+            proc.send_signal(sig)
             break
         assert time.monotonic() < deadline, "no checkpoint line from the training process"
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    _, err = proc.communicate(timeout=60)
+    return reference, out, proc.returncode, err
+
+
+def test_resume_after_sigkill_is_bit_exact(tmp_path):
+    reference, out, status, _ = _signalled_run(tmp_path, "killed", "checkpoint: step 20", signal.SIGKILL)
+    assert status == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "result.json").exists()
     assert load_checkpoint(out / "checkpoint.pt")["data"]["step"] >= 20
     log_before = (out / "metrics.jsonl").read_text()
 
-    res = run_cli(*TINY, *steps, "--out", str(out), "--resume")
+    res = run_cli(*TINY, *KILL_STEPS, "--out", str(out), "--resume")
     assert res.returncode == 0, res.stderr
     resumed = json.loads((out / "result.json").read_text())
     assert comparable(resumed) == comparable(reference)
@@ -549,25 +557,8 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
 def test_sigterm_stops_at_a_step_end_with_a_checkpoint_and_resumes_bit_exact(tmp_path):
     """A preempted job (SIGTERM) or Ctrl-C lost up to checkpoint_every - 1 steps; the run now
     ends the step it is in, saves a checkpoint there and exits 128 + the signal."""
-    steps = ["--max-steps", "60", "--checkpoint-every", "10", "--epochs", "9"]
-    ref = run_cli(*TINY, *steps, "--out", str(tmp_path / "ref"))
-    assert ref.returncode == 0, ref.stderr
-    reference = json.loads((tmp_path / "ref" / "result.json").read_text())
-
-    out = tmp_path / "stopped"
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "su_neuro.cli", "train", *TINY, *steps, "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
-    )
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:
-        if line.startswith("checkpoint: step 10"):
-            proc.send_signal(signal.SIGTERM)
-            break
-        assert time.monotonic() < deadline, "no checkpoint line from the training process"
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    reference, out, status, err = _signalled_run(tmp_path, "stopped", "checkpoint: step 10", signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM, err
     events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     stopped = events[-1]
     assert stopped["event"] == "stopped" and stopped["signal"] == signal.SIGTERM and stopped["step"] >= 10
@@ -575,7 +566,7 @@ def test_sigterm_stops_at_a_step_end_with_a_checkpoint_and_resumes_bit_exact(tmp
     assert load_checkpoint(out / "checkpoint.pt")["data"]["step"] == stopped["step"]
     assert not (out / "result.json").exists()
 
-    res = run_cli(*TINY, *steps, "--out", str(out), "--resume")
+    res = run_cli(*TINY, *KILL_STEPS, "--out", str(out), "--resume")
     assert res.returncode == 0, res.stderr
     assert comparable(json.loads((out / "result.json").read_text())) == comparable(reference)
 
