@@ -355,8 +355,9 @@ def _sort_by_path(dataset, fields) -> None:
     """Put a tonic loader's recordings in path order (its lists ``fields``, in step)."""
     order = sorted(range(len(dataset.data)), key=lambda i: str(dataset.data[i]))
     for field in fields:
-        values = getattr(dataset, field)
-        setattr(dataset, field, [values[i] for i in order])
+        values = getattr(dataset, field, None)
+        if values is not None and len(values) == len(order):  # a list another tonic version may lack
+            setattr(dataset, field, [values[i] for i in order])
 
 
 def _labels(dataset, base: Path, required) -> np.ndarray | None:
@@ -387,10 +388,16 @@ def _check_labels(name: str, split: str, files: str, labels: np.ndarray | None, 
                          f"classes [0, {n_classes}), the first at sample {i}: {int(labels[i])}")
 
 
-def _identity(base: Path, required, dataset) -> str:
-    """A short digest of the data a cache was filled from: the folder, the size and time of
-    each split file, and a tree's list of recordings (a cache never serves another copy's frames)."""
-    digest = hashlib.sha256(str(base.resolve()).encode())
+CACHE_VERSION = 1
+"""Version of the cached frames (raised when :class:`EventFrames` changes what it computes)."""
+
+
+def _identity(base: Path, required, dataset, options: str) -> str:
+    """A short digest of what a cache was filled from: the options, the folder, the size and
+    time of each split file, and a tree's list of recordings (a cache never serves another
+    copy's frames, or frames binned otherwise)."""
+    digest = hashlib.sha256(options.encode())
+    digest.update(str(base.resolve()).encode())
     for rel in required:
         path = base / rel
         if path.is_file():
@@ -475,9 +482,11 @@ def neuromorphic_task(
         _check_labels(name, split, files, _labels(tonic_dataset, base, required), spec.n_classes)
         cache = None
         if cache_dir is not None:
-            key = f"T{n_time_bins}_s{spatial_factor!r}_d{duration}"
-            key += "".join(f"_{k}{v}" for k, v in sorted(kwargs.items()))
-            key += "_" + _identity(base, required, tonic_dataset)
+            # readable part, then a digest of everything the frames depend on (the options'
+            # exact values, tonic_kwargs, the binning's version, the data itself)
+            options = (CACHE_VERSION, n_time_bins, float(spatial_factor), duration, sorted(kwargs.items()))
+            key = f"T{n_time_bins}_s{float(spatial_factor):g}_d{duration}_" + _identity(base, required, tonic_dataset,
+                                                                                        repr(options))
             cache = Path(cache_dir).expanduser() / name / split / key
         splits[split] = FrameDataset(tonic_dataset, name=name, split=split, n_classes=spec.n_classes,
                                      seq_len=n_time_bins, files=files, cache=cache)

@@ -320,6 +320,36 @@ def test_event_counts_do_not_wrap_and_need_no_order(tmp_path):
         EventFrames((34, 34, 2), 3)(ev)
 
 
+@pytest.mark.parametrize("sensor", [(34, 34, 2), (700, 1, 1), (5, 3, 2)])
+def test_event_frames_equal_tonics_to_frame_where_both_hold(sensor):
+    """The reference beside the binning: tonic's ToFrame over the same bins (sorted events,
+    fewer than 32,768 per pixel and bin, where its int16 frames hold the counts)."""
+    import tonic.transforms as T
+
+    from su_neuro.datasets.neuromorphic import EventFrames
+
+    rng = np.random.default_rng(sum(sensor))
+    w, h, p = sensor
+    names = [("x", np.int16), ("y", np.int16), ("p", bool), ("t", np.int64)] if h > 1 else \
+        [("t", np.int64), ("x", np.int16), ("p", bool)]
+    for trial in range(40):
+        n = int(rng.integers(1, 400))
+        ev = np.zeros(n, np.dtype(names))
+        ev["x"] = rng.integers(0, w, n)
+        if h > 1:
+            ev["y"] = rng.integers(0, h, n)
+        ev["p"] = rng.integers(0, p, n)
+        ev["t"] = np.sort(rng.integers(0, 50_000, n))
+        bins = int(rng.integers(1, 12))
+        duration = None if trial % 2 else int(rng.integers(1, 60_000))
+        ours = EventFrames(sensor, bins, duration)(ev.copy())
+        start = int(ev["t"][0]) if duration is None else 0
+        width = (int(ev["t"][-1]) - start) // bins + 1 if duration is None else -(-duration // bins)
+        theirs = T.ToFrame(sensor_size=sensor, time_window=width, start_time=start,
+                           end_time=start + bins * width)(ev.copy())
+        np.testing.assert_array_equal(ours, theirs.reshape(bins, -1).astype(np.float32))
+
+
 def test_recording_without_events_gives_zero_frames(tmp_path):
     """tonic's Compose stops at an empty recording and handed its raw events on."""
     (tmp_path / "SHD").mkdir()

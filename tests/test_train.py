@@ -21,6 +21,7 @@ from su_neuro.train import (
     ConfigError,
     RunFolderError,
     TrainConfig,
+    TrainingStopped,
     config_from_dict,
     load_checkpoint,
     rate_target_at,
@@ -511,16 +512,16 @@ def test_atomic_checkpoint_leaves_no_temp_files(tmp_path):
 KILL_STEPS = ["--max-steps", "60", "--checkpoint-every", "10", "--epochs", "9"]
 
 
-def _signalled_run(tmp_path, name: str, at: str, sig: int) -> tuple[dict, Path, int, str]:
+def _signalled_run(tmp_path, name: str, at: str, sig: int, steps=KILL_STEPS) -> tuple[dict, Path, int, str]:
     """The result of an uninterrupted reference run, and a run of the same command sent
     ``sig`` when it prints the line starting with ``at``: ``(reference, out, status, stderr)``."""
-    ref = run_cli(*TINY, *KILL_STEPS, "--out", str(tmp_path / "ref"))
+    ref = run_cli(*TINY, *steps, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     reference = json.loads((tmp_path / "ref" / "result.json").read_text())
     out = tmp_path / name
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "su_neuro.cli", "train", *TINY, *KILL_STEPS, "--out", str(out)],
+        [sys.executable, "-m", "su_neuro.cli", "train", *TINY, *steps, "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
     )
     deadline = time.monotonic() + 120
@@ -557,7 +558,9 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
 def test_sigterm_stops_at_a_step_end_with_a_checkpoint_and_resumes_bit_exact(tmp_path):
     """A preempted job (SIGTERM) or Ctrl-C lost up to checkpoint_every - 1 steps; the run now
     ends the step it is in, saves a checkpoint there and exits 128 + the signal."""
-    reference, out, status, err = _signalled_run(tmp_path, "stopped", "checkpoint: step 10", signal.SIGTERM)
+    # 400 steps: the signal lands in the loop even on a loaded machine
+    steps = ["--max-steps", "400", "--checkpoint-every", "10", "--epochs", "30"]
+    reference, out, status, err = _signalled_run(tmp_path, "stopped", "checkpoint: step 10", signal.SIGTERM, steps)
     assert status == 128 + signal.SIGTERM, err
     events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     stopped = events[-1]
@@ -566,9 +569,14 @@ def test_sigterm_stops_at_a_step_end_with_a_checkpoint_and_resumes_bit_exact(tmp
     assert load_checkpoint(out / "checkpoint.pt")["data"]["step"] == stopped["step"]
     assert not (out / "result.json").exists()
 
-    res = run_cli(*TINY, *KILL_STEPS, "--out", str(out), "--resume")
+    res = run_cli(*TINY, *steps, "--out", str(out), "--resume")
     assert res.returncode == 0, res.stderr
     assert comparable(json.loads((out / "result.json").read_text())) == comparable(reference)
+    # a train() in a worker process hands the stop back to its parent
+    import pickle
+
+    back = pickle.loads(pickle.dumps(TrainingStopped(3, out / "checkpoint.pt", signal.SIGTERM)))
+    assert (back.step, back.checkpoint, back.signum) == (3, out / "checkpoint.pt", signal.SIGTERM)
 
 
 def test_second_run_into_a_busy_folder_is_refused(tmp_path):
@@ -578,15 +586,16 @@ def test_second_run_into_a_busy_folder_is_refused(tmp_path):
 
     out = tmp_path / "run"
     with folder_lock(out):
+        assert [p.name for p in out.iterdir()] == [".su_neuro.lock"]
         for resume in (False, True):
             with pytest.raises(RunFolderError, match="another process is training into .*run' .* wait for it"):
                 train(tiny_config(max_steps=2), out, resume=resume, progress=False)
-        assert not any(out.iterdir())
-    result = train(tiny_config(max_steps=2), out, progress=False)  # released
-    assert result["step"] == 2
-    # a refused run does not leave the folder it created behind
+    assert not out.exists()  # the lock's folder was created for it, and is empty again
+    result = train(tiny_config(max_steps=2), out, progress=False)
+    assert result["step"] == 2 and not (out / ".su_neuro.lock").exists()
+    # a refused run leaves none of the folders it created behind
     with pytest.raises(ConfigError):
-        train(tiny_config(max_steps=2, hidden_size=0), tmp_path / "new", progress=False)
+        train(tiny_config(max_steps=2, hidden_size=0), tmp_path / "new" / "a" / "b", progress=False)
     assert not (tmp_path / "new").exists()
 
 
@@ -684,6 +693,23 @@ def test_trace_can_be_switched_off_on_resume(tmp_path, capsys):
     assert not (out / "trace.h5").exists() and "trace" not in json.loads((out / "result.json").read_text())
     assert json.loads((out / "config.json").read_text())["trace"] is True  # as the run started
     capsys.readouterr()
+
+
+def test_config_file_of_an_older_version_resumes_twice(tmp_path):
+    """config.json is written once, by the version that started the run; the checkpoint is
+    rewritten with every key. A key added since (missing from config.json, its default in the
+    checkpoint) is no edit by hand."""
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=4), out, progress=False)
+    for path in (out / "config.json",):
+        cfg = json.loads(path.read_text())
+        del cfg["settle_steps"]
+        path.write_text(json.dumps(cfg))
+    state = load_checkpoint(out / "checkpoint.pt")
+    del state["config"]["settle_steps"]
+    save_checkpoint(out / "checkpoint.pt", state)
+    for _ in range(2):
+        assert train(tiny_config(max_steps=4), out, resume=True, progress=False)["step"] == 4
 
 
 def test_resume_with_a_task_option_at_its_default(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,8 +76,8 @@ def _check_resume_config(stored: dict, cfg: TrainConfig, explicit: set[str] | No
         from .. import __version__
 
         raise CheckpointError(f"the configuration in {source} has keys this su_neuro ({__version__}) does not "
-                              f"know: {', '.join(unknown)}; was it written by a newer su_neuro? Resume it with "
-                              "that one")
+                              f"know: {', '.join(unknown)}; was it written by a newer su_neuro (resume it with "
+                              "that one), or is it not a su_neuro configuration?")
     try:
         stored_cfg = config_from_dict(stored, source=source).validate()
     except ConfigError as err:
@@ -151,57 +152,93 @@ def _check_config_file(out: Path, stored: dict) -> None:
         raise RunFolderError(f"{str(path)!r} is not valid JSON ({err}); cannot resume this run") from None
     if not isinstance(on_disk, dict):
         raise RunFolderError(f"{str(path)!r} is not a configuration (a JSON object); cannot resume this run")
-    for key in sorted(set(on_disk) | set(stored)):
+    try:  # both with every key and its default filled in, as JSON holds them
+        a_cfg = json.loads(json.dumps(config_from_dict(on_disk, source=str(path)).to_dict()))
+        b_cfg = json.loads(json.dumps(config_from_dict(stored, source="the checkpoint").to_dict()))
+    except ConfigError as err:
+        raise RunFolderError(f"cannot resume: {err}") from None
+    for key in sorted(a_cfg):
         if key in RESUME_MUTABLE:
             continue
-        a, b = on_disk.get(key, _MISSING), stored.get(key, _MISSING)
-        if key == "task_options" and isinstance(a, dict) and isinstance(b, dict):
+        a, b = a_cfg[key], b_cfg[key]
+        if key == "task_options":
             a = {k: v for k, v in a.items() if k not in RESUME_LOCATIONS}
             b = {k: v for k, v in b.items() if k not in RESUME_LOCATIONS}
         if a != b:
-            shown = lambda v: "<unset>" if v is _MISSING else repr(v)  # noqa: E731
             raise RunFolderError(
-                f"{str(path)!r} says {key}={shown(a)} but the run's checkpoint was trained with {key}={shown(b)} "
+                f"{str(path)!r} says {key}={a!r} but the run's checkpoint was trained with {key}={b!r} "
                 f"(was {CONFIG_FILE} edited by hand?); a run cannot change it: restore {CONFIG_FILE}, or start a "
                 "new run in another folder")
+
+
+LOCK_FILE = ".su_neuro.lock"
+"""The file a run holds locked in its folder (removed when the run ends)."""
+
+
+def _acquire(path: Path, fcntl) -> int | None:
+    """An fd of ``path`` holding an exclusive ``flock``; None where the file system has no
+    lock (warned). The file is created if missing; an fd of a lock file that its previous
+    holder removed in the meantime is dropped and the file opened again."""
+    for _ in range(8):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunFolderError(
+                f"another process is training into {str(path.parent)!r} (it holds {LOCK_FILE}); wait for it to "
+                "end, or choose another output folder") from None
+        except OSError as err:  # e.g. Lustre without -o flock
+            os.close(fd)
+            warnings.warn(f"cannot lock the run folder {path.parent} ({err}); two runs into it would not be "
+                          "kept apart", RuntimeWarning, stacklevel=4)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # locked the file of a run that has just ended and removed it
+    raise RunFolderError(f"cannot take the lock {path}: it keeps being replaced")
 
 
 @contextlib.contextmanager
 def folder_lock(out: Path, hold: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the run folder ``out`` (created if missing) for the ``with``
     block: a second ``su-neuro train`` into the same folder is refused instead of mixing its
-    log and checkpoints with this run's, or deleting them. The lock is ``flock`` on the folder
-    itself (no lock file), released when the process ends however it ends. A folder this
-    call created is removed again if the block leaves it empty (a refused run). ``hold=False``
-    (the other ranks of a multi-process run): nothing is locked."""
-    if not hold:
+    log and checkpoints with this run's, or deleting them. The lock is ``flock`` on the file
+    ``out/.su_neuro.lock`` (on NFS the kernel emulates it with record locks, which hold across
+    machines), released when the process ends however it ends, and the file removed when
+    the block ends. Folders this call created are removed again if the block leaves them
+    empty (a refused run). ``hold=False`` (the other ranks of a multi-process run), or a
+    system without ``fcntl`` (Windows): nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if not hold or fcntl is None:
         yield
         return
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{str(out)!r} exists and is not a folder")
-    created = not out.exists()
+    created = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_FILE
+    fd = None
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        fcntl = None
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunFolderError(
-                    f"another process is training into {str(out)!r} (it holds the folder's lock); wait for it "
-                    "to end, or choose another output folder") from None
-            except OSError:
-                pass  # a file system without flock: go on unlocked
+        fd = _acquire(lock, fcntl)
         yield
     finally:
-        os.close(fd)
-        if created:
+        if fd is not None:
             with contextlib.suppress(OSError):
-                out.rmdir()  # only if empty
+                lock.unlink()  # while held: a waiting run then finds it gone and opens a new one
+        for folder in created:  # innermost first; only those left empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if fd is not None:
+            os.close(fd)
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:

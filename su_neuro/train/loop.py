@@ -22,6 +22,7 @@ step each gate's ``constrain_`` projects its parameters (the event gate's thresh
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -98,6 +99,9 @@ class TrainingStopped(KeyboardInterrupt):
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}")
         self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
+    def __reduce__(self):  # a train() in a worker process hands it back to its parent
+        return type(self), (self.step, self.checkpoint, self.signum)
+
 
 class _StopSignals:
     """SIGINT / SIGTERM ask the loop to stop at the end of the current step (its state is then
@@ -105,30 +109,36 @@ class _StopSignals:
     only in the main thread of a single-process run (the ranks of a multi-process run would
     have to agree on the step; they stop as before and resume from the last checkpoint)."""
 
-    def __init__(self, enabled: bool, write: Callable[[str], None]):
+    def __init__(self, enabled: bool):
         import signal
         import threading
 
         self.signum: int | None = None
-        self._write = write
         self._enabled = enabled and threading.current_thread() is threading.main_thread()
         self._old: dict[int, Any] = {}
         self._signals = (signal.SIGINT, signal.SIGTERM)
 
     def _handle(self, signum, frame) -> None:
         import signal
+        import sys
 
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # asked twice: at once
         self.signum = signum
-        self._write(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-                    "(Ctrl-C again to stop at once)")
+        # straight to the descriptor: a print could land inside another write to the same stream
+        note = (f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                "(Ctrl-C again to stop at once)\n")
+        with contextlib.suppress(OSError, ValueError):
+            os.write(sys.stderr.fileno(), note.encode())
 
     def __enter__(self) -> _StopSignals:
         import signal
 
         if self._enabled:
             for sig in self._signals:
+                old = signal.getsignal(sig)
+                if old is signal.SIG_IGN or old is None:  # ignored on purpose, or not Python's to replace
+                    continue
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -137,6 +147,7 @@ class _StopSignals:
 
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old.clear()
 
 
 def _check_backend_runs(cfg: TrainConfig, device: torch.device) -> None:
@@ -367,8 +378,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         bar = tqdm(total=total_steps, initial=step, desc=desc or cfg.task, unit="step", dynamic_ncols=True)
     first_step = _first_step_notice(cfg, device, local_batch, bar, main)
     net.train()
-    stop = _StopSignals(main and not dist.active,
-                        bar.write if bar is not None else (lambda text: print(text, flush=True)))
+    stop = _StopSignals(main and not dist.active)
     stop.__enter__()
     try:
         while step < total_steps:
@@ -419,8 +429,10 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                     if not saved:
                         save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
                     log.write({"event": "stopped", "step": step, "epoch": epoch, "signal": stop.signum})
-                    log.close()
                     raise TrainingStopped(step, out / CHECKPOINT_FILE, stop.signum)
+    except BaseException:
+        log.close()  # the lines written so far are flushed already
+        raise
     finally:
         stop.__exit__(None, None, None)
         if bar is not None:
@@ -428,21 +440,21 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
 
     result: dict[str, Any] = {"step": step, "epoch": epoch}
     result.update({f"train_{k}": v for k, v in last_train.items() if k in ("loss", "acc", "rate")})
-    if main:
-        ev = evaluate(model, task.test, task.kind, cfg.eval_batch_size, device, pad_id=pad_id)
-        rec = {"step": step, "epoch": epoch, **{f"test_{k}": v for k, v in ev.items()}}
-        if not history or history[-1].get("step") != step:
-            history.append(rec)
-        log.write({"event": "eval", **rec})
-        result.update({f"test_{k}": v for k, v in ev.items()})
-        result["params_sha256"] = params_digest(model)
-        save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
-        if cfg.trace:
-            result["trace"] = str(export_trace(model, task, cfg, out / TRACE_FILE, device))
-        result["time_s"] = round(time.perf_counter() - t_start, 3)
-        _atomic_write_json(out / RESULT_FILE, result)
-        log.write({"event": "end", **{k: v for k, v in result.items() if k != "time_s"}})
-    log.close()
+    with contextlib.closing(log):  # closed on an error in the evaluation or the trace too
+        if main:
+            ev = evaluate(model, task.test, task.kind, cfg.eval_batch_size, device, pad_id=pad_id)
+            rec = {"step": step, "epoch": epoch, **{f"test_{k}": v for k, v in ev.items()}}
+            if not history or history[-1].get("step") != step:
+                history.append(rec)
+            log.write({"event": "eval", **rec})
+            result.update({f"test_{k}": v for k, v in ev.items()})
+            result["params_sha256"] = params_digest(model)
+            save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
+            if cfg.trace:
+                result["trace"] = str(export_trace(model, task, cfg, out / TRACE_FILE, device))
+            result["time_s"] = round(time.perf_counter() - t_start, 3)
+            _atomic_write_json(out / RESULT_FILE, result)
+            log.write({"event": "end", **{k: v for k, v in result.items() if k != "time_s"}})
     if dist.active:
         torch.distributed.barrier()
     return result
