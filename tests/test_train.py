@@ -695,6 +695,20 @@ def test_trace_can_be_switched_off_on_resume(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_numpy_numbers_in_options_are_plain_numbers(tmp_path):
+    import numpy as np
+
+    cfg = tiny_config(max_steps=2)
+    cfg.task_options = {**cfg.task_options, "n_train": np.int64(160), "delay": np.int32(6)}
+    train(cfg, tmp_path / "run", progress=False)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["task_options"]["n_train"] == 160
+    bad = tiny_config(max_steps=2)
+    bad.task_options = {**bad.task_options, "delay": object()}
+    with pytest.raises(ConfigError, match="config key 'task_options' must hold JSON values"):
+        train(bad, tmp_path / "bad", progress=False)
+
+
 def test_config_file_of_an_older_version_resumes_twice(tmp_path):
     """config.json is written once, by the version that started the run; the checkpoint is
     rewritten with every key. A key added since (missing from config.json, its default in the

@@ -127,6 +127,8 @@ class TrainConfig:
         """Check every value; raises :class:`ConfigError` naming the first bad key."""
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name))
+            if isinstance(getattr(self, f.name), dict):  # an options table goes into config.json
+                setattr(self, f.name, _plain(f.name, getattr(self, f.name)))
         if self.task is None:
             raise ConfigError("no task given; set 'task' (e.g. --task copy)")
         from ..backends import BACKENDS
@@ -207,6 +209,20 @@ def _field_types() -> dict[str, type]:
 
 _TYPES = _field_types()
 CONFIG_KEYS = tuple(_TYPES)
+
+
+def _plain(key: str, options: dict) -> dict:
+    """``options`` with numpy scalars as Python numbers, or a ConfigError naming a value that
+    JSON cannot hold (config.json and the log record every option)."""
+    import numpy as np
+
+    out = {k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()}
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key {key!r} must hold JSON values (numbers, strings, booleans, lists, "
+                          f"tables): {err}") from None
+    return out
 
 
 def _check_type(key: str, value) -> None:
