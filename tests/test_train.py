@@ -695,6 +695,16 @@ def test_trace_can_be_switched_off_on_resume(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_lost_config_file_is_rewritten_from_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(max_steps=4), out, progress=False)
+    (out / "config.json").unlink()
+    train(tiny_config(max_steps=4, checkpoint_every=3, log_every=5), out, resume=True, progress=False,
+          explicit_keys={"checkpoint_every", "log_every"})
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["checkpoint_every"] == 4 and stored["log_every"] == tiny_config().log_every
+
+
 def test_numpy_numbers_in_options_are_plain_numbers(tmp_path):
     import numpy as np
 

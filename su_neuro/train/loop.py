@@ -341,7 +341,9 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
         if not (out / CONFIG_FILE).exists() or not resume:
-            _atomic_write_json(out / CONFIG_FILE, cfg.to_dict())
+            # a resumed run whose config.json was lost gets the checkpoint's, not this command's overrides
+            started = cfg if checkpoint is None else config_from_dict(checkpoint["config"], source="the checkpoint")
+            _atomic_write_json(out / CONFIG_FILE, started.to_dict())
     log = _Log(out / LOG_FILE if main else None)
     if resume and main and (checkpoint is not None or (out / LOG_FILE).stat().st_size > 0):
         log.write({"event": "resume", "step": step, "epoch": epoch})
