@@ -44,6 +44,7 @@ __all__ = [
     "Gate",
     "GateInput",
     "RhythmicGate",
+    "constrain_gates",
     "make_gate",
     "neuron_rates",
     "rate_floor_penalty",
@@ -345,8 +346,9 @@ def make_gate(spec: str | dict | Gate, hidden_size: int) -> Gate:
 
 def constrain_gates(module: nn.Module) -> nn.Module:
     """Call :meth:`Gate.constrain_` on every gate inside ``module`` (a model, a layer or a
-    gate); ``su_neuro.train`` does this after each optimiser step, a hand-written training
-    loop should too. Returns ``module``.
+    gate), and ``SULIF.constrain_`` (a learned ``beta`` into [0, 1]) on every LIF layer;
+    ``su_neuro.train`` does this after each optimiser step, a hand-written training loop
+    should too. Returns ``module``.
 
     Example:
         >>> layer = EventGate(3)
@@ -356,18 +358,43 @@ def constrain_gates(module: nn.Module) -> nn.Module:
         [0.0, 0.0, 0.0]
     """
     for sub in module.modules():
-        if isinstance(sub, Gate):
+        if callable(getattr(sub, "constrain_", None)):  # the gates, SULIF
             sub.constrain_()
     return module
 
 
-def rate_penalty(gates: torch.Tensor | list, target: float) -> torch.Tensor:
+def _gate_terms(gates, name: str) -> list[tuple[torch.Tensor, float | None]]:
+    """``(gate tensor, valid entries per neuron or None)`` per layer, from a gate tensor, a
+    record (``.gate``, and ``.lengths`` of a padded batch), a dict name -> record (as a
+    model's ``record=True`` returns) or a list of tensors / records."""
+    if isinstance(gates, dict):
+        gates = list(gates.values())
+    elif isinstance(gates, torch.Tensor) or hasattr(gates, "gate"):
+        gates = [gates]
+    if not isinstance(gates, list | tuple):
+        raise TypeError(f"{name} takes a gate tensor, a StepRecord, a dict of them or a list of them, got "
+                        f"{type(gates).__name__}")
+    if len(gates) == 0:
+        raise ValueError(f"{name} needs at least one gate tensor")
+    terms = []
+    for g in gates:
+        lengths = getattr(g, "lengths", None)
+        tensor = getattr(g, "gate", g)
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} takes gate tensors or StepRecords, got {type(g).__name__}")
+        # a padded batch's record is zero on its padded steps: they are no closed gates
+        terms.append((tensor, None if lengths is None else float(lengths.sum())))
+    return terms
+
+
+def rate_penalty(gates: torch.Tensor | list | dict, target: float) -> torch.Tensor:
     r"""Update-rate regulariser :math:`(\bar g - r^*)^2` to add to a training loss.
 
     ``gates`` is a gate tensor (any shape, values in [0, 1], carrying the surrogate
-    gradient) or a list of them (one per layer; the penalty is summed). Take them from a
-    forward pass with ``record=True`` (``record.gate``) or, for a rhythmic gate,
-    ``gate.plan(0, T).values``.
+    gradient), a record of a forward pass with ``record=True`` (whose ``lengths`` keep the
+    padded steps of a padded batch out of the mean), the dict of records the model
+    returns, or a list of tensors / records (one per layer; the penalty is summed). For a
+    rhythmic gate, ``gate.plan(0, T).values`` gives the tensor without a forward pass.
 
     Example:
         >>> gate = RhythmicGate(8, init_rate=0.5)
@@ -376,11 +403,11 @@ def rate_penalty(gates: torch.Tensor | list, target: float) -> torch.Tensor:
     """
     if not 0.0 <= float(target) <= 1.0:
         raise ValueError(f"target rate must lie in [0, 1], got {target}")
-    if isinstance(gates, torch.Tensor):
-        gates = [gates]
-    if len(gates) == 0:
-        raise ValueError("rate_penalty needs at least one gate tensor")
-    return sum((g.float().mean() - float(target)) ** 2 for g in gates)
+    total = 0.0
+    for g, count in _gate_terms(gates, "rate_penalty"):
+        mean = g.float().mean() if count is None else g.float().sum() / (count * g.shape[-1])
+        total = total + (mean - float(target)) ** 2
+    return total
 
 
 def neuron_rates(gate: torch.Tensor, count: float | None = None) -> torch.Tensor:
@@ -396,7 +423,7 @@ def neuron_rates(gate: torch.Tensor, count: float | None = None) -> torch.Tensor
     return gate.float().reshape(-1, gate.shape[-1]).sum(0) / n
 
 
-def rate_floor_penalty(gates: torch.Tensor | list, floor: float, counts: list | None = None) -> torch.Tensor:
+def rate_floor_penalty(gates: torch.Tensor | list | dict, floor: float, counts: list | None = None) -> torch.Tensor:
     r"""Per-neuron lower bound on the update rate:
     :math:`\frac{1}{H}\sum_i \max(0, r_{\min} - r_i)^2` per layer, summed over layers.
 
@@ -405,8 +432,13 @@ def rate_floor_penalty(gates: torch.Tensor | list, floor: float, counts: list | 
     carry nothing) and opening others more often. This term pushes up each neuron whose own
     rate ``r_i`` (:func:`neuron_rates`) falls below ``floor`` and leaves the others alone
     (the lower bound of the per-neuron activity regularisers common in spiking networks).
-    ``gates``: a gate tensor (..., H) or a list of them (one per layer); ``counts``: the
-    valid entries per neuron of each (default: all).
+    ``gates``: as for :func:`rate_penalty` (records count their valid steps only);
+    ``counts``: the valid entries per neuron of each (default: all, or a record's).
+
+    It acts through the gate's surrogate gradient, so it holds a neuron up while some of its
+    steps lie within the surrogate's width of opening; a neuron already silent far from
+    that (every pre-activation beyond the width of a compact surrogate such as the default
+    triangle) gets no gradient: the term prevents silencing, it does not revive.
 
     Example:
         >>> gate = RhythmicGate(8, init_rate=0.25)
@@ -415,11 +447,9 @@ def rate_floor_penalty(gates: torch.Tensor | list, floor: float, counts: list | 
     """
     if not 0.0 <= float(floor) <= 1.0:
         raise ValueError(f"floor rate must lie in [0, 1], got {floor}")
-    if isinstance(gates, torch.Tensor):
-        gates = [gates]
-    if len(gates) == 0:
-        raise ValueError("rate_floor_penalty needs at least one gate tensor")
-    counts = [None] * len(gates) if counts is None else counts
+    terms = _gate_terms(gates, "rate_floor_penalty")
+    counts = [n for _, n in terms] if counts is None else counts
     return sum(
-        ((float(floor) - neuron_rates(g, n)).clamp(min=0) ** 2).mean() for g, n in zip(gates, counts, strict=True)
+        ((float(floor) - neuron_rates(g, n)).clamp(min=0) ** 2).mean()
+        for (g, _), n in zip(terms, counts, strict=True)
     )

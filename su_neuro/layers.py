@@ -48,7 +48,7 @@ class SUState(NamedTuple):
     s: torch.Tensor | None = None
 
 
-def _check_input(x, input_size: int, dtype: torch.dtype, check_finite: bool) -> None:
+def _check_input(x, input_size: int, dtype: torch.dtype, check_finite: bool, device=None) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3:
@@ -69,6 +69,9 @@ def _check_input(x, input_size: int, dtype: torch.dtype, check_finite: bool) -> 
             f"input x has dtype {x.dtype} but the layer's parameters are {dtype}; "
             f"convert one of them (x.to({dtype}) or layer.to({x.dtype}))"
         )
+    if device is not None and x.device != device:
+        raise ValueError(f"input x is on {x.device} but the layer's parameters are on {device}; "
+                         f"move one of them (x.to({str(device)!r}) or layer.to({str(x.device)!r}))")
     if check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError("input x contains NaN or inf")
 
@@ -207,6 +210,8 @@ class SULayer(nn.Module):
             raise ValueError(f"state.t = {state.t}: the call's steps [t, t + T) would end past 2^53 = {MAX_STEP}, "
                              "beyond which a gate cannot place whole steps exactly")
         if self.cell == "lif":
+            if state.s is None:  # no spikes at the step before, as for a bare tensor h
+                state = state._replace(s=torch.zeros_like(state.h))
             if not isinstance(state.s, torch.Tensor) or tuple(state.s.shape) != want:
                 raise ValueError(f"state.s (spikes) must have shape {want} for a LIF layer")
             if state.s.dtype != x.dtype or state.s.device != x.device:
@@ -255,7 +260,7 @@ class SULayer(nn.Module):
             >>> x = torch.randn(2, 10, 3)
             >>> y, st = gru(x, lengths=torch.tensor([10, 4]))   # y[1, 4:] == 0, st.h[:, 1] = state after step 3
         """
-        _check_input(x, self.input_size, self.weight_ih_l0.dtype, self.check_finite)
+        _check_input(x, self.input_size, self.weight_ih_l0.dtype, self.check_finite, self.weight_ih_l0.device)
         B, T, _ = x.shape
         state = self._check_state(state, B, x)
         lens = ragged = None
@@ -584,6 +589,14 @@ class SULIF(SULayer):
 
     def _lif(self, k: int) -> LIFParams:
         return LIFParams(self.beta, self.threshold, self.reset, self.spike_grad)
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Project a learned ``beta`` back into [0, 1] (outside it the decay's clamp passes
+        no gradient, so an optimiser step beyond the bound would freeze it there);
+        :func:`su_neuro.gates.constrain_gates` calls it after each optimiser step."""
+        if isinstance(self.beta, nn.Parameter):
+            self.beta.clamp_(0.0, 1.0)
 
     def extra_repr(self) -> str:
         return (

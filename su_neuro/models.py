@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._checks import whole
-from .layers import SUGRU, SULIF, SURNN, SULayer, check_lengths, valid_mask
+from .layers import SUGRU, SULIF, SURNN, SULayer, _check_input, check_lengths, valid_mask
 
 __all__ = ["CELL_TYPES", "READOUTS", "Seq2Seq", "SequenceClassifier", "build_layer"]
 
@@ -55,7 +55,11 @@ class _StackModel(nn.Module):
         self.embed = None
         if vocab_size is not None:
             vocab_size = whole("vocab_size", vocab_size)
-            embed_dim = input_size if embed_dim is None else whole("embed_dim", embed_dim)
+            if embed_dim is not None and whole("embed_dim", embed_dim) != input_size:
+                # the stack's input is the embedding: two widths would leave one unused
+                raise ValueError(f"a token model's input_size is its embedding width: embed_dim = {embed_dim} and "
+                                 f"input_size = {input_size} differ; give one of them")
+            embed_dim = input_size
             if padding_idx is not None:
                 padding_idx = whole("padding_idx", padding_idx, 0)
                 if padding_idx >= vocab_size:
@@ -149,8 +153,8 @@ class SequenceClassifier(_StackModel):
         settle_steps: int = 0,
         **layer_kwargs,
     ):
-        if isinstance(settle_steps, bool) or not isinstance(settle_steps, int) or settle_steps < 0:
-            raise ValueError(f"settle_steps must be an integer >= 0, got {settle_steps!r}")
+        num_classes = whole("num_classes", num_classes)
+        settle_steps = whole("settle_steps", settle_steps, 0)
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; valid readouts: {', '.join(READOUTS)}")
         if readout == "spike_count" and cell != "lif":
@@ -164,6 +168,10 @@ class SequenceClassifier(_StackModel):
         S = self.settle_steps
         if not S:
             return x, lengths
+        # checked before the settle steps hide an empty or misshapen input (the layer checks
+        # the values of the extended input)
+        w = self.rnn.weight_ih_l0
+        _check_input(x, self.rnn.input_size, w.dtype, False, w.device)
         B, _, F = x.shape
         return torch.cat([x, x.new_zeros(B, S, F)], dim=1), None if lengths is None else lengths + S
 

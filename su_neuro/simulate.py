@@ -97,6 +97,14 @@ def poisson_chunks(
         yield (draws < rate).to(dtype=dtype, device=device)
 
 
+def _check_layer(layer) -> None:
+    if not isinstance(layer, SULayer):
+        hint = (" (a model: pass its recurrent stack, model.rnn)" if isinstance(getattr(layer, "rnn", None), SULayer)
+                else "")
+        raise TypeError(f"simulate / stream run a population (SURNN, SUGRU or SULIF), got "
+                        f"{type(layer).__name__}{hint}")
+
+
 def stream(
     layer: SULayer,
     source: Iterable[torch.Tensor] | torch.Tensor,
@@ -107,11 +115,13 @@ def stream(
     callback: Callable[[Chunk], None] | None = None,
 ) -> Iterator[Chunk]:
     """Yield one :class:`Chunk` per input chunk, carrying the state along (the layer runs
-    without gradients; the caller's code between chunks keeps its own grad mode).
+    without gradients and in eval mode, so no dropout between its layers; the caller's code
+    between chunks keeps its own grad mode, and the layer its own mode).
 
     ``source`` is a (B, T, F) tensor (split into ``chunk`` steps) or any iterable of
     (B, t, F) tensors (a generator for endless input).
     """
+    _check_layer(layer)
     if isinstance(source, torch.Tensor):
         source = split_chunks(source, chunk)
     record = record or callback is not None
@@ -119,11 +129,16 @@ def stream(
         t0 = 0 if state is None else state.t
         # no_grad around the call only: a generator suspended inside the block would hand
         # the loop body (and, if abandoned, the rest of the process) a grad-disabled mode
+        was_training = layer.training
         with torch.no_grad():
-            if record:
-                out, state, recs = layer(x, state, record=True)
-            else:
-                (out, state), recs = layer(x, state), None
+            layer.eval()
+            try:
+                if record:
+                    out, state, recs = layer(x, state, record=True)
+                else:
+                    (out, state), recs = layer(x, state), None
+            finally:
+                layer.train(was_training)
             item = Chunk(t0, out, recs, state, x)
             if callback is not None:
                 callback(item)
@@ -149,6 +164,7 @@ def simulate(
     """
     from .denormal import flush_denormal as _ftz
 
+    _check_layer(layer)
     with _ftz(flush_denormal):
         return _simulate(layer, source, state, chunk, callback, count_updates, progress)
 

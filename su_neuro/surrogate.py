@@ -34,8 +34,9 @@ steps an undamped product can overflow (docs/training.md, "NaN and inf gradients
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 
@@ -108,7 +109,18 @@ class Surrogate:
     """
 
     name: str
-    params: dict = field(default_factory=dict)
+    params: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        # read-only: a frozen surrogate whose shape could be edited after validation would
+        # reach the kernels unchecked
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    def __hash__(self) -> int:
+        return hash((self.name, tuple(sorted(self.params.items()))))
+
+    def __reduce__(self):  # a mapping proxy does not pickle
+        return type(self), (self.name, dict(self.params))
 
     @property
     def code(self) -> int:

@@ -6,6 +6,7 @@ import itertools
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_close
@@ -579,7 +580,7 @@ def test_state_spikes_and_step_index_are_checked(backend):
     with pytest.raises(ValueError, match="state.s contains NaN"):
         lif(x, SUState(h, 0, torch.full((1, 2, 5), float("nan"))))
     with pytest.raises(ValueError, match=r"state.s \(spikes\) must have shape"):
-        lif(x, SUState(h, 0, None))
+        lif(x, SUState(h, 0, torch.zeros(1, 2, 4)))
     # a rhythmic gate places steps exactly up to 2^53 only
     rnn = SURNN(3, 5, gate="rhythmic", backend=backend)
     with pytest.raises(ValueError, match="2\\^53"):
@@ -713,3 +714,87 @@ def test_rhythmic_support_marks_open_steps_and_surrogate_support():
     assert plan.support.float().mean() < 0.5  # compact surrogate: sparse training work
     with torch.no_grad():
         assert gate.plan(0, 200).support is None
+
+
+# ------------------------------------------------ model-level API (review of 2026-12-07)
+def test_rate_penalties_count_the_valid_steps_of_records():
+    """A padded batch's records are zero on the padded steps: the gate tensors alone biased
+    the mean low (a dense model read 0.09 from its target 1.0); the records say which steps ran."""
+    torch.manual_seed(0)
+    m = SequenceClassifier("gru", 2, 4, 2, gate="dense", backend="torch")
+    _, recs = m(torch.randn(3, 10, 2), lengths=[10, 4, 7], record=True)
+    assert su_neuro.update_rate(recs) == 1.0
+    for given in (recs, list(recs.values()), recs["layers.0"]):
+        assert float(rate_penalty(given, 1.0)) == 0.0
+        assert float(rate_floor_penalty(given, 1.0)) == 0.0
+    assert float(rate_penalty([r.gate for r in recs.values()], 1.0)) == pytest.approx((1 - 21 / 30) ** 2)
+    m = SequenceClassifier("gru", 2, 4, 2, gate={"kind": "rhythmic", "init_rate": 0.3}, backend="torch")
+    _, recs = m(torch.randn(3, 10, 2), lengths=[10, 4, 7], record=True)
+    assert float(rate_penalty(recs, 0.0).detach()) == pytest.approx(su_neuro.update_rate(recs) ** 2, rel=1e-5)
+    with pytest.raises(TypeError, match="rate_penalty takes a gate tensor, a StepRecord, a dict of them"):
+        rate_penalty("layers.0", 0.1)
+    with pytest.raises(TypeError, match="rate_floor_penalty takes gate tensors or StepRecords, got str"):
+        rate_floor_penalty(["layers.0"], 0.1)
+
+
+def test_model_inputs_are_checked_before_settle_steps_and_devices():
+    m = SequenceClassifier("gru", 3, 4, 2, settle_steps=3, backend="torch")
+    with pytest.raises(ValueError, match="T = 0 steps"):
+        m(torch.randn(2, 0, 3))
+    with pytest.raises(ValueError, match=r"shape \(batch, time, features\)"):
+        m(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
+        SequenceClassifier("gru", 3, 4, 0)
+    assert SequenceClassifier("gru", 3, 4, 2, settle_steps=np.int64(2)).settle_steps == 2
+    with pytest.raises(ValueError, match="embed_dim = 8 and input_size = 4 differ"):
+        SequenceClassifier("gru", 4, 4, 2, vocab_size=10, embed_dim=8)
+    for backend in ("torch", "numba"):
+        layer = SUGRU(3, 4, backend=backend).to("meta")
+        with pytest.raises(ValueError, match="input x is on cpu but the layer's parameters are on meta"):
+            layer(torch.randn(2, 5, 3))
+
+
+def test_stream_takes_a_population_in_eval_mode():
+    from su_neuro.simulate import simulate, stream
+
+    with pytest.raises(TypeError, match=r"got SequenceClassifier \(a model: pass its recurrent stack, model.rnn\)"):
+        simulate(SequenceClassifier("lif", 4, 16, 2), torch.rand(1, 10, 4))
+    torch.manual_seed(0)
+    layer = SUGRU(4, 8, num_layers=2, dropout=0.5, gate="dense", backend="torch")
+    x = torch.randn(2, 30, 4)
+    runs = [torch.cat([c.output for c in stream(layer, x, chunk=7)], dim=1) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1]) and layer.training  # no dropout; the mode is restored
+    torch.testing.assert_close(runs[0], layer.eval()(x)[0])
+
+
+def test_constrain_gates_projects_a_learned_beta():
+    lif = SULIF(3, 4, learn_beta=True, gate="dense", backend="torch")
+    with torch.no_grad():
+        lif.beta.copy_(torch.tensor([1.3, -0.2, 0.5, 1.0]))
+    su_neuro.gates.constrain_gates(lif)
+    assert lif.beta.tolist() == [1.0, 0.0, 0.5, 1.0]
+    assert "constrain_gates" in su_neuro.gates.__all__
+    fixed = SULIF(3, 4, beta=0.9, gate="dense")
+    su_neuro.gates.constrain_gates(fixed)  # a buffer: nothing to project
+    assert torch.all(fixed.beta == 0.9)
+
+
+def test_surrogate_is_immutable_hashable_and_pickles():
+    import pickle
+
+    s = get_surrogate("triangle", width=0.5)
+    with pytest.raises(TypeError):
+        s.params["width"] = -1.0
+    assert hash(s) == hash(get_surrogate("triangle", width=0.5)) and len({s, get_surrogate("triangle", width=0.5)}) == 1
+    assert pickle.loads(pickle.dumps(s)) == s
+    gate = EventGate(4, surrogate="triangle", surrogate_params={"width": 0.5})
+    assert pickle.loads(pickle.dumps(gate)).surrogate == gate.surrogate
+
+
+def test_lif_state_without_spikes_starts_with_none():
+    torch.manual_seed(0)
+    lif = SULIF(3, 4, recurrent=True, gate="dense", backend="torch")
+    x, h0 = torch.randn(2, 6, 3), torch.randn(1, 2, 4)
+    a, _ = lif(x, SUState(h0, 0, None))
+    b, _ = lif(x, h0)
+    assert torch.equal(a, b)
