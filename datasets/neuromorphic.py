@@ -356,8 +356,12 @@ def _sort_by_path(dataset, fields) -> None:
     order = sorted(range(len(dataset.data)), key=lambda i: str(dataset.data[i]))
     for field in fields:
         values = getattr(dataset, field, None)
-        if values is not None and len(values) == len(order):  # a list another tonic version may lack
-            setattr(dataset, field, [values[i] for i in order])
+        if values is None:  # a list another tonic version may lack
+            continue
+        if len(values) != len(order):
+            raise RuntimeError(f"tonic's {type(dataset).__name__} lists {len(values)} {field} for {len(order)} "
+                               "recordings: cannot put them in order")
+        setattr(dataset, field, [values[i] for i in order])
 
 
 def _labels(dataset, base: Path, required) -> np.ndarray | None:

@@ -98,7 +98,7 @@ def poisson_chunks(
 
 
 def _check_layer(layer) -> None:
-    if not isinstance(layer, SULayer):
+    if not isinstance(getattr(layer, "_orig_mod", layer), SULayer):  # torch.compile wraps the layer
         hint = (" (a model: pass its recurrent stack, model.rnn)" if isinstance(getattr(layer, "rnn", None), SULayer)
                 else "")
         raise TypeError(f"simulate / stream run a population (SURNN, SUGRU or SULIF), got "
@@ -121,15 +121,18 @@ def stream(
     ``source`` is a (B, T, F) tensor (split into ``chunk`` steps) or any iterable of
     (B, t, F) tensors (a generator for endless input).
     """
-    _check_layer(layer)
+    _check_layer(layer)  # here, not at the first chunk: stream is no generator itself
     if isinstance(source, torch.Tensor):
         source = split_chunks(source, chunk)
-    record = record or callback is not None
+    return _stream(layer, source, state, record or callback is not None, callback)
+
+
+def _stream(layer, source, state, record, callback) -> Iterator[Chunk]:
     for x in source:
         t0 = 0 if state is None else state.t
         # no_grad around the call only: a generator suspended inside the block would hand
         # the loop body (and, if abandoned, the rest of the process) a grad-disabled mode
-        was_training = layer.training
+        modes = [(m, m.training) for m in layer.modules()]  # each submodule's own, restored after
         with torch.no_grad():
             layer.eval()
             try:
@@ -138,7 +141,8 @@ def stream(
                 else:
                     (out, state), recs = layer(x, state), None
             finally:
-                layer.train(was_training)
+                for m, training in modes:
+                    m.training = training
             item = Chunk(t0, out, recs, state, x)
             if callback is not None:
                 callback(item)

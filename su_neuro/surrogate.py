@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import torch
 
@@ -93,6 +92,21 @@ def _snntorch_fn(name: str, p: dict[str, float]) -> Callable[[torch.Tensor], tor
     return sn.custom_surrogate(rectangle_grad)
 
 
+class _ReadOnly(dict):
+    """A dict whose entries cannot change (still a dict: JSON, ``asdict``, copies work)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a surrogate's parameters are read-only; make a new one with get_surrogate")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __reduce__(self):  # rebuilt from a plain dict (pickle would set the items one by one)
+        return type(self), (dict(self),)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 @dataclass(frozen=True)
 class Surrogate:
     """A Heaviside step with a named surrogate derivative.
@@ -114,13 +128,10 @@ class Surrogate:
     def __post_init__(self):
         # read-only: a frozen surrogate whose shape could be edited after validation would
         # reach the kernels unchecked
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        object.__setattr__(self, "params", _ReadOnly(self.params))
 
     def __hash__(self) -> int:
         return hash((self.name, tuple(sorted(self.params.items()))))
-
-    def __reduce__(self):  # a mapping proxy does not pickle
-        return type(self), (self.name, dict(self.params))
 
     @property
     def code(self) -> int:

@@ -746,8 +746,8 @@ def test_model_inputs_are_checked_before_settle_steps_and_devices():
     with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
         SequenceClassifier("gru", 3, 4, 0)
     assert SequenceClassifier("gru", 3, 4, 2, settle_steps=np.int64(2)).settle_steps == 2
-    with pytest.raises(ValueError, match="embed_dim = 8 and input_size = 4 differ"):
-        SequenceClassifier("gru", 4, 4, 2, vocab_size=10, embed_dim=8)
+    with pytest.warns(FutureWarning, match="embed_dim = 8 is used and input_size = 4 ignored"):
+        assert SequenceClassifier("gru", 4, 4, 2, vocab_size=10, embed_dim=8).rnn.input_size == 8
     for backend in ("torch", "numba"):
         layer = SUGRU(3, 4, backend=backend).to("meta")
         with pytest.raises(ValueError, match="input x is on cpu but the layer's parameters are on meta"):
@@ -759,11 +759,16 @@ def test_stream_takes_a_population_in_eval_mode():
 
     with pytest.raises(TypeError, match=r"got SequenceClassifier \(a model: pass its recurrent stack, model.rnn\)"):
         simulate(SequenceClassifier("lif", 4, 16, 2), torch.rand(1, 10, 4))
+    with pytest.raises(TypeError, match="got Linear"):
+        stream(torch.nn.Linear(2, 2), torch.rand(1, 10, 2))  # at the call, not at the first chunk
     torch.manual_seed(0)
     layer = SUGRU(4, 8, num_layers=2, dropout=0.5, gate="dense", backend="torch")
     x = torch.randn(2, 30, 4)
     runs = [torch.cat([c.output for c in stream(layer, x, chunk=7)], dim=1) for _ in range(2)]
     assert torch.equal(runs[0], runs[1]) and layer.training  # no dropout; the mode is restored
+    layer.gates[0].eval()  # a submodule in its own mode keeps it
+    list(stream(layer, x, chunk=10))
+    assert layer.training and not layer.gates[0].training
     torch.testing.assert_close(runs[0], layer.eval()(x)[0])
 
 

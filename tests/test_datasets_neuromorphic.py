@@ -481,3 +481,16 @@ def test_lengths_without_reading_samples(tmp_path, monkeypatch):
     task = get_task("shd", root=tmp_path, n_time_bins=6)
     monkeypatch.setattr(EventFrames, "__call__", lambda self, ev: pytest.fail("a sample was binned"))
     assert task.train.lengths.tolist() == [6, 6, 6]
+
+
+def test_dvs_lists_out_of_step_are_refused():
+    from types import SimpleNamespace
+
+    from su_neuro.datasets.neuromorphic import _sort_by_path
+
+    ds = SimpleNamespace(data=["b", "a"], targets=[1, 0], users=[2])
+    with pytest.raises(RuntimeError, match="lists 1 users for 2 recordings"):
+        _sort_by_path(ds, ("data", "targets", "users", "lighting"))
+    ds = SimpleNamespace(data=["b", "a"], targets=[1, 0])  # a list this tonic lacks is left alone
+    _sort_by_path(ds, ("data", "targets", "users"))
+    assert (ds.data, ds.targets) == (["a", "b"], [0, 1])

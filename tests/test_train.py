@@ -579,6 +579,23 @@ def test_sigterm_stops_at_a_step_end_with_a_checkpoint_and_resumes_bit_exact(tmp
     assert (back.step, back.checkpoint, back.signum) == (3, out / "checkpoint.pt", signal.SIGTERM)
 
 
+def test_ctrl_c_in_process_stops_at_the_step_end(tmp_path, capsys):
+    """train() from Python (here with stderr captured, as in a notebook): the note reaches the
+    redirected stream, the checkpoint holds the step, the handlers are restored."""
+    before = signal.getsignal(signal.SIGINT)
+
+    def hit(step, metrics):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingStopped) as info:
+        train(tiny_config(max_steps=12, checkpoint_every=100), tmp_path / "run", progress=False, on_step=hit)
+    assert (info.value.step, info.value.signum) == (3, signal.SIGINT)
+    assert "SIGINT: stopping after this step with a checkpoint" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["data"]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is before and not (tmp_path / "run" / ".su_neuro.lock").exists()
+
+
 def test_second_run_into_a_busy_folder_is_refused(tmp_path):
     """Two runs into one folder interleaved their logs, and the second deleted the first's
     files when it took the first for a failed start."""
@@ -717,6 +734,27 @@ def test_numpy_numbers_in_options_are_plain_numbers(tmp_path):
     bad.task_options = {**bad.task_options, "delay": object()}
     with pytest.raises(ConfigError, match="config key 'task_options' must hold JSON values"):
         train(bad, tmp_path / "bad", progress=False)
+    nested = config_from_dict({"task": "copy", "gate": "event",
+                               "gate_options": {"surrogate_params": {"gain": np.float32(0.5)}}}).validate()
+    assert nested.gate_options == {"surrogate_params": {"gain": 0.5}}
+    with pytest.raises(ConfigError, match="must hold JSON values"):
+        config_from_dict({"task": "copy", "task_options": {"delay": float("nan")}}).validate()
+
+
+def test_lock_file_is_removed_where_locks_fail(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(RuntimeWarning, match="cannot lock the run folder"):
+        train(tiny_config(max_steps=2), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / ".su_neuro.lock").exists()
+    with pytest.warns(RuntimeWarning), pytest.raises(ConfigError):
+        train(tiny_config(max_steps=2, hidden_size=0), tmp_path / "new" / "run", progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_config_file_of_an_older_version_resumes_twice(tmp_path):

@@ -212,13 +212,23 @@ CONFIG_KEYS = tuple(_TYPES)
 
 
 def _plain(key: str, options: dict) -> dict:
-    """``options`` with numpy scalars as Python numbers, or a ConfigError naming a value that
-    JSON cannot hold (config.json and the log record every option)."""
+    """``options`` with numpy scalars and arrays as Python numbers and lists (nested tables
+    too), or a ConfigError naming a value that JSON cannot hold, NaN and inf included
+    (config.json and the log record every option)."""
     import numpy as np
 
-    out = {k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()}
+    def plain(v):
+        if isinstance(v, np.generic | np.ndarray):
+            return v.tolist()
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        return v
+
+    out = plain(options)
     try:
-        json.dumps(out)
+        json.dumps(out, allow_nan=False)  # NaN / inf are no JSON
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config key {key!r} must hold JSON values (numbers, strings, booleans, lists, "
                           f"tables): {err}") from None

@@ -175,12 +175,26 @@ LOCK_FILE = ".su_neuro.lock"
 """The file a run holds locked in its folder (removed when the run ends)."""
 
 
+def _open_lock(path: Path) -> int:
+    """An fd of the lock file (created if missing): read-write where allowed (NFS needs it
+    for an exclusive lock), read-only where another user left the file (flock needs no more)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
 def _acquire(path: Path, fcntl) -> int | None:
     """An fd of ``path`` holding an exclusive ``flock``; None where the file system has no
-    lock (warned). The file is created if missing; an fd of a lock file that its previous
-    holder removed in the meantime is dropped and the file opened again."""
+    lock (warned, and a lock file this call created removed). An fd of a lock file that its
+    previous holder removed in the meantime is dropped and the file opened again."""
     for _ in range(8):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        existed = path.exists()
+        try:
+            fd = _open_lock(path)
+        except FileNotFoundError:  # a refused run removed the empty folder meanwhile
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -190,6 +204,9 @@ def _acquire(path: Path, fcntl) -> int | None:
                 "end, or choose another output folder") from None
         except OSError as err:  # e.g. Lustre without -o flock
             os.close(fd)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    path.unlink()
             warnings.warn(f"cannot lock the run folder {path.parent} ({err}); two runs into it would not be "
                           "kept apart", RuntimeWarning, stacklevel=4)
             return None
@@ -219,6 +236,7 @@ def folder_lock(out: Path, hold: bool = True) -> Iterator[None]:
     if not hold or fcntl is None:
         yield
         return
+    out = Path(os.path.normpath(os.path.abspath(out)))  # "x/../y" must not create x
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{str(out)!r} exists and is not a folder")
     created = [p for p in (out, *out.parents) if not p.exists()]

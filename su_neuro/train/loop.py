@@ -26,6 +26,7 @@ import contextlib
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -114,22 +115,32 @@ class _StopSignals:
         import threading
 
         self.signum: int | None = None
+        self.note_pending = False  # the note could not be written at once: the loop prints it
         self._enabled = enabled and threading.current_thread() is threading.main_thread()
         self._old: dict[int, Any] = {}
         self._signals = (signal.SIGINT, signal.SIGTERM)
 
     def _handle(self, signum, frame) -> None:
         import signal
-        import sys
 
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # asked twice: at once
         self.signum = signum
-        # straight to the descriptor: a print could land inside another write to the same stream
-        note = (f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-                "(Ctrl-C again to stop at once)\n")
-        with contextlib.suppress(OSError, ValueError):
-            os.write(sys.stderr.fileno(), note.encode())
+        # straight to the descriptor: a print could land inside another write to the same
+        # stream; a redirected stderr (a notebook, a log) gets the note from the loop instead
+        if sys.stderr is sys.__stderr__:
+            try:
+                os.write(sys.stderr.fileno(), f"\n{self.note()}\n".encode())
+                return
+            except (OSError, ValueError, AttributeError):
+                pass
+        self.note_pending = True
+
+    def note(self) -> str:
+        import signal
+
+        return (f"{signal.Signals(self.signum).name}: stopping after this step with a checkpoint "
+                "(Ctrl-C again to stop at once)")
 
     def __enter__(self) -> _StopSignals:
         import signal
@@ -428,6 +439,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                 if on_step is not None and main:
                     on_step(step, stats)
                 if stop.signum is not None:  # SIGINT / SIGTERM during the step: its state is whole now
+                    if stop.note_pending:
+                        (bar.write if bar is not None else print)(stop.note(), file=sys.stderr)
                     if not saved:
                         save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
                     log.write({"event": "stopped", "step": step, "epoch": epoch, "signal": stop.signum})
