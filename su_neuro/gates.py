@@ -49,6 +49,7 @@ __all__ = [
     "neuron_rates",
     "rate_floor_penalty",
     "rate_penalty",
+    "valid_entries",
 ]
 
 
@@ -363,8 +364,14 @@ def constrain_gates(module: nn.Module) -> nn.Module:
     return module
 
 
-def _gate_terms(gates, name: str) -> list[tuple[torch.Tensor, float | None]]:
-    """``(gate tensor, valid entries per neuron or None)`` per layer, from a gate tensor, a
+def valid_entries(gate: torch.Tensor, lengths: torch.Tensor | None = None) -> float:
+    """Entries of a gate record (B, T, ..., H) that belong to a sequence: all of them, or,
+    with a padded batch's ``lengths`` (B,), those of its valid steps."""
+    return float(gate.numel()) if lengths is None else float(lengths.sum()) * math.prod(gate.shape[2:])
+
+
+def _gate_terms(gates, name: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``(gate tensor, lengths of a padded batch or None)`` per layer, from a gate tensor, a
     record (``.gate``, and ``.lengths`` of a padded batch), a dict name -> record (as a
     model's ``record=True`` returns) or a list of tensors / records."""
     if isinstance(gates, dict):
@@ -382,8 +389,7 @@ def _gate_terms(gates, name: str) -> list[tuple[torch.Tensor, float | None]]:
         tensor = getattr(g, "gate", g)
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} takes gate tensors or StepRecords, got {type(g).__name__}")
-        # a padded batch's record is zero on its padded steps: they are no closed gates
-        terms.append((tensor, None if lengths is None else float(lengths.sum())))
+        terms.append((tensor, lengths))
     return terms
 
 
@@ -404,8 +410,9 @@ def rate_penalty(gates: torch.Tensor | list | dict, target: float) -> torch.Tens
     if not 0.0 <= float(target) <= 1.0:
         raise ValueError(f"target rate must lie in [0, 1], got {target}")
     total = 0.0
-    for g, count in _gate_terms(gates, "rate_penalty"):
-        mean = g.float().mean() if count is None else g.float().sum() / (count * g.shape[-1])
+    for g, lengths in _gate_terms(gates, "rate_penalty"):
+        # a padded batch's record is zero on its padded steps: they are no closed gates
+        mean = g.float().mean() if lengths is None else g.float().sum() / valid_entries(g, lengths)
         total = total + (mean - float(target)) ** 2
     return total
 
@@ -448,7 +455,8 @@ def rate_floor_penalty(gates: torch.Tensor | list | dict, floor: float, counts: 
     if not 0.0 <= float(floor) <= 1.0:
         raise ValueError(f"floor rate must lie in [0, 1], got {floor}")
     terms = _gate_terms(gates, "rate_floor_penalty")
-    counts = [n for _, n in terms] if counts is None else counts
+    if counts is None:
+        counts = [None if lengths is None else valid_entries(g, lengths) / g.shape[-1] for g, lengths in terms]
     return sum(
         ((float(floor) - neuron_rates(g, n)).clamp(min=0) ** 2).mean()
         for (g, _), n in zip(terms, counts, strict=True)

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from . import backends
 from ._checks import number, whole
-from .gates import Gate, make_gate
+from .gates import Gate, _gate_terms, make_gate, valid_entries
 from .kernels import buffers as _buffers
 from .kernels.contract import GATE_ROWS, LIFParams, StepRecord
 from .surrogate import get_surrogate
@@ -607,24 +607,19 @@ class SULIF(SULayer):
 
 def update_rate(records: Sequence[StepRecord] | dict) -> float:
     """Fraction of neuron-steps that updated, over all records given (a dict name ->
-    StepRecord, as a model's ``record=True`` returns, or a sequence of StepRecords).
+    StepRecord, as a model's ``record=True`` returns, a sequence of StepRecords, or one).
 
     Only the valid steps of a padded batch count (a record's ``lengths``): its padded
     steps never ran, so counting them as closed gates would understate the rate, and a
     dense gate would no longer read 1.0 (docs/analysis.md: valid steps only).
     """
-    recs = list(records.values()) if isinstance(records, dict) else list(records)
-    opened, total = 0.0, 0
-    for r in recs:
-        g = r.gate.detach()
-        lengths = getattr(r, "lengths", None)
-        if lengths is None:
-            opened += float(g.sum())
-            total += g.numel()
-            continue
-        valid = valid_mask(lengths.reshape(-1), g.shape[1], g.device)
-        opened += float(g[valid].sum())
-        total += int(valid.sum()) * math.prod(g.shape[2:])
+    opened, total = 0.0, 0.0
+    for g, lengths in _gate_terms(records, "update_rate"):
+        total += valid_entries(g, lengths)
+        g = g.detach()
+        if lengths is not None:  # an event recorded on a padded step did not happen
+            g = g[valid_mask(lengths.reshape(-1), g.shape[1], g.device)]
+        opened += float(g.sum())
     if total == 0:
         raise ValueError("no records given")
     return opened / total

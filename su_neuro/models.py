@@ -57,15 +57,13 @@ class _StackModel(nn.Module):
         self.embed = None
         if vocab_size is not None:
             vocab_size = whole("vocab_size", vocab_size)
-            if embed_dim is None:
-                embed_dim = input_size
-            elif whole("embed_dim", embed_dim) != input_size:
+            embed_dim = input_size if embed_dim is None else whole("embed_dim", embed_dim)
+            if embed_dim != input_size:
                 # the stack's input is the embedding: input_size goes unused (deprecated, to
                 # become an error)
                 warnings.warn(f"a token model's input_size is its embedding width: embed_dim = {embed_dim} is "
                               f"used and input_size = {input_size} ignored; give equal values (this will be an "
                               "error)", FutureWarning, stacklevel=3)
-            embed_dim = whole("embed_dim", embed_dim)
             if padding_idx is not None:
                 padding_idx = whole("padding_idx", padding_idx, 0)
                 if padding_idx >= vocab_size:

@@ -168,8 +168,7 @@ def simulate(
     """
     from .denormal import flush_denormal as _ftz
 
-    _check_layer(layer)
-    with _ftz(flush_denormal):
+    with _ftz(flush_denormal):  # stream() checks the layer when it is called
         return _simulate(layer, source, state, chunk, callback, count_updates, progress)
 
 

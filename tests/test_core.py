@@ -723,7 +723,7 @@ def test_rate_penalties_count_the_valid_steps_of_records():
     torch.manual_seed(0)
     m = SequenceClassifier("gru", 2, 4, 2, gate="dense", backend="torch")
     _, recs = m(torch.randn(3, 10, 2), lengths=[10, 4, 7], record=True)
-    assert su_neuro.update_rate(recs) == 1.0
+    assert su_neuro.update_rate(recs) == su_neuro.update_rate(recs["layers.0"]) == 1.0  # a dict or one record
     for given in (recs, list(recs.values()), recs["layers.0"]):
         assert float(rate_penalty(given, 1.0)) == 0.0
         assert float(rate_floor_penalty(given, 1.0)) == 0.0

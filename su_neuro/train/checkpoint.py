@@ -8,12 +8,14 @@ python RNG state a checkpoint carries, the model signature and parameter digest,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import pickle
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -59,6 +61,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def errors_named(path: Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` of the block as one naming ``path``: the file the caller asked
+    for, not the temporary file it was being written to."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
@@ -67,13 +79,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:  # named by the file being written, not its temporary name
-        raise OSError(err.errno, err.strerror, str(path)) from None
+        with errors_named(path):
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -198,6 +209,14 @@ def _signature_mismatch(stored: dict, here: dict) -> str:
     return "the checkpoint belongs to another model"
 
 
+def require(checkpoint: dict, keys, path: Path) -> None:
+    """Refuse a checkpoint that lacks any of ``keys``, naming the file and the keys."""
+    missing = [key for key in keys if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}: it is not the checkpoint of "
+                              "a training run")
+
+
 TASK_SHAPE_KEYS = ("kind", "input_size", "output_size", "vocab_size", "pad_id")
 
 
@@ -238,9 +257,7 @@ def load_model(path: str | os.PathLike, map_location="cpu", *, backend: str | No
     if path.is_dir():
         path = path / "checkpoint.pt"
     checkpoint = load_checkpoint(path, map_location=map_location)
-    for key in ("config", "model"):
-        if key not in checkpoint:
-            raise CheckpointError(f"checkpoint {str(path)!r} lacks {key!r}: not the checkpoint of a training run")
+    require(checkpoint, ("config", "model"), path)
     stored = dict(checkpoint["config"])
     if backend is not None:
         stored["backend"] = backend

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..gates import valid_entries
+from .checkpoint import errors_named
 from .config import TrainConfig
 
 IGNORE_INDEX = -100
@@ -84,9 +86,7 @@ def _collate(items, pad_id: int = 0):
 
 def _valid_count(record) -> float:
     """Neuron-steps of a record that belong to a sequence (padded steps excluded)."""
-    B, T, H = record.gate.shape
-    lengths = getattr(record, "lengths", None)
-    return float(B * T * H) if lengths is None else float(lengths.sum()) * H
+    return valid_entries(record.gate, getattr(record, "lengths", None))
 
 
 def _batch_stats(out: torch.Tensor, y: torch.Tensor, kind: str):
@@ -193,10 +193,8 @@ def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=No
                 writer.append(
                     records, labels=y.cpu(), inputs=inputs.cpu(), lengths=None if lengths is None else lengths.cpu()
                 )
-        try:
+        with errors_named(path):
             os.replace(tmp, path)
-        except OSError as err:  # named by the file the user asked for, not the temporary one
-            raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         model.train(model_was_training)
         if tmp.exists():

@@ -39,13 +39,13 @@ from torch import nn
 from ..gates import constrain_gates, neuron_rates, rate_floor_penalty
 from .build import build_model, build_optimizer, build_scheduler, load_task
 from .checkpoint import (
-    CheckpointError,
     _atomic_write_json,
     _rng_state,
     _set_rng_state,
     load_checkpoint,
     model_signature,
     params_digest,
+    require,
     restore_model,
     save_checkpoint,
     task_shape,
@@ -256,10 +256,7 @@ def _train(cfg, out, dist, resume, overwrite, progress, explicit_keys, desc, on_
     if resume:
         if ckpt_path.exists():
             checkpoint = load_checkpoint(ckpt_path)
-            missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
-            if missing:
-                raise CheckpointError(f"checkpoint {str(ckpt_path)!r} lacks {', '.join(missing)}: it is not the "
-                                      "checkpoint of a training run; cannot resume")
+            require(checkpoint, CHECKPOINT_KEYS, ckpt_path)
             cfg = _check_resume_config(checkpoint["config"], cfg, explicit_keys, source=str(ckpt_path))
             _check_config_file(out, checkpoint["config"])
         else:
