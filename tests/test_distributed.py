@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +74,53 @@ def test_two_processes_match_one(tmp_path):
     # one log: a start line, 10 train lines, eval and end
     events = [json.loads(x)["event"] for x in (multi / "metrics.jsonl").read_text().splitlines()]
     assert events == ["start"] + ["train"] * 10 + ["eval", "end"]
+
+
+def _two_ranks(args: list[str], out: Path, kill_at: str | None = None) -> list[subprocess.Popen]:
+    """Two gloo processes running ``su-neuro train *args --out out``; with ``kill_at``, both are
+    killed (SIGKILL) when rank 0 prints the line starting with it."""
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "su_neuro.cli", *args, "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+        )
+        for r in range(2)
+    ]
+    if kill_at is not None:
+        for line in procs[0].stdout:
+            if line.startswith(kill_at):
+                for p in procs:
+                    p.send_signal(signal.SIGKILL)
+                break
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        if kill_at is None:
+            assert p.returncode == 0, err
+    return procs
+
+
+def test_dropout_masks_differ_between_ranks_and_resume_bit_exact(tmp_path):
+    """Every process draws its dropout masks from its own stream (they were the same stream, so
+    local sample i had one mask on every process); the checkpoint holds every stream, so a run
+    killed and resumed under two processes ends bit-exact where an uninterrupted one does."""
+    args = [*ARGS[:ARGS.index("--max-steps")], "--max-steps", "40", "--epochs", "5",
+            "--num-layers", "2", "--layer-option", "dropout=0.5", "--checkpoint-every", "8",
+            "--lr", "0.02", "--backend", "torch", "--no-progress"]
+    _two_ranks(args, tmp_path / "ref")
+    ref = load_checkpoint(tmp_path / "ref" / "checkpoint.pt")
+    streams = [s["torch"] for s in ref["rng_ranks"]]
+    assert len(streams) == 2 and not torch.equal(streams[0], streams[1])
+
+    killed = _two_ranks(args, tmp_path / "run", kill_at="checkpoint: step 16")
+    assert killed[0].returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "run" / "result.json").exists()
+    _two_ranks([*args, "--resume"], tmp_path / "run")
+    resumed = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert resumed["data"]["step"] == 40
+    for name, value in ref["model"].items():
+        assert torch.equal(resumed["model"][name], value), name
 
 
 def test_global_batch_must_divide(tmp_path, monkeypatch):

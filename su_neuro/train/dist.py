@@ -2,7 +2,9 @@
 
 Under torchrun (``WORLD_SIZE`` > 1) every process trains on its slice of the global batch;
 :func:`distributed_env` reads where this process stands; a rank trains on CUDA device
-``LOCAL_RANK`` modulo the devices present, or on the CPU.
+``LOCAL_RANK`` modulo the devices present, or on the CPU. Each process draws its dropout
+masks from a torch random stream of its own (:func:`rank_stream`), and rank 0's checkpoints
+hold every process's stream (:func:`gather_rng`), so a resumed run continues bit-exact.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .checkpoint import _rng_state, _set_rng_state
 from .config import TrainConfig
+
+RANK_STREAM = 0x4A4B  # the key that sets the ranks' streams apart from the other seeded streams
 
 
 @dataclass
@@ -49,3 +55,25 @@ def _pick_device(cfg: TrainConfig, dist: DistInfo) -> torch.device:
             raise RuntimeError("device 'cuda' asked for, but no CUDA device is available")
         return torch.device("cuda", dist.local_rank % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def rank_stream(seed: int, dist: DistInfo, step: int, checkpoint: dict | None) -> None:
+    """Give this process a torch random stream of its own, so that dropout draws other masks
+    on every process. A resumed run takes up its own stream from the checkpoint, which holds
+    every process's; one resumed with another number of processes (or from a checkpoint of
+    an older version) seeds each stream from ``(seed, rank, step)``."""
+    ranks = checkpoint.get("rng_ranks") if checkpoint is not None else None
+    if ranks is not None and len(ranks) == dist.world_size:
+        _set_rng_state(ranks[dist.rank])
+    else:
+        key = np.random.SeedSequence([seed, RANK_STREAM, dist.rank, step]).generate_state(1, np.uint64)[0]
+        torch.manual_seed(int(key))
+
+
+def gather_rng(dist: DistInfo) -> list | None:
+    """Every process's random state (for rank 0's checkpoint); None for a single process."""
+    if not dist.active:
+        return None
+    states: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(states, _rng_state())
+    return states

@@ -72,7 +72,7 @@ from .data import (
     evaluate,
     export_trace,
 )
-from .dist import DistInfo, _pick_device, distributed_env
+from .dist import DistInfo, _pick_device, distributed_env, gather_rng, rank_stream
 from .folder import (
     RunFolderError,
     _check_config_file,
@@ -340,6 +340,8 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         history = list(checkpoint.get("metrics", []))
         last_train = dict(checkpoint.get("last_train", {}))
         window = {**window, **checkpoint.get("window", {})}
+    if dist.active:
+        rank_stream(cfg.seed, dist, step, checkpoint)
 
     main = dist.is_main
     if main:
@@ -364,7 +366,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    def checkpoint_state() -> dict:
+    def checkpoint_state(rng_ranks: list | None = None) -> dict:
         return {
             "config": cfg.to_dict(),
             "signature": model_signature(model),
@@ -372,6 +374,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
+            **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
             "data": {"step": step, "epoch": epoch, "position": position, "sampler_seed": sampler_seed},
             "metrics": history,
             "last_train": last_train,
@@ -428,9 +431,11 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                     log.write({"event": "eval", **rec})
                     if bar is not None:
                         bar.write(f"step {step}: test loss {ev['loss']:.4f}" + _acc_text(ev))
-                saved = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps and main
+                due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps
+                rng_ranks = gather_rng(dist) if due else None  # a collective: every rank joins
+                saved = due and main
                 if saved:
-                    save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
+                    save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state(rng_ranks))
                     msg = f"checkpoint: step {step} -> {out / CHECKPOINT_FILE}"
                     (bar.write(msg) if bar is not None else print(msg, flush=True))
                 if on_step is not None and main:
@@ -452,6 +457,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
 
     result: dict[str, Any] = {"step": step, "epoch": epoch}
     result.update({f"train_{k}": v for k, v in last_train.items() if k in ("loss", "acc", "rate")})
+    rng_ranks = gather_rng(dist)
     with contextlib.closing(log):  # closed on an error in the evaluation or the trace too
         if main:
             ev = evaluate(model, task.test, task.kind, cfg.eval_batch_size, device, pad_id=pad_id)
@@ -461,7 +467,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
             log.write({"event": "eval", **rec})
             result.update({f"test_{k}": v for k, v in ev.items()})
             result["params_sha256"] = params_digest(model)
-            save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
+            save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state(rng_ranks))
             if cfg.trace:
                 result["trace"] = str(export_trace(model, task, cfg, out / TRACE_FILE, device))
             result["time_s"] = round(time.perf_counter() - t_start, 3)
