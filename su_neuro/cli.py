@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         from .train.loop import TrainingStopped
 
         if isinstance(err, TrainingStopped):
-            print(f"{err}; continue with --resume", file=sys.stderr)
+            if _rank() in ("", "[rank 0] "):  # the other processes of a multi-process run stop quietly
+                print(f"{err}; continue with --resume", file=sys.stderr)
             return 128 + err.signum
         print("interrupted", file=sys.stderr)
         return 130

@@ -76,9 +76,10 @@ def test_two_processes_match_one(tmp_path):
     assert events == ["start"] + ["train"] * 10 + ["eval", "end"]
 
 
-def _two_ranks(args: list[str], out: Path, kill_at: str | None = None) -> list[subprocess.Popen]:
-    """Two gloo processes running ``su-neuro train *args --out out``; with ``kill_at``, both are
-    killed (SIGKILL) when rank 0 prints the line starting with it."""
+def _two_ranks(args: list[str], out: Path, at: str | None = None, sig: int = signal.SIGKILL,
+               ranks: tuple[int, ...] = (0, 1)) -> list[tuple[int, str]]:
+    """``(exit status, stderr)`` of two gloo processes running ``su-neuro train *args --out out``;
+    with ``at``, ``sig`` goes to the processes ``ranks`` when rank 0 prints a line starting with it."""
     port = str(_free_port())
     procs = [
         subprocess.Popen(
@@ -88,24 +89,25 @@ def _two_ranks(args: list[str], out: Path, kill_at: str | None = None) -> list[s
         )
         for r in range(2)
     ]
-    if kill_at is not None:
+    if at is not None:
         for line in procs[0].stdout:
-            if line.startswith(kill_at):
-                for p in procs:
-                    p.send_signal(signal.SIGKILL)
+            if line.startswith(at):
+                for r in ranks:
+                    procs[r].send_signal(sig)
                 break
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        if kill_at is None:
-            assert p.returncode == 0, err
-    return procs
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    ends = [(p.returncode, err) for p, err in zip(procs, errs, strict=True)]
+    if at is None:
+        assert [status for status, _ in ends] == [0, 0], ends
+    return ends
 
 
-def test_dropout_masks_differ_between_ranks_and_resume_bit_exact(tmp_path):
-    """Every process draws its dropout masks from its own stream (they were the same stream, so
-    local sample i had one mask on every process); the checkpoint holds every stream, so a run
-    killed and resumed under two processes ends bit-exact where an uninterrupted one does."""
-    args = [*ARGS[:ARGS.index("--max-steps")], "--max-steps", "40", "--epochs", "5",
+def test_dropout_masks_differ_between_ranks_stop_and_resume_bit_exact(tmp_path):
+    """Every process draws its dropout masks from its own stream (they were one stream, so local
+    sample i had one mask on every process), and rank 0's checkpoints hold every stream. A SIGTERM
+    that reaches one process stops both at the same step's end with a checkpoint; that run, then
+    killed (SIGKILL) and resumed again, ends bit-exact where an uninterrupted one does."""
+    args = [*ARGS[:ARGS.index("--max-steps")], "--max-steps", "48", "--epochs", "6",
             "--num-layers", "2", "--layer-option", "dropout=0.5", "--checkpoint-every", "8",
             "--lr", "0.02", "--backend", "torch", "--no-progress"]
     _two_ranks(args, tmp_path / "ref")
@@ -113,12 +115,20 @@ def test_dropout_masks_differ_between_ranks_and_resume_bit_exact(tmp_path):
     streams = [s["torch"] for s in ref["rng_ranks"]]
     assert len(streams) == 2 and not torch.equal(streams[0], streams[1])
 
-    killed = _two_ranks(args, tmp_path / "run", kill_at="checkpoint: step 16")
-    assert killed[0].returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (tmp_path / "run" / "result.json").exists()
-    _two_ranks([*args, "--resume"], tmp_path / "run")
-    resumed = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert resumed["data"]["step"] == 40
+    out = tmp_path / "run"
+    (s0, err0), (s1, err1) = _two_ranks(args, out, at="checkpoint: step 8", sig=signal.SIGTERM, ranks=(1,))
+    assert (s0, s1) == (128 + signal.SIGTERM, 128 + signal.SIGTERM), (err0, err1)
+    stopped = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert stopped["event"] == "stopped" and 8 <= stopped["step"] < 48
+    assert f"stopped by SIGTERM after step {stopped['step']}" in err0 and "stopped by" not in err1
+    assert load_checkpoint(out / "checkpoint.pt")["data"]["step"] == stopped["step"]
+
+    (s0, _), _ = _two_ranks([*args, "--resume"], out, at="checkpoint: step 32")
+    assert s0 == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "result.json").exists()
+    _two_ranks([*args, "--resume"], out)
+    resumed = load_checkpoint(out / "checkpoint.pt")
+    assert resumed["data"]["step"] == 48
     for name, value in ref["model"].items():
         assert torch.equal(resumed["model"][name], value), name
 

@@ -107,16 +107,17 @@ class TrainingStopped(KeyboardInterrupt):
 class _StopSignals:
     """SIGINT / SIGTERM ask the loop to stop at the end of the current step (its state is then
     whole, and a checkpoint of it resumes bit-exact); a second SIGINT stops at once. Installed
-    only in the main thread of a single-process run (the ranks of a multi-process run would
-    have to agree on the step; they stop as before and resume from the last checkpoint)."""
+    in the main thread only; the processes of a multi-process run agree on the step at each
+    step's end (:func:`_agreed_stop`), and only rank 0 writes the note (``quiet`` on the others)."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, quiet: bool = False):
         import signal
         import threading
 
         self.signum: int | None = None
         self.note_pending = False  # the note could not be written at once: the loop prints it
-        self._enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._quiet = quiet
+        self._enabled = threading.current_thread() is threading.main_thread()
         self._old: dict[int, Any] = {}
         self._signals = (signal.SIGINT, signal.SIGTERM)
 
@@ -126,6 +127,8 @@ class _StopSignals:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # asked twice: at once
         self.signum = signum
+        if self._quiet:
+            return
         # straight to the descriptor: a print could land inside another write to the same
         # stream; a redirected stderr (a notebook, a log) gets the note from the loop instead
         if sys.stderr is sys.__stderr__:
@@ -159,6 +162,16 @@ class _StopSignals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+
+
+def _agreed_stop(signum: int | None, dist: DistInfo, device: torch.device) -> int | None:
+    """The signal that stops every process of a multi-process run after this step, or None:
+    a signal that reached any one process (torchrun passes SIGTERM on to all of them, but a
+    ``kill`` may reach only one) stops all of them at the same step. One small all-reduce a
+    step; the step has synchronised with the device already."""
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item()) or None
 
 
 def _check_backend_runs(cfg: TrainConfig, device: torch.device) -> None:
@@ -232,9 +245,9 @@ def train(
     number of processes; only rank 0 writes files or progress.
 
     The run holds ``out_dir``'s lock (:func:`~su_neuro.train.folder.folder_lock`): a second
-    run into the same folder raises :class:`RunFolderError`. In a single-process run,
-    SIGINT / SIGTERM end the step in flight, save a checkpoint there and raise
-    :class:`TrainingStopped`.
+    run into the same folder raises :class:`RunFolderError`. In the main thread, SIGINT /
+    SIGTERM end the step in flight (every process of a multi-process run the same step),
+    save a checkpoint there and raise :class:`TrainingStopped`.
     """
     t_start = time.perf_counter()
     cfg = config if isinstance(config, TrainConfig) else config_from_dict(config)
@@ -391,7 +404,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         bar = tqdm(total=total_steps, initial=step, desc=desc or cfg.task, unit="step", dynamic_ncols=True)
     first_step = _first_step_notice(cfg, device, local_batch, bar, main)
     net.train()
-    stop = _StopSignals(main and not dist.active)
+    stop = _StopSignals(quiet=not main)
     stop.__enter__()
     try:
         while step < total_steps:
@@ -440,13 +453,16 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                     (bar.write(msg) if bar is not None else print(msg, flush=True))
                 if on_step is not None and main:
                     on_step(step, stats)
-                if stop.signum is not None:  # SIGINT / SIGTERM during the step: its state is whole now
+                signum = _agreed_stop(stop.signum, dist, device) if dist.active else stop.signum
+                if signum is not None:  # SIGINT / SIGTERM during the step: its state is whole now
                     if stop.note_pending:
                         (bar.write if bar is not None else print)(stop.note(), file=sys.stderr)
-                    if not saved:
-                        save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state())
-                    log.write({"event": "stopped", "step": step, "epoch": epoch, "signal": stop.signum})
-                    raise TrainingStopped(step, out / CHECKPOINT_FILE, stop.signum)
+                    if not due:
+                        rng_ranks = gather_rng(dist)
+                    if main and not saved:
+                        save_checkpoint(out / CHECKPOINT_FILE, checkpoint_state(rng_ranks))
+                    log.write({"event": "stopped", "step": step, "epoch": epoch, "signal": signum})
+                    raise TrainingStopped(step, out / CHECKPOINT_FILE, signum)
     except BaseException:
         log.close()  # the lines written so far are flushed already
         raise
