@@ -12,7 +12,10 @@ Crash safety: the file is written in HDF5's single-writer/multiple-reader (SWMR)
 which orders metadata writes so that the file is readable at any instant; after every
 batch the data is flushed and only then the ``/committed`` sample counter is advanced
 and flushed. A reader trusts ``committed`` samples only, so a writer killed at any point
-leaves a file holding every batch completed before the kill.
+leaves a file holding every batch completed before the kill. The file is written under a
+temporary name and renamed onto its path at its first committed batch (or at its close), and
+the writer holds a lock beside it: an existing trace is replaced only by one that holds a
+batch, and two writers of one path cannot mix their batches.
 
 Example::
 
@@ -27,7 +30,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import glob
 import json
 import math
 import os
@@ -38,6 +44,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import h5py
 import numpy as np
+
+from . import _files
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -71,6 +79,7 @@ EVENT_DENSITY_THRESHOLD = 1.0 / (8 * EVENT_BYTES)
 
 _LAYER_KEYS = ("cell", "gate", "input_size", "hidden_size", "recurrent", "input_kind")
 _CHUNK_BYTES = 256 * 1024
+_KIND_NAMES = {"iu": "integers", "biu": "integers or booleans", "f": "floats"}
 _EVENT_CHUNK = 16384
 
 
@@ -236,7 +245,8 @@ class TraceWriter:
             holds ``cell, gate, input_size, hidden_size, recurrent, input_kind``.
         config: model configuration (stored as a JSON string attribute).
         store_delta / store_state: ``None`` (not stored), ``"float16"`` or ``"float32"``.
-            The state is taken from a record's optional ``state`` attribute.
+            The state is taken from a record's ``state`` attribute; records without one
+            (su_neuro's ``StepRecord``) are refused with ``store_state`` set.
         run_meta: extra run metadata (``backend``, ``seed``, ...); version and UTC time
             are added.
         gate_encoding / spike_encoding: ``"auto"`` (decided on the first batch, see
@@ -244,6 +254,16 @@ class TraceWriter:
         compression: ``"gzip"`` (default, level 4) or ``"lzf"`` or ``None``.
         swmr: write in SWMR mode (crash safe, default). Without it a killed writer may
             leave an unreadable file.
+        rename_at: the file is written under a temporary name beside ``path``
+            (``.<name>.tmp-<pid>``) and renamed onto ``path`` when its first batch is
+            committed (``"first_batch"``, the default: a long run can be read while it is
+            written) or when it is closed whole (``"close"``: ``path`` never holds a partial
+            trace). Until then a file already at ``path`` stays as it was; a writer closed
+            by an error before that point removes its temporary file and leaves ``path`` alone.
+
+    While open, the writer holds ``.<name>.lock`` beside the file (``flock``, removed at the
+    end): a second writer of the same path is refused with a :class:`TraceError` instead
+    of writing into the same file.
 
     ``append(records, labels=None, inputs=None)`` adds one batch: ``records`` maps layer
     name to an object with ``gate``, ``delta``, ``spike`` (``(B, T, H)``), ``labels`` is
@@ -259,7 +279,9 @@ class TraceWriter:
                  config: Mapping[str, Any] | None = None, store_delta: str | None = None,
                  store_state: str | None = None, run_meta: Mapping[str, Any] | None = None,
                  gate_encoding: str = "auto", spike_encoding: str = "auto",
-                 compression: str | None = "gzip", swmr: bool = True) -> None:
+                 compression: str | None = "gzip", swmr: bool = True, rename_at: str = "first_batch") -> None:
+        if rename_at not in ("first_batch", "close"):
+            raise ValueError(f"rename_at must be 'first_batch' or 'close', got {rename_at!r}")
         for nm, v in (("store_delta", store_delta), ("store_state", store_state)):
             if v not in (None, "float16", "float32"):
                 raise ValueError(f"{nm} must be None, 'float16' or 'float32', got {v!r}")
@@ -289,6 +311,12 @@ class TraceWriter:
         meta["hdf5_version"] = h5py.version.hdf5_version
         meta["python_version"] = platform.python_version()
         self.run_meta = meta
+        self._rename_at = rename_at
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._lock = self.path.with_name(f".{self.path.name}.lock")
+        self._lock_fd: int | None = None
+        self._locked = False
+        self._renamed = False
         self._f: h5py.File | None = None
         self._n = 0
         self._t: int | None = None
@@ -302,9 +330,42 @@ class TraceWriter:
     def __exit__(self, exc_type, *exc: object) -> None:
         self.close(interrupted=exc_type is not None)
 
-    def open(self) -> None:
+    def _take_lock(self) -> None:
+        """Hold this path's lock (see the class docstring) and remove the temporary files of
+        writers of it that were killed before their file was renamed into place."""
+        if self._locked:
+            return
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder, where the trace file should be written", str(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(self.path, "w", libver="latest")
+        self._lock_fd = _files.acquire(self._lock, lambda: TraceError(
+            f"{self.path}: another process is writing this trace (it holds {self._lock.name}); wait for it "
+            "to end, or choose another file name"), f"the trace {self.path}")
+        self._locked = True
+        if self._lock_fd is not None:  # no other writer of this path is alive
+            for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.tmp-*"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+
+    def _release(self) -> None:
+        if self._locked:
+            _files.release(self._lock, self._lock_fd)
+            self._lock_fd, self._locked = None, False
+
+    def _rename(self) -> None:
+        """Put the file written so far at ``path`` (it replaces what was there)."""
+        with _files.errors_named(self.path):
+            os.replace(self._tmp, self.path)
+        _files.fsync_dir(self.path.parent)
+        self._renamed = True
+
+    def open(self) -> None:
+        self._take_lock()
+        try:
+            f = h5py.File(self._tmp, "w", libver="latest")
+        except BaseException:
+            self._release()
+            raise
         f.attrs["format"] = FORMAT
         f.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
         f.attrs["config"] = _dumps(self.config)
@@ -386,6 +447,8 @@ class TraceWriter:
                 batch = b
             if b != batch:
                 raise ValueError("all layers of a batch must have the same batch size")
+            if t < 1:
+                raise ValueError(f"{name}: a batch of {t} steps; a trace needs at least one step")
             if self._t is None:
                 self._t = t
             if t != self._t:
@@ -396,15 +459,21 @@ class TraceWriter:
                 raise ValueError(f"{name}: spikes are required for LIF layers and only there")
             for key, dt in (("delta", self.store_delta), ("state", self.store_state)):
                 v = getattr(rec, key, None) if dt is not None else None
-                if dt is not None and v is None and key == "delta":
-                    raise ValueError(f"{name}: store_delta is set but the record has no delta")
+                if dt is not None and v is None:
+                    hint = (" (su_neuro's StepRecord carries none: store_delta, and h_t is h_0 plus the "
+                            "sum of the deltas up to t)") if key == "state" else ""
+                    raise ValueError(f"{name}: store_{key} is set but the record has no {key}{hint}")
                 r[key] = None if v is None else _np(v).astype(dt, copy=False)
                 if r[key] is not None and r[key].shape != gate.shape:
                     raise ValueError(f"{name}.{key} shape {r[key].shape} != gate {gate.shape}")
             recs[name] = r
+        if batch == 0:
+            return  # nothing to append (and no encoding chosen from an empty batch)
         lab = _np(labels)
         if lab is not None and (lab.ndim == 0 or lab.shape[0] != batch):
             raise ValueError(f"labels must be (B, ...) with B={batch}")
+        if lab is not None and lab.dtype.kind in "UOMm":
+            raise ValueError(f"labels of dtype {lab.dtype} cannot be stored: give numbers (or bytes)")
         nnz = None
         if inputs is not None:
             x = _np(inputs)
@@ -458,11 +527,14 @@ class TraceWriter:
         f["committed"][0] = end
         f.flush()
         self._n = end
+        if self._rename_at == "first_batch" and not self._renamed:
+            self._rename()
 
     def close(self, interrupted: bool = False) -> None:
         """Marks the file closed and closes it; ``interrupted``: the run ended early (an
         exception, Ctrl-C, inside the ``with`` block), so the trace is whole but short."""
         if self._f is None:
+            self._release()
             return
         try:
             if interrupted:
@@ -472,6 +544,15 @@ class TraceWriter:
         finally:
             self._f.close()
             self._f = None
+            try:
+                if not self._renamed:
+                    if interrupted:  # nothing of this run is at path: leave what is there alone
+                        with contextlib.suppress(OSError):
+                            self._tmp.unlink()
+                    else:
+                        self._rename()
+            finally:
+                self._release()
 
 
 def write(path: str | os.PathLike, records: Mapping[str, Any], *,
@@ -519,12 +600,18 @@ def _open_h5(path: Path) -> h5py.File:
         raise TraceNotFoundError(f"{path}: no such trace file")
     if path.is_dir():
         raise TraceError(f"{path}: is a directory, not a trace file")
-    if path.stat().st_size == 0 or not h5py.is_hdf5(str(path)):
-        raise NotHDF5Error(f"{path}: not an HDF5 file (no HDF5 signature)")
+    try:
+        if path.stat().st_size == 0 or not h5py.is_hdf5(str(path)):
+            raise NotHDF5Error(f"{path}: not an HDF5 file (no HDF5 signature)")
+    except OSError as e:  # e.g. no permission to read it
+        raise TraceError(f"{path}: cannot read the file ({e.strerror or e})") from None
     try:
         return h5py.File(path, "r")
     except OSError as e:
         first = e
+    if "unable to lock file" in str(first):
+        raise TraceError(f"{path}: another process holds the file open for writing and has not committed "
+                         "its first batch yet; read it once that batch is written") from None
     if "already open for write" in str(first):
         # A writer that did not close the file (killed, or still running) leaves the
         # superblock's "open for writing" flag set. In SWMR mode the file is consistent
@@ -633,8 +720,12 @@ class TraceReader:
         if n and t < 1:
             raise bad("/committed", f"holds {n} samples but the root attribute num_steps is {t}")
 
-        def rows(name: str, ds: h5py.Dataset, tail: tuple[int, ...] | None, extra: int = 0) -> None:
-            """``ds`` must be (at least n + extra, *tail) (any tail where ``tail`` is None)."""
+        def rows(name: str, ds: h5py.Dataset, tail: tuple[int, ...] | None, extra: int = 0,
+                 kinds: str = "") -> None:
+            """``ds`` must be (at least n + extra, *tail) (any tail where ``tail`` is None), of a
+            dtype of one of the numpy ``kinds`` (any where empty)."""
+            if kinds and ds.dtype.kind not in kinds:
+                raise bad(name, f"has dtype {ds.dtype}, expected {_KIND_NAMES[kinds]}")
             if ds.ndim == 0 or (tail is not None and tuple(ds.shape[1:]) != tail):
                 expected = str((n + extra, *tail)) if tail is not None else f"({n + extra}, ...)"
                 raise bad(name, f"has shape {ds.shape}, expected {expected}")
@@ -648,16 +739,20 @@ class TraceReader:
                 enc = self.encodings[name].get(key)
                 path = f"/layers/{name}/{key}"
                 if enc is None:
-                    if key == "gate" and n:
-                        raise bad(path, "is missing (no gate encoding recorded)")
+                    if n and (key == "gate" or self.layers[name].get("cell") == "lif"):
+                        raise bad(path, f"is missing (no {key} encoding recorded)")
                     continue
                 if enc == "packbits":
+                    if g[key].dtype != np.uint8:
+                        raise bad(path, f"has dtype {g[key].dtype}, expected uint8 (packed bits)")
                     rows(path, g[key], (t, (h + 7) // 8))
                 elif enc == "events":
                     off, ev = g[f"{key}_offsets"], g[f"{key}_events"]
-                    rows(f"{path}_offsets", off, (), extra=1)
+                    rows(f"{path}_offsets", off, (), extra=1, kinds="iu")
                     if ev.ndim != 2 or ev.shape[1] != 3:
                         raise bad(f"{path}_events", f"has shape {ev.shape}, expected (events, 3)")
+                    if ev.dtype.kind not in "iu":
+                        raise bad(f"{path}_events", f"has dtype {ev.dtype}, expected integers")
                     end = int(off[n])
                     if not 0 <= end <= ev.shape[0]:
                         raise bad(f"{path}_offsets", f"points to event {end} of {ev.shape[0]}")
@@ -665,10 +760,11 @@ class TraceReader:
                     raise bad(path, f"has an unknown encoding {enc!r} (packbits or events)")
             for key in ("delta", "state"):
                 if key in g:
-                    rows(f"/layers/{name}/{key}", g[key], (t, h))
-        for key, tail in (("input_nnz", (t,)), ("input_binary", ()), ("lengths", ()), ("labels", None)):
+                    rows(f"/layers/{name}/{key}", g[key], (t, h), kinds="f")
+        for key, tail, kinds in (("input_nnz", (t,), "iu"), ("input_binary", (), "biu"), ("lengths", (), "iu"),
+                                 ("labels", None, "")):
             if key in f:
-                rows(f"/{key}", f[key], tail)
+                rows(f"/{key}", f[key], tail, kinds=kinds)
 
     def _init_stream(self, f: h5py.File) -> None:
         """A streamed simulation (:class:`StreamTraceWriter`): B stream rows cut into segments."""
@@ -741,11 +837,14 @@ class TraceReader:
     def _bits(self, layer: str, key: str, samples: Any) -> np.ndarray:
         g = self._group(layer)
         enc = self.encodings[layer].get(key)
-        if enc is None:
-            raise TraceError(f"layer {layer!r} has no {key} stream in {self.path}")
-        sel, squeeze = self._index(samples)
         h = int(self.layers[layer]["hidden_size"])
         t = self.num_steps
+        if enc is None:
+            if self.num_samples == 0 and (key == "gate" or self.layers[layer].get("cell") == "lif"):
+                self._index(samples)  # out of range unless empty
+                return np.zeros((0, t, h), dtype=bool)  # a trace closed before its first batch
+            raise TraceError(f"layer {layer!r} has no {key} stream in {self.path}")
+        sel, squeeze = self._index(samples)
         try:
             if enc == "packbits":
                 packed = self._read_rows(g[key], sel)
@@ -756,17 +855,32 @@ class TraceReader:
                 off = g[f"{key}_offsets"]
                 ev = g[f"{key}_events"]
                 if isinstance(sel, slice) and len(idx):
-                    lo, hi = int(off[sel.start]), int(off[sel.stop])
-                    e = ev[lo:hi].astype(np.int64)
+                    e = self._events(off, ev, sel.start, sel.stop, t, h)
                     out[e[:, 0] - sel.start, e[:, 1], e[:, 2]] = True
                 else:
                     for j, i in enumerate(idx):
-                        lo, hi = off[i:i + 2]
-                        e = ev[int(lo):int(hi)].astype(np.int64)
+                        e = self._events(off, ev, int(i), int(i) + 1, t, h)
                         out[j, e[:, 1], e[:, 2]] = True
-        except (OSError, KeyError, ValueError, IndexError) as e:
+        except (OSError, KeyError, ValueError, IndexError, TypeError) as e:
             raise CorruptTraceError(f"{self.path}: cannot read {layer}/{key} ({e})") from None
         return out[0] if squeeze else out
+
+    @staticmethod
+    def _events(off: h5py.Dataset, ev: h5py.Dataset, start: int, stop: int, t: int, h: int) -> np.ndarray:
+        """The events ``(sample, t, neuron)`` of samples ``start:stop``, checked against the
+        offsets and the trace's sizes (a damaged list would set bits of other samples)."""
+        bounds = off[start:stop + 1].astype(np.int64)
+        if np.any(np.diff(bounds) < 0):
+            raise ValueError(f"the event offsets of samples {start}:{stop} decrease")
+        e = ev[int(bounds[0]):int(bounds[-1])].astype(np.int64)
+        if len(e):
+            rows = e[:, 0]
+            expected = np.repeat(np.arange(start, stop), np.diff(bounds))
+            if not np.array_equal(rows, expected):
+                raise ValueError(f"events of samples {start}:{stop} name other samples than their offsets")
+            if e[:, 1:].min() < 0 or e[:, 1].max() >= t or e[:, 2].max() >= h:
+                raise ValueError(f"events of samples {start}:{stop} lie outside the {t} steps x {h} neurons")
+        return e
 
     def _group(self, layer: str) -> h5py.Group:
         if self._f is None:
@@ -796,7 +910,7 @@ class TraceReader:
         sel, squeeze = self._index(samples)
         try:
             out = self._read_rows(g[key], sel)
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, TypeError) as e:
             raise CorruptTraceError(f"{self.path}: cannot read {layer}/{key} ({e})") from None
         return out[0] if squeeze else out
 
@@ -816,7 +930,7 @@ class TraceReader:
         sel, squeeze = self._index(samples)
         try:
             out = self._read_rows(self._f[key], sel)
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, TypeError) as e:
             raise CorruptTraceError(f"{self.path}: cannot read {key} ({e})") from None
         return out[0] if squeeze else out
 
@@ -826,7 +940,11 @@ class TraceReader:
 
     def lengths(self, samples: Any = None) -> np.ndarray | None:
         """Valid steps per sample ``(n,)`` of a trace of padded batches, else None (all T)."""
-        return self._root("lengths", samples)
+        out = self._root("lengths", samples)
+        if out is not None and out.size and (out.min() < 1 or out.max() > self.num_steps):
+            raise CorruptTraceError(f"{self.path}: dataset /lengths holds values outside [1, {self.num_steps}]; "
+                                    "the trace is damaged (write it again from its run)")
+        return out
 
     def input_nnz(self, samples: Any = None) -> np.ndarray | None:
         """Nonzero model inputs per step ``(n, T)`` or None when not written."""
@@ -902,8 +1020,9 @@ class StreamTraceWriter:
                  **writer_kwargs: Any) -> None:
         self._meta = dict(run_meta or {}, layout="segments", stream_batch=int(batch))
         self._names = list(layers)
-        self._args = (path, layers, config, writer_kwargs)
-        self._writer: TraceWriter | None = None
+        self._writer = TraceWriter(path, layers=layers, config=config, run_meta=self._meta, **writer_kwargs)
+        self._writer._take_lock()  # a second writer of the path is refused before any chunk is computed
+        self._opened = False
         self._steps: int | None = None
         self._total = 0
         self._ended = False
@@ -928,12 +1047,11 @@ class StreamTraceWriter:
             raise ValueError(f"a chunk of {rows} stream rows, but the trace was opened with batch="
                              f"{self._meta['stream_batch']}")
         steps = int(chunk.output.shape[1])
-        if self._writer is None:
-            path, layers, config, kwargs = self._args
+        if not self._opened:
             self._steps = steps
-            self._meta["segment_steps"] = steps
-            self._writer = TraceWriter(path, layers=layers, config=config, run_meta=self._meta, **kwargs)
+            self._writer.run_meta["segment_steps"] = steps
             self._writer.open()
+            self._opened = True
             # created before the first append switches the file to SWMR mode
             self._writer._f.create_dataset("stream_steps", data=np.zeros(1, np.int64), maxshape=(1,))
         elif self._ended:
@@ -949,17 +1067,18 @@ class StreamTraceWriter:
             x = _np(x)
             if pad:
                 x = np.concatenate([x, np.zeros((x.shape[0], pad, *x.shape[2:]), x.dtype)], axis=1)
+        # the step count first: a reader takes the smaller of it and the committed chunks, so a
+        # writer killed between the two writes loses nothing
+        f = self._writer._f
+        f["stream_steps"][0] = self._total + steps
+        f.flush()
         self._writer.append(records, inputs=x)
         self._total += steps
-        f = self._writer._f
-        f["stream_steps"][0] = self._total
-        f.flush()
 
     def close(self, interrupted: bool = False) -> None:
         """Closes the trace; ``interrupted``: the stream stopped early (``TraceWriter.close``)."""
         self._closed = True
-        if self._writer is not None:
-            self._writer.close(interrupted=interrupted)
+        self._writer.close(interrupted=interrupted)
 
 
 class _Padded:

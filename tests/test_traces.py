@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import h5py
@@ -374,3 +375,176 @@ def test_records_that_are_not_a_dict_are_named_not_dumped(tmp_path):
     assert not (tmp_path / "l.h5").exists()
     with pytest.raises(ValueError, match=r"undeclared layers: \['other'\]; declared layers"):
         traces.write(tmp_path / "u.h5", {**rec, "other": rec["layers.0"]}, layers=LAYERS)
+
+
+# ----------------------------------------------------------------------------- writers of one path
+def test_second_writer_of_a_path_is_refused(tmp_path):
+    """Two writers of one path mixed their batches in one file, which could still read as
+    complete: the second writer is refused while the first holds the path's lock."""
+    path = tmp_path / "one.h5"
+    rec, y, _ = make_batch(0)
+    with TraceWriter(path, layers=LAYERS) as first:
+        first.append(rec, labels=y)
+        with pytest.raises(TraceError, match=r"one.h5: another process is writing this trace \(it holds "
+                                             r"\.one\.h5\.lock\)"):
+            TraceWriter(path, layers=LAYERS).open()
+        with pytest.raises(TraceError, match="another process is writing this trace"):
+            traces.StreamTraceWriter(path, layers=LAYERS, batch=3)  # before any chunk is computed
+        first.append(rec, labels=y)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5"]  # lock and temporary gone
+    with traces.read(path) as r:
+        assert r.complete and r.num_samples == 6
+    traces.write(path, rec, layers=LAYERS)  # free again
+    assert traces.read(path).num_samples == 3
+
+
+def test_a_new_trace_replaces_the_old_one_only_with_a_committed_batch(tmp_path):
+    """A trace written over an existing one kept nothing of the old one from its open on:
+    the new file is renamed into place at its first committed batch (or whole, at its close)."""
+    path = tmp_path / "t.h5"
+    old, y, _ = make_batch(0)
+    traces.write(path, old, layers=LAYERS, labels=y)
+    new, _, _ = make_batch(1, b=2)
+
+    with pytest.raises(KeyboardInterrupt), TraceWriter(path, layers=LAYERS) as w:
+        assert traces.read(path).num_samples == 3  # still the old trace
+        raise KeyboardInterrupt  # stopped before its first batch
+    with traces.read(path) as r:
+        assert r.complete and r.num_samples == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.h5"]
+
+    with TraceWriter(path, layers=LAYERS) as w:
+        w.append(new)
+        with traces.read(path) as r:  # the new file, readable while it is written
+            assert r.num_samples == 2 and not r.complete
+    for rename_at, stop in (("close", True), ("close", False)):
+        with pytest.raises(KeyboardInterrupt) if stop else nullcontext():
+            with TraceWriter(path, layers=LAYERS, rename_at=rename_at) as w:
+                w.append(old)
+                w.append(old)
+                assert traces.read(path).num_samples == 2  # path never holds a partial trace
+                if stop:
+                    raise KeyboardInterrupt
+        assert traces.read(path).num_samples == (2 if stop else 6)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["t.h5"]
+    with pytest.raises(ValueError, match="rename_at must be"):
+        TraceWriter(path, layers=LAYERS, rename_at="never")
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_writer(tmp_path):
+    path = tmp_path / "t.h5"
+    stale = tmp_path / ".t.h5.tmp-999999"
+    stale.write_bytes(b"left by a writer killed before its first batch")
+    other = tmp_path / ".u.h5.tmp-999999"
+    other.write_bytes(b"another path's")
+    rec, _, _ = make_batch(0)
+    traces.write(path, rec, layers=LAYERS)
+    assert not stale.exists() and other.exists()
+
+
+# ----------------------------------------------------------------------------- more bad input
+def test_store_state_without_states_in_the_records_is_refused(tmp_path):
+    """store_state used to be ignored for records without a state (all of su_neuro's)."""
+    rec, _, _ = make_batch(0)
+    with pytest.raises(ValueError, match="store_state is set but the record has no state.*StepRecord carries none"):
+        traces.write(tmp_path / "s.h5", rec, layers=LAYERS, store_state="float32")
+    with_state = {k: SimpleNamespace(gate=r.gate, delta=r.delta, spike=r.spike, state=r.delta.cumsum(1))
+                  for k, r in rec.items()}
+    traces.write(tmp_path / "s.h5", with_state, layers=LAYERS, store_state="float32")
+    with traces.read(tmp_path / "s.h5") as r:
+        np.testing.assert_array_equal(r.states("layers.1"), rec["layers.1"].delta.cumsum(1).numpy())
+
+
+def test_empty_batches_and_steps(tmp_path):
+    rec, y, x = make_batch(0)
+    empty, _, _ = make_batch(0, b=0)
+    path = tmp_path / "e.h5"
+    with TraceWriter(path, layers=LAYERS) as w:
+        w.append(empty)  # nothing to append: no encoding chosen from it
+        w.append(rec)
+    with traces.read(path) as r:
+        assert r.num_samples == 3 and r.encodings["layers.0"]["gate"] == "packbits"
+    no_steps, _, _ = make_batch(0, t=0)
+    with pytest.raises(ValueError, match="a batch of 0 steps; a trace needs at least one step"):
+        traces.write(tmp_path / "z.h5", no_steps, layers=LAYERS)
+    with pytest.raises(ValueError, match="labels of dtype <U3 cannot be stored"):
+        traces.write(tmp_path / "u.h5", rec, layers=LAYERS, labels=np.array(["cat", "dog", "owl"]))
+    with TraceWriter(tmp_path / "none.h5", layers=LAYERS):
+        pass  # closed before its first batch: an empty trace
+    with traces.read(tmp_path / "none.h5") as r:
+        assert r.num_samples == 0 and r.gates("layers.1").shape == (0, 0, 9)
+        assert r.spikes("layers.0").shape == (0, 0, 11)
+
+
+def test_wrong_dtypes_and_damaged_event_lists_name_the_dataset(tmp_path):
+    rec, y, _ = make_batch(0, b=4)
+    good = traces.write(tmp_path / "good.h5", rec, layers=LAYERS, labels=y, gate_encoding="packbits",
+                        spike_encoding="events")
+
+    def damaged(edit):
+        p = tmp_path / "bad.h5"
+        p.write_bytes(good.read_bytes())
+        with h5py.File(p, "r+") as f:
+            edit(f)
+        return p
+
+    def replace(name, make):
+        def edit(f):
+            data = f[name][()]
+            del f[name]
+            f.create_dataset(name, data=make(data))
+        return edit
+
+    def drop_encoding(f):
+        del f["layers/layers.0"].attrs["spike_encoding"]
+
+    opening = ((replace("layers/layers.1/gate", lambda d: d.astype(np.float32)), "/layers/layers.1/gate",
+                "has dtype float32, expected uint8"),
+               (replace("layers/layers.0/spike_events", lambda d: d.astype(np.float64)),
+                "/layers/layers.0/spike_events", "has dtype float64, expected integers"),
+               (drop_encoding, "/layers/layers.0/spike", "is missing (no spike encoding recorded)"))
+    for edit, dataset, message in opening:
+        with pytest.raises(CorruptTraceError) as err:
+            traces.read(damaged(edit))
+        assert dataset in str(err.value) and message in str(err.value), str(err.value)
+
+    with traces.read(good) as r:
+        n_events = int(r._f["layers/layers.0/spike_offsets"][-1])
+    assert n_events >= 2, "the batch needs spikes in more than one sample"
+
+    def shift_sample(f):
+        ev = f["layers/layers.0/spike_events"]
+        first = ev[0]
+        first[0] = 3 if first[0] != 3 else 0  # an event that names another sample than its offsets
+        ev[0] = first
+
+    def decrease(f):
+        off = f["layers/layers.0/spike_offsets"]
+        off[1] = off[2] + 1
+
+    for edit, message in ((shift_sample, "name other samples than their offsets"),
+                          (decrease, "(decrease|name other samples)")):
+        with traces.read(damaged(edit)) as r:
+            for samples in (None, [0, 1, 2, 3]):
+                with pytest.raises(CorruptTraceError, match=f"cannot read layers.0/spike .*{message}"):
+                    r.spikes("layers.0", samples)
+
+    lengths = tmp_path / "len.h5"
+    with TraceWriter(lengths, layers=LAYERS) as w:
+        w.append(rec, lengths=np.array([17, 3, 1, 17]))
+    with h5py.File(lengths, "r+") as f:
+        f["lengths"][1] = 0
+    with traces.read(lengths) as r, pytest.raises(CorruptTraceError, match=r"/lengths holds values outside \[1, 17\]"):
+        r.lengths()
+
+
+def test_unreadable_file_is_a_trace_error(tmp_path, monkeypatch):
+    """A file the user may not read (tested by its error: the tests may run as root)."""
+    path = traces.write(tmp_path / "p.h5", make_batch(0)[0], layers=LAYERS)
+
+    def denied(name):
+        raise PermissionError(13, "Permission denied", name)
+
+    monkeypatch.setattr(h5py, "is_hdf5", denied)
+    with pytest.raises(TraceError, match=r"p.h5: cannot read the file \(Permission denied\)"):
+        traces.read(path)

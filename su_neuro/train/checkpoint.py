@@ -8,14 +8,12 @@ python RNG state a checkpoint carries, the model signature and parameter digest,
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import pickle
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._files import errors_named, fsync_dir
 from .build import build_model, load_task
 from .config import TrainConfig, config_from_dict
 
@@ -48,29 +47,6 @@ def params_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def errors_named(path: Path) -> Iterator[None]:
-    """Re-raise an ``OSError`` of the block as one naming ``path``: the file the caller asked
-    for, not the temporary file it was being written to."""
-    try:
-        yield
-    except OSError as err:
-        raise OSError(err.errno, err.strerror, str(path)) from None
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
@@ -88,7 +64,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _atomic_write_json(path: Path, obj) -> None:

@@ -12,7 +12,6 @@ scored.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..gates import valid_entries
-from .checkpoint import errors_named
 from .config import TrainConfig
 
 IGNORE_INDEX = -100
@@ -164,7 +162,6 @@ def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=No
     else:
         chosen = np.arange(n)
     meta = {"task": cfg.task, "seed": cfg.seed, "backend": cfg.backend, "test_indices": chosen.tolist()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     model_was_training = model.training
     model.eval()
     pad_id = getattr(task, "pad_id", 0)
@@ -172,8 +169,9 @@ def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=No
     longest = max(it[0].shape[0] for it in items)
     ragged = any(it[0].shape[0] != longest for it in items)
     try:
+        # renamed onto path when whole: an earlier trace there is never replaced by a partial one
         with torch.no_grad(), TraceWriter(
-            tmp, layers=model.layer_meta(), config=cfg.to_dict(), run_meta=meta
+            path, layers=model.layer_meta(), config=cfg.to_dict(), run_meta=meta, rename_at="close"
         ) as writer:
             for start in range(0, n, cfg.eval_batch_size):
                 batch = items[start:start + cfg.eval_batch_size]
@@ -193,12 +191,8 @@ def export_trace(model: nn.Module, task, cfg: TrainConfig, path: Path, device=No
                 writer.append(
                     records, labels=y.cpu(), inputs=inputs.cpu(), lengths=None if lengths is None else lengths.cpu()
                 )
-        with errors_named(path):
-            os.replace(tmp, path)
     finally:
         model.train(model_was_training)
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

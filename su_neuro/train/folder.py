@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import _files
 from .checkpoint import CheckpointError
 from .config import (
     CHECKPOINT_FILE,
@@ -175,50 +175,6 @@ LOCK_FILE = ".su_neuro.lock"
 """The file a run holds locked in its folder (removed when the run ends)."""
 
 
-def _open_lock(path: Path) -> int:
-    """An fd of the lock file (created if missing): read-write where allowed (NFS needs it
-    for an exclusive lock), read-only where another user left the file (flock needs no more)."""
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:
-        return os.open(path, os.O_RDONLY)
-
-
-def _acquire(path: Path, fcntl) -> int | None:
-    """An fd of ``path`` holding an exclusive ``flock``; None where the file system has no
-    lock (warned, and a lock file this call created removed). An fd of a lock file that its
-    previous holder removed in the meantime is dropped and the file opened again."""
-    for _ in range(8):
-        existed = path.exists()
-        try:
-            fd = _open_lock(path)
-        except FileNotFoundError:  # a refused run removed the empty folder meanwhile
-            path.parent.mkdir(parents=True, exist_ok=True)
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunFolderError(
-                f"another process is training into {str(path.parent)!r} (it holds {LOCK_FILE}); wait for it to "
-                "end, or choose another output folder") from None
-        except OSError as err:  # e.g. Lustre without -o flock
-            os.close(fd)
-            if not existed:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            warnings.warn(f"cannot lock the run folder {path.parent} ({err}); two runs into it would not be "
-                          "kept apart", RuntimeWarning, stacklevel=4)
-            return None
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # locked the file of a run that has just ended and removed it
-    raise RunFolderError(f"cannot take the lock {path}: it keeps being replaced")
-
-
 @contextlib.contextmanager
 def folder_lock(out: Path, hold: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the run folder ``out`` (created if missing) for the ``with``
@@ -229,11 +185,7 @@ def folder_lock(out: Path, hold: bool = True) -> Iterator[None]:
     the block ends. Folders this call created are removed again if the block leaves them
     empty (a refused run). ``hold=False`` (the other ranks of a multi-process run), or a
     system without ``fcntl`` (Windows): nothing is locked."""
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    if not hold or fcntl is None:
+    if not hold or _files.fcntl is None:
         yield
         return
     out = Path(os.path.normpath(os.path.abspath(out)))  # "x/../y" must not create x
@@ -244,19 +196,17 @@ def folder_lock(out: Path, hold: bool = True) -> Iterator[None]:
     lock = out / LOCK_FILE
     fd = None
     try:
-        fd = _acquire(lock, fcntl)
+        fd = _files.acquire(lock, lambda: RunFolderError(
+            f"another process is training into {str(out)!r} (it holds {LOCK_FILE}); wait for it to end, or "
+            "choose another output folder"), f"the run folder {out}", stacklevel=4)
         yield
     finally:
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                lock.unlink()  # while held: a waiting run then finds it gone and opens a new one
+        _files.release(lock, fd)
         for folder in created:  # innermost first; only those left empty
             try:
                 folder.rmdir()
             except OSError:
                 break
-        if fd is not None:
-            os.close(fd)
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:
