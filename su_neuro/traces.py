@@ -317,6 +317,8 @@ class TraceWriter:
         self._lock_fd: int | None = None
         self._locked = False
         self._renamed = False
+        if os.name == "nt":  # an open file cannot be renamed there: written in place, as before
+            self._tmp, self._renamed = self.path, True
         self._f: h5py.File | None = None
         self._n = 0
         self._t: int | None = None

@@ -87,7 +87,9 @@ def test_gpu_check_keeps_its_output_within_what_the_device_tool_returns(tmp_path
     grid = (out / "test_triton_grid.txt").read_text()
     assert grid.count("== test_triton_grid.") == 2 and grid.count(" skipped, ") == 2, grid
     assert "needs a CUDA GPU" in (out / "bench_gpu.txt").read_text()
-    assert "grid tests exit 0, tests exit 0, bench exit 2" in (out / "device.txt").read_text()
+    device = (out / "device.txt").read_text()
+    assert "barrier_stress.py needs a CUDA GPU" in device
+    assert "barrier stress exit 2, grid tests exit 0, tests exit 0, bench exit 2" in device
     assert proc.returncode != 0  # a check whose benchmark did not run fails
 
 

@@ -664,7 +664,9 @@ def test_grid_kernels_event_long_run_is_independent_of_the_programs(tri, monkeyp
         monkeypatch.setattr(grid_tiles, "TILES", _tiles(4, 8, 16, True))
     monkeypatch.setattr(grid, "ENABLED", True)
     p, _, _, G = _make(cell, "event", B, H, seed=5)
-    gate = EventGate(H, init_threshold=0.3, surrogate="triangle", surrogate_params={"width": 0.5}).to(DEVICE)
+    # a narrow surrogate: the backward's flags must vary (a width of 0.5 set every one of them
+    # at every step, and a backward race over the flags could not show)
+    gate = EventGate(H, init_threshold=0.6, surrogate="triangle", surrogate_params={"width": 0.1}).to(DEVICE)
     g = torch.Generator().manual_seed(6)
     xp = (torch.randn(B, T, G, generator=g) * 0.8).to(DEVICE)
     weights = [torch.randn(B, T, H, generator=g).to(DEVICE), torch.randn(B, H, generator=g).to(DEVICE), None]
@@ -685,6 +687,8 @@ def test_grid_kernels_event_long_run_is_independent_of_the_programs(tri, monkeyp
     assert all(torch.equal(a, b) for a, b in zip(*work, strict=True))
     opened = rec_one.gate.float().mean().item()
     assert 0.02 < opened < 0.9, f"a run that exercises the gate ({opened:.2f} open)"
+    bwd_rows = work[1][1].float()
+    assert bwd_rows.max() > 0 and (bwd_rows < H).float().mean() > 0.5, f"backward rows per step {bwd_rows.tolist()}"
 
 
 def test_grid_kernels_split_and_dw_fall_back(tri, grid_on, monkeypatch):
@@ -1282,3 +1286,46 @@ def test_bench_gpu_compile_only_runs_every_swept_config_once(load_tool, monkeypa
     assert any(cfg[0] is None for cfg in bench._event_configs(1, 1024))  # the per-row kernels too
     failed = [line for line in capsys.readouterr().out.splitlines() if "RuntimeError" in line]
     assert len(failed) == 1 and f"[{bench._label(*bad)}]" in failed[0] and "out of resources" in failed[0]
+
+
+def test_kernels_launch_with_the_inputs_device_current(tri, monkeypatch):
+    """Triton launches on the current CUDA device: the forward and the backward make the
+    input's device current first (a model on cuda:1 while cuda:0 is current)."""
+    seen = []
+    real = torch.cuda.device_of
+
+    def spy(obj):
+        seen.append(obj)
+        return real(obj)
+
+    monkeypatch.setattr(torch.cuda, "device_of", spy)
+    B, H, T = 2, 8, 3
+    p, lif, gate, G = _make("gru", "rhythmic", B, H, seed=1)
+    xp = torch.randn(B, T, G, device=DEVICE)
+    weights = [torch.randn(B, T, H, device=DEVICE), torch.randn(B, H, device=DEVICE), None]
+    _run(tri.recurrence, "gru", T, p, lif, gate, xp, weights)
+    assert len(seen) == 2 and all(t.shape == (B, T, G) and t.device == xp.device for t in seen)
+
+
+def test_grid_kernels_refuse_a_sequence_that_overflows_their_barrier_counters(tri, grid_on, monkeypatch):
+    from su_neuro.kernels.triton import grid
+
+    monkeypatch.setattr(grid, "COUNTER_LIMIT", 64)
+    B, H, T = 2, 16, 40
+    p, lif, gate, G = _make("rnn", "dense", B, H, seed=2)
+    xp = torch.randn(B, T, G, device=DEVICE)
+    with pytest.raises(ValueError, match="a sequence of 40 steps overflows the grid kernels' barrier counters"):
+        tri.recurrence("rnn", xp, p["h0"], None, p["w"], p["b"], gate.plan(0, T, device=xp.device), None, False)
+
+
+def test_barrier_stress_logic_under_the_interpreter(tri):
+    """tools/barrier_stress.py (run natively by gpu_check.sh before the tests): its counting,
+    with one program per block, the most the interpreter can run at a barrier."""
+    spec = importlib.util.spec_from_file_location("barrier_stress", ROOT / "tools" / "barrier_stress.py")
+    stress = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stress)
+    if DEVICE == "cuda":
+        assert stress.main() == 0
+        return
+    assert stress.run(1, 3, 4, False) == ([0, 0], True)
+    assert stress.run(1, 2, 3, True) == ([0, 0], True)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of issue 20 in one command, on a bare device machine (torch, triton, numpy,
 # numba, h5py and pytest there; nothing from the network):
+#   0. tools/barrier_stress.py: the multi-program kernels' spin barrier alone (seconds; its lines
+#      go to device.txt);
 #   1. the Triton kernel tests, natively (the multi-program kernels first: a broken barrier
 #      hangs, so each part runs under a timeout), and beside them the benchmark's kernels
 #      compiled into Triton's cache (bench_gpu.py --compile-only, untimed);
@@ -85,7 +87,11 @@ shard() {  # shard NAME I N LIMIT PYTEST-ARGS...: one shard to $shards/NAME.I.tx
 }
 grid="not run"
 tests="not run"
+barrier="not run"
 if [ "${TESTS:-1}" != 0 ]; then
+    # the grid kernels' spin barrier alone, first: a broken barrier costs seconds here, not a shard
+    timeout -k 5 60 python3 tools/barrier_stress.py 2>&1 | tee -a "$out/device.txt"
+    barrier=${PIPESTATUS[0]}
     grid=0
     tests=0  # TESTS=0: the benchmark alone (a second run in one lease)
     pids=()
@@ -134,5 +140,6 @@ timeout --preserve-status -k 10 "$limit" python3 tools/bench_gpu.py --budget $((
     --json "$out/bench_gpu.json" 2>&1 | tee "$out/bench_gpu.txt"
 bench=${PIPESTATUS[0]}
 rm -f "$out/bench_gpu.json.partial"  # left by a kill while the JSON was written; the last whole copy stays
-echo "grid tests exit $grid, tests exit $tests, bench exit $bench; $(( SECONDS - start )) s" | tee -a "$out/device.txt"
-[ "$bench" -eq 0 ] && { [ "${TESTS:-1}" = 0 ] || { [ "$grid" = 0 ] && [ "$tests" = 0 ]; }; }
+echo "barrier stress exit $barrier, grid tests exit $grid, tests exit $tests, bench exit $bench; $(( SECONDS - start )) s" \
+    | tee -a "$out/device.txt"
+[ "$bench" -eq 0 ] && { [ "${TESTS:-1}" = 0 ] || { [ "$barrier" = 0 ] && [ "$grid" = 0 ] && [ "$tests" = 0 ]; }; }

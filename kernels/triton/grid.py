@@ -21,8 +21,10 @@ step is shared by a grid of programs, ``grid = (NH, NB)``:
   what makes the other programs' stores visible). Loads of data written by other
   programs ask for ``.cg`` (L2) as well. A spin barrier needs every program resident at
   once: the launcher keeps ``NH * NB`` within the SM count and launches the grid as a
-  cooperative one, which the driver refuses (an error, not a hang) when it cannot place
-  every program.
+  cooperative one. CUDA checks such a grid against the device statically (at most the
+  kernel's blocks per SM times the SMs) and refuses one that does not fit with an error;
+  it guarantees that the programs of a grid that passes run together. There is no check
+  at run time of how many SMs other work (MPS, another process) leaves free.
 
 Split steps (``Tiles.split``, forward only): a step in two phases with a barrier between
 them. Phase 1 cuts the step's (chunk, column tile) units into equal contiguous runs, one per
@@ -654,6 +656,11 @@ def _note(name: str, kernel, nh: int, nb: int) -> None:
     }
 
 
+#: arrivals an int32 barrier counter holds; past it a barrier's target wraps negative and
+#: the barrier stops waiting (T of about 8 million steps at 132 programs with split steps)
+COUNTER_LIMIT = 2**31
+
+
 def _counters(nb: int, device) -> torch.Tensor:
     # one barrier counter per batch block, counting arrivals (programs x steps / phases)
     return torch.zeros(nb, dtype=torch.int32, device=device)
@@ -674,6 +681,12 @@ def _setup(cfg: Config, xp, hs, operands):
     prec = grid_tiles.dot_precision(operands)
     t = grid_tiles.tiles(B, H, xp.device, prec)
     _, nh, nb = grid_tiles.shape(B, H, xp.device, prec)
+    if nh < 1 or nb < 1:  # Triton skips an empty grid: hs would stay unwritten
+        raise RuntimeError(f"grid kernels: an empty grid ({nh} x {nb} programs) for B={B}, H={H}")
+    if 2 * T * nh >= COUNTER_LIMIT:  # arrivals at a barrier counter: two barriers a step at most
+        raise ValueError(f"a sequence of {T} steps overflows the grid kernels' barrier counters at {nh} programs a "
+                         "step; run it in chunks, carrying the state, or set su_neuro.kernels.triton.grid.ENABLED "
+                         "= False")
     shared = dict(sync_ptr=_counters(nb, xp.device), B=B, T=T, H=H, CELL=cfg.cell_code, GATE=cfg.gate_code,
                   BB=t.bb, BH=t.bh, BK=t.bk, FMA=t.fma, PREC=prec, num_warps=t.warps, num_stages=t.stages,
                   **LAUNCH_OPTIONS)

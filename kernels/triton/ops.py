@@ -11,6 +11,8 @@ design and the limits.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..contract import CELL_CODES, GATE_CODES, make_record
@@ -171,6 +173,19 @@ class _Recurrence(torch.autograd.Function):
 
 
 # --------------------------------------------------------------- buffers and kernels
+def _on_its_device(fn):
+    """Runs ``fn(cfg, x, ...)`` with the CUDA device of ``x.xp`` current: Triton launches on
+    the current device, which need not be the tensors' (a model on cuda:1 while cuda:0 is
+    current would launch on cuda:0, with cuda:0's SM count). A no-op on the CPU."""
+
+    @functools.wraps(fn)
+    def wrapped(cfg, x, *args, **kwargs):
+        with torch.cuda.device_of(x.xp):
+            return fn(cfg, x, *args, **kwargs)
+
+    return wrapped
+
+
 def _open_lists(mask: torch.Tensor):
     """Compacted open set of a (T, H) mask: :class:`OpenLists` and the fraction of entries
     set (from the size of ``nonzero``'s result: no further sync)."""
@@ -184,6 +199,7 @@ def _open_lists(mask: torch.Tensor):
     return OpenLists(idx.contiguous(), off), rate
 
 
+@_on_its_device
 def _forward(cfg: Config, x: Operands, h0, s0, mask, save: bool):
     """Allocates the forward's sequences and runs the kernels that fit the call; returns
     (:class:`Sequences`, the event gate's record (B, T, H) or None). ``mask`` (T, H): a
@@ -215,6 +231,7 @@ def _forward(cfg: Config, x: Operands, h0, s0, mask, save: bool):
     return seq, grec
 
 
+@_on_its_device
 def _backward(cfg: Config, x: Operands, seq: Sequences, dout, dhT, dsT, need_dg: bool, dg_mask,
               need_dw: bool = False, dgrec=None):
     """Allocates the backward's buffers, runs the kernels that fit the call and returns them
