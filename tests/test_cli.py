@@ -28,6 +28,28 @@ def test_bench_times_the_backends(capsys):
     assert row[0] == "torch" and float(row[1]) > 0 and float(row[2]) == 1.0
 
 
+def test_bench_threads_hold_for_every_backend(capsys):
+    """--threads sets torch's and Numba's threads; the header says what the rows ran with
+    (a Numba call used to reset torch's count to Numba's)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["bench", "--backends", "numba,torch", "--hidden", "8", "--steps", "5", "--repeat", "1",
+                "--threads", "1"]
+        assert main(argv) == 0
+        assert "torch threads 1, numba threads 1" in capsys.readouterr().out.splitlines()[0]
+        for bad, message in ((["--threads", "0"], "--threads must be a positive integer, got 0"),
+                             (["--rate", "2"], "--rate must lie in [0, 1]"), (["--rate", "nan"], "got nan")):
+            assert main(["bench", "--backends", "torch", *bad]) == 2
+            assert message in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+        import numba
+
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
 def test_bench_rejects_unknown_backend(capsys):
     assert main(["bench", "--backends", "cuda"]) == 2
     assert "unknown backend 'cuda'" in capsys.readouterr().err

@@ -750,3 +750,28 @@ def test_a_step_that_overflows_compares_as_ieee(gate):
         spikes[backend] = layer(x)[0]
     assert spikes["torch"][0, 0].eq(1).all() and spikes["torch"][0, 1:].eq(0).all()
     assert torch.equal(spikes["numba"], spikes["torch"])
+
+
+def test_a_numba_call_keeps_torchs_thread_count():
+    """Numba's OpenMP layer, started by the first parallel kernel, set the process's OpenMP
+    thread count (which torch shares) to Numba's: torch.set_num_threads(1) became 2. Run in
+    a fresh process, where the layer has not started yet."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch
+        torch.set_num_threads(1)
+        from su_neuro.models import build_layer
+        layer = build_layer("gru", 4, 64, gate={"kind": "rhythmic", "init_rate": 0.3}, backend="numba")
+        x = torch.randn(8, 40, 4)
+        layer(x)[0].sum().backward()
+        print(torch.get_num_threads())
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"  # a parallel layer, even on a one-core runner
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "1", done.stdout

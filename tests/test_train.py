@@ -92,6 +92,31 @@ def test_toml_config_and_flag_override(tmp_path):
     assert result["step"] == 3 and result["test_rate"] == 1.0
 
 
+def test_every_configuration_flag_reaches_the_config():
+    """--no-flush-denormal was parsed and then dropped: each flag of the configuration group
+    must set its key, the on/off pairs both ways."""
+    import argparse
+
+    from su_neuro.commands import train as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    group = next(g for g in parser._action_groups if g.title.startswith("configuration"))
+    keys = {a.dest for a in group._group_actions}
+    assert keys <= set(TrainConfig().to_dict()), keys - set(TrainConfig().to_dict())
+    for key in command._BOOL_FLAGS:
+        flag = key.replace("_", "-")
+        for argv, value in (([f"--no-{flag}"], False), ([f"--{flag}"], True)):
+            cfg, explicit = command.config_from_args(parser.parse_args(argv))
+            assert getattr(cfg, key) is value and key in explicit, (argv, key)
+    samples = {"task": "adding", "cell": "lif", "gate": "event", "backend": "numba", "readout": "mean",
+               "optimizer": "sgd", "schedule": "cosine", "nonfinite_grads": "skip", "device": "cpu"}
+    for key, (kind, _, _) in command._FLAGS.items():
+        value = samples.get(key, kind(0.5) if kind is float else kind(3))
+        cfg, explicit = command.config_from_args(parser.parse_args([f"--{key.replace('_', '-')}", str(value)]))
+        assert getattr(cfg, key) == value and key in explicit, key
+
+
 def test_empty_split_hint_names_an_option_the_task_has():
     from types import SimpleNamespace
 

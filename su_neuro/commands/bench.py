@@ -26,8 +26,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backward", action="store_true", help="also time forward + backward")
     parser.add_argument("--repeat", type=int, default=3,
                         help="timed calls per backend after one warm-up call; the median is shown (default 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of torch and of the Numba kernels (default: leave as they are)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+def _numba_threads(n: int | None = None) -> str:
+    """Set the Numba kernels' threads to ``n`` (at most the NUMBA_NUM_THREADS it started with);
+    without ``n``: ``", numba threads N"`` where Numba is installed, for the table's header."""
+    try:
+        import numba
+    except ImportError:
+        return ""
+    if n is not None:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return f", numba threads {numba.get_num_threads()}"
 
 
 def _time(fn, repeat: int) -> float:
@@ -46,8 +59,11 @@ def run(args) -> int:
     from ..backends import BACKENDS, available, check_backend
     from ..models import build_layer
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
+        _numba_threads(args.threads)
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -68,6 +84,8 @@ def run(args) -> int:
         raise ValueError("--repeat must be at least 1")
     gate = {"kind": args.gate}
     if args.gate == "rhythmic":
+        if not 0.0 <= args.rate <= 1.0:  # NaN fails too
+            raise ValueError(f"--rate must lie in [0, 1] (the rhythmic gate's update rate), got {args.rate}")
         gate["init_rate"] = args.rate
     torch.manual_seed(0)
     layer = build_layer(args.cell, args.input_size, args.hidden, gate=gate, backend="torch").to(device)
@@ -101,7 +119,7 @@ def run(args) -> int:
     ref = {r[0]: r for r in rows}.get("torch")
     print(
         f"{args.cell} / {args.gate} gate, B={args.batch} H={args.hidden} T={args.steps} F={args.input_size}, "
-        f"device {device}, torch threads {torch.get_num_threads()}"
+        f"device {device}, torch threads {torch.get_num_threads()}{_numba_threads()}"
     )
     if args.backward:
         print(f"{'backend':<8} {'fwd ms':>10} {'x torch':>8} {'fwd+bwd ms':>11} {'x torch':>8}")

@@ -53,6 +53,12 @@ _FLAGS = {
     "trace_samples": (int, "N", "test samples in the trace (default 64)"),
 }
 _OPTION_FLAGS = {"task_options": "task-option", "gate_options": "gate-option", "layer_options": "layer-option"}
+# config key -> help of its --KEY / --no-KEY pair
+_BOOL_FLAGS = {
+    "deterministic": "deterministic algorithms (default on)",
+    "flush_denormal": "flush denormal floats to zero on the CPU (default on)",
+    "trace": "write trace.h5 of test samples at the end (--no-trace: not, e.g. on a resume)",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,12 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for key, flag in _OPTION_FLAGS.items():
         cfg.add_argument(f"--{flag}", dest=key, action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
                          help=f"one entry of {key} (repeatable; VALUE is read as JSON, else as a string)")
-    cfg.add_argument("--deterministic", dest="deterministic", action=argparse.BooleanOptionalAction,
-                     default=argparse.SUPPRESS, help="deterministic algorithms (default on)")
-    cfg.add_argument("--flush-denormal", dest="flush_denormal", action=argparse.BooleanOptionalAction,
-                     default=argparse.SUPPRESS, help="flush denormal floats to zero on the CPU (default on)")
-    cfg.add_argument("--trace", dest="trace", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                     help="write trace.h5 of test samples at the end (--no-trace: not, e.g. on a resume)")
+    for key, text in _BOOL_FLAGS.items():
+        cfg.add_argument(f"--{key.replace('_', '-')}", dest=key, action=argparse.BooleanOptionalAction,
+                         default=argparse.SUPPRESS, help=text)
 
 
 def _parse_option(flag: str, text: str) -> tuple[str, object]:
@@ -99,10 +102,7 @@ def config_from_args(args) -> tuple[object, set[str]]:
         explicit |= set(values)
     cfg = config_from_dict(values, source=f"config file {args.config!r}" if args.config else "config")
     flags: dict = {}
-    for key in _FLAGS:
-        if hasattr(args, key):
-            flags[key] = getattr(args, key)
-    for key in ("deterministic", "trace"):
+    for key in (*_FLAGS, *_BOOL_FLAGS):  # a flag left out here was parsed and then ignored
         if hasattr(args, key):
             flags[key] = getattr(args, key)
     for key, flag in _OPTION_FLAGS.items():
