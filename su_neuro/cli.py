@@ -1,13 +1,16 @@
 """The ``su-neuro`` command line.
 
-Subcommands live in ``su_neuro.commands.<name>`` and are imported only when run, so
-``su-neuro --help`` stays fast.
+Subcommands live in ``su_neuro.commands.<name>``; only the one that runs is imported (with
+its heavier packages). A user's mistake ends with one line and exit status 2; a bug keeps
+its traceback, and ``SU_NEURO_TRACEBACK=1`` shows the traceback of every error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 
 __all__ = ["COMMANDS", "main"]
@@ -56,14 +59,20 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(err, TrainingStopped):
             if _rank() in ("", "[rank 0] "):  # the other processes of a multi-process run stop quietly
-                print(f"{err}; continue with --resume", file=sys.stderr)
+                # the demo cannot resume: its runs start over
+                then = "continue with --resume" if args.command == "train" else "start over with --overwrite"
+                print(f"{err}; {then}", file=sys.stderr)
             return 128 + err.signum
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `su-neuro info | head -1`: the reader has gone, as with any command
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 128 + 13  # SIGPIPE
     except Exception as err:
         line = expected_error(err)
-        if line is None:
-            raise  # a bug: keep the traceback
+        if line is None or os.environ.get("SU_NEURO_TRACEBACK", "") not in ("", "0"):
+            raise  # a bug (or SU_NEURO_TRACEBACK=1): keep the traceback
         # Bad input, missing packages and unavailable backends end with one line, not a traceback.
         print(f"su-neuro {args.command}: {_rank()}error: {line}", file=sys.stderr)
         return 2

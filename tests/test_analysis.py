@@ -626,3 +626,26 @@ def torch_rand_spikes(b, t, f):
     import torch
 
     return (torch.rand(b, t, f, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+
+
+def test_a_report_folder_of_another_trace_is_refused_and_old_figures_go(tmp_path, capsys):
+    """Every run's trace is trace.h5, and analyze's default folder is named after the trace:
+    a second run's report silently replaced the first's, and with --no-plots the first run's
+    figures stayed beside the second run's report."""
+    parser = argparse.ArgumentParser()
+    analyze_cmd.add_arguments(parser)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, _ = _trace(tmp_path / "a")
+    second, _ = _trace(tmp_path / "b")
+    rep = tmp_path / "rep"
+    assert analyze_cmd.run(parser.parse_args([str(first), "--out", str(rep)])) == 0
+    assert (rep / "raster.png").exists()
+    assert analyze_cmd.run(parser.parse_args([str(first), "--out", str(rep), "--no-plots"])) == 0  # the same trace
+    assert not (rep / "raster.png").exists(), "a figure of the earlier report stayed"
+    capsys.readouterr()
+    assert analyze_cmd.run(parser.parse_args([str(second), "--out", str(rep), "--no-plots"])) == 2
+    assert f"{rep} holds the report of {first}; pass --overwrite" in capsys.readouterr().err
+    assert json.loads((rep / "report.json").read_text())["source"] == str(first)
+    assert analyze_cmd.run(parser.parse_args([str(second), "--out", str(rep), "--no-plots", "--overwrite"])) == 0
+    assert json.loads((rep / "report.json").read_text())["source"] == str(second)

@@ -152,3 +152,101 @@ def test_errors_of_a_multi_process_run_name_their_process(monkeypatch):
     broken = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer")
     assert expected_error(broken).startswith("another process of this run stopped")
     assert expected_error(ValueError("n_test must be >= 1")) == "n_test must be >= 1"
+
+
+def test_a_stopped_demo_is_not_told_to_resume(capsys, monkeypatch, tmp_path):
+    """The demo has no --resume: Ctrl-C during it advised one."""
+    import signal
+
+    from su_neuro.commands import demo
+    from su_neuro.train import TrainingStopped
+
+    def stopped(args):
+        raise TrainingStopped(122, tmp_path / "su_gru" / "checkpoint.pt", signal.SIGINT)
+
+    monkeypatch.setattr(demo, "run", stopped)
+    assert main(["demo", "--out", str(tmp_path)]) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert "stopped by SIGINT after step 122" in err and "start over with --overwrite" in err and "--resume" not in err
+
+
+def test_progress_bars_update_rarely_into_a_file(monkeypatch):
+    """A bar on a redirected stderr wrote a line every 0.1 s (about 1 MB per hour of training)."""
+    import io
+
+    from su_neuro import _progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, interval in ((io.StringIO(), _progress.QUIET_INTERVAL), (Terminal(), 0.1)):
+        monkeypatch.setattr("sys.stderr", stream)
+        bar = _progress.progress_bar(total=3)
+        assert bar.mininterval == interval and bar.fp is not None
+        bar.close()
+    assert _progress.QUIET_INTERVAL >= 10
+
+
+def test_flags_that_would_be_ignored_and_unclear_errors(capsys, tmp_path, monkeypatch):
+    """Options that did nothing (exit 0) and errors that did not say what they were about."""
+    cases = [
+        (["simulate", "--cell", "gru", "--recurrent"], "--recurrent is a LIF option"),
+        (["simulate", "--task", "copy", "--steps", "5"], "--steps applies to the Poisson stream; with --task"),
+        (["simulate", "--task", "copy", "--batch", "2", "--chunk", "9"], "--batch, --chunk apply to the Poisson"),
+        (["simulate", "--samples", "3"], "--samples applies to --task only"),
+        (["info", "--compile", ""], "--compile '': use all, or CELL[/GATE] items"),
+        (["train", "--config", str(tmp_path)], "is a folder; give the .toml or .json file in it"),
+        (["train", "--task", "copy", "--task-option", "delay=NaN", "--out", str(tmp_path / "r")],
+         "task_options entry 'delay' = nan"),
+        (["analyze", str(tmp_path / "t.h5"), "--energy-table", str(tmp_path)], "energy table"),
+        (["analyze", str(tmp_path / "t.h5"), "--reshape", "0x17"], "reshape '0x17': both sizes must be positive"),
+        (["analyze", str(tmp_path / "t.h5"), "--out", __file__], "is a file; choose a folder with --out"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--no-progress"] if argv[0] in ("simulate", "train") else argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    monkeypatch.setenv("SU_NEURO_TRACEBACK", "1")
+    import pytest
+
+    with pytest.raises(ValueError, match="--recurrent is a LIF option"):
+        main(["simulate", "--cell", "gru", "--recurrent"])
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`su-neuro info | head -1` ended with 'error: [Errno 32] Broken pipe'."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from su_neuro.cli import main; from su_neuro.commands import info\n"
+            "def run(args):\n    for i in range(10**6):\n        print(i)\n"  # more than a pipe holds
+            "info.run = run; sys.exit(main(['info']))")
+    reader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.readline()
+    reader.stdout.close()  # the reader goes away after one line
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=120) == 141 and "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def test_every_flag_is_documented():
+    """The docs name every flag (train's as the config keys they set, docs/training.md)."""
+    import argparse
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    docs = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    training = (root / "docs" / "training.md").read_text()
+    missing = []
+    for name in COMMANDS:
+        parser = argparse.ArgumentParser()
+        importlib.import_module(f"su_neuro.commands.{name}").add_arguments(parser)
+        for action in parser._actions:
+            for flag in action.option_strings:
+                if flag in ("-h", "--help") or flag in docs:
+                    continue
+                if name == "train" and (f"`{action.dest}`" in training or flag.startswith("--no-")):
+                    continue  # a configuration flag: its key is in the table (--no-X: the pair of --X)
+                missing.append(f"su-neuro {name} {flag}")
+    assert not missing, missing

@@ -757,12 +757,12 @@ def test_numpy_numbers_in_options_are_plain_numbers(tmp_path):
     assert stored["task_options"]["n_train"] == 160
     bad = tiny_config(max_steps=2)
     bad.task_options = {**bad.task_options, "delay": object()}
-    with pytest.raises(ConfigError, match="config key 'task_options' must hold JSON values"):
+    with pytest.raises(ConfigError, match="task_options entry 'delay' = <object object at .*>: options must be JSON"):
         train(bad, tmp_path / "bad", progress=False)
     nested = config_from_dict({"task": "copy", "gate": "event",
                                "gate_options": {"surrogate_params": {"gain": np.float32(0.5)}}}).validate()
     assert nested.gate_options == {"surrogate_params": {"gain": 0.5}}
-    with pytest.raises(ConfigError, match="must hold JSON values"):
+    with pytest.raises(ConfigError, match="task_options entry 'delay' = nan: options must be JSON values"):
         config_from_dict({"task": "copy", "task_options": {"delay": float("nan")}}).validate()
 
 

@@ -67,6 +67,8 @@ def load_table(path: str | os.PathLike) -> EnergyTable:
         d = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"energy table {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:  # a folder, no permission, not text
+        raise ValueError(f"energy table {path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"energy table {path}: invalid JSON ({e})") from None
     if not isinstance(d, dict):

@@ -346,6 +346,8 @@ def _parse_reshape(reshape: str | tuple[int, int] | None) -> tuple[int, int] | N
         a, b = (int(v) for v in reshape.lower().split("x"))
     except ValueError:
         raise ValueError(f"reshape must look like 28x28, got {reshape!r}") from None
+    if a < 1 or b < 1:
+        raise ValueError(f"reshape {reshape!r}: both sizes must be positive")
     return a, b
 
 
@@ -370,12 +372,17 @@ def _limited(it: Iterator[Any], max_samples: int | None) -> Iterator[Any]:
         seen += n
 
 
+#: the figures :func:`analyze` writes into its report folder
+FIGURES = ("raster.png", "update_heatmap.png", "timescales.png", "ops.png")
+
+
 def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
             reshape: str | tuple[int, int] | None = None,
             energy_table: EnergyTable | str | os.PathLike | None = None,
             plots: bool = True, batch_size: int | None = None,
             max_samples: int | None = None, raster_sample: int = 0) -> Report:
-    """Analyse a trace; with ``out_dir`` write ``report.md``, ``report.json`` and PNGs.
+    """Analyse a trace; with ``out_dir`` write ``report.md``, ``report.json`` and PNGs
+    (:data:`FIGURES`; those of an earlier report in ``out_dir`` are removed first).
 
     Args:
         trace_path: a file written by :class:`su_neuro.traces.TraceWriter`.
@@ -413,7 +420,7 @@ def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = N
     with TraceReader(trace_path) as r:
         steps = r.stream_steps if r.layout == "segments" else r.num_steps
         if shape is not None and shape[0] * shape[1] != steps:
-            raise ValueError(f"--reshape {shape[0]}x{shape[1]} needs {shape[0] * shape[1]} "
+            raise ValueError(f"reshape (--reshape) {shape[0]}x{shape[1]} needs {shape[0] * shape[1]} "
                              f"steps, the trace has {steps}")
         meta = {"config": r.config, "run_meta": r.run_meta, "schema_version": r.schema_version,
                 "complete": r.complete, "layout": r.layout}
@@ -443,6 +450,8 @@ def analyze(trace_path: str | os.PathLike, out_dir: str | os.PathLike | None = N
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
+            for name in FIGURES:  # an earlier report's figures would sit beside this report
+                (out / name).unlink(missing_ok=True)
             if plots and r.num_samples:
                 rep.files.update(_plots(rep, r, out, shape, raster_sample))
             (out / "report.json").write_text(json.dumps(rep.to_dict(), indent=1))

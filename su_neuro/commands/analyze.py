@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draw the per-step update rate as an R x C image, e.g. 28x28")
     parser.add_argument("--energy-table", default=None, metavar="FILE.json",
                         help="per-operation energy costs (default: 45 nm fp32, Horowitz 2014)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a report of another trace in the report folder")
     parser.add_argument("--no-plots", action="store_true", help="write no figures")
     parser.add_argument("--max-samples", type=int, default=None,
                         help="analyse only the first N samples "
@@ -37,6 +39,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"su-neuro analyze: error: --{flag.replace('_', '-')} must be a positive integer, got {value}",
                   file=sys.stderr)
             return 2
+    if out.exists() and not out.is_dir():
+        print(f"su-neuro analyze: error: the report folder {out} is a file; choose a folder with --out",
+              file=sys.stderr)
+        return 2
+    # (a trace that is not there is named by the analysis first)
+    other = _report_of_another_trace(out, args.trace) if Path(args.trace).is_file() else None
+    if other is not None and not getattr(args, "overwrite", False):
+        print(f"su-neuro analyze: error: {out} holds the report of {other}; pass --overwrite to replace it "
+              "or choose another folder with --out", file=sys.stderr)
+        return 2
     try:
         rep = analyze(args.trace, out, reshape=args.reshape,
                       energy_table=getattr(args, "energy_table", None),
@@ -52,3 +64,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nreport written to {out}/ (report.md, report.json"
           + (", figures" if len(rep.files) > 2 else "") + ")")
     return 0
+
+
+def _report_of_another_trace(out: Path, trace: str) -> str | None:
+    """The trace whose report ``out`` holds, where that is not ``trace`` (the same trace
+    analysed again replaces its report); None for a folder without a report."""
+    import json
+
+    report = out / "report.json"
+    if not report.is_file():
+        return None
+    try:
+        source = json.loads(report.read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return f"an unreadable {report.name}"
+    if not isinstance(source, str):
+        return "an unknown trace"
+    try:
+        same = Path(source).resolve() == Path(trace).resolve()
+    except OSError:
+        same = False
+    return None if same else source

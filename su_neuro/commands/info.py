@@ -30,7 +30,7 @@ def run(args) -> int:
     for dev in devices:
         names = [b for b in BACKENDS[1:] if available(b, dev)]
         print(f"backends on {dev.type}: {', '.join(names)}")
-    if getattr(args, "compile", None):
+    if getattr(args, "compile", None) is not None:
         from ..warmup import compile_numba, parse_selection
 
         cells, gates = parse_selection(args.compile)

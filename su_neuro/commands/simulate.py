@@ -10,7 +10,6 @@ throughput, and with ``--trace`` writes every step's gates / spikes to an HDF5 t
 from __future__ import annotations
 
 import argparse
-import sys
 
 HELP = "run a population over a long input and record what it did"
 
@@ -27,16 +26,18 @@ def add_arguments(parser) -> None:
     src.add_argument("--recurrent", action="store_true", default=None, help="LIF: recurrent weights on spikes")
     inp = parser.add_argument_group("input")
     inp.add_argument("--task", default=None, help="run over a dataset split instead of a Poisson stream")
-    inp.add_argument("--split", default="test", choices=("train", "test"),
+    inp.add_argument("--split", default=None, choices=("train", "test"),
                      help="with --task: the split to run over (default test)")
-    inp.add_argument("--samples", type=int, default=16, help="with --task: samples to run")
-    inp.add_argument("--steps", type=int, default=10_000, help="Poisson stream length T (default 10,000)")
+    inp.add_argument("--samples", type=int, default=None, help="with --task: samples to run (default 16)")
+    inp.add_argument("--steps", type=int, default=None, help="Poisson stream length T (default 10,000)")
     inp.add_argument("--input-size", type=int, default=None, help="Poisson stream inputs F (default 16)")
-    inp.add_argument("--poisson-rate", type=float, default=0.05, help="per-step firing probability (default 0.05)")
-    inp.add_argument("--batch", type=int, default=1, help="independent Poisson streams run side by side (default 1)")
+    inp.add_argument("--poisson-rate", type=float, default=None, help="per-step firing probability (default 0.05)")
+    inp.add_argument("--batch", type=int, default=None,
+                     help="independent Poisson streams run side by side (default 1)")
     run_ = parser.add_argument_group("run")
     run_.add_argument("--backend", default="auto", help="auto, torch, numba, triton or nn (default auto)")
-    run_.add_argument("--chunk", type=int, default=1000, help="steps per chunk (default 1000)")
+    run_.add_argument("--chunk", type=int, default=None,
+                      help="Poisson stream: steps per chunk (default 1000; a task's sample is one chunk)")
     run_.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=True,
                       help="flush denormal floats to zero on the CPU (default on)")
     run_.add_argument("--seed", type=int, default=0, help="seed of the weights and the Poisson input (default 0)")
@@ -49,6 +50,15 @@ def add_arguments(parser) -> None:
 POPULATION_DEFAULTS = {"cell": "lif", "gate": "rhythmic", "rate": 0.1, "hidden": 1024, "layers": 1,
                        "recurrent": False, "input_size": 16}
 """The population flags and their defaults; a checkpoint's population is the trained one."""
+STREAM_DEFAULTS = {"steps": 10_000, "poisson_rate": 0.05, "batch": 1, "chunk": 1000}
+"""The Poisson stream's flags and their defaults (not for --task, whose samples are the input)."""
+TASK_DEFAULTS = {"samples": 16, "split": "test"}
+"""The flags of --task's input and their defaults."""
+
+
+def _given(args, flags: dict) -> list[str]:
+    """The flags of ``flags`` that the command line set."""
+    return [f"--{key.replace('_', '-')}" for key in flags if getattr(args, key, None) is not None]
 
 
 def _check_arguments(args) -> None:
@@ -61,7 +71,15 @@ def _check_arguments(args) -> None:
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in given)
         raise ValueError(f"--checkpoint runs the trained population, which {flags} cannot change; leave "
                          f"{'it' if len(given) == 1 else 'them'} out")
-    for key, default in POPULATION_DEFAULTS.items():
+    if getattr(args, "recurrent", None) and getattr(args, "cell", None) not in (None, "lif"):
+        raise ValueError(f"--recurrent is a LIF option (recurrent weights on spikes); --cell {args.cell} is "
+                         "recurrent always")
+    given_input = _given(args, TASK_DEFAULTS if not args.task else STREAM_DEFAULTS)
+    if given_input:
+        raise ValueError(f"{', '.join(given_input)} {'apply' if len(given_input) > 1 else 'applies'} to "
+                         + ("--task only; without it the input is a Poisson stream" if not args.task else
+                            "the Poisson stream; with --task the input is the task's samples, each one chunk"))
+    for key, default in (POPULATION_DEFAULTS | STREAM_DEFAULTS | TASK_DEFAULTS).items():
         if getattr(args, key, None) is None:
             setattr(args, key, default)
     for key in ("hidden", "layers", "steps", "input_size", "batch", "chunk"):
@@ -167,8 +185,8 @@ class _FirstChunk:
 
 def run(args) -> int:
     import torch
-    from tqdm import tqdm
 
+    from .._progress import progress_bar
     from ..backends import check_backend
     from ..simulate import simulate
     from ..warmup import FirstStepNotice, uses_numba
@@ -189,7 +207,7 @@ def run(args) -> int:
             config={"cell": layer.cell, "hidden_size": layer.hidden_size, "num_layers": layer.num_layers},
             run_meta={"backend": args.backend, "seed": args.seed, "command": "simulate"},
         )
-    bar = tqdm(total=steps, unit="step", disable=args.no_progress, file=sys.stderr, desc="simulate")
+    bar = progress_bar(total=steps, unit="step", disable=args.no_progress, desc="simulate")
     numba = uses_numba(args.backend, torch.device("cpu"), layer.cell, layer.layer_meta(0)["gate"],
                        batch=batch, hidden=layer.hidden_size)
     progress = _FirstChunk(bar, FirstStepNotice(numba, bar=bar, write=bar.write))

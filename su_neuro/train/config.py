@@ -227,11 +227,12 @@ def _plain(key: str, options: dict) -> dict:
         return v
 
     out = plain(options)
-    try:
-        json.dumps(out, allow_nan=False)  # NaN / inf are no JSON
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config key {key!r} must hold JSON values (numbers, strings, booleans, lists, "
-                          f"tables): {err}") from None
+    for name, value in out.items():  # each entry apart: the error names the option
+        try:
+            json.dumps(value, allow_nan=False)  # NaN / inf are no JSON
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{key} entry {name!r} = {value!r}: options must be JSON values (finite numbers, "
+                              f"strings, booleans, lists, tables): {err}") from None
     return out
 
 
@@ -294,6 +295,8 @@ def config_from_dict(values: dict, *, base: TrainConfig | None = None, source: s
 def load_config_file(path: str | os.PathLike) -> dict:
     """The key/value table of a JSON (``.json``) or TOML (``.toml``) config file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; give the .toml or .json file in it")
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     suffix = path.suffix.lower()

@@ -399,9 +399,9 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
 
     bar = None
     if main and progress:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        bar = tqdm(total=total_steps, initial=step, desc=desc or cfg.task, unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=total_steps, initial=step, desc=desc or cfg.task, unit="step", dynamic_ncols=True)
     first_step = _first_step_notice(cfg, device, local_batch, bar, main)
     net.train()
     stop = _StopSignals(quiet=not main)
