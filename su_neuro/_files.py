@@ -50,8 +50,11 @@ def _open_lock(path: Path) -> int:
     for an exclusive lock), read-only where another user left the file (flock needs no more)."""
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:
-        return os.open(path, os.O_RDONLY)
+    except PermissionError as denied:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # not there, and the folder may not be written to
+            raise denied from None
 
 
 def acquire(path: Path, busy: Callable[[], Exception], what: str, stacklevel: int = 3) -> int | None:

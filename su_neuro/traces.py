@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -236,6 +237,15 @@ class _Stream:
         self.off[start + 1:start + b + 1] = e0 + np.cumsum(counts)
 
 
+_WRITING: set[Path] = set()
+"""The traces the TraceWriters of this process hold open (absolute paths)."""
+
+
+def _let_go(target: Path, lock: Path, fd: int | None) -> None:
+    _WRITING.discard(target)
+    _files.release(lock, fd)
+
+
 class TraceWriter:
     """Stream recorded batches into an HDF5 trace.
 
@@ -312,13 +322,15 @@ class TraceWriter:
         meta["python_version"] = platform.python_version()
         self.run_meta = meta
         self._rename_at = rename_at
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._lock = self.path.with_name(f".{self.path.name}.lock")
+        # absolute: a change of the working directory while the file is written moves nothing
+        self._target = Path(os.path.abspath(self.path))
+        self._tmp = self._target.with_name(f".{self._target.name}.tmp-{os.getpid()}")
+        self._lock = self._target.with_name(f".{self._target.name}.lock")
         self._lock_fd: int | None = None
         self._locked = False
         self._renamed = False
         if os.name == "nt":  # an open file cannot be renamed there: written in place, as before
-            self._tmp, self._renamed = self.path, True
+            self._tmp, self._renamed = self._target, True
         self._f: h5py.File | None = None
         self._n = 0
         self._t: int | None = None
@@ -337,28 +349,41 @@ class TraceWriter:
         writers of it that were killed before their file was renamed into place."""
         if self._locked:
             return
-        if self.path.is_dir():
+        if self._target.is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder, where the trace file should be written", str(self.path))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _files.acquire(self._lock, lambda: TraceError(
-            f"{self.path}: another process is writing this trace (it holds {self._lock.name}); wait for it "
-            "to end, or choose another file name"), f"the trace {self.path}")
+        if self._target in _WRITING:
+            raise TraceError(f"{self.path}: a TraceWriter of this process is writing this trace; close it first "
+                             "(with TraceWriter(...) as w: closes it however the block ends)")
+        with _files.errors_named(self.path):
+            self._target.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _files.acquire(self._lock, lambda: TraceError(
+                f"{self.path}: another process is writing this trace (it holds {self._lock.name}); wait for it "
+                "to end, or choose another file name"), f"the trace {self.path}")
         self._locked = True
+        _WRITING.add(self._target)
+        # a writer dropped without close() (a notebook cell that failed) lets go of the path
+        self._finalizer = weakref.finalize(self, _let_go, self._target, self._lock, self._lock_fd)
         if self._lock_fd is not None:  # no other writer of this path is alive
-            for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.tmp-*"):
+            for stale in self._target.parent.glob(f".{glob.escape(self._target.name)}.tmp-*"):
                 with contextlib.suppress(OSError):
                     stale.unlink()
 
     def _release(self) -> None:
         if self._locked:
-            _files.release(self._lock, self._lock_fd)
+            self._finalizer()  # _let_go, once
             self._lock_fd, self._locked = None, False
 
     def _rename(self) -> None:
-        """Put the file written so far at ``path`` (it replaces what was there)."""
+        """Put the file written so far at ``path`` (it replaces what was there: a symbolic link
+        at ``path`` is replaced, not written through), its bytes on the disk first."""
         with _files.errors_named(self.path):
-            os.replace(self._tmp, self.path)
-        _files.fsync_dir(self.path.parent)
+            fd = os.open(self._tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self._tmp, self._target)
+        _files.fsync_dir(self._target.parent)
         self._renamed = True
 
     def open(self) -> None:
@@ -436,6 +461,7 @@ class TraceWriter:
         _check_records(records, self.layers)
         recs: dict[str, dict[str, np.ndarray | None]] = {}
         batch = None
+        steps_before = self._t
         for name, meta in self.layers.items():
             if name not in records:
                 raise ValueError(f"records lack layer {name!r}")
@@ -470,7 +496,8 @@ class TraceWriter:
                     raise ValueError(f"{name}.{key} shape {r[key].shape} != gate {gate.shape}")
             recs[name] = r
         if batch == 0:
-            return  # nothing to append (and no encoding chosen from an empty batch)
+            self._t = steps_before  # nothing appended: no T fixed, no encoding chosen from it
+            return
         lab = _np(labels)
         if lab is not None and (lab.ndim == 0 or lab.shape[0] != batch):
             raise ValueError(f"labels must be (B, ...) with B={batch}")
@@ -612,8 +639,9 @@ def _open_h5(path: Path) -> h5py.File:
     except OSError as e:
         first = e
     if "unable to lock file" in str(first):
-        raise TraceError(f"{path}: another process holds the file open for writing and has not committed "
-                         "its first batch yet; read it once that batch is written") from None
+        raise TraceError(f"{path}: another process holds the file open for writing, not in SWMR mode (a writer "
+                         "with swmr=False, or an older su_neuro's before its first batch); read it once that "
+                         "writer has closed it") from None
     if "already open for write" in str(first):
         # A writer that did not close the file (killed, or still running) leaves the
         # superblock's "open for writing" flag set. In SWMR mode the file is consistent

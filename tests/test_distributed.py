@@ -148,3 +148,49 @@ def test_distributed_env_is_checked(monkeypatch):
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(RuntimeError, match="bad torch.distributed environment"):
         distributed_env()
+
+
+HANGING_RANK = """
+import os, sys, time
+from su_neuro.train import loop
+loop.STOP_GRACE_S = 2.0
+real = loop._train_step
+def step(*args, **kwargs):
+    if os.environ["RANK"] == "1" and kwargs.get("step", 0) >= 5:
+        time.sleep(600)  # a peer that hangs: rank 0 waits in the step's all-reduce
+    return real(*args, **kwargs)
+loop._train_step = step
+from su_neuro.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_signalled_process_stuck_waiting_for_a_hung_peer_exits_after_the_grace(tmp_path):
+    """Waiting in a collective runs no Python: SIGTERM used to end such a process at once,
+    and with the stop at a step's end it would never end; a timer ends it STOP_GRACE_S later."""
+    import time
+
+    args = [*ARGS, "--out", str(tmp_path / "run")]
+    args[args.index("--checkpoint-every") + 1] = "1"
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen([sys.executable, "-c", HANGING_RANK, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=REPO,
+                         env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                  MASTER_PORT=port))
+        for r in range(2)
+    ]
+    try:
+        for line in procs[0].stdout:
+            if line.startswith("checkpoint: step 5"):
+                break
+        time.sleep(0.5)  # rank 0 is in step 6's all-reduce now
+        sent = time.monotonic()
+        procs[0].send_signal(signal.SIGTERM)
+        _, err = procs[0].communicate(timeout=60)
+        assert procs[0].returncode == 128 + signal.SIGTERM, err
+        assert time.monotonic() - sent < 30 and "no step end within 2 s" in err, err
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()

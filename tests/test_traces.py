@@ -383,12 +383,22 @@ def test_second_writer_of_a_path_is_refused(tmp_path):
     complete: the second writer is refused while the first holds the path's lock."""
     path = tmp_path / "one.h5"
     rec, y, _ = make_batch(0)
+    other = textwrap.dedent("""
+        import sys
+        from su_neuro.traces import TraceError, TraceWriter
+        try:
+            TraceWriter(sys.argv[1], layers={"l": {"cell": "rnn", "gate": "dense", "input_size": 1,
+                        "hidden_size": 1, "recurrent": True, "input_kind": "dense"}}).open()
+        except TraceError as err:
+            print(err)
+    """)
     with TraceWriter(path, layers=LAYERS) as first:
         first.append(rec, labels=y)
-        with pytest.raises(TraceError, match=r"one.h5: another process is writing this trace \(it holds "
-                                             r"\.one\.h5\.lock\)"):
+        done = subprocess.run([sys.executable, "-c", other, str(path)], capture_output=True, text=True, timeout=120)
+        assert "one.h5: another process is writing this trace (it holds .one.h5.lock)" in done.stdout, done
+        with pytest.raises(TraceError, match="one.h5: a TraceWriter of this process is writing this trace"):
             TraceWriter(path, layers=LAYERS).open()
-        with pytest.raises(TraceError, match="another process is writing this trace"):
+        with pytest.raises(TraceError, match="a TraceWriter of this process is writing this trace"):
             traces.StreamTraceWriter(path, layers=LAYERS, batch=3)  # before any chunk is computed
         first.append(rec, labels=y)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5"]  # lock and temporary gone
@@ -548,3 +558,46 @@ def test_unreadable_file_is_a_trace_error(tmp_path, monkeypatch):
     monkeypatch.setattr(h5py, "is_hdf5", denied)
     with pytest.raises(TraceError, match=r"p.h5: cannot read the file \(Permission denied\)"):
         traces.read(path)
+
+
+def test_a_writer_dropped_without_close_lets_go_of_its_path(tmp_path, monkeypatch):
+    """A notebook cell that failed left its writer unclosed: the path stayed locked for the
+    whole process. Also: a relative path with the working directory changed meanwhile, an
+    empty batch before the first one, a folder the lock file cannot be created in."""
+    import gc
+
+    rec, _, _ = make_batch(0)
+    path = tmp_path / "d.h5"
+    w = TraceWriter(path, layers=LAYERS)
+    w.open()
+    w.append(rec)
+    del w
+    gc.collect()
+    traces.write(path, rec, layers=LAYERS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    with TraceWriter("rel.h5", layers=LAYERS) as w:
+        monkeypatch.chdir(tmp_path / "b")
+        w.append(rec)
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["rel.h5"] and not list((tmp_path / "b").iterdir())
+
+    with TraceWriter(tmp_path / "e.h5", layers=LAYERS) as w:
+        w.append(make_batch(0, b=0, t=5)[0])  # fixes no T
+        w.append(rec)
+    assert traces.read(tmp_path / "e.h5").num_steps == 17
+
+    real = os.open
+
+    def denied(name, flags, *args):
+        if str(name).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", name) if flags & os.O_CREAT else \
+                FileNotFoundError(2, "No such file or directory", name)
+        return real(name, flags, *args)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(PermissionError) as err:
+        TraceWriter(tmp_path / "ro.h5", layers=LAYERS).open()
+    assert err.value.filename == str(tmp_path / "ro.h5")

@@ -1329,3 +1329,52 @@ def test_barrier_stress_logic_under_the_interpreter(tri):
         return
     assert stress.run(1, 3, 4, False) == ([0, 0], True)
     assert stress.run(1, 2, 3, True) == ([0, 0], True)
+
+
+def test_a_refused_cooperative_grid_falls_back_to_the_per_row_kernels(tri, grid_on, monkeypatch):
+    """CUDA refuses a cooperative grid larger than the device holds at once (other tiles than
+    measured, MPS): the call runs on the per-row kernels, forward and backward, with one warning."""
+    import warnings
+
+    from su_neuro.kernels.triton import ops, rows
+
+    grid, calls = grid_on
+
+    tried = []
+
+    def refused(*args, **kwargs):
+        tried.append(1)
+        raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+
+    monkeypatch.setattr(grid, "launch_fwd", refused)
+    monkeypatch.setattr(grid, "launch_bwd", refused)
+    monkeypatch.setattr(ops, "_REFUSED", False)
+    per_row = {"fwd": 0, "bwd": 0}
+    for name in per_row:
+        real = getattr(rows, f"launch_{name}")
+
+        def spy(*a, _real=real, _name=name, **k):
+            per_row[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(rows, f"launch_{name}", spy)
+    B, H, T = 3, 16, 6
+    p, lif, gate, G = _make("gru", "rhythmic", B, H, seed=3)
+    xp = torch.randn(B, T, G, device=DEVICE)
+    weights = [torch.randn(B, T, H, device=DEVICE), torch.randn(B, H, device=DEVICE), None]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _run(tri.recurrence, "gru", T, p, lif, gate, xp, weights)
+        _run(tri.recurrence, "gru", T, p, lif, gate, xp, weights)
+    refusals = [w for w in caught if "refused the multi-program kernels' grid" in str(w.message)]
+    assert len(refusals) == 1 and per_row == {"fwd": 2, "bwd": 2} and len(tried) == 4
+    from su_neuro.kernels import reference
+
+    want = _run(reference.recurrence, "gru", T, p, lif, gate, xp, weights)
+    assert_close("out", want[0], got[0], 2e-5)
+    for name in want[4]:
+        if want[4][name] is not None:
+            assert_close(name, want[4][name], got[4][name], 1e-4)
+    monkeypatch.setattr(grid, "launch_fwd", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("another error")))
+    with pytest.raises(RuntimeError, match="another error"):
+        _run(tri.recurrence, "gru", T, p, lif, gate, xp, weights)

@@ -12,6 +12,7 @@ design and the limits.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -186,6 +187,29 @@ def _on_its_device(fn):
     return wrapped
 
 
+def _grid_launch(launch, *args) -> tuple[bool, object]:
+    """Runs a multi-program launcher: (True, what it returns), or (False, None) where CUDA
+    refused its cooperative grid (more programs than the device holds at once: other tiles
+    than measured, a GPU shared under MPS), with a warning the first time; the caller then
+    runs the per-row kernels (the refusal comes before anything runs, and both kernels use
+    the same buffers in the same layout)."""
+    global _REFUSED
+    try:
+        return True, launch(*args)
+    except RuntimeError as err:
+        if "cooperative" not in str(err).lower():
+            raise
+        if not _REFUSED:
+            warnings.warn(f"the GPU refused the multi-program kernels' grid ({str(err).strip()}); the per-row "
+                          "kernels run such calls instead (su_neuro.kernels.triton.grid.ENABLED = False leaves the "
+                          "multi-program kernels out)", RuntimeWarning, stacklevel=2)
+        _REFUSED = True
+        return False, None
+
+
+_REFUSED = False  # a cooperative grid was refused in this process (warned once)
+
+
 def _open_lists(mask: torch.Tensor):
     """Compacted open set of a (T, H) mask: :class:`OpenLists` and the fraction of entries
     set (from the size of ``nonzero``'s result: no further sync)."""
@@ -224,9 +248,7 @@ def _forward(cfg: Config, x: Operands, h0, s0, mask, save: bool):
     seq = Sequences(hs, ss, gh)
     if kernels == "lif_feedforward":
         lif_feedforward.launch_fwd(cfg, x, seq, grec)
-    elif kernels == "grid":
-        grid.launch_fwd(cfg, x, seq, mask, lists, grec)
-    else:
+    elif kernels != "grid" or not _grid_launch(grid.launch_fwd, cfg, x, seq, mask, lists, grec)[0]:
         rows.launch_fwd(cfg, x, seq, lists, grec)
     return seq, grec
 
@@ -258,7 +280,9 @@ def _backward(cfg: Config, x: Operands, seq: Sequences, dout, dhT, dsT, need_dg:
     )
     lists, rate = _open_lists(x.gvals) if cfg.gate == "rhythmic" else (None, 1.0)
     if grid.eligible(cfg.cell, cfg.gate, x.w_hh, B, x.xp.device, rate, True):
-        return g, grid.launch_bwd(cfg, x, seq, dout, lists, dg_mask, g, need_dw, dgrec)
+        launched, dw = _grid_launch(grid.launch_bwd, cfg, x, seq, dout, lists, dg_mask, g, need_dw, dgrec)
+        if launched:
+            return g, dw
     rows.launch_bwd(cfg, x, seq, dout, lists, dg_mask, g, dgrec)
     return g, None
 

@@ -104,19 +104,35 @@ class TrainingStopped(KeyboardInterrupt):
         return type(self), (self.step, self.checkpoint, self.signum)
 
 
+#: seconds a process of a multi-process run waits for the step's end after SIGINT / SIGTERM
+#: before it exits at once (:class:`_StopSignals`)
+STOP_GRACE_S = 60.0
+
+
 class _StopSignals:
     """SIGINT / SIGTERM ask the loop to stop at the end of the current step (its state is then
     whole, and a checkpoint of it resumes bit-exact); a second SIGINT stops at once. Installed
     in the main thread only; the processes of a multi-process run agree on the step at each
-    step's end (:func:`_agreed_stop`), and only rank 0 writes the note (``quiet`` on the others)."""
+    step's end (:func:`_agreed_stop`), and only rank 0 writes the note (``quiet`` on the others).
 
-    def __init__(self, quiet: bool = False):
+    ``grace`` (multi-process runs): seconds after the first signal at which the process exits
+    at once (128 + the signal) if the loop has not stopped by then. A process waiting in a
+    collective for a peer that hangs runs no Python, not even its signal handler, so it
+    would never see the step's end: a watcher thread learns of the signal from the wakeup
+    descriptor (``signal.set_wakeup_fd``, written by the interpreter's C handler at once)
+    and keeps the time. A second SIGTERM does not cut the stop short: torchrun sends one to
+    every worker after a Ctrl-C has already reached them."""
+
+    def __init__(self, quiet: bool = False, grace: float | None = None):
         import signal
         import threading
 
         self.signum: int | None = None
         self.note_pending = False  # the note could not be written at once: the loop prints it
         self._quiet = quiet
+        self._grace = grace
+        self._cancel = threading.Event()
+        self._wakeup: tuple[int, int] | None = None  # (the pipe's write end, the wakeup fd it replaced)
         self._enabled = threading.current_thread() is threading.main_thread()
         self._old: dict[int, Any] = {}
         self._signals = (signal.SIGINT, signal.SIGTERM)
@@ -154,11 +170,49 @@ class _StopSignals:
                 if old is signal.SIG_IGN or old is None:  # ignored on purpose, or not Python's to replace
                     continue
                 self._old[sig] = signal.signal(sig, self._handle)
+            if self._grace is not None and self._old:
+                import threading
+
+                read, write = os.pipe()
+                os.set_blocking(write, False)
+                self._wakeup = (write, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
+                threading.Thread(target=self._watch, args=(read,), name="su_neuro-stop-grace", daemon=True).start()
         return self
+
+    def _watch(self, fd: int) -> None:
+        """The watcher thread: the first signal's byte on ``fd``, then the grace, then the exit
+        (unless the stop was completed, or the block left, meanwhile)."""
+        import signal
+
+        stops = {int(sig) for sig in self._signals}
+        signum = None
+        try:
+            while signum is None:  # other signals with a Python handler write their byte too
+                byte = os.read(fd, 1)
+                if not byte:
+                    return  # the block ended first
+                signum = byte[0] if byte[0] in stops else None
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+        if self._cancel.wait(self._grace):
+            return  # the loop stopped, or the block ended, in time
+        name = signal.Signals(signum).name if signum in signal.valid_signals() else f"signal {signum}"
+        with contextlib.suppress(OSError):
+            os.write(2, (f"\n{name}: no step end within {self._grace:g} s (a process stuck waiting for another?): "
+                         "exiting now; resume from the last checkpoint\n").encode())
+        os._exit(128 + signum)
 
     def __exit__(self, *exc) -> None:
         import signal
 
+        self._cancel.set()
+        if self._wakeup is not None:
+            write, previous = self._wakeup
+            signal.set_wakeup_fd(previous)
+            os.close(write)  # the watcher reads the end of its pipe and returns
+            self._wakeup = None
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
@@ -291,10 +345,10 @@ def _train(cfg, out, dist, resume, overwrite, progress, explicit_keys, desc, on_
     device = _pick_device(cfg, dist)
     _check_backend_runs(cfg, device)
     pg_started = False
+    if dist.active and device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives of objects use the current device
     if dist.active and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend=backend)
         pg_started = True
     try:
@@ -404,7 +458,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         bar = progress_bar(total=total_steps, initial=step, desc=desc or cfg.task, unit="step", dynamic_ncols=True)
     first_step = _first_step_notice(cfg, device, local_batch, bar, main)
     net.train()
-    stop = _StopSignals(quiet=not main)
+    stop = _StopSignals(quiet=not main, grace=STOP_GRACE_S if dist.active else None)
     stop.__enter__()
     try:
         while step < total_steps:
