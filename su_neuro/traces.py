@@ -238,11 +238,11 @@ class _Stream:
 
 
 _WRITING: set[Path] = set()
-"""The traces the TraceWriters of this process hold open (absolute paths)."""
+"""The traces the TraceWriters of this process hold open (their folders' real paths)."""
 
 
-def _let_go(target: Path, lock: Path, fd: int | None) -> None:
-    _WRITING.discard(target)
+def _let_go(key: Path, lock: Path, fd: int | None) -> None:
+    _WRITING.discard(key)
     _files.release(lock, fd)
 
 
@@ -351,18 +351,20 @@ class TraceWriter:
             return
         if self._target.is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder, where the trace file should be written", str(self.path))
-        if self._target in _WRITING:
-            raise TraceError(f"{self.path}: a TraceWriter of this process is writing this trace; close it first "
-                             "(with TraceWriter(...) as w: closes it however the block ends)")
         with _files.errors_named(self.path):
             self._target.parent.mkdir(parents=True, exist_ok=True)
+            # the key of this file whatever the path that reaches it (a folder by a link)
+            self._key = Path(os.path.realpath(self._target.parent)) / self._target.name
+            if self._key in _WRITING:
+                raise TraceError(f"{self.path}: a TraceWriter of this process is writing this trace; close it "
+                                 "first (with TraceWriter(...) as w: closes it however the block ends)")
             self._lock_fd = _files.acquire(self._lock, lambda: TraceError(
                 f"{self.path}: another process is writing this trace (it holds {self._lock.name}); wait for it "
                 "to end, or choose another file name"), f"the trace {self.path}")
         self._locked = True
-        _WRITING.add(self._target)
+        _WRITING.add(self._key)
         # a writer dropped without close() (a notebook cell that failed) lets go of the path
-        self._finalizer = weakref.finalize(self, _let_go, self._target, self._lock, self._lock_fd)
+        self._finalizer = weakref.finalize(self, _let_go, self._key, self._lock, self._lock_fd)
         if self._lock_fd is not None:  # no other writer of this path is alive
             for stale in self._target.parent.glob(f".{glob.escape(self._target.name)}.tmp-*"):
                 with contextlib.suppress(OSError):

@@ -628,7 +628,7 @@ def torch_rand_spikes(b, t, f):
     return (torch.rand(b, t, f, generator=torch.Generator().manual_seed(0)) < 0.3).float()
 
 
-def test_a_report_folder_of_another_trace_is_refused_and_old_figures_go(tmp_path, capsys):
+def test_a_report_folder_of_another_trace_is_refused_and_old_figures_go(tmp_path, capsys, monkeypatch):
     """Every run's trace is trace.h5, and analyze's default folder is named after the trace:
     a second run's report silently replaced the first's, and with --no-plots the first run's
     figures stayed beside the second run's report."""
@@ -649,3 +649,7 @@ def test_a_report_folder_of_another_trace_is_refused_and_old_figures_go(tmp_path
     assert json.loads((rep / "report.json").read_text())["source"] == str(first)
     assert analyze_cmd.run(parser.parse_args([str(second), "--out", str(rep), "--no-plots", "--overwrite"])) == 0
     assert json.loads((rep / "report.json").read_text())["source"] == str(second)
+    # the same trace by a relative path from another working directory is the same trace
+    monkeypatch.chdir(tmp_path / "b")
+    assert analyze_cmd.run(parser.parse_args([second.name, "--out", str(rep), "--no-plots"])) == 0
+    assert analyze_cmd.run(parser.parse_args([second.name, "--out", "../rep", "--no-plots"])) == 0

@@ -763,10 +763,12 @@ def test_a_numba_call_keeps_torchs_thread_count():
 
     code = textwrap.dedent("""
         import torch
+        (torch.randn(64, 64) @ torch.randn(64, 64)).sum()  # torch's pool started: it keeps no count of its own
         torch.set_num_threads(1)
         from su_neuro.models import build_layer
         layer = build_layer("gru", 4, 64, gate={"kind": "rhythmic", "init_rate": 0.3}, backend="numba")
         x = torch.randn(8, 40, 4)
+        layer(x, lengths=torch.tensor([40, 30, 20, 10, 40, 40, 40, 5]))  # a padded batch first (its own checks)
         layer(x)[0].sum().backward()
         print(torch.get_num_threads())
     """)

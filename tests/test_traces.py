@@ -400,6 +400,10 @@ def test_second_writer_of_a_path_is_refused(tmp_path):
             TraceWriter(path, layers=LAYERS).open()
         with pytest.raises(TraceError, match="a TraceWriter of this process is writing this trace"):
             traces.StreamTraceWriter(path, layers=LAYERS, batch=3)  # before any chunk is computed
+        (tmp_path / "alias").symlink_to(tmp_path)
+        with pytest.raises(TraceError, match="a TraceWriter of this process is writing this trace"):
+            TraceWriter(tmp_path / "alias" / "one.h5", layers=LAYERS).open()  # the same file by a link
+        (tmp_path / "alias").unlink()
         first.append(rec, labels=y)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5"]  # lock and temporary gone
     with traces.read(path) as r:

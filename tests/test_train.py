@@ -967,3 +967,31 @@ def test_trace_export_errors_name_the_trace_not_its_temporary_file(tmp_path):
         export_trace(build_model(cfg, task), task, cfg, target, samples=2)
     assert info.value.filename == str(target)
     assert not list(tmp_path.glob(".trace.h5.tmp-*")), "the temporary file is removed"
+
+
+def test_stop_watcher_passes_signals_on_and_keeps_the_first(capfd):
+    """The multi-process stop's watcher of the signal wakeup descriptor: later signals printed
+    a BrokenPipeError (it had closed its pipe), another owner's descriptor got no byte, and a
+    SIGTERM after a Ctrl-C turned the stop into one by SIGTERM."""
+    from su_neuro.train.loop import _StopSignals
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    os.set_blocking(read, False)
+    previous = signal.set_wakeup_fd(write)
+    try:
+        stop = _StopSignals(quiet=True, grace=600)
+        with stop:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGTERM):
+                os.kill(os.getpid(), sig)
+                time.sleep(0.2)  # the handler runs, the watcher passes the byte on
+            assert stop.signum == signal.SIGINT
+            stop.agreed()
+        assert os.read(read, 16) == bytes([signal.SIGINT, signal.SIGTERM, signal.SIGTERM])
+        assert signal.set_wakeup_fd(write) == write  # the block gave the descriptor back
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read)
+        os.close(write)
+    err = capfd.readouterr().err
+    assert "BrokenPipeError" not in err and "Exception ignored" not in err, err

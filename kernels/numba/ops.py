@@ -88,8 +88,6 @@ Supported dtype: float32 (float64 / float16: use backend="torch").
 
 from __future__ import annotations
 
-import functools
-
 import numba as nb
 import numpy as np
 import torch
@@ -107,6 +105,19 @@ from .choose import auto_pays, unsupported
 from .compact import compact
 
 __all__ = ["recurrence", "recurrence_input", "rhythm_table", "ragged", "unsupported", "auto_pays", "REFRESH"]
+
+def start_threads() -> None:
+    """Start Numba's thread pool now, keeping torch's thread count. Numba's OpenMP layer, when
+    it starts (at its first parallel kernel, or ``numba.get_num_threads()``), sets the process's
+    OpenMP thread count to Numba's, and torch shares it: a ``torch.set_num_threads(1)`` made
+    before would silently become 2 (or all cores). Called when this backend is imported."""
+    threads = torch.get_num_threads()
+    nb.get_num_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+start_threads()
 
 RAGGED_KERNELS = ("gemm", "event", "lif")  # the kernels that take lengths (:func:`ragged`)
 REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH steps
@@ -342,23 +353,6 @@ def _backward_lif(ctx, need, upstream, dh0, dg, dth):
     )
 
 
-def _keeping_torch_threads(fn):
-    """Numba's OpenMP threading layer, when it starts (at the first parallel kernel), sets the
-    process's OpenMP thread count to Numba's, and torch shares it: a ``torch.set_num_threads(1)``
-    made before would silently become 2 (or all cores). The count torch had is put back."""
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        threads = torch.get_num_threads()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-
-    return wrapped
-
-
 class _Recurrence(torch.autograd.Function):
     """choose (``choose.choose_kernel``) → allocate → launch, forward and backward."""
 
@@ -412,7 +406,6 @@ class _Recurrence(torch.autograd.Function):
         return out_t, torch.from_numpy(hT), sT, *extra
 
     @staticmethod
-    @_keeping_torch_threads
     def backward(ctx, dout, dhT, dsT, _dhseq, dopened):
         cell = ctx.cfg["cell"]
         gk = ctx.gate.kind
@@ -487,7 +480,6 @@ def _ragged_order(lens: np.ndarray, chunks: int) -> np.ndarray:
     return np.asarray([b for slot in slots for b in slot], np.int64)
 
 
-@_keeping_torch_threads
 def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, record=False, lengths=None):
     """:func:`recurrence` of ``x @ w_ih.T + b_ih`` with the input projection done inside the
     kernels, for the neurons that compute only; or None where that path does not apply.
@@ -520,7 +512,6 @@ def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, re
     return _run(cell, torch.empty(B, T, 0), h0, s0, w_hh, b_hh, gate, lif, record, (x, w_ih, b_ih), lengths=lengths)
 
 
-@_keeping_torch_threads
 def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False, lengths=None):
     """Numba implementation of :func:`su_neuro.kernels.reference.recurrence`.
 

@@ -81,6 +81,8 @@ class Report:
             }
         return {
             "source": self.source,
+            # the trace's resolved path: the same trace from another working directory or link
+            "source_path": os.path.realpath(self.source) if self.source and self.source != "<records>" else None,
             "num_samples": self.num_samples,
             "num_steps": self.num_steps,
             "update_rate": self.update_rate,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -75,13 +76,12 @@ def _report_of_another_trace(out: Path, trace: str) -> str | None:
     if not report.is_file():
         return None
     try:
-        source = json.loads(report.read_text()).get("source")
+        stored = json.loads(report.read_text())
+        source, resolved = stored.get("source"), stored.get("source_path")
     except (OSError, ValueError, AttributeError):
         return f"an unreadable {report.name}"
     if not isinstance(source, str):
         return "an unknown trace"
-    try:
-        same = Path(source).resolve() == Path(trace).resolve()
-    except OSError:
-        same = False
-    return None if same else source
+    # reports before 2026-12-07 hold the path as typed only
+    known = resolved if isinstance(resolved, str) else os.path.realpath(source)
+    return None if known == os.path.realpath(trace) else (resolved if isinstance(resolved, str) else source)

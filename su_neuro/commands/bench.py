@@ -17,7 +17,7 @@ HELP = "time the backends against each other"
 def add_arguments(parser) -> None:
     parser.add_argument("--cell", default="gru", help="rnn, gru or lif (default gru)")
     parser.add_argument("--gate", default="rhythmic", help="rhythmic, event or dense (default rhythmic)")
-    parser.add_argument("--rate", type=float, default=0.1, help="rhythmic gate's update rate (default 0.1)")
+    parser.add_argument("--rate", type=float, default=None, help="rhythmic gate's update rate (default 0.1)")
     parser.add_argument("--batch", type=int, default=1, help="sequences per call (default 1)")
     parser.add_argument("--hidden", type=int, default=256, help="neurons (default 256)")
     parser.add_argument("--input-size", type=int, default=16, help="inputs per step (default 16)")
@@ -36,6 +36,8 @@ def _numba_threads(n: int | None = None) -> str:
     without ``n``: ``", numba threads N"`` where Numba is installed, for the table's header."""
     try:
         import numba
+
+        from ..kernels.numba import ops  # noqa: F401  (starts Numba's pool, keeping torch's count)
     except ImportError:
         return ""
     if n is not None:
@@ -62,8 +64,8 @@ def run(args) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+        _numba_threads(args.threads)  # first: starting Numba's pool sets the count torch shares
         torch.set_num_threads(args.threads)
-        _numba_threads(args.threads)
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -83,7 +85,10 @@ def run(args) -> int:
     if args.repeat < 1:
         raise ValueError("--repeat must be at least 1")
     gate = {"kind": args.gate}
+    if args.rate is not None and args.gate != "rhythmic":
+        raise ValueError(f"--rate is the rhythmic gate's update rate; --gate {args.gate} has none")
     if args.gate == "rhythmic":
+        args.rate = 0.1 if args.rate is None else args.rate
         if not 0.0 <= args.rate <= 1.0:  # NaN fails too
             raise ValueError(f"--rate must lie in [0, 1] (the rhythmic gate's update rate), got {args.rate}")
         gate["init_rate"] = args.rate

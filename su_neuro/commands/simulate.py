@@ -71,6 +71,8 @@ def _check_arguments(args) -> None:
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in given)
         raise ValueError(f"--checkpoint runs the trained population, which {flags} cannot change; leave "
                          f"{'it' if len(given) == 1 else 'them'} out")
+    if getattr(args, "rate", None) is not None and getattr(args, "gate", None) not in (None, "rhythmic"):
+        raise ValueError(f"--rate is the rhythmic gate's update rate; --gate {args.gate} has none")
     if getattr(args, "recurrent", None) and getattr(args, "cell", None) not in (None, "lif"):
         raise ValueError(f"--recurrent is a LIF option (recurrent weights on spikes); --cell {args.cell} is "
                          "recurrent always")

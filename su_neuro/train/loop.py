@@ -27,6 +27,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,7 +107,7 @@ class TrainingStopped(KeyboardInterrupt):
 
 #: seconds a process of a multi-process run waits for the step's end after SIGINT / SIGTERM
 #: before it exits at once (:class:`_StopSignals`)
-STOP_GRACE_S = 60.0
+STOP_GRACE_S = 300.0
 
 
 class _StopSignals:
@@ -116,16 +117,18 @@ class _StopSignals:
     step's end (:func:`_agreed_stop`), and only rank 0 writes the note (``quiet`` on the others).
 
     ``grace`` (multi-process runs): seconds after the first signal at which the process exits
-    at once (128 + the signal) if the loop has not stopped by then. A process waiting in a
-    collective for a peer that hangs runs no Python, not even its signal handler, so it
-    would never see the step's end: a watcher thread learns of the signal from the wakeup
-    descriptor (``signal.set_wakeup_fd``, written by the interpreter's C handler at once)
-    and keeps the time. A second SIGTERM does not cut the stop short: torchrun sends one to
-    every worker after a Ctrl-C has already reached them."""
+    at once (128 + the signal) if the processes have not agreed on the stop by then. A process
+    waiting in a collective for a peer that hangs runs no Python, not even its signal
+    handler, so it would never see the step's end: a watcher thread learns of the signal
+    from the wakeup descriptor (``signal.set_wakeup_fd``, written by the interpreter's C
+    handler at once), passes every byte on to the descriptor it replaced, and keeps the
+    time; :meth:`agreed` ends the count once the stop is agreed (the checkpoint then takes
+    what it takes). The first signal is the one that stops the run: a second SIGTERM does
+    not cut the stop short (torchrun sends one to every worker after a Ctrl-C has already
+    reached them), a second SIGINT does."""
 
     def __init__(self, quiet: bool = False, grace: float | None = None):
         import signal
-        import threading
 
         self.signum: int | None = None
         self.note_pending = False  # the note could not be written at once: the loop prints it
@@ -140,8 +143,10 @@ class _StopSignals:
     def _handle(self, signum, frame) -> None:
         import signal
 
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # asked twice: at once
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # asked twice: at once
+            return  # the first signal stops the run, and its note has been written
         self.signum = signum
         if self._quiet:
             return
@@ -161,6 +166,10 @@ class _StopSignals:
         return (f"{signal.Signals(self.signum).name}: stopping after this step with a checkpoint "
                 "(Ctrl-C again to stop at once)")
 
+    def agreed(self) -> None:
+        """Every process has reached the step's end and stops: no exit by the grace."""
+        self._cancel.set()
+
     def __enter__(self) -> _StopSignals:
         import signal
 
@@ -171,37 +180,43 @@ class _StopSignals:
                     continue
                 self._old[sig] = signal.signal(sig, self._handle)
             if self._grace is not None and self._old:
-                import threading
-
                 read, write = os.pipe()
                 os.set_blocking(write, False)
-                self._wakeup = (write, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
-                threading.Thread(target=self._watch, args=(read,), name="su_neuro-stop-grace", daemon=True).start()
+                previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+                self._wakeup = (write, previous)
+                threading.Thread(target=self._watch, args=(read, previous), name="su_neuro-stop-watch",
+                                 daemon=True).start()
         return self
 
-    def _watch(self, fd: int) -> None:
-        """The watcher thread: the first signal's byte on ``fd``, then the grace, then the exit
-        (unless the stop was completed, or the block left, meanwhile)."""
-        import signal
-
+    def _watch(self, fd: int, previous: int) -> None:
+        """The watcher thread: reads ``fd`` to its end (the block's end closes the other end),
+        passes each byte on to ``previous`` (another owner's wakeup descriptor, or -1), and on
+        the first stop signal starts the grace's count."""
         stops = {int(sig) for sig in self._signals}
-        signum = None
+        started = False
         try:
-            while signum is None:  # other signals with a Python handler write their byte too
-                byte = os.read(fd, 1)
-                if not byte:
-                    return  # the block ended first
-                signum = byte[0] if byte[0] in stops else None
+            while byte := os.read(fd, 1):
+                if previous >= 0:
+                    with contextlib.suppress(OSError):
+                        os.write(previous, byte)
+                if byte[0] in stops and not started:
+                    started = True
+                    threading.Thread(target=self._give_up, args=(byte[0],), name="su_neuro-stop-grace",
+                                     daemon=True).start()
         except OSError:
-            return
+            pass
         finally:
             os.close(fd)
+
+    def _give_up(self, signum: int) -> None:
+        import signal
+
         if self._cancel.wait(self._grace):
-            return  # the loop stopped, or the block ended, in time
+            return  # agreed, or the block ended, in time
         name = signal.Signals(signum).name if signum in signal.valid_signals() else f"signal {signum}"
         with contextlib.suppress(OSError):
-            os.write(2, (f"\n{name}: no step end within {self._grace:g} s (a process stuck waiting for another?): "
-                         "exiting now; resume from the last checkpoint\n").encode())
+            os.write(2, (f"\n{name}: no agreed stop within {self._grace:g} s of the signal (a process stuck "
+                         "waiting for another?): exiting now; resume from the last checkpoint\n").encode())
         os._exit(128 + signum)
 
     def __exit__(self, *exc) -> None:
@@ -480,6 +495,11 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                 position += 1
                 if position == steps_per_epoch:
                     epoch, position = epoch + 1, 0
+                # several processes agree here whether to stop after this step, before its
+                # evaluation and checkpoint (the grace of _StopSignals counts up to here)
+                agreed = _agreed_stop(stop.signum, dist, device) if dist.active else None
+                if agreed is not None:
+                    stop.agreed()
                 _accumulate(window, stats)
                 if bar is not None:
                     bar.update(1)
@@ -507,7 +527,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                     (bar.write(msg) if bar is not None else print(msg, flush=True))
                 if on_step is not None and main:
                     on_step(step, stats)
-                signum = _agreed_stop(stop.signum, dist, device) if dist.active else stop.signum
+                signum = agreed if dist.active else stop.signum
                 if signum is not None:  # SIGINT / SIGTERM during the step: its state is whole now
                     if stop.note_pending:
                         (bar.write if bar is not None else print)(stop.note(), file=sys.stderr)
