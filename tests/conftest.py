@@ -101,3 +101,22 @@ def assert_close(name: str, ref, out, atol: float, rtol: float | None = None) ->
     peak = ref.abs().max().item() if ref.numel() else 0.0
     bound = atol * max(1.0, peak) if rtol is None else atol + rtol * peak
     assert err <= bound, f"{name}: max abs error {err:.3e} > {bound:.3e} (max|ref| {peak:.3g})"
+
+
+def count_launches(monkeypatch, module, calls: dict | None = None, on_call=None) -> dict:
+    """Replaces ``module.launch_fwd`` and ``launch_bwd`` by spies that count their calls in
+    ``calls`` (returned; a new dict by default) and then run the real launchers;
+    ``on_call(name, result)`` sees each call's result."""
+    calls = {"fwd": 0, "bwd": 0} if calls is None else calls
+    for name in ("fwd", "bwd"):
+        real = getattr(module, f"launch_{name}")
+
+        def spy(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            out = _real(*a, **k)
+            if on_call is not None:
+                on_call(_name, out)
+            return out
+
+        monkeypatch.setattr(module, f"launch_{name}", spy)
+    return calls

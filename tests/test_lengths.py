@@ -12,7 +12,7 @@ import importlib.util  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import assert_close  # noqa: E402
+from conftest import assert_close, count_launches  # noqa: E402
 
 from su_neuro import SUGRU, SULIF, SURNN  # noqa: E402
 from su_neuro.models import Seq2Seq, SequenceClassifier  # noqa: E402
@@ -75,15 +75,7 @@ def test_padded_batch_on_the_multi_program_event_kernels(monkeypatch, cell):
     from su_neuro.kernels.triton import grid
 
     monkeypatch.setattr(grid, "ENABLED", True)
-    calls = {"fwd": 0, "bwd": 0}
-    for name in calls:
-        real = getattr(grid, f"launch_{name}")
-
-        def spy(*a, _real=real, _name=name, **k):
-            calls[_name] += 1
-            return _real(*a, **k)
-
-        monkeypatch.setattr(grid, f"launch_{name}", spy)
+    calls = count_launches(monkeypatch, grid)
     _check_padded_batch("triton", cell, "event", "last")
     assert calls["fwd"] > 0 and calls["bwd"] > 0, calls
 

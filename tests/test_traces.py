@@ -332,6 +332,14 @@ def test_input_binary_follows_neurobench_rule(tmp_path):
         assert r.input_nnz()[:, 2:5].sum() == 3
 
 
+def _edited_copy(good, path, edit):
+    """A copy of the trace ``good`` at ``path``, changed by ``edit(h5py.File)``."""
+    path.write_bytes(good.read_bytes())
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return path
+
+
 @pytest.mark.parametrize("encoding", ["packbits", "events"])
 def test_committed_counter_and_dataset_shapes_are_checked(tmp_path, encoding):
     """The reader trusts /committed: a count beyond the stored rows, a negative one or a
@@ -341,11 +349,7 @@ def test_committed_counter_and_dataset_shapes_are_checked(tmp_path, encoding):
                         gate_encoding=encoding, spike_encoding=encoding)
 
     def damaged(edit):
-        p = tmp_path / "bad.h5"
-        p.write_bytes(good.read_bytes())
-        with h5py.File(p, "r+") as f:
-            edit(f)
-        return p
+        return _edited_copy(good, tmp_path / "bad.h5", edit)
 
     def set_committed(value):
         return lambda f: f["committed"].__setitem__(0, value)
@@ -496,11 +500,7 @@ def test_wrong_dtypes_and_damaged_event_lists_name_the_dataset(tmp_path):
                         spike_encoding="events")
 
     def damaged(edit):
-        p = tmp_path / "bad.h5"
-        p.write_bytes(good.read_bytes())
-        with h5py.File(p, "r+") as f:
-            edit(f)
-        return p
+        return _edited_copy(good, tmp_path / "bad.h5", edit)
 
     def replace(name, make):
         def edit(f):

@@ -17,7 +17,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import assert_close  # noqa: E402
+from conftest import assert_close, count_launches  # noqa: E402
 
 pytestmark = [
     pytest.mark.triton,
@@ -405,17 +405,11 @@ def grid_on(tri, monkeypatch):
 
     calls = {"fwd": 0, "bwd": 0, "dw": 0}  # dw: backward launches that formed dL/dU themselves
     monkeypatch.setattr(grid, "ENABLED", True)
-    for name in ("fwd", "bwd"):
-        real = getattr(grid, f"launch_{name}")
 
-        def spy(*a, _real=real, _name=name, **k):
-            calls[_name] += 1
-            out = _real(*a, **k)
-            calls["dw"] += out is not None
-            return out
+    def formed_dw(name, out):
+        calls["dw"] += out is not None
 
-        monkeypatch.setattr(grid, f"launch_{name}", spy)
-    return grid, calls
+    return grid, count_launches(monkeypatch, grid, calls, formed_dw)
 
 
 def _tiles(bb, bh, bk, fma, split=False, dw=False, bwd=None):
@@ -1349,15 +1343,7 @@ def test_a_refused_cooperative_grid_falls_back_to_the_per_row_kernels(tri, grid_
     monkeypatch.setattr(grid, "launch_fwd", refused)
     monkeypatch.setattr(grid, "launch_bwd", refused)
     monkeypatch.setattr(ops, "_REFUSED", False)
-    per_row = {"fwd": 0, "bwd": 0}
-    for name in per_row:
-        real = getattr(rows, f"launch_{name}")
-
-        def spy(*a, _real=real, _name=name, **k):
-            per_row[_name] += 1
-            return _real(*a, **k)
-
-        monkeypatch.setattr(rows, f"launch_{name}", spy)
+    per_row = count_launches(monkeypatch, rows)
     B, H, T = 3, 16, 6
     p, lif, gate, G = _make("gru", "rhythmic", B, H, seed=3)
     xp = torch.randn(B, T, G, device=DEVICE)
