@@ -105,16 +105,17 @@ class TrainingStopped(KeyboardInterrupt):
         return type(self), (self.step, self.checkpoint, self.signum)
 
 
-#: seconds a process of a multi-process run waits for the step's end after SIGINT / SIGTERM
-#: before it exits at once (:class:`_StopSignals`)
+#: seconds a process of a multi-process run waits, after SIGINT / SIGTERM, for the processes
+#: to agree on the stop before it exits at once (:class:`_StopSignals`)
 STOP_GRACE_S = 300.0
 
 
 class _StopSignals:
     """SIGINT / SIGTERM ask the loop to stop at the end of the current step (its state is then
     whole, and a checkpoint of it resumes bit-exact); a second SIGINT stops at once. Installed
-    in the main thread only; the processes of a multi-process run agree on the step at each
-    step's end (:func:`_agreed_stop`), and only rank 0 writes the note (``quiet`` on the others).
+    in the main thread only; the processes of a multi-process run agree on the step right
+    after each step (:func:`_agreed_stop`), and only rank 0 writes the note (``quiet`` on the
+    others).
 
     ``grace`` (multi-process runs): seconds after the first signal at which the process exits
     at once (128 + the signal) if the processes have not agreed on the stop by then. A process
