@@ -755,7 +755,8 @@ def test_a_step_that_overflows_compares_as_ieee(gate):
 def test_a_numba_call_keeps_torchs_thread_count():
     """Numba's OpenMP layer, started by the first parallel kernel, set the process's OpenMP
     thread count (which torch shares) to Numba's: torch.set_num_threads(1) became 2. Run in
-    a fresh process, where the layer has not started yet."""
+    a fresh process, where the layer has not started yet; its pool starts at the first call,
+    not at import (a process that has started it cannot run the kernels in a forked child)."""
     import os
     import subprocess
     import sys
@@ -765,6 +766,8 @@ def test_a_numba_call_keeps_torchs_thread_count():
         import torch
         (torch.randn(64, 64) @ torch.randn(64, 64)).sum()  # torch's pool started: it keeps no count of its own
         torch.set_num_threads(1)
+        from su_neuro.kernels.numba import _common, ops  # noqa: F401
+        assert not _common._THREADS_STARTED  # not at import: a forked child could not run the kernels
         from su_neuro.models import build_layer
         layer = build_layer("gru", 4, 64, gate={"kind": "rhythmic", "init_rate": 0.3}, backend="numba")
         x = torch.randn(8, 40, 4)

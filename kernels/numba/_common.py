@@ -43,6 +43,35 @@ class Source(NamedTuple):
 
 
 #: ``Source.fused``: the GEMM path projects the input with per-step GEMMs
+_THREADS_STARTED = False
+
+
+def start_threads() -> None:
+    """Start Numba's thread pool, once, keeping torch's thread count. Numba's OpenMP layer,
+    when it starts (at its first parallel kernel, or ``numba.get_num_threads()``), sets the
+    process's OpenMP thread count to Numba's, and torch shares it: a ``torch.set_num_threads(1)``
+    made before would silently become 2 (or all cores). Called by the backend's entry points
+    before anything of Numba's runs, not at import: a process that has started the pool cannot
+    run a parallel kernel in a child it forks, and ``numba.config.THREADING_LAYER`` chooses the
+    layer only until it starts."""
+    global _THREADS_STARTED
+    if _THREADS_STARTED:
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    nb.get_num_threads()
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+    _THREADS_STARTED = True
+
+
+def threads() -> int:
+    """Numba's thread count (its pool started by :func:`start_threads`)."""
+    start_threads()
+    return nb.get_num_threads()
+
+
 FUSED_DOTS = 2
 
 

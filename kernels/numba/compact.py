@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._common import chunk
+from ._common import chunk, threads
 
 __all__ = ["COMPACT_PARALLEL_MIN", "compact"]
 
@@ -63,6 +63,6 @@ def compact(g: np.ndarray, support: np.ndarray | None = None):
     offsets = np.empty(T + 1, np.int64)
     idx = np.empty(T * H, np.int32)
     use = support is not None
-    nparts = nb.get_num_threads() if T * H >= COMPACT_PARALLEL_MIN else 1
+    nparts = threads() if T * H >= COMPACT_PARALLEL_MIN else 1
     n = _compact(g, support if use else np.zeros((1, 1), np.bool_), use, nparts, offsets, idx)
     return offsets, idx[:n]

@@ -88,7 +88,6 @@ Supported dtype: float32 (float64 / float16: use backend="torch").
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 import torch
 
@@ -100,24 +99,11 @@ from . import gemm as _gemm
 from . import lif as _lif
 from . import rows as _rows
 from . import split as _split
-from ._common import FUSED_DOTS, Gate, Grads, Saved, Source, Weights
+from ._common import FUSED_DOTS, Gate, Grads, Saved, Source, Weights, start_threads, threads
 from .choose import auto_pays, unsupported
 from .compact import compact
 
 __all__ = ["recurrence", "recurrence_input", "rhythm_table", "ragged", "unsupported", "auto_pays", "REFRESH"]
-
-def start_threads() -> None:
-    """Start Numba's thread pool now, keeping torch's thread count. Numba's OpenMP layer, when
-    it starts (at its first parallel kernel, or ``numba.get_num_threads()``), sets the process's
-    OpenMP thread count to Numba's, and torch shares it: a ``torch.set_num_threads(1)`` made
-    before would silently become 2 (or all cores). Called when this backend is imported."""
-    threads = torch.get_num_threads()
-    nb.get_num_threads()
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-
-
-start_threads()
 
 RAGGED_KERNELS = ("gemm", "event", "lif")  # the kernels that take lengths (:func:`ragged`)
 REFRESH = 4096  # exact recompute of the delta-accumulated U h every REFRESH steps
@@ -190,7 +176,7 @@ def _choose(cfg: dict, B: int, T: int, H: int, save: bool, gv: np.ndarray, table
         head = gv[: min(T, choose.SPLIT_SAMPLE)]
         return int(np.count_nonzero(head)) * T // head.shape[0]
 
-    return choose.choose_kernel(cfg["cell"], cfg["kind"], B, H, T, save, threads=nb.get_num_threads(),
+    return choose.choose_kernel(cfg["cell"], cfg["kind"], B, H, T, save, threads=threads(),
                                 blas=_blas_ready(), opened=opened)  # fmt: skip
 
 
@@ -407,6 +393,7 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dhT, dsT, _dhseq, dopened):
+        start_threads()
         cell = ctx.cfg["cell"]
         gk = ctx.gate.kind
         C = ctx.variant.chunks
@@ -460,7 +447,7 @@ def ragged(cell: str, gate_kind: str, batch: int) -> bool:
         return True
     if cell not in ("rnn", "gru") or gate_kind not in ("rhythmic", "dense"):
         return False
-    return choose.use_gemm(gate_kind, batch, choose.nchunks(batch, nb.get_num_threads()), _blas_ready())
+    return choose.use_gemm(gate_kind, batch, choose.nchunks(batch, threads()), _blas_ready())
 
 
 def _ragged_order(lens: np.ndarray, chunks: int) -> np.ndarray:
@@ -501,13 +488,14 @@ def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, re
     ``lengths``: as in :func:`recurrence`. The caller (``SULayer.forward``) projects and calls
     :func:`recurrence` when this returns None.
     """
+    start_threads()
     if x.dtype != torch.float32 or x.device.type != "cpu" or w_ih is None or x.dim() != 3:
         return None
     B, T, Fin = x.shape
     gvals = gate.values if gate.kind == "rhythmic" else None
     tensors = (x, w_ih, b_ih, h0, w_hh, b_hh, gvals)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    if not choose.fuses_input(cell, gate.kind, B, Fin, grad, threads=nb.get_num_threads(), blas=_blas_ready()):
+    if not choose.fuses_input(cell, gate.kind, B, Fin, grad, threads=threads(), blas=_blas_ready()):
         return None
     return _run(cell, torch.empty(B, T, 0), h0, s0, w_hh, b_hh, gate, lif, record, (x, w_ih, b_ih), lengths=lengths)
 
@@ -527,6 +515,7 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False, lengt
         >>> out, hT, _, _ = recurrence("rnn", torch.randn(2, 5, 4), torch.zeros(2, 4), None,
         ...                            torch.randn(4, 4) * 0.3, None, GateInput("dense"))
     """
+    start_threads()
     problem = unsupported(cell, gate.kind, xp.dtype)
     if problem:
         raise ValueError(problem)

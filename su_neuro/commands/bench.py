@@ -37,9 +37,10 @@ def _numba_threads(n: int | None = None) -> str:
     try:
         import numba
 
-        from ..kernels.numba import ops  # noqa: F401  (starts Numba's pool, keeping torch's count)
+        from ..kernels.numba._common import start_threads
     except ImportError:
         return ""
+    start_threads()  # before Numba's own calls: its pool, when it starts, sets the count torch shares
     if n is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     return f", numba threads {numba.get_num_threads()}"
