@@ -31,6 +31,10 @@ class LayerReport:
     notes: list[str] = field(default_factory=list)
 
 
+#: the ``source`` of a report of records analysed in memory (no trace file)
+IN_MEMORY = "<records>"
+
+
 @dataclass
 class Report:
     """Result of :func:`analyze` / :func:`summarize`."""
@@ -82,7 +86,7 @@ class Report:
         return {
             "source": self.source,
             # the trace's resolved path: the same trace from another working directory or link
-            "source_path": os.path.realpath(self.source) if self.source and self.source != "<records>" else None,
+            "source_path": os.path.realpath(self.source) if self.source and self.source != IN_MEMORY else None,
             "num_samples": self.num_samples,
             "num_steps": self.num_steps,
             "update_rate": self.update_rate,
@@ -202,7 +206,7 @@ def _input_source(name: str, idx: int, layers: Mapping[str, Mapping[str, Any]]) 
 
 
 def summarize(chunks: Iterable[Any], layers: Mapping[str, Mapping[str, Any]], num_steps: int,
-              *, table: EnergyTable = DEFAULT_TABLE, source: str = "<records>",
+              *, table: EnergyTable = DEFAULT_TABLE, source: str = IN_MEMORY,
               meta: Mapping[str, Any] | None = None, time_bins: int = 256,
               stream: bool = False, inputs_hint: str = "trace written without inputs=") -> Report:
     """Build a :class:`Report` from chunks with ``gates``, ``spikes`` (dicts of bool

@@ -66,10 +66,9 @@ def _check_arguments(args) -> None:
     import math
     from pathlib import Path
 
-    given = [key for key in POPULATION_DEFAULTS if getattr(args, key, None) is not None]
+    given = _given(args, POPULATION_DEFAULTS)
     if args.checkpoint and given:
-        flags = ", ".join(f"--{key.replace('_', '-')}" for key in given)
-        raise ValueError(f"--checkpoint runs the trained population, which {flags} cannot change; leave "
+        raise ValueError(f"--checkpoint runs the trained population, which {', '.join(given)} cannot change; leave "
                          f"{'it' if len(given) == 1 else 'them'} out")
     if getattr(args, "rate", None) is not None and getattr(args, "gate", None) not in (None, "rhythmic"):
         raise ValueError(f"--rate is the rhythmic gate's update rate; --gate {args.gate} has none")
