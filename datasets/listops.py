@@ -86,9 +86,9 @@ def _generator():
         return low + np.int64(_uniform(state) * (high - low + 1))
 
     @nb.njit(cache=True)
-    def generate(state, n_wanted, min_length, max_length, max_depth, max_args, p_operator):
-        """Up to ``n_wanted`` accepted trees: (tokens int8 (sum of lengths,), lengths, labels,
-        candidates drawn)."""
+    def generate(state, n_wanted, max_draws, min_length, max_length, max_depth, max_args, p_operator):
+        """Up to ``n_wanted`` accepted trees from at most ``max_draws`` candidates: (tokens int8
+        (sum of lengths,), lengths, labels, candidates drawn)."""
         out = np.empty(n_wanted * max_length, np.int8)
         lengths = np.empty(n_wanted, np.int64)
         labels = np.empty(n_wanted, np.int64)
@@ -101,7 +101,7 @@ def _generator():
         kept = 0
         pos = 0
         drawn = 0
-        while kept < n_wanted:
+        while kept < n_wanted and drawn < max_draws:
             drawn += 1
             n = 0
             open_ops = 0
@@ -178,10 +178,26 @@ def _generator():
             lengths[kept] = n
             labels[kept] = values[0]
             kept += 1
-        return out[:pos], lengths, labels, drawn
+        return out[:pos], lengths[:kept], labels[:kept], drawn
 
     _GENERATOR = generate
     return generate
+
+
+DRAWS_PER_TREE = 10_000
+MIN_DRAWS = 1_000_000
+"""Candidates drawn at most: ``DRAWS_PER_TREE`` per tree asked for, plus ``MIN_DRAWS``."""
+DRAWS_PER_CALL = 200_000
+"""Candidates per call into the compiled generator (a Ctrl-C waits for at most one call)."""
+
+
+def _longest_tree(max_depth: int, max_args: int) -> int:
+    """Tokens of the longest tree: operators down to ``max_depth - 1`` with ``max_args``
+    arguments each (an operator is ``[OP``, its arguments, ``]``), digits at ``max_depth``."""
+    length = 1
+    for _ in range(max_depth - 1):
+        length = 2 + max_args * length
+    return length
 
 
 def _seed_state(seed: int) -> np.ndarray:
@@ -211,23 +227,28 @@ def generate_listops(
     check_int("seed", seed, 0)
     if not 0.0 < float(p_operator) < 1.0:
         raise ValueError(f"p_operator must lie in (0, 1), got {p_operator}")
-    if max_length < 5 + 1 or max_length <= min_length + 1:
-        raise ValueError(f"no tree fits min_length {min_length} < length < max_length {max_length}")
+    longest = _longest_tree(max_depth, max_args)
+    if longest <= min_length:
+        raise ValueError(f"ListOps: no tree is longer than min_length {min_length}: the longest tree with "
+                         f"max_depth {max_depth} and max_args {max_args} has {longest} tokens")
     generate = _generator()
     state = _seed_state(seed)
     seen: set[bytes] = set()
     pieces, lens, labs = [], [], []
+    budget = DRAWS_PER_TREE * max(n, 1) + MIN_DRAWS
     attempts = 0
     while len(lens) < n:
-        want = n - len(lens)
+        if attempts >= budget:
+            raise ValueError(
+                f"ListOps: {len(lens)} of {n} trees with {min_length} < length < {max_length} after {attempts} "
+                f"candidates at max_depth {max_depth}, max_args {max_args}: widen the lengths or deepen the trees"
+            )
+        # bounded calls: a Ctrl-C lands between them, and the budget above is checked
         tokens, lengths, labels, drawn = generate(
-            state, want, min_length, max_length, max_depth, max_args, float(p_operator)
+            state, n - len(lens), min(DRAWS_PER_CALL, budget - attempts), min_length, max_length, max_depth,
+            max_args, float(p_operator)
         )
         attempts += int(drawn)
-        if attempts > 10_000 * max(n, 1) + 1_000_000:
-            raise ValueError(
-                f"ListOps: too few trees with {min_length} < length < {max_length} at max_depth {max_depth}"
-            )
         pos = 0
         for length, label in zip(lengths.tolist(), labels.tolist(), strict=True):
             seq = tokens[pos:pos + length]

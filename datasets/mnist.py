@@ -183,4 +183,5 @@ def psmnist_task(
 ) -> Task:
     """Permuted sequential MNIST: sMNIST with the steps reordered by one fixed permutation
     (``numpy.random.default_rng(permute_seed).permutation(T)``), the same for every image."""
+    check_int("permute_seed", permute_seed, 0)  # None would be sMNIST under this task's name
     return _mnist_task("psmnist", downsample, mnist_root, permute_seed)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import numbers
 import operator
 import os
 import threading
@@ -437,11 +438,21 @@ def neuromorphic_task(
     check_int("n_time_bins", n_time_bins, 1)
     if duration is not None:
         check_int("duration", duration, 1)
-    if not isinstance(spatial_factor, int | float) or not 0 < spatial_factor <= 1:
+    if isinstance(spatial_factor, bool) or not isinstance(spatial_factor, numbers.Real):
+        raise TypeError(f"spatial_factor must be a number in (0, 1], got {type(spatial_factor).__name__} "
+                        f"{spatial_factor!r}")
+    spatial_factor = float(spatial_factor)
+    if not 0 < spatial_factor <= 1:
         raise ValueError(f"spatial_factor must be in (0, 1], got {spatial_factor!r}")
     if tonic_kwargs is not None and not isinstance(tonic_kwargs, dict):
         raise TypeError(f"tonic_kwargs must be a dict of keyword arguments for tonic's "
                         f"{_SPECS[name].tonic_class}, got {type(tonic_kwargs).__name__} {tonic_kwargs!r}")
+    if cache_dir is not None:
+        called = sorted(key for key, value in (tonic_kwargs or {}).items() if callable(value))
+        if called:
+            # a function's repr names its address, not what it computes: no cache key can name it
+            raise ValueError(f"cache_dir cannot key frames on the callable tonic_kwargs {called}: "
+                             "leave cache_dir out, or the callables")
     spec = _SPECS[name]
     base = check_files(name, root)
 
@@ -481,7 +492,7 @@ def neuromorphic_task(
             what = str(err) or "its format check failed"
             raise ValueError(f"{name}: cannot read the {split} split ({files}): "
                              f"{type(err).__name__}: {what}") from err
-        if spec.tonic_class == "DVSGesture":
+        if spec.tonic_class in ("DVSGesture", "NMNIST"):
             _sort_by_path(tonic_dataset, ("data", "targets", "users", "lighting"))
         _check_labels(name, split, files, _labels(tonic_dataset, base, required), spec.n_classes)
         cache = None

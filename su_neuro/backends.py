@@ -105,6 +105,7 @@ def resolve(name: str, device, cell: str, gate_kind, dtype, *, batch: int, hidde
     its kinds where its sub-layers differ (a backend must run each). An explicit backend
     that cannot run raises :class:`BackendUnavailableError`.
     """
+    check_backend(name)  # a name set on a layer after it was built was never checked
     if name == "auto":
         one = gate_kind if isinstance(gate_kind, str) else "mixed"
         ctx = {"gate_kind": one, "rate": rate, "training": training, "device": device}

@@ -12,6 +12,7 @@ of running it whole.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from collections.abc import Sequence
@@ -323,7 +324,9 @@ class SULayer(nn.Module):
             kw = {} if lens is None else {"lengths": lens}
             res = fused(self.cell, inp, w_ih, b_ih, *args, **kw) if fused is not None else None
             if res is None:
-                res = impl.recurrence(self.cell, _buffers.linear(inp, w_ih, b_ih), *args, **kw)
+                with _outside_autocast(inp.device.type, impl.name != "torch"):
+                    xp = _buffers.linear(inp, w_ih, b_ih)
+                res = impl.recurrence(self.cell, xp, *args, **kw)
             out, hT, sT, rec = res
             hs.append(hT)
             if sT is not None:
@@ -416,6 +419,22 @@ class SULayer(nn.Module):
         )
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def _outside_autocast(device_type: str, kernels: bool):
+    """Where ``kernels`` (a fused backend) run the recurrence, the input projection runs
+    outside ``torch.autocast``: the kernels compute in the parameters' dtype, as they do where
+    they project the input themselves. The reference (``torch``) follows autocast op by op."""
+    if kernels and _autocast_on(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class _TorchCompatible(SULayer):
     """SURNN / SUGRU: parameters laid out as in torch.nn.RNN / torch.nn.GRU."""
 
@@ -445,20 +464,20 @@ class _TorchCompatible(SULayer):
             raise ValueError("from_torch: modules with proj_size are not supported")
         if getattr(module, "nonlinearity", "tanh") != "tanh":
             raise ValueError("from_torch: SURNN uses tanh; this torch.nn.RNN uses relu")
+        fixed = sorted(key for key in ("input_size", "hidden_size", "num_layers", "bias") if key in kwargs)
+        if fixed:
+            raise TypeError(f"from_torch takes {fixed} from the module, which has "
+                            + ", ".join(f"{key}={getattr(module, key)}" for key in fixed))
+        options = {"dropout": module.dropout, **kwargs}  # dropout may be changed
+        ref = next(module.parameters())
+        # moved first, then copied: a float64 module keeps every bit of its weights
         layer = cls(
-            module.input_size,
-            module.hidden_size,
-            num_layers=module.num_layers,
-            bias=module.bias,
-            gate=gate,
-            dropout=module.dropout,
-            **kwargs,
-        )
+            module.input_size, module.hidden_size, num_layers=module.num_layers, bias=module.bias, gate=gate, **options
+        ).to(device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
             for name, p in layer.named_parameters(recurse=False):
                 p.copy_(getattr(module, name))
-        ref = next(module.parameters())
-        return layer.to(device=ref.device, dtype=ref.dtype)
+        return layer
 
     def _apply(self, fn, recurse=True):
         # as torch.nn.RNN does after a move: parameters on CUDA become views into one buffer

@@ -7,7 +7,9 @@ snnTorch's ``snntorch.surrogate`` module; the two compact-support shapes that sn
 does not ship ("triangle", "rectangle"), and "sigmoid" (snnTorch's backward overflows to
 NaN in float32 for x < -3.5), are built with snnTorch's own ``custom_surrogate``
 wrapper. Each entry also carries its derivative as a closed formula, which the tests
-check against the autograd backward and which the fused kernels evaluate inline.
+check against the autograd backward and which the fused kernels evaluate inline. snnTorch's
+Functions compute in float32; for any other dtype (float64, half) the step and its backward
+are that formula in the input's own dtype, so a float64 gradient keeps its bits.
 
 =====================  ===============================================  ==============
 name                   surrogate derivative :math:`\sigma'(x)`          support
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._checks import number
 from .kernels.contract import SURROGATE_CODES
 
 __all__ = ["SURROGATES", "Surrogate", "get_surrogate"]
@@ -153,13 +156,15 @@ class Surrogate:
         return self.name in ("triangle", "rectangle")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            # snnTorch's Functions compute in float32 (``.float()``), which would round a
+            # float64 gradient; the closed formula in the input's dtype instead
+            return _Step.apply(x, self)
         fn = _FN_CACHE.get((self.name, tuple(self.params.items())))
         if fn is None:
             fn = _snntorch_fn(self.name, self.params)
             _FN_CACHE[(self.name, tuple(self.params.items()))] = fn
         out = fn(x)
-        # snnTorch's Functions return float32 via ``.float()``; keep the input's dtype.
-        out = out if out.dtype == x.dtype else out.to(x.dtype)
         if self.gain != 1.0:
             # the same 0/1 values (out - out.detach() is exactly 0), gamma times the gradient
             step = out.detach()
@@ -192,6 +197,21 @@ def surrogate_derivative(name: str, scale: float, x: torch.Tensor) -> torch.Tens
 _FN_CACHE: dict = {}
 
 
+class _Step(torch.autograd.Function):
+    """``(x > 0)`` in ``x``'s dtype, backward ``grad * derivative(x)`` in that dtype."""
+
+    @staticmethod
+    def forward(ctx, x, surrogate):
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * ctx.surrogate.derivative(x).to(grad.dtype), None
+
+
 def _unknown(name: object) -> str:
     return f"unknown surrogate {name!r}; valid names: {', '.join(SURROGATES)}"
 
@@ -214,7 +234,7 @@ def get_surrogate(name: str | Surrogate = "fast_sigmoid", **params: float) -> Su
         if key not in merged and key != "gain":
             valid = ", ".join([*_DEFAULTS[name], "gain"])
             raise TypeError(f"surrogate {name!r} takes no parameter {key!r} (takes: {valid})")
-        value = float(value)
+        value = number(f"surrogate {name!r}: {key}", value)
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"surrogate {name!r}: {key} must be a positive number, got {value}")
         merged[key] = value

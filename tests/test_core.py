@@ -122,10 +122,10 @@ def test_rhythmic_gate_parameter_gradients_follow_surrogate_formula():
         exp_phi = (da[..., None] * gate.alpha[None] * torch.cos(ang)).sum(0)
         exp_omega = (da[..., None] * gate.alpha[None] * torch.cos(ang) * t[:, None, None]).sum((0, 1))
     assert exp_bias.abs().sum() > 0, "the test should exercise the surrogate's support"
-    assert_close("bias", exp_bias, gate.bias.grad, 1e-10, rtol=1e-5)
-    assert_close("alpha", exp_alpha, gate.alpha.grad, 1e-10, rtol=1e-5)
-    assert_close("phi", exp_phi, gate.phi.grad, 1e-10, rtol=1e-5)
-    assert_close("omega", exp_omega, gate.omega.grad, 1e-9, rtol=1e-5)
+    assert_close("bias", exp_bias, gate.bias.grad, 1e-10, rtol=1e-10)
+    assert_close("alpha", exp_alpha, gate.alpha.grad, 1e-10, rtol=1e-10)
+    assert_close("phi", exp_phi, gate.phi.grad, 1e-10, rtol=1e-10)
+    assert_close("omega", exp_omega, gate.omega.grad, 1e-9, rtol=1e-10)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -164,18 +164,30 @@ def test_event_gate_gradients_follow_surrogate_formula(cell):
     # dh1/dd = g + d * sd * sign(d)
     (dx,) = torch.autograd.grad(d, xd, grad_outputs=(w * (g + d.detach() * sd * d.detach().sign())).detach())
     assert sd.sum() > 0, "the test should exercise the surrogate's support"
-    assert_close("theta", exp_theta.detach(), theta.grad, 1e-10, rtol=1e-5)
-    assert_close("x", dx, x.grad, 1e-10, rtol=1e-5)
+    assert_close("theta", exp_theta.detach(), theta.grad, 1e-10, rtol=1e-10)
+    assert_close("x", dx, x.grad, 1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # snnTorch's Functions / su_neuro's
 @pytest.mark.parametrize("name", SURROGATES)
-def test_each_surrogate_backward_matches_its_formula(name):
+def test_each_surrogate_backward_matches_its_formula(name, dtype):
     s = get_surrogate(name)
-    x = torch.linspace(-2, 2, 101, dtype=torch.float64, requires_grad=True)
+    x = torch.linspace(-2, 2, 101, dtype=dtype, requires_grad=True)
     y = s(x)
-    assert torch.equal(y.detach(), (x.detach() > 0).double())
+    assert y.dtype == dtype and torch.equal(y.detach(), (x.detach() > 0).to(dtype))
     y.backward(torch.ones_like(y))
-    assert_close(name, s.derivative(x.detach()), x.grad, 1e-12, rtol=1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 1e-15
+    assert_close(name, s.derivative(x.detach()), x.grad, tol * 1e-2, rtol=tol)
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.3])
+def test_float64_surrogate_gradients_keep_their_bits(gain):
+    """snnTorch's Functions rounded a float64 gradient to float32 in their backward."""
+    s = get_surrogate("atan", gain=gain)
+    x = torch.linspace(-1, 1, 21, dtype=torch.float64, requires_grad=True)
+    upstream = torch.full_like(x, 1 + 1e-12)  # 1e-12 is lost in float32
+    s(x).backward(upstream)
+    assert torch.equal(x.grad, upstream * s.derivative(x.detach()))
 
 
 @pytest.mark.parametrize("name", SURROGATES)
@@ -192,7 +204,7 @@ def test_surrogate_gain_scales_the_gradient_and_keeps_the_step(name):
         assert_close(name, s.derivative(x), xs.grad, 1e-12, rtol=1e-5)
         grads.append(xs.grad)
     assert grads[0].abs().sum() > 0
-    assert_close(name, 0.3 * grads[0], grads[1], 1e-12, rtol=1e-6)  # snnTorch computes in float32
+    assert_close(name, 0.3 * grads[0], grads[1], 1e-15, rtol=1e-15)
 
 
 def test_surrogate_gain_is_checked_and_kept_in_the_gate_config():
@@ -202,6 +214,9 @@ def test_surrogate_gain_is_checked_and_kept_in_the_gate_config():
         get_surrogate("triangle", gain=float("nan"))
     with pytest.raises(TypeError, match=r"takes: width, gain"):
         get_surrogate("triangle", alpha=2.0)
+    for bad in ("abc", None):
+        with pytest.raises(ValueError, match=f"surrogate 'triangle': width must be a number, got {bad!r}"):
+            get_surrogate("triangle", width=bad)
     gate = make_gate({"kind": "event", "surrogate_params": {"gain": 0.3}}, 4)
     assert gate.surrogate.params == {"width": 0.1, "gain": 0.3}
     again = make_gate(gate.config(), 4)
@@ -309,6 +324,23 @@ def test_from_torch_keeps_weights_with_a_sparse_gate():
         SUGRU.from_torch(torch.nn.RNN(2, 8, batch_first=True))
     with pytest.raises(ValueError, match="relu"):
         SURNN.from_torch(torch.nn.RNN(2, 8, batch_first=True, nonlinearity="relu"))
+    with pytest.raises(TypeError, match=r"takes \['num_layers'\] from the module, which has num_layers=1"):
+        SUGRU.from_torch(gru, num_layers=2)
+    assert SUGRU.from_torch(torch.nn.GRU(2, 8, num_layers=2, dropout=0.5, batch_first=True), dropout=0.0).dropout == 0
+
+
+def test_from_torch_keeps_every_bit_of_float64_weights():
+    """The layer was filled in float32 and then converted: a float64 module lost its low bits."""
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(3, 6, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.add_(torch.randn_like(p) * 1e-12)  # bits a float32 cannot hold
+    su = SUGRU.from_torch(gru, backend="nn")
+    for name, p in gru.named_parameters():
+        assert getattr(su, name).dtype == torch.float64 and torch.equal(getattr(su, name), p), name
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    assert torch.equal(su(x)[0], gru(x)[0])
 
 
 def _snn_reference(recurrent, reset, x, layer):
@@ -540,6 +572,10 @@ def test_bad_inputs_are_named():
         SURNN(3, 0)
     with pytest.raises(ValueError, match="unknown backend 'cuda'.*auto, torch, numba, triton"):
         SURNN(3, 4, backend="cuda")
+    late = SURNN(3, 4)
+    late.backend = "cuda"  # set after the layer was built: was a KeyError from deep inside
+    with pytest.raises(ValueError, match="unknown backend 'cuda'.*auto, torch, numba, triton"):
+        late(torch.randn(1, 2, 3))
     with pytest.raises(ValueError, match="unknown cell"):
         build_layer("lstm", 3, 4)
     with pytest.raises(ValueError, match="unknown reset"):
@@ -629,6 +665,27 @@ def test_unavailable_backend_is_an_error_not_a_fallback(monkeypatch):
     if importlib.util.find_spec("triton") is not None:
         with pytest.raises(su_neuro.BackendUnavailableError, match="needs CUDA tensors"):
             backends.resolve("triton", torch.device("cpu"), "gru", "dense", torch.float32, batch=1, hidden=4)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernels_under_autocast_compute_in_the_parameters_dtype(cell):
+    """Under torch.autocast the layer's input projection came out in bfloat16, which numba then
+    refused ("runs float32 only") although the layer's input and parameters were float32. The
+    kernels now get a float32 projection, as where they project the input themselves: the same
+    bits as outside autocast, forward and backward. The reference follows autocast."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    layer = build_layer(cell, 3, 8, gate={"kind": "rhythmic", "init_rate": 0.5}, backend="numba")
+    plain, plain_state = layer(x)
+    (g_plain,) = torch.autograd.grad(plain.sum(), layer.weight_ih_l0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = layer(x)
+    (g,) = torch.autograd.grad(y.sum(), layer.weight_ih_l0)  # backward outside autocast, as torch advises
+    assert y.dtype == torch.float32 and torch.equal(y, plain) and torch.equal(g, g_plain)
+    layer.backend = "torch"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, ref_state = layer(x)
+    assert torch.isfinite(ref_state.h).all() and not torch.equal(ref_state.h, plain_state.h)  # bfloat16 matmuls
 
 
 def test_import_is_cheap():

@@ -125,3 +125,10 @@ def test_idx_folder_missing(tmp_path):
 def test_bad_downsample(downsample):
     with pytest.raises(ValueError, match="downsample"):
         get_task("smnist", downsample=downsample)
+
+
+@pytest.mark.parametrize("seed", [None, -1, 1.5])
+def test_psmnist_needs_a_permutation_seed(seed):
+    """permute_seed=None once gave unpermuted sMNIST under the psmnist name."""
+    with pytest.raises((TypeError, ValueError), match="permute_seed"):
+        get_task("psmnist", permute_seed=seed)

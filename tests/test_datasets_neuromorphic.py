@@ -3,6 +3,7 @@
 Every test runs with the network blocked: a loader that tried to download would fail loudly.
 """
 
+import os
 import pickle
 import socket
 
@@ -263,11 +264,37 @@ def test_root_from_environment(tmp_path, monkeypatch):
         ({"spatial_factor": 0.0}, "spatial_factor"),
         ({"spatial_factor": 2}, "spatial_factor"),
         ({"duration": 0}, "duration"),
+        ({"cache_dir": "c", "tonic_kwargs": {"target_transform": abs}}, r"callable tonic_kwargs \['target_trans"),
     ],
 )
 def test_bad_neuromorphic_options(tmp_path, options, argument):
     with pytest.raises(ValueError, match=argument):
         get_task("shd", root=tmp_path, **options)
+
+
+@pytest.mark.parametrize("factor", [True, "0.5", None])
+def test_spatial_factor_of_another_type_is_named(tmp_path, factor):
+    with pytest.raises(TypeError, match=f"spatial_factor must be a number in \\(0, 1\\], got {type(factor).__name__}"):
+        get_task("shd", root=tmp_path, spatial_factor=factor)
+
+
+def test_nmnist_order_is_the_path_order(tmp_path, monkeypatch):
+    """tonic before 1.5 walked N-MNIST's digit folders in the file system's order."""
+    for folder in ("Train", "Test"):
+        for digit in (3, 0, 7):
+            path = tmp_path / "NMNIST" / folder / str(digit) / "00001.bin"
+            write_nmnist_bin(path, *np.array([[digit], [1], [0], [5]]))
+    real_walk = os.walk
+
+    def walk_backwards(top, *args, **kwargs):  # the folders in reverse order, whatever tonic sorts
+        yield from reversed([(path, list(dirs), list(files)) for path, dirs, files in real_walk(top, *args, **kwargs)])
+
+    monkeypatch.setattr(os, "walk", walk_backwards)
+    task = get_task("nmnist", root=tmp_path, n_time_bins=2, spatial_factor=np.float32(0.5))
+    for ds in (task.train, task.test):
+        assert ds.tonic_dataset.data == sorted(ds.tonic_dataset.data)
+        assert [ds[i][1] for i in range(3)] == [0, 3, 7]
+        assert [int(ds[i][0].reshape(2, 2, 17, 17).sum((0, 1)).nonzero()[0][1]) for i in range(3)] == [0, 1, 3]
 
 
 def _dvs_recording(path, events):

@@ -139,3 +139,43 @@ def test_bad_options():
         get_task("listops", max_len=100)
     with pytest.raises(ValueError, match="n_train"):
         get_task("listops_short", n_train=-1)
+
+
+def test_lengths_no_tree_reaches_are_refused_at_once():
+    """Depth-3 trees have at most 1 + 10 * 12 + 1 = 122 tokens: with the full task's
+    min_length 500 the generator drew forever (in compiled code, deaf to Ctrl-C)."""
+    assert lo._longest_tree(3, 10) == 122 and lo._longest_tree(2, 4) == 6 and lo._longest_tree(1, 9) == 1
+    with pytest.raises(ValueError, match="max_depth 3 and max_args 10 has 122 tokens"):
+        get_task("listops", max_depth=3, n_train=10, n_valid=0, n_test=10)
+    with pytest.raises(ValueError, match="min_length 6"):
+        lo.generate_listops(5, min_length=6, max_length=20, max_depth=2, max_args=4)
+
+
+def test_short_bounds_that_trees_meet_are_served():
+    # [OP d d ] has 4 tokens: (3, 5) holds only trees of length 4, (0, 2) only single digits
+    tokens, offsets, labels = lo.generate_listops(3, min_length=3, max_length=5, max_depth=2, max_args=2)
+    assert np.diff(offsets).tolist() == [4, 4, 4] and len(set(labels.tolist())) <= 3
+    tokens, offsets, labels = lo.generate_listops(4, min_length=0, max_length=2, max_depth=3)
+    assert np.diff(offsets).tolist() == [1, 1, 1, 1]
+    assert sorted(labels.tolist()) == sorted((tokens - lo.DIGIT0).tolist())
+
+
+def test_bounds_no_tree_meets_end_after_the_draw_budget(monkeypatch):
+    """Lengths 2 and 3 cannot be built (a digit has 1 token, an operator at least 4): the
+    generator stops after its budget of candidates, in calls of at most DRAWS_PER_CALL."""
+    monkeypatch.setattr(lo, "MIN_DRAWS", 5_000)
+    monkeypatch.setattr(lo, "DRAWS_PER_TREE", 10)
+    monkeypatch.setattr(lo, "DRAWS_PER_CALL", 1_000)
+    with pytest.raises(ValueError, match=r"0 of 2 trees with 1 < length < 4 after 5020 candidates"):
+        lo.generate_listops(2, min_length=1, max_length=4, max_depth=2, max_args=2)
+    # more distinct trees asked for than the grammar holds (10 digits): the budget ends it too
+    with pytest.raises(ValueError, match="10 of 11 trees"):
+        lo.generate_listops(11, min_length=0, max_length=2, max_depth=2)
+
+
+def test_calls_of_bounded_draws_give_the_same_trees(monkeypatch):
+    whole = lo.generate_listops(40, min_length=10, max_length=200, max_depth=4, seed=3)
+    monkeypatch.setattr(lo, "DRAWS_PER_CALL", 7)
+    pieces = lo.generate_listops(40, min_length=10, max_length=200, max_depth=4, seed=3)
+    for a, b in zip(whole, pieces, strict=True):
+        assert np.array_equal(a, b)

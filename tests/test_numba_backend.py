@@ -262,6 +262,53 @@ def test_inplace_edit_of_an_output_is_caught_before_backward():
         out.sum().backward()
 
 
+def test_inplace_edit_of_an_input_the_backward_reads_is_caught():
+    """The fused projection read x again in the backward, and the event gate its threshold:
+    an edit between forward and backward gave a wrong dW_ih (or dW_hh) without an error."""
+    from su_neuro import SUGRU
+    from su_neuro.kernels.numba import _common, choose
+
+    layer = SUGRU(2, 5, gate={"kind": "rhythmic", "init_rate": 0.5}, backend="numba")
+    x = torch.randn(32, 6, 2)
+    assert choose.fuses_input("gru", "rhythmic", 32, 2, True, threads=_common.threads())
+    out, _ = layer(x)
+    x.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    event = SUGRU(2, 5, gate="event", backend="numba")
+    out, _ = event(torch.randn(3, 6, 2))
+    with torch.no_grad():
+        event.gates[0].threshold.add_(0.1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rows": torch.ones(1, 4)}, r"gate rows must be \(20, 4\), got \(1, 4\)"),
+        ({"w_hh": torch.zeros(12, 2)}, r"w_hh must be \(12, 4\)"),
+        ({"xp": torch.zeros(2, 20, 4)}, r"xp must be \(2, 20, 12\)"),
+        ({"b_hh": torch.zeros(4)}, r"b_hh must be \(12,\)"),
+        ({"lengths": torch.tensor([0, 20])}, r"lengths must lie in \[1, T=20\], got values from 0 to 20"),
+        ({"xp": torch.zeros(2, 12)}, r"xp \(B, T, ·\), got \(2, 4\) and \(2, 12\)"),
+        ({"support": torch.ones(3, 4, dtype=torch.bool)}, r"gate support must be \(20, 4\), got \(3, 4\)"),
+    ],
+)
+def test_recurrence_refuses_shapes_it_would_read_past(change, message):
+    """Numba reads without bounds checks: gate rows of 1 step for 20 read past their end."""
+    from su_neuro.kernels.numba import ops
+
+    args = {"xp": torch.randn(2, 20, 12), "w_hh": torch.randn(12, 4), "b_hh": torch.zeros(12),
+            "rows": (torch.rand(20, 4) < 0.5).float(), "lengths": None, "support": None} | change
+    gate = GateInput("rhythmic", args["rows"])
+    if args["support"] is not None:
+        gate = type("WithSupport", (GateInput,), {"support": args["support"]})("rhythmic", args["rows"])
+    with pytest.raises(ValueError, match=message):
+        ops.recurrence("gru", args["xp"], torch.zeros(2, 4), None, args["w_hh"], args["b_hh"], gate,
+                       lengths=args["lengths"])
+
+
 # ------------------------------------------- B = 1 streaming forward split over neurons
 def test_huge_copy_is_an_aligned_reused_copy():
     from su_neuro.kernels import buffers as _buffers
@@ -397,6 +444,23 @@ def test_split_stream_equals_one_call(monkeypatch, cell, gate):
     assert torch.equal(whole, torch.cat([c.output for c in chunks], 1))
     assert torch.equal(st.h, chunks[-1].state.h)
     assert chunks[-1].state.t == 120
+
+
+@pytest.mark.parametrize("cell,gate,F", [("gru", "rhythmic", 100), ("rnn", "dense", 17)])
+def test_step_by_step_stream_equals_one_call(cell, gate, F):
+    """Chunks of 1 and 7 steps on the kernel the rule picks: the input projection stays inside
+    the kernels (a GEMM beforehand would round differently for each chunk length)."""
+    from su_neuro.simulate import stream
+
+    layer = _layer(cell, gate, F=F, H=24)
+    layer.backend = "numba"
+    x = torch.randn(1, 40, F, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole, st = layer(x)
+    for chunk in (1, 7):
+        chunks = list(stream(layer, x, chunk=chunk))
+        assert torch.equal(whole, torch.cat([c.output for c in chunks], 1)), chunk
+        assert torch.equal(st.h, chunks[-1].state.h), chunk
 
 
 @pytest.mark.parametrize(
@@ -568,6 +632,8 @@ def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
 
     if B > 3:  # the GEMM path on any number of threads
         monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
+    rule = choose.fuses_input  # in inference every width fused (the rule's widths are measured elsewhere)
+    monkeypatch.setattr(choose, "fuses_input", lambda *a, **k: not a[4] or rule(*a, **k))
     calls = []
     real = ops._run
     monkeypatch.setattr(ops, "_run", lambda *a, **k: calls.append(a[-1] is not None) or real(*a, **k))
@@ -597,7 +663,7 @@ def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
 
 def test_fused_input_projection_not_taken():
     """Where the kernels do not project the input themselves, recurrence_input says so (None)."""
-    from su_neuro.gates import DenseGate, EventGate
+    from su_neuro.gates import DenseGate, EventGate, RhythmicGate
     from su_neuro.kernels.numba import choose, ops
 
     H = 6
@@ -608,12 +674,17 @@ def test_fused_input_projection_not_taken():
     with torch.no_grad():
         assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, gate) is not None
         assert ops.recurrence_input("gru", batch, w_ih, None, h0_batch, None, w_hh, None, gate) is not None
+        wide_x = torch.randn(1, 4, choose.FUSED_STREAM_MAX_INPUT + 1)  # a B = 1 stream, dense, wide
+        wide_w = torch.randn(3 * H, wide_x.shape[2])
+        assert ops.recurrence_input("gru", wide_x, wide_w, None, h0, None, w_hh, None, gate) is None
+        stream = RhythmicGate(H, init_rate=0.2).plan(0, 4)  # a rhythmic gate streams fused at any width
+        assert ops.recurrence_input("gru", wide_x, wide_w, None, h0, None, w_hh, None, stream) is not None
         assert ops.recurrence_input("lif", x[..., :H], w_ih[:H], None, h0, None, None, None, gate) is None
         event = EventGate(H).plan(0, 4)
         assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, event) is None
-        wide = torch.randn(1, 4, choose.FUSED_MAX_INPUT + 1)  # dense gate, wide input: one GEMM
+        wide = torch.randn(64, 4, choose.FUSED_MAX_INPUT + 1)  # dense gate, wide input: one GEMM
         w_wide = torch.randn(3 * H, wide.shape[2])
-        assert ops.recurrence_input("gru", wide, w_wide, None, h0, None, w_hh, None, gate) is None
+        assert ops.recurrence_input("gru", wide, w_wide, None, h0_batch, None, w_hh, None, gate) is None
     w_ih.requires_grad_()
     # training: only on the GEMM path, with few input features
     assert ops.recurrence_input("gru", x, w_ih, None, h0, None, w_hh, None, gate) is None
@@ -621,7 +692,6 @@ def test_fused_input_projection_not_taken():
     F = choose.FUSED_TRAIN_MAX_INPUT_DENSE + 1  # dense gate: one GEMM over the sequence
     w_f = torch.randn(3 * H, F, requires_grad=True)
     assert ops.recurrence_input("gru", torch.randn(64, 4, F), w_f, None, h0_batch, None, w_hh, None, gate) is None
-    from su_neuro.gates import RhythmicGate
 
     rhythmic = RhythmicGate(H, init_rate=0.2).plan(0, 4)  # a rhythmic gate trains fused at that width
     x_f = torch.randn(64, 4, F)
@@ -702,6 +772,35 @@ def test_split_benchmark_runs(capsys, monkeypatch, load_tool):
         assert all(math.isfinite(v) and v >= 0 for v in (one, two, speed))
 
 
+def test_auto_rule_benchmark_names_each_pick(capsys, monkeypatch, load_tool):
+    """tools/bench_numba.py group 6 (the rows behind choose.auto_pays past B*H = 4096) at its
+    quick size: numba against what auto runs otherwise, per cell, gate and mode, with auto's
+    pick named and judged against the two times."""
+    import math
+    import os
+
+    import numba
+
+    monkeypatch.setenv("NUMBA_NUM_THREADS", os.environ.get("NUMBA_NUM_THREADS", str(numba.config.NUMBA_NUM_THREADS)))
+    threads = torch.get_num_threads()
+    try:
+        load_tool("bench_numba").main(["--quick", "--only", "6", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [r.strip("|").split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| 6 ")]
+    gates = ("rhythmic 10%", "rhythmic 50%", "rhythmic 100%", "event", "dense", "rhythmic 10% + event",
+             "dense + rhythmic 10%")
+    assert [r[0].split(" B=")[0].strip() for r in rows] == [f"6 {c} {g}" for c in ("rnn", "gru") for g in gates
+                                                            for _ in range(2)]
+    for r in rows:
+        name, ratio, target, status = (c.strip() for c in r)
+        other = "nn" if " dense B=" in name else "torch"
+        pick = target.removeprefix("auto=")
+        assert f": {other} " in name and math.isfinite(float(ratio)) and float(ratio) > 0
+        assert pick == ("nn" if " rnn dense B=" in name else "numba")  # B=32, H=256: past the RNN's dense limit only
+        assert status == ("met" if (float(ratio) >= 1 / 1.1 if pick == "numba" else float(ratio) <= 1.1) else "MISSED")
+
+
 def test_fused_input_benchmark_runs(capsys, monkeypatch, load_tool):
     """tools/bench_fused_input.py (the A/B/C behind the fused-projection rules) at a tiny size:
     one row per cell x gate x width, all three projections timed, the rule's pick named; the
@@ -730,7 +829,17 @@ def test_fused_input_benchmark_runs(capsys, monkeypatch, load_tool):
         assert r["picks"] == choose.train_projection(r["gate"], r["F"])
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| gru", "| rnn"))]
     assert len(printed) == len(rows)
-
+    # --inference: unfused against fused, B = 1, with the inference rule's pick
+    fuses = choose.fuses_input
+    rows = load_tool("bench_fused_input").main(
+        ["--inference", "--steps", "6", "--hidden", "8", "--features", "3,100", "--repeats", "1", "--threads", "1"]
+    )
+    assert choose.fuses_input is fuses and torch.get_num_threads() == before[1]
+    assert [(r["cell"], r["gate"], r["F"], r["picks"]) for r in rows] == [
+        (c, g, f, "fused" if g == "rhythmic" or f <= choose.FUSED_STREAM_MAX_INPUT else "unfused")
+        for c in ("gru", "rnn") for g in ("rhythmic", "dense") for f in (3, 100)
+    ]
+    assert all(math.isfinite(r[k]) and r[k] > 0 for r in rows for k in ("unfused", "fused"))
 
 
 @pytest.mark.parametrize("gate", ["dense", "event"])

@@ -129,9 +129,16 @@ def test_fuses_input():
     f = choose.fuses_input
     wide, few, rhythmic = choose.FUSED_MAX_INPUT, choose.FUSED_TRAIN_MAX_INPUT_DENSE, choose.FUSED_TRAIN_MAX_INPUT
     n = choose.GEMM_MIN_BATCH
-    # inference: always for a rhythmic gate, for a dense one up to FUSED_MAX_INPUT features
+    # inference on the GEMM path: a rhythmic gate at any width, a dense one up to FUSED_MAX_INPUT
+    assert f("gru", "rhythmic", 2 * n, 10 * wide, False, threads=2)
+    assert f("rnn", "dense", 2 * n, wide, False, threads=2) and not f("rnn", "dense", 2 * n, wide + 1, False, threads=2)
+    # inference on the row-block and split kernels: a rhythmic gate at any width (a stream fed
+    # in chunks keeps one call's bits), a dense one up to FUSED_STREAM_MAX_INPUT
+    narrow = choose.FUSED_STREAM_MAX_INPUT
     assert f("gru", "rhythmic", 1, 10 * wide, False, threads=2)
-    assert f("rnn", "dense", 1, wide, False, threads=2) and not f("rnn", "dense", 1, wide + 1, False, threads=2)
+    assert f("rnn", "rhythmic", n - 1, 10 * wide, False, threads=1)
+    assert f("rnn", "dense", 1, narrow, False, threads=2) and not f("rnn", "dense", 1, narrow + 1, False, threads=2)
+    assert not f("gru", "dense", n - 1, narrow + 1, False, threads=1)
     # training: on the GEMM path with at most FUSED_TRAIN_MAX_INPUT(_DENSE) features
     assert f("gru", "dense", 2 * n, few, True, threads=2)
     assert not f("gru", "dense", 2 * n, few + 1, True, threads=2)
@@ -162,4 +169,26 @@ def test_unsupported_and_auto_pays_are_the_backend_hooks():
     assert "gate" in choose.unsupported("gru", "sometimes", torch.float32)
     assert "float32" in choose.unsupported("lif", "dense", torch.float64)
     assert choose.auto_pays("lif", 64, 4096)
-    assert choose.auto_pays("gru", 32, 128) and not choose.auto_pays("gru", 32, 129)
+    # dense: B*H <= 4096, B <= 8 at any width, an RNN up to H = 128, a GRU 256
+    dense = [("rnn", 64, 128), ("rnn", 16, 256), ("rnn", 8, 4096), ("gru", 256, 256)]
+    to_nn = [("rnn", 32, 129), ("rnn", 17, 256), ("rnn", 9, 512), ("gru", 32, 257)]
+    assert all(choose.auto_pays(*size, gate_kind="dense") for size in dense)
+    assert not any(choose.auto_pays(*size, gate_kind="dense") for size in to_nn)
+    # rhythmic, and stacks of mixed gates (nn cannot run them): every size
+    assert choose.auto_pays("gru", 256, 16384, gate_kind="rhythmic", training=True)
+    assert choose.auto_pays("rnn", 256, 16384, gate_kind="mixed", training=True)
+    # event: inference at every size, training up to B*H = 8192 (a GRU up to H = 512)
+    assert choose.auto_pays("rnn", 256, 4096, gate_kind="event", training=False)
+    assert choose.auto_pays("gru", 32, 256, gate_kind="event", training=True)
+    assert not choose.auto_pays("gru", 32, 257, gate_kind="event", training=True)
+    assert choose.auto_pays("rnn", 8, 1024, gate_kind="event")
+    assert not choose.auto_pays("gru", 8, 1024, gate_kind="event")
+    cpu = torch.device("cpu")
+    from su_neuro.backends import resolve
+
+    def pick(kind, B, H, training):
+        return resolve("auto", cpu, "gru", kind, torch.float32, batch=B, hidden=H, training=training).name
+
+    assert [pick("rhythmic", 64, 512, True), pick("dense", 64, 512, True), pick("event", 64, 512, True),
+            pick("event", 64, 512, False), pick(("event", "rhythmic"), 64, 512, True)] == [
+        "numba", "nn", "torch", "numba", "numba"]

@@ -57,10 +57,11 @@ def main(argv=None) -> dict:
 
     torch.set_flush_denormal(True)
     from su_neuro.datasets import get_task, pad_collate
-    from su_neuro.kernels.numba import ops
+    from su_neuro.kernels.numba import _common, ops
     from su_neuro.models import SequenceClassifier
     from su_neuro.train import bucket_order, epoch_order
 
+    _common.start_threads()  # Numba's pool, started here, would reset torch's thread count
     threads = (torch.get_num_threads(), numba.get_num_threads())
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,6 +8,10 @@ Prints one table of ratios measured side by side in one run (issue 3's four targ
    output and final state), suGRU rhythmic ~20%, triangle surrogate, B=32, H=128, T=784,
    F=1: numba vs torch.nn.GRU and vs torch reference; 100% too
 4. suLIF recurrent, B=1, H=1024, T=10,000, dense and rhythmic 10%, vs snnTorch RLeaky (dense)
+5. the backend="auto" rule at small sizes: numba vs the reference, dense gate, fwd+bwd
+6. the rule past B*H = 4096, per gate: numba vs what auto runs otherwise (the reference;
+   torch's RNN op for a dense stack), RNN/GRU, rhythmic 10/50/100 %, event, dense, and two
+   stacks of mixed gates, forward + backward and inference
 
 Usage: python tools/bench_numba.py [--quick] [--repeats N] [--only 1,2,...]
 Every time is the median over repeats (after one warm-up call that also compiles); the
@@ -186,7 +190,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="1,2,3,4,5", help="comma-separated measurement groups to run (default: all)")
+    ap.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated measurement groups to run (default: all)")
     args = ap.parse_args(argv)
     only = {int(k) for k in args.only.split(",")}
     q = args.quick
@@ -208,6 +212,8 @@ def main(argv=None):
         lif_rows(row, q, R)
     if 5 in only:
         auto_rows(row, R)
+    if 6 in only:
+        auto_gate_rows(row, q, R)
     print_table(rows, load0, R)
 
 
@@ -306,6 +312,64 @@ def auto_rows(row, R):
                 f"numba {tt['numba'] * 1e3:.2f} ms", tt["torch"] / tt["numba"], "info", True)  # fmt: skip
 
 
+AUTO_GATES = {
+    "rhythmic 10%": {"kind": "rhythmic", "init_rate": 0.1},
+    "rhythmic 50%": {"kind": "rhythmic", "init_rate": 0.5},
+    "rhythmic 100%": {"kind": "rhythmic", "init_rate": 1.0},
+    "event": {"kind": "event"},
+    "dense": "dense",
+    # two-layer stacks of mixed gates (``nn`` cannot run them: the reference is the other side)
+    "rhythmic 10% + event": [{"kind": "rhythmic", "init_rate": 0.1}, {"kind": "event"}],
+    "dense + rhythmic 10%": ["dense", {"kind": "rhythmic", "init_rate": 0.1}],
+}
+
+
+def gated_call(cell, B, H, T, gate, backend, grad):
+    """One call of a layer with ``gate`` on ``backend``: forward + backward of every parameter,
+    or inference (no gradient)."""
+    from su_neuro.models import build_layer
+
+    torch.manual_seed(0)
+    layer = build_layer(cell, 4, H, gate=gate, backend=backend, num_layers=len(gate) if isinstance(gate, list) else 1)
+    x = torch.randn(B, T, 4)
+
+    def run():
+        if not grad:
+            with torch.no_grad():
+                layer(x)
+            return
+        layer.zero_grad()
+        out, state = layer(x)
+        (out.sum() + state.h.sum()).backward()
+
+    return run
+
+
+def auto_gate_rows(row, q, R):
+    """Group 6: past B*H = 4096, is numba faster than what auto runs otherwise, per gate? Each
+    row names what auto picks there, met where that is the faster side or within 10 % of it."""
+    from su_neuro.backends import resolve
+
+    sizes = ((32, 256, 20),) if q else ((32, 256, 20), (32, 256, 100), (64, 128, 50), (32, 512, 20), (8, 1024, 50))
+    for cell in ("rnn", "gru"):
+        for B, H, T in sizes:
+            for name, gate in AUTO_GATES.items():
+                other = "nn" if gate == "dense" else "torch"
+                for grad in (True, False):
+                    t_other, t_nb = alternated([gated_call(cell, B, H, T, gate, be, grad) for be in (other, "numba")],
+                                               R)
+                    mode = "fwd+bwd" if grad else "inference"
+                    kinds = tuple(sorted({g if isinstance(g, str) else g["kind"]
+                                          for g in (gate if isinstance(gate, list) else [gate])}))
+                    pick = resolve("auto", torch.device("cpu"), cell, kinds[0] if len(kinds) == 1 else kinds,
+                                   torch.float32, batch=B, hidden=H, training=grad).name
+                    # the rule is met where it picks the faster side, or one within 10 % of it
+                    ratio = t_other / t_nb
+                    ok = ratio >= 1 / 1.1 if pick == "numba" else ratio <= 1.1
+                    row(f"6 {cell} {name} B={B} H={H} T={T} {mode}: {other} {t_other * 1e3:.1f} ms / numba "
+                        f"{t_nb * 1e3:.1f} ms", ratio, f"auto={pick}", ok)  # fmt: skip
+
+
 def print_table(rows, load0, R):
     print(
         f"machine: {machine()}; torch threads {torch.get_num_threads()}, "
@@ -313,10 +377,10 @@ def print_table(rows, load0, R):
         f"(1/5/15 min) before {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, after "
         "{:.2f}/{:.2f}/{:.2f}".format(*os.getloadavg())
     )
-    print(f"| {'measurement':<86} | ratio   | target  | status |")
-    print(f"|{'-' * 88}|---------|---------|--------|")
+    print(f"| {'measurement':<86} | ratio   | {'target':<11} | status |")
+    print(f"|{'-' * 88}|---------|{'-' * 13}|--------|")
     for name, value, target, status in rows:
-        print(f"| {name:<86} | {value:7.3f} | {target:<7} | {status:<6} |")
+        print(f"| {name:<86} | {value:7.3f} | {target:<11} | {status:<6} |")
 
 
 if __name__ == "__main__":

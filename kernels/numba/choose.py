@@ -23,8 +23,10 @@ from ..contract import CELLS, GATE_CODES, GATE_ROWS
 
 __all__ = [
     "Variant", "choose_kernel", "nchunks", "use_gemm", "split_tasks", "huge_weights", "fuses_input",
-    "fused_dots", "train_projection", "unsupported", "auto_pays",
-    "GEMM_MIN_BATCH", "FUSED_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT_DENSE",
+    "fused_dots", "train_projection", "unsupported", "auto_pays", "AUTO_DENSE_MAX_WORK", "AUTO_DENSE_MAX_BATCH",
+    "AUTO_DENSE_MAX_HIDDEN", "AUTO_EVENT_TRAIN_MAX_WORK", "AUTO_EVENT_GRU_TRAIN_MAX_HIDDEN",
+    "GEMM_MIN_BATCH", "FUSED_MAX_INPUT", "FUSED_STREAM_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT",
+    "FUSED_TRAIN_MAX_INPUT_DENSE",
     "FUSED_DOT_MIN_INPUT", "FUSED_DOT_MIN_INPUT_DENSE", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK",
     "SPLIT_WORK_PER_NEURON", "SPLIT_SAMPLE", "SPLIT_HUGE_STEPS", "SPLIT_HUGE_MAX_BYTES",
 ]  # fmt: skip
@@ -49,11 +51,17 @@ SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work f
 #: x0.92-0.95 at H = 512, 10 %, same bits)
 SPLIT_HUGE_STEPS = 1024
 SPLIT_HUGE_MAX_BYTES = 16 << 20
-#: inference with a dense gate: the kernels project the input themselves (``recurrence_input``)
-#: up to this many input features; training (GEMM path): a rhythmic gate up to
+#: inference: the kernels project the input themselves (``recurrence_input``) with a
+#: rhythmic gate, and with a dense one up to FUSED_MAX_INPUT features on the GEMM path (thread
+#: chunks of >= GEMM_MIN_BATCH samples), up to FUSED_STREAM_MAX_INPUT on the row-block and
+#: split kernels (small batches, B = 1 streams). There one GEMM beforehand is faster from a
+#: few features on (tools/bench_fused_input.py --inference; docs/benchmarks.md, "Fused input
+#: projection in inference"), but its bits depend on the chunk's length: fused, a stream fed
+#: in chunks keeps the bits of one call. Training (GEMM path): a rhythmic gate up to
 #: FUSED_TRAIN_MAX_INPUT, a dense gate up to FUSED_TRAIN_MAX_INPUT_DENSE (where every row
 #: computes, one GEMM over the whole sequence wins beyond; tools/bench_fused_input.py)
-FUSED_MAX_INPUT = 64
+FUSED_MAX_INPUT = 128
+FUSED_STREAM_MAX_INPUT = 64
 FUSED_TRAIN_MAX_INPUT = 256
 FUSED_TRAIN_MAX_INPUT_DENSE = 32
 #: on the GEMM path a fused projection of at least this many features (rhythmic gate) or
@@ -178,15 +186,16 @@ def fuses_input(
     cell: str, gate_kind: str, batch: int, features: int, grad: bool, *, threads: int, blas: bool = True
 ) -> bool:
     """Whether the kernels project the input themselves (``ops.recurrence_input``): RNN/GRU
-    with a rhythmic or dense gate; in inference unless a dense gate has more than
-    FUSED_MAX_INPUT features; in training on the GEMM path with at most
-    FUSED_TRAIN_MAX_INPUT (rhythmic) or FUSED_TRAIN_MAX_INPUT_DENSE (dense) features."""
+    with a rhythmic or dense gate. In inference with a rhythmic gate, or a dense one of at
+    most FUSED_MAX_INPUT features on the GEMM path, FUSED_STREAM_MAX_INPUT elsewhere. In
+    training on the GEMM path with at most FUSED_TRAIN_MAX_INPUT (rhythmic) or
+    FUSED_TRAIN_MAX_INPUT_DENSE (dense) features."""
     if cell not in ("rnn", "gru") or gate_kind not in ("rhythmic", "dense"):
         return False
+    gemm = use_gemm(gate_kind, batch, nchunks(batch, threads), blas)
     if grad:
-        gemm = use_gemm(gate_kind, batch, nchunks(batch, threads), blas)
         return gemm and train_projection(gate_kind, features) != "unfused"
-    return not (gate_kind == "dense" and features > FUSED_MAX_INPUT)
+    return gate_kind == "rhythmic" or features <= (FUSED_MAX_INPUT if gemm else FUSED_STREAM_MAX_INPUT)
 
 
 def fused_dots(gate_kind: str, features: int) -> bool:
@@ -216,16 +225,46 @@ def unsupported(cell: str, gate_kind: str, dtype) -> str | None:
     return None
 
 
-def auto_pays(cell: str, batch: int, hidden: int, **_) -> bool:
-    """Rule of backend="auto" on CPU, from tools/bench_numba.py (docs/benchmarks.md,
-    "Numba CPU backend"; forward + backward, 2 threads).
+#: backend="auto" on CPU, RNN/GRU with a dense gate: numba up to
+#: this B·H, for batches of at most AUTO_DENSE_MAX_BATCH samples at any width, and up to
+#: AUTO_DENSE_MAX_HIDDEN[cell] neurons at any batch; ``nn`` past them
+AUTO_DENSE_MAX_WORK = 4096
+AUTO_DENSE_MAX_BATCH = 8
+AUTO_DENSE_MAX_HIDDEN = {"rnn": 128, "gru": 256}
+#: ... an event gate: numba in inference at every size; in training up to this B·H (a GRU up
+#: to AUTO_EVENT_GRU_TRAIN_MAX_HIDDEN neurons), the reference past it
+AUTO_EVENT_TRAIN_MAX_WORK = 8192
+AUTO_EVENT_GRU_TRAIN_MAX_HIDDEN = 512
 
-    LIF: numba won at every measured size (B 1-32, H 8-1024) except one-step calls at
-    tiny sizes (fixed call cost). RNN/GRU: numba won up to B·H = 4096 (B=32, H=128
-    training: 5.9x the reference with the per-step GEMM path) and lost at B·H = 8192
-    (B=32, H=256, T=20: 0.43-0.62x in two runs), where per-call costs and the reference's
-    batched GEMMs win.
+
+def auto_pays(cell: str, batch: int, hidden: int, *, gate_kind: str | None = None, training: bool = True,
+              **_) -> bool:
+    """Rule of backend="auto" on CPU: numba where tools/bench_numba.py measured it faster
+    than what auto runs otherwise (the reference; torch's RNN op, ``nn``, for a dense stack).
+    docs/benchmarks.md, "backend="auto" rule" (group 6: two runs, 2 threads, calls alternated;
+    numba's speed-up over the other side below).
+
+    * LIF: numba at every measured size (B 1-32, H 8-1024; group 5).
+    * RNN/GRU, rhythmic gate: every size (B·H 8192-16384: 1.28-16x at 10 % and 50 % open;
+      0.77-2.9x at 100 %, a rate where a dense gate is the one to use). Stacks of mixed gates
+      (``gate_kind="mixed"``; ``nn`` cannot run them): every size (1.17-4.6x).
+    * event gate: inference at every size (1.12-5.6x). Training up to B·H =
+      AUTO_EVENT_TRAIN_MAX_WORK (0.87-1.70x at H <= 256), except a GRU wider than
+      AUTO_EVENT_GRU_TRAIN_MAX_HIDDEN (0.73-0.84x at B = 8, H = 1024); the reference past it
+      (0.84-1.05x at B = 32, H = 512).
+    * dense gate: numba up to B·H = AUTO_DENSE_MAX_WORK (2.1-7x over the reference at B·H <=
+      256, 6.3x at B = 32, H = 128; groups 3 and 5), at B <= AUTO_DENSE_MAX_BATCH (1.17-2.5x
+      over ``nn`` at B = 8, H = 1024), and up to AUTO_DENSE_MAX_HIDDEN[cell] neurons (an RNN
+      1.00-1.66x at B = 64, H = 128, a GRU 0.90-1.65x at B = 32-64, H = 128-256); ``nn`` past
+      them (a GRU at B = 32, H = 512: 0.69-1.13x; an RNN at B = 32, H = 256: 0.77-1.53x, T
+      deciding, and H = 512: 0.81-1.21x).
     """
-    if cell == "lif":
+    if cell == "lif" or gate_kind in ("rhythmic", "mixed"):
         return True
-    return batch * hidden <= 4096
+    if gate_kind == "event":
+        if not training:
+            return True
+        narrow = cell != "gru" or hidden <= AUTO_EVENT_GRU_TRAIN_MAX_HIDDEN
+        return narrow and batch * hidden <= AUTO_EVENT_TRAIN_MAX_WORK
+    return (batch * hidden <= AUTO_DENSE_MAX_WORK or batch <= AUTO_DENSE_MAX_BATCH
+            or hidden <= AUTO_DENSE_MAX_HIDDEN.get(cell, 0))

@@ -92,7 +92,7 @@ import numpy as np
 import torch
 
 from ..buffers import huge_copy, pooled
-from ..contract import DENSE, EVENT, GATE_CODES, RHYTHMIC, make_record, mask_record
+from ..contract import DENSE, EVENT, GATE_CODES, GATE_ROWS, RHYTHMIC, make_record, mask_record
 from . import choose
 from . import event as _event
 from . import gemm as _gemm
@@ -385,7 +385,12 @@ class _Recurrence(torch.autograd.Function):
         # autograd's version counters catch an in-place edit before backward reads them.
         # the event gate's values are rec.gate and what the backward reads as g: saved too
         saved_g = (extra[1],) if gate.kind == EVENT and save else ()
-        ctx.save_for_backward(out_t, h0, *(t for t in (w_hh, b_hh) if t is not None), *saved_g)
+        # and every input the backward reads again: the fused projection's x and W_ih, the
+        # threshold, the gate rows, the LIF's s0 and beta (an edit of x between forward and
+        # backward gave a wrong dW_ih without an error)
+        read = (w_hh, b_hh, x, w_ih, s0, beta, theta if kind == "event" else None,
+                gvals if kind == "rhythmic" else None)
+        ctx.save_for_backward(out_t, h0, *(t for t in read if isinstance(t, torch.Tensor)), *saved_g)
         ctx.set_materialize_grads(False)  # None, not zeros, for an output without a gradient
         # the LIF membranes are detached; the event gate's values keep their surrogate gradient
         ctx.mark_non_differentiable(*(extra if gate.kind != EVENT else extra[:1]))
@@ -473,9 +478,10 @@ def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, re
 
     RNN/GRU with a rhythmic or dense gate, float32, w_ih present. It applies
 
-    * in inference (no tensor needs a gradient), except for a dense gate with more than
-      ``choose.FUSED_MAX_INPUT`` input features (one GEMM beats per-step dot products when every
-      row is needed). At B = 1, H = 512, T = 10,000, F = 16 the layer's projection writes a
+    * in inference (no tensor needs a gradient) with a rhythmic gate, or a dense one of at most
+      ``choose.FUSED_MAX_INPUT`` (GEMM path) or ``choose.FUSED_STREAM_MAX_INPUT`` features (the
+      row-block and split kernels, where a stream fed in chunks keeps one call's bits only
+      with the projection inside). At B = 1, H = 512, T = 10,000, F = 16 the layer's projection writes a
       61 MB (B, T, G) array (25-28 ms of a 119 ms run at 10 % open) of which 90 % is never read;
     * in training on the batched GEMM path (thread chunks of >= ``choose.GEMM_MIN_BATCH``
       samples) within the width limits of ``choose.train_projection`` (rhythmic gate: up to
@@ -524,14 +530,39 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False, lengt
     return _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, None, lengths=lengths)
 
 
+def _check_shapes(cell, xp, h0, s0, w_hh, b_hh, gvals, theta, support, proj, lengths) -> None:
+    """Numba reads no bounds: a tensor of the wrong shape is refused here, not read past its end."""
+    x, w_ih, b_ih = proj if proj is not None else (None, None, None)
+    first, name = (x, "x") if x is not None else (xp, "xp")
+    if h0.dim() != 2 or first.dim() != 3:
+        raise ValueError(f"numba recurrence: h0 must be (B, H) and {name} (B, T, ·), got {tuple(h0.shape)} "
+                         f"and {tuple(first.shape)}")
+    B, H = h0.shape
+    G = GATE_ROWS[cell] * H
+    T = first.shape[1]
+    want = {"xp": (xp, (B, T, G if x is None else 0)), "s0": (s0, (B, H)), "w_hh": (w_hh, (G, H)),
+            "b_hh": (b_hh, (G,)), "gate rows": (gvals, (T, H)), "threshold": (theta, (H,)),
+            "gate support": (support, (T, H)), "lengths": (lengths, (B,))}
+    if x is not None:
+        want |= {"x": (x, (B, T, x.shape[-1])), "w_ih": (w_ih, (G, x.shape[-1])), "b_ih": (b_ih, (G,))}
+    for name, (tensor, shape) in want.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"numba recurrence ({cell}, B={B}, T={T}, H={H}): {name} must be {shape}, "
+                             f"got {tuple(tensor.shape)}")
+    if lengths is not None and T > 0 and not bool(((lengths >= 1) & (lengths <= T)).all()):
+        raise ValueError(f"numba recurrence: lengths must lie in [1, T={T}], got values from "
+                         f"{int(lengths.min())} to {int(lengths.max())}")
+
+
 def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj, lengths=None):
     if record or cell == "lif":  # these read the gate rows
         gate = gate.materialized()
     kind = gate.kind
     gvals = gate.values if kind == "rhythmic" else None
     theta = gate.values if kind == "event" else None
-    beta = lif.beta.clamp(0, 1) if cell == "lif" else None
     support = getattr(gate, "support", None)
+    _check_shapes(cell, xp, h0, s0, w_hh, b_hh, gvals, theta, support, proj, lengths)
+    beta = lif.beta.clamp(0, 1) if cell == "lif" else None
     if support is not None:
         support = support.detach().cpu().numpy().astype(bool)
     x, w_ih, b_ih = proj if proj is not None else (None, None, None)
