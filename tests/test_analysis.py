@@ -272,6 +272,44 @@ def test_events_on_padded_steps_are_ignored():
     assert lif.ops.effective_macs == 36 and lif.ops.effective_acs == 9 * 4
 
 
+def test_inputs_and_layers_that_do_not_fit_the_records_are_refused():
+    """inputs with more features than the layer takes made the effective count exceed the dense
+    one (ratio 1.67); other T, an empty batch or no layers failed with numpy's or Python's errors."""
+    g = np.ones((1, 3, 2), bool)
+    rec = {"l": SimpleNamespace(gate=g, spike=None)}
+    layers = {"l": meta("rnn", f=3, h=2)}
+    for x in (np.ones((1, 3, 7)), np.ones((1, 4, 3)), np.ones((3, 3))):
+        with pytest.raises(ValueError, match=r"inputs must be \(B, T, F\) = \(1, 3, 3\)"):
+            analyze_records(rec, layers, inputs=x)
+    rep = analyze_records(rec, layers, inputs=np.ones((1, 3, 3)))
+    assert rep.ops.effective_macs <= rep.ops.dense_macs
+    empty = analyze_records({"l": SimpleNamespace(gate=np.ones((0, 3, 2), bool), spike=None)}, layers,
+                            inputs=np.ones((0, 3, 3)))
+    assert empty.ops.dense_macs == 0
+    with pytest.raises(ValueError, match="no layers to analyse"):
+        analyze_records(rec, {})
+    with pytest.raises(ValueError, match=r"input_nnz must be \(n, T\) = \(1, 3\) counts in \[0, F = 3\]"):
+        count_layer_ops(meta("rnn", f=3, h=2), g, input_nnz=np.full((1, 3), 4))
+
+
+def test_raster_draws_no_event_of_a_padded_step(tmp_path, monkeypatch):
+    """Records made by other code may hold events after a sample's length; every number ignored
+    them, the raster drew them."""
+    g = np.ones((2, 6, 3), bool)
+    path = tmp_path / "pad.h5"
+    traces.write(path, {"l": SimpleNamespace(gate=g, spike=None, delta=None, lengths=np.array([6, 2]))},
+                 layers={"l": meta("rnn", "dense", f=2, h=3)})
+    drawn = {}
+
+    def raster(gates, out, **kwargs):
+        drawn.update(gates)
+        return out
+
+    monkeypatch.setattr(plots, "plot_raster", raster)
+    analyze(path, tmp_path / "report", raster_sample=1)
+    assert drawn["l"].shape == (6, 3) and drawn["l"][:2].all() and not drawn["l"][2:].any()
+
+
 def test_unknown_inputs_are_flagged():
     rep = analyze_records(two_layer_records(), TWO)
     assert any("upper bound" in n for n in rep.layers["layers.0"].notes)

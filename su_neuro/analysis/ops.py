@@ -165,6 +165,9 @@ def count_layer_ops(meta: Mapping[str, Any], gates: np.ndarray, *,
     rows = valid * h if event else k
     x = (np.full((n, t), f, np.int64) if input_nnz is None
          else np.asarray(input_nnz, dtype=np.int64))
+    if x.shape != (n, t) or (x.size and (x.min() < 0 or x.max() > f)):
+        raise ValueError(f"input_nnz must be (n, T) = {(n, t)} counts in [0, F = {f}], got shape {x.shape}"
+                         + (f", values {x.min()}..{x.max()}" if x.size else ""))
     in_ops = m * (rows * x).sum(axis=1)                          # (n,) per sample
 
     rec_mac = rec_ac = 0

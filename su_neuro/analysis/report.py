@@ -325,18 +325,28 @@ def analyze_records(records: Mapping[str, Any], layers: Mapping[str, Mapping[str
     if not isinstance(records, Mapping):
         raise TypeError(f"records must be a dict layer name -> StepRecord (as a model's record=True "
                         f"returns), got {type(records).__name__}")
+    if not layers:
+        raise ValueError("analyze_records: no layers to analyse (layers is empty)")
     missing = [n for n in layers if n not in records]
     if missing:
         raise ValueError(f"records lack the layers {missing}; they have {sorted(records)}")
     gates = {n: _as_bool(records[n].gate) for n in layers}
     spikes = {n: (None if getattr(records[n], "spike", None) is None
                   else _as_bool(records[n].spike)) for n in layers}
+    first = next(iter(layers))
+    if gates[first].ndim != 3:
+        raise ValueError(f"records[{first!r}].gate must be (B, T, H), got {gates[first].shape}")
     nnz = binary = None
     if inputs is not None:
         x = _numpy(inputs)
+        want = (*gates[first].shape[:2], int(layers[first]["input_size"]))
+        if x.shape != want:
+            # more features than the layer takes would count more operations than its dense baseline
+            raise ValueError(f"inputs must be (B, T, F) = {want} (the records' B and T, layer {first!r}'s "
+                             f"input_size), got {x.shape}")
         nnz = np.count_nonzero(x, axis=2)
-        binary = ((x == 0) | (x == 1) | (x == -1)).reshape(x.shape[0], -1).all(axis=1)
-    t = next(iter(gates.values())).shape[1]
+        binary = ((x == 0) | (x == 1) | (x == -1)).all(axis=(1, 2))
+    t = gates[first].shape[1]
     lengths = next((getattr(records[n], "lengths", None) for n in layers
                     if getattr(records[n], "lengths", None) is not None), None)
     if lengths is not None:
@@ -476,9 +486,19 @@ def _plots(rep: Report, reader: Any, out: Path, shape: tuple[int, int] | None,
     # a stream's sample i < stream_batch is the first segment of stream row i
     i = min(max(sample, 0), (reader.stream_batch if stream else reader.num_samples) - 1)
     files = {}
+    # a padded sample's steps after its length never ran: whatever was recorded there is not drawn
+    lengths = None if stream else reader.lengths()
+    valid = None if lengths is None else int(lengths[i])
+
+    def steps(a):
+        if a is not None and valid is not None:
+            a = a.copy()
+            a[valid:] = 0
+        return a
+
     files["raster"] = plots.plot_raster(
-        {n: reader.gates(n, i) for n in names}, out / "raster.png",
-        spikes={n: reader.spikes(n, i) if "spike" in reader.encodings[n] else None
+        {n: steps(reader.gates(n, i)) for n in names}, out / "raster.png",
+        spikes={n: steps(reader.spikes(n, i)) if "spike" in reader.encodings[n] else None
                 for n in names},
         title=f"gate events (black) and spikes (red), {'stream row' if stream else 'sample'} {i}")
     if shape is not None:
