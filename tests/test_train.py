@@ -219,6 +219,49 @@ def test_deterministic_with_seed(tmp_path):
     assert {"loss", "acc", "rate", "lr", "step"} <= set(lines[1])
 
 
+def test_logged_lr_is_the_mean_rate_the_window_trained_with(tmp_path):
+    """The log read the scheduler after it had moved on: each line showed the next step's rate
+    (the first warm-up step twice its rate, the last step 0)."""
+    import math
+
+    def used(step):  # the rate step `step` (1-based) trains with: warm-up 4, then half a cosine over 4
+        if step <= 4:
+            return 0.01 * step / 4
+        return 0.01 * 0.5 * (1 + math.cos(math.pi * (step - 5) / 4))
+
+    for every in (1, 2):
+        out = tmp_path / str(every)
+        train(tiny_config(schedule="cosine", warmup_steps=4, max_steps=8, log_every=every, eval_every=0), out,
+              progress=False)
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        logged = {x["step"]: x["lr"] for x in lines if x["event"] == "train"}
+        assert sorted(logged) == list(range(every, 9, every))
+        for step, lr in logged.items():
+            want = sum(used(s) for s in range(step - every + 1, step + 1)) / every
+            assert lr == pytest.approx(want, rel=1e-12), (every, step)
+    assert logged[8] > 0
+
+
+def test_a_torn_last_log_line_is_cut_before_the_run_appends(tmp_path):
+    """A write cut off (power loss, a full disk) left a line without its newline: the resumed
+    run glued its resume record onto it, and both were unreadable."""
+    from su_neuro.train.folder import _Log
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"event": "start"}\n{"event": "train", "step": 1}\n{"event": "tra')
+    log = _Log(path)
+    log.write({"event": "resume", "step": 1})
+    log.close()
+    assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == ["start", "train", "resume"]
+    path.write_text('{"event": "sta')  # one torn line and nothing else
+    _Log(path).close()
+    assert path.read_text() == ""
+    whole = '{"event": "start"}\n'
+    path.write_text(whole)
+    _Log(path).close()
+    assert path.read_text() == whole
+
+
 def test_schedules_and_optimizers_run(tmp_path):
     for k, (opt, sched) in enumerate([("sgd", "cosine"), ("adamw", "constant")]):
         cfg = tiny_config(optimizer=opt, schedule=sched, warmup_steps=2, max_steps=6, grad_clip=1.0,

@@ -3,7 +3,7 @@ optimiser and the learning-rate schedule.
 
 The model's parameters are drawn from torch's global RNG, so the caller seeds it first.
 The learning rate rises linearly over ``warmup_steps`` and then stays constant or follows
-half a cosine to zero at the last step.
+half a cosine that reaches zero after the last step (the last step trains at a small rate).
 """
 
 from __future__ import annotations

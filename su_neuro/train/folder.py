@@ -38,6 +38,8 @@ class _Log:
     """Append-only JSONL metrics log (rank 0 only); every line is flushed at once."""
 
     def __init__(self, path: Path | None):
+        if path is not None:
+            _drop_torn_line(path)
         self._fh = open(path, "a", encoding="utf-8") if path is not None else None
 
     def write(self, record: dict) -> None:
@@ -49,6 +51,26 @@ class _Log:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def _drop_torn_line(path: Path) -> None:
+    """Cut a log back to its last complete line: a write cut off (power loss, a full disk)
+    would otherwise glue the next run's first record onto the fragment, and both be lost."""
+    try:
+        with open(path, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            start = max(0, size - (1 << 20))  # a line of the log is far shorter
+            fh.seek(start)
+            cut = fh.read().rfind(b"\n")
+            if cut >= 0 or start == 0:
+                fh.truncate(start + cut + 1)  # cut = -1 with start 0: the file is one torn line
+    except FileNotFoundError:
+        return
 
 
 _MISSING = object()

@@ -411,7 +411,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
     history: list[dict] = []
     last_train: dict = {}
     window = {"loss": 0.0, "count": 0.0, "correct": 0.0, "gates": 0.0, "gate_n": 0.0, "skipped": 0.0,
-              "norm_steps": 0.0, "grad_norm": 0.0, "grad_norm_max": 0.0}
+              "norm_steps": 0.0, "grad_norm": 0.0, "grad_norm_max": 0.0, "lr": 0.0, "steps": 0.0}
 
     if checkpoint is not None:
         restore_model(model, checkpoint, out / CHECKPOINT_FILE)
@@ -507,7 +507,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
                     bar.set_postfix(_postfix(stats, task.kind), refresh=False)
                 if step % cfg.log_every == 0 or step == total_steps:
                     last_train = _summarise(window, task.kind)
-                    last_train.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
+                    last_train.update(step=step, epoch=epoch)
                     if cfg.rate_weight > 0:
                         last_train["rate_target"] = target
                     log.write({"event": "train", **last_train})
@@ -674,8 +674,11 @@ def _train_step(net, model, optimizer, scheduler, cfg, kind, x, y, dist, lengths
                     p.grad.mul_(scale)
         optimizer.step()
         constrain_gates(model)
+    lr = float(optimizer.param_groups[0]["lr"])  # the rate this step used (the scheduler moves on below)
     scheduler.step()
     return {
+        "lr": lr,
+        "steps": 1.0,
         "loss": float(totals[0]),
         "count": float(totals[1]),
         "correct": float(totals[2]),
@@ -709,6 +712,8 @@ def _grad_norm(params: list) -> torch.Tensor | None:
 def _summarise(window: dict, kind: str) -> dict:
     res = {"loss": window["loss"] / max(window["count"], 1.0), "rate": window["gates"] / max(window["gate_n"], 1.0)}
     res["acc"] = None if kind == "regress" else window["correct"] / max(window["count"], 1.0)
+    if window.get("steps"):
+        res["lr"] = window["lr"] / window["steps"]  # the mean rate the window's steps used
     if window.get("skipped"):
         res["skipped"] = int(window["skipped"])  # steps of the window skipped for a NaN / inf gradient
     finite = window.get("norm_steps", 0.0)
