@@ -172,18 +172,8 @@ def lif_snntorch(F, H, T):
 
 
 def small_step(cell, B, H, T, backend, repeats):
-    from su_neuro.models import build_layer
-
-    torch.manual_seed(0)
-    layer = build_layer(cell, 4, H, gate="dense", backend=backend)
-    x = torch.randn(B, T, 4)
-
-    def run():
-        layer.zero_grad()
-        out, state = layer(x)
-        (out.sum() + state.h.sum()).backward()
-
-    return timeit(run, repeats * 5)
+    """Group 5: a dense-gate layer's forward + backward (:func:`gated_call`)."""
+    return timeit(gated_call(cell, B, H, T, "dense", backend, True), repeats * 5)
 
 
 def main(argv=None):
