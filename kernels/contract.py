@@ -35,6 +35,7 @@ __all__ = [
     "RNN",
     "SURROGATE_CODES",
     "Backend",
+    "check_shapes",
     "BackendImpl",
     "GateInput",
     "LIFParams",
@@ -165,6 +166,37 @@ def mask_record(rec: StepRecord, lengths: torch.Tensor) -> StepRecord:
 
 
 # ------------------------------------------------------------------------------ backends
+def check_shapes(cell: str, xp: torch.Tensor, h0: torch.Tensor, *, s0=None, w_hh=None, b_hh=None, rows=None,
+                 support=None, threshold=None, beta=None, lengths=None, x=None, w_ih=None, b_ih=None) -> None:
+    """The shapes of a ``recurrence`` call, checked once for every backend (a compiled kernel
+    reads past the end of a tensor that is too short): ``xp`` (B, T, G), or ``x`` (B, T, F)
+    with ``w_ih`` (G, F), ``b_ih`` (G,) and an empty ``xp`` (B, T, 0) where a backend projects
+    the input itself; ``h0`` and ``s0`` (B, H); ``w_hh`` (G, H); ``b_hh`` (G,); a rhythmic
+    gate's ``rows`` and ``support`` (T, H); an event gate's ``threshold`` and LIF's ``beta``
+    (H,); ``lengths`` (B,) in [1, T]. G = GATE_ROWS[cell] * H. Raises ValueError naming the
+    tensor; None skips a tensor."""
+    first, name = (x, "x") if x is not None else (xp, "xp")
+    if h0.dim() != 2 or first.dim() != 3:
+        raise ValueError(f"{cell} recurrence: h0 must be (B, H) and {name} (B, T, ·), got {tuple(h0.shape)} "
+                         f"and {tuple(first.shape)}")
+    B, H = h0.shape
+    G = GATE_ROWS[cell] * H
+    T = first.shape[1]
+    want = {"xp": (xp, (B, T, G if x is None else 0)), "s0": (s0, (B, H)), "w_hh": (w_hh, (G, H)),
+            "b_hh": (b_hh, (G,)), "gate rows": (rows, (T, H)), "gate support": (support, (T, H)),
+            "threshold": (threshold, (H,)), "beta": (beta, (H,)), "lengths": (lengths, (B,))}
+    if x is not None:
+        want |= {"x": (x, (B, T, x.shape[-1])), "w_ih": (w_ih, (G, x.shape[-1])), "b_ih": (b_ih, (G,))}
+    for key, (tensor, shape) in want.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            rows = f" (G features: expected {GATE_ROWS[cell]} * H = {G})" if key == "xp" and x is None else ""
+            raise ValueError(f"{cell} recurrence (B={B}, T={T}, H={H}): {key} must be {shape}, "
+                             f"got {tuple(tensor.shape)}{rows}")
+    if lengths is not None and T > 0 and not bool(((lengths >= 1) & (lengths <= T)).all()):
+        raise ValueError(f"{cell} recurrence: lengths must lie in [1, T={T}], got values from "
+                         f"{int(lengths.min())} to {int(lengths.max())}")
+
+
 class Backend(Protocol):
     """What a backend module provides. Required: :meth:`recurrence` (a backend of whole
     dense stacks only, ``"nn"``, has ``stack`` instead). Optional hooks (a module may leave

@@ -92,7 +92,7 @@ import numpy as np
 import torch
 
 from ..buffers import huge_copy, pooled
-from ..contract import DENSE, EVENT, GATE_CODES, GATE_ROWS, RHYTHMIC, make_record, mask_record
+from ..contract import DENSE, EVENT, GATE_CODES, RHYTHMIC, check_shapes, make_record, mask_record
 from . import choose
 from . import event as _event
 from . import gemm as _gemm
@@ -530,30 +530,6 @@ def recurrence(cell, xp, h0, s0, w_hh, b_hh, gate, lif=None, record=False, lengt
     return _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, None, lengths=lengths)
 
 
-def _check_shapes(cell, xp, h0, s0, w_hh, b_hh, gvals, theta, support, proj, lengths) -> None:
-    """Numba reads no bounds: a tensor of the wrong shape is refused here, not read past its end."""
-    x, w_ih, b_ih = proj if proj is not None else (None, None, None)
-    first, name = (x, "x") if x is not None else (xp, "xp")
-    if h0.dim() != 2 or first.dim() != 3:
-        raise ValueError(f"numba recurrence: h0 must be (B, H) and {name} (B, T, ·), got {tuple(h0.shape)} "
-                         f"and {tuple(first.shape)}")
-    B, H = h0.shape
-    G = GATE_ROWS[cell] * H
-    T = first.shape[1]
-    want = {"xp": (xp, (B, T, G if x is None else 0)), "s0": (s0, (B, H)), "w_hh": (w_hh, (G, H)),
-            "b_hh": (b_hh, (G,)), "gate rows": (gvals, (T, H)), "threshold": (theta, (H,)),
-            "gate support": (support, (T, H)), "lengths": (lengths, (B,))}
-    if x is not None:
-        want |= {"x": (x, (B, T, x.shape[-1])), "w_ih": (w_ih, (G, x.shape[-1])), "b_ih": (b_ih, (G,))}
-    for name, (tensor, shape) in want.items():
-        if tensor is not None and tuple(tensor.shape) != shape:
-            raise ValueError(f"numba recurrence ({cell}, B={B}, T={T}, H={H}): {name} must be {shape}, "
-                             f"got {tuple(tensor.shape)}")
-    if lengths is not None and T > 0 and not bool(((lengths >= 1) & (lengths <= T)).all()):
-        raise ValueError(f"numba recurrence: lengths must lie in [1, T={T}], got values from "
-                         f"{int(lengths.min())} to {int(lengths.max())}")
-
-
 def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj, lengths=None):
     if record or cell == "lif":  # these read the gate rows
         gate = gate.materialized()
@@ -561,11 +537,13 @@ def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj, lengths=None):
     gvals = gate.values if kind == "rhythmic" else None
     theta = gate.values if kind == "event" else None
     support = getattr(gate, "support", None)
-    _check_shapes(cell, xp, h0, s0, w_hh, b_hh, gvals, theta, support, proj, lengths)
+    x, w_ih, b_ih = proj if proj is not None else (None, None, None)
+    # Numba reads no bounds: a tensor of the wrong shape is refused here, not read past its end
+    check_shapes(cell, xp, h0, s0=s0, w_hh=w_hh, b_hh=b_hh, rows=gvals, support=support, threshold=theta,
+                 beta=lif.beta if cell == "lif" else None, lengths=lengths, x=x, w_ih=w_ih, b_ih=b_ih)
     beta = lif.beta.clamp(0, 1) if cell == "lif" else None
     if support is not None:
         support = support.detach().cpu().numpy().astype(bool)
-    x, w_ih, b_ih = proj if proj is not None else (None, None, None)
     lens = None
     if lengths is not None:
         B = h0.shape[0]

@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from ..contract import CELL_CODES, GATE_CODES, make_record
+from ..contract import CELL_CODES, GATE_CODES, check_shapes, make_record
 from . import choose, grid, lif_feedforward, rows
 from ._common import Config, Grads, OpenLists, Operands, Sequences
 
@@ -293,13 +293,11 @@ def _check(cell, xp, h0, s0, w_hh, b_hh, gate, lif) -> None:
         raise ValueError(f"unknown cell {cell!r}; valid cells: {', '.join(CELL_CODES)}")
     if gate.kind not in GATE_CODES:
         raise ValueError(f"unknown gate kind {gate.kind!r}; valid: {', '.join(GATE_CODES)}")
-    if xp.dim() != 3 or h0.dim() != 2 or xp.shape[0] != h0.shape[0]:
-        raise ValueError(f"xp must be (B, T, G) and h0 (B, H); got {tuple(xp.shape)}, {tuple(h0.shape)}")
-    B, T, G = xp.shape
-    H = h0.shape[1]
-    rows = 3 if cell == "gru" else 1
-    if G != rows * H:
-        raise ValueError(f"{cell}: xp has G = {G} features, expected {rows} * H = {rows * H}")
+    support = getattr(gate, "support", None) if gate.kind == "rhythmic" else None
+    check_shapes(cell, xp, h0, s0=s0, w_hh=w_hh, b_hh=b_hh, rows=gate.values if gate.kind == "rhythmic" else None,
+                 support=support, threshold=gate.values if gate.kind == "event" else None,
+                 beta=lif.beta if cell == "lif" and lif is not None else None)
+    T = xp.shape[1]
     if T < 1:
         raise ValueError("xp has T = 0 steps")
     tensors = {"xp": xp, "h0": h0, "s0": s0, "w_hh": w_hh, "b_hh": b_hh}
@@ -308,10 +306,6 @@ def _check(cell, xp, h0, s0, w_hh, b_hh, gate, lif) -> None:
             continue
         if x.device != xp.device or x.dtype != xp.dtype:
             raise TypeError(f"{name} is {x.dtype} on {x.device}; xp is {xp.dtype} on {xp.device}")
-    if w_hh is not None and tuple(w_hh.shape) != (G, H):
-        raise ValueError(f"w_hh must be ({G}, {H}), got {tuple(w_hh.shape)}")
-    if b_hh is not None and tuple(b_hh.shape) != (G,):
-        raise ValueError(f"b_hh must be ({G},), got {tuple(b_hh.shape)}")
     if w_hh is None and cell != "lif":
         raise ValueError(f"{cell} needs recurrent weights w_hh")
     if cell == "lif":
@@ -319,18 +313,9 @@ def _check(cell, xp, h0, s0, w_hh, b_hh, gate, lif) -> None:
             raise ValueError("lif needs LIFParams and initial spikes s0")
         if lif.reset not in ("subtract", "zero"):
             raise ValueError(f"unknown reset {lif.reset!r}; valid resets: subtract, zero")
-        if tuple(lif.beta.shape) != (H,):
-            raise ValueError(f"lif.beta must be ({H},), got {tuple(lif.beta.shape)}")
-    if gate.kind == "rhythmic" and tuple(gate.values.shape) != (T, H):
-        raise ValueError(f"rhythmic gate values must be (T, H) = ({T}, {H}), got {tuple(gate.values.shape)}")
-    support = getattr(gate, "support", None)
-    if gate.kind == "rhythmic" and support is not None:
-        if tuple(support.shape) != (T, H):
-            raise ValueError(f"rhythmic gate support must be (T, H) = ({T}, {H}), got {tuple(support.shape)}")
+    if support is not None:
         if support.device != xp.device:
             raise TypeError(f"gate support is on {support.device}; xp is on {xp.device}")
     if gate.kind == "event":
-        if tuple(gate.values.shape) != (H,):
-            raise ValueError(f"event gate threshold must be ({H},), got {tuple(gate.values.shape)}")
         if gate.surrogate is None:
             raise ValueError("event gate needs its surrogate")
