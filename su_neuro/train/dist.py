@@ -9,7 +9,12 @@ hold every process's stream (:func:`gather_rng`), so a resumed run continues bit
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import importlib
 import os
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,3 +82,39 @@ def gather_rng(dist: DistInfo) -> list | None:
     states: list = [None] * dist.world_size
     torch.distributed.all_gather_object(states, _rng_state())
     return states
+
+
+@contextlib.contextmanager
+def process_group(dist: DistInfo, device: torch.device) -> Iterator[None]:
+    """The default process group of a multi-process run (gloo on CPU, nccl on CUDA) for the
+    block; nothing for a single process or when the caller has started one already (it is
+    theirs to end).
+
+    The group ends inside the block's exit, with the interpreter alive. Its C++ object, and
+    with it gloo's worker threads, goes only with its last reference: the DDP model's reducer
+    holds one, and in torch 2.13 importing ``torch._dynamo`` (DDP does) once a group exists
+    adds ten that are never dropped. A worker thread that is still letting go of a finished
+    collective when the interpreter finalises needs the GIL it can no longer take, and the
+    process aborts ("terminate called without an active exception", exit status -6) after a
+    run that saved everything. So ``torch._dynamo`` is imported before the group starts, the
+    frames of an error leaving the block drop their locals (the DDP model among them; the
+    traceback's lines stay), and the group is destroyed and collected here: its destructor
+    joins the worker threads."""
+    if not dist.active or torch.distributed.is_initialized():
+        yield
+        return
+    importlib.import_module("torch._dynamo")  # before the group: see above
+
+    torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    except BaseException as err:
+        seen: set[int] = set()
+        while err is not None and id(err) not in seen:  # the error and those it arose from
+            seen.add(id(err))
+            traceback.clear_frames(err.__traceback__)
+            err = err.__cause__ or err.__context__
+        raise
+    finally:
+        torch.distributed.destroy_process_group()
+        gc.collect()  # the DDP model and its reducer sit in reference cycles

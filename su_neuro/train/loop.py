@@ -73,7 +73,7 @@ from .data import (
     evaluate,
     export_trace,
 )
-from .dist import DistInfo, _pick_device, distributed_env, gather_rng, rank_stream
+from .dist import DistInfo, _pick_device, distributed_env, gather_rng, process_group, rank_stream
 from .folder import (
     RunFolderError,
     _check_config_file,
@@ -360,21 +360,12 @@ def _train(cfg, out, dist, resume, overwrite, progress, explicit_keys, desc, on_
 
     device = _pick_device(cfg, dist)
     _check_backend_runs(cfg, device)
-    pg_started = False
     if dist.active and device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL's collectives of objects use the current device
-    if dist.active and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-        pg_started = True
-    try:
-        from ..denormal import flush_denormal
+    from ..denormal import flush_denormal
 
-        with flush_denormal(cfg.flush_denormal):
-            return _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start)
-    finally:
-        if pg_started:
-            torch.distributed.destroy_process_group()
+    with process_group(dist, device), flush_denormal(cfg.flush_denormal):
+        return _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start)
 
 
 def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start) -> dict:
