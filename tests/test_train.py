@@ -219,6 +219,36 @@ def test_deterministic_with_seed(tmp_path):
     assert {"loss", "acc", "rate", "lr", "step"} <= set(lines[1])
 
 
+@pytest.mark.parametrize("stop", [False, True])
+def test_a_run_leaves_the_callers_random_streams_and_deterministic_mode(tmp_path, stop):
+    """train() seeds the global streams and turns on the deterministic mode for the run; the
+    caller's come back when it returns or raises."""
+    import random
+
+    import numpy as np
+
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    expected = random.random(), float(np.random.rand()), torch.rand(3)
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+    def on_step(step, stats):
+        if stop and step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        if stop:
+            with pytest.raises(TrainingStopped):
+                train(tiny_config(max_steps=6), tmp_path / "run", progress=False, on_step=on_step)
+        else:
+            train(tiny_config(max_steps=6), tmp_path / "run", progress=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert (random.random(), float(np.random.rand())) == expected[:2]
+        assert torch.equal(torch.rand(3), expected[2])
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_logged_lr_is_the_mean_rate_the_window_trained_with(tmp_path):
     """The log read the scheduler after it had moved on: each line showed the next step's rate
     (the first warm-up step twice its rate, the last step 0)."""

@@ -318,6 +318,9 @@ def train(
     run into the same folder raises :class:`RunFolderError`. In the main thread, SIGINT /
     SIGTERM end the step in flight (every process of a multi-process run the same step),
     save a checkpoint there and raise :class:`TrainingStopped`.
+
+    The run seeds the Python, numpy and torch random streams and sets torch's
+    deterministic mode for its own duration; the caller's are restored when it ends.
     """
     t_start = time.perf_counter()
     cfg = config if isinstance(config, TrainConfig) else config_from_dict(config)
@@ -364,8 +367,30 @@ def _train(cfg, out, dist, resume, overwrite, progress, explicit_keys, desc, on_
         torch.cuda.set_device(device)  # NCCL's collectives of objects use the current device
     from ..denormal import flush_denormal
 
-    with process_group(dist, device), flush_denormal(cfg.flush_denormal):
+    with process_group(dist, device), flush_denormal(cfg.flush_denormal), _caller_globals_kept(device):
         return _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start)
+
+
+@contextlib.contextmanager
+def _caller_globals_kept(device: torch.device):
+    """The process-wide settings a run changes, as the caller had them once it ends: torch's
+    deterministic-algorithms mode, cuDNN's benchmark flag (``deterministic``) and the
+    Python, numpy and torch random streams (seeded from ``seed``). A script or notebook
+    that calls :func:`train` and goes on finds them as it left them."""
+    mode = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    streams = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(mode[0], warn_only=mode[1])
+        torch.backends.cudnn.benchmark = benchmark
+        random.setstate(streams[0])
+        np.random.set_state(streams[1])
+        torch.set_rng_state(streams[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start) -> dict:
