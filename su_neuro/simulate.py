@@ -6,6 +6,8 @@ while memory stays bounded by the chunk. A callback sees every chunk's output an
 per-step records (gates, Δh, spikes): the hook that trace recorders attach to.
 
 Example:
+    >>> from su_neuro import SULIF
+    >>> from su_neuro.simulate import poisson_chunks, simulate
     >>> layer = SULIF(16, 256, gate={"kind": "rhythmic", "init_rate": 0.1}, recurrent=True)
     >>> source = poisson_chunks(batch=1, steps=100_000, features=16, rate=0.05, chunk=1000)
     >>> result = simulate(layer, source, callback=lambda step: None)
@@ -51,10 +53,21 @@ class SimulationResult:
     neurons: int
     seconds: float
     updates: float  # neuron-steps that updated, summed over the batch (NaN if not recorded)
+    first_steps: int = 0  # steps of the first chunk
+    first_seconds: float = 0.0  # its time, with the first call's costs (loading kernels, allocating)
 
     @property
     def neuron_steps_per_second(self) -> float:
+        """Over the whole run, the first chunk included."""
         return self.batch * self.steps * self.neurons / max(self.seconds, 1e-12)
+
+    @property
+    def steady_neuron_steps_per_second(self) -> float:
+        """After the first chunk (NaN for a run of one chunk): the rate a long run keeps up."""
+        rest = self.steps - self.first_steps
+        if rest <= 0:
+            return float("nan")
+        return self.batch * rest * self.neurons / max(self.seconds - self.first_seconds, 1e-12)
 
     @property
     def update_rate(self) -> float:
@@ -174,9 +187,12 @@ def simulate(
 
 def _simulate(layer, source, state, chunk, callback, count_updates, progress) -> SimulationResult:
     steps, batch, updates = 0, 0, 0.0
+    first_steps, first_seconds = 0, 0.0
     start = time.perf_counter()
     for item in stream(layer, source, state, chunk=chunk, record=count_updates, callback=callback):
         n = item.output.shape[1]
+        if steps == 0:
+            first_steps, first_seconds = n, time.perf_counter() - start
         steps += n
         batch = item.output.shape[0]
         state = item.state
@@ -184,8 +200,9 @@ def _simulate(layer, source, state, chunk, callback, count_updates, progress) ->
             updates += float(sum(r.gate.sum() for r in item.records))
         if progress is not None:
             progress.update(n)
-    if state is None:
+    if steps == 0:  # with or without a state given
         raise ValueError("the source yielded no chunk: nothing to simulate")
     seconds = time.perf_counter() - start
     neurons = layer.hidden_size * layer.num_layers
-    return SimulationResult(state, steps, batch, neurons, seconds, updates if count_updates else float("nan"))
+    return SimulationResult(state, steps, batch, neurons, seconds, updates if count_updates else float("nan"),
+                            first_steps, first_seconds)

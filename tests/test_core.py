@@ -429,6 +429,33 @@ def test_rhythmic_gate_init_rate_and_parameters():
         RhythmicGate(4, harmonics=0)
 
 
+def test_rhythmic_gate_refuses_rates_and_periods_whose_neurons_would_never_open():
+    """P·r < 1 leaves neurons whose open window misses every whole step silent for good, and
+    a rate within MIN_INIT_RATE of 0 or 1 gives a float32 bias of ∓1 (never / always open);
+    the population's mean rate hides both."""
+    from su_neuro.gates import MIN_INIT_RATE
+
+    torch.manual_seed(0)
+    # what the refusals prevent: half the neurons never open at P = 10, r = 0.05
+    with pytest.raises(ValueError, match=r"period 10 with init_rate 0.05 .* at least 1 / init_rate = 20"):
+        RhythmicGate(1000, init_rate=0.05, period=10.0)
+    for rate, period in ((0.5, 1.0), (0.3, 2.0), (0.1, 4.0)):
+        with pytest.raises(ValueError, match="never open"):
+            RhythmicGate(8, init_rate=rate, period=period)
+    for rate in (3e-5, 3e-4, 0.9999):
+        with pytest.raises(ValueError, match=rf"init_rate {rate:g} is too close to {round(rate)}"):
+            RhythmicGate(8, init_rate=rate)
+    # the bounds themselves, P·r = 1 and the ends 0 and 1 stay allowed; every neuron opens
+    for rate, period in ((MIN_INIT_RATE, None), (1 - MIN_INIT_RATE, None), (0.1, 10.0), (0.3, 1 / 0.3), (0.0, 1.0),
+                         (1.0, 0.5)):
+        gate = RhythmicGate(64, init_rate=rate, period=period)
+        steps = round(2 * gate.period) + 1
+        opens = gate.plan(0, steps).values.sum(0)
+        assert bool((opens > 0).all()) == (rate > 0), (rate, period)
+        rate_seen = gate.plan(0, 20 * steps).values.mean().item()
+        assert abs(rate_seen - rate) <= 0.01 * max(rate, 1e-3) + 1 / (20 * steps), (rate, rate_seen)
+
+
 def test_rhythmic_gate_is_batch_uniform_and_exact_far_from_zero():
     gate = RhythmicGate(16, init_rate=0.1, period=10.0)
     g = gate.plan(100_000, 50).values

@@ -1,5 +1,7 @@
 """Streaming simulation: chunked runs equal one call; the callback sees every step."""
 
+import math
+
 import pytest
 import torch
 
@@ -29,6 +31,12 @@ def test_simulate_reports_throughput_and_rate():
     assert res.steps == 300 and res.batch == 2 and res.state.t == 300
     assert res.update_rate == pytest.approx(0.1, abs=1e-6)  # P * r = 1: exactly one open step per 10
     assert res.neuron_steps_per_second > 0
+    # the first chunk (64 steps) timed apart: the steady rate counts the other 236 steps
+    assert res.first_steps == 64 and 0 < res.first_seconds <= res.seconds
+    expected = 2 * 236 * 20 / (res.seconds - res.first_seconds)
+    assert res.steady_neuron_steps_per_second == pytest.approx(expected)
+    one = simulate(layer, torch.zeros(1, 10, 3), chunk=64)
+    assert one.first_steps == 10 and math.isnan(one.steady_neuron_steps_per_second)
 
 
 def test_poisson_chunks_are_deterministic_and_bounded():
@@ -43,6 +51,10 @@ def test_poisson_chunks_are_deterministic_and_bounded():
         next(split_chunks(torch.zeros(1, 4, 1), 0))
     with pytest.raises(ValueError, match="no chunk"):
         simulate(SUGRU(2, 3, backend="torch"), iter([]))
+    layer = SUGRU(2, 3, backend="torch")
+    _, state = layer(torch.zeros(1, 4, 2))
+    with pytest.raises(ValueError, match="no chunk"):  # with a state too (it reported a rate of 0)
+        simulate(layer, iter([]), state)
 
 
 def test_simulate_command_writes_a_segmented_trace(tmp_path, capsys):

@@ -224,7 +224,13 @@ def run(args) -> int:
         bar.close()
     print(f"steps            {result.steps:,} x batch {result.batch} x {result.neurons:,} neurons")
     print(f"time             {result.seconds:.2f} s")
-    print(f"throughput       {result.neuron_steps_per_second:,.0f} neuron-steps/s")
+    steady = result.steady_neuron_steps_per_second
+    if steady == steady:  # not NaN: more than one chunk
+        print(f"throughput       {steady:,.0f} neuron-steps/s after the first chunk "
+              f"({result.neuron_steps_per_second:,.0f} with it: {result.first_seconds:.2f} s, the first call's costs)")
+    else:
+        print(f"throughput       {result.neuron_steps_per_second:,.0f} neuron-steps/s (one chunk: the first call's "
+              "costs included)")
     print(f"update rate      {result.update_rate:.4f}")
     if args.trace:
         print(f"trace            {args.trace}")
