@@ -798,7 +798,10 @@ def test_auto_rule_benchmark_names_each_pick(capsys, monkeypatch, load_tool):
         pick = target.removeprefix("auto=")
         assert f": {other} " in name and math.isfinite(float(ratio)) and float(ratio) > 0
         assert pick == ("nn" if " rnn dense B=" in name else "numba")  # B=32, H=256: past the RNN's dense limit only
-        assert status == ("met" if (float(ratio) >= 1 / 1.1 if pick == "numba" else float(ratio) <= 1.1) else "MISSED")
+        edge = 1 / 1.1 if pick == "numba" else 1.1
+        if abs(float(ratio) - edge) > 5e-4:  # the tool decides on the unrounded ratio
+            met = float(ratio) >= edge if pick == "numba" else float(ratio) <= edge
+            assert status == ("met" if met else "MISSED")
 
 
 def test_fused_input_benchmark_runs(capsys, monkeypatch, load_tool):

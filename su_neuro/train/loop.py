@@ -137,6 +137,7 @@ class _StopSignals:
         self._grace = grace
         self._cancel = threading.Event()
         self._wakeup: tuple[int, int] | None = None  # (the pipe's write end, the wakeup fd it replaced)
+        self._watcher: threading.Thread | None = None
         self._enabled = threading.current_thread() is threading.main_thread()
         self._old: dict[int, Any] = {}
         self._signals = (signal.SIGINT, signal.SIGTERM)
@@ -185,8 +186,9 @@ class _StopSignals:
                 os.set_blocking(write, False)
                 previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
                 self._wakeup = (write, previous)
-                threading.Thread(target=self._watch, args=(read, previous), name="su_neuro-stop-watch",
-                                 daemon=True).start()
+                self._watcher = threading.Thread(target=self._watch, args=(read, previous),
+                                                 name="su_neuro-stop-watch", daemon=True)
+                self._watcher.start()
         return self
 
     def _watch(self, fd: int, previous: int) -> None:
@@ -229,6 +231,10 @@ class _StopSignals:
             signal.set_wakeup_fd(previous)
             os.close(write)  # the watcher reads the end of its pipe and returns
             self._wakeup = None
+            # joined: every byte is passed on before the block ends (not into a descriptor the
+            # owner has closed since, whose number a new file may have taken)
+            self._watcher.join(timeout=10.0)
+            self._watcher = None
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
