@@ -212,7 +212,7 @@ class Backend(Protocol):
       gate from its table (``GateInput.rhythm``) instead of (T, H) rows.
     - ``stack(cell, x, h0, weights, *, dropout, training, needs_grad, record)``: a whole
       dense stack in one library call; returns (out, h_T (L, B, H), records or None).
-    - ``ragged(cell, gate_kind, batch) -> bool``: whether ``recurrence`` and
+    - ``ragged(cell, gate_kind, batch, hidden) -> bool``: whether ``recurrence`` and
       ``recurrence_input`` take ``lengths=`` (a right-padded batch run in one call, padded
       steps skipped) for this call; elsewhere the layer runs the batch segment by segment.
     """

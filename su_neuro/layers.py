@@ -300,7 +300,8 @@ class SULayer(nn.Module):
             self.backend, x.device, self.cell, kinds[0] if len(kinds) == 1 else kinds, x.dtype,
             batch=B, hidden=self.hidden_size, rate=rate, training=training,
         )
-        if lens is not None and not (impl.ragged is not None and all(impl.ragged(self.cell, k, B) for k in kinds)):
+        whole = impl.ragged is not None and all(impl.ragged(self.cell, k, B, self.hidden_size) for k in kinds)
+        if lens is not None and not whole:
             return self._forward_ragged(x, state, record, lens)
         if impl.stack is not None:  # a whole dense stack in one library call ("nn")
             weights = [self._layer_weights(k) for k in range(self.num_layers)]

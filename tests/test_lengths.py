@@ -285,7 +285,7 @@ def test_numba_runs_a_padded_batch_in_one_call(monkeypatch, cell, gate, F, proje
     try:
         B, T, H = 19, 17, 10
         lengths = torch.tensor([3, 17, 9, 1, 17, 9, 12, 5, 16, 2, 9, 14, 6, 11, 9, 8, 13, 4, 10])
-        assert ops.ragged(cell, gate, B)
+        assert ops.ragged(cell, gate, B, H)
         torch.manual_seed(7)
         if cell == "lif":
             layer = SULIF(F, H, num_layers=2, gate=_gate(gate, H), backend="torch", beta=0.8, recurrent=True,

@@ -270,7 +270,7 @@ def test_inplace_edit_of_an_input_the_backward_reads_is_caught():
 
     layer = SUGRU(2, 5, gate={"kind": "rhythmic", "init_rate": 0.5}, backend="numba")
     x = torch.randn(32, 6, 2)
-    assert choose.fuses_input("gru", "rhythmic", 32, 2, True, threads=_common.threads())
+    assert choose.fuses_input("gru", "rhythmic", 32, 2, True, hidden=5, threads=_common.threads())
     out, _ = layer(x)
     x.mul_(2.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -802,6 +802,37 @@ def test_auto_rule_benchmark_names_each_pick(capsys, monkeypatch, load_tool):
         if abs(float(ratio) - edge) > 5e-4:  # the tool decides on the unrounded ratio
             met = float(ratio) >= edge if pick == "numba" else float(ratio) <= edge
             assert status == ("met" if met else "MISSED")
+
+
+def test_rows_or_gemm_benchmark_names_the_rule(capsys, monkeypatch, load_tool):
+    """tools/bench_numba.py group 7 (the rows behind choose.use_gemm) at its quick size: both
+    kernels forced on the same layer, each row naming the kernel the rule runs there, and the
+    rule's constants restored afterwards."""
+    import math
+    import os
+
+    import numba
+
+    from su_neuro.kernels.numba import choose
+
+    monkeypatch.setenv("NUMBA_NUM_THREADS", os.environ.get("NUMBA_NUM_THREADS", str(numba.config.NUMBA_NUM_THREADS)))
+    threads, before = torch.get_num_threads(), (choose.GEMM_MIN_BATCH, choose.GEMM_MIN_BATCH_WIDE_GRU,
+                                                choose.GEMM_MIN_BATCH_DENSE_RNN)
+    try:
+        load_tool("bench_numba").main(["--quick", "--only", "7", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert (choose.GEMM_MIN_BATCH, choose.GEMM_MIN_BATCH_WIDE_GRU, choose.GEMM_MIN_BATCH_DENSE_RNN) == before
+    rows = [r.strip("|").split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| 7 ")]
+    assert len(rows) == 16  # 2 cells x 2 gates x 2 modes x chunks of 4 and 8, H = 128
+    nb = int(os.environ["NUMBA_NUM_THREADS"])
+    for r in rows:
+        name, ratio, target, _ = (c.strip() for c in r)
+        cell, B = name.split()[1], int(name.split(" B=")[1].split()[0])
+        gate = "dense" if " dense " in name else "rhythmic"
+        assert math.isfinite(float(ratio)) and float(ratio) > 0
+        want = choose.use_gemm(gate, B, nb, cell=cell, hidden=128)
+        assert target == ("rule=gemm" if want else "rule=rows"), name
 
 
 def test_fused_input_benchmark_runs(capsys, monkeypatch, load_tool):

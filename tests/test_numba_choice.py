@@ -3,6 +3,8 @@ at the boundary sizes of its constants. Pure functions: no kernel runs here."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -22,12 +24,29 @@ def test_nchunks():
 
 
 def test_use_gemm_boundary():
-    n = choose.GEMM_MIN_BATCH
-    assert choose.use_gemm("rhythmic", 2 * n, 2)  # chunks of n samples
-    assert not choose.use_gemm("rhythmic", 2 * n - 1, 2)  # the smaller chunk has n - 1
-    assert choose.use_gemm("dense", n, 1) and not choose.use_gemm("dense", n - 1, 1)
-    assert not choose.use_gemm("event", 10 * n, 2)  # the event gate has no GEMM path
-    assert not choose.use_gemm("dense", 10 * n, 2, blas=False)  # no BLAS in the threads: no GEMM path
+    n, wide, H = choose.GEMM_MIN_BATCH, choose.GEMM_MIN_BATCH_WIDE_GRU, choose.GEMM_WIDE
+    few = choose.GEMM_MIN_BATCH_DENSE_RNN
+    for cell, gate, hidden in (("rnn", "rhythmic", H - 1), ("gru", "rhythmic", H - 1), ("gru", "dense", H - 1),
+                               ("rnn", "rhythmic", 4 * H), ("rnn", "dense", H)):
+        kw = dict(cell=cell, hidden=hidden)
+        assert choose.use_gemm(gate, 2 * n, 2, **kw)  # chunks of n samples
+        assert not choose.use_gemm(gate, 2 * n - 1, 2, **kw)  # the smaller chunk has n - 1
+        assert choose.use_gemm(gate, n, 1, **kw) and not choose.use_gemm(gate, n - 1, 1, **kw)
+        assert not choose.use_gemm("event", 10 * n, 2, **kw)  # the event gate has no GEMM path
+        assert not choose.use_gemm(gate, 10 * n, 2, blas=False, **kw)  # no BLAS in the threads: no GEMM path
+    # a GRU of H >= GEMM_WIDE runs chunks of fewer than GEMM_MIN_BATCH_WIDE_GRU on rows
+    assert wide > n > few > 1
+    for gate in ("rhythmic", "dense"):
+        assert not choose.use_gemm(gate, 2 * wide - 1, 2, cell="gru", hidden=H)
+        assert choose.use_gemm(gate, 2 * wide, 2, cell="gru", hidden=H)
+    # a dense RNN of H < GEMM_WIDE runs GEMMs from chunks of GEMM_MIN_BATCH_DENSE_RNN
+    assert choose.use_gemm("dense", 2 * few, 2, cell="rnn", hidden=H - 1)
+    assert not choose.use_gemm("dense", 2 * few - 1, 2, cell="rnn", hidden=H - 1)
+    assert not choose.use_gemm("rhythmic", 2 * few, 2, cell="rnn", hidden=H - 1)
+    v = choose_kernel("gru", "rhythmic", 2 * n, H, 50, True, threads=2, opened=_never)
+    assert v.kernel == "rows" and choose_kernel("gru", "rhythmic", 2 * n, H - 1, 50, True, threads=2).kernel == "gemm"
+    assert not choose.fuses_input("gru", "dense", 2 * n, 16, True, hidden=H, threads=2)  # training fuses on GEMMs only
+    assert choose.fuses_input("gru", "dense", 2 * n, 16, True, hidden=H - 1, threads=2)
 
 
 @pytest.mark.parametrize("gate", ["dense", "rhythmic", "event"])
@@ -126,7 +145,7 @@ def test_huge_weights_boundaries():
 
 
 def test_fuses_input():
-    f = choose.fuses_input
+    f = functools.partial(choose.fuses_input, hidden=64)  # H < GEMM_WIDE
     wide, few, rhythmic = choose.FUSED_MAX_INPUT, choose.FUSED_TRAIN_MAX_INPUT_DENSE, choose.FUSED_TRAIN_MAX_INPUT
     n = choose.GEMM_MIN_BATCH
     # inference on the GEMM path: a rhythmic gate at any width, a dense one up to FUSED_MAX_INPUT

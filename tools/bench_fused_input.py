@@ -135,7 +135,7 @@ def _bench(args, choose, build_layer) -> list[dict]:
                                 times[name].append(time.perf_counter() - t0)
                 ms = {n: 1e3 * statistics.median(v) for n, v in times.items()}
                 if args.inference:
-                    fused = choose.fuses_input(cell, gate, B, F, False, threads=args.threads)
+                    fused = choose.fuses_input(cell, gate, B, F, False, hidden=H, threads=args.threads)
                     row = {"cell": cell, "gate": gate, "F": F, **ms, "picks": "fused" if fused else "unfused"}
                     rows.append(row)
                     print(f"| {cell} | {gate} | {F} | {ms['unfused']:.1f} | {ms['fused']:.1f} | "

@@ -12,6 +12,9 @@ Prints one table of ratios measured side by side in one run (issue 3's four targ
 6. the rule past B*H = 4096, per gate: numba vs what auto runs otherwise (the reference;
    torch's RNN op for a dense stack), RNN/GRU, rhythmic 10/50/100 %, event, dense, and two
    stacks of mixed gates, forward + backward and inference
+7. choose.use_gemm: per thread chunk of 2-16 samples, the row-block kernel (``rows``)
+   against the per-step GEMM kernel (``gemm``) on the same layer and input, RNN/GRU,
+   rhythmic 20 % and dense, H = 128-512, forward + backward and inference
 
 Usage: python tools/bench_numba.py [--quick] [--repeats N] [--only 1,2,...]
 Every time is the median over repeats (after one warm-up call that also compiles); the
@@ -180,7 +183,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated measurement groups to run (default: all)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7",
+                    help="comma-separated measurement groups to run (default: all)")
     args = ap.parse_args(argv)
     only = {int(k) for k in args.only.split(",")}
     q = args.quick
@@ -204,6 +208,8 @@ def main(argv=None):
         auto_rows(row, R)
     if 6 in only:
         auto_gate_rows(row, q, R)
+    if 7 in only:
+        gemm_rows(row, q, R)
     print_table(rows, load0, R)
 
 
@@ -358,6 +364,56 @@ def auto_gate_rows(row, q, R):
                     ok = ratio >= 1 / 1.1 if pick == "numba" else ratio <= 1.1
                     row(f"6 {cell} {name} B={B} H={H} T={T} {mode}: {other} {t_other * 1e3:.1f} ms / numba "
                         f"{t_nb * 1e3:.1f} ms", ratio, f"auto={pick}", ok)  # fmt: skip
+
+
+@contextlib.contextmanager
+def gemm_forced(on):
+    """The numba layer runs every RNN/GRU call on the GEMM kernel (``on``) or on the row-block
+    kernel (not ``on``), whatever the chunk size."""
+    from su_neuro.kernels.numba import choose
+
+    names = ("GEMM_MIN_BATCH", "GEMM_MIN_BATCH_WIDE_GRU", "GEMM_MIN_BATCH_DENSE_RNN")
+    keep = [getattr(choose, n) for n in names]
+    for n in names:
+        setattr(choose, n, 1 if on else choose._NEVER)
+    try:
+        yield
+    finally:
+        for n, value in zip(names, keep, strict=True):
+            setattr(choose, n, value)
+
+
+def gemm_rows(row, q, R):
+    """Group 7: where does the GEMM kernel beat the row-block kernel? The same layer and input
+    on both, calls alternated; each row says which kernel the rule (choose.use_gemm) runs
+    there, met where that is the faster one or within 10 % of it."""
+    from su_neuro.kernels.numba import choose
+
+    threads = int(os.environ["NUMBA_NUM_THREADS"])
+    T = 50 if q else 100
+    gates = {"rhythmic 20%": {"kind": "rhythmic", "init_rate": 0.2}, "dense": "dense"}
+    for cell in ("rnn", "gru"):
+        for H in ((128,) if q else (128, 256, 512)):
+            for name, gate in gates.items():
+                for grad in (True, False):
+                    for chunk in ((4, 8) if q else (2, 4, 8, 16)):
+                        B = chunk * threads
+                        call = gated_call(cell, B, H, T, gate, "numba", grad)
+
+                        def on(flag, call=call):
+                            def run():
+                                with gemm_forced(flag):
+                                    call()
+                            return run
+
+                        t_rows, t_gemm = alternated([on(False), on(True)], R)
+                        kind = "dense" if gate == "dense" else "rhythmic"
+                        rule = "gemm" if choose.use_gemm(kind, B, threads, cell=cell, hidden=H) else "rows"
+                        ratio = t_rows / t_gemm
+                        ok = ratio >= 1 / 1.1 if rule == "gemm" else ratio <= 1.1
+                        mode = "fwd+bwd" if grad else "inference"
+                        row(f"7 {cell} {name} H={H} B={B} (chunks of {chunk}) T={T} {mode}: rows {t_rows * 1e3:.1f} ms"
+                            f" / gemm {t_gemm * 1e3:.1f} ms", ratio, f"rule={rule}", ok)  # fmt: skip
 
 
 def print_table(rows, load0, R):

@@ -25,8 +25,9 @@ __all__ = [
     "Variant", "choose_kernel", "nchunks", "use_gemm", "split_tasks", "huge_weights", "fuses_input",
     "fused_dots", "train_projection", "unsupported", "auto_pays", "AUTO_DENSE_MAX_WORK", "AUTO_DENSE_MAX_BATCH",
     "AUTO_DENSE_MAX_HIDDEN", "AUTO_EVENT_TRAIN_MAX_WORK", "AUTO_EVENT_GRU_TRAIN_MAX_HIDDEN",
-    "GEMM_MIN_BATCH", "FUSED_MAX_INPUT", "FUSED_STREAM_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT",
-    "FUSED_TRAIN_MAX_INPUT_DENSE",
+    "GEMM_MIN_BATCH", "GEMM_MIN_BATCH_WIDE_GRU", "GEMM_MIN_BATCH_DENSE_RNN", "GEMM_WIDE", "FUSED_MAX_INPUT",
+    "FUSED_STREAM_MAX_INPUT",
+    "FUSED_TRAIN_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT_DENSE",
     "FUSED_DOT_MIN_INPUT", "FUSED_DOT_MIN_INPUT_DENSE", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK",
     "SPLIT_WORK_PER_NEURON", "SPLIT_SAMPLE", "SPLIT_HUGE_STEPS", "SPLIT_HUGE_MAX_BYTES",
 ]  # fmt: skip
@@ -35,6 +36,15 @@ __all__ = [
 #: each step as BLAS GEMMs (``gemm``); smaller chunks (streaming, B = 1) take the
 #: 4-sample-block dot products (``rows``)
 GEMM_MIN_BATCH = 8
+#: ... except a GRU of at least GEMM_WIDE neurons, whose chunks run GEMMs from
+#: GEMM_MIN_BATCH_WIDE_GRU samples (at H = 512 the rows were faster at chunks of 2-8: dense
+#: 1.2-3x, rhythmic inference 1.6-2x), and a dense RNN of fewer than GEMM_WIDE neurons,
+#: whose chunks run GEMMs from GEMM_MIN_BATCH_DENSE_RNN (the GEMMs were faster at chunks of
+#: 2 and 4: 1.1-1.4x with a backward, 1.8-2.5x in inference). tools/bench_numba.py group 7;
+#: docs/benchmarks.md, "Rows or GEMMs"
+GEMM_MIN_BATCH_WIDE_GRU = 16
+GEMM_MIN_BATCH_DENSE_RNN = 2
+GEMM_WIDE = 512
 #: B = 1 streaming forward of RNN/GRU, rhythmic / dense gate, split over neuron blocks
 #: (``split``): blocks of at least SPLIT_MIN_BLOCK neurons, each with at least
 #: max(SPLIT_MIN_WORK, SPLIT_WORK_PER_NEURON * (rows + 1) * H) work units per step on average
@@ -100,10 +110,19 @@ def nchunks(batch: int, threads: int) -> int:
     return max(1, min(batch, threads))
 
 
-def use_gemm(gate_kind: str, batch: int, chunks: int, blas: bool = True) -> bool:
-    """Rhythmic/dense RNN/GRU whose smallest thread chunk has >= GEMM_MIN_BATCH samples
-    (``blas``: whether BLAS can run inside the Numba threads; see ``ops._blas_ready``)."""
-    return gate_kind != "event" and batch // chunks >= (GEMM_MIN_BATCH if blas else _NEVER)
+def use_gemm(gate_kind: str, batch: int, chunks: int, blas: bool = True, *, cell: str, hidden: int) -> bool:
+    """Rhythmic/dense RNN/GRU whose smallest thread chunk has >= GEMM_MIN_BATCH samples;
+    GEMM_MIN_BATCH_WIDE_GRU for a GRU of H >= GEMM_WIDE, GEMM_MIN_BATCH_DENSE_RNN for a dense
+    RNN of H < GEMM_WIDE (``blas``: whether BLAS can run inside the Numba threads; see
+    ``ops._blas_ready``)."""
+    if not blas or gate_kind == "event":
+        return False
+    least = GEMM_MIN_BATCH
+    if cell == "gru" and hidden >= GEMM_WIDE:
+        least = GEMM_MIN_BATCH_WIDE_GRU
+    elif cell == "rnn" and gate_kind == "dense" and hidden < GEMM_WIDE:
+        least = GEMM_MIN_BATCH_DENSE_RNN
+    return batch // chunks >= least
 
 
 def split_tasks(
@@ -164,7 +183,8 @@ def choose_kernel(
     * RNN/GRU, event gate: ``event``;
     * RNN/GRU, rhythmic / dense, B = 1, nothing saved, enough work per step for >= 2 neuron
       blocks (:func:`split_tasks`): ``split``;
-    * thread chunks of >= GEMM_MIN_BATCH samples (:func:`use_gemm`): ``gemm``;
+    * thread chunks of >= GEMM_MIN_BATCH samples (another least for a wide GRU and a narrow
+      dense RNN: :func:`use_gemm`): ``gemm``;
     * else ``rows`` (B = 1 inference: it scans the gate rows, no compaction).
     """
     chunks = nchunks(batch, threads)
@@ -172,7 +192,7 @@ def choose_kernel(
         return Variant("lif", chunks, compact=gate_kind == "rhythmic")
     if gate_kind == "event":
         return Variant("event", chunks)
-    gemm = use_gemm(gate_kind, batch, chunks, blas)
+    gemm = use_gemm(gate_kind, batch, chunks, blas, cell=cell, hidden=hidden)
     if not save and batch == 1 and steps > 0:
         computed = steps * hidden if gate_kind == "dense" else opened()
         tasks = split_tasks(gate_kind, save, batch, hidden, GATE_ROWS[cell], computed, steps, threads=threads)
@@ -183,7 +203,7 @@ def choose_kernel(
 
 
 def fuses_input(
-    cell: str, gate_kind: str, batch: int, features: int, grad: bool, *, threads: int, blas: bool = True
+    cell: str, gate_kind: str, batch: int, features: int, grad: bool, *, hidden: int, threads: int, blas: bool = True
 ) -> bool:
     """Whether the kernels project the input themselves (``ops.recurrence_input``): RNN/GRU
     with a rhythmic or dense gate. In inference with a rhythmic gate, or a dense one of at
@@ -192,7 +212,7 @@ def fuses_input(
     FUSED_TRAIN_MAX_INPUT_DENSE (dense) features."""
     if cell not in ("rnn", "gru") or gate_kind not in ("rhythmic", "dense"):
         return False
-    gemm = use_gemm(gate_kind, batch, nchunks(batch, threads), blas)
+    gemm = use_gemm(gate_kind, batch, nchunks(batch, threads), blas, cell=cell, hidden=hidden)
     if grad:
         return gemm and train_projection(gate_kind, features) != "unfused"
     return gate_kind == "rhythmic" or features <= (FUSED_MAX_INPUT if gemm else FUSED_STREAM_MAX_INPUT)

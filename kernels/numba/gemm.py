@@ -1,6 +1,6 @@
 """Rhythmic and dense gates, RNN and GRU, batched training: each step as BLAS GEMMs.
 
-For chunks of at least ``choose.GEMM_MIN_BATCH`` samples each step is two or three small
+For chunks of at least ``choose.use_gemm``'s least size each step is two or three small
 GEMMs through BLAS (``np.dot`` on contiguous float32 buffers, scipy's OpenBLAS held to one
 thread per Numba thread by the launcher): the step's compute rows of W are gathered once (no
 gather when every row computes), the chunk's states multiply them (m x H)·(H x N), and in
@@ -403,7 +403,7 @@ def _backward_chunk(c, is_gru, src, h0, W, gate, ragged, nchunks, out, saved, up
 
 @nb.njit(cache=True, parallel=True)
 def forward(is_gru, src, h0, weights, gate, ragged, nchunks, out, hT, saved):
-    """Chunks of >= GEMM_MIN_BATCH samples; compact (nnz, B) saves. ``src``: the input.
+    """Chunks of at least ``choose.use_gemm``'s least size; compact (nnz, B) saves. ``src``: the input.
     ``ragged`` = (lens, order), (B,) int64 each: sample b runs its first lens[b] steps (its
     outputs after them are zero, hT its state after them); chunk c runs the samples
     order[lo:hi] (its bounds), longest first, so at step t those still running are a prefix."""

@@ -61,11 +61,12 @@ sparse Jacobian work). Cost per surrogate (event gate, and rhythmic with a suppo
 ``atan``, ``fast_sigmoid``, ``sigmoid``, ``straight_through`` — every entry has a non-zero
 derivative, so training work is dense in time (inference stays sparse).
 
-Batched training (rhythmic / dense RNN and GRU, every thread chunk >=
-``choose.GEMM_MIN_BATCH`` samples): each step runs as BLAS GEMMs over the step's gathered
-compute rows (``gemm.forward`` / ``gemm.backward``, scipy's OpenBLAS through Numba's ``np.dot``,
-held to one thread per Numba thread with threadpoolctl; without scipy or threadpoolctl
-the block kernels run), and saves only the computed entries, compact (nnz, B).
+Batched training (rhythmic / dense RNN and GRU, every thread chunk at least the least
+chunk of ``choose.use_gemm``: 8 samples, 16 for a GRU of H >= 512, 2 for a narrow dense
+RNN): each step runs as BLAS GEMMs over the step's gathered compute rows
+(``gemm.forward`` / ``gemm.backward``, scipy's OpenBLAS through Numba's ``np.dot``, held
+to one thread per Numba thread with threadpoolctl; without scipy or threadpoolctl the
+block kernels run), and saves only the computed entries, compact (nnz, B).
 
 Saved for backward: the state sequence (it is the output), d, the gate (event), GRU
 r, z, n, hn; dense (B, T, H) arrays of which only the computed entries are written
@@ -435,15 +436,15 @@ def rhythm_table(cell: str, batch: int, record: bool) -> bool:
     return cell in ("rnn", "gru") and batch == 1 and not record and not torch.is_grad_enabled()
 
 
-def ragged(cell: str, gate_kind: str, batch: int) -> bool:
+def ragged(cell: str, gate_kind: str, batch: int, hidden: int) -> bool:
     """Whether :func:`recurrence` / :func:`recurrence_input` run a padded batch (``lengths``)
     in one call, one kernel call each way instead of one per distinct length, a padded step
     costing nothing:
 
     * LIF (every gate) and RNN/GRU with the event gate: these kernels run one sample at a
       time, each for its own length;
-    * RNN/GRU with a rhythmic or dense gate on the GEMM path (thread chunks of >=
-      ``choose.GEMM_MIN_BATCH`` samples). Each thread chunk runs its samples longest first (an
+    * RNN/GRU with a rhythmic or dense gate on the GEMM path (thread chunks of at least
+      ``choose.use_gemm``'s least size). Each thread chunk runs its samples longest first (an
       index array; the lengths dealt round robin over the chunks, so that they carry similar
       work, nothing copied), and step t runs as GEMMs over the prefix of samples still running.
 
@@ -452,7 +453,7 @@ def ragged(cell: str, gate_kind: str, batch: int) -> bool:
         return True
     if cell not in ("rnn", "gru") or gate_kind not in ("rhythmic", "dense"):
         return False
-    return choose.use_gemm(gate_kind, batch, choose.nchunks(batch, threads()), _blas_ready())
+    return choose.use_gemm(gate_kind, batch, choose.nchunks(batch, threads()), _blas_ready(), cell=cell, hidden=hidden)
 
 
 def _ragged_order(lens: np.ndarray, chunks: int) -> np.ndarray:
@@ -483,8 +484,8 @@ def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, re
       row-block and split kernels, where a stream fed in chunks keeps one call's bits only
       with the projection inside). At B = 1, H = 512, T = 10,000, F = 16 the layer's projection writes a
       61 MB (B, T, G) array (25-28 ms of a 119 ms run at 10 % open) of which 90 % is never read;
-    * in training on the batched GEMM path (thread chunks of >= ``choose.GEMM_MIN_BATCH``
-      samples) within the width limits of ``choose.train_projection`` (rhythmic gate: up to
+    * in training on the batched GEMM path (thread chunks of at least ``choose.use_gemm``'s
+      least size) within the width limits of ``choose.train_projection`` (rhythmic gate: up to
       256 features, e.g. an embedding in front of a suGRU; dense: up to 32). The forward then
       skips the (B, T, G) projection and the backward its (B, T, G) gradient and the two
       GEMMs over it: dW_ih, db_ih and dx gather the computed entries only (at B = 32,
@@ -501,7 +502,8 @@ def recurrence_input(cell, x, w_ih, b_ih, h0, s0, w_hh, b_hh, gate, lif=None, re
     gvals = gate.values if gate.kind == "rhythmic" else None
     tensors = (x, w_ih, b_ih, h0, w_hh, b_hh, gvals)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    if not choose.fuses_input(cell, gate.kind, B, Fin, grad, threads=threads(), blas=_blas_ready()):
+    if not choose.fuses_input(cell, gate.kind, B, Fin, grad, hidden=h0.shape[-1], threads=threads(),
+                              blas=_blas_ready()):
         return None
     return _run(cell, torch.empty(B, T, 0), h0, s0, w_hh, b_hh, gate, lif, record, (x, w_ih, b_ih), lengths=lengths)
 
@@ -547,7 +549,7 @@ def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj, lengths=None):
     lens = None
     if lengths is not None:
         B = h0.shape[0]
-        if not ragged(cell, kind, B):
+        if not ragged(cell, kind, B, h0.shape[-1]):
             raise ValueError(f"numba runs lengths in one call for LIF, the event gate and the GEMM path of "
                              f"RNN/GRU only (ops.ragged), not {cell} / {kind} at B = {B}")
         lens = lengths.detach().cpu().numpy().astype(np.int64)
