@@ -120,3 +120,12 @@ def count_launches(monkeypatch, module, calls: dict | None = None, on_call=None)
 
         monkeypatch.setattr(module, f"launch_{name}", spy)
     return calls
+
+
+def gemm_forced(monkeypatch) -> None:
+    """Every RNN/GRU chunk of a rhythmic or dense gate on numba's GEMM path, whatever its size,
+    cell or H (each least chunk of ``choose.use_gemm`` set to 1)."""
+    from su_neuro.kernels.numba import choose
+
+    for name in ("GEMM_MIN_BATCH", "GEMM_MIN_BATCH_DENSE_GRU", "GEMM_MIN_BATCH_DENSE_RNN"):
+        monkeypatch.setattr(choose, name, 1)

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, gemm_forced
 
 pytest.importorskip("numba")
 
@@ -129,9 +129,8 @@ def test_sample_blocks(cell, gate):
 def test_gemm_path(monkeypatch, cell, gate, B, T):
     """The per-step BLAS GEMM kernels (chunks of >= GEMM_MIN_BATCH samples), forced here
     for every chunk; a rhythmic gate at rate 1 takes the no-gather (every row) branch."""
-    from su_neuro.kernels.numba import choose
 
-    monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
+    gemm_forced(monkeypatch)
     layer = _layer(cell, gate, F=3, H=13)
     x = torch.randn(B, T, 3, generator=torch.Generator().manual_seed(B))
     _compare(layer, x)
@@ -631,7 +630,7 @@ def test_fused_input_projection(monkeypatch, cell, gate, B, F, T, bias):
     from su_neuro.kernels.numba import choose, ops
 
     if B > 3:  # the GEMM path on any number of threads
-        monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
+        gemm_forced(monkeypatch)
     rule = choose.fuses_input  # in inference every width fused (the rule's widths are measured elsewhere)
     monkeypatch.setattr(choose, "fuses_input", lambda *a, **k: not a[4] or rule(*a, **k))
     calls = []
@@ -724,7 +723,7 @@ def test_fused_input_projection_training(monkeypatch, cell, gate, B, F, T, bias,
     backward."""
     from su_neuro.kernels.numba import choose, ops
 
-    monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
+    gemm_forced(monkeypatch)
     for limit in ("FUSED_TRAIN_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT_DENSE"):  # the kernels at any width
         monkeypatch.setattr(choose, limit, max(F, 6))
     for least in ("FUSED_DOT_MIN_INPUT", "FUSED_DOT_MIN_INPUT_DENSE"):
@@ -816,13 +815,13 @@ def test_rows_or_gemm_benchmark_names_the_rule(capsys, monkeypatch, load_tool):
     from su_neuro.kernels.numba import choose
 
     monkeypatch.setenv("NUMBA_NUM_THREADS", os.environ.get("NUMBA_NUM_THREADS", str(numba.config.NUMBA_NUM_THREADS)))
-    threads, before = torch.get_num_threads(), (choose.GEMM_MIN_BATCH, choose.GEMM_MIN_BATCH_WIDE_GRU,
+    threads, before = torch.get_num_threads(), (choose.GEMM_MIN_BATCH, choose.GEMM_MIN_BATCH_DENSE_GRU,
                                                 choose.GEMM_MIN_BATCH_DENSE_RNN)
     try:
         load_tool("bench_numba").main(["--quick", "--only", "7", "--repeats", "1"])
     finally:
         torch.set_num_threads(threads)
-    assert (choose.GEMM_MIN_BATCH, choose.GEMM_MIN_BATCH_WIDE_GRU, choose.GEMM_MIN_BATCH_DENSE_RNN) == before
+    assert (choose.GEMM_MIN_BATCH, choose.GEMM_MIN_BATCH_DENSE_GRU, choose.GEMM_MIN_BATCH_DENSE_RNN) == before
     rows = [r.strip("|").split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| 7 ")]
     assert len(rows) == 16  # 2 cells x 2 gates x 2 modes x chunks of 4 and 8, H = 128
     nb = int(os.environ["NUMBA_NUM_THREADS"])

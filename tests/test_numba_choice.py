@@ -7,6 +7,7 @@ import functools
 
 import pytest
 import torch
+from conftest import gemm_forced
 
 pytest.importorskip("numba")
 
@@ -24,27 +25,26 @@ def test_nchunks():
 
 
 def test_use_gemm_boundary():
-    n, wide, H = choose.GEMM_MIN_BATCH, choose.GEMM_MIN_BATCH_WIDE_GRU, choose.GEMM_WIDE
+    n, wide, H = choose.GEMM_MIN_BATCH, choose.GEMM_MIN_BATCH_DENSE_GRU, choose.GEMM_WIDE
     few = choose.GEMM_MIN_BATCH_DENSE_RNN
     for cell, gate, hidden in (("rnn", "rhythmic", H - 1), ("gru", "rhythmic", H - 1), ("gru", "dense", H - 1),
-                               ("rnn", "rhythmic", 4 * H), ("rnn", "dense", H)):
+                               ("gru", "rhythmic", 4 * H), ("rnn", "rhythmic", 4 * H), ("rnn", "dense", H)):
         kw = dict(cell=cell, hidden=hidden)
         assert choose.use_gemm(gate, 2 * n, 2, **kw)  # chunks of n samples
         assert not choose.use_gemm(gate, 2 * n - 1, 2, **kw)  # the smaller chunk has n - 1
         assert choose.use_gemm(gate, n, 1, **kw) and not choose.use_gemm(gate, n - 1, 1, **kw)
         assert not choose.use_gemm("event", 10 * n, 2, **kw)  # the event gate has no GEMM path
         assert not choose.use_gemm(gate, 10 * n, 2, blas=False, **kw)  # no BLAS in the threads: no GEMM path
-    # a GRU of H >= GEMM_WIDE runs chunks of fewer than GEMM_MIN_BATCH_WIDE_GRU on rows
     assert wide > n > few > 1
-    for gate in ("rhythmic", "dense"):
-        assert not choose.use_gemm(gate, 2 * wide - 1, 2, cell="gru", hidden=H)
-        assert choose.use_gemm(gate, 2 * wide, 2, cell="gru", hidden=H)
+    # a dense GRU of H >= GEMM_WIDE runs chunks of fewer than GEMM_MIN_BATCH_DENSE_GRU on rows
+    assert not choose.use_gemm("dense", 2 * wide - 1, 2, cell="gru", hidden=H)
+    assert choose.use_gemm("dense", 2 * wide, 2, cell="gru", hidden=H)
     # a dense RNN of H < GEMM_WIDE runs GEMMs from chunks of GEMM_MIN_BATCH_DENSE_RNN
     assert choose.use_gemm("dense", 2 * few, 2, cell="rnn", hidden=H - 1)
     assert not choose.use_gemm("dense", 2 * few - 1, 2, cell="rnn", hidden=H - 1)
     assert not choose.use_gemm("rhythmic", 2 * few, 2, cell="rnn", hidden=H - 1)
-    v = choose_kernel("gru", "rhythmic", 2 * n, H, 50, True, threads=2, opened=_never)
-    assert v.kernel == "rows" and choose_kernel("gru", "rhythmic", 2 * n, H - 1, 50, True, threads=2).kernel == "gemm"
+    v = choose_kernel("gru", "dense", 2 * n, H, 50, True, threads=2, opened=_never)
+    assert v.kernel == "rows" and choose_kernel("gru", "dense", 2 * n, H - 1, 50, True, threads=2).kernel == "gemm"
     assert not choose.fuses_input("gru", "dense", 2 * n, 16, True, hidden=H, threads=2)  # training fuses on GEMMs only
     assert choose.fuses_input("gru", "dense", 2 * n, 16, True, hidden=H - 1, threads=2)
 
@@ -79,7 +79,7 @@ def test_gemm_and_rows_boundary():
 
 
 def test_gemm_even_for_one_sample_when_forced(monkeypatch):
-    monkeypatch.setattr(choose, "GEMM_MIN_BATCH", 1)
+    gemm_forced(monkeypatch)
     v = choose_kernel("gru", "dense", 1, 16, 5, False, threads=2)  # too little work to split
     assert v == Variant("gemm", 1)  # no scan on the GEMM path
     v = choose_kernel("gru", "rhythmic", 1, 16, 5, False, threads=2, opened=lambda: 5)

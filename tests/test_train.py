@@ -220,7 +220,7 @@ def test_deterministic_with_seed(tmp_path):
 
 
 @pytest.mark.parametrize("stop", [False, True])
-def test_a_run_leaves_the_callers_random_streams_and_deterministic_mode(tmp_path, stop):
+def test_a_run_leaves_the_callers_random_streams_and_deterministic_mode(tmp_path, monkeypatch, stop):
     """train() seeds the global streams and turns on the deterministic mode for the run; the
     caller's come back when it returns or raises."""
     import random
@@ -236,6 +236,8 @@ def test_a_run_leaves_the_callers_random_streams_and_deterministic_mode(tmp_path
         if stop and step == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
+    cuda_seeds = []  # a CPU run seeds no CUDA stream (torch.manual_seed would, or queue it)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: cuda_seeds.append(seed))
     try:
         if stop:
             with pytest.raises(TrainingStopped):
@@ -245,6 +247,7 @@ def test_a_run_leaves_the_callers_random_streams_and_deterministic_mode(tmp_path
         assert not torch.are_deterministic_algorithms_enabled()
         assert (random.random(), float(np.random.rand())) == expected[:2]
         assert torch.equal(torch.rand(3), expected[2])
+        assert cuda_seeds == []
     finally:
         torch.use_deterministic_algorithms(False)
 

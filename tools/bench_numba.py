@@ -372,7 +372,7 @@ def gemm_forced(on):
     kernel (not ``on``), whatever the chunk size."""
     from su_neuro.kernels.numba import choose
 
-    names = ("GEMM_MIN_BATCH", "GEMM_MIN_BATCH_WIDE_GRU", "GEMM_MIN_BATCH_DENSE_RNN")
+    names = ("GEMM_MIN_BATCH", "GEMM_MIN_BATCH_DENSE_GRU", "GEMM_MIN_BATCH_DENSE_RNN")
     keep = [getattr(choose, n) for n in names]
     for n in names:
         setattr(choose, n, 1 if on else choose._NEVER)

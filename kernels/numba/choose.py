@@ -25,7 +25,7 @@ __all__ = [
     "Variant", "choose_kernel", "nchunks", "use_gemm", "split_tasks", "huge_weights", "fuses_input",
     "fused_dots", "train_projection", "unsupported", "auto_pays", "AUTO_DENSE_MAX_WORK", "AUTO_DENSE_MAX_BATCH",
     "AUTO_DENSE_MAX_HIDDEN", "AUTO_EVENT_TRAIN_MAX_WORK", "AUTO_EVENT_GRU_TRAIN_MAX_HIDDEN",
-    "GEMM_MIN_BATCH", "GEMM_MIN_BATCH_WIDE_GRU", "GEMM_MIN_BATCH_DENSE_RNN", "GEMM_WIDE", "FUSED_MAX_INPUT",
+    "GEMM_MIN_BATCH", "GEMM_MIN_BATCH_DENSE_GRU", "GEMM_MIN_BATCH_DENSE_RNN", "GEMM_WIDE", "FUSED_MAX_INPUT",
     "FUSED_STREAM_MAX_INPUT",
     "FUSED_TRAIN_MAX_INPUT", "FUSED_TRAIN_MAX_INPUT_DENSE",
     "FUSED_DOT_MIN_INPUT", "FUSED_DOT_MIN_INPUT_DENSE", "SPLIT_MIN_BLOCK", "SPLIT_MIN_WORK",
@@ -36,13 +36,14 @@ __all__ = [
 #: each step as BLAS GEMMs (``gemm``); smaller chunks (streaming, B = 1) take the
 #: 4-sample-block dot products (``rows``)
 GEMM_MIN_BATCH = 8
-#: ... except a GRU of at least GEMM_WIDE neurons, whose chunks run GEMMs from
-#: GEMM_MIN_BATCH_WIDE_GRU samples (at H = 512 the rows were faster at chunks of 2-8: dense
-#: 1.2-3x, rhythmic inference 1.6-2x), and a dense RNN of fewer than GEMM_WIDE neurons,
-#: whose chunks run GEMMs from GEMM_MIN_BATCH_DENSE_RNN (the GEMMs were faster at chunks of
-#: 2 and 4: 1.1-1.4x with a backward, 1.8-2.5x in inference). tools/bench_numba.py group 7;
-#: docs/benchmarks.md, "Rows or GEMMs"
-GEMM_MIN_BATCH_WIDE_GRU = 16
+#: ... except with a dense gate: a GRU of at least GEMM_WIDE neurons runs GEMMs from chunks
+#: of GEMM_MIN_BATCH_DENSE_GRU samples (at H = 512 the rows were 1.2-3x faster at chunks of
+#: 2-8), an RNN of fewer from GEMM_MIN_BATCH_DENSE_RNN (the GEMMs were faster at chunks of
+#: 2 and 4: 1.05-1.35x with a backward, 1.6-3x in inference). A rhythmic GRU keeps 8: its
+#: rows won only in inference, and its padded batches run in one call on the GEMM path
+#: alone (1.6-1.8x faster in training than segment by segment). tools/bench_numba.py
+#: group 7; docs/benchmarks.md, "Rows or GEMMs"
+GEMM_MIN_BATCH_DENSE_GRU = 16
 GEMM_MIN_BATCH_DENSE_RNN = 2
 GEMM_WIDE = 512
 #: B = 1 streaming forward of RNN/GRU, rhythmic / dense gate, split over neuron blocks
@@ -62,8 +63,8 @@ SPLIT_SAMPLE = 1024  # steps whose open counts estimate a rhythmic gate's work f
 SPLIT_HUGE_STEPS = 1024
 SPLIT_HUGE_MAX_BYTES = 16 << 20
 #: inference: the kernels project the input themselves (``recurrence_input``) with a
-#: rhythmic gate, and with a dense one up to FUSED_MAX_INPUT features on the GEMM path (thread
-#: chunks of >= GEMM_MIN_BATCH samples), up to FUSED_STREAM_MAX_INPUT on the row-block and
+#: rhythmic gate, and with a dense one up to FUSED_MAX_INPUT features on the GEMM path
+#: (:func:`use_gemm`), up to FUSED_STREAM_MAX_INPUT on the row-block and
 #: split kernels (small batches, B = 1 streams). There one GEMM beforehand is faster from a
 #: few features on (tools/bench_fused_input.py --inference; docs/benchmarks.md, "Fused input
 #: projection in inference"), but its bits depend on the chunk's length: fused, a stream fed
@@ -112,15 +113,15 @@ def nchunks(batch: int, threads: int) -> int:
 
 def use_gemm(gate_kind: str, batch: int, chunks: int, blas: bool = True, *, cell: str, hidden: int) -> bool:
     """Rhythmic/dense RNN/GRU whose smallest thread chunk has >= GEMM_MIN_BATCH samples;
-    GEMM_MIN_BATCH_WIDE_GRU for a GRU of H >= GEMM_WIDE, GEMM_MIN_BATCH_DENSE_RNN for a dense
-    RNN of H < GEMM_WIDE (``blas``: whether BLAS can run inside the Numba threads; see
-    ``ops._blas_ready``)."""
+    with a dense gate GEMM_MIN_BATCH_DENSE_GRU for a GRU of H >= GEMM_WIDE and
+    GEMM_MIN_BATCH_DENSE_RNN for an RNN of H < GEMM_WIDE (``blas``: whether BLAS can run
+    inside the Numba threads; see ``ops._blas_ready``)."""
     if not blas or gate_kind == "event":
         return False
     least = GEMM_MIN_BATCH
-    if cell == "gru" and hidden >= GEMM_WIDE:
-        least = GEMM_MIN_BATCH_WIDE_GRU
-    elif cell == "rnn" and gate_kind == "dense" and hidden < GEMM_WIDE:
+    if gate_kind == "dense" and cell == "gru" and hidden >= GEMM_WIDE:
+        least = GEMM_MIN_BATCH_DENSE_GRU
+    elif gate_kind == "dense" and cell == "rnn" and hidden < GEMM_WIDE:
         least = GEMM_MIN_BATCH_DENSE_RNN
     return batch // chunks >= least
 
@@ -183,8 +184,8 @@ def choose_kernel(
     * RNN/GRU, event gate: ``event``;
     * RNN/GRU, rhythmic / dense, B = 1, nothing saved, enough work per step for >= 2 neuron
       blocks (:func:`split_tasks`): ``split``;
-    * thread chunks of >= GEMM_MIN_BATCH samples (another least for a wide GRU and a narrow
-      dense RNN: :func:`use_gemm`): ``gemm``;
+    * thread chunks of >= GEMM_MIN_BATCH samples (another least for a dense gate on a wide
+      GRU or a narrow RNN: :func:`use_gemm`): ``gemm``;
     * else ``rows`` (B = 1 inference: it scans the gate rows, no compaction).
     """
     chunks = nchunks(batch, threads)

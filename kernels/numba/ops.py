@@ -62,8 +62,8 @@ sparse Jacobian work). Cost per surrogate (event gate, and rhythmic with a suppo
 derivative, so training work is dense in time (inference stays sparse).
 
 Batched training (rhythmic / dense RNN and GRU, every thread chunk at least the least
-chunk of ``choose.use_gemm``: 8 samples, 16 for a GRU of H >= 512, 2 for a narrow dense
-RNN): each step runs as BLAS GEMMs over the step's gathered compute rows
+chunk of ``choose.use_gemm``: 8 samples; with a dense gate 16 for a GRU of H >= 512, 2 for
+an RNN of H < 512): each step runs as BLAS GEMMs over the step's gathered compute rows
 (``gemm.forward`` / ``gemm.backward``, scipy's OpenBLAS through Numba's ``np.dot``, held
 to one thread per Numba thread with threadpoolctl; without scipy or threadpoolctl the
 block kernels run), and saves only the computed entries, compact (nnz, B).
@@ -551,7 +551,7 @@ def _run(cell, xp, h0, s0, w_hh, b_hh, gate, lif, record, proj, lengths=None):
         B = h0.shape[0]
         if not ragged(cell, kind, B, h0.shape[-1]):
             raise ValueError(f"numba runs lengths in one call for LIF, the event gate and the GEMM path of "
-                             f"RNN/GRU only (ops.ragged), not {cell} / {kind} at B = {B}")
+                             f"RNN/GRU only (ops.ragged), not {cell} / {kind} at B = {B}, H = {h0.shape[-1]}")
         lens = lengths.detach().cpu().numpy().astype(np.int64)
     cfg = {
         "cell": cell,

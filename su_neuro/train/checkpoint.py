@@ -136,6 +136,15 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt ({type(err).__name__}: {err})") from None
 
 
+def seed_torch(seed: int, device: torch.device) -> None:
+    """Seed torch's CPU stream, and the CUDA streams for a run on CUDA only
+    (``torch.manual_seed`` would also seed a CPU run's CUDA streams, or queue the seed for
+    when CUDA starts, which the caller's later CUDA work would then draw from)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+
+
 def _rng_state() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {

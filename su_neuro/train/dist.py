@@ -13,6 +13,7 @@ import contextlib
 import gc
 import importlib
 import os
+import sys
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoint import _rng_state, _set_rng_state
+from .checkpoint import _rng_state, _set_rng_state, seed_torch
 from .config import TrainConfig
 
 RANK_STREAM = 0x4A4B  # the key that sets the ranks' streams apart from the other seeded streams
@@ -62,7 +63,7 @@ def _pick_device(cfg: TrainConfig, dist: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def rank_stream(seed: int, dist: DistInfo, step: int, checkpoint: dict | None) -> None:
+def rank_stream(seed: int, dist: DistInfo, step: int, checkpoint: dict | None, device: torch.device) -> None:
     """Give this process a torch random stream of its own, so that dropout draws other masks
     on every process. A resumed run takes up its own stream from the checkpoint, which holds
     every process's; one resumed with another number of processes (or from a checkpoint of
@@ -72,7 +73,7 @@ def rank_stream(seed: int, dist: DistInfo, step: int, checkpoint: dict | None) -
         _set_rng_state(ranks[dist.rank])
     else:
         key = np.random.SeedSequence([seed, RANK_STREAM, dist.rank, step]).generate_state(1, np.uint64)[0]
-        torch.manual_seed(int(key))
+        seed_torch(int(key), device)
 
 
 def gather_rng(dist: DistInfo) -> list | None:
@@ -105,12 +106,13 @@ def process_group(dist: DistInfo, device: torch.device) -> Iterator[None]:
         return
     importlib.import_module("torch._dynamo")  # before the group: see above
 
+    outer = sys.exc_info()[1]  # an error the caller is handling: its frames stay theirs
     torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         yield
     except BaseException as err:
         seen: set[int] = set()
-        while err is not None and id(err) not in seen:  # the error and those it arose from
+        while err is not None and err is not outer and id(err) not in seen:  # raised in the block
             seen.add(id(err))
             traceback.clear_frames(err.__traceback__)
             err = err.__cause__ or err.__context__

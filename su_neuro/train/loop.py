@@ -49,6 +49,7 @@ from .checkpoint import (
     require,
     restore_model,
     save_checkpoint,
+    seed_torch,
     task_shape,
 )
 from .config import (
@@ -373,12 +374,12 @@ def _train(cfg, out, dist, resume, overwrite, progress, explicit_keys, desc, on_
         torch.cuda.set_device(device)  # NCCL's collectives of objects use the current device
     from ..denormal import flush_denormal
 
-    with process_group(dist, device), flush_denormal(cfg.flush_denormal), _caller_globals_kept(device):
+    with process_group(dist, device), flush_denormal(cfg.flush_denormal), _caller_globals_kept():
         return _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start)
 
 
 @contextlib.contextmanager
-def _caller_globals_kept(device: torch.device):
+def _caller_globals_kept():
     """The process-wide settings a run changes, as the caller had them once it ends: torch's
     deterministic-algorithms mode, cuDNN's benchmark flag (``deterministic``) and the
     Python, numpy and torch random streams (seeded from ``seed``). A script or notebook
@@ -386,7 +387,8 @@ def _caller_globals_kept(device: torch.device):
     mode = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     benchmark = torch.backends.cudnn.benchmark
     streams = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    # the CUDA streams too where CUDA has started, whatever the run's device: a resume sets them
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
         yield
     finally:
@@ -408,7 +410,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
             torch.backends.cudnn.benchmark = False
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    torch.manual_seed(cfg.seed)
+    seed_torch(cfg.seed, device)
 
     task = load_task(cfg)
     _check_splits(cfg, task)
@@ -446,7 +448,7 @@ def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, 
         last_train = dict(checkpoint.get("last_train", {}))
         window = {**window, **checkpoint.get("window", {})}
     if dist.active:
-        rank_stream(cfg.seed, dist, step, checkpoint)
+        rank_stream(cfg.seed, dist, step, checkpoint, device)
 
     main = dist.is_main
     if main:
