@@ -308,6 +308,12 @@ def auto_rows(row, R):
                 f"numba {tt['numba'] * 1e3:.2f} ms", tt["torch"] / tt["numba"], "info", True)  # fmt: skip
 
 
+def rule_met(ratio: float, picks_second: bool) -> bool:
+    """A rule's pick is met where it is the faster side, or within 10 % of it; ``ratio`` is the
+    first side's time over the second's, ``picks_second`` whether the rule runs the second."""
+    return ratio >= 1 / 1.1 if picks_second else ratio <= 1.1
+
+
 AUTO_GATES = {
     "rhythmic 10%": {"kind": "rhythmic", "init_rate": 0.1},
     "rhythmic 50%": {"kind": "rhythmic", "init_rate": 0.5},
@@ -359,9 +365,8 @@ def auto_gate_rows(row, q, R):
                                           for g in (gate if isinstance(gate, list) else [gate])}))
                     pick = resolve("auto", torch.device("cpu"), cell, kinds[0] if len(kinds) == 1 else kinds,
                                    torch.float32, batch=B, hidden=H, training=grad).name
-                    # the rule is met where it picks the faster side, or one within 10 % of it
                     ratio = t_other / t_nb
-                    ok = ratio >= 1 / 1.1 if pick == "numba" else ratio <= 1.1
+                    ok = rule_met(ratio, pick == "numba")
                     row(f"6 {cell} {name} B={B} H={H} T={T} {mode}: {other} {t_other * 1e3:.1f} ms / numba "
                         f"{t_nb * 1e3:.1f} ms", ratio, f"auto={pick}", ok)  # fmt: skip
 
@@ -410,7 +415,7 @@ def gemm_rows(row, q, R):
                         kind = "dense" if gate == "dense" else "rhythmic"
                         rule = "gemm" if choose.use_gemm(kind, B, threads, cell=cell, hidden=H) else "rows"
                         ratio = t_rows / t_gemm
-                        ok = ratio >= 1 / 1.1 if rule == "gemm" else ratio <= 1.1
+                        ok = rule_met(ratio, rule == "gemm")
                         mode = "fwd+bwd" if grad else "inference"
                         row(f"7 {cell} {name} H={H} B={B} (chunks of {chunk}) T={T} {mode}: rows {t_rows * 1e3:.1f} ms"
                             f" / gemm {t_gemm * 1e3:.1f} ms", ratio, f"rule={rule}", ok)  # fmt: skip

@@ -374,43 +374,39 @@ def _train(cfg, out, dist, resume, overwrite, progress, explicit_keys, desc, on_
         torch.cuda.set_device(device)  # NCCL's collectives of objects use the current device
     from ..denormal import flush_denormal
 
-    with process_group(dist, device), flush_denormal(cfg.flush_denormal), _caller_globals_kept():
+    with process_group(dist, device), flush_denormal(cfg.flush_denormal), _run_globals(cfg, device):
         return _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start)
 
 
 @contextlib.contextmanager
-def _caller_globals_kept():
-    """The process-wide settings a run changes, as the caller had them once it ends: torch's
-    deterministic-algorithms mode, cuDNN's benchmark flag (``deterministic``) and the
-    Python, numpy and torch random streams (seeded from ``seed``). A script or notebook
-    that calls :func:`train` and goes on finds them as it left them."""
+def _run_globals(cfg: TrainConfig, device: torch.device):
+    """The process-wide settings of a run, for the run only: torch's deterministic-algorithms
+    mode and cuDNN's benchmark flag (``deterministic``), and the Python, numpy and torch
+    random streams seeded from ``seed``. The caller's come back when the run ends (the
+    streams as a checkpoint holds them: the CUDA ones too where CUDA has started, whatever
+    the run's device, as a resume sets them), so a script or notebook that calls
+    :func:`train` and goes on finds them as it left them."""
     mode = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     benchmark = torch.backends.cudnn.benchmark
-    streams = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    # the CUDA streams too where CUDA has started, whatever the run's device: a resume sets them
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    streams = _rng_state()
     try:
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = False
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        seed_torch(cfg.seed, device)
         yield
     finally:
         torch.use_deterministic_algorithms(mode[0], warn_only=mode[1])
         torch.backends.cudnn.benchmark = benchmark
-        random.setstate(streams[0])
-        np.random.set_state(streams[1])
-        torch.set_rng_state(streams[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        _set_rng_state(streams)
 
 
 def _run(cfg, out, dist, device, checkpoint, resume, overwrite, progress, desc, on_step, t_start) -> dict:
     if dist.active:
         torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = False
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    seed_torch(cfg.seed, device)
 
     task = load_task(cfg)
     _check_splits(cfg, task)
