@@ -40,8 +40,8 @@ GEMM_MIN_BATCH = 8
 #: 2-8), an RNN of fewer from GEMM_MIN_BATCH_DENSE_RNN (the GEMMs were faster at chunks of
 #: 2 and 4: 1.05-1.35x with a backward, 1.6-3x in inference). A rhythmic GRU keeps 8: its
 #: rows won only in inference, and its padded batches run in one call on the GEMM path
-#: alone (1.6-1.8x faster in training than segment by segment). tools/bench_numba.py
-#: group 7; docs/benchmarks.md, "Rows or GEMMs"
+#: alone (on rows: segment by segment). tools/bench_numba.py group 7; docs/benchmarks.md,
+#: "Rows or GEMMs"
 GEMM_MIN_BATCH_DENSE_GRU = 16
 GEMM_MIN_BATCH_DENSE_RNN = 2
 GEMM_WIDE = 512
