@@ -140,6 +140,9 @@ def test_empty_split_hint_names_an_option_the_task_has():
         (["--task", "copy", "--hidden-size", "0"], "hidden_size must be a positive integer"),
         (["--task", "copy", "--batch-size", "-3"], "batch_size must be a positive integer"),
         (["--task", "copy", "--init-rate", "1.5"], "init_rate must lie in [0, 1]"),
+        # rhythms whose neurons would never open, hidden by the mean rate
+        (["--task", "copy", "--init-rate", "0.1", "--period", "4"], "period of at least 1 / init_rate = 10 steps"),
+        (["--task", "copy", "--init-rate", "0.0003"], "init_rate 0.0003 is too close to 0"),
         (["--task", "copy", "--gate", "dense", "--init-rate", "0.1"], "applies to the rhythmic gate"),
         (["--task", "copy", "--rate-weight", "1"], "needs a rate_target"),
         (["--task", "copy", "--rate-floor-weight", "1"], "needs a rate_floor"),
